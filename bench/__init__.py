@@ -1,0 +1,1 @@
+"""Benchmarks of decision quality and scale; not shipped in the wheel."""

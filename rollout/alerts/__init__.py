@@ -1,0 +1,61 @@
+"""Alerts: notifiers for webhook, Slack and Alertmanager, and the outbox dispatcher.
+
+Where this sits in the path of a rollout: a decision that alerts writes one outbox row per
+alert and channel in the same transaction as its events; ``AlertDispatcher`` claims the rows,
+sends each through the notifier of its channel (``WebhookNotifier``, ``SlackNotifier``,
+``AlertmanagerNotifier``) and records the outcome. Delivery is at least once and deduplicated by
+the row's id; the engine never waits on a receiver. ``README.md`` beside this file documents the
+webhook schema and how to verify its signature.
+"""
+
+from rollout.alerts.alertmanager import AlertmanagerNotifier, alertmanager_alerts
+from rollout.alerts.dispatcher import (
+    DELIVERED,
+    FAILED,
+    RETRY,
+    AlertDispatcher,
+    OnDelivery,
+    default_notifiers,
+    parse_channels,
+    retry_delay,
+)
+from rollout.alerts.errors import (
+    AlertError,
+    ChannelConfigError,
+    DeliveryError,
+    MalformedAlert,
+    ReceiverRejected,
+    ReceiverUnreachable,
+)
+from rollout.alerts.notifier import Notifier, SendContext
+from rollout.alerts.payload import AlertPayload
+from rollout.alerts.slack import SlackNotifier, slack_message
+from rollout.alerts.webhook import SCHEMA, WebhookNotifier, sign, webhook_body
+
+__all__ = [
+    "DELIVERED",
+    "FAILED",
+    "RETRY",
+    "SCHEMA",
+    "AlertDispatcher",
+    "AlertError",
+    "AlertPayload",
+    "AlertmanagerNotifier",
+    "ChannelConfigError",
+    "DeliveryError",
+    "MalformedAlert",
+    "Notifier",
+    "OnDelivery",
+    "ReceiverRejected",
+    "ReceiverUnreachable",
+    "SendContext",
+    "SlackNotifier",
+    "WebhookNotifier",
+    "alertmanager_alerts",
+    "default_notifiers",
+    "parse_channels",
+    "retry_delay",
+    "sign",
+    "slack_message",
+    "webhook_body",
+]

@@ -1,0 +1,80 @@
+"""Every way delivering an alert can fail, as one small exception tree.
+
+Where this sits in the path of a rollout: a decision commits its alert rows to the outbox in the
+same transaction as its events; the dispatcher (``rollout.alerts.dispatcher``) claims them and
+hands each to the notifier of its channel. Whatever goes wrong on the way to the receiver
+(connection refused, a timeout, a 5xx, a 4xx, a row that cannot be rendered) reaches the
+dispatcher as one of the classes below, never as an ``httpx`` exception: third-party errors are
+translated once, in ``rollout.alerts.notifier.post``, with ``raise ... from exc``.
+
+The tree::
+
+    AlertError
+    ├── ChannelConfigError      the default channels setting is not a valid list of channels
+    └── DeliveryError           retryable, status, retry_after
+        ├── ReceiverUnreachable connection refused/reset, DNS, timeouts            retryable
+        ├── ReceiverRejected    a non-2xx answer: 408/429/5xx retryable, other 4xx not
+        └── MalformedAlert      the outbox row cannot be turned into a request     not retryable
+
+``retryable`` tells the dispatcher how soon to try again, never whether: a non-retryable failure
+(a receiver answering 400 or 404 because it is misconfigured) is retried too, at the longest
+backoff, so that a receiver fixed later still gets the alert. Nothing is dropped silently.
+"""
+
+# The names read as what happened ("receiver unreachable", "malformed alert"), like the
+# serving client's tree; an "Error" suffix on each would only add noise.
+# ruff: noqa: N818
+
+from __future__ import annotations
+
+
+class AlertError(Exception):
+    """Base of every error raised by ``rollout.alerts``."""
+
+
+class ChannelConfigError(AlertError, ValueError):
+    """The channels setting is unusable; ``problems`` lists each bad item with its index."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid alert channels: " + "; ".join(self.problems))
+
+
+class DeliveryError(AlertError):
+    """One delivery attempt failed.
+
+    ``retryable``: the same request may succeed later without anyone changing anything (the
+    receiver was down, slow or rate limiting). ``status`` is the receiver's HTTP status when it
+    answered. ``retry_after`` is the receiver's ``Retry-After`` in seconds, when it gave one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ReceiverUnreachable(DeliveryError):
+    """No HTTP answer: the connection failed or the receiver did not answer in time."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message, retryable=retryable)
+
+
+class ReceiverRejected(DeliveryError):
+    """The receiver answered with a status other than 2xx."""
+
+
+class MalformedAlert(DeliveryError):
+    """The outbox row lacks what its channel needs (a field, a known channel type)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)

@@ -1,0 +1,648 @@
+"""The controller's HTTP API: submit plans, read rollouts and their events, queue commands.
+
+Where this sits: users submit plans and steer rollouts through this API (directly or with the
+``rollout`` CLI); the engine acts on what it stores. ``POST /api/v1/rollouts`` validates a plan,
+checks that its endpoint exists in the workspace and is free, and stores the rollout in
+``pending`` (``rollout.engine.runner.new_rollout``); the commands (pause, resume, promote,
+abort) are queued with ``store.add_command`` and applied, or recorded as not applicable, by the
+engine at its next look. ``wake(rollout_id)`` tells the daemon's scheduler to look at once.
+``GET /api/v1/rollouts/{id}/series`` gives a rollout's metric windows per arm and its split
+changes (``rollout.api.series``) for the status page, which is served at ``/``
+(``rollout.api.page``) and reads the API like any other client. Beside the API: ``/healthz``
+(the process answers), ``/readyz`` (the daemon's own checks and the store) and ``/metrics``
+(the controller's Prometheus registry), all three open so that monitoring needs no token.
+
+The API never acts on an endpoint itself and never blocks its event loop on the store: every
+store call runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.responses import JSONResponse
+
+from rollout import __version__
+from rollout.api.auth import Role, TokenTable, allows, parse_tokens
+from rollout.api.documents import (
+    JSON_TYPES,
+    YAML_TYPES,
+    media_type,
+    parse_json_object,
+    parse_plan_body,
+)
+from rollout.api.errors import ApiError, field_issues, install_handlers, record_methods
+from rollout.api.middleware import Guard
+from rollout.api.page import page_routes
+from rollout.api.schemas import (
+    CommandAccepted,
+    EmptyBody,
+    ErrorResponse,
+    EventList,
+    Health,
+    PhaseName,
+    PromoteBody,
+    Readiness,
+    ReasonBody,
+    Rollout,
+    RolloutList,
+    command_view,
+    event_view,
+    rollout_view,
+)
+from rollout.api.series import DEFAULT_WINDOWS, MAX_WINDOWS, RolloutSeries, series_view
+from rollout.clock import Clock
+from rollout.engine.runner import new_rollout
+from rollout.plan import Plan, PlanError, resolve_policy, validate_plan
+from rollout.policies import PolicyLibrary
+from rollout.serving.client import ServingClient
+from rollout.serving.errors import (
+    ConfigurationError,
+    NotFound,
+    PermissionDenied,
+    ServingError,
+    Unauthenticated,
+)
+from rollout.settings import ApiSettings
+from rollout.store.base import Store
+from rollout.store.errors import (
+    ActiveRolloutExists,
+    DuplicateRollout,
+    RolloutNotFound,
+    StoreError,
+)
+from rollout.store.model import RolloutRecord
+
+log = structlog.get_logger("rollout.api")
+
+PREFIX = "/api/v1"
+T = TypeVar("T")
+ReadyCheck = Callable[[], Awaitable[dict[str, str]]]
+Wake = Callable[[str], object]  # what it returns is ignored
+
+# Ids are what ``new_rollout`` makes (hex); anything else cannot name a rollout.
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_READY_TIMEOUT = 5.0
+_NEEDED_PERMISSION = "CAN_MANAGE"
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        401: "No token, or an unknown one (only when tokens are configured).",
+        403: "The token's role may not do this.",
+        413: "The body is larger than the configured limit.",
+        422: "The request is invalid; details name each field.",
+        503: "The store (or, on submission, the workspace) cannot be reached now; retry.",
+    }.items()
+}
+
+
+def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    own = {
+        400: "The request cannot be read.",
+        404: "No such rollout, or no such endpoint in the workspace.",
+        409: "The endpoint is held by an active rollout, or the rollout has finished.",
+        415: "The body's content type is not accepted.",
+        502: "The workspace answered with an error.",
+    }
+    out = dict(_ERRORS)
+    for status in statuses:
+        out[status] = {"model": ErrorResponse, "description": own.get(status, "")}
+    return out
+
+
+class RolloutApi(FastAPI):
+    """FastAPI with the request-body schemas (plans, command bodies) in its OpenAPI document.
+
+    Routes read their bodies themselves (a plan may be YAML), so FastAPI cannot see them; the
+    schemas are added to the components here and referenced from each route's request body.
+    """
+
+    def openapi(self) -> dict[str, Any]:
+        schema = super().openapi()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        if "Plan" not in components:
+            for name, body in request_schemas().items():
+                if name in components and components[name] != body:
+                    raise RuntimeError(f"two different OpenAPI schemas are named {name!r}")
+                components[name] = body
+        return schema
+
+
+def request_schemas() -> dict[str, Any]:
+    """JSON schemas of the request bodies, with references into ``#/components/schemas``."""
+    template = "#/components/schemas/{model}"
+    plan = TypeAdapter(Plan).json_schema(ref_template=template)
+    schemas: dict[str, Any] = dict(plan.pop("$defs", {}))
+    plan["description"] = (
+        "A rollout plan (canary, ab or blue_green), as JSON or YAML. `policy` is a built-in "
+        "policy name or an inline policy mapping."
+    )
+    schemas["Plan"] = plan
+    for model in (ReasonBody, PromoteBody, EmptyBody):
+        schemas[model.__name__] = model.model_json_schema(ref_template=template)
+    return schemas
+
+
+def _body_doc(schema: str, *, media: tuple[str, ...], required: bool) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"requestBody": {"required": required, "content": {m: {"schema": ref} for m in media}}}
+
+
+def create_api(
+    *,
+    store: Store,
+    client: ServingClient,
+    clock: Clock,
+    library: PolicyLibrary,
+    registry: CollectorRegistry,
+    settings: ApiSettings,
+    ready: ReadyCheck | None = None,
+    wake: Wake | None = None,
+    endpoint_check_timeout: float = 30.0,
+) -> FastAPI:
+    """The API application. Raises ``ValueError`` (naming the item) for a bad token spec.
+
+    ``ready()`` returns the daemon's problems by component (empty: ready); ``wake(id)`` is
+    called after a rollout is created or a command queued. ``endpoint_check_timeout`` bounds,
+    in seconds, the check that a submitted plan's endpoint exists (retries included).
+    """
+    tokens = parse_tokens(settings.tokens)
+    app = RolloutApi(
+        title="rollout",
+        version=__version__,
+        description="Progressive delivery for Databricks Model Serving: submit rollout "
+        "plans, follow them, and pause, resume, promote or abort them.",
+        # The API documents itself at /openapi.json; no HTML pages pulling scripts from CDNs.
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_handlers(app)
+    app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes)
+    service = _Service(
+        store=store,
+        client=client,
+        clock=clock,
+        library=library,
+        registry=registry,
+        ready=ready,
+        wake=wake,
+        endpoint_check_timeout=endpoint_check_timeout,
+    )
+    read_deps, write_deps = _auth_dependencies(tokens)
+    router = APIRouter(prefix=PREFIX)
+    _rollout_routes(router, service, read_deps, write_deps)
+    _command_routes(router, service, write_deps)
+    _monitoring_routes(app, service)
+    # The status page and its assets are open like /healthz: they hold no data; the page
+    # reads the API with the viewer's own token.
+    page_routes(app)
+    record_methods(app, [*router.routes, *app.router.routes])
+    app.include_router(router)
+    return app
+
+
+class _Service:
+    """What the routes do, over the injected handles."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        client: ServingClient,
+        clock: Clock,
+        library: PolicyLibrary,
+        registry: CollectorRegistry,
+        ready: ReadyCheck | None,
+        wake: Wake | None,
+        endpoint_check_timeout: float,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.clock = clock
+        self.library = library
+        self.registry = registry
+        self.ready = ready
+        self.wake = wake
+        self.endpoint_check_timeout = endpoint_check_timeout
+
+    async def in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a store call off the event loop; map its errors to answers."""
+        try:
+            return await asyncio.to_thread(function, *args)
+        except RolloutNotFound as exc:
+            raise ApiError(404, "rollout_not_found", str(exc)) from exc
+        except (ActiveRolloutExists, DuplicateRollout):
+            raise
+        except StoreError as exc:
+            log.warning("api.store_error", error=str(exc))
+            raise ApiError(
+                503, "store_unavailable", f"the store cannot be used now: {exc}"
+            ) from exc
+
+    async def load(self, rollout_id: str) -> RolloutRecord:
+        return await self.in_thread(self.store.get, _checked_id(rollout_id))
+
+    def poke(self, rollout_id: str) -> None:
+        if self.wake is None:
+            return
+        try:
+            self.wake(rollout_id)
+        except Exception as exc:  # noqa: BLE001 -- whatever wake raises, the rollout is stored
+            # The scheduler's next scan will find it anyway.
+            log.warning("api.wake_failed", rollout=rollout_id, error=repr(exc))
+
+    async def check_endpoint(self, name: str) -> None:
+        """The endpoint exists and the controller may manage it, or an answer saying why not."""
+        timeout = self.endpoint_check_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                endpoint = await self.client.get_endpoint(name)
+        except TimeoutError as exc:
+            raise ApiError(
+                503,
+                "workspace_unavailable",
+                f"the workspace did not answer within {timeout:g} s while checking endpoint "
+                f"{name!r}; try again later",
+            ) from exc
+        except NotFound as exc:
+            raise ApiError(
+                404, "endpoint_not_found", f"endpoint {name!r} does not exist in the workspace"
+            ) from exc
+        except PermissionDenied as exc:
+            raise ApiError(
+                403,
+                "endpoint_permission",
+                f"the controller may not read endpoint {name!r}: it needs {_NEEDED_PERMISSION}",
+            ) from exc
+        except (Unauthenticated, ConfigurationError) as exc:
+            raise ApiError(
+                502, "workspace_error", f"the workspace refused the controller's credentials: {exc}"
+            ) from exc
+        except ServingError as exc:
+            if exc.retryable:
+                raise ApiError(
+                    503,
+                    "workspace_unavailable",
+                    f"the workspace cannot be reached now; try again later: {exc}",
+                ) from exc
+            raise ApiError(502, "workspace_error", f"the workspace answered: {exc}") from exc
+        level = endpoint.permission_level
+        if level is not None and level != _NEEDED_PERMISSION:
+            raise ApiError(
+                403,
+                "endpoint_permission",
+                f"the controller has {level} on endpoint {name!r}; a rollout needs "
+                f"{_NEEDED_PERMISSION}",
+            )
+
+    async def submit(self, body: bytes, kind: str) -> RolloutRecord:
+        try:
+            plan = validate_plan(parse_plan_body(body, kind))
+            policy = resolve_policy(plan, self.library)
+        except PlanError as exc:
+            raise _invalid_plan(exc) from exc
+        active = await self.in_thread(self.store.active_for_endpoint, plan.endpoint)
+        if active is not None:
+            raise _rollout_active(plan.endpoint, active.id)
+        await self.check_endpoint(plan.endpoint)
+        record, event = new_rollout(plan, policy, self.clock.now())
+        try:
+            stored = await self.in_thread(self.store.create, record, event, [])
+        except ActiveRolloutExists as exc:
+            # Another submission for the endpoint won the race since the check above.
+            raise _rollout_active(plan.endpoint, exc.active_id) from exc
+        except DuplicateRollout as exc:  # pragma: no cover - 48 random bits
+            raise ApiError(503, "store_unavailable", "id collision; submit again") from exc
+        except ValueError as exc:
+            raise ApiError(
+                422,
+                "invalid_plan",
+                f"the plan cannot be stored: {exc}",
+                details=[{"field": "(plan)", "message": str(exc)}],
+            ) from exc
+        log.info(
+            "api.rollout_submitted",
+            rollout=stored.id,
+            endpoint=stored.endpoint,
+            strategy=plan.strategy,
+            candidate=plan.candidate.served_name,
+            policy=policy.name,
+        )
+        self.poke(stored.id)
+        return stored
+
+    async def queue(
+        self, request: Request, rollout_id: str, model: type[BaseModel], kind: str
+    ) -> CommandAccepted:
+        data = _command_body(request, await request.body(), model)
+        if isinstance(data, PromoteBody) and data.full:
+            kind = "promote_full"
+        payload: dict[str, Any] = {}
+        if isinstance(data, ReasonBody) and data.reason is not None:
+            payload["reason"] = data.reason
+        record = await self.load(rollout_id)
+        if record.terminal:
+            raise ApiError(
+                409,
+                "rollout_finished",
+                f"rollout {record.id} has finished ({record.phase}); it takes no commands",
+            )
+        command = await self.in_thread(
+            self.store.add_command, record.id, kind, payload, self.clock.now()
+        )
+        log.info("api.command_queued", rollout=record.id, kind=kind, command=command.id)
+        self.poke(record.id)
+        return CommandAccepted(command=command_view(command), rollout=rollout_view(record))
+
+    async def readiness(self) -> Readiness:
+        problems: dict[str, str] = {}
+        if self.ready is not None:
+            try:
+                async with asyncio.timeout(_READY_TIMEOUT):
+                    problems.update(await self.ready())
+            except TimeoutError:
+                problems["readiness"] = f"the readiness check took over {_READY_TIMEOUT:g} s"
+            except Exception as exc:  # noqa: BLE001 -- a failing check means "not ready"
+                problems["readiness"] = f"the readiness check failed: {exc}"
+        try:
+            await asyncio.to_thread(self.store.ping)
+        except StoreError as exc:
+            problems["store"] = str(exc)
+        return Readiness(status="not ready" if problems else "ready", problems=problems)
+
+
+def _rollout_routes(
+    router: APIRouter, service: _Service, read_deps: list[Any], write_deps: list[Any]
+) -> None:
+    @router.post(
+        "/rollouts",
+        status_code=201,
+        response_model=Rollout,
+        dependencies=write_deps,
+        summary="Submit a rollout plan",
+        responses=_responses(400, 404, 409, 415, 502),
+        openapi_extra=_body_doc(
+            "Plan", media=tuple(sorted(JSON_TYPES | YAML_TYPES)), required=True
+        ),
+    )
+    async def submit(request: Request, response: Response) -> Rollout:
+        kind = media_type(request.headers.get("content-type"))
+        if kind not in JSON_TYPES | YAML_TYPES:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "a plan is sent as application/json or application/yaml, not "
+                f"{kind or 'a body without Content-Type'}",
+            )
+        stored = await service.submit(await request.body(), kind)
+        response.headers["Location"] = f"{PREFIX}/rollouts/{stored.id}"
+        return rollout_view(stored)
+
+    @router.get(
+        "/rollouts",
+        response_model=RolloutList,
+        dependencies=read_deps,
+        summary="List rollouts, newest first",
+        responses=_responses(),
+    )
+    async def list_rollouts(
+        endpoint: Annotated[
+            str | None, Query(max_length=200, description="Only this endpoint's rollouts.")
+        ] = None,
+        phase: Annotated[
+            list[PhaseName] | None,
+            Query(description="Only rollouts in these phases (repeat the parameter)."),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
+    ) -> RolloutList:
+        records = await service.in_thread(service.store.list, endpoint, phase, limit)
+        return RolloutList(rollouts=[rollout_view(r) for r in records])
+
+    @router.get(
+        "/rollouts/{rollout_id}",
+        response_model=Rollout,
+        dependencies=read_deps,
+        summary="One rollout",
+        responses=_responses(404),
+    )
+    async def get_rollout(rollout_id: str) -> Rollout:
+        return rollout_view(await service.load(rollout_id))
+
+    @router.get(
+        "/rollouts/{rollout_id}/events",
+        response_model=EventList,
+        dependencies=read_deps,
+        summary="A rollout's event log",
+        responses=_responses(404),
+    )
+    async def list_events(
+        rollout_id: str,
+        after: Annotated[
+            int, Query(ge=0, le=2**53, description="Only events with a larger seq.")
+        ] = 0,
+    ) -> EventList:
+        events = await service.in_thread(service.store.events, _checked_id(rollout_id), after)
+        return EventList(events=[event_view(e) for e in events])
+
+    @router.get(
+        "/rollouts/{rollout_id}/series",
+        response_model=RolloutSeries,
+        dependencies=read_deps,
+        summary="A rollout's metric windows per arm and its split changes (for charts)",
+        responses=_responses(404),
+    )
+    async def series(
+        rollout_id: str,
+        limit: Annotated[
+            int,
+            Query(ge=1, le=MAX_WINDOWS, description="At most this many windows, the newest."),
+        ] = DEFAULT_WINDOWS,
+    ) -> RolloutSeries:
+        record = await service.load(rollout_id)
+        events = await service.in_thread(service.store.events, record.id, 0)
+        # Hours of windows with their histograms are read back from JSON: off the event loop.
+        return await asyncio.to_thread(series_view, record, events, limit=limit)
+
+
+def _command_routes(router: APIRouter, service: _Service, write_deps: list[Any]) -> None:
+    common: dict[str, Any] = {
+        "status_code": 202,
+        "response_model": CommandAccepted,
+        "dependencies": write_deps,
+        "responses": _responses(400, 404, 409, 415),
+    }
+
+    def body(schema: type[BaseModel]) -> dict[str, Any]:
+        return _body_doc(schema.__name__, media=("application/json",), required=False)
+
+    @router.post(
+        "/rollouts/{rollout_id}/pause",
+        summary="Hold the rollout at its current step",
+        openapi_extra=body(ReasonBody),
+        **common,
+    )
+    async def pause(request: Request, rollout_id: str) -> CommandAccepted:
+        return await service.queue(request, rollout_id, ReasonBody, "pause")
+
+    @router.post(
+        "/rollouts/{rollout_id}/resume",
+        summary="Resume a paused rollout (re-asserting its current step)",
+        openapi_extra=body(EmptyBody),
+        **common,
+    )
+    async def resume(request: Request, rollout_id: str) -> CommandAccepted:
+        return await service.queue(request, rollout_id, EmptyBody, "resume")
+
+    @router.post(
+        "/rollouts/{rollout_id}/promote",
+        summary="Skip to the next step, or with full=true straight to 100 %",
+        openapi_extra=body(PromoteBody),
+        **common,
+    )
+    async def promote(request: Request, rollout_id: str) -> CommandAccepted:
+        return await service.queue(request, rollout_id, PromoteBody, "promote")
+
+    @router.post(
+        "/rollouts/{rollout_id}/abort",
+        summary="Roll back to the baseline and end the rollout as aborted",
+        openapi_extra=body(ReasonBody),
+        **common,
+    )
+    async def abort(request: Request, rollout_id: str) -> CommandAccepted:
+        return await service.queue(request, rollout_id, ReasonBody, "abort")
+
+
+def _monitoring_routes(app: FastAPI, service: _Service) -> None:
+    @app.get("/healthz", response_model=Health, summary="The process answers", tags=["monitoring"])
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        summary="Ready to work: the daemon's checks and the store",
+        tags=["monitoring"],
+        responses={503: {"model": Readiness, "description": "Not ready; problems say why."}},
+    )
+    async def readyz() -> Response:
+        readiness = await service.readiness()
+        status = 200 if readiness.status == "ready" else 503
+        return JSONResponse(readiness.model_dump(), status_code=status)
+
+    @app.get(
+        "/metrics",
+        summary="The controller's metrics, Prometheus text format",
+        tags=["monitoring"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
+    async def metrics(request: Request) -> Response:
+        # Prometheus text by default, OpenMetrics when the scraper asks for it.
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        # Collectors may read the store at scrape time: keep that off the event loop.
+        text = await asyncio.to_thread(encoder, service.registry)
+        return Response(text, headers={"Content-Type": content_type})
+
+
+def _rollout_active(endpoint: str, active_id: str | None) -> ApiError:
+    held = f" by rollout {active_id}" if active_id else ""
+    return ApiError(
+        409,
+        "rollout_active",
+        f"endpoint {endpoint!r} is held{held}: one active rollout per endpoint; "
+        "wait for it to finish or abort it",
+        active_rollout=active_id,
+    )
+
+
+# Module level: FastAPI resolves the dependency's annotations in this module's namespace.
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A token from ROLLOUT_API_TOKENS; viewer reads, operator also acts.",
+)
+
+
+def _auth_dependencies(tokens: TokenTable) -> tuple[list[Any], list[Any]]:
+    """Route dependencies for reading and for acting; none at all for an open API."""
+    if not tokens:
+        return [], []
+
+    def require(needed: Role) -> Callable[..., Awaitable[None]]:
+        async def check(
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        ) -> None:
+            role = tokens.role_of(credentials.credentials) if credentials is not None else None
+            if role is None:
+                raise ApiError(
+                    401,
+                    "unauthenticated",
+                    "a valid bearer token is required (Authorization: Bearer <token>)",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            if not allows(role, needed):
+                raise ApiError(403, "forbidden", f"{needed} role required")
+
+        return check
+
+    return [Depends(require("viewer"))], [Depends(require("operator"))]
+
+
+def _checked_id(rollout_id: str) -> str:
+    if not _ID.fullmatch(rollout_id):
+        raise ApiError(404, "rollout_not_found", "no rollout has this id")
+    return rollout_id
+
+
+def _invalid_plan(exc: PlanError) -> ApiError:
+    details = [{"field": issue.field, "message": issue.message} for issue in exc.issues]
+    count = len(details)
+    return ApiError(
+        422,
+        "invalid_plan",
+        f"the plan is invalid ({count} problem{'s' if count != 1 else ''}): "
+        + "; ".join(f"{d['field']}: {d['message']}" for d in details),
+        details=details,
+    )
+
+
+def _command_body(request: Request, body: bytes, model: type[BaseModel]) -> BaseModel:
+    if body.strip():
+        kind = media_type(request.headers.get("content-type"))
+        if kind not in JSON_TYPES:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"a command body is application/json, not {kind or 'untyped'}",
+            )
+    try:
+        data = parse_json_object(body)
+    except PlanError as exc:
+        details = [{"field": issue.field, "message": issue.message} for issue in exc.issues]
+        raise ApiError(
+            422,
+            "invalid_request",
+            "invalid command body: "
+            + "; ".join(f"{d['field']}: {d['message']}" for d in details),
+            details=details,
+        ) from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        details = field_issues(exc.errors())
+        raise ApiError(
+            422,
+            "invalid_request",
+            "invalid command body: "
+            + "; ".join(f"{d['field']}: {d['message']}" for d in details),
+            details=details,
+        ) from exc

@@ -1,0 +1,301 @@
+"""The API's documents: what a rollout, its events and a queued command look like over HTTP.
+
+Where this sits: users submit plans and steer rollouts through the HTTP API; the engine keeps
+each rollout as a store record whose ``state`` is its own JSON. These pydantic models are the
+public face of those records (and so the OpenAPI document's schemas), and ``rollout_view``
+builds one from a record. Times are ISO 8601 in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rollout.engine.model import RolloutState
+from rollout.plan import ABPlan, AnyPlan, CanaryPlan, PlanError, validate_plan
+from rollout.store.model import Command, EventRecord, RolloutRecord
+
+PhaseName = Literal[
+    "pending",
+    "preparing",
+    "progressing",
+    "paused",
+    "promoting",
+    "succeeded",
+    "rolling_back",
+    "rolled_back",
+    "aborted",
+    "failed",
+]
+CommandKind = Literal["pause", "resume", "promote", "promote_full", "abort"]
+Number = float | str | None  # verdict numbers: "+Inf"/"-Inf" where infinite, null where NaN
+
+
+# ---- errors --------------------------------------------------------------------------------
+
+
+class FieldIssue(BaseModel):
+    field: str = Field(description="Where the problem is, e.g. steps[1].weight.")
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(
+        description="Stable word: invalid_plan, invalid_request, rollout_active, "
+        "rollout_not_found, rollout_finished, endpoint_not_found, endpoint_permission, "
+        "workspace_unavailable, workspace_error, store_unavailable, unauthenticated, "
+        "forbidden, body_too_large, unsupported_media_type, not_found, method_not_allowed, "
+        "internal."
+    )
+    message: str
+    details: list[FieldIssue] | None = Field(
+        default=None, description="invalid_plan / invalid_request: every invalid field."
+    )
+    active_rollout: str | None = Field(
+        default=None, description="rollout_active: the rollout holding the endpoint."
+    )
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# ---- rollouts ------------------------------------------------------------------------------
+
+
+class CheckResult(BaseModel):
+    """One check of a verdict, with the numbers behind its outcome."""
+
+    model_config = ConfigDict(extra="allow")
+
+    check: str | None = Field(default=None, description="The check, as the policy states it.")
+    metric: str | None = None
+    outcome: str | None = Field(default=None, description="pass, fail or inconclusive.")
+    reason: str | None = None
+    candidate_value: Number = Field(default=None, description="The metric on the candidate.")
+    baseline_value: Number = Field(default=None, description="The metric on the baseline.")
+    candidate_n: Number = Field(default=None, description="Samples behind candidate_value.")
+    baseline_n: Number = Field(default=None, description="Samples behind baseline_value.")
+    limit: str | None = Field(default=None, description="The tolerance, in words.")
+
+
+class Verdict(BaseModel):
+    """The judge's last answer, as stored with the rollout (more keys may be present)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    outcome: str | None = Field(default=None, description="pass, fail or inconclusive.")
+    reason: str | None = None
+    may_advance: bool | None = None
+    judge: str | None = None
+    policy: str | None = None
+    look: int | None = None
+    candidate_requests: Number = None
+    baseline_requests: Number = None
+    checks: list[CheckResult] = Field(default_factory=list)
+    missing: list[str] = Field(default_factory=list)
+
+
+class Rollout(BaseModel):
+    """A rollout: its plan, where it is, and why."""
+
+    id: str
+    name: str | None = Field(description="The plan's optional label.")
+    endpoint: str
+    strategy: Literal["canary", "ab", "blue_green"]
+    candidate: str = Field(description="The candidate's served entity name.")
+    baseline: str | None = Field(
+        description="The baseline's served entity name (known once the rollout prepared)."
+    )
+    policy: str = Field(description="Name of the analysis policy (stored resolved in plan).")
+    phase: PhaseName
+    step: int = Field(description="Index (0-based) of the current step in steps.")
+    steps: list[int] = Field(
+        description="Judged candidate weights in order: canary steps (100 % follows), "
+        "[split] for ab, [100] for blue_green."
+    )
+    candidate_weight: int = Field(description="Candidate traffic percentage now.")
+    last_verdict: Verdict | None
+    pause_reason: str | None
+    ending_reason: str | None
+    report: dict[str, Any] | None = Field(description="The A/B report, once written.")
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime
+    plan: dict[str, Any] = Field(description="The validated plan with its policy inlined.")
+
+
+class RolloutList(BaseModel):
+    rollouts: list[Rollout] = Field(description="Newest first.")
+
+
+class Event(BaseModel):
+    """One entry of a rollout's log: a transition, a verdict, a manual action."""
+
+    seq: int = Field(description="1, 2, 3... without gaps.")
+    at: datetime
+    kind: str
+    from_phase: str | None
+    to_phase: str | None
+    reason: str
+    data: dict[str, Any]
+
+
+class EventList(BaseModel):
+    events: list[Event]
+
+
+class QueuedCommand(BaseModel):
+    id: int
+    kind: CommandKind
+
+
+class CommandAccepted(BaseModel):
+    """A command was queued; the engine applies it (or records why not) at its next look."""
+
+    command: QueuedCommand
+    rollout: Rollout = Field(description="The rollout as it was when the command was queued.")
+
+
+# ---- command bodies ------------------------------------------------------------------------
+
+
+class _CommandBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReasonBody(_CommandBody):
+    """Optional body of pause and abort."""
+
+    reason: str | None = Field(
+        default=None, max_length=2000, description="Why; kept in the event log and alerts."
+    )
+
+
+class PromoteBody(_CommandBody):
+    """Optional body of promote."""
+
+    full: bool = Field(
+        default=False,
+        description="true: straight to 100 % (promote_full); false: skip to the next step.",
+    )
+
+
+class EmptyBody(_CommandBody):
+    """resume takes no fields."""
+
+
+# ---- health --------------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    problems: dict[str, str] = Field(
+        default_factory=dict, description="What is not ready, by component."
+    )
+
+
+# ---- building views ------------------------------------------------------------------------
+
+
+def utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def judged_weights(plan: AnyPlan) -> list[int]:
+    """The candidate weights the engine judges in order (as ``decide`` steps through them)."""
+    if isinstance(plan, CanaryPlan):
+        return [step.weight for step in plan.canary_steps()] or [100]
+    if isinstance(plan, ABPlan):
+        return [plan.split]
+    return [100]
+
+
+def _candidate_name(plan: AnyPlan | None, raw: dict[str, Any]) -> str:
+    if plan is not None:
+        return plan.candidate.served_name
+    candidate = raw.get("candidate")
+    if isinstance(candidate, dict):
+        return str(candidate.get("name") or candidate.get("entity_name") or "?")
+    return "?"
+
+
+def _policy_name(raw: dict[str, Any]) -> str:
+    policy = raw.get("policy")
+    if isinstance(policy, dict):
+        return str(policy.get("name") or "inline")
+    return str(policy or "default")
+
+
+def _verdict(value: dict[str, Any] | None) -> Verdict | None:
+    if value is None:
+        return None
+    try:
+        return Verdict.model_validate(value)
+    except ValidationError:
+        # A verdict of a shape this code does not know is still shown, as far as it goes.
+        return Verdict.model_validate(
+            {k: v for k, v in value.items() if k not in Verdict.model_fields}
+        )
+
+
+def rollout_view(record: RolloutRecord) -> Rollout:
+    """The public document of a stored rollout."""
+    state = RolloutState.model_validate(record.state)
+    plan: AnyPlan | None
+    try:
+        plan = validate_plan(record.plan)
+    except PlanError:
+        # Stored by code whose plan format has since changed: show what can be read.
+        plan = None
+    strategy = record.plan.get("strategy")
+    if plan is not None:
+        strategy = plan.strategy
+    steps = judged_weights(plan) if plan is not None else []
+    baseline = state.baseline
+    if baseline is None and plan is not None:
+        baseline = plan.baseline
+    return Rollout(
+        id=record.id,
+        name=plan.name if plan is not None else record.plan.get("name"),
+        endpoint=record.endpoint,
+        strategy=strategy if strategy in ("ab", "blue_green") else "canary",
+        candidate=_candidate_name(plan, record.plan),
+        baseline=baseline,
+        policy=_policy_name(record.plan),
+        phase=cast(PhaseName, record.phase),  # the store keeps known phases only
+        step=state.step,
+        steps=steps,
+        candidate_weight=state.candidate_weight,
+        last_verdict=_verdict(state.last_verdict),
+        pause_reason=state.pause_reason,
+        ending_reason=state.ending_reason,
+        report=state.report,
+        created_at=utc(record.created_at),
+        updated_at=utc(record.updated_at),
+        started_at=utc(state.started_at),
+        plan=record.plan,
+    )
+
+
+def event_view(event: EventRecord) -> Event:
+    return Event(
+        seq=event.seq,
+        at=utc(event.at),
+        kind=event.kind,
+        from_phase=event.from_phase,
+        to_phase=event.to_phase,
+        reason=event.reason,
+        data=event.data,
+    )
+
+
+def command_view(command: Command) -> QueuedCommand:
+    return QueuedCommand(id=command.id, kind=cast(CommandKind, command.kind))
+

@@ -1,0 +1,888 @@
+// The status page: every rollout with its progress, last verdict and a chart of its windows.
+//
+// People watch rollouts here; the page reads the same HTTP API as the `rollout` CLI
+// (GET /api/v1/rollouts, GET /api/v1/rollouts/{id}/series) and redraws in place every few
+// seconds. Only parts whose data changed are rebuilt, so nothing flickers and the reading
+// position stays put. Every string from the API goes into the page as text, never as markup.
+// Nothing here loads from anywhere but the controller that served the page.
+(function () {
+  "use strict";
+
+  const REFRESH_MS = 2500;
+  const HIDDEN_REFRESH_MS = 15000; // a background tab needs no fresh numbers every 2.5 s
+  const REQUEST_TIMEOUT_MS = 8000;
+  const SERIES_WINDOWS = 240;
+  const RECENT = 100; // finished rollouts shown: the newest ones
+  const ACTIVE_QUERY = ["pending", "preparing", "progressing", "paused", "promoting",
+    "rolling_back"].map((phase) => "phase=" + phase).join("&");
+  const TOKEN_KEY = "rollout.api-token";
+  const TERMINAL = new Set(["succeeded", "rolled_back", "aborted", "failed"]);
+  // A glyph with each word: the phase reads without colour.
+  const PHASES = {
+    pending: ["\u2026", "pending"],
+    preparing: ["\u25d4", "preparing"],
+    progressing: ["\u25b6", "progressing"],
+    paused: ["\u275a\u275a", "paused"],
+    promoting: ["\u21e7", "promoting"],
+    succeeded: ["\u2713", "succeeded"],
+    rolling_back: ["\u21b6", "rolling back"],
+    rolled_back: ["\u21a9", "rolled back"],
+    aborted: ["\u25a0", "aborted"],
+    failed: ["\u2717", "failed"],
+  };
+  const STRATEGIES = { canary: "canary", ab: "A/B", blue_green: "blue/green" };
+  const OUTCOMES = {
+    pass: ["\u2713", "pass"],
+    fail: ["\u2717", "fail"],
+    inconclusive: ["?", "inconclusive"],
+  };
+  // The chart's geometry, in viewBox units.
+  const CHART = { width: 640, height: 336, left: 58, right: 14 };
+  const PANELS = [
+    { metric: "error_rate", title: "5xx error rate", top: 44, bottom: 154, format: percent,
+      floor: 0.001 },
+    { metric: "p99_ms", title: "p99 latency", top: 204, bottom: 314, format: millis, floor: 1 },
+  ];
+  const ARMS = ["candidate", "baseline"];
+  const MAX_POINT_MARKERS = 90;
+
+  const byId = (id) => document.getElementById(id);
+  const SVG_NS = byId("svg-proto").namespaceURI;
+  const LOGIN_MESSAGE = byId("login-message").textContent;
+  const cards = new Map(); // rollout id -> card
+  const seriesCache = new Map(); // rollout id -> {key, data}
+  let token = readToken();
+  let timer = null;
+  let busy = false;
+  let lastSuccess = null;
+  let failingSince = null;
+  let waitingForToken = false;
+
+  class ApiError extends Error {
+    constructor(status, body) {
+      const error = body && body.error ? body.error : {};
+      super(error.message || "HTTP " + status);
+      this.status = status;
+      this.code = error.code || null;
+    }
+  }
+
+  class Unreachable extends Error {}
+
+  // ---- talking to the API ----------------------------------------------------------------
+
+  function readToken() {
+    try {
+      return window.sessionStorage.getItem(TOKEN_KEY);
+    } catch (_error) {
+      return null; // storage disabled: the token lives as long as the page
+    }
+  }
+
+  function keepToken(value) {
+    token = value;
+    try {
+      if (value) {
+        window.sessionStorage.setItem(TOKEN_KEY, value);
+      } else {
+        window.sessionStorage.removeItem(TOKEN_KEY);
+      }
+    } catch (_error) {
+      // Storage disabled: keep it in memory only.
+    }
+    byId("forget-token").hidden = !value;
+  }
+
+  async function api(path) {
+    const headers = { Accept: "application/json" };
+    if (token) {
+      headers.Authorization = "Bearer " + token;
+    }
+    const abort = new AbortController();
+    const timeout = window.setTimeout(() => abort.abort(), REQUEST_TIMEOUT_MS);
+    let response;
+    try {
+      response = await fetch(path, { headers, cache: "no-store", signal: abort.signal });
+    } catch (error) {
+      throw new Unreachable(error && error.name === "AbortError"
+        ? "no answer within " + REQUEST_TIMEOUT_MS / 1000 + " s" : "connection failed");
+    } finally {
+      window.clearTimeout(timeout);
+    }
+    if (!response.ok) {
+      let body = null;
+      try {
+        body = await response.json();
+      } catch (_error) {
+        body = null; // a proxy's HTML error page, say
+      }
+      throw new ApiError(response.status, body);
+    }
+    return response.json();
+  }
+
+  async function loadSeries(rollout) {
+    // A rollout changes its updated_at with every decision; until then its series is the same.
+    const key = rollout.updated_at + "|" + rollout.phase;
+    const cached = seriesCache.get(rollout.id);
+    if (cached && cached.key === key) {
+      return cached.data;
+    }
+    try {
+      const data = await api("/api/v1/rollouts/" + encodeURIComponent(rollout.id) +
+        "/series?limit=" + SERIES_WINDOWS);
+      seriesCache.set(rollout.id, { key, data });
+      return data;
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) {
+        throw error;
+      }
+      // One chart that cannot be read now does not stop the rest of the page.
+      return cached ? cached.data : { error: error.message };
+    }
+  }
+
+  // ---- the refresh loop --------------------------------------------------------------------
+
+  function schedule() {
+    window.clearTimeout(timer);
+    if (waitingForToken) {
+      return;
+    }
+    timer = window.setTimeout(refresh, document.hidden ? HIDDEN_REFRESH_MS : REFRESH_MS);
+  }
+
+  async function refresh() {
+    if (busy) {
+      return;
+    }
+    busy = true;
+    try {
+      // Every active rollout, however old, and the newest others.
+      const [active, recent] = await Promise.all([
+        api("/api/v1/rollouts?limit=1000&" + ACTIVE_QUERY),
+        api("/api/v1/rollouts?limit=" + RECENT),
+      ]);
+      const byRollout = new Map();
+      for (const rollout of (recent.rollouts || []).concat(active.rollouts || [])) {
+        byRollout.set(rollout.id, rollout); // the later answer wins
+      }
+      const rollouts = ordered([...byRollout.values()]);
+      const series = await Promise.all(rollouts.map(loadSeries));
+      byId("login").hidden = true;
+      render(rollouts, series, (recent.rollouts || []).length >= RECENT);
+      lastSuccess = new Date();
+      failingSince = null;
+      setConnection("live", "Live", "updated " + clock(lastSuccess) + ", every " +
+        REFRESH_MS / 1000 + " s");
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) {
+        askForToken(token ? "The token was refused. Enter a valid one." : null);
+        keepToken(null);
+      } else {
+        failingSince = failingSince || new Date();
+        const since = " since " + clock(failingSince);
+        const last = lastSuccess ? "; last update " + clock(lastSuccess) : "";
+        if (error instanceof ApiError) {
+          setConnection("error", "Error", "the controller answered " + error.status + ": " +
+            error.message + since + last + "; retrying");
+        } else if (error instanceof Unreachable) {
+          setConnection("down", "Unreachable", "controller unreachable (" + error.message +
+            ")" + since + last + "; retrying");
+        } else {
+          // A fault of the page itself (an answer it could not read or draw): say so.
+          window.console.error(error);
+          setConnection("error", "Error", "the page could not show the answer (" +
+            error.message + ")" + since + last + "; retrying");
+        }
+        byId("rollouts").classList.add("stale");
+      }
+    } finally {
+      busy = false;
+      schedule();
+    }
+  }
+
+  function setConnection(state, word, detail) {
+    const box = byId("connection");
+    box.dataset.state = state;
+    byId("connection-state").textContent = word;
+    byId("connection-detail").textContent = detail;
+    if (state === "live") {
+      byId("rollouts").classList.remove("stale");
+    }
+  }
+
+  function askForToken(message) {
+    waitingForToken = true;
+    const login = byId("login");
+    byId("login-message").textContent = message || LOGIN_MESSAGE;
+    login.hidden = false;
+    byId("summary").hidden = true;
+    byId("empty").hidden = true;
+    byId("rollouts").replaceChildren();
+    cards.clear();
+    seriesCache.clear();
+    setConnection("auth", "Token needed", "the API answered 401 Unauthorized");
+    byId("token-input").focus();
+  }
+
+  function ordered(rollouts) {
+    // Active rollouts on top, then newest first within each group.
+    return rollouts.slice().sort((a, b) => {
+      const activeA = TERMINAL.has(a.phase) ? 1 : 0;
+      const activeB = TERMINAL.has(b.phase) ? 1 : 0;
+      if (activeA !== activeB) {
+        return activeA - activeB;
+      }
+      return Date.parse(b.created_at) - Date.parse(a.created_at);
+    });
+  }
+
+  // ---- rendering ---------------------------------------------------------------------------
+
+  function render(rollouts, series, truncated) {
+    const container = byId("rollouts");
+    const seen = new Set();
+    rollouts.forEach((rollout, index) => {
+      let card = cards.get(rollout.id);
+      if (!card) {
+        card = createCard(rollout);
+        cards.set(rollout.id, card);
+      }
+      updateCard(card, rollout, series[index]);
+      // Move a card only when its place changed: nodes left alone do not repaint.
+      const here = container.children[index];
+      if (here !== card.root) {
+        container.insertBefore(card.root, here || null);
+      }
+      seen.add(rollout.id);
+    });
+    for (const [id, card] of cards) {
+      if (!seen.has(id)) {
+        card.root.remove();
+        cards.delete(id);
+        seriesCache.delete(id);
+      }
+    }
+    renderSummary(rollouts, truncated);
+  }
+
+  function renderSummary(rollouts, truncated) {
+    const summary = byId("summary");
+    byId("empty").hidden = rollouts.length > 0;
+    summary.hidden = rollouts.length === 0;
+    const counts = new Map();
+    let active = 0;
+    for (const rollout of rollouts) {
+      if (TERMINAL.has(rollout.phase)) {
+        const word = phaseWord(rollout.phase);
+        counts.set(word, (counts.get(word) || 0) + 1);
+      } else {
+        active += 1;
+      }
+    }
+    const parts = [active + " active"];
+    for (const [word, count] of counts) {
+      parts.push(count + " " + word);
+    }
+    const text = plural(rollouts.length, "rollout") + ": " + parts.join(", ") +
+      (truncated ? " (older finished rollouts: rollout list)" : "");
+    if (summary.textContent !== text) {
+      summary.textContent = text;
+    }
+  }
+
+  function createCard(rollout) {
+    const root = el("article", { class: "rollout", id: "rollout-" + rollout.id });
+    root.dataset.rolloutId = rollout.id;
+    root.setAttribute("aria-labelledby", "title-" + rollout.id);
+    const head = el("div", { class: "card-head" });
+    const body = el("div", { class: "card-body" });
+    const details = el("div", { class: "details" });
+    const card = {
+      root,
+      title: el("h2", { class: "title", id: "title-" + rollout.id }),
+      phase: el("p", { class: "phase" }),
+      facts: el("dl", { class: "facts" }),
+      progress: el("div", { class: "progress" }),
+      note: el("p", { class: "note" }),
+      verdict: el("section", { class: "verdict" }),
+      chart: el("figure", { class: "chart" }),
+      signatures: {},
+    };
+    card.verdict.setAttribute("aria-label", "Last verdict");
+    head.append(card.title, card.phase);
+    details.append(card.facts, card.progress, card.note, card.verdict);
+    body.append(details, card.chart);
+    root.append(head, body);
+    return card;
+  }
+
+  // Rebuild one part of a card only when what it shows changed.
+  function part(card, name, inputs, build) {
+    const signature = JSON.stringify(inputs);
+    if (card.signatures[name] === signature) {
+      return;
+    }
+    card.signatures[name] = signature;
+    build();
+  }
+
+  function updateCard(card, rollout, series) {
+    card.root.dataset.phase = rollout.phase;
+    part(card, "title", [rollout.endpoint, rollout.name], () => {
+      card.title.replaceChildren(
+        el("span", { class: "endpoint" }, rollout.endpoint),
+        rollout.name ? el("span", { class: "label" }, rollout.name) : "",
+      );
+    });
+    part(card, "phase", [rollout.phase], () => {
+      card.phase.dataset.phase = rollout.phase;
+      card.phase.replaceChildren(
+        el("span", { class: "glyph", "aria-hidden": "true" }, phaseGlyph(rollout.phase)),
+        el("span", { class: "visually-hidden" }, "Phase: "),
+        el("span", { class: "word" }, phaseWord(rollout.phase)),
+      );
+    });
+    part(card, "facts", factsInputs(rollout), () => renderFacts(card.facts, rollout));
+    part(card, "progress", [rollout.phase, rollout.step, rollout.steps, rollout.strategy,
+      rollout.candidate_weight], () => renderProgress(card.progress, rollout));
+    part(card, "note", [rollout.pause_reason, rollout.ending_reason], () => {
+      const text = rollout.ending_reason
+        ? (TERMINAL.has(rollout.phase) ? "Ended: " : "Ending: ") + rollout.ending_reason
+        : rollout.pause_reason ? "Paused: " + rollout.pause_reason : "";
+      card.note.textContent = text;
+      card.note.hidden = !text;
+    });
+    part(card, "verdict", [rollout.last_verdict], () => renderVerdict(card.verdict, rollout));
+    part(card, "chart", [series, rollout.phase], () => renderChart(card.chart, rollout, series));
+  }
+
+  function factsInputs(rollout) {
+    // The running time changes every refresh only while the rollout is active.
+    const clockTick = TERMINAL.has(rollout.phase) ? rollout.updated_at
+      : Math.floor(Date.now() / 1000);
+    return [rollout.id, rollout.candidate, rollout.baseline, rollout.strategy, rollout.policy,
+      rollout.started_at, clockTick];
+  }
+
+  function renderFacts(facts, rollout) {
+    const rows = [
+      ["Candidate", rollout.candidate],
+      ["Baseline", rollout.baseline || "\u2013 (resolved when the rollout prepares)"],
+      ["Strategy", (STRATEGIES[rollout.strategy] || rollout.strategy) + ", policy " +
+        rollout.policy],
+      ["Started", null],
+      [TERMINAL.has(rollout.phase) ? "Took" : "Running for", duration(rollout)],
+      ["Rollout", rollout.id],
+    ];
+    const nodes = [];
+    for (const [term, value] of rows) {
+      nodes.push(el("dt", {}, term));
+      if (value === null) {
+        const time = el("time", { datetime: rollout.started_at }, when(rollout.started_at));
+        nodes.push(el("dd", {}, time));
+      } else {
+        nodes.push(el("dd", term === "Rollout" ? { class: "mono" } : {}, value));
+      }
+    }
+    facts.replaceChildren(...nodes);
+  }
+
+  function stages(rollout) {
+    // The candidate weights a rollout goes through; a canary's last stage is 100 %.
+    const steps = (rollout.steps || []).filter((w) => Number.isInteger(w));
+    if (rollout.strategy === "canary" && (steps.length === 0 || steps[steps.length - 1] !== 100)) {
+      steps.push(100);
+    }
+    return steps.length ? steps : [100];
+  }
+
+  function renderProgress(box, rollout) {
+    const weights = stages(rollout);
+    const total = weights.length;
+    const phase = rollout.phase;
+    let current = Math.min(Number.isInteger(rollout.step) ? rollout.step : 0, total - 1);
+    let done = current;
+    if (phase === "succeeded") {
+      current = -1;
+      done = total;
+    } else if (phase === "promoting") {
+      current = total - 1;
+      done = total - 1;
+    } else if (phase === "pending" || phase === "preparing") {
+      current = 0;
+      done = 0;
+    }
+    const stopped = ["rolling_back", "rolled_back", "aborted", "failed"].includes(phase);
+    // Between deciding a step and the endpoint showing it, the step's weight is not live yet.
+    const applying = phase === "progressing" && current >= 0 &&
+      weights[current] !== rollout.candidate_weight;
+    const list = el("ol", { class: "steps" });
+    list.setAttribute("aria-label", "Steps, candidate share of the traffic");
+    weights.forEach((weight, index) => {
+      let state = index < done ? "done" : "todo";
+      let mark = index < done ? "\u2713" : "";
+      let said = index < done ? "done" : "to come";
+      if (index === current) {
+        state = stopped ? "stopped" : phase === "paused" ? "current paused"
+          : applying ? "current applying" : "current";
+        mark = stopped ? "\u2717" : phase === "paused" ? "\u275a\u275a"
+          : applying ? "\u2026" : "\u25b6";
+        said = stopped ? "stopped here" : phase === "paused" ? "paused here"
+          : phase === "pending" || phase === "preparing" ? "next"
+            : applying ? "being applied" : "now";
+      }
+      const item = el("li", { class: "step " + state });
+      item.dataset.weight = String(weight);
+      if (index === current && !stopped) {
+        item.setAttribute("aria-current", "step");
+      }
+      item.append(
+        el("span", { class: "mark", "aria-hidden": "true" }, mark),
+        el("span", { class: "weight" }, weight + " %"),
+        el("span", { class: "visually-hidden" }, " (" + said + ")"),
+      );
+      list.append(item);
+    });
+    const stage = Math.min(done + 1, total);
+    const words = phase === "succeeded" ? "all " + plural(total, "stage") + " done"
+      : "stage " + stage + " of " + total;
+    const weight = rollout.candidate_weight;
+    const split = el("p", { class: "split" },
+      el("strong", {}, "Split now: "),
+      "candidate " + weight + " %, baseline " + (100 - weight) + " %" +
+        (applying ? " (moving to " + weights[current] + " %)" : ""),
+      el("span", { class: "muted" }, " \u00b7 " + words));
+    const bar = el("div", { class: "split-bar", role: "presentation" });
+    const fill = el("div", { class: "split-fill" });
+    fill.style.width = Math.max(0, Math.min(100, weight)) + "%";
+    bar.append(fill);
+    box.replaceChildren(list, split, bar);
+  }
+
+  function renderVerdict(box, rollout) {
+    const verdict = rollout.last_verdict;
+    if (!verdict || !verdict.outcome) {
+      box.replaceChildren(el("h3", {}, "Last verdict"),
+        el("p", { class: "muted" }, TERMINAL.has(rollout.phase)
+          ? "No verdict was recorded." : "No verdict yet: waiting for metric windows."));
+      return;
+    }
+    const meta = [];
+    if (verdict.look !== undefined && verdict.look !== null) {
+      meta.push("look " + verdict.look);
+    }
+    if (verdict.judge) {
+      meta.push(verdict.judge + " judge");
+    }
+    if (typeof verdict.at === "number") {
+      meta.push(clock(new Date(verdict.at * 1000)));
+    }
+    const heading = el("h3", {}, "Last verdict: ", outcomeBadge(verdict.outcome),
+      meta.length ? el("span", { class: "muted meta" }, " " + meta.join(" \u00b7 ")) : "");
+    const table = el("table", { class: "checks" });
+    table.append(
+      el("caption", { class: "visually-hidden" }, "Checks of the last verdict"),
+      el("thead", {}, el("tr", {},
+        el("th", { scope: "col" }, "Check"),
+        el("th", { scope: "col" }, "Outcome"),
+        el("th", { scope: "col", class: "num" }, "Candidate"),
+        el("th", { scope: "col", class: "num" }, "Baseline"),
+        el("th", { scope: "col" }, "Limit"))),
+    );
+    const body = el("tbody");
+    for (const check of verdict.checks || []) {
+      const metric = check.metric || "";
+      // "error_rate vs baseline: max_ratio 2" -> the comparison, then its terms in small print.
+      const text = String(check.check || metric);
+      const colon = text.indexOf(":");
+      const head = colon > 0 ? text.slice(0, colon) : text;
+      const terms = colon > 0 ? text.slice(colon + 1).trim() : "";
+      const row = el("tr", {},
+        el("th", { scope: "row" }, metricName(head),
+          terms ? el("span", { class: "terms" }, terms.replace(/_/g, " ")) : ""),
+        el("td", {}, outcomeBadge(check.outcome)),
+        el("td", { class: "num" }, value(metric, check.candidate_value),
+          el("span", { class: "n" }, "n = " + count(check.candidate_n))),
+        el("td", { class: "num" }, value(metric, check.baseline_value),
+          el("span", { class: "n" }, "n = " + count(check.baseline_n))),
+        el("td", { class: "limit" }, check.limit || "\u2013"));
+      if (check.reason) {
+        row.title = check.reason;
+      }
+      body.append(row);
+    }
+    table.append(body);
+    const parts = [heading];
+    if ((verdict.checks || []).length) {
+      parts.push(el("div", { class: "table-scroll" }, table));
+    }
+    if (verdict.reason) {
+      // The full reasoning (with the evidence) is long: folded, and kept open across redraws.
+      const previous = box.querySelector("details.why");
+      const why = el("details", { class: "why" }, el("summary", {}, "Why: " + verdict.outcome),
+        el("p", {}, verdict.reason));
+      why.open = Boolean(previous && previous.open);
+      parts.push(why);
+    }
+    box.replaceChildren(...parts);
+  }
+
+  function outcomeBadge(outcome) {
+    const [glyph, word] = OUTCOMES[outcome] || ["\u00b7", outcome || "unknown"];
+    const badge = el("span", { class: "outcome" },
+      el("span", { class: "glyph", "aria-hidden": "true" }, glyph), word);
+    badge.dataset.outcome = outcome || "unknown";
+    return badge;
+  }
+
+  // ---- the chart ---------------------------------------------------------------------------
+
+  function renderChart(figure, rollout, series) {
+    const caption = el("figcaption", {},
+      el("span", { class: "chart-title" }, "Candidate vs baseline per metric window"),
+      legend(rollout));
+    if (!series || series.error) {
+      figure.replaceChildren(caption, el("p", { class: "no-data" },
+        "The chart cannot be read now" + (series ? ": " + series.error : ".")));
+      return;
+    }
+    const windows = series.windows || [];
+    if (!windows.length) {
+      figure.replaceChildren(caption, el("p", { class: "no-data" }, series.note ||
+        "No metric windows yet: they appear once the endpoint exports its first window."));
+      return;
+    }
+    figure.replaceChildren(caption, drawChart(rollout, series));
+  }
+
+  function legend(rollout) {
+    const list = el("ul", { class: "legend" });
+    for (const arm of ARMS) {
+      const swatch = svg("svg", { class: "swatch", viewBox: "0 0 34 12", width: 34, height: 12,
+        "aria-hidden": "true", focusable: "false" });
+      swatch.append(svg("line", { class: "line " + arm, x1: 1, y1: 6, x2: 33, y2: 6 }));
+      swatch.append(pointMarker(arm, 17, 6));
+      const name = arm === "candidate" ? rollout.candidate : rollout.baseline || "(not known yet)";
+      const style = arm === "candidate" ? "solid line, dots" : "dashed line, squares";
+      list.append(el("li", {}, swatch, el("span", {}, arm + " " + name),
+        el("span", { class: "visually-hidden" }, " (" + style + ")")));
+    }
+    const mark = svg("svg", { class: "swatch", viewBox: "0 0 12 12", width: 12, height: 12,
+      "aria-hidden": "true", focusable: "false" });
+    mark.append(svg("line", { class: "step-line", x1: 6, y1: 0, x2: 6, y2: 12 }));
+    list.append(el("li", {}, mark, el("span", {}, "split change")));
+    return list;
+  }
+
+  function drawChart(rollout, series) {
+    const windows = series.windows;
+    const marks = series.steps || [];
+    const times = windows.map((w) => w.start_ms).concat(marks.map((m) => m.at_ms));
+    let t0 = Math.min(...times);
+    let t1 = Math.max(...times);
+    if (t1 - t0 < 2000) {
+      t0 -= 1000;
+      t1 += 1000;
+    }
+    const xOf = (t) => CHART.left + (t - t0) / (t1 - t0) * (CHART.width - CHART.left - CHART.right);
+    const chart = svg("svg", { class: "plot", viewBox: "0 0 " + CHART.width + " " + CHART.height,
+      role: "img", preserveAspectRatio: "xMidYMid meet" });
+    chart.setAttribute("aria-label", describe(rollout, series));
+    chart.dataset.windows = String(windows.length);
+
+    if (series.split_applied_at && !TERMINAL.has(rollout.phase)) {
+      // The windows the judge is reading for the current step.
+      const from = xOf(Math.max(t0, Date.parse(series.split_applied_at)));
+      const band = svg("rect", { class: "judged", x: from, y: PANELS[0].top - 8,
+        width: Math.max(0, CHART.width - CHART.right - from),
+        height: PANELS[1].bottom - PANELS[0].top + 8 });
+      band.append(svg("title", {}, "windows judged for the current step"));
+      chart.append(band);
+    }
+    for (const panel of PANELS) {
+      drawPanel(chart, panel, windows, xOf);
+    }
+    drawTimeAxis(chart, t0, t1);
+    drawMarks(chart, marks, xOf);
+    return chart;
+  }
+
+  function drawPanel(chart, panel, windows, xOf) {
+    const values = [];
+    for (const w of windows) {
+      for (const arm of ARMS) {
+        const v = w[arm] ? w[arm][panel.metric] : null;
+        if (typeof v === "number") {
+          values.push(v);
+        }
+      }
+    }
+    const top = niceCeiling(Math.max(panel.floor, ...values) * 1.1);
+    const yOf = (v) => panel.bottom - v / top * (panel.bottom - panel.top);
+    const group = svg("g", { class: "panel" });
+    group.dataset.metric = panel.metric;
+    group.append(svg("text", { class: "panel-title", x: CHART.left, y: panel.top - 8 },
+      panel.title));
+    for (const fraction of [0, 0.5, 1]) {
+      const v = top * fraction;
+      const y = yOf(v);
+      group.append(svg("line", { class: "grid", x1: CHART.left, x2: CHART.width - CHART.right,
+        y1: y, y2: y }));
+      group.append(svg("text", { class: "tick", x: CHART.left - 6, y: y + 3.5,
+        "text-anchor": "end" }, panel.format(v)));
+    }
+    for (const arm of ARMS) {
+      let d = "";
+      let points = 0;
+      let gap = true;
+      const markers = svg("g", { class: "points " + arm });
+      for (const w of windows) {
+        const v = w[arm] ? w[arm][panel.metric] : null;
+        if (typeof v !== "number") {
+          gap = true; // no data in this window: the line breaks instead of inventing a value
+          continue;
+        }
+        const x = xOf(w.start_ms);
+        const y = yOf(v);
+        d += (gap ? "M" : "L") + x.toFixed(1) + " " + y.toFixed(1) + " ";
+        gap = false;
+        points += 1;
+        if (windows.length <= MAX_POINT_MARKERS) {
+          const marker = pointMarker(arm, x, y);
+          marker.append(svg("title", {}, arm + " " + clock(new Date(w.start_ms)) + ": " +
+            panel.format(v) + " (" + count(w[arm].requests) + " requests)"));
+          markers.append(marker);
+        }
+      }
+      const path = svg("path", { class: "line " + arm, d: d.trim() || "M0 0" });
+      path.dataset.arm = arm;
+      path.dataset.points = String(points);
+      if (!points) {
+        path.setAttribute("visibility", "hidden");
+      }
+      group.append(path, markers);
+    }
+    chart.append(group);
+  }
+
+  function drawTimeAxis(chart, t0, t1) {
+    const y = PANELS[1].bottom + 16;
+    const right = CHART.width - CHART.right;
+    chart.append(svg("text", { class: "tick", x: CHART.left, y }, clock(new Date(t0))));
+    chart.append(svg("text", { class: "tick", x: right, y, "text-anchor": "end" },
+      clock(new Date(t1))));
+  }
+
+  function drawMarks(chart, marks, xOf) {
+    let previousX = -Infinity;
+    let row = 0;
+    for (const mark of marks) {
+      const x = xOf(mark.at_ms);
+      // Labels of close marks go on alternate rows instead of on top of each other.
+      row = x - previousX < 44 ? 1 - row : 0;
+      previousX = x;
+      const group = svg("g", { class: "step-marker " + mark.kind });
+      group.dataset.kind = mark.kind;
+      if (mark.weight !== null && mark.weight !== undefined) {
+        group.dataset.weight = String(mark.weight);
+      }
+      group.append(svg("line", { class: "step-line", x1: x, x2: x, y1: 4 + row * 11,
+        y2: PANELS[1].bottom }));
+      // Near the right edge the label goes to the left of its line, inside the chart.
+      const flip = x > CHART.width - CHART.right - 48;
+      group.append(svg("text", { class: "step-label", x: flip ? x - 3 : x + 3, y: 12 + row * 11,
+        "text-anchor": flip ? "end" : "start" }, markLabel(mark)));
+      group.append(svg("title", {}, clock(new Date(mark.at_ms)) + ": " + mark.reason));
+      chart.append(group);
+    }
+  }
+
+  function markLabel(mark) {
+    if (mark.kind === "rollback") {
+      return "rollback";
+    }
+    if (mark.kind === "promoted") {
+      return "100 % \u2713";
+    }
+    return (mark.weight === null || mark.weight === undefined ? "?" : mark.weight) + " %";
+  }
+
+  function pointMarker(arm, x, y) {
+    if (arm === "candidate") {
+      return svg("circle", { class: "point " + arm, cx: x, cy: y, r: 2.6 });
+    }
+    return svg("rect", { class: "point " + arm, x: x - 2.3, y: y - 2.3, width: 4.6,
+      height: 4.6 });
+  }
+
+  function describe(rollout, series) {
+    const windows = series.windows;
+    const latest = (arm, metric, format) => {
+      for (let i = windows.length - 1; i >= 0; i -= 1) {
+        const v = windows[i][arm] ? windows[i][arm][metric] : null;
+        if (typeof v === "number") {
+          return format(v);
+        }
+      }
+      return "no data";
+    };
+    const changes = (series.steps || []).map((m) => markLabel(m) + " at " +
+      clock(new Date(m.at_ms)));
+    return "Chart of " + plural(windows.length, "metric window") + " for " + rollout.endpoint +
+      ". Latest 5xx error rate: candidate " + latest("candidate", "error_rate", percent) +
+      ", baseline " + latest("baseline", "error_rate", percent) + ". Latest p99 latency: " +
+      "candidate " + latest("candidate", "p99_ms", millis) + ", baseline " +
+      latest("baseline", "p99_ms", millis) + ". " +
+      (changes.length ? "Split changes: " + changes.join(", ") + "." : "No split change yet.");
+  }
+
+  // ---- formatting --------------------------------------------------------------------------
+
+  function phaseGlyph(phase) {
+    return (PHASES[phase] || ["\u00b7"])[0];
+  }
+
+  function phaseWord(phase) {
+    return (PHASES[phase] || ["", phase])[1];
+  }
+
+  function metricName(text) {
+    return String(text).replace(/_ms\b/g, " (ms)").replace(/_/g, " ");
+  }
+
+  function value(metric, v) {
+    if (v === "+Inf") {
+      return "\u221e";
+    }
+    if (v === "-Inf") {
+      return "\u2212\u221e";
+    }
+    if (typeof v !== "number") {
+      return "\u2013";
+    }
+    if (/rate|ratio|share/.test(metric)) {
+      return percent(v);
+    }
+    if (/_ms$/.test(metric)) {
+      return millis(v);
+    }
+    return significant(v);
+  }
+
+  function percent(v) {
+    return v === 0 ? "0 %" : significant(v * 100) + " %";
+  }
+
+  function millis(v) {
+    return (v >= 100 ? Math.round(v).toString() : significant(v)) + " ms";
+  }
+
+  // The smallest 1, 2, 2.5 or 5 times a power of ten at or above v: round axis labels.
+  function niceCeiling(v) {
+    const power = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const step of [1, 2, 2.5, 5, 10]) {
+      if (step * power >= v) {
+        return step * power;
+      }
+    }
+    return 10 * power;
+  }
+
+  function significant(v) {
+    if (v === 0) {
+      return "0";
+    }
+    return String(Number(v.toPrecision(3)));
+  }
+
+  function count(n) {
+    return typeof n === "number" ? Math.round(n).toLocaleString("en-US") : "\u2013";
+  }
+
+  function plural(n, word) {
+    return n + " " + word + (n === 1 ? "" : "s");
+  }
+
+  function pad(n) {
+    return String(n).padStart(2, "0");
+  }
+
+  function clock(date) {
+    return pad(date.getHours()) + ":" + pad(date.getMinutes()) + ":" + pad(date.getSeconds());
+  }
+
+  function when(iso) {
+    const date = new Date(iso);
+    if (Number.isNaN(date.getTime())) {
+      return String(iso);
+    }
+    return date.getFullYear() + "-" + pad(date.getMonth() + 1) + "-" + pad(date.getDate()) +
+      " " + clock(date);
+  }
+
+  function duration(rollout) {
+    const start = Date.parse(rollout.started_at);
+    const end = TERMINAL.has(rollout.phase) ? Date.parse(rollout.updated_at) : Date.now();
+    let seconds = Math.max(0, Math.round((end - start) / 1000));
+    const hours = Math.floor(seconds / 3600);
+    seconds -= hours * 3600;
+    const minutes = Math.floor(seconds / 60);
+    seconds -= minutes * 60;
+    if (hours) {
+      return hours + " h " + minutes + " min";
+    }
+    return minutes ? minutes + " min " + seconds + " s" : seconds + " s";
+  }
+
+  // ---- DOM helpers -------------------------------------------------------------------------
+
+  function el(tag, attributes, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, val] of Object.entries(attributes || {})) {
+      node.setAttribute(name, val);
+    }
+    node.append(...children.filter((child) => child !== "" && child !== null));
+    return node;
+  }
+
+  function svg(tag, attributes, text) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [name, val] of Object.entries(attributes || {})) {
+      node.setAttribute(name, typeof val === "number" ? val.toFixed(1) : val);
+    }
+    if (text !== undefined) {
+      node.textContent = text;
+    }
+    return node;
+  }
+
+  // ---- start -------------------------------------------------------------------------------
+
+  byId("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const value = byId("token-input").value.trim();
+    if (!value) {
+      return;
+    }
+    byId("token-input").value = "";
+    keepToken(value);
+    waitingForToken = false;
+    byId("login").hidden = true;
+    setConnection("loading", "Loading", "");
+    refresh();
+  });
+  byId("forget-token").addEventListener("click", () => {
+    keepToken(null);
+    refresh();
+  });
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && !waitingForToken) {
+      refresh();
+    }
+  });
+  keepToken(token);
+  refresh();
+})();

@@ -1,0 +1,393 @@
+"""The ``rollout`` command line: the edge where flags become ``Settings`` and servers start.
+
+Each command maps its flags onto settings objects and calls into the package; no command holds
+logic of its own. Errors print one clear line and exit non-zero, never a traceback.
+
+Users submit plans and steer rollouts through the controller's HTTP API; the engine acts on
+what is stored. ``submit``, ``get``, ``list``, ``events``, ``pause``, ``resume``, ``promote``
+and ``abort`` are that API's client: their requests and rendering live in
+``rollout.client_cli``, and each takes ``--server`` (``ROLLOUT_SERVER``), ``--token``
+(``ROLLOUT_TOKEN``) and ``--output table|json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from rollout.errors import ConfigurationProblem
+
+if TYPE_CHECKING:
+    from rollout import client_cli
+    from rollout.settings import Settings
+
+app = typer.Typer(
+    name="rollout",
+    help="Progressive delivery for Databricks Model Serving endpoints.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Progressive delivery for Databricks Model Serving endpoints."""
+
+
+@app.command()
+def sandbox(
+    *,
+    port: int = typer.Option(8765, min=0, max=65535, help="TCP port (0 picks a free one)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; keep it on loopback."),
+    seed: int = typer.Option(0, help="Seed of the simulated traffic."),
+    window_seconds: float = typer.Option(
+        60.0, min=0.001, help="Length of an export-metrics window, in seconds."
+    ),
+    update_seconds: float = typer.Option(
+        10.0, min=0.0, help="How long a config update stays IN_PROGRESS, in seconds."
+    ),
+    token: str = typer.Option(
+        "dapi-sandbox-token", help="The CAN_MANAGE personal access token to accept."
+    ),
+    demo: bool = typer.Option(
+        False, "--demo", help="Create demo-endpoint with one model under simulated load."
+    ),
+) -> None:
+    """Run a local Databricks serving workspace (REST API, simulated traffic, admin API)."""
+    # Imported here: the web stack is only needed by the commands that serve.
+    from rollout.sandbox.server import run  # noqa: PLC0415 -- keeps other commands light
+
+    try:
+        run(
+            host=host,
+            port=port,
+            seed=seed,
+            window_seconds=window_seconds,
+            update_seconds=update_seconds,
+            token=token,
+            demo=demo,
+            echo=typer.echo,
+        )
+    except OSError as exc:
+        typer.echo(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def validate(
+    plan_file: Annotated[Path, typer.Argument(help="The plan, YAML or JSON.")],
+) -> None:
+    """Check a plan offline: every problem is listed with the field it concerns."""
+    from rollout.plan import CanaryPlan, PlanError, describe_steps, load_plan  # noqa: PLC0415
+
+    try:
+        text = plan_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        typer.echo(f"error: cannot read {plan_file}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    content_type = "application/json" if plan_file.suffix == ".json" else None
+    try:
+        plan, policy = load_plan(text, content_type=content_type)
+    except PlanError as exc:
+        typer.echo(f"{plan_file}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    steps = describe_steps(plan) if isinstance(plan, CanaryPlan) else plan.strategy
+    typer.echo(
+        f"{plan_file}: valid {plan.strategy} plan for endpoint {plan.endpoint}: "
+        f"{plan.candidate.served_name} ({steps}); policy {policy.describe()}"
+    )
+
+
+@app.command()
+def engine(
+    *,
+    until_idle: bool = typer.Option(
+        False, "--until-idle", help="Exit once no rollout is active (batch runs, tests)."
+    ),
+) -> None:
+    """Run the reconcile loop alone: drive every active rollout in the store to its end.
+
+    Configured by the environment: ROLLOUT_STORE_URL, DATABRICKS_HOST and credentials,
+    ROLLOUT_ENGINE_* timings. SIGTERM or Ctrl-C stops it after the updates in flight.
+    """
+    from rollout.engine.service import run_engine  # noqa: PLC0415 -- keeps other commands light
+
+    try:
+        asyncio.run(run_engine(_settings(), until_idle=until_idle))
+    except ConfigurationProblem as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def serve(
+    *,
+    host: str | None = typer.Option(
+        None, help="Address to listen on (ROLLOUT_API_HOST; default 127.0.0.1)."
+    ),
+    port: int | None = typer.Option(
+        None, min=0, max=65535, help="TCP port (ROLLOUT_API_PORT; default 8080; 0 = any free)."
+    ),
+) -> None:
+    """Run the controller: HTTP API, reconcile loop and alert dispatcher.
+
+    Configured by the environment (DATABRICKS_* for the workspace, ROLLOUT_* for the rest:
+    see rollout/settings.py). Prints the URL it listens on. SIGTERM or Ctrl-C shuts down in
+    stages: no new work, updates in flight finish, pending alerts are flushed, exit 0.
+    """
+    from rollout.daemon import serve as run_daemon  # noqa: PLC0415 -- keeps other commands light
+
+    settings = _settings()
+    if host is not None:
+        settings.api.host = host
+    if port is not None:
+        settings.api.port = port
+    try:
+        code = asyncio.run(
+            run_daemon(settings, on_listening=lambda url: typer.echo(f"listening on {url}"))
+        )
+    except ConfigurationProblem as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo() -> None:
+    """Show the whole thing in under two minutes, on this machine, with no Databricks account.
+
+    Starts a sandbox workspace and a controller on free loopback ports, runs a healthy canary
+    (promoted) and a regressed one (rolled back, its alert shown). Exit 0 only if both happen.
+    """
+    from rollout.demo import main as run_demo  # noqa: PLC0415 -- keeps other commands light
+
+    raise typer.Exit(run_demo())
+
+
+def _settings() -> Settings:
+    """Settings from the environment; a bad variable is one clear line, not a traceback."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from rollout.settings import Settings  # noqa: PLC0415
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            typer.echo(f"error: setting {where}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+
+# ---- the API's client -------------------------------------------------------------------------
+
+# The default is written out (not imported) so that `rollout --help` stays light.
+_DEFAULT_SERVER = "http://127.0.0.1:8080"
+ServerOption = Annotated[
+    str,
+    typer.Option(
+        "--server", envvar="ROLLOUT_SERVER", help="URL of the rollout API.", show_envvar=True
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="ROLLOUT_TOKEN",
+        help="Bearer token: viewer to read, operator to act.",
+        show_envvar=True,
+        show_default=False,
+    ),
+]
+OutputOption = Annotated[
+    str,
+    typer.Option(
+        "--output", "-o", help="table (for people) or json (for scripts).", metavar="table|json"
+    ),
+]
+IdArgument = Annotated[str, typer.Argument(help="The rollout's id.", show_default=False)]
+ReasonOption = Annotated[
+    str | None, typer.Option("--reason", help="Why; kept in the event log and alerts.")
+]
+
+
+def _session(server: str, token: str | None, output: str) -> client_cli.Session:
+    from rollout import client_cli  # noqa: PLC0415 -- httpx/rich only for the client commands
+
+    try:
+        chosen = client_cli.Output(output.lower())
+    except ValueError:
+        typer.echo(f"error: --output is table or json, not {output!r}", err=True)
+        raise typer.Exit(2) from None
+    return client_cli.Session(server, token or None, chosen)
+
+
+def _done(code: int) -> None:
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def submit(
+    *,
+    plan_file: Annotated[
+        Path, typer.Argument(help="The plan, YAML or JSON (.json); - reads standard input.")
+    ],
+    server: ServerOption = _DEFAULT_SERVER,
+    token: TokenOption = None,
+    output: OutputOption = "table",
+) -> None:
+    """Submit a rollout plan; prints the new rollout's id (json: the rollout).
+
+    An invalid plan lists every problem with its field and exits 1;
+    an unreadable file exits 2.
+    """
+    from rollout import client_cli  # noqa: PLC0415
+
+    _done(client_cli.submit(_session(server, token, output), plan_file))
+
+
+@app.command()
+def get(
+    *,
+    rollout_id: IdArgument,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Follow the rollout until it ends.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.01, help="Seconds between two looks when watching.")
+    ] = 2.0,
+    server: ServerOption = _DEFAULT_SERVER,
+    token: TokenOption = None,
+    output: OutputOption = "table",
+) -> None:
+    """Show a rollout: phase, progress through its steps, last verdict per check.
+
+    --watch follows it until it ends: a live view on a terminal, one line
+    per change otherwise (one JSON document per change with --output json).
+
+    Exit codes with --watch: 0 succeeded, 3 rolled_back, 4 failed, 5 aborted.
+    Always: 1 the request failed (API unreachable or refused), 2 bad usage.
+    """
+    from rollout import client_cli  # noqa: PLC0415
+
+    _done(
+        client_cli.get(_session(server, token, output), rollout_id, watch=watch, interval=interval)
+    )
+
+
+@app.command("list")
+def list_rollouts(
+    *,
+    endpoint: Annotated[
+        str | None, typer.Option("--endpoint", help="Only this endpoint's rollouts.")
+    ] = None,
+    phase: Annotated[
+        list[str] | None,
+        typer.Option("--phase", help="Only rollouts in this phase (repeatable)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")] = 50,
+    server: ServerOption = _DEFAULT_SERVER,
+    token: TokenOption = None,
+    output: OutputOption = "table",
+) -> None:
+    """List rollouts, newest first."""
+    from rollout import client_cli  # noqa: PLC0415
+
+    _done(
+        client_cli.list_rollouts(
+            _session(server, token, output), endpoint=endpoint, phases=phase or [], limit=limit
+        )
+    )
+
+
+@app.command()
+def events(
+    *,
+    rollout_id: IdArgument,
+    after: Annotated[int, typer.Option(min=0, help="Only events after this seq.")] = 0,
+    server: ServerOption = _DEFAULT_SERVER,
+    token: TokenOption = None,
+    output: OutputOption = "table",
+) -> None:
+    """Show a rollout's event log: every transition and verdict, with its reason."""
+    from rollout import client_cli  # noqa: PLC0415
+
+    _done(client_cli.events(_session(server, token, output), rollout_id, after=after))
+
+
+@app.command()
+def pause(
+    *,
+    rollout_id: IdArgument,
+    reason: ReasonOption = None,
+    server: ServerOption = _DEFAULT_SERVER,
+    token: TokenOption = None,
+    output: OutputOption = "table",
+) -> None:
+    """Hold a rollout at its current step (needs the operator role)."""
+    from rollout import client_cli  # noqa: PLC0415
+
+    body = {"reason": reason} if reason else None
+    _done(client_cli.command(_session(server, token, output), rollout_id, "pause", body))
+
+
+@app.command()
+def resume(
+    *,
+    rollout_id: IdArgument,
+    server: ServerOption = _DEFAULT_SERVER,
+    token: TokenOption = None,
+    output: OutputOption = "table",
+) -> None:
+    """Resume a paused rollout; its current step is applied again (needs operator)."""
+    from rollout import client_cli  # noqa: PLC0415
+
+    _done(client_cli.command(_session(server, token, output), rollout_id, "resume"))
+
+
+@app.command()
+def promote(
+    *,
+    rollout_id: IdArgument,
+    full: Annotated[
+        bool, typer.Option("--full", help="Straight to 100 % instead of the next step.")
+    ] = False,
+    server: ServerOption = _DEFAULT_SERVER,
+    token: TokenOption = None,
+    output: OutputOption = "table",
+) -> None:
+    """Move a rollout on without waiting for its verdict (needs the operator role)."""
+    from rollout import client_cli  # noqa: PLC0415
+
+    body = {"full": True} if full else None
+    _done(client_cli.command(_session(server, token, output), rollout_id, "promote", body))
+
+
+@app.command()
+def abort(
+    *,
+    rollout_id: IdArgument,
+    reason: ReasonOption = None,
+    server: ServerOption = _DEFAULT_SERVER,
+    token: TokenOption = None,
+    output: OutputOption = "table",
+) -> None:
+    """Roll a rollout back to its baseline and end it as aborted (needs operator)."""
+    from rollout import client_cli  # noqa: PLC0415
+
+    body = {"reason": reason} if reason else None
+    _done(client_cli.command(_session(server, token, output), rollout_id, "abort", body))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The engine: the pure state machine (``decide``) and the runner that carries out its effects."""

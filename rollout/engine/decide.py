@@ -1,0 +1,873 @@
+"""``decide``: the rollout state machine as one pure function.
+
+Where this sits: at every tick the runner calls ``decide(plan, state, observation, now)`` and
+gets back a ``Decision``: the next state, the events and alerts to persist with it, the one
+effect to carry out afterwards (a config PUT or blue/green preflight checks), and when to look
+again. Nothing here does I/O or reads a clock; the same inputs always give the same decision,
+which is what makes replay after a crash safe and the table-driven tests possible.
+
+The life of a canary::
+
+    pending --deploy candidate at 0 %--> preparing --step 1 split--> progressing(step k)
+      progressing: judge each new window; fail -> rolling_back; bake done and judge allows
+      -> next step, after the last step -> promoting (candidate alone at 100 %) -> succeeded
+    rolling_back: restore baseline at 100 % -> remove candidate -> rolled_back (or aborted)
+    could not restore -> failed (a human must act)
+
+Every config change goes through a ``Target``: decided and persisted first, PUT by the runner,
+and confirmed only when the endpoint shows it. A target the endpoint shows neither as live, as
+pending, nor as the config it replaced means someone changed the endpoint by hand (drift): the
+rollout pauses and says so, and never fights the human.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rollout.analysis.ab import ab_report
+from rollout.analysis.control import against_control
+from rollout.analysis.spec import Policy
+from rollout.engine.judging import Look, judge_look
+from rollout.engine.model import (
+    AlertOut,
+    Arm,
+    Command,
+    Decision,
+    Effect,
+    EndpointSnapshot,
+    EventOut,
+    Observation,
+    Phase,
+    PutConfig,
+    RollbackCause,
+    RolloutState,
+    RunPreflight,
+    Severity,
+    Target,
+    TargetPurpose,
+)
+from rollout.plan import ABPlan, AnyPlan, BlueGreenPlan, CanaryPlan
+from rollout.units import format_duration
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How often to look and how long to wait; passed in, never read from the environment."""
+
+    look_interval: float = 60.0  # seconds between judging looks (one metrics window)
+    update_poll: float = 5.0  # seconds between looks while a config update is in flight
+    update_deadline: float = 45 * 60.0  # a config update not settled by then has failed
+    max_put_attempts: int = 3  # PUTs of one target before giving up on it
+    step_deadline_factor: float = 3.0  # a step with no conclusive verdict after bake x this
+
+
+DEFAULT_TIMING = Timing()
+
+
+def config_key(entities: list[str], split: dict[str, int]) -> str:
+    """A comparable fingerprint of a config: entity names and the non-zero routes."""
+    routes = ",".join(f"{name}={pct}" for name, pct in sorted(split.items()) if pct)
+    return f"{'|'.join(sorted(entities))}#{routes}"
+
+
+def snapshot_key(snapshot: EndpointSnapshot) -> str:
+    return config_key(snapshot.entity_names, snapshot.split)
+
+
+def pending_key(snapshot: EndpointSnapshot) -> str | None:
+    if snapshot.pending_entities is None or snapshot.pending_split is None:
+        return None
+    return config_key(snapshot.pending_entities, snapshot.pending_split)
+
+
+def target_key(target: Target) -> str:
+    return config_key(target.entity_names, target.split)
+
+
+@dataclass
+class _Turn:
+    """Collects the parts of one decision while the phase handlers run."""
+
+    plan: AnyPlan
+    policy: Policy
+    obs: Observation
+    now: float
+    timing: Timing
+    state: RolloutState
+    events: list[EventOut] = field(default_factory=list)
+    alerts: list[AlertOut] = field(default_factory=list)
+    consumed: list[int] = field(default_factory=list)
+    effect: Effect | None = None
+    next_check_in: float | None = None
+
+    def set(self, **changes: Any) -> None:
+        self.state = self.state.model_copy(update=changes)
+
+    def move(self, to: Phase, reason: str, kind: str, data: dict[str, Any] | None = None) -> None:
+        self.events.append(EventOut(kind, reason, self.state.phase, to, data or {}))
+        self.set(phase=to)
+
+    def note(self, kind: str, reason: str, data: dict[str, Any] | None = None) -> None:
+        phase = self.state.phase
+        self.events.append(EventOut(kind, reason, phase, phase, data or {}))
+
+    def alert(
+        self, event: str, severity: Severity, summary: str, details: dict[str, Any] | None = None
+    ) -> None:
+        # Deterministic keys: replaying the same decision after a crash yields the same key, and
+        # the outbox ignores it the second time.
+        key = f"{event}:{self.state.step}:{len(self.events)}:{int(self.state.started_at)}"
+        self.alerts.append(AlertOut(key, event, severity, summary, details or {}))
+
+    def put(self, target: Target) -> None:
+        self.set(target=target)
+        self.effect = PutConfig(target)
+        self.next_check_in = self.timing.update_poll
+
+    def again_in(self, seconds: float) -> None:
+        self.next_check_in = (
+            seconds if self.next_check_in is None else min(self.next_check_in, seconds)
+        )
+
+    def decision(self) -> Decision:
+        if self.state.phase.terminal:
+            self.next_check_in = None
+        elif self.next_check_in is None:
+            self.next_check_in = self.timing.look_interval
+        return Decision(
+            state=self.state,
+            events=tuple(self.events),
+            alerts=tuple(self.alerts),
+            effect=self.effect,
+            next_check_in=self.next_check_in,
+            consumed_commands=tuple(self.consumed),
+        )
+
+
+def decide(
+    plan: AnyPlan,
+    state: RolloutState,
+    observation: Observation,
+    now: float,
+    *,
+    policy: Policy,
+    timing: Timing = DEFAULT_TIMING,
+) -> Decision:
+    """The next step of one rollout. Pure: same inputs, same decision."""
+    turn = _Turn(plan, policy, observation, now, timing, state)
+    if state.phase.terminal:
+        for command in observation.commands:
+            turn.consumed.append(command.id)
+            turn.note("command_ignored", f"{command.kind}: the rollout has already ended")
+        return turn.decision()
+
+    if observation.endpoint_missing and state.phase is not Phase.PENDING:
+        _fail(turn, f"endpoint {plan.endpoint!r} no longer exists")
+        return turn.decision()
+
+    _take_abort(turn)
+    if turn.effect is None and turn.state.target is not None:
+        _follow_target(turn)
+    if turn.effect is None and not turn.state.phase.terminal:
+        _check_deadline(turn)
+    if turn.effect is None and not turn.state.phase.terminal and turn.state.target is None:
+        _PHASES[turn.state.phase](turn)
+    _leftover_commands(turn)
+    return turn.decision()
+
+
+# ---- commands -----------------------------------------------------------------------------
+
+
+def _take_abort(turn: _Turn) -> None:
+    for command in turn.obs.commands:
+        if command.kind != "abort":
+            continue
+        turn.consumed.append(command.id)
+        if turn.state.phase is Phase.ROLLING_BACK:
+            turn.note("command_ignored", "abort: already rolling back")
+            continue
+        reason = str(command.payload.get("reason") or "aborted by an operator")
+        _start_rollback(
+            turn, reason, "aborted", ending=Phase.ABORTED, kind="aborted", severity="warn"
+        )
+        return
+
+
+def _leftover_commands(turn: _Turn) -> None:
+    """Commands no handler took: consume those that cannot apply now, keep the rest queued.
+
+    Commands wait while a config update is in flight (a pause between a PUT and its
+    confirmation would leave the rollout not knowing which split is live).
+    """
+    if turn.state.target is not None and not turn.state.phase.terminal:
+        return
+    for command in turn.obs.commands:
+        if command.id in turn.consumed:
+            continue
+        turn.consumed.append(command.id)
+        turn.note(
+            "command_ignored",
+            f"{command.kind}: not applicable while {turn.state.phase.value}",
+        )
+
+
+def _take(turn: _Turn, *kinds: str) -> Command | None:
+    if turn.state.target is not None:
+        return None
+    for command in turn.obs.commands:
+        if command.kind in kinds and command.id not in turn.consumed:
+            turn.consumed.append(command.id)
+            return command
+    return None
+
+
+# ---- targets: one config change from decision to confirmation -------------------------------
+
+
+def _entities(turn: _Turn, *, candidate: bool, baseline: bool) -> list[dict[str, Any]]:
+    state = turn.state
+    entities = [dict(e) for e in state.other_entities]
+    if baseline and state.baseline_entity is not None:
+        entities.append(dict(state.baseline_entity))
+    if candidate:
+        entities.append(turn.plan.candidate.as_served_entity())
+    return entities
+
+
+def _new_target(
+    turn: _Turn,
+    purpose: TargetPurpose,
+    candidate_weight: int,
+    *,
+    with_candidate: bool = True,
+    with_baseline: bool = True,
+) -> Target:
+    state = turn.state
+    baseline = state.baseline or ""
+    candidate = turn.plan.candidate.served_name
+    split = {str(e["name"]): 0 for e in state.other_entities}
+    if with_baseline:
+        split[baseline] = 100 - candidate_weight
+    if with_candidate:
+        split[candidate] = candidate_weight
+    known: list[str] = []
+    if turn.obs.endpoint is not None:
+        known.append(snapshot_key(turn.obs.endpoint))
+    if state.target is not None:
+        # A target still in flight may land before this one is sent: it is ours too.
+        known += [target_key(state.target), *state.target.known]
+    return Target(
+        purpose=purpose,
+        entities=_entities(turn, candidate=with_candidate, baseline=with_baseline),
+        split=split,
+        known=list(dict.fromkeys(known)),
+        requested_at=turn.now,
+    )
+
+
+def _follow_target(turn: _Turn) -> None:
+    target = turn.state.target
+    if target is None:
+        return
+    outcome = turn.obs.update
+    snapshot = turn.obs.endpoint
+    wanted = target_key(target)
+    rollback = target.purpose in ("restore", "remove_candidate")
+
+    if outcome is not None and outcome.kind in ("failed", "rejected"):
+        _target_failed(turn, target, outcome.message, outcome.build_logs)
+        return
+    if snapshot is None:
+        if outcome is not None and outcome.kind == "applied":
+            _confirmed(turn, target)
+            return
+        _target_waiting(turn, target, turn.obs.endpoint_error or "endpoint not readable")
+        return
+    live = snapshot_key(snapshot)
+    if snapshot.updating:
+        if pending_key(snapshot) == wanted:
+            _target_waiting(turn, target, "update in progress")
+        else:
+            # Someone else's update is in flight (or our previous one): wait for it to settle;
+            # what it leaves behind decides between resending and drift.
+            _target_waiting(turn, target, "another update is in progress")
+        return
+    if live == wanted:
+        _confirmed(turn, target)
+        return
+    if live in target.known:
+        # Not applied: the PUT was never sent (a crash), was refused with a conflict, or
+        # failed; a snapshot alone cannot tell which update an UPDATE_FAILED belongs to, so
+        # send again, a bounded number of times; the runner reports a real failure.
+        _resend(turn, target, "the endpoint does not show the update yet")
+        return
+    if rollback and snapshot.split.get(turn.plan.candidate.served_name, 0) == 0:
+        # Someone already took the candidate's traffic away: that is what we wanted.
+        _confirmed(turn, target)
+        return
+    _drift(turn, snapshot)
+
+
+def _target_waiting(turn: _Turn, target: Target, why: str) -> None:
+    waited = turn.now - target.requested_at
+    if waited >= turn.timing.update_deadline:
+        _target_failed(
+            turn,
+            target,
+            f"config update not settled after {format_duration(waited)} ({why})",
+            None,
+        )
+        return
+    turn.again_in(turn.timing.update_poll)
+
+
+def _resend(turn: _Turn, target: Target, why: str) -> None:
+    if target.attempts >= turn.timing.max_put_attempts:
+        _target_failed(turn, target, f"gave up after {target.attempts} attempts: {why}", None)
+        return
+    again = target.model_copy(update={"attempts": target.attempts + 1})
+    turn.note("update_resent", why, {"purpose": target.purpose, "attempt": again.attempts})
+    turn.put(again)
+
+
+def _target_failed(turn: _Turn, target: Target, message: str, build_logs: str | None) -> None:
+    turn.set(target=None)
+    if build_logs:
+        turn.set(build_logs=build_logs[-4000:])
+    if target.purpose in ("restore", "remove_candidate"):
+        _fail(turn, f"could not restore the baseline: {message}")
+        return
+    _start_rollback(turn, f"config update failed ({target.purpose}): {message}", "update_failed")
+
+
+def _confirmed(turn: _Turn, target: Target) -> None:
+    state = turn.state
+    turn.set(target=None, put_failures=0)
+    split_desc = _split_text(target.split)
+    if target.purpose == "deploy":
+        turn.note("candidate_deployed", f"candidate deployed at 0 %: {split_desc}")
+        if isinstance(turn.plan, BlueGreenPlan):
+            turn.set(preflight_pending=True, split_applied_at=turn.now, control=Arm())
+            turn.effect = _preflight(turn.plan, state)
+            turn.again_in(turn.timing.update_poll)
+            return
+        turn.move(Phase.PROGRESSING, "candidate deployed; first step", "progressing")
+        turn.put(_new_target(turn, "step", _weights(turn.plan)[0]))
+        return
+    if target.purpose in ("step", "switch"):
+        weight = target.split.get(turn.plan.candidate.served_name, 0)
+        turn.set(
+            candidate_weight=weight,
+            split_applied_at=turn.now,
+            step_started_at=turn.now,
+            candidate=Arm(),
+            control=state.control if target.purpose == "switch" else Arm(),
+            last_verdict=None,
+        )
+        if state.phase is not Phase.PROGRESSING:
+            turn.move(Phase.PROGRESSING, f"split applied: {split_desc}", "progressing")
+        total = len(_weights(turn.plan))
+        turn.note(
+            "step_applied",
+            f"step {state.step + 1}/{total}: candidate at {weight} % ({split_desc})",
+            {"step": state.step, "weight": weight, "split": target.split},
+        )
+        turn.alert(
+            "step_advanced",
+            "info",
+            f"{turn.plan.endpoint}: step {state.step + 1}/{total}, candidate at {weight} %",
+            {"step": state.step, "weight": weight},
+        )
+        turn.again_in(turn.timing.look_interval)
+        return
+    if target.purpose == "promote":
+        turn.set(candidate_weight=100)
+        turn.move(Phase.SUCCEEDED, f"candidate serves 100 %: {split_desc}", "succeeded")
+        turn.alert(
+            "succeeded",
+            "info",
+            f"{turn.plan.endpoint}: {turn.plan.candidate.served_name} promoted to 100 %",
+            {"verdict": state.last_verdict, "report": state.report},
+        )
+        return
+    if target.purpose == "restore":
+        turn.set(candidate_weight=0)
+        turn.note("baseline_restored", f"baseline back at 100 %: {split_desc}")
+        turn.put(_new_target(turn, "remove_candidate", 0, with_candidate=False))
+        return
+    # remove_candidate: the rollback is complete.
+    ending = state.ending or Phase.ROLLED_BACK
+    reason = state.ending_reason or "rolled back"
+    turn.set(candidate_weight=0)
+    turn.move(ending, f"{reason}; candidate removed ({split_desc})", ending.value)
+    if ending is Phase.ROLLED_BACK:
+        turn.alert(
+            "rolled_back",
+            "error",
+            f"{turn.plan.endpoint}: {turn.plan.candidate.served_name} rolled back: {reason}",
+            {
+                "reason": reason,
+                "verdict": state.last_verdict,
+                "build_logs_tail": state.build_logs,
+                "report": state.report,
+            },
+        )
+    else:
+        turn.alert("aborted", "warn", f"{turn.plan.endpoint}: rollout aborted: {reason}")
+
+
+def _drift(turn: _Turn, snapshot: EndpointSnapshot) -> None:
+    state = turn.state
+    live = _split_text(snapshot.split)
+    if state.phase is Phase.ROLLING_BACK:
+        _fail(turn, f"the endpoint was changed by hand during the rollback (now {live})")
+        return
+    turn.set(target=None, paused_from=state.phase, pause_reason=f"drift: endpoint now {live}")
+    turn.move(
+        Phase.PAUSED,
+        f"the endpoint was changed outside the rollout (now {live}); paused, not fighting it",
+        "drift",
+        {"live_split": snapshot.split, "entities": snapshot.entity_names},
+    )
+    turn.alert(
+        "paused",
+        "warn",
+        f"{turn.plan.endpoint}: changed by hand mid-rollout (now {live}); rollout paused, "
+        "resume or abort it",
+        {"live_split": snapshot.split},
+    )
+
+
+# ---- rollback and failure -----------------------------------------------------------------
+
+
+def _start_rollback(
+    turn: _Turn,
+    reason: str,
+    cause: RollbackCause,
+    *,
+    ending: Phase = Phase.ROLLED_BACK,
+    kind: str = "rolling_back",
+    severity: Severity = "error",
+) -> None:
+    state = turn.state
+    if state.baseline is None:
+        # Nothing was changed yet (the baseline was never resolved): end here.
+        turn.set(target=None)
+        turn.move(ending, reason, kind)
+        return
+    candidate = turn.plan.candidate.served_name
+    snapshot = turn.obs.endpoint
+    live_candidate = (
+        snapshot is not None and candidate in snapshot.entities
+    ) or state.candidate_weight > 0
+    in_flight = state.target is not None and candidate in state.target.entity_names
+    turn.set(
+        ending=ending, ending_reason=reason, ending_cause=cause, paused_from=None, pause_reason=None
+    )
+    turn.move(Phase.ROLLING_BACK, reason, kind, {"verdict": state.last_verdict})
+    if severity != "info" and ending is Phase.ROLLED_BACK:
+        turn.alert("rolling_back", severity, f"{turn.plan.endpoint}: rolling back: {reason}")
+    if live_candidate or in_flight:
+        turn.put(_new_target(turn, "restore", 0))
+    else:
+        turn.put(_new_target(turn, "remove_candidate", 0, with_candidate=False))
+
+
+def _fail(turn: _Turn, reason: str) -> None:
+    snapshot = turn.obs.endpoint
+    where = (
+        f"endpoint now serves {_split_text(snapshot.split)} "
+        f"(config_update {snapshot.config_update})"
+        if snapshot is not None
+        else "endpoint state unknown"
+    )
+    turn.set(target=None)
+    turn.move(Phase.FAILED, f"{reason}; {where}", "failed")
+    turn.alert(
+        "failed",
+        "error",
+        f"{turn.plan.endpoint}: HUMAN NEEDED: {reason}; {where}",
+        {
+            "reason": reason,
+            "live_split": None if snapshot is None else snapshot.split,
+            "build_logs_tail": turn.state.build_logs,
+        },
+    )
+
+
+# ---- deadlines ----------------------------------------------------------------------------
+
+
+def _check_deadline(turn: _Turn) -> None:
+    deadline = turn.policy.deadline
+    state = turn.state
+    if deadline is None or state.phase in (Phase.ROLLING_BACK, Phase.PAUSED):
+        return
+    if turn.now - state.started_at < deadline:
+        return
+    reason = f"rollout deadline of {format_duration(deadline)} passed"
+    turn.alert("deadline_passed", "warn", f"{turn.plan.endpoint}: {reason}")
+    if turn.policy.on_deadline == "rollback":
+        _start_rollback(turn, reason, "deadline")
+    else:
+        _pause(turn, reason, kind="deadline_passed")
+
+
+def _pause(turn: _Turn, reason: str, *, kind: str = "paused") -> None:
+    state = turn.state
+    turn.set(paused_from=state.phase, pause_reason=reason)
+    turn.move(Phase.PAUSED, reason, kind)
+    turn.alert("paused", "warn", f"{turn.plan.endpoint}: paused: {reason}")
+
+
+# ---- phases -------------------------------------------------------------------------------
+
+
+def _pending(turn: _Turn) -> None:
+    plan, obs = turn.plan, turn.obs
+    if obs.endpoint_missing:
+        turn.move(Phase.FAILED, f"endpoint {plan.endpoint!r} does not exist", "failed")
+        turn.alert("failed", "error", f"{plan.endpoint}: endpoint does not exist")
+        return
+    snapshot = obs.endpoint
+    if snapshot is None or snapshot.updating:
+        turn.again_in(turn.timing.update_poll)
+        return
+    candidate = plan.candidate.served_name
+    baseline = plan.baseline or next(
+        (name for name, pct in snapshot.split.items() if pct == 100), None
+    )
+    problem = None
+    if baseline is None:
+        problem = (
+            f"no served entity takes 100 % of traffic ({_split_text(snapshot.split)}); "
+            "name the baseline in the plan"
+        )
+    elif baseline not in snapshot.entities:
+        problem = f"baseline {baseline!r} is not served by the endpoint"
+    elif snapshot.split.get(baseline, 0) != 100:
+        problem = f"baseline {baseline!r} takes {snapshot.split.get(baseline, 0)} %, not 100 %"
+    elif candidate in snapshot.entities:
+        problem = f"the endpoint already serves an entity named {candidate!r}"
+    if problem is not None or baseline is None:
+        turn.move(Phase.FAILED, f"cannot start: {problem}", "failed")
+        turn.alert("failed", "error", f"{plan.endpoint}: cannot start rollout: {problem}")
+        return
+    others = [dict(e) for name, e in snapshot.entities.items() if name != baseline]
+    turn.set(
+        baseline=baseline,
+        baseline_entity=dict(snapshot.entities[baseline]),
+        other_entities=others,
+    )
+    turn.move(
+        Phase.PREPARING,
+        f"{plan.strategy} of {candidate} against {baseline}; deploying the candidate at 0 %",
+        "started",
+        {"baseline": baseline, "candidate": candidate, "policy": turn.policy.name},
+    )
+    turn.alert("started", "info", f"{plan.endpoint}: rollout of {candidate} started")
+    turn.put(_new_target(turn, "deploy", 0))
+
+
+def _preflight(plan: BlueGreenPlan, state: RolloutState) -> RunPreflight:
+    return RunPreflight(
+        candidate=plan.candidate.served_name,
+        baseline=state.baseline or "",
+        smoke_requests=plan.smoke.requests,
+        smoke_body=dict(plan.smoke.body),
+        schema_check=plan.schema_check,
+    )
+
+
+def _preparing(turn: _Turn) -> None:
+    """Blue/green only: the candidate is deployed at 0 %; run and read the preflight checks."""
+    state, plan = turn.state, turn.plan
+    _accumulate(turn)
+    if not isinstance(plan, BlueGreenPlan):
+        turn.again_in(turn.timing.update_poll)
+        return
+    if state.preflight_passed:
+        warmed = turn.now - (state.split_applied_at or turn.now)
+        if warmed >= plan.warmup:
+            turn.put(_new_target(turn, "switch", 100))
+        else:
+            turn.again_in(min(turn.timing.look_interval, plan.warmup - warmed))
+        return
+    result = turn.obs.preflight
+    if result is None:
+        if state.preflight_pending:
+            turn.effect = _preflight(plan, state)
+        turn.again_in(turn.timing.update_poll)
+        return
+    turn.set(preflight_pending=False)
+    data = {
+        "smoke_sent": result.smoke_sent,
+        "smoke_failed": result.smoke_failed,
+        "schema_compatible": result.schema_compatible,
+    }
+    problems = []
+    if result.smoke_failed > plan.smoke.max_failures:
+        problems.append(
+            f"{result.smoke_failed}/{result.smoke_sent} smoke invocations failed "
+            f"(at most {plan.smoke.max_failures} allowed)"
+        )
+    if plan.schema_check and result.schema_compatible is False:
+        problems.append(f"input schema incompatible with the baseline's: {result.message}")
+    if problems:
+        turn.note("preflight_failed", "; ".join(problems), data)
+        _start_rollback(turn, "preflight failed: " + "; ".join(problems), "preflight")
+        return
+    turn.set(preflight_passed=True)
+    turn.note(
+        "preflight_passed",
+        f"smoke invocations and schema check passed; warming up for "
+        f"{format_duration(plan.warmup)} before the switch",
+        data,
+    )
+    turn.again_in(min(turn.timing.look_interval, plan.warmup))
+
+
+def _progressing(turn: _Turn) -> None:
+    state, plan, policy = turn.state, turn.plan, turn.policy
+    _accumulate(turn)
+    state = turn.state
+    weights = _weights(plan)
+    # Promotion from the last canary step needs a pass. A blue/green bake is judged like an
+    # intermediate step: all traffic is already on the candidate (the risk is taken), and
+    # its control is the baseline's fixed warm-up, which cannot grow to prove a pass.
+    last_step = state.step >= len(weights) - 1 and not isinstance(plan, BlueGreenPlan)
+    look = _look(turn, final=last_step)
+    if look is not None and look.outcome == "fail":
+        _start_rollback(turn, f"analysis failed: {look.reason}", "analysis")
+        return
+
+    command = _take(turn, "pause", "promote", "promote_full")
+    if command is not None:
+        if command.kind == "pause":
+            _pause(turn, str(command.payload.get("reason") or "paused by an operator"))
+            return
+        if command.kind == "promote_full":
+            turn.note("manual_promotion", "promoted to 100 % by an operator")
+            _promote(turn)
+            return
+        turn.note("manual_promotion", "next step forced by an operator")
+        _advance(turn)
+        return
+
+    started = state.step_started_at if state.step_started_at is not None else turn.now
+    elapsed = turn.now - started
+    bake = _bake(plan, state.step)
+    verdict = turn.state.last_verdict or {}
+    if elapsed < bake:
+        turn.again_in(min(turn.timing.look_interval, bake - elapsed))
+        return
+    if isinstance(plan, ABPlan):
+        _ab_report(turn)
+        return
+    may_advance = (
+        bool(verdict.get("may_advance")) if not last_step else verdict.get("outcome") == "pass"
+    )
+    if may_advance:
+        _advance(turn)
+        return
+    step_deadline = bake * turn.timing.step_deadline_factor
+    if elapsed >= step_deadline:
+        reason = (
+            f"step {state.step + 1} has no conclusive verdict after {format_duration(elapsed)} "
+            f"({verdict.get('reason', 'no data')})"
+        )
+        if policy.on_no_data == "rollback":
+            _start_rollback(turn, reason, "no_data")
+        else:
+            _pause(turn, reason, kind="awaiting_decision")
+        return
+    turn.again_in(turn.timing.look_interval)
+
+
+def _paused(turn: _Turn) -> None:
+    state = turn.state
+    command = _take(turn, "resume", "promote", "promote_full")
+    if command is None:
+        turn.again_in(turn.timing.look_interval)
+        return
+    resume_to = state.paused_from or Phase.PROGRESSING
+    turn.set(paused_from=None, pause_reason=None)
+    if command.kind == "promote_full":
+        turn.move(Phase.PROGRESSING, "promoted to 100 % by an operator", "resumed")
+        _promote(turn)
+        return
+    if command.kind == "promote":
+        turn.move(Phase.PROGRESSING, "next step forced by an operator", "resumed")
+        _advance(turn)
+        return
+    turn.move(resume_to, "resumed by an operator", "resumed")
+    if resume_to is Phase.PROGRESSING and state.baseline is not None:
+        # Re-assert the current step's split: a no-op if it is live, a fix if it drifted.
+        # Windows are judged afresh from the moment it is confirmed.
+        purpose: TargetPurpose = "switch" if isinstance(turn.plan, BlueGreenPlan) else "step"
+        turn.put(_new_target(turn, purpose, _weights(turn.plan)[state.step]))
+
+
+def _promoting(turn: _Turn) -> None:
+    # Reached only if the promotion target was lost (e.g. a resumed drift): issue it again.
+    _promote(turn)
+
+
+def _ending(turn: _Turn) -> None:
+    # Rolling back with no target left means the previous one failed without ending the
+    # rollout; the rollback target is issued again.
+    _start_rollback(
+        turn,
+        turn.state.ending_reason or "rollback resumed",
+        turn.state.ending_cause or "analysis",
+        ending=(turn.state.ending or Phase.ROLLED_BACK),
+    )
+
+
+def _nothing(_turn: _Turn) -> None:
+    return
+
+
+_PHASES = {
+    Phase.PENDING: _pending,
+    Phase.PREPARING: _preparing,
+    Phase.PROGRESSING: _progressing,
+    Phase.PAUSED: _paused,
+    Phase.PROMOTING: _promoting,
+    Phase.ROLLING_BACK: _ending,
+    Phase.SUCCEEDED: _nothing,
+    Phase.ROLLED_BACK: _nothing,
+    Phase.ABORTED: _nothing,
+    Phase.FAILED: _nothing,
+}
+
+
+# ---- progressing helpers --------------------------------------------------------------------
+
+
+def _weights(plan: AnyPlan) -> list[int]:
+    """The judged candidate weights in order (100 % is the promotion, not a judged step)."""
+    if isinstance(plan, CanaryPlan):
+        return [step.weight for step in plan.canary_steps()] or [100]
+    if isinstance(plan, ABPlan):
+        return [plan.split]
+    return [100]
+
+
+def _bake(plan: AnyPlan, step: int) -> float:
+    if isinstance(plan, CanaryPlan):
+        steps = plan.canary_steps()
+        return steps[min(step, len(steps) - 1)].bake if steps else 0.0
+    if isinstance(plan, ABPlan):
+        return plan.duration
+    return plan.bake
+
+
+def _accumulate(turn: _Turn) -> None:
+    """Add the new windows that began after the current split took effect to each arm."""
+    state = turn.state
+    if state.split_applied_at is None or not turn.obs.windows:
+        return
+    since_ms = state.split_applied_at * 1000.0
+    candidate = turn.plan.candidate.served_name
+    fresh = [w for w in turn.obs.windows if w.start_ms is not None and w.start_ms >= since_ms]
+    mine = [w for w in fresh if w.entity == candidate]
+    # Blue/green: the baseline serves nothing after the switch; its windows from before the
+    # switch are the control.
+    control_open = not (isinstance(turn.plan, BlueGreenPlan) and state.phase is Phase.PROGRESSING)
+    theirs = [w for w in fresh if w.entity == state.baseline] if control_open else []
+    if mine:
+        turn.set(candidate=state.candidate.plus(mine))
+    if theirs:
+        turn.set(control=turn.state.control.plus(theirs))
+
+
+def _look(turn: _Turn, *, final: bool) -> Look | None:
+    """Judge the arms if new windows arrived (each window is one look)."""
+    state = turn.state
+    fresh = [
+        w
+        for w in turn.obs.windows
+        if w.start_ms is not None
+        and state.split_applied_at is not None
+        and w.start_ms >= state.split_applied_at * 1000.0
+    ]
+    no_labels = not turn.obs.entity_labels
+    if not fresh and state.last_verdict is not None and not turn.obs.metrics_error:
+        return None
+    policy, control = turn.policy, state.control.totals()
+    if isinstance(turn.plan, BlueGreenPlan) and state.phase is Phase.PROGRESSING:
+        # The warm-up control stays the baseline arm: checks it could fix to a level ignore
+        # it, and one it has no data for stays relative and visibly inconclusive.
+        policy = against_control(policy, control)
+    look = judge_look(
+        policy,
+        state.candidate.totals(),
+        control,
+        state.judge_state,
+        split=f"{state.step}@{state.split_applied_at}",
+        final=final,
+        note=(
+            "export-metrics has no per-entity series; arms cannot be told apart"
+            if no_labels
+            else turn.obs.metrics_error
+        ),
+    )
+    verdict = dict(look.verdict)
+    verdict["may_advance"] = look.may_advance
+    verdict["at"] = turn.now
+    turn.set(judge_state=look.state, last_verdict=verdict)
+    if fresh or turn.obs.metrics_error:
+        turn.note(
+            "verdict",
+            f"{look.outcome}: {look.reason}",
+            {"verdict": verdict, "step": state.step},
+        )
+    if turn.obs.metrics_error:
+        turn.alert("analysis_error", "warn", f"{turn.plan.endpoint}: {turn.obs.metrics_error}")
+    return look
+
+
+def _advance(turn: _Turn) -> None:
+    state = turn.state
+    weights = _weights(turn.plan)
+    if isinstance(turn.plan, ABPlan | BlueGreenPlan) or state.step >= len(weights) - 1:
+        _promote(turn)
+        return
+    turn.set(step=state.step + 1)
+    turn.put(_new_target(turn, "step", weights[state.step + 1]))
+
+
+def _promote(turn: _Turn) -> None:
+    if turn.state.phase is not Phase.PROMOTING:
+        turn.move(Phase.PROMOTING, "all steps passed; candidate to 100 %", "promoting")
+    turn.put(_new_target(turn, "promote", 100, with_baseline=False))
+
+
+def _ab_report(turn: _Turn) -> None:
+    plan = turn.plan
+    if not isinstance(plan, ABPlan):  # pragma: no cover - caller checks
+        return
+    report = ab_report(
+        plan.objective,
+        plan.objective_direction,
+        turn.state.candidate.totals(),
+        turn.state.control.totals(),
+        turn.state.last_verdict,
+    )
+    turn.set(report=report)
+    turn.note("ab_report", str(report["summary"]), {"report": report})
+    if report["winner"] == "candidate":
+        _promote(turn)
+    else:
+        _start_rollback(
+            turn, f"A/B: baseline kept ({report['summary']})", "ab_lost", kind="ab_baseline_kept"
+        )
+
+
+def _split_text(split: dict[str, int]) -> str:
+    parts = [f"{name} {pct}%" for name, pct in sorted(split.items(), key=lambda kv: -kv[1])]
+    return ", ".join(parts) if parts else "no routes"

@@ -1,0 +1,281 @@
+"""The engine's vocabulary: a rollout's state, what the runner observed, and what to do next.
+
+Where this sits: the runner builds an ``Observation`` (the endpoint as Databricks reports it,
+new metric windows, the outcome of the last config update, manual commands), calls
+``rollout.engine.decide.decide(plan, state, observation, now)``, persists the returned
+``Decision`` (new state, events, alerts) in one store transaction, and only then carries out its
+``effect`` (a config PUT, blue/green preflight checks). Everything here is plain data that
+round-trips through JSON, because the state is what a restarted controller resumes from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rollout.metrics.model import ArmTotals, EntityWindow, Histogram
+
+
+class Phase(StrEnum):
+    PENDING = "pending"
+    PREPARING = "preparing"
+    PROGRESSING = "progressing"
+    PAUSED = "paused"
+    PROMOTING = "promoting"
+    SUCCEEDED = "succeeded"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_PHASES
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED})
+
+TargetPurpose = Literal[
+    "deploy",  # add the candidate at 0 % so it builds with no traffic on it
+    "step",  # move the split to the current step's weight
+    "switch",  # blue/green: all traffic to the candidate, baseline kept at 0 %
+    "promote",  # candidate alone at 100 %, baseline removed
+    "restore",  # rollback, first half: baseline at 100 %, candidate kept at 0 %
+    "remove_candidate",  # rollback, second half: candidate removed
+]
+
+
+# Why a rollout is being rolled back, as a label for metrics and alert routing.
+RollbackCause = Literal[
+    "analysis", "update_failed", "preflight", "deadline", "no_data", "ab_lost", "aborted"
+]
+
+
+class Target(BaseModel):
+    """A config the engine wants live, from the moment it decides until it is confirmed.
+
+    Persisted before the PUT is sent, so a controller killed between the PUT and its
+    confirmation finds the intent on restart and recognises its own update instead of
+    mistaking it for a human's change.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    purpose: TargetPurpose
+    entities: list[dict[str, Any]]
+    split: dict[str, int]
+    # Fingerprints (``decide.config_key``) of configs this rollout itself put or was about to
+    # put when the target was decided. Seeing one of them live means "not applied yet, send
+    # again"; seeing anything else live means a human changed the endpoint.
+    known: list[str]
+    requested_at: float
+    attempts: int = 1
+
+    @property
+    def entity_names(self) -> list[str]:
+        return sorted(str(e["name"]) for e in self.entities)
+
+
+class Arm(BaseModel):
+    """``ArmTotals`` in a JSON-friendly form (the state is persisted as JSON)."""
+
+    windows: int = 0
+    requests: float = 0.0
+    errors_4xx: float = 0.0
+    errors_5xx: float = 0.0
+    latency: dict[str, Any] | None = None
+    queue_time: dict[str, Any] | None = None
+    cpu_percent: list[float] = Field(default_factory=list)
+    mem_percent: list[float] = Field(default_factory=list)
+    missing: dict[str, int] = Field(default_factory=dict)
+
+    def totals(self) -> ArmTotals:
+        return ArmTotals(
+            windows=self.windows,
+            requests=self.requests,
+            errors_4xx=self.errors_4xx,
+            errors_5xx=self.errors_5xx,
+            latency=None if self.latency is None else Histogram.from_dict(self.latency),
+            queue_time=None if self.queue_time is None else Histogram.from_dict(self.queue_time),
+            cpu_percent=list(self.cpu_percent),
+            mem_percent=list(self.mem_percent),
+            missing=dict(self.missing),
+        )
+
+    @classmethod
+    def of(cls, totals: ArmTotals) -> Arm:
+        return cls(
+            windows=totals.windows,
+            requests=totals.requests,
+            errors_4xx=totals.errors_4xx,
+            errors_5xx=totals.errors_5xx,
+            latency=None if totals.latency is None else totals.latency.to_dict(),
+            queue_time=None if totals.queue_time is None else totals.queue_time.to_dict(),
+            # Gauges are levels; the last hour of windows is plenty for an average.
+            cpu_percent=totals.cpu_percent[-60:],
+            mem_percent=totals.mem_percent[-60:],
+            missing=dict(totals.missing),
+        )
+
+    def plus(self, windows: list[EntityWindow]) -> Arm:
+        totals = self.totals()
+        for window in windows:
+            totals.add(window)
+        return Arm.of(totals)
+
+
+class RolloutState(BaseModel):
+    """Everything the engine knows about one rollout between two ticks."""
+
+    model_config = ConfigDict(frozen=True)
+
+    phase: Phase = Phase.PENDING
+    started_at: float
+    step: int = 0
+    candidate_weight: int = 0
+    baseline: str | None = None
+    baseline_entity: dict[str, Any] | None = None
+    other_entities: list[dict[str, Any]] = Field(default_factory=list)
+    target: Target | None = None
+    # Windows that began at or after this instant (epoch seconds) show the current split.
+    split_applied_at: float | None = None
+    step_started_at: float | None = None
+    candidate: Arm = Field(default_factory=Arm)
+    control: Arm = Field(default_factory=Arm)
+    judge_state: dict[str, Any] = Field(default_factory=dict)
+    last_verdict: dict[str, Any] | None = None
+    preflight_pending: bool = False
+    preflight_passed: bool = False
+    paused_from: Phase | None = None
+    pause_reason: str | None = None
+    ending: Phase | None = None  # the terminal phase a rollback ends in (rolled_back/aborted)
+    ending_reason: str | None = None
+    ending_cause: RollbackCause | None = None
+    build_logs: str | None = None
+    report: dict[str, Any] | None = None
+    tracker: dict[str, Any] = Field(default_factory=dict)
+    put_failures: int = 0
+
+
+# ---- what the runner observed -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EndpointSnapshot:
+    """The endpoint as one GET showed it, reduced to what the engine decides on."""
+
+    ready: str
+    config_update: str
+    config_version: int | None
+    entities: dict[str, dict[str, Any]]
+    split: dict[str, int]
+    pending_entities: list[str] | None = None
+    pending_split: dict[str, int] | None = None
+
+    @property
+    def updating(self) -> bool:
+        return self.config_update == "IN_PROGRESS"
+
+    @property
+    def entity_names(self) -> list[str]:
+        return sorted(self.entities)
+
+
+UpdateKind = Literal["applied", "failed", "rejected", "conflict", "timeout", "unavailable"]
+
+
+@dataclass(frozen=True)
+class UpdateOutcome:
+    """What became of the PUT the runner sent for the current target."""
+
+    kind: UpdateKind
+    message: str = ""
+    build_logs: str | None = None
+
+
+@dataclass(frozen=True)
+class PreflightOutcome:
+    """Blue/green checks on the candidate before any traffic moves to it."""
+
+    smoke_sent: int
+    smoke_failed: int
+    schema_compatible: bool | None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Command:
+    id: int
+    kind: Literal["pause", "resume", "promote", "promote_full", "abort"]
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Inputs to one decision. ``endpoint`` is None when it could not be read this tick."""
+
+    endpoint: EndpointSnapshot | None = None
+    endpoint_missing: bool = False
+    endpoint_error: str | None = None
+    update: UpdateOutcome | None = None
+    windows: tuple[EntityWindow, ...] = ()
+    metrics_error: str | None = None
+    entity_labels: bool = True
+    commands: tuple[Command, ...] = ()
+    preflight: PreflightOutcome | None = None
+
+
+# ---- what to do ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PutConfig:
+    target: Target
+
+
+@dataclass(frozen=True)
+class RunPreflight:
+    candidate: str
+    baseline: str
+    smoke_requests: int
+    smoke_body: dict[str, Any]
+    schema_check: bool
+
+
+Effect = PutConfig | RunPreflight
+
+Severity = Literal["info", "warn", "error"]
+
+
+@dataclass(frozen=True)
+class EventOut:
+    kind: str
+    reason: str
+    from_phase: Phase | None
+    to_phase: Phase | None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AlertOut:
+    """A notification to send; ``key`` makes it unique per rollout (the outbox dedups on it)."""
+
+    key: str
+    event: str
+    severity: Severity
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: RolloutState
+    events: tuple[EventOut, ...] = ()
+    alerts: tuple[AlertOut, ...] = ()
+    effect: Effect | None = None
+    # Seconds until this rollout should be looked at again; None when it is finished.
+    next_check_in: float | None = None
+    consumed_commands: tuple[int, ...] = ()

@@ -1,0 +1,462 @@
+"""The runner: carries out what ``decide`` asks, against a real endpoint and a real store.
+
+Where this sits: the scheduler calls ``Runner.reconcile(rollout_id)`` when a rollout is due.
+One reconcile is: read the rollout from the store; observe (GET the endpoint, scrape
+export-metrics into new windows, read queued commands); ``decide``; commit the decision (new
+state, events, alert-outbox rows, consumed commands) in one transaction; then carry out the
+decision's effect (PUT the config and wait until it is applied, or run the blue/green
+preflight) and feed its outcome straight back into ``decide``.
+
+Crash safety comes from that order. The intent (a ``Target``) is committed before the PUT, and
+the confirmation (the ``step_applied`` event) only after the endpoint shows the config, so a
+process killed anywhere in between finds the intent on restart, recognises its own update on
+the endpoint, and neither skips nor repeats a step. Window dedup state is committed with the
+verdict it fed, so no window is judged twice. The store's version check makes a second runner
+working on the same rollout fail its commit instead of double-acting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import structlog
+
+from rollout.analysis.spec import Policy
+from rollout.clock import Clock
+from rollout.engine.decide import DEFAULT_TIMING, Timing, decide
+from rollout.engine.model import (
+    Command,
+    Decision,
+    EndpointSnapshot,
+    Observation,
+    Phase,
+    PreflightOutcome,
+    PutConfig,
+    RolloutState,
+    RunPreflight,
+    Target,
+    UpdateOutcome,
+)
+from rollout.engine.schema import entity_input_schema, input_compatible
+from rollout.metrics.parse import MetricsError, parse_export_metrics
+from rollout.metrics.windows import WindowTracker
+from rollout.plan import AlertChannel, AnyPlan, resolve_policy, validate_plan
+from rollout.serving.client import ServingClient
+from rollout.serving.errors import (
+    ConfigMismatch,
+    InvalidRequest,
+    NotFound,
+    ServingError,
+    UpdateFailed,
+    UpdateInProgress,
+    UpdateTimeout,
+)
+from rollout.serving.models import ConfigSpec, Endpoint, ServedEntity, traffic_split
+from rollout.store.base import Store
+from rollout.store.errors import StaleVersion
+from rollout.store.model import NewAlert, NewEvent, RolloutRecord
+
+log = structlog.get_logger("rollout.engine")
+
+_SEVERITY_ORDER = {"info": 0, "warn": 1, "error": 2}
+# Effects carried out within one reconcile before handing back to the scheduler: a rollback is
+# two updates, a step is one; more than this means something loops.
+_MAX_EFFECTS_PER_RECONCILE = 6
+# Windows older than this are dropped from the persisted dedup state.
+_TRACKER_HORIZON_MS = 6 * 3600 * 1000
+
+
+class DecisionObserver(Protocol):
+    """Told about every committed decision (the controller's metrics count from it)."""
+
+    def __call__(
+        self,
+        endpoint: str,
+        created_at: float,
+        now: float,
+        events: Sequence[tuple[str, str | None, dict[str, Any]]],
+        cause: str | None,
+    ) -> None: ...
+
+
+def snapshot_of(endpoint: Endpoint) -> EndpointSnapshot:
+    """Reduce a served endpoint to what ``decide`` looks at."""
+    entities: dict[str, dict[str, Any]] = {}
+    if endpoint.config is not None:
+        for entity in endpoint.config.served_entities:
+            entities[entity.derived_name()] = entity.to_input()
+        for model in endpoint.config.served_models:
+            entities.setdefault(model.identity[0], {"name": model.identity[0]})
+    pending_entities = pending_split = None
+    if endpoint.pending_config is not None:
+        pending_entities = endpoint.pending_config.entity_names()
+        pending_split = traffic_split(endpoint.pending_config)
+    return EndpointSnapshot(
+        ready=str(endpoint.state.ready),
+        config_update=str(endpoint.state.config_update),
+        config_version=endpoint.config.config_version if endpoint.config else None,
+        entities=entities,
+        split=traffic_split(endpoint),
+        pending_entities=pending_entities,
+        pending_split=pending_split,
+    )
+
+
+def stored_plan(plan: AnyPlan, policy: Policy) -> dict[str, Any]:
+    """The plan as persisted: validated fields, with the policy resolved and inlined.
+
+    Inlining means a later edit of a policy file never changes a rollout already running.
+    """
+    data = plan.model_dump(mode="json", exclude_none=True)
+    data["policy"] = policy.model_dump(mode="json", exclude_none=True)
+    return data
+
+
+def load_stored_plan(data: dict[str, Any]) -> tuple[AnyPlan, Policy]:
+    plan = validate_plan(data)
+    return plan, resolve_policy(plan)
+
+
+def new_rollout(
+    plan: AnyPlan, policy: Policy, now: float, rollout_id: str | None = None
+) -> tuple[RolloutRecord, NewEvent]:
+    """The record and first event of a newly submitted rollout, in ``pending``."""
+    record = RolloutRecord(
+        id=rollout_id or uuid.uuid4().hex[:12],
+        endpoint=plan.endpoint,
+        phase=Phase.PENDING.value,
+        version=1,
+        plan=stored_plan(plan, policy),
+        state=RolloutState(started_at=now).model_dump(mode="json"),
+        created_at=now,
+        updated_at=now,
+        due_at=now,
+    )
+    event = NewEvent(
+        kind="submitted",
+        from_phase=None,
+        to_phase=Phase.PENDING.value,
+        reason=f"{plan.strategy} plan for {plan.endpoint} with policy {policy.name}",
+        data={"candidate": plan.candidate.served_name},
+        at=now,
+    )
+    return record, event
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    rollout_id: str
+    phase: Phase
+    decisions: int
+
+
+class Runner:
+    """Applies decisions for any number of rollouts; one reconcile per rollout at a time."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: ServingClient,
+        *,
+        clock: Clock,
+        timing: Timing = DEFAULT_TIMING,
+        default_channels: Sequence[AlertChannel] = (),
+        observer: DecisionObserver | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.clock = clock
+        self.timing = timing
+        self.default_channels = list(default_channels)
+        self.observer = observer
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # ---- submission ---------------------------------------------------------------------
+
+    async def submit(
+        self, plan: AnyPlan, policy: Policy, *, rollout_id: str | None = None
+    ) -> RolloutRecord:
+        """Store a new rollout in ``pending``; the next reconcile starts it."""
+        record, event = new_rollout(plan, policy, self.clock.now(), rollout_id)
+        return await asyncio.to_thread(self.store.create, record, event, [])
+
+    # ---- one reconcile ------------------------------------------------------------------
+
+    async def reconcile(self, rollout_id: str) -> ReconcileResult:
+        lock = self._locks.setdefault(rollout_id, asyncio.Lock())
+        async with lock:
+            return await self._reconcile(rollout_id)
+
+    async def _reconcile(self, rollout_id: str) -> ReconcileResult:
+        record = await asyncio.to_thread(self.store.get, rollout_id)
+        plan, policy = load_stored_plan(record.plan)
+        state = RolloutState.model_validate(record.state)
+        if state.phase.terminal:
+            return ReconcileResult(rollout_id, state.phase, 0)
+        tracker = WindowTracker.from_state(state.tracker) if state.tracker else WindowTracker()
+        observation = await self._observe(plan, state, tracker, record.id)
+        decisions = 0
+        while True:
+            decision = decide(
+                plan, state, observation, self.clock.now(), policy=policy, timing=self.timing
+            )
+            decisions += 1
+            tracker.prune(int(self.clock.now() * 1000) - _TRACKER_HORIZON_MS)
+            state = decision.state.model_copy(update={"tracker": tracker.to_state()})
+            record = await self._commit(record, plan, state, decision)
+            if decision.effect is None or decisions > _MAX_EFFECTS_PER_RECONCILE:
+                return ReconcileResult(rollout_id, state.phase, decisions)
+            observation = await self._carry_out(plan, decision)
+
+    async def _commit(
+        self, record: RolloutRecord, plan: AnyPlan, state: RolloutState, decision: Decision
+    ) -> RolloutRecord:
+        now = self.clock.now()
+        events = [
+            NewEvent(
+                kind=e.kind,
+                from_phase=None if e.from_phase is None else e.from_phase.value,
+                to_phase=None if e.to_phase is None else e.to_phase.value,
+                reason=e.reason,
+                data=e.data,
+                at=now,
+            )
+            for e in decision.events
+        ]
+        alerts = self._outbox_rows(record, plan, state, decision)
+        if alerts and not events:
+            # The outbox ties each alert to an event; an alert never comes without its reason.
+            first = decision.alerts[0]
+            phase = state.phase.value
+            events.append(NewEvent("alert", phase, phase, first.summary, {}, now))
+        due = None if decision.next_check_in is None else now + decision.next_check_in
+        for event in decision.events:
+            log.info(
+                "rollout.decision",
+                rollout=record.id,
+                endpoint=record.endpoint,
+                kind=event.kind,
+                phase=state.phase.value,
+                step=state.step,
+                weight=state.candidate_weight,
+                reason=event.reason,
+                verdict=_verdict_numbers(state.last_verdict) if event.kind == "verdict" else None,
+            )
+        try:
+            committed = await asyncio.to_thread(
+                self.store.commit,
+                record.id,
+                record.version,
+                phase=state.phase.value,
+                state=state.model_dump(mode="json"),
+                due_at=due,
+                updated_at=now,
+                events=events,
+                alerts=alerts,
+                consumed_commands=list(decision.consumed_commands),
+            )
+        except StaleVersion:
+            log.warning("rollout.stale", rollout=record.id, version=record.version)
+            raise
+        if self.observer is not None:
+            self.observer(
+                record.endpoint,
+                record.created_at,
+                now,
+                [(e.kind, e.to_phase, e.data) for e in events],
+                state.ending_cause,
+            )
+        return committed
+
+    def _channels(self, plan: AnyPlan) -> list[AlertChannel]:
+        return [*plan.alerts, *self.default_channels]
+
+    def _outbox_rows(
+        self, record: RolloutRecord, plan: AnyPlan, state: RolloutState, decision: Decision
+    ) -> list[NewAlert]:
+        rows = []
+        for alert in decision.alerts:
+            for index, channel in enumerate(self._channels(plan)):
+                if _SEVERITY_ORDER[alert.severity] < _SEVERITY_ORDER[channel.severity]:
+                    continue
+                rows.append(
+                    NewAlert(
+                        dedup_key=f"{record.id}:{alert.key}:{index}",
+                        channel=channel.type,
+                        payload={
+                            "rollout": record.id,
+                            "endpoint": record.endpoint,
+                            "candidate": plan.candidate.served_name,
+                            "baseline": state.baseline,
+                            "event": alert.event,
+                            "severity": alert.severity,
+                            "summary": alert.summary,
+                            "phase": state.phase.value,
+                            "details": alert.details,
+                            "channel": channel.model_dump(mode="json"),
+                        },
+                    )
+                )
+        return rows
+
+    # ---- observing ----------------------------------------------------------------------
+
+    async def _observe(
+        self, plan: AnyPlan, state: RolloutState, tracker: WindowTracker, rollout_id: str
+    ) -> Observation:
+        commands = tuple(
+            Command(c.id, c.kind, c.payload)  # type: ignore[arg-type]
+            for c in await asyncio.to_thread(self.store.pending_commands, rollout_id)
+            if c.kind in ("pause", "resume", "promote", "promote_full", "abort")
+        )
+        observation = await self._read_endpoint(plan.endpoint)
+        observation = replace(observation, commands=commands)
+        if state.split_applied_at is not None and state.phase in (
+            Phase.PREPARING,
+            Phase.PROGRESSING,
+        ):
+            observation = await self._scrape(plan.endpoint, tracker, observation)
+        return observation
+
+    async def _read_endpoint(self, endpoint: str) -> Observation:
+        try:
+            return Observation(endpoint=snapshot_of(await self.client.get_endpoint(endpoint)))
+        except NotFound:
+            return Observation(endpoint_missing=True)
+        except ServingError as exc:
+            return Observation(endpoint_error=str(exc))
+
+    async def _scrape(
+        self, endpoint: str, tracker: WindowTracker, observation: Observation
+    ) -> Observation:
+        try:
+            text = await self.client.export_metrics(endpoint)
+            scrape = parse_export_metrics(text)
+        except (ServingError, MetricsError) as exc:
+            return replace(observation, metrics_error=f"export-metrics unusable: {exc}")
+        windows = tracker.observe(scrape, int(self.clock.now() * 1000))
+        return replace(
+            observation,
+            windows=tuple(windows),
+            entity_labels=scrape.has_entity_labels or not scrape.windows,
+        )
+
+    # ---- effects ------------------------------------------------------------------------
+
+    async def _carry_out(self, plan: AnyPlan, decision: Decision) -> Observation:
+        effect = decision.effect
+        if isinstance(effect, PutConfig):
+            return await self._apply(plan, effect.target)
+        if isinstance(effect, RunPreflight):
+            return await self._preflight(plan.endpoint, effect)
+        return Observation()  # pragma: no cover - decide returns only these effects
+
+    async def _apply(self, plan: AnyPlan, target: Target) -> Observation:
+        endpoint = plan.endpoint
+        try:
+            spec = ConfigSpec.build(
+                [ServedEntity.model_validate(e) for e in target.entities], target.split
+            )
+        except ValueError as exc:
+            return await self._after(endpoint, UpdateOutcome("rejected", f"invalid config: {exc}"))
+        log.info(
+            "rollout.put_config",
+            endpoint=endpoint,
+            purpose=target.purpose,
+            split=target.split,
+            attempt=target.attempts,
+        )
+        try:
+            await self.client.update_config(endpoint, spec)
+        except UpdateInProgress as exc:
+            return await self._after(endpoint, UpdateOutcome("conflict", str(exc)))
+        except InvalidRequest as exc:
+            return await self._after(endpoint, UpdateOutcome("rejected", str(exc)))
+        except NotFound:
+            return Observation(endpoint_missing=True)
+        except ServingError as exc:
+            return await self._after(endpoint, UpdateOutcome("unavailable", str(exc)))
+        try:
+            applied = await self.client.wait_until_applied(
+                endpoint, spec, deadline_seconds=self.timing.update_deadline
+            )
+        except UpdateFailed as exc:
+            logs = await self._build_logs(endpoint, plan.candidate.served_name)
+            return Observation(
+                endpoint=snapshot_of(exc.endpoint_snapshot),
+                update=UpdateOutcome("failed", str(exc), logs),
+            )
+        except UpdateTimeout as exc:
+            return await self._after(endpoint, UpdateOutcome("timeout", str(exc)))
+        except ConfigMismatch as exc:
+            # Settled, but not on what we asked: decide tells a late read from drift.
+            return Observation(endpoint=snapshot_of(exc.endpoint_snapshot))
+        except ServingError as exc:
+            return await self._after(endpoint, UpdateOutcome("unavailable", str(exc)))
+        return Observation(endpoint=snapshot_of(applied), update=UpdateOutcome("applied"))
+
+    async def _after(self, endpoint: str, outcome: UpdateOutcome) -> Observation:
+        observation = await self._read_endpoint(endpoint)
+        return replace(observation, update=outcome)
+
+    async def _build_logs(self, endpoint: str, served_model: str) -> str | None:
+        try:
+            return await self.client.build_logs(endpoint, served_model)
+        except ServingError as exc:
+            return f"(build logs unavailable: {exc})"
+
+    async def _preflight(self, endpoint: str, effect: RunPreflight) -> Observation:
+        failed = 0
+        for _ in range(effect.smoke_requests):
+            try:
+                result = await self.client.query_served_model(
+                    endpoint, effect.candidate, effect.smoke_body
+                )
+            except ServingError:
+                failed += 1
+                continue
+            if result.status >= 400:
+                failed += 1
+        compatible: bool | None = None
+        message = ""
+        if effect.schema_check:
+            try:
+                document = await self.client.openapi(endpoint)
+            except ServingError as exc:
+                compatible, message = False, f"OpenAPI document unavailable: {exc}"
+            else:
+                base = entity_input_schema(document, effect.baseline)
+                cand = entity_input_schema(document, effect.candidate)
+                if base is None or cand is None:
+                    compatible = False
+                    message = "the OpenAPI document has no input schema for " + (
+                        effect.baseline if base is None else effect.candidate
+                    )
+                else:
+                    compatible, message = input_compatible(base, cand)
+        outcome = PreflightOutcome(effect.smoke_requests, failed, compatible, message)
+        observation = await self._read_endpoint(endpoint)
+        return replace(observation, preflight=outcome)
+
+
+def _verdict_numbers(verdict: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+    if verdict is None:
+        return None
+    return [
+        {
+            "check": c.get("check"),
+            "outcome": c.get("outcome"),
+            "candidate": c.get("candidate_value"),
+            "baseline": c.get("baseline_value"),
+            "n": [c.get("candidate_n"), c.get("baseline_n")],
+        }
+        for c in verdict.get("checks", [])
+    ]
+
+
+def active_ids(records: Iterable[RolloutRecord]) -> list[str]:
+    return [r.id for r in records if not Phase(r.phase).terminal]

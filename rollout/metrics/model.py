@@ -1,0 +1,264 @@
+"""The numbers a rollout is judged on: one window of one served entity, and sums of windows.
+
+Export-metrics text is parsed (``rollout.metrics.parse``) into ``EntityWindow`` values, one per
+served entity and window; ``rollout.metrics.windows`` deduplicates them across scrapes; the
+engine sums the windows that began after the current split took effect into one ``ArmTotals``
+per arm (candidate, baseline), and the judges in ``rollout.analysis`` read only those sums.
+Pure data, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# The measurement fields of an ``EntityWindow``, by name; ``EntityWindow.missing`` names a subset.
+WINDOW_FIELDS: tuple[str, ...] = (
+    "requests",
+    "errors_4xx",
+    "errors_5xx",
+    "latency",
+    "queue_time",
+    "cpu_percent",
+    "mem_percent",
+    "provisioned_concurrency",
+)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A latency (or queue-time) histogram with per-bucket, non-cumulative counts.
+
+    ``bounds`` are the buckets' upper bounds in ascending order (the last is usually ``inf``);
+    ``counts[i]`` is the number of observations in ``(bounds[i-1], bounds[i]]``.
+    """
+
+    bounds: tuple[float, ...]
+    counts: tuple[float, ...]
+    sum: float | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.bounds) != len(self.counts):
+            raise ValueError("a histogram needs one count per bucket bound")
+        if any(b2 <= b1 for b1, b2 in zip(self.bounds, self.bounds[1:], strict=False)):
+            raise ValueError("histogram bounds must be strictly increasing")
+
+    @classmethod
+    def from_cumulative(
+        cls, buckets: dict[float, float], total_sum: float | None = None
+    ) -> Histogram:
+        """Build from Prometheus ``_bucket{le=...}`` values (cumulative counts)."""
+        bounds = tuple(sorted(float(b) for b in buckets))
+        by_bound = {float(b): float(v) for b, v in buckets.items()}
+        counts: list[float] = []
+        previous = 0.0
+        for bound in bounds:
+            cumulative = by_bound[bound]
+            # Rounding in exporters can make a cumulative series dip by a hair; never negative.
+            counts.append(float(max(0.0, cumulative - previous)))
+            previous = max(previous, cumulative)
+        return cls(bounds=bounds, counts=tuple(counts), sum=total_sum)
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.counts))
+
+    def merge(self, other: Histogram) -> Histogram:
+        """Sum two histograms; differing bucket layouts are merged on the union of bounds.
+
+        A bucket missing on one side counts as zero there: observations are kept in the bucket
+        their exporter put them in, so the merged histogram never loses a request.
+        """
+        if self.bounds == other.bounds:
+            counts = tuple(a + b for a, b in zip(self.counts, other.counts, strict=True))
+        else:
+            merged: dict[float, float] = {}
+            for hist in (self, other):
+                for bound, count in zip(hist.bounds, hist.counts, strict=True):
+                    merged[bound] = merged.get(bound, 0.0) + count
+            bounds = tuple(sorted(merged))
+            total_sum = _add_opt(self.sum, other.sum)
+            return Histogram(bounds, tuple(merged[b] for b in bounds), total_sum)
+        return Histogram(self.bounds, counts, _add_opt(self.sum, other.sum))
+
+    def quantile(self, q: float) -> float | None:
+        """Estimate the q-quantile by linear interpolation inside its bucket.
+
+        This is what Prometheus' ``histogram_quantile`` does: the lower edge of the first bucket
+        is 0, and a quantile falling in the ``+Inf`` bucket is reported as the highest finite
+        bound (the histogram cannot say more). ``None`` when the histogram is empty.
+        """
+        if not 0.0 <= q <= 1.0:
+            raise ValueError("quantile must be within [0, 1]")
+        total = self.total
+        if total <= 0:
+            return None
+        rank = q * total
+        cumulative = 0.0
+        lower = 0.0
+        for bound, count in zip(self.bounds, self.counts, strict=True):
+            if count > 0 and cumulative + count >= rank:
+                if math.isinf(bound):
+                    return lower
+                fraction = (rank - cumulative) / count
+                return lower + (bound - lower) * fraction
+            cumulative += count
+            if not math.isinf(bound):
+                lower = bound
+        return lower
+
+    def count_above(self, threshold: float) -> float:
+        """Observations above ``threshold``, interpolating linearly inside the straddling bucket."""
+        above = 0.0
+        lower = 0.0
+        for bound, count in zip(self.bounds, self.counts, strict=True):
+            if lower >= threshold:
+                above += count
+            elif bound > threshold:
+                if math.isinf(bound):
+                    above += count
+                else:
+                    above += count * (bound - threshold) / (bound - lower)
+            if not math.isinf(bound):
+                lower = bound
+        return above
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe form: an infinite bound is written as ``"+Inf"`` (strict JSON has none)."""
+        return {
+            "bounds": [_float_to_json(b) for b in self.bounds],
+            "counts": list(self.counts),
+            "sum": self.sum,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Histogram:
+        total_sum = data.get("sum")
+        return cls(
+            bounds=tuple(_float_from_json(b) for b in data["bounds"]),
+            counts=tuple(float(c) for c in data["counts"]),
+            sum=None if total_sum is None else float(total_sum),
+        )
+
+
+def _float_to_json(value: float) -> float | str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return value
+
+
+def _float_from_json(value: float | str) -> float:
+    return float(value)
+
+
+def _add_opt(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return a + b
+
+
+@dataclass(frozen=True)
+class EntityWindow:
+    """What export-metrics says about one served entity during one window.
+
+    ``entity`` is ``None`` for endpoint totals (series with no entity label). ``start_ms`` is the
+    window's start in epoch milliseconds, or ``None`` when the samples carried no timestamp.
+    Counts are per window (already converted from cumulative counters when needed).
+
+    ``missing`` names the fields (see ``WINDOW_FIELDS``) the export did not report, or reported
+    as unusable (NaN, negative, a broken histogram), for this window. A missing count reads as
+    ``0.0``, so a judge must consult ``missing`` before taking "no errors" at face value; the
+    default (nothing missing) keeps hand-built windows meaning what their numbers say.
+    """
+
+    entity: str | None
+    start_ms: int | None
+    requests: float = 0.0
+    errors_4xx: float = 0.0
+    errors_5xx: float = 0.0
+    latency: Histogram | None = None
+    queue_time: Histogram | None = None
+    cpu_percent: float | None = None
+    mem_percent: float | None = None
+    provisioned_concurrency: float | None = None
+    missing: frozenset[str] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe form, for persisting windows (see ``WindowTracker.to_state``)."""
+        return {
+            "entity": self.entity,
+            "start_ms": self.start_ms,
+            "requests": self.requests,
+            "errors_4xx": self.errors_4xx,
+            "errors_5xx": self.errors_5xx,
+            "latency": None if self.latency is None else self.latency.to_dict(),
+            "queue_time": None if self.queue_time is None else self.queue_time.to_dict(),
+            "cpu_percent": self.cpu_percent,
+            "mem_percent": self.mem_percent,
+            "provisioned_concurrency": self.provisioned_concurrency,
+            "missing": sorted(self.missing),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EntityWindow:
+        latency = data.get("latency")
+        queue_time = data.get("queue_time")
+        start_ms = data.get("start_ms")
+        return cls(
+            entity=data.get("entity"),
+            start_ms=None if start_ms is None else int(start_ms),
+            requests=float(data.get("requests", 0.0)),
+            errors_4xx=float(data.get("errors_4xx", 0.0)),
+            errors_5xx=float(data.get("errors_5xx", 0.0)),
+            latency=None if latency is None else Histogram.from_dict(latency),
+            queue_time=None if queue_time is None else Histogram.from_dict(queue_time),
+            cpu_percent=_opt_float(data.get("cpu_percent")),
+            mem_percent=_opt_float(data.get("mem_percent")),
+            provisioned_concurrency=_opt_float(data.get("provisioned_concurrency")),
+            missing=frozenset(data.get("missing", ())),
+        )
+
+
+def _opt_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass
+class ArmTotals:
+    """The sum of the windows one arm (candidate or baseline) served in the judged interval."""
+
+    windows: int = 0
+    requests: float = 0.0
+    errors_4xx: float = 0.0
+    errors_5xx: float = 0.0
+    latency: Histogram | None = None
+    queue_time: Histogram | None = None
+    # Gauges are averaged over the windows that reported them (they are levels, not counts).
+    cpu_percent: list[float] = field(default_factory=list)
+    mem_percent: list[float] = field(default_factory=list)
+    # How many of the summed windows lacked each field (``EntityWindow.missing``): a judge that
+    # sees ``missing["errors_5xx"] == windows`` knows it has no error data, not zero errors.
+    missing: dict[str, int] = field(default_factory=dict)
+
+    def add(self, window: EntityWindow) -> None:
+        self.windows += 1
+        for name in window.missing:
+            self.missing[name] = self.missing.get(name, 0) + 1
+        self.requests += window.requests
+        self.errors_4xx += window.errors_4xx
+        self.errors_5xx += window.errors_5xx
+        if window.latency is not None:
+            self.latency = (
+                window.latency if self.latency is None else self.latency.merge(window.latency)
+            )
+        if window.queue_time is not None:
+            self.queue_time = (
+                window.queue_time
+                if self.queue_time is None
+                else self.queue_time.merge(window.queue_time)
+            )
+        if window.cpu_percent is not None:
+            self.cpu_percent.append(window.cpu_percent)
+        if window.mem_percent is not None:
+            self.mem_percent.append(window.mem_percent)

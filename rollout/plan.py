@@ -1,0 +1,434 @@
+"""Rollout plans: the user's file, validated before anything touches an endpoint.
+
+First stop in the path of a rollout: ``load_plan`` turns YAML or JSON into a ``Plan`` (or a
+``PlanError`` listing every problem with the field it concerns), the API stores it, and the
+engine reads nothing but this validated form. Pure: no I/O besides reading the text given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from rollout.analysis.spec import Policy
+from rollout.policies import PolicyLibrary, PolicyNotFoundError, policy_errors
+from rollout.units import format_duration, parse_duration
+
+DATABRICKS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+ENTITY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+# The JSON schema (the API's OpenAPI document) says what the validator accepts, not the float
+# it produces: plans are written with durations like "10m".
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "examples": ["90s", "10m", "1h30m"]},
+            ],
+            "description": "Seconds, or text like '90s', '10m', '1h30m'.",
+        },
+        mode="validation",
+    ),
+]
+
+
+class FieldProblemError(ValueError):
+    """A validation error found above the field level that still belongs to one field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+def _databricks_name(value: str, what: str) -> str:
+    if not DATABRICKS_NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid {what} name: use 1 to 63 letters, digits, '-' or '_'"
+        )
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class CandidateEntity(_Strict):
+    """The candidate, shaped exactly like a Databricks ``served_entities[]`` item."""
+
+    name: str | None = Field(
+        default=None,
+        description="Served entity name; default <last part of entity_name>-<entity_version>.",
+    )
+    entity_name: str = Field(description="Registered model, e.g. main.ml.ads_model.")
+    entity_version: str = Field(description="Model version to serve.")
+    workload_size: str | None = None
+    workload_type: str | None = None
+    scale_to_zero_enabled: bool = False
+    min_provisioned_concurrency: int | None = Field(default=None, ge=0)
+    max_provisioned_concurrency: int | None = Field(default=None, ge=0)
+    environment_vars: dict[str, str] | None = None
+    instance_profile_arn: str | None = None
+
+    @field_validator("entity_version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: object) -> object:
+        # YAML reads `entity_version: 4` as an int; Databricks wants the string "4".
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    @field_validator("entity_name")
+    @classmethod
+    def _entity_name(cls, value: str) -> str:
+        if not ENTITY_NAME.match(value):
+            raise ValueError(f"{value!r} is not a valid registered model name")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return None if value is None else _databricks_name(value, "served entity")
+
+    @model_validator(mode="after")
+    def _sizing(self) -> CandidateEntity:
+        has_concurrency = (
+            self.min_provisioned_concurrency is not None
+            or self.max_provisioned_concurrency is not None
+        )
+        if has_concurrency and self.workload_size is not None:
+            raise FieldProblemError(
+                "workload_size", "cannot be combined with min/max_provisioned_concurrency"
+            )
+        if (
+            self.min_provisioned_concurrency is not None
+            and self.max_provisioned_concurrency is not None
+            and self.min_provisioned_concurrency > self.max_provisioned_concurrency
+        ):
+            raise FieldProblemError(
+                "min_provisioned_concurrency", "exceeds max_provisioned_concurrency"
+            )
+        return self
+
+    @property
+    def served_name(self) -> str:
+        """The explicit name used in every ``traffic_config`` route for the candidate."""
+        if self.name is not None:
+            return self.name
+        derived = f"{self.entity_name.rsplit('.', 1)[-1]}-{self.entity_version}"
+        return re.sub(r"[^A-Za-z0-9_-]", "-", derived)[:63]
+
+    def as_served_entity(self) -> dict[str, Any]:
+        """The ``served_entities[]`` item to PUT, with the name always explicit."""
+        body = self.model_dump(exclude_none=True)
+        body["name"] = self.served_name
+        return body
+
+
+class CanaryStep(_Strict):
+    weight: int = Field(gt=0, le=100, description="Candidate traffic percentage in this step.")
+    bake: Duration = Field(description="How long the step runs before it may advance.")
+
+
+class AlertChannel(_Strict):
+    type: Literal["webhook", "slack", "alertmanager"]
+    url: str = Field(pattern=r"^https?://", description="Where to deliver (http or https).")
+    severity: Literal["info", "warn", "error"] = Field(
+        default="info", description="Lowest severity delivered to this channel."
+    )
+    secret: str | None = Field(
+        default=None, description="webhook only: HMAC-SHA256 key for the signature header."
+    )
+
+
+class _PlanBase(_Strict):
+    name: str | None = Field(default=None, max_length=100, description="Optional label.")
+    endpoint: str = Field(description="The Databricks serving endpoint.")
+    candidate: CandidateEntity
+    baseline: str | None = Field(
+        default=None, description="Served entity now serving; default: the one taking 100 %."
+    )
+    policy: str | dict[str, Any] = Field(
+        default="default", description="A built-in policy name or an inline policy mapping."
+    )
+    alerts: list[AlertChannel] = Field(default_factory=list)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        return _databricks_name(value, "endpoint")
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline(cls, value: str | None) -> str | None:
+        return None if value is None else _databricks_name(value, "served entity")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> _PlanBase:
+        if self.baseline is not None and self.baseline == self.candidate.served_name:
+            raise FieldProblemError(
+                "baseline", f"baseline and candidate are the same served entity ({self.baseline!r})"
+            )
+        return self
+
+
+class CanaryPlan(_PlanBase):
+    """Move traffic to the candidate in increasing steps, judging each; 100 % is implied last."""
+
+    strategy: Literal["canary"]
+    steps: list[CanaryStep] | None = None
+    step_weight: int | None = Field(default=None, gt=0, lt=100)
+    max_weight: int | None = Field(default=None, gt=0, le=100)
+    bake: Duration | None = Field(default=None, description="Bake per step (linear form).")
+
+    @model_validator(mode="after")
+    def _steps(self) -> CanaryPlan:
+        linear = (self.step_weight, self.max_weight, self.bake)
+        if self.steps is not None:
+            if any(value is not None for value in linear):
+                raise FieldProblemError(
+                    "steps",
+                    "give either steps or the linear form (step_weight, max_weight, bake), "
+                    "not both",
+                )
+            if not self.steps:
+                raise FieldProblemError("steps", "a canary needs at least one step")
+            previous = 0
+            for index, step in enumerate(self.steps):
+                if step.weight <= previous:
+                    raise FieldProblemError(
+                        f"steps[{index}].weight",
+                        f"{step.weight} must be greater than the previous step's weight "
+                        f"({previous}); weights strictly increase",
+                    )
+                previous = step.weight
+            return self
+        if self.step_weight is None or self.bake is None:
+            raise FieldProblemError(
+                "steps",
+                "a canary needs steps, or step_weight with bake (and optionally max_weight)",
+            )
+        ceiling = self.max_weight if self.max_weight is not None else 100
+        if self.step_weight > ceiling:
+            raise FieldProblemError(
+                "step_weight", f"{self.step_weight} is larger than max_weight ({ceiling})"
+            )
+        return self
+
+    def canary_steps(self) -> list[CanaryStep]:
+        """The steps to run, the linear form expanded; the implied 100 % is not included."""
+        if self.steps is not None:
+            return [step for step in self.steps if step.weight < 100] or []
+        if self.step_weight is None or self.bake is None:  # pragma: no cover - _steps checks
+            raise FieldProblemError("steps", "a canary needs steps, or step_weight with bake")
+        ceiling = min(self.max_weight if self.max_weight is not None else 100, 99)
+        return [
+            CanaryStep(weight=weight, bake=self.bake)
+            for weight in range(self.step_weight, ceiling + 1, self.step_weight)
+        ]
+
+
+class ABPlan(_PlanBase):
+    """Split traffic for a fixed time, then report and promote the winner if it clearly wins."""
+
+    strategy: Literal["ab"]
+    split: int = Field(default=50, gt=0, lt=100, description="Candidate percentage.")
+    duration: Duration = Field(description="How long the split runs before the report.")
+    objective: str = Field(
+        default="latency_p99_ms", description="The metric the candidate must win on."
+    )
+    objective_direction: Literal["lower", "higher"] = Field(
+        default="lower", description="Which way is better for the objective."
+    )
+
+
+class SmokeTest(_Strict):
+    requests: int = Field(default=10, ge=1, le=1000, description="Invocations sent.")
+    body: dict[str, Any] = Field(
+        default_factory=lambda: {"dataframe_records": [{}]},
+        description="Invocation body sent to the candidate.",
+    )
+    max_failures: int = Field(default=0, ge=0, description="Failed invocations tolerated.")
+
+
+class BlueGreenPlan(_PlanBase):
+    """Deploy at 0 %, check, switch all traffic at once, bake with the baseline kept."""
+
+    strategy: Literal["blue_green"]
+    bake: Duration = Field(description="How long to watch after the switch.")
+    warmup: Duration = Field(
+        default=300.0,
+        description="Time at 0 % before the switch: the candidate warms up, and the "
+        "baseline's metrics over it are the control the bake is judged against.",
+    )
+    smoke: SmokeTest = Field(default_factory=SmokeTest)
+    schema_check: bool = Field(
+        default=True, description="Require the candidate's input schema to accept the baseline's."
+    )
+
+    @model_validator(mode="after")
+    def _smoke(self) -> BlueGreenPlan:
+        if self.smoke.max_failures >= self.smoke.requests:
+            raise FieldProblemError("smoke.max_failures", "must be smaller than smoke.requests")
+        return self
+
+
+AnyPlan = CanaryPlan | ABPlan | BlueGreenPlan
+Plan = Annotated[AnyPlan, Field(discriminator="strategy")]
+
+_STRATEGY_FIELDS = {
+    "canary": set(CanaryPlan.model_fields),
+    "ab": set(ABPlan.model_fields),
+    "blue_green": set(BlueGreenPlan.model_fields),
+}
+
+
+class _PlanDocument(BaseModel):
+    plan: Plan
+
+
+class PlanIssue(BaseModel):
+    """One problem in a plan: where it is and what is wrong."""
+
+    field: str
+    message: str
+
+
+class PlanError(ValueError):
+    """A plan that cannot run; ``issues`` lists every problem found, each naming its field."""
+
+    def __init__(self, issues: list[PlanIssue]) -> None:
+        self.issues = issues
+        super().__init__("invalid plan:\n" + "\n".join(f"  {i.field}: {i.message}" for i in issues))
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else part
+    return path or "(plan)"
+
+
+def _split_path(path: str) -> tuple[int | str, ...]:
+    tokens = re.findall(r"[^.\[\]]+|\[\d+\]", path)
+    return tuple(int(t[1:-1]) if t.startswith("[") else t for t in tokens)
+
+
+def _strategy_misfit(data: Mapping[str, Any]) -> list[PlanIssue]:
+    """Fields that belong to another strategy get a message saying which one."""
+    strategy = data.get("strategy")
+    if strategy not in _STRATEGY_FIELDS:
+        return []
+    issues = []
+    own = _STRATEGY_FIELDS[strategy]
+    for key in data:
+        if key in own:
+            continue
+        owners = sorted(s for s, fields in _STRATEGY_FIELDS.items() if key in fields)
+        if owners:
+            issues.append(
+                PlanIssue(
+                    field=key,
+                    message=f"not a field of a {strategy} plan (it belongs to "
+                    f"{' / '.join(owners)})",
+                )
+            )
+    return issues
+
+
+def validate_plan(data: object) -> AnyPlan:
+    """Validate a parsed plan mapping; raise ``PlanError`` naming every bad field."""
+    if not isinstance(data, Mapping):
+        raise PlanError([PlanIssue(field="(plan)", message="a plan must be a mapping")])
+    if data.get("strategy") not in _STRATEGY_FIELDS:
+        got = "missing" if "strategy" not in data else f"{data['strategy']!r} is not a strategy"
+        raise PlanError(
+            [PlanIssue(field="strategy", message=f"{got}: use canary, ab or blue_green")]
+        )
+    misfits = _strategy_misfit(data)
+    if misfits:
+        raise PlanError(misfits)
+    try:
+        return _PlanDocument.model_validate({"plan": dict(data)}).plan
+    except ValidationError as exc:
+        issues = []
+        for error in exc.errors():
+            loc = tuple(error["loc"])[1:]  # drop the wrapper's "plan"
+            if loc and loc[0] in _STRATEGY_FIELDS:
+                loc = loc[1:]  # drop the discriminator tag pydantic inserts
+            message = error["msg"]
+            problem = error.get("ctx", {}).get("error")
+            if isinstance(problem, FieldProblemError):
+                loc = (*loc, *_split_path(problem.field))
+                message = str(problem)
+            elif error["type"] == "extra_forbidden":
+                message = "unknown field"
+            elif message.startswith("Value error, "):
+                message = message.removeprefix("Value error, ")
+            issues.append(PlanIssue(field=_field_path(loc), message=message))
+        raise PlanError(issues) from None
+
+
+def resolve_policy(plan: AnyPlan, library: PolicyLibrary | None = None) -> Policy:
+    """The plan's policy (a built-in name or inline), or ``PlanError`` naming the bad field."""
+    library = library if library is not None else PolicyLibrary()
+    try:
+        return library.resolve(plan.policy)
+    except PolicyNotFoundError as exc:
+        raise PlanError([PlanIssue(field="policy", message=str(exc))]) from None
+    except ValidationError as exc:
+        raise PlanError(
+            [PlanIssue(field=path, message=message) for path, message in policy_errors(exc)]
+        ) from None
+
+
+def parse_document(text: str, *, content_type: str | None = None) -> object:
+    """Parse YAML or JSON text (JSON is YAML, but JSON errors read better from ``json``)."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    try:
+        if kind == "application/json" or (not kind and text.lstrip().startswith("{")):
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise PlanError(
+            [PlanIssue(field="(document)", message=f"invalid JSON at line {exc.lineno}: {exc.msg}")]
+        ) from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise PlanError(
+            [PlanIssue(field="(document)", message=f"invalid YAML{line}: {exc}")]
+        ) from None
+
+
+def load_plan(
+    text: str, *, content_type: str | None = None, library: PolicyLibrary | None = None
+) -> tuple[AnyPlan, Policy]:
+    """Parse and validate a plan document and resolve its policy."""
+    plan = validate_plan(parse_document(text, content_type=content_type))
+    return plan, resolve_policy(plan, library)
+
+
+def describe_steps(plan: CanaryPlan) -> str:
+    """One line for logs and the CLI: '5% for 10m, 25% for 10m, then 100%'."""
+    steps = ", ".join(f"{s.weight}% for {format_duration(s.bake)}" for s in plan.canary_steps())
+    return f"{steps}, then 100%"

@@ -1,0 +1,553 @@
+"""Simulated traffic: what one served entity does in one metrics window, and its exposition.
+
+The sandbox (the fake Databricks workspace behind the serving client) calls ``simulate_window``
+for every closed window of every endpoint and renders the result with
+``render_export_metrics``, the text that ``GET /api/2.0/serving-endpoints/{name}/metrics``
+returns. The decision-quality benchmark reuses both directly, without HTTP, to produce
+thousands of windows with known ground truth.
+
+Pure: no I/O, no clock, no global random state. Randomness comes from the ``random.Random``
+passed in, so a seed reproduces a run exactly.
+
+The model, per window and endpoint:
+
+- total requests ~ Poisson(qps * window_seconds), split across served entities by a multinomial
+  over the traffic percentages (what a load balancer routing by weight does);
+- per entity, 5xx ~ Binomial(requests, error_rate) and 4xx ~ Binomial(requests - 5xx,
+  client_error_rate);
+- latency ~ LogNormal(mu=ln(p50), sigma=ln(p99/p50)/z_0.99); the histogram's bucket counts are
+  one multinomial draw over the lognormal's probability mass per bucket, so a window of 60 000
+  requests costs a few dozen random numbers instead of 60 000 lognormal draws;
+- a cold entity (its first ``cold_start_windows`` windows) has its latency multiplied by
+  ``cold_start_latency_factor``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from statistics import NormalDist
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from rollout.metrics.model import Histogram
+
+# Upper bounds (ms) of the latency buckets. The observed Databricks exports run from 5 ms to
+# 600 000 ms plus +Inf; the intermediate bounds are the usual 1-2.5-5 ladder.
+BUCKET_BOUNDS_MS: tuple[float, ...] = (
+    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 120000.0, 300000.0, 600000.0, math.inf,
+)
+
+# z such that Phi(z) = 0.99: turns a (p50, p99) pair into the lognormal's sigma.
+Z_99 = NormalDist().inv_cdf(0.99)
+
+_STANDARD_NORMAL = NormalDist()
+
+
+class TrafficProfile(BaseModel):
+    """How one served entity behaves: error rates, latency distribution, cold start.
+
+    Frozen so that a snapshot of the profiles live at some moment can be kept by reference.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="P(5xx) per request.")
+    client_error_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="P(4xx) per request that did not fail 5xx."
+    )
+    latency_p50_ms: float = Field(default=40.0, gt=0.0, le=600_000.0)
+    latency_p99_ms: float = Field(default=200.0, gt=0.0, le=600_000.0)
+    cold_start_windows: int = Field(
+        default=0, ge=0, le=1_000_000, description="Windows after the entity appears that are slow."
+    )
+    cold_start_latency_factor: float = Field(default=1.0, ge=1.0, le=10_000.0)
+    queue_time_p50_ms: float = Field(default=1.0, gt=0.0, le=600_000.0)
+    queue_time_p99_ms: float = Field(default=20.0, gt=0.0, le=600_000.0)
+
+    @model_validator(mode="after")
+    def _p99_not_below_p50(self) -> TrafficProfile:
+        if self.latency_p99_ms < self.latency_p50_ms:
+            raise ValueError("latency_p99_ms must be >= latency_p50_ms")
+        if self.queue_time_p99_ms < self.queue_time_p50_ms:
+            raise ValueError("queue_time_p99_ms must be >= queue_time_p50_ms")
+        return self
+
+    def latency_params(self, cold: bool = False) -> tuple[float, float]:
+        """(mu, sigma) of the lognormal latency, in ln(ms); cold adds ln(factor) to mu."""
+        mu = math.log(self.latency_p50_ms)
+        if cold:
+            mu += math.log(self.cold_start_latency_factor)
+        return mu, math.log(self.latency_p99_ms / self.latency_p50_ms) / Z_99
+
+    def queue_params(self) -> tuple[float, float]:
+        return (
+            math.log(self.queue_time_p50_ms),
+            math.log(self.queue_time_p99_ms / self.queue_time_p50_ms) / Z_99,
+        )
+
+
+DEFAULT_PROFILE = TrafficProfile()
+
+
+def _zeros() -> list[int]:
+    return [0] * len(BUCKET_BOUNDS_MS)
+
+
+@dataclass
+class WindowCounts:
+    """Everything export-metrics reports about one served entity in one window.
+
+    Bucket counts are per bucket (not cumulative), aligned with ``BUCKET_BOUNDS_MS``.
+    """
+
+    requests: int = 0
+    errors_4xx: int = 0
+    errors_5xx: int = 0
+    latency_counts: list[int] = field(default_factory=_zeros)
+    latency_sum_ms: float = 0.0
+    queue_counts: list[int] = field(default_factory=_zeros)
+    queue_sum_ms: float = 0.0
+
+    def record(self, latency_ms: float, queue_ms: float, status: int) -> None:
+        """Add one real request (an invocation that reached the sandbox)."""
+        self.requests += 1
+        if 500 <= status < 600:
+            self.errors_5xx += 1
+        elif 400 <= status < 500:
+            self.errors_4xx += 1
+        self.latency_counts[bucket_index(latency_ms)] += 1
+        self.latency_sum_ms += latency_ms
+        self.queue_counts[bucket_index(queue_ms)] += 1
+        self.queue_sum_ms += queue_ms
+
+    def merge(self, other: WindowCounts) -> None:
+        """Add ``other`` into this window (in place)."""
+        self.requests += other.requests
+        self.errors_4xx += other.errors_4xx
+        self.errors_5xx += other.errors_5xx
+        self.latency_counts = [a + b for a, b in zip(self.latency_counts, other.latency_counts,
+                                                      strict=True)]
+        self.latency_sum_ms += other.latency_sum_ms
+        self.queue_counts = [a + b for a, b in zip(self.queue_counts, other.queue_counts,
+                                                    strict=True)]
+        self.queue_sum_ms += other.queue_sum_ms
+
+    def copy(self) -> WindowCounts:
+        return WindowCounts(
+            requests=self.requests,
+            errors_4xx=self.errors_4xx,
+            errors_5xx=self.errors_5xx,
+            latency_counts=list(self.latency_counts),
+            latency_sum_ms=self.latency_sum_ms,
+            queue_counts=list(self.queue_counts),
+            queue_sum_ms=self.queue_sum_ms,
+        )
+
+    def latency_histogram(self) -> Histogram:
+        return Histogram(
+            bounds=BUCKET_BOUNDS_MS,
+            counts=tuple(float(c) for c in self.latency_counts),
+            sum=self.latency_sum_ms,
+        )
+
+    def queue_histogram(self) -> Histogram:
+        return Histogram(
+            bounds=BUCKET_BOUNDS_MS,
+            counts=tuple(float(c) for c in self.queue_counts),
+            sum=self.queue_sum_ms,
+        )
+
+
+@dataclass(frozen=True)
+class EntityGauges:
+    """The level gauges export-metrics reports per entity (averages over the window)."""
+
+    cpu_percent: float
+    mem_percent: float
+    provisioned_concurrency: float
+
+
+def bucket_index(value_ms: float) -> int:
+    """Index of the bucket ``value_ms`` falls into (upper bounds are inclusive, as ``le``)."""
+    for i, bound in enumerate(BUCKET_BOUNDS_MS):
+        if value_ms <= bound:
+            return i
+    return len(BUCKET_BOUNDS_MS) - 1
+
+
+# --------------------------------------------------------------------------------------------
+# Samplers. random.Random has no binomial before 3.12 and no Poisson at all; these are exact
+# (not approximations) and cost O(1) expected time for large n, which is what makes a
+# 1000 qps x 60 s window cheap.
+
+
+def binomial(n: int, p: float, rng: random.Random) -> int:
+    """One Binomial(n, p) draw.
+
+    Small means use Devroye's geometric method (O(np)); large ones Hormann's BTRS transformed
+    rejection with squeeze, the algorithm CPython 3.12's ``random.binomialvariate`` uses.
+    """
+    if n < 0:
+        raise ValueError("n must be non-negative")
+    if n == 0 or p <= 0.0:
+        return 0
+    if p >= 1.0:
+        return n
+    if p > 0.5:
+        return n - binomial(n, 1.0 - p, rng)
+    if n * p < 10.0:
+        c = math.log1p(-p)
+        x = y = 0
+        while True:
+            # 1 - random() is in (0, 1], so the log is finite; the gap to the next success
+            # may still overflow to inf for a subnormal p, which simply means "no more".
+            gap = math.log(1.0 - rng.random()) / c
+            if gap >= n - y:
+                return x
+            y += math.floor(gap) + 1
+            x += 1
+    spq = math.sqrt(n * p * (1.0 - p))
+    b = 1.15 + 2.53 * spq
+    a = -0.0873 + 0.0248 * b + 0.01 * p
+    c = n * p + 0.5
+    vr = 0.92 - 4.2 / b
+    alpha = (2.83 + 5.1 / b) * spq
+    lpq = math.log(p / (1.0 - p))
+    m = math.floor((n + 1) * p)
+    h = math.lgamma(m + 1) + math.lgamma(n - m + 1)
+    while True:
+        u = rng.random() - 0.5
+        us = 0.5 - abs(u)
+        k = math.floor((2.0 * a / us + b) * u + c)
+        if k < 0 or k > n:
+            continue
+        v = rng.random()
+        if us >= 0.07 and v <= vr:
+            return k
+        v *= alpha / (a / (us * us) + b)
+        if v > 0.0 and math.log(v) <= h - math.lgamma(k + 1) - math.lgamma(n - k + 1) + (
+            k - m
+        ) * lpq:
+            return k
+
+
+def poisson(lam: float, rng: random.Random) -> int:
+    """One Poisson(lam) draw: multiplication method below 10, Hormann's PTRS above."""
+    if lam < 0 or not math.isfinite(lam):
+        raise ValueError("lambda must be finite and non-negative")
+    if lam == 0.0:
+        return 0
+    if lam < 10.0:
+        limit = math.exp(-lam)
+        k = 0
+        prod = rng.random()
+        while prod > limit:
+            k += 1
+            prod *= rng.random()
+        return k
+    slam = math.sqrt(lam)
+    loglam = math.log(lam)
+    b = 0.931 + 2.53 * slam
+    a = -0.059 + 0.02483 * b
+    invalpha = 1.1239 + 1.1328 / (b - 3.4)
+    vr = 0.9277 - 3.6224 / (b - 2.0)
+    while True:
+        u = rng.random() - 0.5
+        v = rng.random()
+        us = 0.5 - abs(u)
+        k = math.floor((2.0 * a / us + b) * u + lam + 0.43)
+        if us >= 0.07 and v <= vr:
+            return k
+        if k < 0 or (us < 0.013 and v > us):
+            continue
+        if v > 0.0 and (
+            math.log(v) + math.log(invalpha) - math.log(a / (us * us) + b)
+            <= -lam + k * loglam - math.lgamma(k + 1)
+        ):
+            return k
+
+
+def multinomial(n: int, probs: Sequence[float], rng: random.Random) -> list[int]:
+    """One Multinomial(n, probs) draw as a chain of conditional binomials.
+
+    ``probs`` need not sum exactly to 1: they are normalised, so rounding in a CDF difference
+    never loses or invents requests. The counts always sum to ``n``.
+    """
+    if not probs:
+        raise ValueError("multinomial needs at least one category")
+    if any(p < 0 or not math.isfinite(p) for p in probs):
+        raise ValueError("probabilities must be finite and non-negative")
+    # Suffix sums avoid the cancellation of ``1 - running_total``.
+    suffix = [0.0] * (len(probs) + 1)
+    for i in range(len(probs) - 1, -1, -1):
+        suffix[i] = suffix[i + 1] + probs[i]
+    if suffix[0] <= 0.0:
+        raise ValueError("probabilities must not all be zero")
+    out: list[int] = []
+    remaining = n
+    for i, p in enumerate(probs):
+        if remaining == 0:
+            out.append(0)
+            continue
+        if i == len(probs) - 1 or suffix[i + 1] <= 0.0:
+            out.append(remaining)
+            remaining = 0
+            continue
+        x = binomial(remaining, min(1.0, p / suffix[i]), rng)
+        out.append(x)
+        remaining -= x
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The lognormal over the buckets.
+
+
+@lru_cache(maxsize=4096)
+def bucket_probabilities(mu: float, sigma: float) -> tuple[float, ...]:
+    """P(bucket) for a LogNormal(mu, sigma) over ``BUCKET_BOUNDS_MS`` (cached: few profiles)."""
+    if sigma <= 0.0:
+        probs = [0.0] * len(BUCKET_BOUNDS_MS)
+        probs[bucket_index(math.exp(mu))] = 1.0
+        return tuple(probs)
+    cdfs = [
+        1.0 if math.isinf(b) else _STANDARD_NORMAL.cdf((math.log(b) - mu) / sigma)
+        for b in BUCKET_BOUNDS_MS
+    ]
+    probs = [cdfs[0]] + [max(0.0, hi - lo) for lo, hi in itertools.pairwise(cdfs)]
+    return tuple(probs)
+
+
+@lru_cache(maxsize=4096)
+def bucket_means(mu: float, sigma: float) -> tuple[float, ...]:
+    """E[X | X in bucket] for a LogNormal(mu, sigma): turns bucket counts into a latency sum.
+
+    Uses the lognormal's partial expectation; where a bucket's mass underflows, the midpoint
+    stands in (such a bucket essentially never receives a count anyway).
+    """
+    lowers = (0.0, *BUCKET_BOUNDS_MS[:-1])
+    if sigma <= 0.0:
+        value = math.exp(mu)
+        return tuple(value for _ in BUCKET_BOUNDS_MS)
+    scale = math.exp(mu + sigma * sigma / 2.0)
+    means: list[float] = []
+    for lo, hi in zip(lowers, BUCKET_BOUNDS_MS, strict=True):
+        z_lo = -math.inf if lo <= 0.0 else (math.log(lo) - mu) / sigma
+        z_hi = math.inf if math.isinf(hi) else (math.log(hi) - mu) / sigma
+        mass = _cdf(z_hi) - _cdf(z_lo)
+        partial = scale * (_cdf(z_hi - sigma) - _cdf(z_lo - sigma))
+        fallback = lo * 2.0 if math.isinf(hi) else (lo + hi) / 2.0
+        mean = partial / mass if mass > 1e-300 else fallback
+        upper = math.inf if math.isinf(hi) else hi
+        means.append(min(max(mean, lo), upper))
+    return tuple(means)
+
+
+def _cdf(z: float) -> float:
+    if z == math.inf:
+        return 1.0
+    if z == -math.inf:
+        return 0.0
+    return _STANDARD_NORMAL.cdf(z)
+
+
+def _histogram(
+    n: int, mu: float, sigma: float, rng: random.Random
+) -> tuple[list[int], float]:
+    if n == 0:
+        return _zeros(), 0.0
+    counts = multinomial(n, bucket_probabilities(mu, sigma), rng)
+    means = bucket_means(mu, sigma)
+    return counts, math.fsum(c * m for c, m in zip(counts, means, strict=True) if c)
+
+
+# --------------------------------------------------------------------------------------------
+# One window.
+
+
+def simulate_window(
+    profiles: Mapping[str, TrafficProfile],
+    split: Mapping[str, int],
+    qps: float,
+    window_seconds: float,
+    rng: random.Random,
+    *,
+    window_index_since_start: Mapping[str, int] | None = None,
+) -> dict[str, WindowCounts]:
+    """Simulate one window of traffic across the entities of ``split``.
+
+    ``split`` maps served entity names to traffic percentages (the live ``traffic_config``);
+    every entity in it gets an entry, zero-traffic ones with zero counts. An entity missing from
+    ``profiles`` behaves like ``TrafficProfile()``. ``window_index_since_start[e]`` is how many
+    windows ago entity ``e`` appeared (0 = this window); absent means long ago (warm).
+    """
+    if qps < 0 or not math.isfinite(qps):
+        raise ValueError("qps must be finite and non-negative")
+    if window_seconds < 0 or not math.isfinite(window_seconds):
+        raise ValueError("window_seconds must be finite and non-negative")
+    if any(w < 0 for w in split.values()):
+        raise ValueError("traffic percentages must be non-negative")
+    entities = list(split)
+    result = {entity: WindowCounts() for entity in entities}
+    weights = [float(split[e]) for e in entities]
+    if not entities or sum(weights) <= 0:
+        return result
+    total = poisson(qps * window_seconds, rng)
+    per_entity = multinomial(total, weights, rng)
+    ages = window_index_since_start or {}
+    for entity, n in zip(entities, per_entity, strict=True):
+        if n == 0:
+            continue
+        profile = profiles.get(entity, DEFAULT_PROFILE)
+        counts = result[entity]
+        counts.requests = n
+        counts.errors_5xx = binomial(n, profile.error_rate, rng)
+        counts.errors_4xx = binomial(n - counts.errors_5xx, profile.client_error_rate, rng)
+        age = ages.get(entity)
+        cold = age is not None and 0 <= age < profile.cold_start_windows
+        counts.latency_counts, counts.latency_sum_ms = _histogram(
+            n, *profile.latency_params(cold=cold), rng
+        )
+        counts.queue_counts, counts.queue_sum_ms = _histogram(n, *profile.queue_params(), rng)
+    return result
+
+
+def sample_latency_ms(profile: TrafficProfile, rng: random.Random, cold: bool = False) -> float:
+    """One request's latency (for a real invocation)."""
+    mu, sigma = profile.latency_params(cold=cold)
+    return rng.lognormvariate(mu, sigma) if sigma > 0 else math.exp(mu)
+
+
+def sample_queue_ms(profile: TrafficProfile, rng: random.Random) -> float:
+    mu, sigma = profile.queue_params()
+    return rng.lognormvariate(mu, sigma) if sigma > 0 else math.exp(mu)
+
+
+# Provisioned concurrency per workload size (upper end of Databricks' ranges).
+WORKLOAD_CONCURRENCY: Mapping[str, int] = {"Small": 4, "Medium": 16, "Large": 64}
+
+
+def estimate_gauges(
+    counts: WindowCounts, window_seconds: float, provisioned_concurrency: float
+) -> EntityGauges:
+    """Level gauges that follow the load: busy = mean in-flight requests (Little's law).
+
+    CPU is the share of provisioned concurrency kept busy plus an idle floor; memory follows
+    CPU loosely. Only the shape matters: they rise with load and latency.
+    """
+    if window_seconds <= 0 or provisioned_concurrency <= 0:
+        busy_share = 0.0
+    else:
+        busy = counts.latency_sum_ms / 1000.0 / window_seconds
+        busy_share = min(1.0, busy / provisioned_concurrency)
+    cpu = 3.0 + 92.0 * busy_share
+    mem = 25.0 + 0.4 * cpu
+    return EntityGauges(
+        cpu_percent=round(cpu, 3),
+        mem_percent=round(mem, 3),
+        provisioned_concurrency=float(provisioned_concurrency),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Exposition.
+
+_GAUGE_HELP: tuple[tuple[str, str], ...] = (
+    ("request_count_total", "Number of requests during the last minute."),
+    ("request_4xx_count_total", "Number of 4xx errors during the last minute."),
+    ("request_5xx_count_total", "Number of 5xx errors during the last minute."),
+    ("cpu_usage_percentage", "Average CPU usage across replicas during the last minute."),
+    ("mem_usage_percentage", "Average memory usage across replicas during the last minute."),
+    (
+        "provisioned_concurrent_requests_total",
+        "Provisioned concurrency during the last minute.",
+    ),
+)
+
+_HISTOGRAM_HELP: tuple[tuple[str, str], ...] = (
+    ("request_latency_ms", "Round-trip latency of requests in milliseconds."),
+    ("model_queue_time_ms", "Time requests spent queued before the model, in milliseconds."),
+)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    return repr(float(value))
+
+
+def render_export_metrics(
+    endpoint_name: str,
+    window_start_ms: int,
+    counts_by_entity: Mapping[str, WindowCounts],
+    gauges: Mapping[str, EntityGauges],
+) -> str:
+    """Prometheus text exposition of one window, as export-metrics returns it.
+
+    Every sample carries ``served_entity_name`` and ``endpoint_name`` and is stamped with the
+    window's start in epoch ms. The ``*_total`` series are gauges holding the window's count
+    (not counters), as Databricks declares them. Entities are listed in name order.
+    """
+    entities = sorted(counts_by_entity)
+    stamp = str(int(window_start_ms))
+    ep = _escape(endpoint_name)
+    labels = {e: f'served_entity_name="{_escape(e)}",endpoint_name="{ep}"' for e in entities}
+    lines: list[str] = []
+
+    def gauge_value(name: str, entity: str) -> float | None:
+        counts = counts_by_entity[entity]
+        g = gauges.get(entity)
+        values: dict[str, float | None] = {
+            "request_count_total": float(counts.requests),
+            "request_4xx_count_total": float(counts.errors_4xx),
+            "request_5xx_count_total": float(counts.errors_5xx),
+            "cpu_usage_percentage": None if g is None else g.cpu_percent,
+            "mem_usage_percentage": None if g is None else g.mem_percent,
+            "provisioned_concurrent_requests_total": (
+                None if g is None else g.provisioned_concurrency
+            ),
+        }
+        return values[name]
+
+    for name, help_text in _GAUGE_HELP:
+        samples = [(e, gauge_value(name, e)) for e in entities]
+        present = [(e, v) for e, v in samples if v is not None]
+        if not present:
+            continue
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        lines.extend(f"{name}{{{labels[e]}}} {_number(v)} {stamp}" for e, v in present)
+
+    for name, help_text in _HISTOGRAM_HELP:
+        if not entities:
+            continue
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} histogram")
+        for entity in entities:
+            counts = counts_by_entity[entity]
+            if name == "request_latency_ms":
+                buckets, total_sum = counts.latency_counts, counts.latency_sum_ms
+            else:
+                buckets, total_sum = counts.queue_counts, counts.queue_sum_ms
+            cumulative = 0
+            for bound, count in zip(BUCKET_BOUNDS_MS, buckets, strict=True):
+                cumulative += count
+                lines.append(
+                    f'{name}_bucket{{{labels[entity]},le="{_number(bound)}"}} '
+                    f"{_number(cumulative)} {stamp}"
+                )
+            lines.append(f"{name}_sum{{{labels[entity]}}} {_number(total_sum)} {stamp}")
+            lines.append(f"{name}_count{{{labels[entity]}}} {_number(cumulative)} {stamp}")
+    return "\n".join(lines) + "\n" if lines else ""

@@ -1,0 +1,194 @@
+"""Settings: every knob of the controller, read once from the environment and passed explicitly.
+
+This module sits at the very start of every path: ``cli`` builds one ``Settings`` and hands its
+groups to the pieces that need them (the serving client gets ``settings.databricks`` and
+``settings.serving``, the store gets ``settings.store``, ...). Nothing reads the environment
+anywhere else, and there is no module-level instance.
+
+Variables: ``ROLLOUT_<GROUP>_<FIELD>`` for the controller's own settings (for example
+``ROLLOUT_SERVING_REQUEST_TIMEOUT=10``), and the standard Databricks variables
+(``DATABRICKS_HOST``, ``DATABRICKS_TOKEN``, ``DATABRICKS_CLIENT_ID``, ``DATABRICKS_CLIENT_SECRET``,
+``DATABRICKS_CONFIG_PROFILE``, ``DATABRICKS_CONFIG_FILE``, ``DATABRICKS_AUTH_TYPE``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DatabricksSettings(BaseSettings):
+    """Where the workspace is and how to authenticate; the names Databricks' own tools use.
+
+    Resolution order (see ``rollout.serving.auth.resolve_credentials``): explicit host with a
+    token (PAT) or a client id and secret (OAuth M2M); otherwise the profile named by
+    ``config_profile`` (or ``DEFAULT``) in ``config_file``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DATABRICKS_", extra="ignore")
+
+    host: str | None = Field(
+        default=None, description="Workspace URL, e.g. https://adb-123.4.azuredatabricks.net."
+    )
+    token: SecretStr | None = Field(default=None, description="Personal access token (PAT).")
+    client_id: str | None = Field(default=None, description="OAuth M2M service principal id.")
+    client_secret: SecretStr | None = Field(
+        default=None, description="OAuth M2M service principal secret."
+    )
+    config_profile: str | None = Field(
+        default=None, description="Profile name in the config file; DEFAULT when unset."
+    )
+    config_file: Path = Field(
+        default=Path("~/.databrickscfg"), description="INI file of profiles (~ is expanded)."
+    )
+    auth_type: Literal["pat", "oauth-m2m"] | None = Field(
+        default=None, description="Force one auth method instead of inferring it."
+    )
+
+
+class ServingSettings(BaseSettings):
+    """How the controller talks to the serving-endpoints API."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLOUT_SERVING_", extra="ignore")
+
+    request_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds allowed for one HTTP request (connect + read)."
+    )
+    retry_budget: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds one logical call may spend retrying 429/503/timeouts in total.",
+    )
+    retry_initial_backoff: float = Field(
+        default=0.5, gt=0, description="Seconds before the first retry; doubles each attempt."
+    )
+    retry_max_backoff: float = Field(
+        default=20.0, gt=0, description="Upper bound, in seconds, of one backoff sleep."
+    )
+    update_deadline: float = Field(
+        default=45 * 60.0,
+        gt=0,
+        description="Seconds a config update may stay IN_PROGRESS before we stop waiting.",
+    )
+    update_poll_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between polls while an update is in progress."
+    )
+
+
+class EngineSettings(BaseSettings):
+    """How often rollouts are looked at and how long the engine waits for things."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLOUT_ENGINE_", extra="ignore")
+
+    look_interval: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds between looks at a judging rollout; keep it at most half the "
+        "export-metrics window (60 s on Databricks) so that no window is missed.",
+    )
+    update_poll: float = Field(
+        default=5.0, gt=0, description="Seconds between looks while a config update runs."
+    )
+    update_deadline: float = Field(
+        default=45 * 60.0, gt=0, description="Seconds before an unsettled update counts as failed."
+    )
+    max_put_attempts: int = Field(
+        default=3, ge=1, description="PUTs of one config before the engine gives up on it."
+    )
+    step_deadline_factor: float = Field(
+        default=3.0,
+        ge=1.0,
+        description="A step with no conclusive verdict after bake x this applies on_no_data.",
+    )
+    scan_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between scans of the store for due rollouts."
+    )
+    failure_backoff: float = Field(
+        default=30.0, gt=0, description="Seconds before retrying a rollout whose reconcile crashed."
+    )
+
+
+class StoreSettings(BaseSettings):
+    """Where rollouts and their event logs are kept."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLOUT_STORE_", extra="ignore")
+
+    url: str = Field(
+        default="sqlite:///rollout.db",
+        description="sqlite:///<path> (embedded default) or postgresql://user@host:port/db.",
+    )
+
+
+class ApiSettings(BaseSettings):
+    """The daemon's HTTP API (``rollout serve``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLOUT_API_", extra="ignore")
+
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to listen on; without tokens only a loopback address is allowed.",
+    )
+    port: int = Field(default=8080, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    tokens: SecretStr | None = Field(
+        default=None,
+        description="Bearer tokens with roles, comma-separated 'token:role' pairs where role is "
+        "viewer (read) or operator (read and act), e.g. 'abc:operator,def:viewer'.",
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, gt=0, description="Largest request body accepted, in bytes."
+    )
+
+
+class AlertSettings(BaseSettings):
+    """Rollback alerts: default channels and delivery."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLOUT_ALERTS_", extra="ignore")
+
+    channels: str = Field(
+        default="[]",
+        description="Channels every rollout alerts besides its plan's own: a JSON list of "
+        '{"type": "webhook"|"slack"|"alertmanager", "url", "severity"?, "secret"?}.',
+    )
+    timeout: float = Field(default=10.0, gt=0, description="Seconds allowed for one delivery.")
+    lease: float = Field(
+        default=60.0, gt=0, description="Seconds an alert being delivered is hidden from others."
+    )
+    initial_backoff: float = Field(
+        default=2.0, gt=0, description="Seconds before the first redelivery; doubles each time."
+    )
+    max_backoff: float = Field(
+        default=600.0, gt=0, description="Upper bound, in seconds, between two deliveries."
+    )
+    poll_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between looks at the outbox."
+    )
+
+
+class LogSettings(BaseSettings):
+    """Structured logging."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLOUT_LOG_", extra="ignore")
+
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Minimum level written."
+    )
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console on a TTY, JSON lines otherwise."
+    )
+
+
+class Settings(BaseSettings):
+    """All settings, grouped. Build one with ``Settings()`` at the edge and pass it down."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLOUT_", extra="ignore")
+
+    databricks: DatabricksSettings = Field(default_factory=DatabricksSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    log: LogSettings = Field(default_factory=LogSettings)

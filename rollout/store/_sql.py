@@ -1,0 +1,665 @@
+"""The store's logic, written once over a small transaction interface that each backend provides.
+
+In the path of a rollout this is where the runner's one-transaction commit, the API's create
+and the dispatcher's claims become SQL. ``rollout.store.sqlite`` and ``rollout.store.postgres``
+subclass ``SqlStore`` and supply the connection, the transaction boundaries, JSON and array
+adaptation, the two queries whose dialects differ (``list``'s phase filter and the outbox
+claim), and the translation of their driver's errors. Everything that decides what a method
+means (version checks, sequence numbers, dedup, which error to raise) lives here, so the two
+backends cannot drift apart; the contract suite then checks that they behave the same.
+
+All SQL is constant text with named parameters (``:name``); values only ever travel as
+parameters. Every method holds the store's lock for its whole transaction: one connection per
+store, used by one thread at a time (``asyncio.to_thread`` callers share the store).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+import re
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, ClassVar, Final, Protocol
+
+from rollout.store.base import Store
+from rollout.store.errors import (
+    ActiveRolloutExists,
+    AlertNotFound,
+    DuplicateRollout,
+    RolloutNotFound,
+    SchemaError,
+    StaleVersion,
+    StoreError,
+    StoreUnavailable,
+)
+from rollout.store.migrations import MIGRATIONS, SCHEMA_MIGRATIONS_DDL, Dialect
+from rollout.store.model import (
+    COMMAND_KINDS,
+    PHASES,
+    Command,
+    EventRecord,
+    JsonObject,
+    NewAlert,
+    NewEvent,
+    OutboxAlert,
+    RolloutRecord,
+)
+
+Params = Mapping[str, object]
+Row = tuple[Any, ...]
+
+# Names the backends translate their unique-violation reports to (PostgreSQL reports the index
+# or constraint name; SQLite reports "table.column", mapped by rollout.store.sqlite).
+ACTIVE_PER_ENDPOINT: Final = "rollouts_one_active_per_endpoint"
+ROLLOUT_PKEY: Final = "rollouts_pkey"
+
+
+class UniqueViolationError(StoreError):
+    """A unique constraint refused a write; the store turns it into the caller-facing error."""
+
+    def __init__(self, constraint: str | None, message: str) -> None:
+        super().__init__(message)
+        self.constraint = constraint
+
+
+class Tx(Protocol):
+    """One open transaction on a backend's connection."""
+
+    def rows(self, sql: str, params: Params | None = None) -> builtins.list[Row]:
+        """Execute and return every row (empty for statements that return none)."""
+        ...
+
+    def run(self, sql: str, params: Params | None = None) -> int:
+        """Execute and return the number of rows changed."""
+        ...
+
+
+_INSERT_ROLLOUT: Final = """
+INSERT INTO rollouts (id, endpoint, phase, version, plan, state, created_at, updated_at, due_at)
+VALUES (:id, :endpoint, :phase, 1, :plan, :state, :created_at, :updated_at, :due_at)
+RETURNING id, endpoint, phase, version, plan, state, created_at, updated_at, due_at
+"""
+_UPDATE_ROLLOUT: Final = """
+UPDATE rollouts
+SET phase = :phase, state = :state, due_at = :due_at, updated_at = :updated_at,
+    version = version + 1
+WHERE id = :id AND version = :expected_version
+RETURNING id, endpoint, phase, version, plan, state, created_at, updated_at, due_at
+"""
+_GET_ROLLOUT: Final = """
+SELECT id, endpoint, phase, version, plan, state, created_at, updated_at, due_at
+FROM rollouts WHERE id = :id
+"""
+_ROLLOUT_VERSION: Final = "SELECT version FROM rollouts WHERE id = :id"
+# The phase list repeats the partial index's predicate so the planner can use that index.
+_ACTIVE_FOR_ENDPOINT: Final = """
+SELECT id, endpoint, phase, version, plan, state, created_at, updated_at, due_at
+FROM rollouts
+WHERE endpoint = :endpoint
+  AND phase NOT IN ('succeeded', 'rolled_back', 'aborted', 'failed')
+"""
+_DUE: Final = """
+SELECT id, endpoint, phase, version, plan, state, created_at, updated_at, due_at
+FROM rollouts
+WHERE due_at IS NOT NULL AND due_at <= :now
+  AND phase NOT IN ('succeeded', 'rolled_back', 'aborted', 'failed')
+ORDER BY due_at, created_at, id
+LIMIT :limit
+"""
+
+_LAST_SEQ: Final = "SELECT COALESCE(MAX(seq), 0) FROM events WHERE rollout_id = :rollout_id"
+_INSERT_EVENT: Final = """
+INSERT INTO events (rollout_id, seq, at, kind, from_phase, to_phase, reason, data)
+VALUES (:rollout_id, :seq, :at, :kind, :from_phase, :to_phase, :reason, :data)
+"""
+_EVENTS: Final = """
+SELECT seq, rollout_id, at, kind, from_phase, to_phase, reason, data
+FROM events WHERE rollout_id = :rollout_id AND seq > :after_seq
+ORDER BY seq
+"""
+
+# ON CONFLICT DO NOTHING: a key already in the outbox (a replayed commit) is skipped silently,
+# and the rest of the transaction still commits.
+_INSERT_ALERT: Final = """
+INSERT INTO outbox (rollout_id, event_seq, channel, dedup_key, payload, created_at, attempts,
+                    next_attempt_at)
+VALUES (:rollout_id, :event_seq, :channel, :dedup_key, :payload, :created_at, 0, :created_at)
+ON CONFLICT (dedup_key) DO NOTHING
+"""
+_MARK_DELIVERED: Final = """
+UPDATE outbox SET delivered_at = :at WHERE id = :id AND delivered_at IS NULL
+"""
+# A failure reported after another dispatcher delivered the alert must not revive it.
+_MARK_FAILED: Final = """
+UPDATE outbox SET last_error = :error, next_attempt_at = :next_attempt_at
+WHERE id = :id AND delivered_at IS NULL
+"""
+_ALERT_EXISTS: Final = "SELECT 1 FROM outbox WHERE id = :id"
+_PENDING_ALERTS: Final = "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL"
+
+# INSERT ... SELECT from rollouts: an unknown rollout inserts nothing, in one statement.
+_ADD_COMMAND: Final = """
+INSERT INTO commands (rollout_id, kind, payload, created_at)
+SELECT id, :kind, :payload, :created_at FROM rollouts WHERE id = :rollout_id
+RETURNING id, rollout_id, kind, payload, created_at, consumed_at
+"""
+_PENDING_COMMANDS: Final = """
+SELECT id, rollout_id, kind, payload, created_at, consumed_at
+FROM commands WHERE rollout_id = :rollout_id AND consumed_at IS NULL
+ORDER BY id
+"""
+_CONSUME_COMMAND: Final = """
+UPDATE commands SET consumed_at = :at
+WHERE id = :id AND rollout_id = :rollout_id AND consumed_at IS NULL
+"""
+_COMMAND_OWNER: Final = "SELECT rollout_id FROM commands WHERE id = :id"
+
+# The upsert's WHERE decides: a free name inserts, an expired or own lease is taken over or
+# renewed, someone else's live lease leaves the row untouched and RETURNING yields nothing.
+_TRY_LEASE: Final = """
+INSERT INTO leases (name, holder, expires_at) VALUES (:name, :holder, :expires_at)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+WHERE leases.holder = excluded.holder OR leases.expires_at <= :now
+RETURNING holder
+"""
+_RELEASE_LEASE: Final = "DELETE FROM leases WHERE name = :name AND holder = :holder"
+
+_APPLIED_MIGRATIONS: Final = "SELECT version FROM schema_migrations ORDER BY version"
+_MIGRATION_APPLIED: Final = "SELECT 1 FROM schema_migrations WHERE version = :version"
+_RECORD_MIGRATION: Final = """
+INSERT INTO schema_migrations (version, name, applied_at) VALUES (:version, :name, :applied_at)
+"""
+_PING: Final = "SELECT 1"
+
+# json.dumps always escapes U+0000 as \u0000; an escape is real when preceded by an even number
+# of backslashes (an odd run means the backslash itself was escaped in the original string).
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def dump_json(value: object, what: str) -> str:
+    """Serialize a JSON object the same way for both backends, refusing what one would reject.
+
+    NaN and infinities are not JSON (PostgreSQL's jsonb refuses them), text may not hold NUL
+    (jsonb refuses ``\\u0000``) nor lone surrogates (not encodable as UTF-8); refusing them
+    here keeps the backends' contract identical and fails before any write.
+    """
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object (a dict), not {type(value).__name__}")
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} is not JSON-serializable: {exc}") from exc
+    if _NUL_ESCAPE.search(text):
+        raise ValueError(f"{what} contains a NUL character, which the store cannot keep")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A lone surrogate (e.g. from a badly decoded byte string) has no UTF-8 form.
+        raise ValueError(f"{what} contains text that is not valid Unicode: {exc}") from exc
+    return text
+
+
+def _check_time(value: float | None, what: str) -> None:
+    # SQLite would store NaN as NULL and PostgreSQL as NaN: refuse it for both.
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number of epoch seconds, got {value!r}")
+
+
+def _check_phase(phase: str) -> None:
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r}; expected one of {sorted(PHASES)}")
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+
+
+class SqlStore(Store, ABC):
+    """``Store`` over SQL; subclasses provide the connection and the dialect's pieces."""
+
+    dialect: ClassVar[Dialect]
+    LIST_SQL: ClassVar[str]
+    """``list``: parameters ``endpoint`` (or NULL), ``phases`` (array param or NULL), ``limit``."""
+    CLAIM_SQL: ClassVar[str]
+    """``claim_alerts``: parameters ``now``, ``limit``, ``lease_until``; returns outbox rows."""
+
+    def __init__(self, description: str) -> None:
+        self._description = description
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._description})"
+
+    # --- what a backend provides -------------------------------------------------------------
+
+    @abstractmethod
+    def _transaction(self, *, write: bool) -> AbstractContextManager[Tx]:
+        """Open (connecting if needed) a transaction; commit on exit, roll back on error.
+
+        ``write`` transactions must serialize with other writers from their first statement
+        (SQLite: BEGIN IMMEDIATE; PostgreSQL: row locks taken by the statements themselves).
+        Driver errors raised inside (or by the commit) leave it as ``StoreError`` subclasses.
+        """
+
+    @abstractmethod
+    def _disconnect(self) -> None:
+        """Close the connection if one is open."""
+
+    @abstractmethod
+    def _json_param(self, text: str) -> object:
+        """Adapt serialized JSON text for a JSON column."""
+
+    @abstractmethod
+    def _json_value(self, raw: object) -> Any:
+        """Read a JSON column back into Python values."""
+
+    @abstractmethod
+    def _array_param(self, values: builtins.list[str]) -> object:
+        """Adapt a list of strings for ``LIST_SQL``'s ``phases`` parameter."""
+
+    def _lock_migrations(self, tx: Tx) -> None:
+        """Serialize concurrent ``migrate()`` calls beyond what the write transaction does."""
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, *, write: bool) -> Iterator[Tx]:
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable(f"the store ({self._description}) is closed")
+            with self._transaction(write=write) as tx:
+                yield tx
+
+    def _json(self, value: object, what: str) -> object:
+        return self._json_param(dump_json(value, what))
+
+    def _object(self, raw: object) -> JsonObject:
+        value = self._json_value(raw)
+        if not isinstance(value, dict):
+            raise StoreError(f"stored JSON is not an object: {type(value).__name__}")
+        return value
+
+    def _rollout(self, row: Row) -> RolloutRecord:
+        return RolloutRecord(
+            id=str(row[0]),
+            endpoint=str(row[1]),
+            phase=str(row[2]),
+            version=int(row[3]),
+            plan=self._object(row[4]),
+            state=self._object(row[5]),
+            created_at=float(row[6]),
+            updated_at=float(row[7]),
+            due_at=None if row[8] is None else float(row[8]),
+        )
+
+    def _event(self, row: Row) -> EventRecord:
+        return EventRecord(
+            seq=int(row[0]),
+            rollout_id=str(row[1]),
+            at=float(row[2]),
+            kind=str(row[3]),
+            from_phase=row[4],
+            to_phase=row[5],
+            reason=str(row[6]),
+            data=self._object(row[7]),
+        )
+
+    def _alert(self, row: Row) -> OutboxAlert:
+        return OutboxAlert(
+            id=int(row[0]),
+            rollout_id=str(row[1]),
+            event_seq=int(row[2]),
+            channel=str(row[3]),
+            dedup_key=str(row[4]),
+            payload=self._object(row[5]),
+            created_at=float(row[6]),
+            attempts=int(row[7]),
+            next_attempt_at=float(row[8]),
+            delivered_at=None if row[9] is None else float(row[9]),
+            last_error=row[10],
+        )
+
+    def _command(self, row: Row) -> Command:
+        return Command(
+            id=int(row[0]),
+            rollout_id=str(row[1]),
+            kind=str(row[2]),
+            payload=self._object(row[3]),
+            created_at=float(row[4]),
+            consumed_at=None if row[5] is None else float(row[5]),
+        )
+
+    def _event_params(
+        self, rollout_id: str, events: Sequence[NewEvent]
+    ) -> builtins.list[dict[str, object]]:
+        # Serialized before the transaction opens, so a bad value raises before any write.
+        params: builtins.list[dict[str, object]] = []
+        for event in events:
+            _check_time(event.at, "event time")
+            for phase in (event.from_phase, event.to_phase):
+                if phase is not None:
+                    _check_phase(phase)
+            params.append(
+                {
+                    "rollout_id": rollout_id,
+                    "at": event.at,
+                    "kind": event.kind,
+                    "from_phase": event.from_phase,
+                    "to_phase": event.to_phase,
+                    "reason": event.reason,
+                    "data": self._json(event.data, f"event {event.kind!r} data"),
+                }
+            )
+        return params
+
+    def _alert_params(
+        self, rollout_id: str, alerts: Sequence[NewAlert], created_at: float
+    ) -> builtins.list[dict[str, object]]:
+        return [
+            {
+                "rollout_id": rollout_id,
+                "channel": alert.channel,
+                "dedup_key": alert.dedup_key,
+                "payload": self._json(alert.payload, f"alert {alert.dedup_key!r} payload"),
+                "created_at": created_at,
+            }
+            for alert in alerts
+        ]
+
+    def _active_id(self, endpoint: str) -> str | None:
+        """Best effort, after a conflict: which rollout holds the endpoint now."""
+        try:
+            active = self.active_for_endpoint(endpoint)
+        except StoreError:
+            return None
+        return None if active is None else active.id
+
+    # --- schema ------------------------------------------------------------------------------
+
+    def migrate(self) -> builtins.list[int]:
+        tokens = self.dialect.tokens()
+        with self._tx(write=True) as tx:
+            self._lock_migrations(tx)
+            tx.run(SCHEMA_MIGRATIONS_DDL.format(**tokens))
+            known = {int(row[0]) for row in tx.rows(_APPLIED_MIGRATIONS)}
+        latest = max(migration.version for migration in MIGRATIONS)
+        if known and max(known) > latest:
+            raise SchemaError(
+                f"the database is at schema version {max(known)}, newer than this code knows "
+                f"({latest}); run a newer rollout against it"
+            )
+        applied: builtins.list[int] = []
+        for migration in MIGRATIONS:
+            if migration.version in known:
+                continue
+            with self._tx(write=True) as tx:
+                self._lock_migrations(tx)
+                # Another process may have applied it between our read and our lock.
+                if tx.rows(_MIGRATION_APPLIED, {"version": migration.version}):
+                    continue
+                for statement in migration.render(self.dialect):
+                    tx.run(statement)
+                tx.run(
+                    _RECORD_MIGRATION,
+                    {
+                        "version": migration.version,
+                        "name": migration.name,
+                        "applied_at": time.time(),
+                    },
+                )
+            applied.append(migration.version)
+        return applied
+
+    # --- rollouts ----------------------------------------------------------------------------
+
+    def create(
+        self, record: RolloutRecord, event: NewEvent, alerts: Sequence[NewAlert]
+    ) -> RolloutRecord:
+        _check_phase(record.phase)
+        for value, what in (
+            (record.created_at, "created_at"),
+            (record.updated_at, "updated_at"),
+            (record.due_at, "due_at"),
+        ):
+            _check_time(value, what)
+        row_params = {
+            "id": record.id,
+            "endpoint": record.endpoint,
+            "phase": record.phase,
+            "plan": self._json(record.plan, "plan"),
+            "state": self._json(record.state, "state"),
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+            "due_at": record.due_at,
+        }
+        (event_params,) = self._event_params(record.id, [event])
+        alert_params = self._alert_params(record.id, alerts, record.created_at)
+        try:
+            with self._tx(write=True) as tx:
+                (row,) = tx.rows(_INSERT_ROLLOUT, row_params)
+                tx.run(_INSERT_EVENT, {**event_params, "seq": 1})
+                for params in alert_params:
+                    tx.run(_INSERT_ALERT, {**params, "event_seq": 1})
+        except UniqueViolationError as exc:
+            if exc.constraint == ROLLOUT_PKEY:
+                raise DuplicateRollout(record.id) from exc
+            if exc.constraint == ACTIVE_PER_ENDPOINT:
+                active_id = self._active_id(record.endpoint)
+                raise ActiveRolloutExists(record.endpoint, active_id) from exc
+            raise
+        return self._rollout(row)
+
+    def get(self, rollout_id: str) -> RolloutRecord:
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_GET_ROLLOUT, {"id": rollout_id})
+        if not rows:
+            raise RolloutNotFound(rollout_id)
+        return self._rollout(rows[0])
+
+    def list(
+        self,
+        endpoint: str | None = None,
+        phases: Iterable[str] | None = None,
+        limit: int = 100,
+    ) -> builtins.list[RolloutRecord]:
+        _check_limit(limit)
+        if isinstance(phases, str):
+            raise TypeError(f"phases is a collection of phase names, not one string: {phases!r}")
+        phase_param: object = None
+        if phases is not None:
+            wanted = sorted(set(phases))
+            for phase in wanted:
+                _check_phase(phase)
+            if not wanted:
+                return []
+            phase_param = self._array_param(wanted)
+        with self._tx(write=False) as tx:
+            rows = tx.rows(
+                self.LIST_SQL, {"endpoint": endpoint, "phases": phase_param, "limit": limit}
+            )
+        return [self._rollout(row) for row in rows]
+
+    def active_for_endpoint(self, endpoint: str) -> RolloutRecord | None:
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_ACTIVE_FOR_ENDPOINT, {"endpoint": endpoint})
+        return self._rollout(rows[0]) if rows else None
+
+    def due(self, now: float, limit: int = 100) -> builtins.list[RolloutRecord]:
+        _check_time(now, "now")
+        _check_limit(limit)
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_DUE, {"now": now, "limit": limit})
+        return [self._rollout(row) for row in rows]
+
+    def commit(
+        self,
+        rollout_id: str,
+        expected_version: int,
+        *,
+        phase: str,
+        state: JsonObject,
+        due_at: float | None,
+        updated_at: float,
+        events: Sequence[NewEvent],
+        alerts: Sequence[NewAlert],
+        consumed_commands: Sequence[int],
+    ) -> RolloutRecord:
+        _check_phase(phase)
+        _check_time(updated_at, "updated_at")
+        _check_time(due_at, "due_at")
+        if alerts and not events:
+            raise ValueError("alerts are written with the event that caused them: add an event")
+        update_params = {
+            "id": rollout_id,
+            "expected_version": expected_version,
+            "phase": phase,
+            "state": self._json(state, "state"),
+            "due_at": due_at,
+            "updated_at": updated_at,
+        }
+        event_params = self._event_params(rollout_id, events)
+        alert_params = self._alert_params(rollout_id, alerts, updated_at)
+        # The same id twice would look like a command consumed by someone else.
+        command_ids = builtins.list(dict.fromkeys(int(cid) for cid in consumed_commands))
+        try:
+            with self._tx(write=True) as tx:
+                # The version-guarded UPDATE comes first: on PostgreSQL it takes the row lock
+                # that serializes committers of this rollout, so the MAX(seq) read below cannot
+                # race another commit's events.
+                rows = tx.rows(_UPDATE_ROLLOUT, update_params)
+                if not rows:
+                    current = tx.rows(_ROLLOUT_VERSION, {"id": rollout_id})
+                    if not current:
+                        raise RolloutNotFound(rollout_id)
+                    raise StaleVersion(rollout_id, expected_version, int(current[0][0]))
+                seq = int(tx.rows(_LAST_SEQ, {"rollout_id": rollout_id})[0][0])
+                for params in event_params:
+                    seq += 1
+                    tx.run(_INSERT_EVENT, {**params, "seq": seq})
+                for params in alert_params:
+                    tx.run(_INSERT_ALERT, {**params, "event_seq": seq})
+                for command_id in command_ids:
+                    changed = tx.run(
+                        _CONSUME_COMMAND,
+                        {"id": command_id, "rollout_id": rollout_id, "at": updated_at},
+                    )
+                    if changed == 1:
+                        continue
+                    owner = tx.rows(_COMMAND_OWNER, {"id": command_id})
+                    if not owner or owner[0][0] != rollout_id:
+                        raise ValueError(f"command {command_id} is not a command of {rollout_id!r}")
+                    # Consumed already: the input this decision acted on was acted on before.
+                    raise StaleVersion(rollout_id, expected_version, None)
+        except UniqueViolationError as exc:
+            if exc.constraint == ACTIVE_PER_ENDPOINT:
+                endpoint = self._endpoint_of(rollout_id)
+                raise ActiveRolloutExists(endpoint, self._active_id(endpoint)) from exc
+            raise
+        return self._rollout(rows[0])
+
+    def _endpoint_of(self, rollout_id: str) -> str:
+        try:
+            return self.get(rollout_id).endpoint
+        except StoreError:
+            return "?"
+
+    # --- events ------------------------------------------------------------------------------
+
+    def events(self, rollout_id: str, after_seq: int = 0) -> builtins.list[EventRecord]:
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_EVENTS, {"rollout_id": rollout_id, "after_seq": after_seq})
+            if not rows and not tx.rows(_ROLLOUT_VERSION, {"id": rollout_id}):
+                raise RolloutNotFound(rollout_id)
+        return [self._event(row) for row in rows]
+
+    # --- commands ----------------------------------------------------------------------------
+
+    def add_command(self, rollout_id: str, kind: str, payload: JsonObject, at: float) -> Command:
+        if kind not in COMMAND_KINDS:
+            raise ValueError(f"unknown command {kind!r}; expected one of {sorted(COMMAND_KINDS)}")
+        _check_time(at, "at")
+        params = {
+            "rollout_id": rollout_id,
+            "kind": kind,
+            "payload": self._json(payload, "command payload"),
+            "created_at": at,
+        }
+        with self._tx(write=True) as tx:
+            rows = tx.rows(_ADD_COMMAND, params)
+        if not rows:
+            raise RolloutNotFound(rollout_id)
+        return self._command(rows[0])
+
+    def pending_commands(self, rollout_id: str) -> builtins.list[Command]:
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_PENDING_COMMANDS, {"rollout_id": rollout_id})
+            if not rows and not tx.rows(_ROLLOUT_VERSION, {"id": rollout_id}):
+                raise RolloutNotFound(rollout_id)
+        return [self._command(row) for row in rows]
+
+    # --- alert outbox ------------------------------------------------------------------------
+
+    def claim_alerts(
+        self, now: float, limit: int, lease_seconds: float
+    ) -> builtins.list[OutboxAlert]:
+        _check_time(now, "now")
+        _check_limit(limit)
+        if not (math.isfinite(lease_seconds) and lease_seconds > 0):
+            raise ValueError(f"lease_seconds must be positive, got {lease_seconds!r}")
+        with self._tx(write=True) as tx:
+            rows = tx.rows(
+                self.CLAIM_SQL, {"now": now, "limit": limit, "lease_until": now + lease_seconds}
+            )
+        # RETURNING order is unspecified; ids grow with insertion, so this is oldest first.
+        return sorted((self._alert(row) for row in rows), key=lambda alert: alert.id)
+
+    def mark_delivered(self, alert_id: int, at: float) -> None:
+        _check_time(at, "at")
+        with self._tx(write=True) as tx:
+            if tx.run(_MARK_DELIVERED, {"id": alert_id, "at": at}) == 0 and not tx.rows(
+                _ALERT_EXISTS, {"id": alert_id}
+            ):
+                raise AlertNotFound(alert_id)
+
+    def mark_failed(self, alert_id: int, error: str, next_attempt_at: float) -> None:
+        _check_time(next_attempt_at, "next_attempt_at")
+        params = {"id": alert_id, "error": error, "next_attempt_at": next_attempt_at}
+        with self._tx(write=True) as tx:
+            if tx.run(_MARK_FAILED, params) == 0 and not tx.rows(_ALERT_EXISTS, {"id": alert_id}):
+                raise AlertNotFound(alert_id)
+
+    def pending_alert_count(self) -> int:
+        with self._tx(write=False) as tx:
+            return int(tx.rows(_PENDING_ALERTS)[0][0])
+
+    # --- leases ------------------------------------------------------------------------------
+
+    def try_lease(self, name: str, holder: str, ttl_seconds: float, now: float) -> bool:
+        _check_time(now, "now")
+        if not (math.isfinite(ttl_seconds) and ttl_seconds > 0):
+            raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
+        params = {"name": name, "holder": holder, "expires_at": now + ttl_seconds, "now": now}
+        with self._tx(write=True) as tx:
+            return bool(tx.rows(_TRY_LEASE, params))
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        with self._tx(write=True) as tx:
+            return tx.run(_RELEASE_LEASE, {"name": name, "holder": holder}) > 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        with self._tx(write=False) as tx:
+            tx.rows(_PING)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._disconnect()

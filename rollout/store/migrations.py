@@ -1,0 +1,176 @@
+"""The schema, as an ordered list of migrations shared by both backends.
+
+In the path of a rollout this runs before anything else touches the store: the daemon calls
+``Store.migrate()`` at every start, which applies the migrations below that the database has not
+seen yet, in order, each once, recording each in ``schema_migrations``. Both backends run the
+same list; the few dialect differences are explicit ``Dialect`` tokens (the JSON column type,
+the float type, the auto-numbered key) substituted into the statement text. The statements are
+constants: no value ever reaches this text.
+
+A migration is never edited once released; a change to the schema is a new migration at the end.
+The phase lists in the constraints below spell out ``rollout.store.model.TERMINAL`` as it was
+when they were written; the contract suite checks that every terminal phase frees an endpoint
+and every other phase holds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the backends' DDL, spelled as SQL type text."""
+
+    name: str
+    json: str
+    """Column type for JSON objects: TEXT in SQLite, JSONB in PostgreSQL."""
+    time: str
+    """Column type for epoch seconds: a 64-bit float in both."""
+    identity_pk: str
+    """An auto-numbered integer primary key."""
+
+    def tokens(self) -> dict[str, str]:
+        return {"json": self.json, "time": self.time, "identity_pk": self.identity_pk}
+
+
+SQLITE = Dialect(
+    name="sqlite",
+    json="TEXT",
+    time="REAL",
+    # Exactly "INTEGER PRIMARY KEY" makes the column the rowid: numbered by SQLite itself.
+    identity_pk="INTEGER PRIMARY KEY",
+)
+POSTGRES = Dialect(
+    name="postgresql",
+    json="JSONB",
+    time="DOUBLE PRECISION",
+    identity_pk="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema: statements run in one transaction with its bookkeeping row."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+    def render(self, dialect: Dialect) -> list[str]:
+        """The statements with the dialect's types filled in."""
+        tokens = dialect.tokens()
+        return [statement.format(**tokens) for statement in self.statements]
+
+
+# Created before any migration runs, so it cannot itself be a migration.
+SCHEMA_MIGRATIONS_DDL = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at {time} NOT NULL
+)
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        version=1,
+        name="rollouts, events, alert outbox, commands",
+        statements=(
+            """
+            CREATE TABLE rollouts (
+                id TEXT PRIMARY KEY,
+                endpoint TEXT NOT NULL,
+                phase TEXT NOT NULL CHECK (phase IN (
+                    'pending', 'preparing', 'progressing', 'paused', 'promoting', 'succeeded',
+                    'rolling_back', 'rolled_back', 'aborted', 'failed'
+                )),
+                version BIGINT NOT NULL CHECK (version >= 1),
+                plan {json} NOT NULL,
+                state {json} NOT NULL,
+                created_at {time} NOT NULL,
+                updated_at {time} NOT NULL,
+                due_at {time}
+            )
+            """,
+            # One active rollout per endpoint, enforced by the database itself so that two
+            # replicas (or two threads) creating at once cannot both pass a check-then-insert.
+            """
+            CREATE UNIQUE INDEX rollouts_one_active_per_endpoint ON rollouts (endpoint)
+            WHERE phase NOT IN ('succeeded', 'rolled_back', 'aborted', 'failed')
+            """,
+            # The scheduler's query (due) reads only active rollouts with a due time.
+            """
+            CREATE INDEX rollouts_due ON rollouts (due_at)
+            WHERE due_at IS NOT NULL
+              AND phase NOT IN ('succeeded', 'rolled_back', 'aborted', 'failed')
+            """,
+            "CREATE INDEX rollouts_by_created ON rollouts (created_at)",
+            "CREATE INDEX rollouts_by_endpoint ON rollouts (endpoint, created_at)",
+            # The key is the gapless per-rollout sequence: a second writer of the same seq fails.
+            """
+            CREATE TABLE events (
+                rollout_id TEXT NOT NULL REFERENCES rollouts (id),
+                seq BIGINT NOT NULL CHECK (seq >= 1),
+                at {time} NOT NULL,
+                kind TEXT NOT NULL,
+                from_phase TEXT,
+                to_phase TEXT,
+                reason TEXT NOT NULL,
+                data {json} NOT NULL,
+                PRIMARY KEY (rollout_id, seq)
+            )
+            """,
+            # dedup_key UNIQUE is what makes a replayed commit's alerts a no-op.
+            """
+            CREATE TABLE outbox (
+                id {identity_pk},
+                rollout_id TEXT NOT NULL,
+                event_seq BIGINT NOT NULL,
+                channel TEXT NOT NULL,
+                dedup_key TEXT NOT NULL UNIQUE,
+                payload {json} NOT NULL,
+                created_at {time} NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at {time} NOT NULL,
+                delivered_at {time},
+                last_error TEXT,
+                FOREIGN KEY (rollout_id, event_seq) REFERENCES events (rollout_id, seq)
+            )
+            """,
+            """
+            CREATE INDEX outbox_pending ON outbox (next_attempt_at, id)
+            WHERE delivered_at IS NULL
+            """,
+            """
+            CREATE TABLE commands (
+                id {identity_pk},
+                rollout_id TEXT NOT NULL REFERENCES rollouts (id),
+                kind TEXT NOT NULL CHECK (kind IN (
+                    'pause', 'resume', 'promote', 'promote_full', 'abort'
+                )),
+                payload {json} NOT NULL,
+                created_at {time} NOT NULL,
+                consumed_at {time}
+            )
+            """,
+            """
+            CREATE INDEX commands_pending ON commands (rollout_id, id)
+            WHERE consumed_at IS NULL
+            """,
+        ),
+    ),
+    Migration(
+        version=2,
+        name="leases for replicas",
+        statements=(
+            """
+            CREATE TABLE leases (
+                name TEXT PRIMARY KEY,
+                holder TEXT NOT NULL,
+                expires_at {time} NOT NULL
+            )
+            """,
+        ),
+    ),
+)

@@ -1,0 +1,229 @@
+"""The shared store: PostgreSQL, for several controller replicas over one database.
+
+In the path of a rollout this is where the state lands when more than one daemon runs
+(``open_store("postgresql://user@host:5432/db")``): replicas take rollouts and outbox alerts
+from the same tables, and the database's row locks, unique indexes and ``SKIP LOCKED`` keep
+them from stepping on each other. The shared logic is in ``rollout.store._sql``; this module
+supplies the connection, the transactions, JSONB adaptation and the translation of psycopg
+errors.
+
+Choices, and why:
+
+- Autocommit connection with explicit ``conn.transaction()`` blocks for writes: reads are
+  single statements (no transaction left open between calls holding back vacuum), and writes
+  are exactly the transactions the store means.
+- READ COMMITTED is enough: every write that depends on a read is either one statement or
+  starts with the version-guarded ``UPDATE`` that locks the rollout row; conflicts between
+  replicas are caught by the unique indexes, not by serializable retries.
+- The outbox claim selects with ``FOR UPDATE SKIP LOCKED``: two dispatchers take disjoint
+  alerts without waiting on each other.
+- ``migrate()`` takes a transaction-scoped advisory lock, so replicas starting together apply
+  each migration once.
+- One connection per store, shared by threads under the store's lock; a broken connection is
+  dropped and the next call reconnects (the failed call raises ``StoreUnavailable``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any, Final
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import Jsonb
+
+from rollout.store._sql import Params, Row, SqlStore, Tx, UniqueViolationError
+from rollout.store.errors import SchemaError, StoreError, StoreUnavailable
+from rollout.store.migrations import POSTGRES
+
+DEFAULT_CONNECT_TIMEOUT: Final = 5
+"""Seconds to wait for a connection before ``StoreUnavailable`` (unless the URL says)."""
+
+# A statement (or a lock wait) longer than 30 s fails with StoreUnavailable instead of holding
+# the store's lock, and with it every caller, indefinitely. Not set when the URL's own
+# "options" already choose a statement_timeout.
+_SET_STATEMENT_TIMEOUT: Final = "SET statement_timeout = 30000"
+
+# Any constant works; it only has to be the same for every replica of this program.
+_MIGRATION_LOCK_SQL: Final = "SELECT pg_advisory_xact_lock(7236845502371266304)"
+
+_LIST_SQL: Final = """
+SELECT id, endpoint, phase, version, plan, state, created_at, updated_at, due_at
+FROM rollouts
+WHERE (CAST(:endpoint AS TEXT) IS NULL OR endpoint = :endpoint)
+  AND (CAST(:phases AS TEXT[]) IS NULL OR phase = ANY (CAST(:phases AS TEXT[])))
+ORDER BY created_at DESC, id DESC
+LIMIT :limit
+"""
+
+# SKIP LOCKED: rows another dispatcher is claiming right now are left to it. Rows it claimed
+# and committed since our snapshot are re-checked against the WHERE on their new version
+# (next_attempt_at moved forward), so they are not claimed twice either.
+_CLAIM_SQL: Final = """
+WITH picked AS (
+    SELECT id FROM outbox
+    WHERE delivered_at IS NULL AND next_attempt_at <= :now
+    ORDER BY next_attempt_at, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox
+SET attempts = outbox.attempts + 1, next_attempt_at = :lease_until
+FROM picked
+WHERE outbox.id = picked.id
+RETURNING outbox.id, outbox.rollout_id, outbox.event_seq, outbox.channel, outbox.dedup_key,
+          outbox.payload, outbox.created_at, outbox.attempts, outbox.next_attempt_at,
+          outbox.delivered_at, outbox.last_error
+"""
+
+# ":name" not preceded by ":" or a word character (so "::jsonb" casts are left alone).
+_NAMED_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@functools.lru_cache(maxsize=256)
+def to_pyformat(sql: str) -> str:
+    """The store's ``:name`` placeholders in psycopg's ``%(name)s`` style."""
+    return _NAMED_PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+
+# A JSON string (skipped as a whole) or a number in exponent form (json.dumps writes floats
+# of magnitude >= 1e16 or < 1e-4 that way).
+_JSON_STRING_OR_EXPONENT = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?[eE][-+]?\d+')
+
+
+def _plain_decimal(match: re.Match[str]) -> str:
+    token = match.group(0)
+    if token.startswith('"'):
+        return token
+    plain = format(Decimal(token), "f")
+    return plain if "." in plain else plain + ".0"
+
+
+def plain_decimals(text: str) -> str:
+    """Rewrite exponent-form numbers in JSON text as plain decimals with a fraction.
+
+    jsonb keeps numbers as exact decimals and prints ``1e+16`` back as ``10000000000000000``,
+    which ``json.loads`` would read as an int (and ``1e300`` as an int that is not equal to the
+    float). Written as ``10000000000000000.0`` the value comes back a float, the same one.
+    """
+    return _JSON_STRING_OR_EXPONENT.sub(_plain_decimal, text)
+
+
+def _identity(text: Any) -> Any:
+    return text
+
+
+def describe(url: str) -> str:
+    """The URL without its password, for messages and logs; ``ValueError`` if unparsable."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(f"invalid PostgreSQL URL: {exc}") from exc
+    user = params.get("user") or ""
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    dbname = params.get("dbname") or user
+    return f"postgresql://{user}@{host}:{port}/{dbname}"
+
+
+def translate(exc: psycopg.Error, description: str) -> StoreError:
+    """Map a psycopg error onto the store's tree (the caller raises it ``from exc``)."""
+    message = str(exc).strip()
+    if isinstance(exc, pg_errors.UniqueViolation):
+        return UniqueViolationError(exc.diag.constraint_name, message)
+    if isinstance(exc, pg_errors.UndefinedTable):
+        return SchemaError(f"{description} has no rollout schema ({message}): call migrate()")
+    # OperationalError covers refused connections, lost servers, admin shutdowns, statement
+    # timeouts, serialization failures and deadlocks; InterfaceError a closed connection.
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return StoreUnavailable(f"{description}: {message}")
+    return StoreError(f"{description}: {message}")
+
+
+class _PostgresTx:
+    def __init__(self, cursor: psycopg.Cursor[Row]) -> None:
+        self._cursor = cursor
+
+    def rows(self, sql: str, params: Params | None = None) -> builtins.list[Row]:
+        self._cursor.execute(to_pyformat(sql), params)
+        return self._cursor.fetchall() if self._cursor.description is not None else []
+
+    def run(self, sql: str, params: Params | None = None) -> int:
+        self._cursor.execute(to_pyformat(sql), params)
+        return self._cursor.rowcount
+
+
+class PostgresStore(SqlStore):
+    """A store in a PostgreSQL database (the tables live in the connection's search_path)."""
+
+    dialect = POSTGRES
+    LIST_SQL = _LIST_SQL
+    CLAIM_SQL = _CLAIM_SQL
+
+    def __init__(self, url: str) -> None:
+        super().__init__(describe(url))
+        self._url = url
+        given = conninfo_to_dict(url)
+        self._connect_options: dict[str, Any] = {}
+        if "connect_timeout" not in given:
+            self._connect_options["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+        if "application_name" not in given:
+            self._connect_options["application_name"] = "rollout"
+        self._set_statement_timeout = "statement_timeout" not in str(given.get("options", ""))
+        self._connection: psycopg.Connection[Row] | None = None
+
+    def _connect(self) -> psycopg.Connection[Row]:
+        connection = self._connection
+        if connection is not None and not connection.closed and not connection.broken:
+            return connection
+        self._disconnect()
+        connection = psycopg.connect(self._url, autocommit=True, **self._connect_options)
+        try:
+            if self._set_statement_timeout:
+                connection.execute(_SET_STATEMENT_TIMEOUT)
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+        return connection
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Tx]:
+        try:
+            connection = self._connect()
+            if write:
+                with connection.transaction(), connection.cursor() as cursor:
+                    yield _PostgresTx(cursor)
+            else:
+                with connection.cursor() as cursor:
+                    yield _PostgresTx(cursor)
+        except psycopg.Error as exc:
+            if self._connection is not None and self._connection.broken:
+                # Drop it now: the next call reconnects instead of failing on a dead socket.
+                self._disconnect()
+            raise translate(exc, self._description) from exc
+
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            connection.close()
+
+    def _lock_migrations(self, tx: Tx) -> None:
+        tx.rows(_MIGRATION_LOCK_SQL)
+
+    def _json_param(self, text: str) -> object:
+        # Already serialized (and checked) by the shared code; only the number spelling changes.
+        return Jsonb(plain_decimals(text), dumps=_identity)
+
+    def _json_value(self, raw: object) -> Any:
+        # psycopg parses jsonb columns itself.
+        return raw
+
+    def _array_param(self, values: builtins.list[str]) -> object:
+        return values

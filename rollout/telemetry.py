@@ -1,0 +1,262 @@
+"""Telemetry: structured logs and the controller's own Prometheus metrics.
+
+Where this sits: every command calls ``configure_logging`` once at start with
+``settings.log``; every module logs through ``structlog.get_logger(...)`` with key-value
+pairs, one line per decision with its numbers. JSON lines when the output is not a terminal
+(what log shippers want), a readable console otherwise. The daemon builds one
+``CollectorRegistry`` with ``ControllerMetrics`` (counters fed by the runner, the serving
+client, the alert dispatcher and the scheduler) and ``RolloutStateCollector`` (per-rollout
+gauges read from the store when Prometheus scrapes ``/metrics``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from rollout.clock import Clock
+from rollout.metrics.model import Histogram as HistogramData
+from rollout.plan import CandidateEntity
+from rollout.settings import LogSettings
+from rollout.store.base import Store
+from rollout.store.errors import StoreError
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def configure_logging(settings: LogSettings, *, stream: Any = None) -> None:
+    """Set up structlog for this process: level, format, and where lines go."""
+    out = stream if stream is not None else sys.stderr
+    as_json = settings.format == "json" or (
+        settings.format == "auto" and not (hasattr(out, "isatty") and out.isatty())
+    )
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[settings.level]),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+# ---- the controller's own metrics (GET /metrics) --------------------------------------------
+
+# Rollouts that ended longer ago than this no longer appear in the per-rollout gauges.
+FINISHED_VISIBLE_SECONDS = 24 * 3600.0
+DURATION_BUCKETS = (60, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
+
+
+class ControllerMetrics:
+    """Counters and histograms the running controller updates as things happen.
+
+    Passed explicitly to the pieces that report (runner, serving client, alert dispatcher,
+    reconciler), all registering into one ``CollectorRegistry`` that ``/metrics`` exposes.
+    Per-rollout gauges are not kept here: ``RolloutStateCollector`` computes them from the
+    store at scrape time, so they are right after a restart and identical on every replica.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.verdicts = Counter(
+            "rollout_verdicts",
+            "Verdicts of the analysis, by endpoint and outcome.",
+            ["endpoint", "outcome"],
+            registry=registry,
+        )
+        self.rollbacks = Counter(
+            "rollout_rollbacks",
+            "Rollouts rolled back, by endpoint and cause.",
+            ["endpoint", "reason"],
+            registry=registry,
+        )
+        self.promotions = Counter(
+            "rollout_promotions",
+            "Rollouts whose candidate was promoted to 100 %.",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "rollout_duration_seconds",
+            "Time from submission to the end of a rollout.",
+            ["outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.serving_requests = Counter(
+            "rollout_serving_requests",
+            "HTTP requests to the Databricks serving API, by call and status code "
+            "('error' when no answer came).",
+            ["call", "code"],
+            registry=registry,
+        )
+        self.serving_seconds = Histogram(
+            "rollout_serving_request_seconds",
+            "Latency of requests to the serving API.",
+            ["call"],
+            registry=registry,
+        )
+        self.alerts = Counter(
+            "rollout_alerts",
+            "Alert deliveries, by channel type and outcome.",
+            ["channel", "outcome"],
+            registry=registry,
+        )
+        self.reconcile_lag = Gauge(
+            "rollout_reconcile_lag_seconds",
+            "How late the last reconcile started after its rollout was due.",
+            registry=registry,
+        )
+
+    def on_serving_response(self, call: str, status: int | None, seconds: float) -> None:
+        self.serving_requests.labels(call, "error" if status is None else str(status)).inc()
+        self.serving_seconds.labels(call).observe(seconds)
+
+    def on_alert(self, channel: str, outcome: str) -> None:
+        self.alerts.labels(channel, outcome).inc()
+
+    def on_lag(self, seconds: float) -> None:
+        self.reconcile_lag.set(seconds)
+
+    def on_decision(
+        self,
+        endpoint: str,
+        created_at: float,
+        now: float,
+        events: Sequence[tuple[str, str | None, dict[str, Any]]],
+        cause: str | None,
+    ) -> None:
+        """Count what one committed decision did: ``events`` as (kind, to_phase, data)."""
+        for kind, to_phase, data in events:
+            if kind == "verdict":
+                outcome = str(data.get("verdict", {}).get("outcome", "inconclusive"))
+                self.verdicts.labels(endpoint, outcome).inc()
+            if to_phase in ("succeeded", "rolled_back", "aborted", "failed"):
+                self.duration.labels(to_phase).observe(max(0.0, now - created_at))
+            if to_phase == "succeeded":
+                self.promotions.labels(endpoint).inc()
+            elif to_phase == "rolled_back":
+                self.rollbacks.labels(endpoint, cause or "unknown").inc()
+
+
+class RolloutStateCollector(Collector):
+    """Per-rollout gauges read from the store at scrape time."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    def describe(self) -> Iterable[Metric]:
+        # Describing without collecting keeps registration free of store reads.
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            "rollout_info",
+            "One per rollout: its endpoint, candidate, baseline, strategy and phase.",
+            labels=["rollout", "endpoint", "candidate", "baseline", "strategy", "phase"],
+        )
+        weight = GaugeMetricFamily(
+            "rollout_candidate_weight_percent",
+            "Traffic percentage the candidate serves.",
+            labels=["rollout", "endpoint"],
+        )
+        step = GaugeMetricFamily(
+            "rollout_step",
+            "Index (from 0) of the rollout's current step.",
+            labels=["rollout", "endpoint"],
+        )
+        error_rate = GaugeMetricFamily(
+            "rollout_observed_error_rate",
+            "5xx / requests of each arm over the windows of the current split.",
+            labels=["rollout", "endpoint", "arm"],
+        )
+        latency = GaugeMetricFamily(
+            "rollout_observed_latency_p99_ms",
+            "p99 latency of each arm over the windows of the current split, from histograms.",
+            labels=["rollout", "endpoint", "arm"],
+        )
+        started = GaugeMetricFamily(
+            "rollout_started_timestamp_seconds",
+            "When the rollout was submitted, in seconds since the Unix epoch.",
+            labels=["rollout", "endpoint"],
+        )
+        deadline = GaugeMetricFamily(
+            "rollout_deadline_timestamp_seconds",
+            "When the rollout's policy deadline passes (only for policies with a deadline).",
+            labels=["rollout", "endpoint"],
+        )
+        pending = GaugeMetricFamily(
+            "rollout_alerts_pending", "Alerts in the outbox not yet delivered."
+        )
+        try:
+            records = self.store.list(limit=500)
+            pending.add_metric([], float(self.store.pending_alert_count()))
+        except StoreError:
+            # A scrape must not fail because the store blinked; the gauges are just absent.
+            return
+        now = self.clock.now()
+        for record in records:
+            state = record.state
+            phase = record.phase
+            if phase in ("succeeded", "rolled_back", "aborted", "failed") and (
+                now - record.updated_at > FINISHED_VISIBLE_SECONDS
+            ):
+                continue
+            plan = record.plan
+            candidate = _served_name(plan)
+            labels = [record.id, record.endpoint]
+            info.add_metric(
+                [
+                    *labels,
+                    candidate,
+                    str(state.get("baseline") or ""),
+                    str(plan.get("strategy", "")),
+                    phase,
+                ],
+                1.0,
+            )
+            weight.add_metric(labels, float(state.get("candidate_weight", 0)))
+            began = float(state.get("started_at") or record.created_at)
+            started.add_metric(labels, began)
+            policy_deadline = (plan.get("policy") or {}).get("deadline")
+            if isinstance(policy_deadline, int | float):
+                deadline.add_metric(labels, began + float(policy_deadline))
+            step.add_metric(labels, float(state.get("step", 0)))
+            for arm, key in (("candidate", "candidate"), ("baseline", "control")):
+                totals = state.get(key) or {}
+                requests = float(totals.get("requests", 0.0))
+                if requests > 0:
+                    error_rate.add_metric([*labels, arm], float(totals["errors_5xx"]) / requests)
+                hist = totals.get("latency")
+                p99 = HistogramData.from_dict(hist).quantile(0.99) if hist else None
+                if p99 is not None:
+                    latency.add_metric([*labels, arm], p99)
+        yield from (info, weight, step, error_rate, latency, started, deadline, pending)
+
+
+def _served_name(plan: dict[str, Any]) -> str:
+    try:
+        return CandidateEntity.model_validate(plan.get("candidate", {})).served_name
+    except ValueError:
+        return "unknown"

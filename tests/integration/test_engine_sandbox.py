@@ -1,0 +1,258 @@
+"""The engine end to end, in process: runner + serving client + SQLite store + the sandbox over
+real HTTP, all on one fake clock, so an hour of rollout takes a second."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from rollout.clock import FakeClock
+from rollout.engine.decide import Timing
+from rollout.engine.model import Phase
+from rollout.engine.runner import Runner
+from rollout.plan import AnyPlan, validate_plan
+from rollout.policies import PolicyLibrary
+from rollout.sandbox.server import SandboxServer
+from rollout.serving.auth import PatAuth
+from rollout.serving.client import ServingClient
+from rollout.serving.models import traffic_split
+from rollout.serving.retry import RetryPolicy
+from rollout.store.base import Store
+
+ENDPOINT = "ads"
+BASELINE = "ads-3"
+CANDIDATE = "ads_model-4"
+HEALTHY = {"error_rate": 0.002, "latency_p50_ms": 40, "latency_p99_ms": 120}
+TIMING = Timing(look_interval=30, update_poll=5, update_deadline=600)
+
+
+@pytest.fixture
+async def client(sandbox: SandboxServer) -> AsyncIterator[ServingClient]:
+    async with ServingClient(
+        sandbox.url,
+        PatAuth(sandbox.token),
+        clock=sandbox.clock,
+        retry=RetryPolicy(initial_backoff=0.1, max_backoff=1, budget_seconds=30),
+        poll_interval=5,
+    ) as client:
+        yield client
+
+
+def make_endpoint(admin: httpx.Client, candidate_profile: dict[str, Any], qps: float = 200) -> None:
+    response = admin.post(
+        "/endpoints",
+        json={
+            "name": ENDPOINT,
+            "served_entities": [
+                {
+                    "name": BASELINE,
+                    "entity_name": "main.ml.ads_model",
+                    "entity_version": "3",
+                    "workload_size": "Small",
+                    "scale_to_zero_enabled": False,
+                }
+            ],
+            "profiles": {BASELINE: HEALTHY, CANDIDATE: candidate_profile},
+            "qps": qps,
+        },
+    )
+    assert response.status_code == 201, response.text
+
+
+def plan(**fields: Any) -> AnyPlan:
+    data: dict[str, Any] = {
+        "endpoint": ENDPOINT,
+        "candidate": {
+            "entity_name": "main.ml.ads_model",
+            "entity_version": "4",
+            "workload_size": "Small",
+        },
+        "strategy": "canary",
+        "steps": [{"weight": 10, "bake": "5m"}, {"weight": 50, "bake": "5m"}],
+        "alerts": [{"type": "webhook", "url": "http://127.0.0.1:9/hook"}],
+    }
+    data.update(fields)
+    return validate_plan({k: v for k, v in data.items() if v is not None})
+
+
+async def drive(
+    runner: Runner, store: Store, clock: FakeClock, rollout_id: str, limit: float = 4 * 3600
+) -> Phase:
+    """Reconcile whenever due, jumping the clock to the next due time, until the end."""
+    start = clock.now()
+    while clock.now() - start < limit:
+        result = await runner.reconcile(rollout_id)
+        if result.phase.terminal:
+            return result.phase
+        due = store.get(rollout_id).due_at
+        assert due is not None
+        clock.advance(max(0.0, due - clock.now()))
+    return Phase(store.get(rollout_id).phase)
+
+
+def step_splits(store: Store, rollout_id: str) -> list[dict[str, int]]:
+    return [e.data["split"] for e in store.events(rollout_id) if e.kind == "step_applied"]
+
+
+async def run_plan(
+    sandbox: SandboxServer,
+    store: Store,
+    client: ServingClient,
+    the_plan: AnyPlan,
+    policy: str = "default",
+) -> tuple[str, Phase]:
+    clock = sandbox.clock
+    assert isinstance(clock, FakeClock)
+    runner = Runner(store, client, clock=clock, timing=TIMING)
+    record = await runner.submit(the_plan, PolicyLibrary().get(policy))
+    return record.id, await drive(runner, store, clock, record.id)
+
+
+async def test_healthy_canary_is_promoted(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient
+) -> None:
+    make_endpoint(sandbox_admin, HEALTHY)
+    rollout_id, phase = await run_plan(sandbox, store, client, plan())
+    events = store.events(rollout_id)
+    assert phase is Phase.SUCCEEDED, [(e.kind, e.reason) for e in events][-6:]
+    endpoint = await client.get_endpoint(ENDPOINT)
+    assert traffic_split(endpoint) == {CANDIDATE: 100}
+    assert endpoint.config is not None
+    assert endpoint.config.entity_names() == [CANDIDATE], "candidate alone at 100 %"
+    assert step_splits(store, rollout_id) == [
+        {BASELINE: 90, CANDIDATE: 10},
+        {BASELINE: 50, CANDIDATE: 50},
+    ], "each step applied exactly once, in order"
+    verdicts = [e for e in events if e.kind == "verdict"]
+    assert verdicts, "the candidate was judged"
+    assert all(v.data["verdict"]["outcome"] != "fail" for v in verdicts)
+    alerts = store.claim_alerts(now=sandbox.clock.now() + 1, limit=100, lease_seconds=60)
+    assert {a.payload["event"] for a in alerts} >= {"started", "succeeded"}
+
+
+async def test_regressed_canary_is_rolled_back(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient
+) -> None:
+    make_endpoint(sandbox_admin, {**HEALTHY, "error_rate": 0.05})
+    rollout_id, phase = await run_plan(sandbox, store, client, plan())
+    events = store.events(rollout_id)
+    assert phase is Phase.ROLLED_BACK, [(e.kind, e.reason) for e in events][-6:]
+    endpoint = await client.get_endpoint(ENDPOINT)
+    assert traffic_split(endpoint) == {BASELINE: 100}
+    assert endpoint.config is not None
+    assert endpoint.config.entity_names() == [BASELINE], "candidate removed"
+    kinds = [e.kind for e in events]
+    assert (
+        kinds.index("rolling_back") < kinds.index("baseline_restored") < kinds.index("rolled_back")
+    )
+    assert step_splits(store, rollout_id) == [{BASELINE: 90, CANDIDATE: 10}], (
+        "caught at the first step, before more traffic moved"
+    )
+    alerts = store.claim_alerts(now=sandbox.clock.now() + 1, limit=100, lease_seconds=60)
+    rolled = [a for a in alerts if a.payload["event"] == "rolled_back"]
+    assert len(rolled) == 1
+    checks = rolled[0].payload["details"]["verdict"]["checks"]
+    failing = [c for c in checks if c["outcome"] == "fail"]
+    assert failing, "the alert carries the numbers behind the rollback"
+    assert failing[0]["metric"] == "error_rate"
+    assert failing[0]["candidate_value"] > failing[0]["baseline_value"]
+
+
+async def test_update_failed_rolls_back_with_build_logs(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient
+) -> None:
+    make_endpoint(sandbox_admin, {**HEALTHY, "fail_build": True})
+    _, phase = await run_plan(sandbox, store, client, plan())
+    assert phase is Phase.ROLLED_BACK
+    endpoint = await client.get_endpoint(ENDPOINT)
+    assert traffic_split(endpoint) == {BASELINE: 100}
+    alerts = store.claim_alerts(now=sandbox.clock.now() + 1, limit=100, lease_seconds=60)
+    rolled = next(a for a in alerts if a.payload["event"] == "rolled_back")
+    assert rolled.payload["details"]["build_logs_tail"], "build logs kept for the alert"
+
+
+async def test_ab_picks_the_faster_candidate(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient
+) -> None:
+    make_endpoint(sandbox_admin, {**HEALTHY, "latency_p50_ms": 20, "latency_p99_ms": 60}, qps=100)
+    ab = plan(steps=None, strategy="ab", split=50, duration="30m", objective="latency_p99_ms")
+    rollout_id, phase = await run_plan(sandbox, store, client, ab)
+    report = next(e for e in store.events(rollout_id) if e.kind == "ab_report").data["report"]
+    assert report["winner"] == "candidate", report["summary"]
+    objective = report["metrics"][0]
+    assert objective["metric"] == "latency_p99_ms"
+    assert objective["ci95"][1] < 1.0, "the whole interval says the candidate is faster"
+    assert phase is Phase.SUCCEEDED
+    assert traffic_split(await client.get_endpoint(ENDPOINT)) == {CANDIDATE: 100}
+
+
+async def test_ab_keeps_the_baseline_against_a_slower_candidate(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient
+) -> None:
+    make_endpoint(sandbox_admin, {**HEALTHY, "latency_p50_ms": 40, "latency_p99_ms": 130}, qps=100)
+    ab = plan(steps=None, strategy="ab", split=50, duration="30m", objective="latency_p99_ms")
+    rollout_id, phase = await run_plan(sandbox, store, client, ab)
+    report = next(e for e in store.events(rollout_id) if e.kind == "ab_report").data["report"]
+    assert report["winner"] == "baseline", report["summary"]
+    assert phase is Phase.ROLLED_BACK
+    assert traffic_split(await client.get_endpoint(ENDPOINT)) == {BASELINE: 100}
+
+
+async def test_blue_green_switches_and_completes(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient
+) -> None:
+    make_endpoint(sandbox_admin, HEALTHY)
+    bg = plan(steps=None, strategy="blue_green", bake="10m", policy="default")
+    rollout_id, phase = await run_plan(sandbox, store, client, bg)
+    events = store.events(rollout_id)
+    assert phase is Phase.SUCCEEDED, [(e.kind, e.reason) for e in events][-6:]
+    kinds = [e.kind for e in events]
+    assert "preflight_passed" in kinds
+    assert step_splits(store, rollout_id) == [{BASELINE: 0, CANDIDATE: 100}], "one switch"
+    endpoint = await client.get_endpoint(ENDPOINT)
+    assert endpoint.config is not None
+    assert endpoint.config.entity_names() == [CANDIDATE], "baseline removed at the end"
+
+
+async def test_blue_green_switches_back_on_a_bad_candidate(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient
+) -> None:
+    make_endpoint(sandbox_admin, {**HEALTHY, "error_rate": 0.08})
+    # Smoke invocations would often catch an 8 % error rate; let them through so that the
+    # bake's switch back is what this test watches.
+    bg = plan(
+        steps=None, strategy="blue_green", bake="10m", smoke={"requests": 5, "max_failures": 4}
+    )
+    rollout_id, phase = await run_plan(sandbox, store, client, bg)
+    events = store.events(rollout_id)
+    assert phase is Phase.ROLLED_BACK, [(e.kind, e.reason) for e in events][-6:]
+    switched = next(e for e in events if e.kind == "step_applied")
+    back = next(e for e in events if e.kind == "baseline_restored")
+    assert back.at - switched.at <= 15 * 60, "switched back during the bake"
+    assert traffic_split(await client.get_endpoint(ENDPOINT)) == {BASELINE: 100}
+
+
+async def test_blue_green_refuses_an_incompatible_schema(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient
+) -> None:
+    schema = {
+        "type": "object",
+        "required": ["dataframe_records"],
+        "properties": {"dataframe_records": {"type": "array"}},
+    }
+    stricter = {**schema, "required": ["dataframe_records", "params"]}
+    make_endpoint(sandbox_admin, {**HEALTHY, "input_schema": stricter})
+    response = sandbox_admin.put(
+        f"/endpoints/{ENDPOINT}/profiles/{BASELINE}", json={**HEALTHY, "input_schema": schema}
+    )
+    assert response.status_code == 200, response.text
+    bg = plan(steps=None, strategy="blue_green", bake="10m")
+    rollout_id, phase = await run_plan(sandbox, store, client, bg)
+    events = store.events(rollout_id)
+    assert phase is Phase.ROLLED_BACK
+    failed = next(e for e in events if e.kind == "preflight_failed")
+    assert "params" in failed.reason
+    assert not step_splits(store, rollout_id), "no traffic ever moved to the candidate"

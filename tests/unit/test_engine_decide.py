@@ -1,0 +1,757 @@
+"""decide(): the rollout state machine, table-driven over states and inputs, no mocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from rollout.analysis.spec import Policy
+from rollout.engine.decide import Timing, config_key, decide
+from rollout.engine.model import (
+    Command,
+    Decision,
+    EndpointSnapshot,
+    Observation,
+    Phase,
+    PreflightOutcome,
+    PutConfig,
+    RolloutState,
+    RunPreflight,
+    Target,
+    UpdateOutcome,
+)
+from rollout.metrics.model import EntityWindow, Histogram
+from rollout.plan import AnyPlan, validate_plan
+from rollout.policies import PolicyLibrary
+
+T0 = 1_800_000_000.0
+BASE = "ads-3"
+CAND = "ads_model-4"
+BASE_ENTITY = {"name": BASE, "entity_name": "main.ml.ads_model", "entity_version": "3"}
+TIMING = Timing(look_interval=60, update_poll=5, update_deadline=600, max_put_attempts=3)
+CANARY = {
+    "endpoint": "ads",
+    "candidate": {"entity_name": "main.ml.ads_model", "entity_version": "4"},
+    "strategy": "canary",
+    "steps": [{"weight": 10, "bake": "10m"}, {"weight": 50, "bake": "10m"}],
+}
+
+
+def plan_of(**overrides: Any) -> AnyPlan:
+    """The canary plan with fields replaced; a field given as None is dropped."""
+    merged = {**CANARY, **overrides}
+    return validate_plan({k: v for k, v in merged.items() if v is not None})
+
+
+def policy(name: str = "default", **overrides: Any) -> Policy:
+    base = PolicyLibrary().get(name)
+    return base.model_copy(update=overrides) if overrides else base
+
+
+def snapshot(
+    split: dict[str, int],
+    *,
+    updating: bool = False,
+    pending: dict[str, int] | None = None,
+    config_update: str | None = None,
+) -> EndpointSnapshot:
+    entities = {name: {"name": name} for name in split}
+    if BASE in entities:
+        entities[BASE] = dict(BASE_ENTITY)
+    return EndpointSnapshot(
+        ready="READY",
+        config_update=config_update or ("IN_PROGRESS" if updating else "NOT_UPDATING"),
+        config_version=3,
+        entities=entities,
+        split=split,
+        pending_entities=None if pending is None else sorted(pending),
+        pending_split=pending,
+    )
+
+
+def target(
+    purpose: str,
+    split: dict[str, int],
+    known: list[dict[str, int]] | None = None,
+    *,
+    at: float = T0,
+    attempts: int = 1,
+) -> Target:
+    entities = [{"name": name} for name in split]
+    return Target(
+        purpose=purpose,  # type: ignore[arg-type]
+        entities=entities,
+        split=split,
+        known=[config_key(sorted(k), k) for k in (known or [{BASE: 100}])],
+        requested_at=at,
+        attempts=attempts,
+    )
+
+
+def state(phase: Phase = Phase.PENDING, **fields: Any) -> RolloutState:
+    values: dict[str, Any] = {"phase": phase, "started_at": T0}
+    if phase is not Phase.PENDING:
+        values.update(baseline=BASE, baseline_entity=dict(BASE_ENTITY))
+    values.update(fields)
+    return RolloutState(**values)
+
+
+def windows(
+    start: float,
+    count: int,
+    *,
+    cand: tuple[float, float],
+    base: tuple[float, float],
+    latency_c: float = 40.0,
+    latency_b: float = 40.0,
+) -> tuple[EntityWindow, ...]:
+    """``count`` 60 s windows from ``start``; each arm as (requests, 5xx errors)."""
+    out = []
+    for i in range(count):
+        begin = int((start + 60 * i) * 1000)
+        for name, (n, errors), lat in ((CAND, cand, latency_c), (BASE, base, latency_b)):
+            hist = Histogram((lat, lat * 2, float("inf")), (n * 0.98, n * 0.02, 0.0))
+            out.append(EntityWindow(name, begin, requests=n, errors_5xx=errors, latency=hist))
+    return tuple(out)
+
+
+def progressing(step: int = 0, weight: int = 10, **fields: Any) -> RolloutState:
+    values: dict[str, Any] = {"split_applied_at": T0, "step_started_at": T0, **fields}
+    return state(Phase.PROGRESSING, step=step, candidate_weight=weight, **values)
+
+
+def live(weight: int) -> EndpointSnapshot:
+    return snapshot({BASE: 100 - weight, CAND: weight})
+
+
+@dataclass
+class Case:
+    name: str
+    state: RolloutState
+    obs: Observation
+    now: float = T0
+    plan: AnyPlan = field(default_factory=plan_of)
+    policy: Policy = field(default_factory=policy)
+    phase: Phase | None = None
+    effect: str | None = None  # "put:<purpose>", "preflight" or None
+    split: dict[str, int] | None = None
+    events: tuple[str, ...] = ()
+    alerts: tuple[str, ...] = ()
+    consumed: tuple[int, ...] | None = None
+    extra: Any = None
+
+
+def run(case: Case) -> Decision:
+    return decide(case.plan, case.state, case.obs, case.now, policy=case.policy, timing=TIMING)
+
+
+FLIGHT_10 = target("step", {BASE: 90, CAND: 10}, [{BASE: 100, CAND: 0}])
+
+CASES = [
+    # ---- pending ------------------------------------------------------------------------
+    Case(
+        "start deploys the candidate at 0 %",
+        state(),
+        Observation(endpoint=snapshot({BASE: 100})),
+        phase=Phase.PREPARING,
+        effect="put:deploy",
+        split={BASE: 100, CAND: 0},
+        events=("started",),
+        alerts=("started",),
+    ),
+    Case(
+        "start waits while the endpoint is updating",
+        state(),
+        Observation(endpoint=snapshot({BASE: 100}, updating=True, pending={BASE: 100})),
+        phase=Phase.PENDING,
+    ),
+    Case(
+        "start on a missing endpoint fails",
+        state(),
+        Observation(endpoint_missing=True),
+        phase=Phase.FAILED,
+        events=("failed",),
+        alerts=("failed",),
+    ),
+    Case(
+        "start with no entity at 100 % fails",
+        state(),
+        Observation(endpoint=snapshot({BASE: 60, "other": 40})),
+        phase=Phase.FAILED,
+    ),
+    Case(
+        "start when the candidate name is taken fails",
+        state(),
+        Observation(endpoint=snapshot({BASE: 100, CAND: 0})),
+        phase=Phase.FAILED,
+    ),
+    Case(
+        "start with an unreadable endpoint retries",
+        state(),
+        Observation(endpoint_error="503 TEMPORARILY_UNAVAILABLE"),
+        phase=Phase.PENDING,
+    ),
+    # ---- a target in flight -------------------------------------------------------------
+    Case(
+        "deploy confirmed: first step's split",
+        state(Phase.PREPARING, target=target("deploy", {BASE: 100, CAND: 0})),
+        Observation(endpoint=snapshot({BASE: 100, CAND: 0}), update=UpdateOutcome("applied")),
+        phase=Phase.PROGRESSING,
+        effect="put:step",
+        split={BASE: 90, CAND: 10},
+        events=("candidate_deployed", "progressing"),
+    ),
+    Case(
+        "update in progress: wait",
+        progressing(target=FLIGHT_10),
+        Observation(
+            endpoint=snapshot({BASE: 100, CAND: 0}, updating=True, pending={BASE: 90, CAND: 10})
+        ),
+        phase=Phase.PROGRESSING,
+    ),
+    Case(
+        "step confirmed: split applied and alerted",
+        progressing(target=FLIGHT_10),
+        Observation(endpoint=live(10)),
+        phase=Phase.PROGRESSING,
+        events=("step_applied",),
+        alerts=("step_advanced",),
+    ),
+    Case(
+        "UPDATE_FAILED on a step rolls back and keeps build logs",
+        progressing(target=FLIGHT_10),
+        Observation(
+            endpoint=snapshot({BASE: 100, CAND: 0}, config_update="UPDATE_FAILED"),
+            update=UpdateOutcome("failed", "build failed", "ERROR: missing numpy"),
+        ),
+        phase=Phase.ROLLING_BACK,
+        effect="put:restore",
+        split={BASE: 100, CAND: 0},
+        events=("rolling_back",),
+        alerts=("rolling_back",),
+        extra="build_logs",
+    ),
+    Case(
+        "failed deploy removes the candidate directly",
+        state(Phase.PREPARING, target=target("deploy", {BASE: 100, CAND: 0})),
+        Observation(
+            endpoint=snapshot({BASE: 100}, config_update="UPDATE_FAILED"),
+            update=UpdateOutcome("failed", "build failed", "pip error"),
+        ),
+        phase=Phase.ROLLING_BACK,
+        effect="put:remove_candidate",
+        split={BASE: 100},
+    ),
+    Case(
+        "409 while another update runs: wait",
+        progressing(target=FLIGHT_10),
+        Observation(
+            endpoint=snapshot({BASE: 100, CAND: 0}, updating=True, pending={BASE: 50, CAND: 50}),
+            update=UpdateOutcome("conflict", "currently updating"),
+        ),
+        phase=Phase.PROGRESSING,
+    ),
+    Case(
+        "PUT never landed (crash before send): send again",
+        progressing(target=FLIGHT_10),
+        Observation(endpoint=snapshot({BASE: 100, CAND: 0})),
+        phase=Phase.PROGRESSING,
+        effect="put:step",
+        split={BASE: 90, CAND: 10},
+        events=("update_resent",),
+    ),
+    Case(
+        "third unconfirmed attempt gives up and rolls back",
+        progressing(
+            target=target("step", {BASE: 90, CAND: 10}, [{BASE: 100, CAND: 0}], attempts=3)
+        ),
+        Observation(endpoint=snapshot({BASE: 100, CAND: 0})),
+        phase=Phase.ROLLING_BACK,
+        effect="put:restore",
+    ),
+    Case(
+        "drift: someone changed the split by hand -> pause, never fight",
+        progressing(target=FLIGHT_10),
+        Observation(endpoint=snapshot({BASE: 70, CAND: 30})),
+        phase=Phase.PAUSED,
+        events=("drift",),
+        alerts=("paused",),
+    ),
+    Case(
+        "drift during a rollback -> failed, human needed",
+        state(
+            Phase.ROLLING_BACK,
+            candidate_weight=10,
+            target=target("restore", {BASE: 100, CAND: 0}, [{BASE: 90, CAND: 10}]),
+        ),
+        Observation(endpoint=snapshot({BASE: 70, CAND: 30})),
+        phase=Phase.FAILED,
+        alerts=("failed",),
+    ),
+    Case(
+        "update never settles within the deadline -> rollback",
+        progressing(target=FLIGHT_10),
+        Observation(
+            endpoint=snapshot({BASE: 100, CAND: 0}, updating=True, pending={BASE: 90, CAND: 10})
+        ),
+        now=T0 + 601,
+        phase=Phase.ROLLING_BACK,
+        effect="put:restore",
+    ),
+    Case(
+        "restore confirmed -> remove the candidate",
+        state(Phase.ROLLING_BACK, target=target("restore", {BASE: 100, CAND: 0})),
+        Observation(endpoint=snapshot({BASE: 100, CAND: 0})),
+        phase=Phase.ROLLING_BACK,
+        effect="put:remove_candidate",
+        split={BASE: 100},
+        events=("baseline_restored",),
+    ),
+    Case(
+        "candidate removed -> rolled_back with an alert",
+        state(
+            Phase.ROLLING_BACK,
+            ending_reason="analysis failed",
+            target=target("remove_candidate", {BASE: 100}),
+        ),
+        Observation(endpoint=snapshot({BASE: 100})),
+        phase=Phase.ROLLED_BACK,
+        events=("rolled_back",),
+        alerts=("rolled_back",),
+    ),
+    Case(
+        "restore refused -> failed, human needed",
+        state(Phase.ROLLING_BACK, target=target("restore", {BASE: 100, CAND: 0})),
+        Observation(
+            endpoint=snapshot({BASE: 50, CAND: 50}),
+            update=UpdateOutcome("rejected", "400 INVALID_PARAMETER_VALUE"),
+        ),
+        phase=Phase.FAILED,
+        alerts=("failed",),
+    ),
+    Case(
+        "promotion confirmed -> succeeded",
+        state(Phase.PROMOTING, step=1, target=target("promote", {CAND: 100})),
+        Observation(endpoint=snapshot({CAND: 100})),
+        phase=Phase.SUCCEEDED,
+        events=("succeeded",),
+        alerts=("succeeded",),
+    ),
+    Case(
+        "endpoint deleted mid-rollout -> failed",
+        progressing(),
+        Observation(endpoint_missing=True),
+        phase=Phase.FAILED,
+    ),
+    # ---- judging --------------------------------------------------------------------------
+    Case(
+        "healthy windows before the bake ends: keep baking",
+        progressing(),
+        Observation(endpoint=live(10), windows=windows(T0, 5, cand=(300, 0), base=(2700, 3))),
+        now=T0 + 300,
+        phase=Phase.PROGRESSING,
+        events=("verdict",),
+    ),
+    Case(
+        "bake done, healthy: next step",
+        progressing(),
+        Observation(endpoint=live(10), windows=windows(T0, 10, cand=(600, 0), base=(5400, 5))),
+        now=T0 + 600,
+        phase=Phase.PROGRESSING,
+        effect="put:step",
+        split={BASE: 50, CAND: 50},
+    ),
+    Case(
+        "regressed candidate fails the analysis -> rollback",
+        progressing(),
+        Observation(endpoint=live(10), windows=windows(T0, 5, cand=(600, 60), base=(5400, 5))),
+        now=T0 + 300,
+        phase=Phase.ROLLING_BACK,
+        effect="put:restore",
+        alerts=("rolling_back",),
+    ),
+    Case(
+        "windows that began before the split are not judged",
+        progressing(split_applied_at=T0 + 600, step_started_at=T0 + 600),
+        Observation(endpoint=live(10), windows=windows(T0, 5, cand=(600, 60), base=(5400, 5))),
+        now=T0 + 610,
+        phase=Phase.PROGRESSING,
+        extra="no_requests",
+    ),
+    Case(
+        "metrics 404: inconclusive, never a rollback",
+        progressing(),
+        Observation(endpoint=live(10), metrics_error="export-metrics: 404 not found"),
+        now=T0 + 300,
+        phase=Phase.PROGRESSING,
+        alerts=("analysis_error",),
+    ),
+    Case(
+        "garbage metrics past the step deadline -> hold (pause), not rollback",
+        progressing(),
+        Observation(endpoint=live(10), metrics_error="line 3: not a sample"),
+        now=T0 + 1801,
+        phase=Phase.PAUSED,
+        events=("verdict", "awaiting_decision"),
+    ),
+    Case(
+        "no data past the step deadline with on_no_data=rollback -> rollback",
+        progressing(),
+        Observation(endpoint=live(10), metrics_error="empty export-metrics"),
+        policy=policy(on_no_data="rollback"),
+        now=T0 + 1801,
+        phase=Phase.ROLLING_BACK,
+        effect="put:restore",
+    ),
+    Case(
+        "totals-only metrics: inconclusive and says why",
+        progressing(),
+        Observation(
+            endpoint=live(10),
+            entity_labels=False,
+            windows=(EntityWindow(None, int(T0 * 1000), requests=600),),
+        ),
+        now=T0 + 60,
+        phase=Phase.PROGRESSING,
+        extra="no_labels",
+    ),
+    # ---- deadlines --------------------------------------------------------------------------
+    Case(
+        "rollout deadline passes during an update -> rollback (bounded wait on it)",
+        progressing(
+            target=target("step", {BASE: 90, CAND: 10}, [{BASE: 100, CAND: 0}], at=T0 + 3590)
+        ),
+        Observation(
+            endpoint=snapshot({BASE: 100, CAND: 0}, updating=True, pending={BASE: 90, CAND: 10})
+        ),
+        policy=policy(deadline=3600, on_deadline="rollback"),
+        now=T0 + 3601,
+        phase=Phase.ROLLING_BACK,
+        effect="put:restore",
+        alerts=("deadline_passed",),
+    ),
+    Case(
+        "rollout deadline with on_deadline=hold -> paused",
+        progressing(),
+        Observation(endpoint=live(10)),
+        policy=policy(deadline=3600, on_deadline="hold"),
+        now=T0 + 3601,
+        phase=Phase.PAUSED,
+        events=("deadline_passed",),
+    ),
+    # ---- manual inputs ----------------------------------------------------------------------
+    Case(
+        "abort -> rolling back, ends aborted",
+        progressing(),
+        Observation(endpoint=live(10), commands=(Command(1, "abort"),)),
+        phase=Phase.ROLLING_BACK,
+        effect="put:restore",
+        consumed=(1,),
+        events=("aborted",),
+    ),
+    Case(
+        "abort while a step update is in flight: rollback knows that update is ours",
+        progressing(target=FLIGHT_10),
+        Observation(
+            endpoint=snapshot({BASE: 100, CAND: 0}, updating=True, pending={BASE: 90, CAND: 10}),
+            commands=(Command(1, "abort"),),
+        ),
+        phase=Phase.ROLLING_BACK,
+        effect="put:restore",
+        consumed=(1,),
+        extra="known",
+    ),
+    Case(
+        "pause while an update is in flight stays queued",
+        progressing(target=FLIGHT_10),
+        Observation(
+            endpoint=snapshot({BASE: 100, CAND: 0}, updating=True, pending={BASE: 90, CAND: 10}),
+            commands=(Command(2, "pause"),),
+        ),
+        phase=Phase.PROGRESSING,
+        consumed=(),
+    ),
+    Case(
+        "pause",
+        progressing(),
+        Observation(endpoint=live(10), commands=(Command(2, "pause"),)),
+        now=T0 + 60,
+        phase=Phase.PAUSED,
+        consumed=(2,),
+        alerts=("paused",),
+    ),
+    Case(
+        "resume re-asserts the current step's split",
+        state(Phase.PAUSED, paused_from=Phase.PROGRESSING, candidate_weight=10),
+        Observation(endpoint=live(10), commands=(Command(3, "resume"),)),
+        phase=Phase.PROGRESSING,
+        effect="put:step",
+        split={BASE: 90, CAND: 10},
+        consumed=(3,),
+    ),
+    Case(
+        "paused ignores time passing",
+        state(Phase.PAUSED, paused_from=Phase.PROGRESSING),
+        Observation(endpoint=live(10)),
+        now=T0 + 99999,
+        phase=Phase.PAUSED,
+    ),
+    Case(
+        "promote forces the next step",
+        progressing(),
+        Observation(endpoint=live(10), commands=(Command(4, "promote"),)),
+        now=T0 + 60,
+        phase=Phase.PROGRESSING,
+        effect="put:step",
+        split={BASE: 50, CAND: 50},
+        consumed=(4,),
+    ),
+    Case(
+        "promote full skips the remaining steps",
+        progressing(),
+        Observation(endpoint=live(10), commands=(Command(5, "promote_full"),)),
+        now=T0 + 60,
+        phase=Phase.PROMOTING,
+        effect="put:promote",
+        split={CAND: 100},
+        consumed=(5,),
+    ),
+    Case(
+        "a failing verdict beats a racing promote",
+        progressing(),
+        Observation(
+            endpoint=live(10),
+            windows=windows(T0, 5, cand=(600, 60), base=(5400, 5)),
+            commands=(Command(6, "promote_full"),),
+        ),
+        now=T0 + 300,
+        phase=Phase.ROLLING_BACK,
+        effect="put:restore",
+        consumed=(),
+    ),
+    Case(
+        "resume while progressing is ignored (and consumed)",
+        progressing(),
+        Observation(endpoint=live(10), commands=(Command(7, "resume"),)),
+        now=T0 + 60,
+        phase=Phase.PROGRESSING,
+        consumed=(7,),
+        events=("command_ignored",),
+    ),
+    Case(
+        "commands on a finished rollout are consumed and ignored",
+        state(Phase.SUCCEEDED),
+        Observation(commands=(Command(8, "abort"),)),
+        phase=Phase.SUCCEEDED,
+        consumed=(8,),
+        events=("command_ignored",),
+    ),
+    # ---- blue/green -------------------------------------------------------------------------
+    Case(
+        "blue/green: deployed at 0 % -> preflight checks",
+        state(Phase.PREPARING, target=target("deploy", {BASE: 100, CAND: 0})),
+        Observation(endpoint=snapshot({BASE: 100, CAND: 0})),
+        plan=plan_of(strategy="blue_green", steps=None, bake="10m"),
+        phase=Phase.PREPARING,
+        effect="preflight",
+    ),
+    Case(
+        "blue/green: preflight passed -> warm up at 0 %",
+        state(Phase.PREPARING, preflight_pending=True),
+        Observation(
+            endpoint=snapshot({BASE: 100, CAND: 0}), preflight=PreflightOutcome(10, 0, True)
+        ),
+        plan=plan_of(strategy="blue_green", steps=None, bake="10m"),
+        phase=Phase.PREPARING,
+        events=("preflight_passed",),
+    ),
+    Case(
+        "blue/green: warm-up done -> switch everything at once",
+        state(Phase.PREPARING, preflight_passed=True, split_applied_at=T0),
+        Observation(endpoint=snapshot({BASE: 100, CAND: 0})),
+        now=T0 + 300,
+        plan=plan_of(strategy="blue_green", steps=None, bake="10m", warmup="5m"),
+        phase=Phase.PREPARING,
+        effect="put:switch",
+        split={BASE: 0, CAND: 100},
+    ),
+    Case(
+        "blue/green: still warming up",
+        state(Phase.PREPARING, preflight_passed=True, split_applied_at=T0),
+        Observation(endpoint=snapshot({BASE: 100, CAND: 0})),
+        now=T0 + 200,
+        plan=plan_of(strategy="blue_green", steps=None, bake="10m", warmup="5m"),
+        phase=Phase.PREPARING,
+    ),
+    Case(
+        "blue/green: smoke failures -> back out",
+        state(Phase.PREPARING, preflight_pending=True),
+        Observation(
+            endpoint=snapshot({BASE: 100, CAND: 0}), preflight=PreflightOutcome(10, 4, True)
+        ),
+        plan=plan_of(strategy="blue_green", steps=None, bake="10m"),
+        phase=Phase.ROLLING_BACK,
+        effect="put:restore",
+    ),
+    Case(
+        "blue/green: incompatible schema -> back out",
+        state(Phase.PREPARING, preflight_pending=True),
+        Observation(
+            endpoint=snapshot({BASE: 100, CAND: 0}),
+            preflight=PreflightOutcome(10, 0, False, "column 'age' removed"),
+        ),
+        plan=plan_of(strategy="blue_green", steps=None, bake="10m"),
+        phase=Phase.ROLLING_BACK,
+        effect="put:restore",
+    ),
+    Case(
+        "blue/green: failure during the bake switches back at once",
+        progressing(weight=100, control={"windows": 10, "requests": 6000.0, "errors_5xx": 6.0}),
+        Observation(
+            endpoint=live(100),
+            windows=tuple(
+                w for w in windows(T0, 5, cand=(1200, 200), base=(0, 0)) if w.entity == CAND
+            ),
+        ),
+        plan=plan_of(strategy="blue_green", steps=None, bake="10m"),
+        now=T0 + 300,
+        phase=Phase.ROLLING_BACK,
+        effect="put:restore",
+        split={BASE: 100, CAND: 0},
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_decide(case: Case) -> None:
+    decision = run(case)
+    if case.phase is not None:
+        assert decision.state.phase is case.phase, [e.reason for e in decision.events]
+    effect = decision.effect
+    if case.effect is None:
+        assert effect is None, effect
+    elif case.effect == "preflight":
+        assert isinstance(effect, RunPreflight)
+        assert effect.candidate == CAND
+    else:
+        assert isinstance(effect, PutConfig)
+        assert f"put:{effect.target.purpose}" == case.effect
+        assert decision.state.target == effect.target, "the intent is persisted before the PUT"
+        if case.split is not None:
+            assert effect.target.split == case.split
+        names = {e["name"] for e in effect.target.entities}
+        assert names == set(effect.target.split), "full served_entities, every route named"
+    kinds = [e.kind for e in decision.events]
+    for kind in case.events:
+        assert kind in kinds, kinds
+    alert_events = [a.event for a in decision.alerts]
+    for alert in case.alerts:
+        assert alert in alert_events, alert_events
+    if case.consumed is not None:
+        assert decision.consumed_commands == case.consumed
+    if decision.state.phase.terminal:
+        assert decision.next_check_in is None
+    else:
+        assert decision.next_check_in is not None
+        assert decision.next_check_in > 0
+    if case.extra == "build_logs":
+        assert decision.state.build_logs == "ERROR: missing numpy"
+    if case.extra == "no_requests":
+        assert decision.state.candidate.requests == 0
+    if case.extra == "no_labels":
+        assert decision.state.last_verdict is not None
+        assert "no per-entity series" in decision.state.last_verdict["reason"]
+        assert decision.state.last_verdict["outcome"] == "inconclusive"
+    if case.extra == "known":
+        assert isinstance(effect, PutConfig)
+        assert config_key([BASE, CAND], {BASE: 90, CAND: 10}) in effect.target.known
+
+
+def test_decide_is_pure_and_replayable() -> None:
+    case = CASES[0]
+    first, second = run(case), run(case)
+    assert first == second
+    assert [a.key for a in first.alerts] == [a.key for a in second.alerts]
+
+
+def test_state_round_trips_through_json() -> None:
+    decision = run(next(c for c in CASES if c.name.startswith("regressed")))
+    restored = RolloutState.model_validate_json(decision.state.model_dump_json())
+    assert restored == decision.state
+
+
+def test_full_canary_walk_promotes_a_healthy_candidate() -> None:
+    """Drive decide through a whole canary, playing a perfect endpoint."""
+    plan, pol = plan_of(), policy()
+    st, now = state(), T0
+    live_split = {BASE: 100}
+    applied: list[dict[str, int]] = []
+    for _ in range(200):
+        obs_windows: tuple[EntityWindow, ...] = ()
+        if st.phase is Phase.PROGRESSING and st.target is None and st.split_applied_at:
+            w = st.candidate_weight
+            obs_windows = windows(now - 60, 1, cand=(60 * w, 0), base=(60 * (100 - w), 1))
+        obs = Observation(endpoint=snapshot(live_split), windows=obs_windows)
+        decision = decide(plan, st, obs, now, policy=pol, timing=TIMING)
+        st = decision.state
+        if isinstance(decision.effect, PutConfig):
+            live_split = dict(decision.effect.target.split)
+            applied.append(live_split)
+        if st.phase.terminal:
+            break
+        now += decision.next_check_in or 60
+    assert st.phase is Phase.SUCCEEDED
+    assert applied == [
+        {BASE: 100, CAND: 0},
+        {BASE: 90, CAND: 10},
+        {BASE: 50, CAND: 50},
+        {CAND: 100},
+    ]
+
+
+def test_ab_picks_the_faster_candidate() -> None:
+    plan = plan_of(steps=None, strategy="ab", split=50, duration="30m", objective="latency_p99_ms")
+    st = progressing(weight=50)
+    obs = Observation(
+        endpoint=live(50),
+        windows=windows(T0, 30, cand=(3000, 3), base=(3000, 3), latency_c=20.0, latency_b=80.0),
+    )
+    decision = decide(plan, st, obs, T0 + 1800, policy=policy(), timing=TIMING)
+    assert decision.state.report is not None
+    assert decision.state.report["winner"] == "candidate", decision.state.report["summary"]
+    assert decision.state.phase is Phase.PROMOTING
+
+
+def test_ab_keeps_the_baseline_when_the_candidate_is_slower() -> None:
+    plan = plan_of(steps=None, strategy="ab", split=50, duration="30m", objective="latency_p99_ms")
+    obs = Observation(
+        endpoint=live(50),
+        windows=windows(T0, 30, cand=(3000, 3), base=(3000, 3), latency_c=80.0, latency_b=80.0),
+    )
+    decision = decide(plan, progressing(weight=50), obs, T0 + 1800, policy=policy(), timing=TIMING)
+    assert decision.state.report is not None
+    assert decision.state.report["winner"] == "baseline"
+    assert decision.state.phase is Phase.ROLLING_BACK
+
+
+def test_last_step_promotes_only_on_a_pass_judged_window_by_window() -> None:
+    st, now = progressing(step=1, weight=50), T0
+    decision = None
+    for i in range(40):
+        now = T0 + 60 * (i + 1)
+        obs = Observation(
+            endpoint=live(50), windows=windows(T0 + 60 * i, 1, cand=(3000, 30), base=(3000, 30))
+        )
+        decision = decide(plan_of(), st, obs, now, policy=policy(), timing=TIMING)
+        st = decision.state
+        if decision.effect is not None:
+            break
+    assert decision is not None
+    assert st.phase is Phase.PROMOTING
+    assert isinstance(decision.effect, PutConfig)
+    assert decision.effect.target.split == {CAND: 100}
+    assert st.last_verdict is not None
+    assert st.last_verdict["outcome"] == "pass"
+    assert now >= T0 + 600, "never before the bake is over"

@@ -1,0 +1,257 @@
+"""Plans and policies: loading YAML/JSON and precise, per-field validation messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rollout.plan import (
+    ABPlan,
+    BlueGreenPlan,
+    CanaryPlan,
+    PlanError,
+    describe_steps,
+    load_plan,
+    validate_plan,
+)
+from rollout.policies import PolicyLibrary, PolicyNotFoundError, builtin_policy_dir
+
+CANARY: dict[str, Any] = {
+    "name": "ads-v4",
+    "endpoint": "ads-endpoint",
+    "candidate": {
+        "entity_name": "main.ml.ads_model",
+        "entity_version": "4",
+        "workload_size": "Small",
+    },
+    "strategy": "canary",
+    "steps": [
+        {"weight": 5, "bake": "10m"},
+        {"weight": 25, "bake": "10m"},
+        {"weight": 50, "bake": "20m"},
+    ],
+    "policy": "default",
+    "alerts": [{"type": "webhook", "url": "http://hooks.internal/rollouts"}],
+}
+
+
+def with_(**changes: Any) -> dict[str, Any]:
+    data = json.loads(json.dumps(CANARY))
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return data
+
+
+def test_design_example_loads_from_yaml() -> None:
+    plan, policy = load_plan(yaml.safe_dump(CANARY))
+    assert isinstance(plan, CanaryPlan)
+    assert plan.candidate.served_name == "ads_model-4"
+    assert [(s.weight, s.bake) for s in plan.canary_steps()] == [(5, 600), (25, 600), (50, 1200)]
+    assert describe_steps(plan) == "5% for 10m, 25% for 10m, 50% for 20m, then 100%"
+    assert policy.name == "default"
+
+
+def test_json_and_yaml_give_the_same_plan() -> None:
+    from_json, _ = load_plan(json.dumps(CANARY), content_type="application/json")
+    from_yaml, _ = load_plan(yaml.safe_dump(CANARY), content_type="application/yaml")
+    assert from_json == from_yaml
+
+
+def test_numeric_entity_version_is_read_as_text() -> None:
+    plan = validate_plan(with_(candidate={"entity_name": "m", "entity_version": 4}))
+    assert plan.candidate.entity_version == "4"
+    assert plan.candidate.as_served_entity()["name"] == "m-4"
+
+
+def test_linear_canary_expands_below_100() -> None:
+    plan = validate_plan(with_(steps=None, step_weight=20, bake="5m"))
+    assert isinstance(plan, CanaryPlan)
+    assert [s.weight for s in plan.canary_steps()] == [20, 40, 60, 80]
+    capped = validate_plan(with_(steps=None, step_weight=10, max_weight=30, bake="1m"))
+    assert isinstance(capped, CanaryPlan)
+    assert [s.weight for s in capped.canary_steps()] == [10, 20, 30]
+
+
+def test_ab_and_blue_green_shapes() -> None:
+    ab = validate_plan(
+        with_(steps=None, strategy="ab", split=30, duration="2h", objective="latency_p99_ms")
+    )
+    assert isinstance(ab, ABPlan)
+    assert (ab.split, ab.duration) == (30, 7200)
+    bg = validate_plan(with_(steps=None, strategy="blue_green", bake="15m"))
+    assert isinstance(bg, BlueGreenPlan)
+    assert bg.bake == 900
+    assert bg.schema_check is True
+
+
+ERRORS = [
+    (
+        "weights must strictly increase",
+        with_(steps=[{"weight": 25, "bake": "1m"}, {"weight": 25, "bake": "1m"}]),
+        "steps[1].weight",
+        "strictly increase",
+    ),
+    ("weight above 100", with_(steps=[{"weight": 120, "bake": "1m"}]), "steps[0].weight", "100"),
+    ("weight zero", with_(steps=[{"weight": 0, "bake": "1m"}]), "steps[0].weight", "0"),
+    ("negative bake", with_(steps=[{"weight": 5, "bake": "-3m"}]), "steps[0].bake", "duration"),
+    ("zero bake", with_(steps=[{"weight": 5, "bake": 0}]), "steps[0].bake", "positive"),
+    (
+        "unit typo",
+        with_(steps=[{"weight": 5, "bake": "10 mins"}]),
+        "steps[0].bake",
+        "not a duration",
+    ),
+    ("endpoint name", with_(endpoint="ads endpoint!"), "endpoint", "not a valid endpoint name"),
+    ("endpoint too long", with_(endpoint="e" * 64), "endpoint", "1 to 63"),
+    (
+        "candidate name",
+        with_(candidate={"name": "a/b", "entity_name": "m", "entity_version": "1"}),
+        "candidate.name",
+        "served entity",
+    ),
+    (
+        "candidate without a model",
+        with_(candidate={"entity_version": "1"}),
+        "candidate.entity_name",
+        "required",
+    ),
+    (
+        "candidate unknown field",
+        with_(candidate={"entity_name": "m", "entity_version": "1", "gpu": True}),
+        "candidate.gpu",
+        "unknown field",
+    ),
+    (
+        "candidate sizing conflict",
+        with_(
+            candidate={
+                "entity_name": "m",
+                "entity_version": "1",
+                "workload_size": "Small",
+                "min_provisioned_concurrency": 4,
+            }
+        ),
+        "candidate.workload_size",
+        "cannot be combined",
+    ),
+    ("field of another strategy", with_(split=50), "split", "belongs to ab"),
+    ("unknown field", with_(colour="red"), "colour", "unknown field"),
+    ("unknown strategy", with_(strategy="rolling"), "strategy", "canary, ab or blue_green"),
+    ("missing strategy", with_(strategy=None), "strategy", "missing"),
+    ("no steps", with_(steps=None), "steps", "needs steps"),
+    ("both forms", with_(step_weight=10, bake="1m"), "steps", "not both"),
+    ("baseline is the candidate", with_(baseline="ads_model-4"), "baseline", "same"),
+    ("alert url", with_(alerts=[{"type": "webhook", "url": "ftp://x"}]), "alerts[0].url", ""),
+    ("alert type", with_(alerts=[{"type": "pager", "url": "http://x"}]), "alerts[0].type", ""),
+    (
+        "ab split out of range",
+        with_(steps=None, strategy="ab", split=100, duration="1h"),
+        "split",
+        "100",
+    ),
+    ("ab without duration", with_(steps=None, strategy="ab"), "duration", "required"),
+    (
+        "smoke failures",
+        with_(
+            steps=None, strategy="blue_green", bake="1m", smoke={"requests": 3, "max_failures": 3}
+        ),
+        "smoke.max_failures",
+        "smaller",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "field", "words"), ERRORS, ids=[e[0] for e in ERRORS])
+def test_invalid_plans_name_the_field(
+    name: str, data: dict[str, Any], field: str, words: str
+) -> None:
+    with pytest.raises(PlanError) as caught:
+        validate_plan(data)
+    fields = {issue.field: issue.message for issue in caught.value.issues}
+    assert field in fields, fields
+    assert words in fields[field]
+    assert field in str(caught.value)
+
+
+POLICY_ERRORS = [
+    ("unknown policy", "nope", "policy", "known policies: default"),
+    (
+        "unknown metric",
+        {"checks": [{"metric": "error_ratio", "max": "1%"}]},
+        "policy.checks[0].metric",
+        "error_rate",
+    ),
+    (
+        "unknown policy field",
+        {"checks": [{"metric": "error_rate", "max": "1%"}], "colour": 1},
+        "policy.colour",
+        "unknown field",
+    ),
+    (
+        "relative check without tolerance",
+        {"checks": [{"metric": "error_rate", "compare": "baseline"}]},
+        "policy.checks[0]",
+        "max_ratio",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "policy", "field", "words"), POLICY_ERRORS, ids=[e[0] for e in POLICY_ERRORS]
+)
+def test_invalid_policies_name_the_field(name: str, policy: Any, field: str, words: str) -> None:
+    with pytest.raises(PlanError) as caught:
+        load_plan(json.dumps(with_(policy=policy)))
+    fields = {issue.field: issue.message for issue in caught.value.issues}
+    assert field in fields, fields
+    assert words in fields[field]
+
+
+def test_inline_policy_is_used() -> None:
+    _, policy = load_plan(
+        json.dumps(
+            with_(
+                policy={
+                    "name": "mine",
+                    "judge": "threshold",
+                    "checks": [{"metric": "latency_p99_ms", "max": 500}],
+                }
+            )
+        )
+    )
+    assert policy.name == "mine"
+    assert policy.judge == "threshold"
+
+
+@pytest.mark.parametrize("text", ["{bad json", "a: [1, 2", "- just\n- a list\n", "", "42"])
+def test_unreadable_documents_are_plan_errors(text: str) -> None:
+    with pytest.raises(PlanError) as caught:
+        load_plan(text)
+    assert caught.value.issues
+
+
+def test_builtin_policies_all_load() -> None:
+    library = PolicyLibrary()
+    names = library.names()
+    assert {"default", "strict", "latency-sensitive", "flagger-compatible"} <= set(names)
+    for name in names:
+        assert library.get(name).name == name
+    assert library.get("flagger-compatible").judge == "threshold"
+    assert library.get("default").judge == "sequential"
+
+
+def test_later_policy_directories_override(tmp_path: Path) -> None:
+    (tmp_path / "default.yaml").write_text(
+        "judge: threshold\nchecks:\n  - {metric: error_rate, max: 5%}\n"
+    )
+    library = PolicyLibrary([builtin_policy_dir(), tmp_path])
+    assert library.get("default").judge == "threshold"
+    with pytest.raises(PolicyNotFoundError):
+        library.get("missing")

@@ -1,0 +1,158 @@
+"""The controller's metrics: counters from decisions, gauges from the store at scrape time."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from rollout.clock import FakeClock
+from rollout.engine.model import Arm, Phase, RolloutState
+from rollout.engine.runner import new_rollout
+from rollout.metrics.model import EntityWindow, Histogram
+from rollout.plan import resolve_policy, validate_plan
+from rollout.settings import LogSettings
+from rollout.store.base import Store
+from rollout.store.model import NewAlert, NewEvent
+from rollout.telemetry import ControllerMetrics, RolloutStateCollector, configure_logging
+
+
+def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(registry).decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_decision_counters() -> None:
+    registry = CollectorRegistry()
+    metrics = ControllerMetrics(registry)
+    metrics.on_decision(
+        "ep",
+        1000.0,
+        1600.0,
+        [
+            ("verdict", "progressing", {"verdict": {"outcome": "fail"}}),
+            ("rolling_back", "rolling_back", {}),
+        ],
+        "analysis",
+    )
+    metrics.on_decision("ep", 1000.0, 1700.0, [("rolled_back", "rolled_back", {})], "analysis")
+    metrics.on_decision("ep2", 0.0, 100.0, [("succeeded", "succeeded", {})], None)
+    metrics.on_serving_response("update_config", 409, 0.05)
+    metrics.on_serving_response("get_endpoint", None, 1.0)
+    metrics.on_alert("webhook", "delivered")
+    metrics.on_lag(2.5)
+    got = samples(registry)
+    assert got[("rollout_verdicts_total", (("endpoint", "ep"), ("outcome", "fail")))] == 1
+    assert got[("rollout_rollbacks_total", (("endpoint", "ep"), ("reason", "analysis")))] == 1
+    assert got[("rollout_promotions_total", (("endpoint", "ep2"),))] == 1
+    assert got[("rollout_duration_seconds_count", (("outcome", "rolled_back"),))] == 1
+    assert got[("rollout_duration_seconds_sum", (("outcome", "rolled_back"),))] == 700
+    assert (
+        got[("rollout_serving_requests_total", (("call", "update_config"), ("code", "409")))] == 1
+    )
+    assert (
+        got[("rollout_serving_requests_total", (("call", "get_endpoint"), ("code", "error")))] == 1
+    )
+    assert got[("rollout_alerts_total", (("channel", "webhook"), ("outcome", "delivered")))] == 1
+    assert got[("rollout_reconcile_lag_seconds", ())] == 2.5
+    text = generate_latest(registry).decode()
+    for name in ("rollout_verdicts_total", "rollout_rollbacks_total", "rollout_duration_seconds"):
+        assert f"# HELP {name.removesuffix('_total')}" in text
+
+
+def test_state_gauges_come_from_the_store(store: Store) -> None:
+    clock = FakeClock()
+    plan = validate_plan(
+        {
+            "endpoint": "ads",
+            "candidate": {"entity_name": "main.ml.m", "entity_version": "4"},
+            "strategy": "canary",
+            "steps": [{"weight": 10, "bake": "1m"}, {"weight": 50, "bake": "1m"}],
+        }
+    )
+    record, event = new_rollout(plan, resolve_policy(plan), clock.now(), "r1")
+    store.create(record, event, [])
+    hist = Histogram((50.0, 100.0, float("inf")), (90.0, 9.0, 1.0))
+    window = EntityWindow("m-4", 0, requests=100, errors_5xx=4, latency=hist)
+    state = RolloutState(
+        phase=Phase.PROGRESSING,
+        started_at=clock.now(),
+        step=1,
+        candidate_weight=50,
+        baseline="m-3",
+        candidate=Arm().plus([window]),
+        control=Arm().plus([EntityWindow("m-3", 0, requests=100, errors_5xx=1, latency=hist)]),
+    )
+    store.commit(
+        "r1",
+        1,
+        phase="progressing",
+        state=json.loads(state.model_dump_json()),
+        due_at=clock.now(),
+        updated_at=clock.now(),
+        events=[NewEvent("step_applied", "progressing", "progressing", "x", {}, 1.0)],
+        alerts=[NewAlert("k1", "webhook", {"event": "step_advanced"})],
+        consumed_commands=[],
+    )
+    registry = CollectorRegistry()
+    registry.register(RolloutStateCollector(store, clock))
+    got = samples(registry)
+    info = [k for k in got if k[0] == "rollout_info"]
+    assert len(info) == 1
+    labels = dict(info[0][1])
+    assert labels == {
+        "rollout": "r1",
+        "endpoint": "ads",
+        "candidate": "m-4",
+        "baseline": "m-3",
+        "strategy": "canary",
+        "phase": "progressing",
+    }
+    key = (("endpoint", "ads"), ("rollout", "r1"))
+    assert got[("rollout_candidate_weight_percent", key)] == 50
+    assert got[("rollout_step", key)] == 1
+    assert got[("rollout_observed_error_rate", (("arm", "candidate"), *key))] == 0.04
+    assert got[("rollout_observed_error_rate", (("arm", "baseline"), *key))] == 0.01
+    assert got[("rollout_observed_latency_p99_ms", (("arm", "candidate"), *key))] == 100.0
+    assert got[("rollout_alerts_pending", ())] == 1
+    assert got[("rollout_started_timestamp_seconds", key)] == clock.now()
+    deadline = resolve_policy(plan).deadline
+    assert deadline is not None
+    assert got[("rollout_deadline_timestamp_seconds", key)] == clock.now() + deadline
+    # A finished rollout drops out of the per-rollout gauges after a day.
+    clock.advance(2 * 86400)
+    store.commit(
+        "r1",
+        2,
+        phase="succeeded",
+        state=json.loads(state.model_dump_json()),
+        due_at=None,
+        updated_at=clock.now() - 86401,
+        events=[NewEvent("succeeded", "progressing", "succeeded", "x", {}, 1.0)],
+        alerts=[],
+        consumed_commands=[],
+    )
+    assert not [k for k in samples(registry) if k[0] == "rollout_info"]
+
+
+def test_logs_are_json_lines_off_a_terminal() -> None:
+    import structlog  # noqa: PLC0415
+
+    stream = io.StringIO()
+    configure_logging(LogSettings(level="info", format="auto"), stream=stream)
+    try:
+        structlog.get_logger("t").info("rollout.decision", rollout="r1", weight=10)
+        structlog.get_logger("t").debug("hidden")
+    finally:
+        structlog.reset_defaults()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 1
+    assert lines[0]["event"] == "rollout.decision"
+    assert lines[0]["weight"] == 10
+    assert lines[0]["level"] == "info"
