@@ -74,6 +74,9 @@ def engine_env(url: str, store_url: str, token: str) -> dict[str, Any]:
         "ROLLOUT_ENGINE_UPDATE_POLL": "0.25",
         "ROLLOUT_ENGINE_SCAN_INTERVAL": "0.2",
         "ROLLOUT_ENGINE_UPDATE_DEADLINE": "60",
+        # The healthy candidate matches its baseline: proving its pass takes as long as the
+        # draw and a loaded machine make it, so wait for evidence rather than pause at bake x 3.
+        "ROLLOUT_ENGINE_STEP_DEADLINE_FACTOR": "20",
         "ROLLOUT_SERVING_UPDATE_POLL_INTERVAL": "0.25",
         "ROLLOUT_SERVING_RETRY_INITIAL_BACKOFF": "0.1",
         "ROLLOUT_LOG_FORMAT": "json",
