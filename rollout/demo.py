@@ -50,6 +50,9 @@ WINDOW_SECONDS = 2.0
 DEMO_POLICY: dict[str, Any] = {
     "name": "demo",
     "min_requests": 50,
+    # The demo must not roll back its healthy model: a tenth of the default budget, still
+    # far more evidence than the regressed model gives within a step.
+    "false_rollback_rate": "0.1%",
     "checks": [
         {"metric": "error_rate", "compare": "baseline", "max_ratio": 2, "max_increase": "1%"},
         {"metric": "latency_p99_ms", "compare": "baseline", "max_ratio": 1.5},

@@ -124,7 +124,8 @@ class ControllerMetrics:
         )
         self.reconcile_lag = Gauge(
             "rollout_reconcile_lag_seconds",
-            "How late the last reconcile started after its rollout was due.",
+            "At the last scan, how long the most overdue rollout had waited for its reconcile "
+            "(0 when none was waiting).",
             registry=registry,
         )
 

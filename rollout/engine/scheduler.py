@@ -74,13 +74,18 @@ class Reconciler:
             log.warning("scheduler.store_unavailable", error=str(exc))
             return []
         started = []
+        lag = 0.0
         for record in due:
             if record.id in self._tasks or self._not_before.get(record.id, 0.0) > now:
                 continue
-            if self.on_lag is not None and record.due_at is not None:
-                self.on_lag(max(0.0, now - record.due_at))
+            if record.due_at is not None:
+                lag = max(lag, now - record.due_at)
             self._start(record.id)
             started.append(record.id)
+        # Reported at every scan, 0 when nothing waited: a gauge set only when a rollout was
+        # due would keep showing an old delay on an idle controller.
+        if self.on_lag is not None:
+            self.on_lag(lag)
         return started
 
     def poke(self, rollout_id: str) -> bool:

@@ -137,3 +137,24 @@ async def test_a_crashing_reconcile_backs_off_and_does_not_stop_the_loop(
     clock.advance(31)
     assert "broken" in await reconciler.scan()
     await reconciler.drain()
+
+
+async def test_the_reconcile_lag_is_reported_at_every_scan_and_falls_to_zero_when_idle(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, runner: Runner
+) -> None:
+    endpoint(sandbox_admin, "ep-lag")
+    rollout_id = await submit(runner, "ep-lag")
+    clock = sandbox.clock
+    assert isinstance(clock, FakeClock)
+    due_at = store.get(rollout_id).due_at
+    assert due_at is not None
+    lags: list[float] = []
+    reconciler = Reconciler(runner, store, clock, on_lag=lags.append)
+    clock.advance(7)
+    assert await reconciler.scan() == [rollout_id]
+    assert lags == [pytest.approx(clock.now() - due_at)]
+    assert lags[0] >= 7
+    await reconciler.drain()
+    # Nothing is due now (the rollout bakes): the next scan says so instead of repeating 7 s.
+    assert await reconciler.scan() == []
+    assert lags[-1] == 0.0
