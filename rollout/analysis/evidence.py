@@ -86,3 +86,61 @@ def rate_upper(events: float, n: float) -> float:
         return math.inf
     events = max(0.0, events)
     return min(1.0, (events + 1.0 + 2.0 * math.sqrt(events + 1.0)) / n)
+
+
+def _kl(p: float, q: float) -> float:
+    """Kullback-Leibler divergence of Bernoulli(p) from Bernoulli(q), for q strictly in (0, 1)."""
+    total = 0.0
+    if p > 0.0:
+        total += p * math.log(p / q)
+    if p < 1.0:
+        total += (1.0 - p) * math.log((1.0 - p) / (1.0 - q))
+    return total
+
+
+def rate_bounds(events: float, n: float, delta: float) -> tuple[float, float]:
+    """Chernoff confidence bounds on a rate from ``events`` out of ``n``: (lower, upper).
+
+    Each side misses the true rate with probability at most ``delta``, at any ``n`` (the
+    Chernoff-Hoeffding bound P(n kl(p_hat, p) >= log(1/delta), p_hat on one side) <= delta,
+    so no normal approximation is involved; it holds for fractional counts of [0, 1] events
+    too). With no requests the bounds are (0, 1).
+    """
+    if n <= 0.0:
+        return 0.0, 1.0
+    p_hat = min(max(events / n, 0.0), 1.0)
+    budget = math.log(1.0 / delta) / n
+
+    def kl_at(q: float) -> float:
+        return math.inf if q <= 0.0 or q >= 1.0 else _kl(p_hat, q)
+
+    # kl(p_hat, q) falls from the left end to 0 at p_hat and rises again to the right end;
+    # each bound is where it crosses the budget. 100 halvings reach float precision.
+    low, high = 0.0, p_hat
+    for _ in range(100):
+        middle = (low + high) / 2.0
+        low, high = (middle, high) if kl_at(middle) > budget else (low, middle)
+    lower = 0.0 if p_hat <= 0.0 else high
+    low, high = p_hat, 1.0
+    for _ in range(100):
+        middle = (low + high) / 2.0
+        low, high = (low, middle) if kl_at(middle) > budget else (middle, high)
+    upper = 1.0 if p_hat >= 1.0 else low
+    return lower, upper
+
+
+def upper_deviation(p: float, n: float, delta: float) -> float:
+    """The share t >= p that n draws at rate ``p`` exceed with probability at most ``delta``.
+
+    Chernoff: P(p_hat >= t) <= exp(-n kl(t, p)); t solves n kl(t, p) = log(1/delta).
+    """
+    if n <= 0.0 or p >= 1.0:
+        return 1.0
+    budget = math.log(1.0 / delta) / n
+    if p <= 0.0:
+        return 0.0
+    low, high = p, 1.0
+    for _ in range(100):
+        middle = (low + high) / 2.0
+        low, high = (low, middle) if _kl(middle, p) > budget else (middle, high)
+    return high

@@ -11,10 +11,11 @@ What each check asks. A comparison (``compare: baseline``) tests H0 "the candida
 than the baseline" against H1 "worse than the tolerance" (rate_c >= max(r x rate_b, rate_b +
 d) for ``max_ratio: r``, ``max_increase: d``; for a latency quantile q, "the candidate's q-th
 quantile is beyond the tolerance applied to the baseline's"). An absolute check tests the
-candidate against its level from both sides. Outcomes: ``fail`` when the evidence against H0
-reaches 1/alpha_k (alpha_k = false_rollback_rate / number of statistical checks), ``pass``
-when the evidence against H1 reaches 1/beta (beta = missed_regression_rate), ``inconclusive``
-otherwise.
+candidate against its level from both sides (against two levels, and with half of each budget,
+when the level comes from a sampled control: ``rollout.analysis.control``). Outcomes:
+``fail`` when the evidence against H0 reaches 1/alpha_k (alpha_k = false_rollback_rate /
+number of statistical checks), ``pass`` when the evidence against H1 reaches 1/beta (beta =
+missed_regression_rate), ``inconclusive`` otherwise.
 
 How evidence is counted (the arithmetic is in ``rollout.analysis.evidence``):
 
@@ -103,7 +104,7 @@ from rollout.analysis.evidence import (
     rate_upper,
 )
 from rollout.analysis.observe import Seen
-from rollout.analysis.spec import CheckSpec, Policy
+from rollout.analysis.spec import CheckSpec, ControlCheck, Policy
 from rollout.analysis.verdict import CheckResult, Outcome, Verdict
 from rollout.metrics.model import ArmTotals, Histogram
 
@@ -419,7 +420,9 @@ def _score(
             _score_rate_relative(spec, check, (s_c, n_c, s_b, n_b),
                                  base_events=base_events, base_requests=state.base_requests)
         else:
-            _score_absolute(check, s_c, n_c, spec.max_level or 0.0)
+            level = spec.max_level or 0.0
+            fail_level = spec.fail_level if isinstance(spec, ControlCheck) else None
+            _score_absolute(check, s_c, n_c, level if fail_level is None else fail_level, level)
     elif info.kind == "quantile":
         name = f"{info.source}_n"
         n_c = delta.get("c", name)
@@ -438,7 +441,7 @@ def _score(
                 return
             s_c = hist_c.count_above(check.level) - check.anchor_c
             tail = 1.0 - (info.quantile or 0.0)
-            _score_absolute(check, max(0.0, s_c), n_c, tail)
+            _score_absolute(check, max(0.0, s_c), n_c, tail, tail)
 
 
 def _score_rate_relative(
@@ -499,16 +502,21 @@ def _add(check: CheckEvidence, look: tuple[float, float, float, float], rho: flo
         check.fail[i] += log_ratio_factor(s_c, n_c, s_b, n_b, base**exponent)
 
 
-def _score_absolute(check: CheckEvidence, s_c: float, n_c: float, level: float) -> None:
-    """One-sample test of the candidate's rate against ``level`` (an SLO, or a tail share)."""
-    if n_c <= 0.0 or not 0.0 < level < 1.0:
+def _score_absolute(
+    check: CheckEvidence, s_c: float, n_c: float, fail_level: float, pass_level: float
+) -> None:
+    """One-sample test of the candidate's rate: above ``fail_level`` (fail side), below
+    ``pass_level`` (pass side). The same level for an SLO or a tail share; two for a check
+    against a sampled control (``rollout.analysis.control``)."""
+    if n_c <= 0.0 or not (0.0 < fail_level < 1.0 and 0.0 < pass_level < 1.0):
         return
     check.events_c += s_c
     check.n_c += n_c
     for i, factor in enumerate(ABSOLUTE_FACTORS):
-        check.fail[i] += log_binomial_factor(s_c, n_c, odds_scaled(level, factor), level)
-        check.pass_level[i] += log_binomial_factor(s_c, n_c, odds_scaled(level, 1 / factor),
-                                                   level)
+        check.fail[i] += log_binomial_factor(s_c, n_c, odds_scaled(fail_level, factor),
+                                             fail_level)
+        check.pass_level[i] += log_binomial_factor(s_c, n_c, odds_scaled(pass_level, 1 / factor),
+                                                   pass_level)
 
 
 def _set_level(
@@ -585,6 +593,11 @@ def _limit(spec: CheckSpec) -> str:
             parts.append(f"baseline + {level(spec.max_increase)}")
         joined = parts[0] if len(parts) == 1 else f"max({', '.join(parts)})"
         return f"candidate no worse than baseline; regression beyond {joined}"
+    if isinstance(spec, ControlCheck) and spec.fail_level is not None:
+        return (
+            f"within tolerance of the {spec.source}: passes confidently below "
+            f"{level(spec.max_level or 0.0)}, fails confidently above {level(spec.fail_level)}"
+        )
     if spec.max_level is not None:
         return f"candidate <= {level(spec.max_level)}"
     return f"candidate >= {level(spec.min_level or 0.0)}"
@@ -636,8 +649,10 @@ def _evaluate(
 
     missing = _missing(spec, candidate, baseline)
     log_fail, log_pass = _log_fail(spec, check), _log_pass(spec, check)
-    fail_at = math.log(1.0 / policy.alpha_per_check)
-    pass_at = math.log(1.0 / policy.missed_regression_rate)
+    # A check against a sampled control left part of each budget to the control's bounds.
+    spent = spec.control_share if isinstance(spec, ControlCheck) else 0.0
+    fail_at = math.log(1.0 / (policy.alpha_per_check * (1.0 - spent)))
+    pass_at = math.log(1.0 / (policy.missed_regression_rate * (1.0 - spent)))
     if log_fail >= fail_at:
         check.crossed_fail = True
     statistic = {"fail": log_fail, "pass": log_pass}

@@ -227,6 +227,16 @@ class CheckSpec(BaseModel):
     def info(self) -> MetricInfo:
         return METRICS[self.metric]
 
+    def tolerated(self, value: float) -> float:
+        """The largest candidate value a relative check tolerates when the baseline's is
+        ``value``: ``max(value x max_ratio, value + max_increase)``."""
+        limits = []
+        if self.max_ratio is not None:
+            limits.append(value * self.max_ratio)
+        if self.max_increase is not None:
+            limits.append(value + self.max_increase)
+        return max(limits, default=value)
+
     @property
     def statistical(self) -> bool:
         """Whether the check runs a test that can fail, and so takes a share of the budget."""
@@ -254,6 +264,34 @@ class CheckSpec(BaseModel):
         if self.max_level is not None:
             return f"{self.metric} max {level(self.max_level)}"
         return f"{self.metric} min {level(self.min_level or 0.0)}"
+
+
+class ControlCheck(CheckSpec):
+    """A ``compare: baseline`` check turned into levels from a fixed control sample.
+
+    Built by ``rollout.analysis.control`` for a blue/green bake, never read from a plan. The
+    control's rate is known only up to its sampling error, so the two sides of the test get
+    different levels: the candidate fails when it is confidently above ``fail_level`` (an
+    upper confidence bound of the control's rate: worse than the control), and passes when it
+    is confidently below ``max`` (the tolerance applied to a lower confidence bound: within
+    the tolerance of any control rate the warm-up allows). ``control_share`` of each error
+    budget pays for those bounds; the sequential test spends the rest.
+    """
+
+    fail_level: float | None = None
+    control_share: float = Field(default=0.5, ge=0.0, lt=1.0)
+    source: str = "warm-up control"
+
+    def _describe_uncached(self) -> str:
+        def level(value: float) -> str:
+            if self.info.kind == "rate":
+                return f"{value * 100:.4g}%"
+            return f"{value:.4g}{self.info.unit}"
+
+        text = f"{self.metric} vs {self.source}: pass below {level(self.max_level or 0.0)}"
+        if self.fail_level is not None:
+            text += f", fail above {level(self.fail_level)}"
+        return text
 
 
 @functools.lru_cache(maxsize=1024)

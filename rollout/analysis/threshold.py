@@ -244,12 +244,7 @@ def _interval_values(
 
 def _limit(spec: CheckSpec, value_b: float | None) -> float:
     if spec.compare == "baseline" and value_b is not None:
-        limits = []
-        if spec.max_ratio is not None:
-            limits.append(value_b * spec.max_ratio)
-        if spec.max_increase is not None:
-            limits.append(value_b + spec.max_increase)
-        return max(limits)
+        return spec.tolerated(value_b)
     if spec.max_level is not None:
         return spec.max_level
     return spec.min_level or 0.0
