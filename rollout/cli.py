@@ -56,6 +56,9 @@ def sandbox(
     demo: bool = typer.Option(
         False, "--demo", help="Create demo-endpoint with one model under simulated load."
     ),
+    demo_qps: float = typer.Option(
+        50.0, min=0.0, help="Simulated requests per second on demo-endpoint (with --demo)."
+    ),
 ) -> None:
     """Run a local Databricks serving workspace (REST API, simulated traffic, admin API)."""
     # Imported here: the web stack is only needed by the commands that serve.
@@ -70,6 +73,7 @@ def sandbox(
             update_seconds=update_seconds,
             token=token,
             demo=demo,
+            demo_qps=demo_qps,
             echo=typer.echo,
         )
     except OSError as exc:

@@ -208,7 +208,10 @@ def banner(sandbox: SandboxServer, demo: bool) -> str:
         base = f"{sandbox.url}/api/2.0/serving-endpoints/{DEMO_ENDPOINT}"
         lines += [
             "",
-            f"Endpoint {DEMO_ENDPOINT} serves {DEMO_ENTITY} at 100 % under simulated load.",
+            (
+                f"Endpoint {DEMO_ENDPOINT} serves {DEMO_ENTITY} at 100 % under simulated load "
+                f"({sandbox.workspace.admin_view(DEMO_ENDPOINT)['qps']:g} requests/s)."
+            ),
             "Try:",
             f"  curl -s {auth} {base}",
             f"  curl -s {auth} {base}/metrics",
@@ -248,6 +251,7 @@ def run(
     update_seconds: float = 10.0,
     token: str = DEFAULT_TOKEN,
     demo: bool = False,
+    demo_qps: float = 50.0,
     clock: Clock | None = None,
     echo: Callable[[str], None] = print,
 ) -> None:
@@ -260,7 +264,7 @@ def run(
         token=token,
     )
     if demo:
-        create_demo_endpoint(workspace)
+        create_demo_endpoint(workspace, qps=demo_qps)
     stop = threading.Event()
     sandbox = SandboxServer(workspace, host=host, port=port)
     with _stop_signals(stop.set), sandbox:
