@@ -3,7 +3,8 @@
 ``sandbox`` is a local Databricks serving workspace over real HTTP (``rollout.sandbox``), on a
 fake clock so that tests decide when time passes; ``sandbox_admin`` talks to its admin API
 (``rollout/sandbox/README.md`` documents both); ``sandbox_api`` is an authenticated client on
-the workspace itself.
+the workspace itself. ``postgres_url`` is a store URL on the running PostgreSQL, in a schema
+of its own that is dropped afterwards.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rollout.clock import FakeClock
 from rollout.sandbox.server import SandboxServer
 from rollout.store.base import Store
 from rollout.store.factory import open_store
+from tests.postgres import fresh_schema
 
 
 @functools.cache
@@ -72,3 +74,11 @@ def store(tmp_path: Path) -> Iterator[Store]:
     store.migrate()
     yield store
     store.close()
+
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A store URL on the running PostgreSQL whose tables live in a fresh schema."""
+    with fresh_schema("test") as url:
+        yield url

@@ -1,4 +1,5 @@
-"""Crash test: ``rollout engine`` SIGKILLed at random moments and restarted on the same store.
+"""Crash test: ``rollout engine`` SIGKILLed at random moments and restarted on the same store,
+SQLite's file or PostgreSQL.
 
 The sandbox runs as its own process on the real clock with 2 s metric windows; two rollouts
 (a healthy candidate on one endpoint, a regressed one on another) run at once while the engine
@@ -87,10 +88,15 @@ def engine_env(url: str, store_url: str, token: str) -> dict[str, Any]:
     return env
 
 
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def test_engine_killed_at_random_points_finishes_every_rollout_once(
-    sandbox_process: str, sandbox_token: str, tmp_path: Path
+    sandbox_process: str, sandbox_token: str, tmp_path: Path, backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    store_url = f"sqlite:///{tmp_path / 'crash.db'}"
+    store_url = (f"sqlite:///{tmp_path / 'crash.db'}" if backend == "sqlite"
+                 else request.getfixturevalue("postgres_url"))
     store = open_store(store_url)
     store.migrate()
     with httpx.Client(base_url=f"{sandbox_process}/_sandbox/v1", timeout=10) as admin:

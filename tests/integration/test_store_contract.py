@@ -36,7 +36,6 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from psycopg import sql
 
 from rollout.store import (
     ACTIVE,
@@ -60,13 +59,11 @@ from rollout.store import (
 from rollout.store.migrations import MIGRATIONS
 from rollout.store.postgres import PostgresStore
 from rollout.store.sqlite import SqliteStore
+from tests.postgres import fresh_schema
 
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-POSTGRES_URL = os.environ.get(
-    "ROLLOUT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 T0 = 1_800_000_000.0
 
 
@@ -120,38 +117,23 @@ def sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
 
 @contextmanager
 def postgres_backend() -> Iterator[Backend]:
-    try:
-        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}\n"
-            "The store contract runs against it. Start it with\n"
-            "    pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n"
-            "or point ROLLOUT_TEST_POSTGRES_URL at another server.",
-            pytrace=False,
+    with fresh_schema("store_contract") as url:
+
+        def raw(statement: str, params: tuple[object, ...]) -> None:
+            with psycopg.connect(url, autocommit=True) as connection:
+                connection.execute(statement.replace("?", "%s").encode(), params)
+
+        backend = Backend(
+            name="postgres",
+            url=url,
+            # Port 1 on the loopback: nothing listens there, the connection is refused at once.
+            unreachable_url="postgresql://postgres@127.0.0.1:1/test?connect_timeout=2",
+            raw=raw,
         )
-    schema = f"store_contract_{uuid.uuid4().hex[:16]}"
-    separator = "&" if "?" in POSTGRES_URL else "?"
-    url = f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
-
-    def raw(statement: str, params: tuple[object, ...]) -> None:
-        with psycopg.connect(url, autocommit=True) as connection:
-            connection.execute(statement.replace("?", "%s").encode(), params)
-
-    backend = Backend(
-        name="postgres",
-        url=url,
-        # Port 1 on the loopback: nothing listens there, the connection is refused at once.
-        unreachable_url="postgresql://postgres@127.0.0.1:1/test?connect_timeout=2",
-        raw=raw,
-    )
-    with admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         try:
             yield backend
         finally:
             backend.close_all()
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
 @pytest.fixture(
