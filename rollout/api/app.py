@@ -8,9 +8,11 @@ abort) are queued with ``store.add_command`` and applied, or recorded as not app
 engine at its next look. ``wake(rollout_id)`` tells the daemon's scheduler to look at once.
 ``GET /api/v1/rollouts/{id}/series`` gives a rollout's metric windows per arm and its split
 changes (``rollout.api.series``) for the status page, which is served at ``/``
-(``rollout.api.page``) and reads the API like any other client. Beside the API: ``/healthz``
-(the process answers), ``/readyz`` (the daemon's own checks and the store) and ``/metrics``
-(the controller's Prometheus registry), all three open so that monitoring needs no token.
+(``rollout.api.page``) and reads the API like any other client; ``GET /api/v1/session`` tells
+it the caller's role, so that it offers commands to operators only. Beside the API:
+``/healthz`` (the process answers), ``/readyz`` (the daemon's own checks and the store) and
+``/metrics`` (the controller's Prometheus registry), all three open so that monitoring needs
+no token.
 
 The API never acts on an endpoint itself and never blocks its event loop on the store: every
 store call runs in a worker thread.
@@ -55,6 +57,7 @@ from rollout.api.schemas import (
     ReasonBody,
     Rollout,
     RolloutList,
+    Session,
     command_view,
     event_view,
     rollout_view,
@@ -200,6 +203,7 @@ def create_api(
     )
     read_deps, write_deps = _auth_dependencies(tokens)
     router = APIRouter(prefix=PREFIX)
+    _session_route(router, tokens)
     _rollout_routes(router, service, read_deps, write_deps)
     _command_routes(router, service, write_deps)
     _monitoring_routes(app, service)
@@ -572,29 +576,57 @@ _bearer = HTTPBearer(
 )
 
 
+def _require(tokens: TokenTable, needed: Role) -> Callable[..., Awaitable[Role]]:
+    """A dependency that lets through a token of at least ``needed`` and yields its role."""
+
+    async def check(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Role:
+        role = tokens.role_of(credentials.credentials) if credentials is not None else None
+        if role is None:
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "a valid bearer token is required (Authorization: Bearer <token>)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not allows(role, needed):
+            raise ApiError(403, "forbidden", f"{needed} role required")
+        return role
+
+    return check
+
+
 def _auth_dependencies(tokens: TokenTable) -> tuple[list[Any], list[Any]]:
     """Route dependencies for reading and for acting; none at all for an open API."""
     if not tokens:
         return [], []
+    return [Depends(_require(tokens, "viewer"))], [Depends(_require(tokens, "operator"))]
 
-    def require(needed: Role) -> Callable[..., Awaitable[None]]:
-        async def check(
-            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-        ) -> None:
-            role = tokens.role_of(credentials.credentials) if credentials is not None else None
-            if role is None:
-                raise ApiError(
-                    401,
-                    "unauthenticated",
-                    "a valid bearer token is required (Authorization: Bearer <token>)",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            if not allows(role, needed):
-                raise ApiError(403, "forbidden", f"{needed} role required")
 
-        return check
+async def _open_api() -> None:
+    """The caller of an open API: nobody in particular."""
 
-    return [Depends(require("viewer"))], [Depends(require("operator"))]
+
+def _session_route(router: APIRouter, tokens: TokenTable) -> None:
+    """``GET /session``: the role of the caller's token, checked as every read checks it."""
+    # An open API checks nothing and declares no security; anyone who reaches it (loopback
+    # only, see check_bind) may act. The dependency is made here, so the parameter takes it as
+    # its default: an annotation could not name it (FastAPI resolves annotations in the
+    # module's namespace).
+    caller = Depends(_require(tokens, "viewer") if tokens else _open_api)
+
+    @router.get(
+        "/session",
+        response_model=Session,
+        summary="The caller's role (what the presented token may do)",
+        # It reads no store and takes no parameters: of the common errors, only these apply.
+        responses={status: _ERRORS[status] for status in (401, 413)},
+    )
+    async def session(role: Role | None = caller) -> Session:
+        if role is None:
+            return Session(role="operator", auth=False)
+        return Session(role=role, auth=True)
 
 
 def _checked_id(rollout_id: str) -> str:

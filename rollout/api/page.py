@@ -1,11 +1,12 @@
 """The status page: one HTML page, its stylesheet and its script, served at ``/``.
 
 Where this sits: people watch rollouts on the status page, which reads the same HTTP API as the
-``rollout`` CLI (``GET /api/v1/rollouts`` and ``/api/v1/rollouts/{id}/series``) from the
-browser and redraws itself every few seconds. The three files live in ``rollout/api/static``
-and ship inside the wheel; nothing is loaded from anywhere but the controller itself, so the
-page works on a machine without internet access, and its Content-Security-Policy tells the
-browser to refuse anything else.
+``rollout`` CLI (``GET /api/v1/rollouts`` and ``/api/v1/rollouts/{id}/series``) from the browser
+and redraws itself every few seconds; for an operator's token (``GET /api/v1/session``) it also
+offers the CLI's commands (pause, resume, promote, abort) through the same API. The three files
+live in ``rollout/api/static`` and ship inside the wheel; nothing is loaded from anywhere but
+the controller itself, so the page works on a machine without internet access, and its
+Content-Security-Policy tells the browser to refuse anything else.
 
 The files are open (like ``/healthz``): they hold no data. With tokens configured the API
 answers the page's first call with 401, and the page asks for a token.

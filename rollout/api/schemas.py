@@ -13,6 +13,7 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rollout.api.auth import Role
 from rollout.engine.model import RolloutState
 from rollout.plan import ABPlan, AnyPlan, CanaryPlan, PlanError, validate_plan
 from rollout.store.model import Command, EventRecord, RolloutRecord
@@ -185,6 +186,22 @@ class PromoteBody(_CommandBody):
 
 class EmptyBody(_CommandBody):
     """resume takes no fields."""
+
+
+# ---- the caller ----------------------------------------------------------------------------
+
+
+class Session(BaseModel):
+    """Who is asking: the role of the presented token, so a client offers only what it may do."""
+
+    role: Role = Field(
+        description="viewer reads; operator also submits, pauses, resumes, promotes and "
+        "aborts. An open API (no tokens configured) answers operator."
+    )
+    auth: bool = Field(
+        description="Whether the API checks tokens; false: an open API, which listens on "
+        "loopback only."
+    )
 
 
 # ---- health --------------------------------------------------------------------------------

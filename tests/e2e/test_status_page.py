@@ -7,8 +7,13 @@ the current step, the chart's lines for both arms with points and step markers, 
 numbers; then both rollouts end and the page shows their final phases without a reload, and
 says so when the controller goes away. Every request the browser made stayed on loopback.
 
-Screenshots: ``test-artifacts/status-page.png`` (mid-rollout) on every run; with
-``ROLLOUT_DOCS_SCREENSHOT=1`` the same moment is also written to ``docs/status-page.png``.
+A second test steers a rollout from the page: a viewer's card offers no command; an operator's
+pauses, resumes and aborts a canary with long bakes, the destructive commands asking for a
+second click, and the card follows each change without a reload.
+
+Screenshots: ``test-artifacts/status-page.png`` (mid-rollout) and
+``test-artifacts/status-page-operator.png`` (an abort waiting for its confirmation) on every run;
+with ``ROLLOUT_DOCS_SCREENSHOT=1`` the first is also written to ``docs/status-page.png``.
 """
 
 from __future__ import annotations
@@ -70,14 +75,14 @@ def create_endpoint(admin: httpx.Client, name: str, candidate_error_rate: float)
     assert response.status_code == 201, response.text
 
 
-def plan(endpoint: str, label: str) -> dict[str, Any]:
+def plan(endpoint: str, label: str, bake: str = "8s") -> dict[str, Any]:
     return {
         "name": label,
         "endpoint": endpoint,
         "candidate": {"name": "model-2", "entity_name": "main.ml.model", "entity_version": "2",
                       "workload_size": "Small"},
         "strategy": "canary",
-        "steps": [{"weight": 20, "bake": "8s"}, {"weight": 50, "bake": "8s"}],
+        "steps": [{"weight": 20, "bake": bake}, {"weight": 50, "bake": bake}],
         "policy": POLICY,
     }
 
@@ -185,14 +190,15 @@ def chart_state(element: WebElement) -> dict[str, Any]:
     return {"lines": lines, "paths": paths, "markers": markers}
 
 
-def request_urls(driver: WebDriver) -> list[str]:
-    """Every URL the browser requested since the last call, but for its own start tab.
+def requests_made(driver: WebDriver) -> list[dict[str, Any]]:
+    """Every request (url, method, headers, postData) the browser made since the last call,
+    but for its own start tab.
 
     Headless Chromium opens its built-in new-tab page (chrome:// documents loading chrome://
     resources, never the network) before the test navigates; requests made by those documents
     are the browser's, not the status page's.
     """
-    urls = []
+    requests = []
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]
         if message.get("method") != "Network.requestWillBeSent":
@@ -200,16 +206,39 @@ def request_urls(driver: WebDriver) -> list[str]:
         params = message["params"]
         if str(params.get("documentURL", "")).startswith("chrome://"):
             continue
-        urls.append(params["request"]["url"])
-    return urls
+        requests.append(params["request"])
+    return requests
+
+
+def request_urls(driver: WebDriver) -> list[str]:
+    """Every URL the browser requested since the last call (see ``requests_made``)."""
+    return [request["url"] for request in requests_made(driver)]
+
+
+def assert_stayed_on_loopback(urls: list[str]) -> None:
+    schemes = {urlsplit(u).scheme for u in urls}
+    assert schemes <= {"http", "data"}, sorted(u for u in urls if not u.startswith("http:"))
+    hosts = {urlsplit(u).hostname for u in urls if urlsplit(u).scheme == "http"}
+    assert hosts == {"127.0.0.1"}, hosts
+
+
+def severe_browser_errors(driver: WebDriver) -> list[str]:
+    """The browser's errors, but for the 401s that ask for a token and a controller gone."""
+    return [entry["message"] for entry in driver.get_log("browser")
+            if entry["level"] == "SEVERE"
+            and not re.search(r"status of 401|ERR_CONNECTION_REFUSED", entry["message"])]
+
+
+def require_chromium() -> None:
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        pytest.fail("the status page test needs chromium and chromium-driver (.ci/run installs "
+                    "them)")
 
 
 def test_the_status_page_follows_rollouts_live(
     sandbox_process: str, daemon: tuple[str, subprocess.Popen[str]], browser: WebDriver,
 ) -> None:
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.fail("the status page test needs chromium and chromium-driver (.ci/run installs "
-                    "them)")
+    require_chromium()
     url, process = daemon
     with httpx.Client(base_url=f"{sandbox_process}/_sandbox/v1", timeout=10) as admin:
         create_endpoint(admin, "good-ep", 0.002)
@@ -355,14 +384,162 @@ def test_the_status_page_follows_rollouts_live(
 
     # Nothing left loopback; the page did use the API (list and series) and its own files.
     urls += request_urls(browser)
-    schemes = {urlsplit(u).scheme for u in urls}
-    assert schemes <= {"http", "data"}, sorted(u for u in urls if not u.startswith("http:"))
-    hosts = {urlsplit(u).hostname for u in urls if urlsplit(u).scheme == "http"}
-    assert hosts == {"127.0.0.1"}, hosts
+    assert_stayed_on_loopback(urls)
     paths = {urlsplit(u).path for u in urls}
     assert {"/", "/static/status.css", "/static/status.js", "/api/v1/rollouts",
             f"/api/v1/rollouts/{good}/series"} <= paths
-    severe = [entry["message"] for entry in browser.get_log("browser")
-              if entry["level"] == "SEVERE"
-              and not re.search(r"status of 401|ERR_CONNECTION_REFUSED", entry["message"])]
+    severe = severe_browser_errors(browser)
+    assert not severe, severe
+
+
+def log_in(driver: WebDriver, token: str) -> None:
+    """Give the page's token form a token and wait until the page has taken it."""
+    form = wait_for(driver, lambda: driver.find_element(By.ID, "login").is_displayed()
+                    and driver.find_element(By.ID, "login"), "the token form")
+    driver.find_element(By.ID, "token-input").send_keys(token)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_for(driver, lambda: not driver.find_element(By.ID, "login").is_displayed(),
+             "the page to take the token")
+
+
+def role_of_page(driver: WebDriver) -> str | None:
+    return driver.find_element(By.TAG_NAME, "body").get_attribute("data-role")
+
+
+def actions_of(driver: WebDriver, rollout_id: str) -> list[str]:
+    element = card(driver, rollout_id)
+    if element is None:
+        return []
+    return [button.get_attribute("data-action") or ""
+            for button in element.find_elements(By.CSS_SELECTOR, ".actions button[data-action]")]
+
+
+def button(driver: WebDriver, rollout_id: str, action: str) -> WebElement:
+    element = card(driver, rollout_id)
+    assert element is not None
+    return element.find_element(By.CSS_SELECTOR, f".actions button[data-action='{action}']")
+
+
+def press(driver: WebDriver, rollout_id: str, action: str) -> None:
+    """Click a command's button; a redraw between finding and clicking it is retried."""
+
+    def attempt() -> bool:
+        target = button(driver, rollout_id, action)
+        if not target.is_enabled():
+            return False  # a command of this card is in flight
+        target.click()
+        return True
+
+    wait_for(driver, attempt, f"the {action} button to take a click", 10)
+
+
+def status_line(driver: WebDriver, rollout_id: str) -> str:
+    element = card(driver, rollout_id)
+    assert element is not None
+    return element.find_element(By.CSS_SELECTOR, ".action-status").text
+
+
+def test_an_operator_steers_a_rollout_from_the_page(
+    sandbox_process: str, daemon: tuple[str, subprocess.Popen[str]], browser: WebDriver,
+) -> None:
+    require_chromium()
+    url, _process = daemon
+    with httpx.Client(base_url=f"{sandbox_process}/_sandbox/v1", timeout=10) as admin:
+        create_endpoint(admin, "steer-ep", 0.002)
+    headers = {"Authorization": f"Bearer {OPERATOR}"}
+    # Ten-minute bakes: the canary stays on its first step unless someone steers it.
+    response = httpx.post(f"{url}/api/v1/rollouts", json=plan("steer-ep", "steer-v2", "10m"),
+                          headers=headers, timeout=30)
+    assert response.status_code == 201, response.text
+    rollout = response.json()["id"]
+
+    def api_phase() -> str:
+        answer = httpx.get(f"{url}/api/v1/rollouts/{rollout}", headers=headers, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["phase"])
+
+    def both_say(phase: str) -> bool:
+        return phase_of(browser, rollout) == phase and api_phase() == phase
+
+    # A viewer watches the rollout and is offered no command.
+    browser.get(f"{url}/")
+    browser.execute_script("window.__sameDocument = true;")
+    log_in(browser, VIEWER)
+    wait_for(browser, lambda: role_of_page(browser) == "viewer" and both_say("progressing"),
+             "the viewer's page with the canary progressing", 45)
+    element = card(browser, rollout)
+    assert element is not None
+    assert not element.find_elements(By.CSS_SELECTOR, "button[data-action]")
+    assert not element.find_element(By.CSS_SELECTOR, ".actions").is_displayed()
+    assert not element.find_element(By.CSS_SELECTOR, ".action-status").is_displayed()
+    assert "viewer" in browser.find_element(By.ID, "session").text
+
+    # The same tab, with an operator's token instead: the commands of a progressing canary.
+    browser.find_element(By.ID, "forget-token").click()
+    log_in(browser, OPERATOR)
+    wait_for(browser, lambda: role_of_page(browser) == "operator"
+             and actions_of(browser, rollout) == ["pause", "promote", "promote_full", "abort"],
+             "the operator's buttons")
+    assert button(browser, rollout, "pause").get_attribute("aria-label") == (
+        "Pause rollout steer-v2 on steer-ep")
+    assert button(browser, rollout, "pause").get_attribute("type") == "button"
+    assert "operator" in browser.find_element(By.ID, "session").text
+
+    # Pause, then resume: each reaches the engine, and the card follows.
+    press(browser, rollout, "pause")
+    wait_for(browser, lambda: both_say("paused"), "the canary to pause", 30)
+    assert "pause requested" in status_line(browser, rollout)
+    wait_for(browser, lambda: actions_of(browser, rollout) == ["resume", "promote", "abort"],
+             "a paused canary's buttons")
+    press(browser, rollout, "resume")
+    wait_for(browser, lambda: both_say("progressing"), "the canary to resume", 30)
+    assert "resume requested" in status_line(browser, rollout)
+    wait_for(browser, lambda: actions_of(browser, rollout)
+             == ["pause", "promote", "promote_full", "abort"], "a progressing canary's buttons")
+
+    # A destructive command asks first; a question left unanswered lapses, sending nothing.
+    press(browser, rollout, "promote_full")
+    promote_full = button(browser, rollout, "promote_full")
+    assert promote_full.text == "Confirm promote fully?"
+    assert promote_full.get_attribute("data-confirming") == "true"
+    wait_for(browser, lambda: button(browser, rollout, "promote_full").text == "Promote fully",
+             "the unanswered confirmation to lapse", 10)
+    assert button(browser, rollout, "promote_full").get_attribute("data-confirming") == "false"
+
+    # Abort: the first click only asks, and the question survives the page's refresh.
+    press(browser, rollout, "abort")
+    abort = button(browser, rollout, "abort")
+    assert abort.text == "Confirm abort?"
+    assert (abort.get_attribute("aria-label") or "").startswith("Confirm: abort rollout steer-v2")
+    out = ROOT / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(out / "status-page-operator.png"))
+    detail = browser.find_element(By.ID, "connection-detail").text
+    wait_for(browser, lambda: browser.find_element(By.ID, "connection-detail").text != detail,
+             "a refresh of the page", 4)
+    assert button(browser, rollout, "abort").text == "Confirm abort?"
+    assert api_phase() == "progressing"
+    assert phase_of(browser, rollout) == "progressing"
+    press(browser, rollout, "abort")
+    wait_for(browser, lambda: both_say("aborted"), "the canary to be aborted", 45)
+    assert browser.execute_script("return window.__sameDocument === true"), "no reload"
+    assert actions_of(browser, rollout) == []
+    assert "abort requested" in status_line(browser, rollout)
+    element = card(browser, rollout)
+    assert element is not None
+    assert element.find_element(By.CSS_SELECTOR, ".phase").text.endswith("aborted")
+
+    # Exactly the three commands sent, as JSON with the operator's token; nothing left loopback.
+    requests = requests_made(browser)
+    posts = [(urlsplit(r["url"]).path, r.get("postData"),
+              {k.lower(): v for k, v in r["headers"].items()}) for r in requests
+             if r["method"] == "POST"]
+    assert [(path, body) for path, body, _ in posts] == [
+        (f"/api/v1/rollouts/{rollout}/{action}", "{}") for action in ("pause", "resume", "abort")]
+    for _path, _body, sent in posts:
+        assert sent["content-type"] == "application/json"
+        assert sent["authorization"] == f"Bearer {OPERATOR}"
+    assert_stayed_on_loopback([r["url"] for r in requests])
+    assert "/api/v1/session" in {urlsplit(r["url"]).path for r in requests}
+    severe = severe_browser_errors(browser)
     assert not severe, severe

@@ -708,6 +708,36 @@ async def test_roles(harness: Harness, sandbox_admin: httpx.Client) -> None:
     assert len(harness.store.pending_commands(rollout_id)) == 1
 
 
+async def test_session_says_the_role_of_the_presented_token(harness: Harness) -> None:
+    app = harness.app(tokens=TOKENS)
+    async with asgi(app) as anonymous, asgi(app, VIEWER) as viewer, \
+            asgi(app, OPERATOR) as operator, asgi(app, "guessed-token") as stranger:
+        for client, role in ((operator, "operator"), (viewer, "viewer")):
+            response = await client.get("/api/v1/session")
+            assert response.status_code == 200, response.text
+            assert response.json() == {"role": role, "auth": True}
+        for client in (anonymous, stranger):
+            response = await client.get("/api/v1/session")
+            assert_error(response, 401, "unauthenticated")
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+        basic = await anonymous.get("/api/v1/session", headers={"Authorization": "Basic eDp5"})
+        assert_error(basic, 401, "unauthenticated")
+        # Near misses: the configuration item rather than the token, another case, a prefix.
+        for wrong in (f"{OPERATOR}:operator", OPERATOR.upper(), VIEWER[:-1]):
+            response = await anonymous.get(
+                "/api/v1/session", headers={"Authorization": f"Bearer {wrong}"})
+            assert_error(response, 401, "unauthenticated")
+
+
+async def test_session_of_an_open_api_is_an_operator_without_auth(harness: Harness) -> None:
+    app = harness.app()
+    async with asgi(app) as anonymous, asgi(app, "any-token-at-all") as bearer:
+        for client in (anonymous, bearer):
+            response = await client.get("/api/v1/session")
+            assert response.status_code == 200, response.text
+            assert response.json() == {"role": "operator", "auth": False}
+
+
 def test_token_specs() -> None:
     table = parse_tokens(SecretStr(" a:operator , b:viewer,c:d:viewer,"))
     assert len(table) == 3
@@ -840,7 +870,7 @@ async def test_the_openapi_document_is_valid_and_describes_the_api(harness: Harn
         "/api/v1/rollouts", "/api/v1/rollouts/{rollout_id}", "/api/v1/rollouts/{rollout_id}/events",
         "/api/v1/rollouts/{rollout_id}/pause", "/api/v1/rollouts/{rollout_id}/resume",
         "/api/v1/rollouts/{rollout_id}/promote", "/api/v1/rollouts/{rollout_id}/abort",
-        "/healthz", "/readyz", "/metrics",
+        "/api/v1/session", "/healthz", "/readyz", "/metrics",
     }
     submit = paths["/api/v1/rollouts"]["post"]
     assert set(submit["requestBody"]["content"]) == {
@@ -861,6 +891,16 @@ async def test_the_openapi_document_is_valid_and_describes_the_api(harness: Harn
                for s in document["components"]["securitySchemes"].values())
     assert "security" in paths["/api/v1/rollouts"]["get"]
     assert "security" not in paths["/healthz"]["get"]
+    session = paths["/api/v1/session"]["get"]
+    assert session["summary"]
+    assert "security" in session
+    assert session["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Session"}
+    assert session["responses"]["401"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorResponse"}
+    assert schemas["Session"]["required"] == ["role", "auth"]
+    assert schemas["Session"]["properties"]["role"]["enum"] == ["viewer", "operator"]
+    assert schemas["Session"]["properties"]["auth"]["type"] == "boolean"
 
 
 async def test_an_open_api_declares_no_security(harness: Harness) -> None:
@@ -868,6 +908,7 @@ async def test_an_open_api_declares_no_security(harness: Harness) -> None:
         document = (await api.get("/openapi.json")).json()
     validate_openapi(document)
     assert "security" not in document["paths"]["/api/v1/rollouts"]["post"]
+    assert "security" not in document["paths"]["/api/v1/session"]["get"]
 
 
 # ---- never a 500 for bad input ---------------------------------------------------------------

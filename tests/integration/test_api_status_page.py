@@ -1,7 +1,8 @@
 """The status page's side of the API, in process (ASGI) over a real SQLite store: the series
 route (windows per arm from the stored tracker, split changes from the event log, limits,
 unknown ids, auth) and the page itself (served with the right types and headers, open without
-a token, and pointing at nothing but the controller)."""
+a token, pointing at nothing but the controller, and sending commands through the API's routes
+from real buttons only)."""
 
 from __future__ import annotations
 
@@ -361,3 +362,20 @@ def test_the_page_points_at_nothing_but_the_controller() -> None:
     assert script.count("fetch(") == 1
     for forbidden in ("eval(", "new Function", "innerHTML", "document.write", "import("):
         assert forbidden not in script, forbidden
+
+
+def test_the_script_offers_commands_through_the_api_and_buttons_only() -> None:
+    files = shipped_files()
+    script, page = files["status.js"], files["index.html"]
+    # The role decides whether there are buttons; the commands are the API's command routes.
+    assert 'api("/api/v1/session")' in script
+    assert set(re.findall(r"""\bpath:\s*["']([a-z_]+)["']""", script)) == {
+        "pause", "resume", "promote", "abort"}
+    assert re.search(r"""el\(\s*"button",\s*\{\s*type:\s*"button",[^}]*"data-action":""",
+                     script)
+    assert 'method = "POST"' in script
+    assert '"Content-Type"] = "application/json"' in script
+    # A second click confirms, not a dialog; no handler is inline (the CSP would block it).
+    assert not re.search(r"\b(?:confirm|alert|prompt)\(", script)
+    assert not re.search(r"""(?i)\son[a-z]+\s*=""", page)
+    assert not re.search(r"""setAttribute\(\s*["']on""", script)

@@ -5,6 +5,12 @@
 // seconds. Only parts whose data changed are rebuilt, so nothing flickers and the reading
 // position stays put. Every string from the API goes into the page as text, never as markup.
 // Nothing here loads from anywhere but the controller that served the page.
+//
+// Operators also steer rollouts from here: GET /api/v1/session says what the token may do, and
+// an operator's card of an active rollout offers the commands of its phase, sent like the
+// CLI's (POST /api/v1/rollouts/{id}/pause|resume|promote|abort). The engine applies them at
+// its next look; the card shows the new phase at the next refresh, which the page asks for at
+// once.
 (function () {
   "use strict";
 
@@ -45,6 +51,32 @@
   ];
   const ARMS = ["candidate", "baseline"];
   const MAX_POINT_MARKERS = 90;
+  // The commands, keyed by data-action (the API's command kinds). A destructive one asks for
+  // a second click within CONFIRM_MS instead of a dialog; `says` names the command with its
+  // rollout, for screen readers.
+  const ACTIONS = {
+    pause: { label: "Pause", word: "pause", path: "pause", body: {},
+      says: (name) => "pause " + name, title: "Hold the rollout at its current step" },
+    resume: { label: "Resume", word: "resume", path: "resume", body: {},
+      says: (name) => "resume " + name,
+      title: "Resume the rollout, re-asserting its current step" },
+    promote: { label: "Promote", word: "promote", path: "promote", body: {},
+      says: (name) => "promote " + name + " to its next step", title: "Skip to the next step" },
+    promote_full: { label: "Promote fully", word: "promote fully", path: "promote",
+      body: { full: true }, confirm: true, says: (name) => "promote " + name + " fully, to 100 %",
+      title: "Send all traffic to the candidate now" },
+    abort: { label: "Abort", word: "abort", path: "abort", body: {}, confirm: true,
+      says: (name) => "abort " + name,
+      title: "Roll back to the baseline and end the rollout as aborted" },
+  };
+  // What each phase may be told; promoting and rolling back run to their end.
+  const OFFERED = {
+    pending: ["abort"],
+    preparing: ["abort"],
+    progressing: ["pause", "promote", "promote_full", "abort"],
+    paused: ["resume", "promote", "abort"],
+  };
+  const CONFIRM_MS = 5000;
 
   const byId = (id) => document.getElementById(id);
   const SVG_NS = byId("svg-proto").namespaceURI;
@@ -57,6 +89,8 @@
   let lastSuccess = null;
   let failingSince = null;
   let waitingForToken = false;
+  let again = false; // a refresh was asked for while one ran: run another right after it
+  let session = null; // {role, auth} of the current token; null: not known yet
 
   class ApiError extends Error {
     constructor(status, body) {
@@ -91,18 +125,28 @@
       // Storage disabled: keep it in memory only.
     }
     byId("forget-token").hidden = !value;
+    // Another token may have another role: ask again before offering anything.
+    showSession(null);
   }
 
-  async function api(path) {
+  // GET by default; with `body`, a POST of that body as JSON.
+  async function api(path, body) {
     const headers = { Accept: "application/json" };
     if (token) {
       headers.Authorization = "Bearer " + token;
     }
+    const init = { headers, cache: "no-store" };
+    if (body !== undefined) {
+      init.method = "POST";
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
     const abort = new AbortController();
+    init.signal = abort.signal;
     const timeout = window.setTimeout(() => abort.abort(), REQUEST_TIMEOUT_MS);
     let response;
     try {
-      response = await fetch(path, { headers, cache: "no-store", signal: abort.signal });
+      response = await fetch(path, init);
     } catch (error) {
       throw new Unreachable(error && error.name === "AbortError"
         ? "no answer within " + REQUEST_TIMEOUT_MS / 1000 + " s" : "connection failed");
@@ -142,18 +186,53 @@
     }
   }
 
+  async function loadSession() {
+    const asked = token;
+    let answer = null;
+    try {
+      answer = await api("/api/v1/session");
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) {
+        throw error;
+      }
+      // No commands offered until the role is known; the next refresh asks again.
+      return;
+    }
+    if (token === asked) {
+      showSession({ role: answer.role === "operator" ? "operator" : "viewer",
+        auth: answer.auth !== false });
+    }
+  }
+
+  function showSession(value) {
+    session = value;
+    const box = byId("session");
+    if (value) {
+      document.body.dataset.role = value.role;
+      box.textContent = value.auth ? value.role + " token" +
+        (value.role === "viewer" ? ", read only" : "") : "open API, no token needed";
+    } else {
+      delete document.body.dataset.role;
+    }
+    box.hidden = !value;
+  }
+
   // ---- the refresh loop --------------------------------------------------------------------
 
   function schedule() {
     window.clearTimeout(timer);
+    const soon = again;
+    again = false;
     if (waitingForToken) {
       return;
     }
-    timer = window.setTimeout(refresh, document.hidden ? HIDDEN_REFRESH_MS : REFRESH_MS);
+    timer = window.setTimeout(refresh, soon ? 0 : document.hidden ? HIDDEN_REFRESH_MS
+      : REFRESH_MS);
   }
 
   async function refresh() {
     if (busy) {
+      again = true;
       return;
     }
     busy = true;
@@ -169,6 +248,9 @@
       }
       const rollouts = ordered([...byRollout.values()]);
       const series = await Promise.all(rollouts.map(loadSeries));
+      if (!session) {
+        await loadSession();
+      }
       byId("login").hidden = true;
       render(rollouts, series, (recent.rollouts || []).length >= RECENT);
       lastSuccess = new Date();
@@ -221,6 +303,9 @@
     byId("summary").hidden = true;
     byId("empty").hidden = true;
     byId("rollouts").replaceChildren();
+    for (const card of cards.values()) {
+      window.clearTimeout(card.confirmTimer);
+    }
     cards.clear();
     seriesCache.clear();
     setConnection("auth", "Token needed", "the API answered 401 Unauthorized");
@@ -260,6 +345,7 @@
     });
     for (const [id, card] of cards) {
       if (!seen.has(id)) {
+        window.clearTimeout(card.confirmTimer);
         card.root.remove();
         cards.delete(id);
         seriesCache.delete(id);
@@ -302,20 +388,39 @@
     const details = el("div", { class: "details" });
     const card = {
       root,
+      rollout,
       title: el("h2", { class: "title", id: "title-" + rollout.id }),
+      actions: el("div", { class: "actions", role: "group", hidden: "" }),
       phase: el("p", { class: "phase" }),
+      actionStatus: el("p", { class: "action-status", role: "status", hidden: "" }),
       facts: el("dl", { class: "facts" }),
       progress: el("div", { class: "progress" }),
       note: el("p", { class: "note" }),
       verdict: el("section", { class: "verdict" }),
       chart: el("figure", { class: "chart" }),
       signatures: {},
+      buttons: new Map(), // data-action -> button
+      confirming: null, // the action waiting for its second click
+      confirmTimer: null,
+      sending: null, // the action in flight
+      outcome: null, // {text, state} of the last action
     };
     card.verdict.setAttribute("aria-label", "Last verdict");
-    head.append(card.title, card.phase);
+    card.actions.addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-action]");
+      if (button) {
+        act(card, button.dataset.action);
+      }
+    });
+    card.actions.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && card.confirming) {
+        setConfirming(card, null);
+      }
+    });
+    head.append(card.title, el("div", { class: "head-side" }, card.actions, card.phase));
     details.append(card.facts, card.progress, card.note, card.verdict);
     body.append(details, card.chart);
-    root.append(head, body);
+    root.append(head, card.actionStatus, body);
     return card;
   }
 
@@ -330,6 +435,7 @@
   }
 
   function updateCard(card, rollout, series) {
+    card.rollout = rollout;
     card.root.dataset.phase = rollout.phase;
     part(card, "title", [rollout.endpoint, rollout.name], () => {
       card.title.replaceChildren(
@@ -357,6 +463,8 @@
     });
     part(card, "verdict", [rollout.last_verdict], () => renderVerdict(card.verdict, rollout));
     part(card, "chart", [series, rollout.phase], () => renderChart(card.chart, rollout, series));
+    part(card, "actions", [session && session.role, rollout.phase, rollout.endpoint,
+      rollout.name], () => renderActions(card, rollout));
   }
 
   function factsInputs(rollout) {
@@ -536,6 +644,123 @@
       el("span", { class: "glyph", "aria-hidden": "true" }, glyph), word);
     badge.dataset.outcome = outcome || "unknown";
     return badge;
+  }
+
+  // ---- commands ----------------------------------------------------------------------------
+
+  // The buttons of the card's phase, for operators only. Rebuilt when the phase changes; a
+  // pending confirmation or a command in flight is card state, carried over to the new buttons.
+  function renderActions(card, rollout) {
+    const offered = session && session.role === "operator" ? OFFERED[rollout.phase] || [] : [];
+    const focused = card.actions.contains(document.activeElement)
+      ? document.activeElement.dataset.action : null;
+    if (card.confirming && !offered.includes(card.confirming)) {
+      setConfirming(card, null);
+    }
+    const subject = rolloutName(rollout);
+    card.actions.setAttribute("aria-label", "Commands for " + subject);
+    card.buttons = new Map();
+    for (const action of offered) {
+      const spec = ACTIONS[action];
+      const button = el("button", { type: "button", class: "action", "data-action": action,
+        title: spec.title }, spec.label);
+      if (spec.confirm) {
+        button.classList.add("danger");
+      }
+      card.buttons.set(action, button);
+    }
+    card.actions.replaceChildren(...card.buttons.values());
+    card.actions.hidden = offered.length === 0;
+    syncActions(card);
+    if (focused) {
+      // Keyboard users stay in the card: on the same command if it is still offered.
+      const next = card.buttons.get(focused) || card.buttons.values().next().value;
+      if (next) {
+        next.focus();
+      }
+    }
+  }
+
+  // Labels, confirmation and disabled state of the buttons, and the status line; only what
+  // differs is written.
+  function syncActions(card) {
+    const subject = rolloutName(card.rollout);
+    for (const [action, button] of card.buttons) {
+      const spec = ACTIONS[action];
+      const asking = card.confirming === action;
+      const says = spec.says(subject);
+      setText(button, asking ? "Confirm " + spec.word + "?" : spec.label);
+      setAttribute(button, "aria-label", asking ? "Confirm: " + says
+        : says.charAt(0).toUpperCase() + says.slice(1));
+      setAttribute(button, "data-confirming", asking ? "true" : "false");
+      if (button.disabled !== Boolean(card.sending)) {
+        button.disabled = Boolean(card.sending);
+      }
+    }
+    let line = card.outcome || { text: "", state: "" };
+    if (card.sending) {
+      line = { text: "Sending " + ACTIONS[card.sending].word + "\u2026", state: "busy" };
+    } else if (card.confirming) {
+      line = { text: "Press \u201cConfirm " + ACTIONS[card.confirming].word + "?\u201d within " +
+        CONFIRM_MS / 1000 + " s to go ahead.", state: "confirm" };
+    }
+    setText(card.actionStatus, line.text);
+    setAttribute(card.actionStatus, "data-state", line.state);
+    card.actionStatus.hidden = !line.text;
+  }
+
+  function act(card, action) {
+    const spec = ACTIONS[action];
+    if (!spec || card.sending || !card.buttons.has(action)) {
+      return;
+    }
+    if (spec.confirm && card.confirming !== action) {
+      setConfirming(card, action);
+      return;
+    }
+    setConfirming(card, null);
+    send(card, action);
+  }
+
+  function setConfirming(card, action) {
+    window.clearTimeout(card.confirmTimer);
+    card.confirming = action;
+    card.confirmTimer = action
+      ? window.setTimeout(() => setConfirming(card, null), CONFIRM_MS) : null;
+    syncActions(card);
+  }
+
+  async function send(card, action) {
+    const spec = ACTIONS[action];
+    const rollout = card.rollout;
+    // Disabling the pressed button takes the focus away; it is given back afterwards.
+    const hadFocus = card.actions.contains(document.activeElement);
+    card.sending = action;
+    syncActions(card);
+    try {
+      await api("/api/v1/rollouts/" + encodeURIComponent(rollout.id) + "/" + spec.path,
+        spec.body);
+      card.outcome = { text: spec.word + " requested at " + clock(new Date()), state: "ok" };
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 403) {
+        showSession(null); // the token's role is not what the page was told: ask again
+      }
+      card.outcome = { text: spec.word + (error instanceof ApiError ? " refused: " : " failed: ") +
+        error.message, state: "error" };
+    } finally {
+      card.sending = null;
+      syncActions(card);
+      const button = card.buttons.get(action);
+      const lost = !document.activeElement || document.activeElement === document.body;
+      if (hadFocus && lost && button && button.isConnected) {
+        button.focus();
+      }
+    }
+    refresh();
+  }
+
+  function rolloutName(rollout) {
+    return "rollout " + (rollout.name ? rollout.name + " " : "") + "on " + rollout.endpoint;
   }
 
   // ---- the chart ---------------------------------------------------------------------------
@@ -846,6 +1071,18 @@
     }
     node.append(...children.filter((child) => child !== "" && child !== null));
     return node;
+  }
+
+  function setText(node, text) {
+    if (node.textContent !== text) {
+      node.textContent = text;
+    }
+  }
+
+  function setAttribute(node, name, text) {
+    if (node.getAttribute(name) !== text) {
+      node.setAttribute(name, text);
+    }
   }
 
   function svg(tag, attributes, text) {
