@@ -84,9 +84,24 @@ def sandbox(
 @app.command()
 def validate(
     plan_file: Annotated[Path, typer.Argument(help="The plan, YAML or JSON.")],
+    policy_dir: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--policy-dir",
+            help="A directory of <name>.yaml policies besides the built-in ones and "
+            "ROLLOUT_ENGINE_POLICY_DIRS (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Check a plan offline: every problem is listed with the field it concerns."""
     from rollout.plan import CanaryPlan, PlanError, describe_steps, load_plan  # noqa: PLC0415
+    from rollout.policies import PolicyLibrary  # noqa: PLC0415
+
+    try:
+        library = PolicyLibrary.from_path_list(_settings().engine.policy_dirs, *(policy_dir or []))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
     try:
         text = plan_file.read_text(encoding="utf-8")
@@ -95,7 +110,7 @@ def validate(
         raise typer.Exit(2) from exc
     content_type = "application/json" if plan_file.suffix == ".json" else None
     try:
-        plan, policy = load_plan(text, content_type=content_type)
+        plan, policy = load_plan(text, content_type=content_type, library=library)
     except PlanError as exc:
         typer.echo(f"{plan_file}: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -118,10 +133,18 @@ def engine(
     Configured by the environment: ROLLOUT_STORE_URL, DATABRICKS_HOST and credentials,
     ROLLOUT_ENGINE_* timings. SIGTERM or Ctrl-C stops it after the updates in flight.
     """
-    from rollout.engine.service import run_engine  # noqa: PLC0415 -- keeps other commands light
+    # Imported here: keeps the other commands light.
+    from rollout.alerts.dispatcher import parse_channels  # noqa: PLC0415
+    from rollout.engine.service import run_engine  # noqa: PLC0415
 
+    settings = _settings()
     try:
-        asyncio.run(run_engine(_settings(), until_idle=until_idle))
+        channels = parse_channels(settings.alerts.channels)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        asyncio.run(run_engine(settings, until_idle=until_idle, default_channels=channels))
     except ConfigurationProblem as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

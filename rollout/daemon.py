@@ -2,13 +2,15 @@
 
 Where this sits: at the top. It builds every I/O handle from ``Settings`` (store, serving client,
 metrics registry, alert HTTP client), wires them into the runner, the reconcile loop, the alert
-dispatcher and the HTTP API, and runs three named root tasks:
+dispatcher and the HTTP API, and runs them:
 
-- ``api``: uvicorn serving ``rollout.api`` (plans in, rollouts and metrics out);
-- ``scheduler``: the reconcile loop that drives every active rollout;
-- ``outbox``: the alert dispatcher delivering what the engine wrote to the outbox.
+- ``api``: uvicorn serving ``rollout.api`` (plans in, rollouts and metrics out), a root task;
+- ``outbox``: the alert dispatcher delivering what the engine wrote to the outbox, a root task;
+- the reconcile loop that drives every active rollout: an APScheduler job on the same event
+  loop (``rollout.engine.scheduler``), which catches every reconcile's failure itself; if the
+  scheduler is not running, ``/readyz`` says so.
 
-If one root task dies the others are stopped and the process exits non-zero. SIGTERM or SIGINT
+If a root task dies the other is stopped and the process exits non-zero. SIGTERM or SIGINT
 shuts down in stages: stop taking work (no new scans), let the reconciles
 in flight finish (a config update in flight settles or is left to the next start, which is safe
 either way), deliver the alerts that can be delivered, stop the API, close clients and store,
@@ -77,6 +79,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         tokens = settings.api.tokens.get_secret_value() if settings.api.tokens else None
         check_bind(settings.api.host, tokens)
         default_channels = parse_channels(settings.alerts.channels)
+        library = PolicyLibrary.from_path_list(settings.engine.policy_dirs)
     except ValueError as exc:
         raise ConfigurationProblem(str(exc)) from exc
     try:
@@ -129,7 +132,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         store=store,
         client=client,
         clock=clock,
-        library=PolicyLibrary(),
+        library=library,
         registry=registry,
         settings=settings.api,
         ready=ready,

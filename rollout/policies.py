@@ -7,6 +7,7 @@ rollout, so editing a policy file later never changes a rollout already running.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -61,6 +62,22 @@ class PolicyLibrary:
                     raise ValueError(f"{path}: a policy file must hold a mapping")
                 return Policy.model_validate({"name": name, **dict(data)})
         raise PolicyNotFoundError(name, self.names())
+
+    @classmethod
+    def with_directories(cls, extra: Iterable[Path | str]) -> PolicyLibrary:
+        """The built-in policies and those of ``extra`` (later directories win, so a team's
+        ``default.yaml`` replaces the built-in one); every directory must exist."""
+        directories = [Path(item).expanduser() for item in extra if str(item).strip()]
+        missing = [str(path) for path in directories if not path.is_dir()]
+        if missing:
+            raise ValueError(f"policy directory not found: {', '.join(missing)}")
+        return cls([builtin_policy_dir(), *directories])
+
+    @classmethod
+    def from_path_list(cls, text: str, *more: Path) -> PolicyLibrary:
+        """``with_directories`` of a PATH-style list (``dir1:dir2``; ``;`` on Windows), then
+        ``more``."""
+        return cls.with_directories([*(text.split(os.pathsep) if text.strip() else []), *more])
 
     def resolve(self, ref: str | Mapping[str, Any]) -> Policy:
         """A name from the library, or an inline mapping validated as a policy."""

@@ -68,11 +68,6 @@ class ServingSettings(BaseSettings):
     retry_max_backoff: float = Field(
         default=20.0, gt=0, description="Upper bound, in seconds, of one backoff sleep."
     )
-    update_deadline: float = Field(
-        default=45 * 60.0,
-        gt=0,
-        description="Seconds a config update may stay IN_PROGRESS before we stop waiting.",
-    )
     update_poll_interval: float = Field(
         default=5.0, gt=0, description="Seconds between polls while an update is in progress."
     )
@@ -93,10 +88,17 @@ class EngineSettings(BaseSettings):
         default=5.0, gt=0, description="Seconds between looks while a config update runs."
     )
     update_deadline: float = Field(
-        default=45 * 60.0, gt=0, description="Seconds before an unsettled update counts as failed."
+        default=45 * 60.0,
+        gt=0,
+        description="Seconds a config update may stay IN_PROGRESS before it counts as failed.",
     )
     max_put_attempts: int = Field(
         default=3, ge=1, description="PUTs of one config before the engine gives up on it."
+    )
+    policy_dirs: str = Field(
+        default="",
+        description="Directories of <name>.yaml policies besides the built-in ones, separated "
+        "like PATH (':'); a later directory's policy replaces an earlier one of the same name.",
     )
     step_deadline_factor: float = Field(
         default=3.0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Sequence
 
 import structlog
 
@@ -19,6 +20,7 @@ from rollout.engine.model import TERMINAL_PHASES, Phase
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
 from rollout.errors import ConfigurationProblem
+from rollout.plan import AlertChannel
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import ServingError
 from rollout.settings import EngineSettings, Settings
@@ -41,7 +43,18 @@ def timing_from(settings: EngineSettings) -> Timing:
     )
 
 
-async def run_engine(settings: Settings, *, until_idle: bool = False) -> None:
+async def run_engine(
+    settings: Settings,
+    *,
+    until_idle: bool = False,
+    default_channels: Sequence[AlertChannel] = (),
+) -> None:
+    """Reconcile every active rollout until SIGTERM/SIGINT (or, ``until_idle``, none is left).
+
+    Alerts go to the outbox with the plan's channels and ``default_channels`` (the caller
+    parses ``ROLLOUT_ALERTS_CHANNELS``), as under ``rollout serve``; this process does not
+    deliver them: a ``rollout serve`` on the same store does.
+    """
     configure_logging(settings.log)
     try:
         store = open_store(settings.store.url)
@@ -54,7 +67,13 @@ async def run_engine(settings: Settings, *, until_idle: bool = False) -> None:
     except ServingError as exc:
         store.close()
         raise ConfigurationProblem(str(exc)) from exc
-    runner = Runner(store, client, clock=clock, timing=timing_from(settings.engine))
+    runner = Runner(
+        store,
+        client,
+        clock=clock,
+        timing=timing_from(settings.engine),
+        default_channels=default_channels,
+    )
     reconciler = Reconciler(
         runner,
         store,

@@ -144,7 +144,6 @@ class ServingClient:
             retry=RetryPolicy.from_settings(serving),
             timeout=serving.request_timeout,
             poll_interval=serving.update_poll_interval,
-            update_deadline=serving.update_deadline,
             on_response=on_response,
         )
 

@@ -84,6 +84,8 @@ def engine_env(url: str, store_url: str, token: str) -> dict[str, Any]:
         "ROLLOUT_SERVING_UPDATE_POLL_INTERVAL": "0.25",
         "ROLLOUT_SERVING_RETRY_INITIAL_BACKOFF": "0.1",
         "ROLLOUT_LOG_FORMAT": "json",
+        # Nothing listens there: `rollout engine` only writes alerts to the outbox.
+        "ROLLOUT_ALERTS_CHANNELS": '[{"type": "webhook", "url": "http://127.0.0.1:9/hook"}]',
     })
     return env
 
@@ -143,6 +145,12 @@ def test_engine_killed_at_random_points_finishes_every_rollout_once(
         assert applied == expected, f"{rollout_id}: each step applied exactly once"
         steps_judged = {e.data["step"] for e in events if e.kind == "verdict"}
         assert steps_judged == set(range(len(expected))), "no step skipped its judgement"
+
+    # The engine queued its alerts for the default channel, for a `rollout serve` to deliver.
+    queued = store.claim_alerts(now=time.time() + 3600, limit=100, lease_seconds=60)
+    assert ("regressed", "rolled_back", "webhook") in {
+        (a.rollout_id, a.payload["event"], a.payload["channel"]["type"]) for a in queued
+    }, [(a.rollout_id, a.payload.get("event")) for a in queued]
 
     with httpx.Client(base_url=sandbox_process, timeout=10,
                       headers={"Authorization": f"Bearer {sandbox_token}"}) as api:

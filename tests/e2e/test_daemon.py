@@ -157,7 +157,12 @@ def test_daemon_end_to_end(sandbox_process: str, sandbox_token: str, receiver: R
         create_endpoint(admin, "good-ep", 0.002)
         create_endpoint(admin, "bad-ep", 0.25)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_", "ROLLOUT_"))}
+    # The regressed plan names its policy; the daemon finds it in a policy directory.
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "e2e-named.yaml").write_text(json.dumps({**POLICY, "name": "e2e-named"}))
     env.update({
+        "ROLLOUT_ENGINE_POLICY_DIRS": str(policies),
         "DATABRICKS_HOST": sandbox_process,
         "DATABRICKS_TOKEN": sandbox_token,
         "ROLLOUT_STORE_URL": f"sqlite:///{tmp_path / 'rollout.db'}",
@@ -188,7 +193,7 @@ def test_daemon_end_to_end(sandbox_process: str, sandbox_token: str, receiver: R
     assert response.status_code == 201, response.text
     good = response.json()["id"]
     plan_file = tmp_path / "bad.yaml"
-    plan_file.write_text(json.dumps(plan("bad-ep")))
+    plan_file.write_text(json.dumps({**plan("bad-ep"), "policy": "e2e-named"}))
     cli = subprocess.run(
         [sys.executable, "-m", "rollout.cli", "submit", str(plan_file), "--server", url],
         capture_output=True, text=True, timeout=60, check=False, env=env,
@@ -196,6 +201,9 @@ def test_daemon_end_to_end(sandbox_process: str, sandbox_token: str, receiver: R
     assert cli.returncode == 0, cli.stdout + cli.stderr
     bad = cli.stdout.strip().splitlines()[-1].strip()
     assert re.fullmatch(r"[0-9a-f]{6,}", bad), cli.stdout
+    stored = httpx.get(f"{url}/api/v1/rollouts/{bad}", timeout=10).json()
+    assert stored["policy"] == "e2e-named", stored.get("policy")
+    assert stored["plan"]["policy"]["checks"], "resolved from the directory and stored inline"
 
     # Watch the good one move, then kill the daemon mid-rollout.
     weights = []

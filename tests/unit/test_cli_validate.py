@@ -39,3 +39,59 @@ def test_unreadable_file_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["validate", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2
     assert "cannot read" in result.output
+
+
+TEAM_POLICY = """\
+description: the team's own
+checks:
+  - {metric: error_rate, compare: baseline, max_ratio: 1.5}
+"""
+
+
+def _plan_with_policy(tmp_path: Path, policy: str) -> Path:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "endpoint: ads\nstrategy: canary\ncandidate: {entity_name: m, entity_version: 1}\n"
+        f"steps: [{{weight: 20, bake: 1m}}]\npolicy: {policy}\n"
+    )
+    return plan
+
+
+def test_a_policy_directory_adds_named_policies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ROLLOUT_ENGINE_POLICY_DIRS", raising=False)
+    team = tmp_path / "team-policies"
+    team.mkdir()
+    (team / "team.yaml").write_text(TEAM_POLICY)
+    plan = _plan_with_policy(tmp_path, "team")
+    unknown = CliRunner().invoke(app, ["validate", str(plan)])
+    assert unknown.exit_code == 1
+    assert "unknown policy 'team'" in unknown.output
+    assert "default" in unknown.output, "the error lists the policies there are"
+
+    by_flag = CliRunner().invoke(app, ["validate", str(plan), "--policy-dir", str(team)])
+    assert by_flag.exit_code == 0, by_flag.output
+    assert "policy team" in by_flag.output
+
+    monkeypatch.setenv("ROLLOUT_ENGINE_POLICY_DIRS", str(team))
+    by_setting = CliRunner().invoke(app, ["validate", str(plan)])
+    assert by_setting.exit_code == 0, by_setting.output
+
+
+def test_a_later_policy_directory_wins_and_a_missing_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ROLLOUT_ENGINE_POLICY_DIRS", raising=False)
+    team = tmp_path / "team-policies"
+    team.mkdir()
+    (team / "default.yaml").write_text(TEAM_POLICY)
+    plan = _plan_with_policy(tmp_path, "default")
+    result = CliRunner().invoke(app, ["validate", str(plan), "--policy-dir", str(team)])
+    assert result.exit_code == 0, result.output
+    assert "1 checks" in result.output, "the team's default replaced the built-in one"
+
+    missing = CliRunner().invoke(app, ["validate", str(plan), "--policy-dir",
+                                       str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2
+    assert "policy directory not found" in missing.output
