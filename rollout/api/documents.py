@@ -130,6 +130,11 @@ def _members(
             issues.append(
                 PlanIssue(field=path or "(plan)", message="a key contains a NUL character")
             )
+        elif not _encodable(key):
+            # YAML's "\ud800" escapes give lone surrogates: no JSON (nor store) can hold them.
+            issues.append(
+                PlanIssue(field=path or "(plan)", message="a key is not valid Unicode")
+            )
         else:
             members.append((item, f"{path}.{key}" if path else key, depth + 1))
     return members
@@ -141,8 +146,18 @@ def _scalar_problem(value: object) -> str | None:
     if isinstance(value, float):
         return None if math.isfinite(value) else "not a finite number"
     if isinstance(value, str):
-        return "contains a NUL character" if "\x00" in value else None
+        if "\x00" in value:
+            return "contains a NUL character"
+        return None if _encodable(value) else "not valid Unicode (a lone surrogate)"
     return f"a YAML {type(value).__name__} is not a JSON value (quote it)"
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _kind(value: object) -> str:

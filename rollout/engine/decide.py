@@ -116,9 +116,10 @@ class _Turn:
         self, event: str, severity: Severity, summary: str, details: dict[str, Any] | None = None
     ) -> None:
         # Deterministic keys: replaying the same decision after a crash yields the same key, and
-        # the outbox ignores it the second time.
-        key = f"{event}:{self.state.step}:{len(self.events)}:{int(self.state.started_at)}"
-        self.alerts.append(AlertOut(key, event, severity, summary, details or {}))
+        # the outbox ignores it the second time; the count makes every alert's key its own.
+        number = self.state.alerts_raised + 1
+        self.set(alerts_raised=number)
+        self.alerts.append(AlertOut(f"{event}:{number}", event, severity, summary, details or {}))
 
     def put(self, target: Target) -> None:
         self.set(target=target)
@@ -169,9 +170,20 @@ def decide(
     _take_abort(turn)
     if turn.effect is None and turn.state.target is not None:
         _follow_target(turn)
-    if turn.effect is None and not turn.state.phase.terminal:
+    held = (
+        turn.effect is None
+        and not turn.state.phase.terminal
+        and turn.state.target is None
+        and _held_by_someone_else(turn)
+    )
+    if turn.effect is None and not turn.state.phase.terminal and not held:
         _check_deadline(turn)
-    if turn.effect is None and not turn.state.phase.terminal and turn.state.target is None:
+    if (
+        turn.effect is None
+        and not turn.state.phase.terminal
+        and turn.state.target is None
+        and not held
+    ):
         _PHASES[turn.state.phase](turn)
     _leftover_commands(turn)
     return turn.decision()
@@ -303,10 +315,16 @@ def _follow_target(turn: _Turn) -> None:
         # send again, a bounded number of times; the runner reports a real failure.
         _resend(turn, target, "the endpoint does not show the update yet")
         return
-    if rollback and snapshot.split.get(turn.plan.candidate.served_name, 0) == 0:
-        # Someone already took the candidate's traffic away: that is what we wanted.
-        _confirmed(turn, target)
-        return
+    candidate = turn.plan.candidate.served_name
+    if rollback and snapshot.split.get(candidate, 0) == 0:
+        # Someone already took the candidate's traffic away, which is what we wanted, and
+        # the rollback may go on only if the rest is what it would leave behind: removing
+        # the candidate must not undo a human's other changes.
+        rest = config_key([n for n in snapshot.entity_names if n != candidate], snapshot.split)
+        leaves = _new_target(turn, "remove_candidate", 0, with_candidate=False)
+        if rest == target_key(leaves):
+            _confirmed(turn, target)
+            return
     _drift(turn, snapshot)
 
 
@@ -344,7 +362,13 @@ def _target_failed(turn: _Turn, target: Target, message: str, build_logs: str | 
 
 def _confirmed(turn: _Turn, target: Target) -> None:
     state = turn.state
-    turn.set(target=None, put_failures=0)
+    snapshot = turn.obs.endpoint
+    live_key = (
+        snapshot_key(snapshot)
+        if snapshot is not None and not snapshot.updating
+        else target_key(target)
+    )
+    turn.set(target=None, put_failures=0, live_key=live_key)
     split_desc = _split_text(target.split)
     if target.purpose == "deploy":
         turn.note("candidate_deployed", f"candidate deployed at 0 %: {split_desc}")
@@ -416,6 +440,26 @@ def _confirmed(turn: _Turn, target: Target) -> None:
         )
     else:
         turn.alert("aborted", "warn", f"{turn.plan.endpoint}: rollout aborted: {reason}")
+
+
+def _held_by_someone_else(turn: _Turn) -> bool:
+    """Between the rollout's own changes, the endpoint must show what the last one left.
+
+    A config that differs is drift (pause, never fight it); an update someone else started
+    is waited out first, and what it leaves decides. True when the phase must not act now.
+    """
+    state, snapshot = turn.state, turn.obs.endpoint
+    if state.phase not in (Phase.PREPARING, Phase.PROGRESSING) or state.live_key is None:
+        return False
+    if snapshot is None:
+        return False
+    if snapshot.updating:
+        turn.again_in(turn.timing.update_poll)
+        return True
+    if snapshot_key(snapshot) == state.live_key:
+        return False
+    _drift(turn, snapshot)
+    return True
 
 
 def _drift(turn: _Turn, snapshot: EndpointSnapshot) -> None:
@@ -506,9 +550,12 @@ def _check_deadline(turn: _Turn) -> None:
     state = turn.state
     if deadline is None or state.phase in (Phase.ROLLING_BACK, Phase.PAUSED):
         return
-    if turn.now - state.started_at < deadline:
+    counted_from = state.deadline_from if state.deadline_from is not None else state.started_at
+    if turn.now - counted_from < deadline:
         return
     reason = f"rollout deadline of {format_duration(deadline)} passed"
+    if state.deadline_from is not None:
+        reason += " since the last resume"
     turn.alert("deadline_passed", "warn", f"{turn.plan.endpoint}: {reason}")
     if turn.policy.on_deadline == "rollback":
         _start_rollback(turn, reason, "deadline")
@@ -694,7 +741,9 @@ def _paused(turn: _Turn) -> None:
         turn.again_in(turn.timing.look_interval)
         return
     resume_to = state.paused_from or Phase.PROGRESSING
-    turn.set(paused_from=None, pause_reason=None)
+    # An operator who resumes takes over the deadline: it counts again from now, or a rollout
+    # paused by its deadline (on_deadline: hold) would pause again at once.
+    turn.set(paused_from=None, pause_reason=None, deadline_from=turn.now)
     if command.kind == "promote_full":
         turn.move(Phase.PROGRESSING, "promoted to 100 % by an operator", "resumed")
         _promote(turn)
@@ -704,6 +753,12 @@ def _paused(turn: _Turn) -> None:
         _advance(turn)
         return
     turn.move(resume_to, "resumed by an operator", "resumed")
+    if resume_to is Phase.PREPARING and state.baseline is not None:
+        # Paused before the first step (drift while the candidate sat at 0 %): deploy it at
+        # 0 % again; a blue/green plan then runs its preflight checks again.
+        turn.set(preflight_passed=False, preflight_pending=False)
+        turn.put(_new_target(turn, "deploy", 0))
+        return
     if resume_to is Phase.PROGRESSING and state.baseline is not None:
         # Re-assert the current step's split: a no-op if it is live, a fix if it drifted.
         # Windows are judged afresh from the moment it is confirmed.

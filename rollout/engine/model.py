@@ -158,6 +158,13 @@ class RolloutState(BaseModel):
     report: dict[str, Any] | None = None
     tracker: dict[str, Any] = Field(default_factory=dict)
     put_failures: int = 0
+    # The config the endpoint showed when the rollout's last change was confirmed
+    # (``decide.config_key``): between changes, anything else is someone else's doing.
+    live_key: str | None = None
+    # The rollout deadline counts from here (the start, or the last resume).
+    deadline_from: float | None = None
+    # Alerts raised so far: numbers each alert's key, so two alerts never share one.
+    alerts_raised: int = 0
 
 
 # ---- what the runner observed -------------------------------------------------------------

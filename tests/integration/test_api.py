@@ -305,6 +305,16 @@ async def test_a_yaml_alias_bomb_is_refused_without_expanding_it(api: httpx.Asyn
     assert "YAML aliases" in error["message"]
 
 
+async def test_yaml_lone_surrogates_are_refused_not_echoed_into_a_500(
+    api: httpx.AsyncClient,
+) -> None:
+    # YAML's "\\ud800" escapes make lone surrogates, which no JSON document or store can hold.
+    for text in ('"\\ud800\\udc00": {"\\x00": null}\n', 'endpoint: "\\ud800"\n'):
+        response = await submit_yaml(api, text)
+        error = assert_error(response, 422, "invalid_plan")
+        assert "not valid Unicode" in error["message"], error
+
+
 async def test_a_plan_with_three_bad_fields_gets_three_details(api: httpx.AsyncClient) -> None:
     data = plan_dict(endpoint="bad name!", steps=[{"weight": 0, "bake": "10m"}])
     data["candidate"] = {"entity_name": "main.ml.ads_model"}

@@ -280,6 +280,63 @@ CASES = [
         alerts=("paused",),
     ),
     Case(
+        "drift while a step bakes (no change of ours in flight) -> pause, never fight",
+        progressing(live_key=config_key([BASE, CAND], {BASE: 90, CAND: 10})),
+        Observation(endpoint=snapshot({BASE: 100, CAND: 0})),
+        now=T0 + 700,
+        phase=Phase.PAUSED,
+        events=("drift",),
+        alerts=("paused",),
+    ),
+    Case(
+        "someone else's update in flight while a step bakes -> wait, do not advance",
+        progressing(live_key=config_key([BASE, CAND], {BASE: 90, CAND: 10})),
+        Observation(
+            endpoint=snapshot({BASE: 90, CAND: 10}, updating=True, pending={BASE: 100, CAND: 0})
+        ),
+        now=T0 + 700,
+        phase=Phase.PROGRESSING,
+    ),
+    Case(
+        "the live config is what the last step left -> no drift, the step goes on baking",
+        progressing(live_key=config_key([BASE, CAND], {BASE: 90, CAND: 10})),
+        Observation(endpoint=live(10)),
+        now=T0 + 300,
+        phase=Phase.PROGRESSING,
+    ),
+    Case(
+        "rollback finds the candidate at 0 % but a human's hotfix serving -> failed, untouched",
+        state(
+            Phase.ROLLING_BACK,
+            candidate_weight=10,
+            target=target("restore", {BASE: 100, CAND: 0}, [{BASE: 90, CAND: 10}]),
+        ),
+        Observation(endpoint=snapshot({BASE: 50, "hotfix-5": 50, CAND: 0})),
+        phase=Phase.FAILED,
+        alerts=("failed",),
+    ),
+    Case(
+        "rollback finds the candidate already at 0 % and nothing else changed -> remove it",
+        state(
+            Phase.ROLLING_BACK,
+            candidate_weight=10,
+            target=target("restore", {BASE: 100, CAND: 0}, [{BASE: 90, CAND: 10}]),
+        ),
+        Observation(endpoint=snapshot({BASE: 100, CAND: 0})),
+        phase=Phase.ROLLING_BACK,
+        effect="put:remove_candidate",
+        split={BASE: 100},
+    ),
+    Case(
+        "resume after drift before the first step -> deploy at 0 % again",
+        state(Phase.PAUSED, paused_from=Phase.PREPARING, pause_reason="drift: endpoint now x"),
+        Observation(endpoint=snapshot({BASE: 100}), commands=(Command(7, "resume", {}),)),
+        phase=Phase.PREPARING,
+        effect="put:deploy",
+        split={BASE: 100, CAND: 0},
+        consumed=(7,),
+    ),
+    Case(
         "drift during a rollback -> failed, human needed",
         state(
             Phase.ROLLING_BACK,
@@ -755,3 +812,45 @@ def test_last_step_promotes_only_on_a_pass_judged_window_by_window() -> None:
     assert st.last_verdict is not None
     assert st.last_verdict["outcome"] == "pass"
     assert now >= T0 + 600, "never before the bake is over"
+
+
+def test_resume_after_a_held_deadline_does_not_pause_again() -> None:
+    held = policy(deadline=3600.0, on_deadline="hold")
+    paused = run(Case("", progressing(live_key=config_key([BASE, CAND], {BASE: 90, CAND: 10})),
+                      Observation(endpoint=live(10)), now=T0 + 3601, policy=held))
+    assert paused.state.phase is Phase.PAUSED
+    assert [e.kind for e in paused.events] == ["deadline_passed"]
+    resumed = run(Case("", paused.state, Observation(
+        endpoint=live(10), commands=(Command(1, "resume", {}),)), now=T0 + 3700, policy=held))
+    assert resumed.state.phase is Phase.PROGRESSING
+    assert isinstance(resumed.effect, PutConfig), "the step is re-asserted"
+    confirmed = run(Case("", resumed.state, Observation(endpoint=live(10),
+                    update=UpdateOutcome("applied")), now=T0 + 3710, policy=held))
+    assert confirmed.state.phase is Phase.PROGRESSING, [e.reason for e in confirmed.events]
+    assert "deadline_passed" not in [e.kind for e in confirmed.events]
+    # The deadline counts again from the resume.
+    later = run(Case("", confirmed.state, Observation(endpoint=live(10)), now=T0 + 3700 + 3601,
+                     policy=held))
+    assert later.state.phase is Phase.PAUSED
+    assert "since the last resume" in later.events[-1].reason
+
+
+def test_two_alerts_of_one_kind_at_one_step_have_their_own_keys() -> None:
+    baking = progressing(live_key=config_key([BASE, CAND], {BASE: 90, CAND: 10}))
+    drifted = run(Case("", baking, Observation(endpoint=snapshot({BASE: 80, CAND: 20})),
+                       now=T0 + 60))
+    assert [a.event for a in drifted.alerts] == ["paused"]
+    resumed = run(Case("", drifted.state, Observation(
+        endpoint=snapshot({BASE: 80, CAND: 20}), commands=(Command(1, "resume", {}),)),
+        now=T0 + 120))
+    confirmed = run(Case("", resumed.state, Observation(endpoint=live(10),
+                    update=UpdateOutcome("applied")), now=T0 + 130))
+    paused = run(Case("", confirmed.state, Observation(
+        endpoint=live(10), commands=(Command(2, "pause", {}),)), now=T0 + 140))
+    assert [a.event for a in paused.alerts] == ["paused"]
+    keys = [a.key for d in (drifted, resumed, confirmed, paused) for a in d.alerts]
+    assert len(keys) == len(set(keys)), keys
+    # Replaying a decision gives the same key: the outbox drops the repeat after a crash.
+    replay = run(Case("", confirmed.state, Observation(
+        endpoint=live(10), commands=(Command(2, "pause", {}),)), now=T0 + 140))
+    assert [a.key for a in replay.alerts] == [a.key for a in paused.alerts]
