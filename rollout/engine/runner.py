@@ -381,8 +381,14 @@ class Runner:
         except ServingError as exc:
             return await self._after(endpoint, UpdateOutcome("unavailable", str(exc)))
         try:
+            # Waited for in slices of one look: a long build (minutes on Databricks) returns
+            # to the scheduler in between, so an abort queued meanwhile is seen within a
+            # look, not after the build; decide() follows the update across slices and gives
+            # up at update_deadline.
             applied = await self.client.wait_until_applied(
-                endpoint, spec, deadline_seconds=self.timing.update_deadline
+                endpoint,
+                spec,
+                deadline_seconds=min(self.timing.update_deadline, self.timing.look_interval),
             )
         except UpdateFailed as exc:
             logs = await self._build_logs(endpoint, plan.candidate.served_name)

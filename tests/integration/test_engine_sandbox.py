@@ -256,3 +256,28 @@ async def test_blue_green_refuses_an_incompatible_schema(
     failed = next(e for e in events if e.kind == "preflight_failed")
     assert "params" in failed.reason
     assert not step_splits(store, rollout_id), "no traffic ever moved to the candidate"
+
+
+async def test_an_abort_during_a_long_config_update_is_seen_before_any_step(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient
+) -> None:
+    make_endpoint(sandbox_admin, HEALTHY)
+    # Every config update takes over 6 minutes, as a large model's build can on Databricks.
+    response = sandbox_admin.put(f"/endpoints/{ENDPOINT}/updates", json={"duration_seconds": 400})
+    assert response.status_code == 200, response.text
+    clock = sandbox.clock
+    assert isinstance(clock, FakeClock)
+    runner = Runner(store, client, clock=clock, timing=TIMING)
+    record = await runner.submit(plan(), PolicyLibrary().get("default"))
+    started = clock.now()
+    first = await runner.reconcile(record.id)
+    assert first.phase is Phase.PREPARING
+    assert clock.now() - started < 120, "the reconcile came back while the deploy builds"
+    store.add_command(record.id, "abort", {}, clock.now())
+    phase = await drive(runner, store, clock, record.id)
+    assert phase is Phase.ABORTED, [(e.kind, e.reason) for e in store.events(record.id)][-6:]
+    kinds = [e.kind for e in store.events(record.id)]
+    assert "aborted" in kinds
+    assert "step_applied" not in kinds, "no traffic went to the candidate after the abort"
+    endpoint = await client.get_endpoint(ENDPOINT)
+    assert traffic_split(endpoint) == {BASELINE: 100}
