@@ -26,6 +26,17 @@ def gauges(totals: ArmTotals, source: str) -> list[float]:
     return totals.cpu_percent if source == "cpu_percent" else totals.mem_percent
 
 
+def gauges_after(totals: ArmTotals, source: str, seen: int) -> list[float]:
+    """The gauge values after the first ``seen`` ever added (some may have been dropped)."""
+    values = gauges(totals, source)
+    return values[max(0, seen - totals.gauges_dropped.get(source, 0)):]
+
+
+def gauge_count(totals: ArmTotals, source: str) -> int:
+    """How many gauge values were ever added, the dropped ones included."""
+    return totals.gauges_dropped.get(source, 0) + len(gauges(totals, source))
+
+
 def field_missing(totals: ArmTotals, name: str) -> bool:
     """True when every window summed in ``totals`` lacked ``name`` (no data, not zero)."""
     return totals.windows > 0 and totals.missing.get(name, 0) >= totals.windows

@@ -202,7 +202,7 @@ def _anchor(state: ThresholdState, now: _Now) -> None:
         state.hists[f"{source}_c"] = observe.histogram(now.candidate, source)
         state.hists[f"{source}_b"] = observe.histogram(now.baseline, source)
     for source in ("cpu_percent", "mem_percent"):
-        state.gauge_lengths[f"{source}_c"] = len(observe.gauges(now.candidate, source))
+        state.gauge_lengths[f"{source}_c"] = observe.gauge_count(now.candidate, source)
 
 
 def _interval_values(
@@ -234,9 +234,9 @@ def _interval_values(
             0.0 if hists[1] is None else hists[1].total,
         )
     if info.kind == "gauge":
-        fresh = observe.gauges(now.candidate, info.source)[
-            state.gauge_lengths.get(f"{info.source}_c", 0):
-        ]
+        fresh = observe.gauges_after(
+            now.candidate, info.source, state.gauge_lengths.get(f"{info.source}_c", 0)
+        )
         return (sum(fresh) / len(fresh) if fresh else None), None, float(len(fresh)), 0.0
     n_c = now.seen_c.requests - state.seen_c.requests
     return n_c, None, n_c, 0.0

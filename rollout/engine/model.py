@@ -79,6 +79,9 @@ class Target(BaseModel):
         return sorted(str(e["name"]) for e in self.entities)
 
 
+GAUGES_KEPT = 60  # gauge values kept per arm (one per window)
+
+
 class Arm(BaseModel):
     """``ArmTotals`` in a JSON-friendly form (the state is persisted as JSON)."""
 
@@ -91,6 +94,7 @@ class Arm(BaseModel):
     cpu_percent: list[float] = Field(default_factory=list)
     mem_percent: list[float] = Field(default_factory=list)
     missing: dict[str, int] = Field(default_factory=dict)
+    gauges_dropped: dict[str, int] = Field(default_factory=dict)
 
     def totals(self) -> ArmTotals:
         return ArmTotals(
@@ -103,6 +107,7 @@ class Arm(BaseModel):
             cpu_percent=list(self.cpu_percent),
             mem_percent=list(self.mem_percent),
             missing=dict(self.missing),
+            gauges_dropped=dict(self.gauges_dropped),
         )
 
     @classmethod
@@ -115,9 +120,17 @@ class Arm(BaseModel):
             latency=None if totals.latency is None else totals.latency.to_dict(),
             queue_time=None if totals.queue_time is None else totals.queue_time.to_dict(),
             # Gauges are levels; the last hour of windows is plenty for an average.
-            cpu_percent=totals.cpu_percent[-60:],
-            mem_percent=totals.mem_percent[-60:],
+            cpu_percent=totals.cpu_percent[-GAUGES_KEPT:],
+            mem_percent=totals.mem_percent[-GAUGES_KEPT:],
             missing=dict(totals.missing),
+            gauges_dropped={
+                name: totals.gauges_dropped.get(name, 0) + max(0, len(values) - GAUGES_KEPT)
+                for name, values in (
+                    ("cpu_percent", totals.cpu_percent),
+                    ("mem_percent", totals.mem_percent),
+                )
+                if totals.gauges_dropped.get(name, 0) or len(values) > GAUGES_KEPT
+            },
         )
 
     def plus(self, windows: list[EntityWindow]) -> Arm:

@@ -240,6 +240,9 @@ class ArmTotals:
     # How many of the summed windows lacked each field (``EntityWindow.missing``): a judge that
     # sees ``missing["errors_5xx"] == windows`` knows it has no error data, not zero errors.
     missing: dict[str, int] = field(default_factory=dict)
+    # Gauge values dropped from the front of the lists above when they were kept short; a
+    # judge that counts values it has seen counts these too.
+    gauges_dropped: dict[str, int] = field(default_factory=dict)
 
     def add(self, window: EntityWindow) -> None:
         self.windows += 1

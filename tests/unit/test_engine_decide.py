@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rollout.analysis.spec import Policy
+from rollout.analysis.spec import CheckSpec, Policy
 from rollout.engine.decide import Timing, config_key, decide
 from rollout.engine.model import (
     Command,
@@ -854,3 +854,29 @@ def test_two_alerts_of_one_kind_at_one_step_have_their_own_keys() -> None:
     replay = run(Case("", confirmed.state, Observation(
         endpoint=live(10), commands=(Command(2, "pause", {}),)), now=T0 + 140))
     assert [a.key for a in replay.alerts] == [a.key for a in paused.alerts]
+
+
+def test_a_gauge_check_keeps_judging_after_the_kept_gauge_values_roll_over() -> None:
+    cpu = policy("flagger-compatible").model_copy(update={
+        "checks": (CheckSpec.model_validate({"metric": "cpu_usage_percentage", "max": 90}),),
+        "deadline": None,
+    })
+    long_bake = plan_of(steps=[{"weight": 10, "bake": "3h"}, {"weight": 50, "bake": "10m"}])
+    current = progressing()
+    outcomes = []
+    # 70 one-minute windows at 40 % CPU, then the candidate runs hot: more windows than the
+    # state keeps gauge values for (model.GAUGES_KEPT).
+    for minute in range(80):
+        level = 40.0 if minute < 70 else 99.0
+        start = int((T0 + 60 * minute) * 1000)
+        fresh = tuple(EntityWindow(name, start, requests=100, cpu_percent=level)
+                      for name in (CAND, BASE))
+        decision = run(Case("", current, Observation(endpoint=live(10), windows=fresh),
+                            now=T0 + 60 * minute + 61, plan=long_bake, policy=cpu))
+        current = decision.state
+        outcomes.append((current.last_verdict or {}).get("outcome"))
+        if current.phase is not Phase.PROGRESSING:
+            break
+    assert outcomes[65] == "pass", "still judged after 60 windows"
+    assert current.phase is Phase.ROLLING_BACK, outcomes[-12:]
+    assert len(current.candidate.cpu_percent) <= 60, "the state stays bounded"
