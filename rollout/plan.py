@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from rollout.analysis.ab import OBJECTIVES
 from rollout.analysis.spec import Policy
 from rollout.policies import PolicyLibrary, PolicyNotFoundError, policy_errors
 from rollout.units import format_duration, parse_duration
@@ -211,6 +212,13 @@ class CanaryPlan(_PlanBase):
                 raise FieldProblemError("steps", "a canary needs at least one step")
             previous = 0
             for index, step in enumerate(self.steps):
+                if step.weight == 100:
+                    raise FieldProblemError(
+                        f"steps[{index}].weight",
+                        "100 is the promotion, which follows the last step by itself; the "
+                        "steps are the judged weights below 100 (to bake with all traffic on "
+                        "the candidate and the baseline kept, use strategy: blue_green)",
+                    )
                 if step.weight <= previous:
                     raise FieldProblemError(
                         f"steps[{index}].weight",
@@ -256,6 +264,16 @@ class ABPlan(_PlanBase):
     objective_direction: Literal["lower", "higher"] = Field(
         default="lower", description="Which way is better for the objective."
     )
+
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, value: str) -> str:
+        if value not in OBJECTIVES:
+            raise ValueError(
+                f"{value!r} is not a metric an A/B report can compare; use one of "
+                f"{', '.join(OBJECTIVES)}"
+            )
+        return value
 
 
 class SmokeTest(_Strict):

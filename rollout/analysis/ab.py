@@ -30,6 +30,8 @@ _QUANTILES = {
     Metric.LATENCY_P90.value: 0.90,
     Metric.LATENCY_P99.value: 0.99,
 }
+# What an A/B report can compare with an interval: a plan's objective must be one of these.
+OBJECTIVES = (*_RATES, *_QUANTILES)
 
 
 def _rate_row(name: str, candidate: ArmTotals, baseline: ArmTotals) -> dict[str, Any]:

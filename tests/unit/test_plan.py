@@ -158,6 +158,18 @@ ERRORS = [
     ),
     ("ab without duration", with_(steps=None, strategy="ab"), "duration", "required"),
     (
+        "ab objective it cannot compare",
+        with_(steps=None, strategy="ab", duration="1h", objective="latency_p99"),
+        "objective",
+        "latency_p99_ms",
+    ),
+    (
+        "a step at 100 % (the promotion is implied)",
+        with_(steps=[{"weight": 10, "bake": "1m"}, {"weight": 100, "bake": "1h"}]),
+        "steps[1].weight",
+        "promotion",
+    ),
+    (
         "smoke failures",
         with_(
             steps=None, strategy="blue_green", bake="1m", smoke={"requests": 3, "max_failures": 3}
