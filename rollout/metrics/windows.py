@@ -18,7 +18,10 @@ Decisions:
   in ``last_revised``. So the engine must sum with ``totals()`` (or
   ``sum_windows(tracker.windows(), ...)``), never by accumulating what ``observe`` returned.
 * Samples without timestamps describe "the last closed window" with no name for it. Such a
-  window is stamped with the scrape time. An identical snapshot for the same entity seen again
+  window is stamped with the latest time it can have started: two window lengths before the
+  scrape (the window in progress began at most one length ago, and the closed one before it),
+  so a window that may have begun before a split change is never judged as the new split's
+  (without a window length, the scrape time). An identical snapshot for the same entity seen again
   within ``window_ms`` of its first sighting is the same window and is skipped: two scrapes
   within one window length may both see one window, two further apart cannot. Two genuinely
   different windows with identical numbers inside that interval are counted once; that is the
@@ -157,7 +160,8 @@ class WindowTracker:
             ):
                 continue
             self._untimed[window.entity] = (scraped_at_ms, window)
-            out.append((scraped_at_ms, dataclasses.replace(window, start_ms=scraped_at_ms)))
+            start_ms = scraped_at_ms - 2 * (self.window_ms or 0)
+            out.append((start_ms, dataclasses.replace(window, start_ms=start_ms)))
         return out
 
     def _store(self, start_ms: int, window: EntityWindow) -> bool:

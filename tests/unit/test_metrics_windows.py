@@ -176,19 +176,34 @@ def test_a_later_full_window_fills_in_a_sparse_one() -> None:
         ),
     ],
 )
-def test_untimed_snapshots_are_stamped_with_the_scrape_time(
+def test_untimed_snapshots_are_stamped_from_the_scrape_time(
     window_ms: int | None, scrapes: list[tuple[int, int]], expected_starts: list[int]
 ) -> None:
     tracker = WindowTracker(window_ms=window_ms)
     for offset, requests in scrapes:
         tracker.observe(parse_export_metrics(gauge_text("a", None, requests)), T0 + offset)
-    assert [w.start_ms for w in tracker.windows()] == [T0 + s for s in expected_starts]
+    # Stamped with the latest start the last closed window can have: two lengths back.
+    shift = 2 * (window_ms or 0)
+    assert [w.start_ms for w in tracker.windows()] == [T0 + s - shift for s in expected_starts]
+
+
+def test_an_untimed_window_scraped_just_after_a_split_change_is_not_the_new_splits() -> None:
+    # The split changed at T0; a scrape 5 s later sees "the last closed window", which ran
+    # (at least partly) before the change: its stamp must fall before T0.
+    tracker = WindowTracker(window_ms=60_000)
+    (window,) = tracker.observe(parse_export_metrics(gauge_text("a", None, 10)), T0 + 5_000)
+    assert window.start_ms is not None
+    assert window.start_ms < T0
+    # Two window lengths on, the last closed window began after the change.
+    (later,) = tracker.observe(parse_export_metrics(gauge_text("a", None, 11)), T0 + 120_000)
+    assert later.start_ms is not None
+    assert later.start_ms >= T0
 
 
 def test_untimed_fixture_yields_one_window_per_entity() -> None:
     tracker = WindowTracker()
     new = tracker.observe(scrape_of("no_timestamps.prom"), T0)
-    assert keys(new) == [("ads-model-3", T0), ("ads-model-4", T0)]
+    assert keys(new) == [("ads-model-3", T0 - 120_000), ("ads-model-4", T0 - 120_000)]
     assert tracker.observe(scrape_of("no_timestamps.prom"), T0 + 20_000) == []
 
 
