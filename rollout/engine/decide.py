@@ -22,6 +22,7 @@ rollout pauses and says so, and never fights the human.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,8 +72,16 @@ def config_key(entities: list[str], split: dict[str, int]) -> str:
     return f"{'|'.join(sorted(entities))}#{routes}"
 
 
+def entity_identity(name: str, entity: Mapping[str, Any]) -> str:
+    """A served entity as the fingerprints name it: its name, and what it serves when known
+    (the same name redeployed with another model version is another config)."""
+    model, version = entity.get("entity_name"), entity.get("entity_version")
+    return f"{name}={model}@{version}" if model and version is not None else name
+
+
 def snapshot_key(snapshot: EndpointSnapshot) -> str:
-    return config_key(snapshot.entity_names, snapshot.split)
+    identities = [entity_identity(name, e) for name, e in snapshot.entities.items()]
+    return config_key(identities, snapshot.split)
 
 
 def pending_key(snapshot: EndpointSnapshot) -> str | None:
@@ -82,7 +91,8 @@ def pending_key(snapshot: EndpointSnapshot) -> str | None:
 
 
 def target_key(target: Target) -> str:
-    return config_key(target.entity_names, target.split)
+    identities = [entity_identity(str(e["name"]), e) for e in target.entities]
+    return config_key(identities, target.split)
 
 
 @dataclass
@@ -320,7 +330,10 @@ def _follow_target(turn: _Turn) -> None:
         # Someone already took the candidate's traffic away, which is what we wanted, and
         # the rollback may go on only if the rest is what it would leave behind: removing
         # the candidate must not undo a human's other changes.
-        rest = config_key([n for n in snapshot.entity_names if n != candidate], snapshot.split)
+        rest = config_key(
+            [entity_identity(n, e) for n, e in snapshot.entities.items() if n != candidate],
+            snapshot.split,
+        )
         leaves = _new_target(turn, "remove_candidate", 0, with_candidate=False)
         if rest == target_key(leaves):
             _confirmed(turn, target)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from rollout.analysis.spec import CheckSpec, Policy
-from rollout.engine.decide import Timing, config_key, decide
+from rollout.engine.decide import Timing, config_key, decide, entity_identity
 from rollout.engine.model import (
     Command,
     Decision,
@@ -30,6 +30,7 @@ T0 = 1_800_000_000.0
 BASE = "ads-3"
 CAND = "ads_model-4"
 BASE_ENTITY = {"name": BASE, "entity_name": "main.ml.ads_model", "entity_version": "3"}
+CAND_ENTITY = {"name": CAND, "entity_name": "main.ml.ads_model", "entity_version": "4"}
 TIMING = Timing(look_interval=60, update_poll=5, update_deadline=600, max_put_attempts=3)
 CANARY = {
     "endpoint": "ads",
@@ -50,6 +51,17 @@ def policy(name: str = "default", **overrides: Any) -> Policy:
     return base.model_copy(update=overrides) if overrides else base
 
 
+def entity(name: str) -> dict[str, Any]:
+    """A served entity as the endpoint shows it: the baseline and the candidate with their
+    model versions, anything else by name only."""
+    return dict({BASE: BASE_ENTITY, CAND: CAND_ENTITY}.get(name, {"name": name}))
+
+
+def key(split: dict[str, int]) -> str:
+    """The fingerprint of a config serving ``split``'s entities (``decide.config_key``)."""
+    return config_key([entity_identity(name, entity(name)) for name in split], split)
+
+
 def snapshot(
     split: dict[str, int],
     *,
@@ -57,9 +69,7 @@ def snapshot(
     pending: dict[str, int] | None = None,
     config_update: str | None = None,
 ) -> EndpointSnapshot:
-    entities = {name: {"name": name} for name in split}
-    if BASE in entities:
-        entities[BASE] = dict(BASE_ENTITY)
+    entities = {name: entity(name) for name in split}
     return EndpointSnapshot(
         ready="READY",
         config_update=config_update or ("IN_PROGRESS" if updating else "NOT_UPDATING"),
@@ -79,12 +89,12 @@ def target(
     at: float = T0,
     attempts: int = 1,
 ) -> Target:
-    entities = [{"name": name} for name in split]
+    entities = [entity(name) for name in split]
     return Target(
         purpose=purpose,  # type: ignore[arg-type]
         entities=entities,
         split=split,
-        known=[config_key(sorted(k), k) for k in (known or [{BASE: 100}])],
+        known=[key(k) for k in (known or [{BASE: 100}])],
         requested_at=at,
         attempts=attempts,
     )
@@ -281,7 +291,7 @@ CASES = [
     ),
     Case(
         "drift while a step bakes (no change of ours in flight) -> pause, never fight",
-        progressing(live_key=config_key([BASE, CAND], {BASE: 90, CAND: 10})),
+        progressing(live_key=key({BASE: 90, CAND: 10})),
         Observation(endpoint=snapshot({BASE: 100, CAND: 0})),
         now=T0 + 700,
         phase=Phase.PAUSED,
@@ -290,7 +300,7 @@ CASES = [
     ),
     Case(
         "someone else's update in flight while a step bakes -> wait, do not advance",
-        progressing(live_key=config_key([BASE, CAND], {BASE: 90, CAND: 10})),
+        progressing(live_key=key({BASE: 90, CAND: 10})),
         Observation(
             endpoint=snapshot({BASE: 90, CAND: 10}, updating=True, pending={BASE: 100, CAND: 0})
         ),
@@ -299,7 +309,7 @@ CASES = [
     ),
     Case(
         "the live config is what the last step left -> no drift, the step goes on baking",
-        progressing(live_key=config_key([BASE, CAND], {BASE: 90, CAND: 10})),
+        progressing(live_key=key({BASE: 90, CAND: 10})),
         Observation(endpoint=live(10)),
         now=T0 + 300,
         phase=Phase.PROGRESSING,
@@ -723,7 +733,7 @@ def test_decide(case: Case) -> None:
         assert decision.state.last_verdict["outcome"] == "inconclusive"
     if case.extra == "known":
         assert isinstance(effect, PutConfig)
-        assert config_key([BASE, CAND], {BASE: 90, CAND: 10}) in effect.target.known
+        assert key({BASE: 90, CAND: 10}) in effect.target.known
 
 
 def test_decide_is_pure_and_replayable() -> None:
@@ -816,7 +826,7 @@ def test_last_step_promotes_only_on_a_pass_judged_window_by_window() -> None:
 
 def test_resume_after_a_held_deadline_does_not_pause_again() -> None:
     held = policy(deadline=3600.0, on_deadline="hold")
-    paused = run(Case("", progressing(live_key=config_key([BASE, CAND], {BASE: 90, CAND: 10})),
+    paused = run(Case("", progressing(live_key=key({BASE: 90, CAND: 10})),
                       Observation(endpoint=live(10)), now=T0 + 3601, policy=held))
     assert paused.state.phase is Phase.PAUSED
     assert [e.kind for e in paused.events] == ["deadline_passed"]
@@ -836,7 +846,7 @@ def test_resume_after_a_held_deadline_does_not_pause_again() -> None:
 
 
 def test_two_alerts_of_one_kind_at_one_step_have_their_own_keys() -> None:
-    baking = progressing(live_key=config_key([BASE, CAND], {BASE: 90, CAND: 10}))
+    baking = progressing(live_key=key({BASE: 90, CAND: 10}))
     drifted = run(Case("", baking, Observation(endpoint=snapshot({BASE: 80, CAND: 20})),
                        now=T0 + 60))
     assert [a.event for a in drifted.alerts] == ["paused"]
@@ -880,3 +890,14 @@ def test_a_gauge_check_keeps_judging_after_the_kept_gauge_values_roll_over() -> 
     assert outcomes[65] == "pass", "still judged after 60 windows"
     assert current.phase is Phase.ROLLING_BACK, outcomes[-12:]
     assert len(current.candidate.cpu_percent) <= 60, "the state stays bounded"
+
+
+def test_the_baseline_redeployed_under_its_name_with_another_version_is_drift() -> None:
+    baking = progressing(live_key=key({BASE: 90, CAND: 10}))
+    redeployed = snapshot({BASE: 90, CAND: 10})
+    redeployed.entities[BASE] = {**BASE_ENTITY, "entity_version": "5"}
+    decision = run(Case("", baking, Observation(endpoint=redeployed), now=T0 + 60))
+    assert decision.state.phase is Phase.PAUSED, [e.reason for e in decision.events]
+    assert [e.kind for e in decision.events] == ["drift"]
+    same = run(Case("", baking, Observation(endpoint=live(10)), now=T0 + 60))
+    assert same.state.phase is Phase.PROGRESSING
