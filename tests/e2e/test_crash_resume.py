@@ -112,26 +112,34 @@ def test_engine_killed_at_random_points_finishes_every_rollout_once(
     log_path = tmp_path / "engine.log"
     kills = 0
     deadline = time.monotonic() + 180
+    engine: subprocess.Popen[bytes] | None = None
     with log_path.open("w") as log:
-        while time.monotonic() < deadline:
-            engine = subprocess.Popen(
-                [sys.executable, "-m", "rollout.cli", "engine", "--until-idle"],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
-            if kills < 6:
-                # Kill somewhere in the next few seconds: during a PUT, a wait, a commit...
-                try:
-                    engine.wait(timeout=rng.uniform(0.7, 3.5))
-                except subprocess.TimeoutExpired:
-                    engine.send_signal(signal.SIGKILL)
-                    engine.wait(timeout=10)
-                    kills += 1
-                    continue
-            else:
-                engine.wait(timeout=max(1.0, deadline - time.monotonic()))
-            if engine.returncode == 0:
-                break
+        try:
+            while time.monotonic() < deadline:
+                engine = subprocess.Popen(
+                    [sys.executable, "-m", "rollout.cli", "engine", "--until-idle"],
+                    env=env, stdout=log, stderr=subprocess.STDOUT,
+                )
+                if kills < 6:
+                    # Kill somewhere in the next few seconds: during a PUT, a wait, a commit...
+                    try:
+                        engine.wait(timeout=rng.uniform(0.7, 3.5))
+                    except subprocess.TimeoutExpired:
+                        engine.send_signal(signal.SIGKILL)
+                        engine.wait(timeout=10)
+                        kills += 1
+                        continue
+                else:
+                    engine.wait(timeout=max(1.0, deadline - time.monotonic()))
+                if engine.returncode == 0:
+                    break
+        finally:
+            # Whatever happens above, no engine outlives the test.
+            if engine is not None and engine.poll() is None:
+                engine.kill()
+                engine.wait(timeout=10)
     assert kills >= 3, "the engine was killed several times mid-rollout"
+    assert engine is not None
     assert engine.returncode == 0, log_path.read_text()[-3000:]
 
     healthy, regressed = store.get("healthy"), store.get("regressed")

@@ -117,6 +117,12 @@ class Daemon:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=60)
 
+    def close(self) -> None:
+        """Whatever the test's outcome, no daemon outlives it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
 
 def create_endpoint(admin: httpx.Client, name: str, candidate_error_rate: float) -> None:
     response = admin.post("/endpoints", json={
@@ -152,7 +158,7 @@ def metric(url: str, name: str, **labels: str) -> float | None:
 
 
 def test_daemon_end_to_end(sandbox_process: str, sandbox_token: str, receiver: Receiver,
-                           tmp_path: Path) -> None:
+                           tmp_path: Path, request: pytest.FixtureRequest) -> None:
     with httpx.Client(base_url=f"{sandbox_process}/_sandbox/v1", timeout=10) as admin:
         create_endpoint(admin, "good-ep", 0.002)
         create_endpoint(admin, "bad-ep", 0.25)
@@ -186,6 +192,7 @@ def test_daemon_end_to_end(sandbox_process: str, sandbox_token: str, receiver: R
         "ROLLOUT_LOG_FORMAT": "json",
     })
     daemon = Daemon(env, tmp_path / "daemon.log")
+    request.addfinalizer(daemon.close)
     url = daemon.start()
 
     # Submit one plan over HTTP and one with the CLI.
