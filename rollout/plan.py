@@ -242,7 +242,7 @@ class CanaryPlan(_PlanBase):
     def canary_steps(self) -> list[CanaryStep]:
         """The steps to run, the linear form expanded; the implied 100 % is not included."""
         if self.steps is not None:
-            return [step for step in self.steps if step.weight < 100] or []
+            return list(self.steps)  # validation keeps every step below 100
         if self.step_weight is None or self.bake is None:  # pragma: no cover - _steps checks
             raise FieldProblemError("steps", "a canary needs steps, or step_weight with bake")
         ceiling = min(self.max_weight if self.max_weight is not None else 100, 99)

@@ -180,21 +180,10 @@ def decide(
     _take_abort(turn)
     if turn.effect is None and turn.state.target is not None:
         _follow_target(turn)
-    held = (
-        turn.effect is None
-        and not turn.state.phase.terminal
-        and turn.state.target is None
-        and _held_by_someone_else(turn)
-    )
-    if turn.effect is None and not turn.state.phase.terminal and not held:
+    if turn.effect is None and not turn.state.phase.terminal and not _held_by_someone_else(turn):
         _check_deadline(turn)
-    if (
-        turn.effect is None
-        and not turn.state.phase.terminal
-        and turn.state.target is None
-        and not held
-    ):
-        _PHASES[turn.state.phase](turn)
+        if turn.effect is None and not turn.state.phase.terminal and turn.state.target is None:
+            _PHASES[turn.state.phase](turn)
     _leftover_commands(turn)
     return turn.decision()
 
@@ -462,9 +451,9 @@ def _held_by_someone_else(turn: _Turn) -> bool:
     is waited out first, and what it leaves decides. True when the phase must not act now.
     """
     state, snapshot = turn.state, turn.obs.endpoint
-    if state.phase not in (Phase.PREPARING, Phase.PROGRESSING) or state.live_key is None:
-        return False
-    if snapshot is None:
+    if state.target is not None or snapshot is None or state.live_key is None:
+        return False  # a change of ours in flight is followed by _follow_target
+    if state.phase not in (Phase.PREPARING, Phase.PROGRESSING):
         return False
     if snapshot.updating:
         turn.again_in(turn.timing.update_poll)

@@ -82,6 +82,15 @@ class Target(BaseModel):
 GAUGES_KEPT = 60  # gauge values kept per arm (one per window)
 
 
+def _dropped(totals: ArmTotals) -> dict[str, int]:
+    """Gauge values dropped so far, once the lists are cut to GAUGES_KEPT."""
+    dropped = dict(totals.gauges_dropped)
+    for name, values in (("cpu_percent", totals.cpu_percent), ("mem_percent", totals.mem_percent)):
+        if len(values) > GAUGES_KEPT:
+            dropped[name] = dropped.get(name, 0) + len(values) - GAUGES_KEPT
+    return dropped
+
+
 class Arm(BaseModel):
     """``ArmTotals`` in a JSON-friendly form (the state is persisted as JSON)."""
 
@@ -123,14 +132,7 @@ class Arm(BaseModel):
             cpu_percent=totals.cpu_percent[-GAUGES_KEPT:],
             mem_percent=totals.mem_percent[-GAUGES_KEPT:],
             missing=dict(totals.missing),
-            gauges_dropped={
-                name: totals.gauges_dropped.get(name, 0) + max(0, len(values) - GAUGES_KEPT)
-                for name, values in (
-                    ("cpu_percent", totals.cpu_percent),
-                    ("mem_percent", totals.mem_percent),
-                )
-                if totals.gauges_dropped.get(name, 0) or len(values) > GAUGES_KEPT
-            },
+            gauges_dropped=_dropped(totals),
         )
 
     def plus(self, windows: list[EntityWindow]) -> Arm:
