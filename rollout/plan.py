@@ -145,6 +145,11 @@ class CandidateEntity(_Strict):
 class CanaryStep(_Strict):
     weight: int = Field(gt=0, le=100, description="Candidate traffic percentage in this step.")
     bake: Duration = Field(description="How long the step runs before it may advance.")
+    warmup: Duration | None = Field(
+        default=None,
+        description="Time after this step's split change whose metric windows are served but "
+        "not scored (cold replicas); default: the policy's warmup_windows.",
+    )
 
 
 class AlertChannel(_Strict):
@@ -197,16 +202,19 @@ class CanaryPlan(_PlanBase):
     step_weight: int | None = Field(default=None, gt=0, lt=100)
     max_weight: int | None = Field(default=None, gt=0, le=100)
     bake: Duration | None = Field(default=None, description="Bake per step (linear form).")
+    warmup: Duration | None = Field(
+        default=None, description="Warm-up per step (linear form); see steps[].warmup."
+    )
 
     @model_validator(mode="after")
     def _steps(self) -> CanaryPlan:
-        linear = (self.step_weight, self.max_weight, self.bake)
+        linear = (self.step_weight, self.max_weight, self.bake, self.warmup)
         if self.steps is not None:
             if any(value is not None for value in linear):
                 raise FieldProblemError(
                     "steps",
-                    "give either steps or the linear form (step_weight, max_weight, bake), "
-                    "not both",
+                    "give either steps or the linear form (step_weight, max_weight, bake, "
+                    "warmup), not both",
                 )
             if not self.steps:
                 raise FieldProblemError("steps", "a canary needs at least one step")
@@ -247,7 +255,7 @@ class CanaryPlan(_PlanBase):
             raise FieldProblemError("steps", "a canary needs steps, or step_weight with bake")
         ceiling = min(self.max_weight if self.max_weight is not None else 100, 99)
         return [
-            CanaryStep(weight=weight, bake=self.bake)
+            CanaryStep(weight=weight, bake=self.bake, warmup=self.warmup)
             for weight in range(self.step_weight, ceiling + 1, self.step_weight)
         ]
 
@@ -263,6 +271,11 @@ class ABPlan(_PlanBase):
     )
     objective_direction: Literal["lower", "higher"] = Field(
         default="lower", description="Which way is better for the objective."
+    )
+    warmup: Duration | None = Field(
+        default=None,
+        description="Time after the split change whose metric windows are served but not "
+        "scored (cold replicas); default: the policy's warmup_windows.",
     )
 
     @field_validator("objective")

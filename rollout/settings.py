@@ -100,6 +100,12 @@ class EngineSettings(BaseSettings):
         description="Directories of <name>.yaml policies besides the built-in ones, separated "
         "like PATH (':'); a later directory's policy replaces an earlier one of the same name.",
     )
+    metrics_window: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds per export-metrics window (60 on Databricks): the unit of a "
+        "policy's warmup_windows.",
+    )
     step_deadline_factor: float = Field(
         default=3.0,
         ge=1.0,

@@ -144,3 +144,66 @@ def upper_deviation(p: float, n: float, delta: float) -> float:
         middle = (low + high) / 2.0
         low, high = (low, middle) if _kl(middle, p) > budget else (middle, high)
     return high
+
+
+# ---------------------------------------------------------------- extra-binomial variation
+#
+# Real serving traffic is not a stream of independent requests: a replica's hiccup, a cold
+# cache or a burst of one client's bad inputs moves a whole window's rate. Each look's log
+# likelihood ratio is divided by the look's dispersion phi = 1 + kappa x m, where m is the
+# look's binomial information about the log rate ratio (s x pi x (1 - pi) for the conditional
+# test, n x p / (1 - p) for a one-sample one) and kappa the squared coefficient of variation
+# of the rate from window to window (a multiplier with mean 1 and CV c gives kappa = c**2).
+# For a Gaussian log-ratio statistic that is the quasi-likelihood correction: the tempered
+# ratio has the expectation the plain one has under binomial noise. At low counts m is small
+# and phi is close to 1 (binomial noise dominates, nothing is lost); at high counts the
+# multiplier dominates and every look is worth what one noisy window is worth.
+
+# Pearson residuals beyond this are cut when estimating kappa: one replica's hiccup must not
+# make every later look worthless (its own look is bounded by the per-look cap instead).
+RESIDUAL_CAP = 25.0
+# Prior weight (in units of m) that keeps kappa's estimate at the policy's floor until the
+# data carry real information.
+KAPPA_PRIOR_WEIGHT = 50.0
+
+
+def share_under(n_c: float, n_b: float, theta: float) -> float:
+    """The candidate's expected share of the look's events when its rate is ``theta`` times
+    the baseline's."""
+    weighted = n_c * theta
+    total = weighted + n_b
+    return weighted / total if total > 0.0 else 0.0
+
+
+def conditional_information(s_c: float, n_c: float, s_b: float, n_b: float,
+                            theta: float) -> float:
+    """m = s x pi x (1 - pi): the conditional test's information about the log rate ratio."""
+    pi = share_under(n_c, n_b, theta)
+    return (max(0.0, s_c) + max(0.0, s_b)) * pi * (1.0 - pi)
+
+
+def pearson_residual(s_c: float, n_c: float, s_b: float, n_b: float, theta: float) -> float:
+    """The squared Pearson residual of the candidate's share of the look's events, winsorized
+    at ``RESIDUAL_CAP`` (0 when the look has no information)."""
+    pi = share_under(n_c, n_b, theta)
+    events = max(0.0, s_c) + max(0.0, s_b)
+    variance = events * pi * (1.0 - pi)
+    if variance <= 0.0:
+        return 0.0
+    return min(RESIDUAL_CAP, (max(0.0, s_c) - events * pi) ** 2 / variance)
+
+
+def kappa_estimate(floor: float, excess: float, information: float) -> float:
+    """kappa from the looks so far: sum(r^2 - 1) / (sum(m) + prior), never below ``floor``."""
+    return max(floor, excess / (information + KAPPA_PRIOR_WEIGHT))
+
+
+def temper(log_factor: float, phi: float, cap: float | None = None) -> float:
+    """A look's log likelihood ratio divided by its dispersion, and capped from above.
+
+    Both keep a ratio's expectation at most 1 under the null it was built for (Jensen for the
+    power 1/phi <= 1, min(f, e^cap) <= f for the cap), so the product over looks stays an
+    e-process; the cap makes sure no single look, however extreme, decides a rollback.
+    """
+    tempered = log_factor / max(1.0, phi)
+    return tempered if cap is None else min(tempered, cap)

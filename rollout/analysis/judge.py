@@ -39,6 +39,9 @@ class Look:
     baseline: ArmTotals
     split: str = "0"
     final: bool = False
+    # Everything the candidate served in the split, warm-up included (the 5xx ceiling's input;
+    # ``None``: the candidate's scored sums).
+    served: ArmTotals | None = None
 
 
 def judge(
@@ -57,7 +60,13 @@ def judge(
         return _noted(verdict, state, previous_t), new_t
     previous_s = state if isinstance(state, SequentialState) else None
     verdict, new_s = judge_sequential(
-        policy, look.candidate, look.baseline, previous_s, split=look.split, final=look.final
+        policy,
+        look.candidate,
+        look.baseline,
+        previous_s,
+        split=look.split,
+        final=look.final,
+        served=look.served,
     )
     return _noted(verdict, state, previous_s), new_s
 

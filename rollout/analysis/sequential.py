@@ -97,14 +97,18 @@ from typing import Any
 
 from rollout.analysis import observe
 from rollout.analysis.evidence import (
+    conditional_information,
+    kappa_estimate,
     log_binomial_factor,
     log_mean_exp,
     log_ratio_factor,
     odds_scaled,
+    pearson_residual,
     rate_upper,
+    temper,
 )
 from rollout.analysis.observe import Seen
-from rollout.analysis.spec import CheckSpec, ControlCheck, Policy
+from rollout.analysis.spec import CeilingCheck, CheckSpec, ControlCheck, Policy
 from rollout.analysis.verdict import CheckResult, Outcome, Verdict
 from rollout.metrics.model import ArmTotals, Histogram
 
@@ -130,7 +134,29 @@ TAIL_OBSERVATIONS = 10.0
 # Gauges are levels, not counts: a gauge check fails when this many consecutive windows are
 # beyond the level, and passes when as many are within it.
 GAUGE_WINDOWS = 3
+# No single look (one metric window) may bring a fail component more than this share of the
+# way to its boundary, so a rollback always rests on at least two windows: one replica's bad
+# minute never decides. Above one half so that two decisive windows are enough.
+LOOK_CAP_SHARE = 0.6
+# Below this many events in both arms the rate ratio is not estimated (taken as 1) when the
+# dispersion's residuals are computed.
+THETA_MIN_EVENTS = 10.0
 STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """What every look's scoring needs from the policy: the dispersion floor and the cap."""
+
+    kappa_floor: float
+    cap: float
+
+    @classmethod
+    def of(cls, policy: Policy) -> _Scoring:
+        return cls(
+            kappa_floor=policy.window_cv**2,
+            cap=LOOK_CAP_SHARE * math.log(1.0 / policy.alpha_per_check),
+        )
 
 
 @dataclass
@@ -153,6 +179,12 @@ class CheckEvidence:
     anchor_c: float = 0.0
     anchor_b: float = 0.0
     crossed_fail: bool = False
+    # Extra-binomial variation: the sums of (r^2 - 1) and of m over the scored looks, and the
+    # kappa and dispersion the last look was tempered with.
+    disp_excess: float = 0.0
+    disp_info: float = 0.0
+    kappa: float | None = None
+    phi: float | None = None
 
     @classmethod
     def fresh(cls, spec: CheckSpec) -> CheckEvidence:
@@ -186,6 +218,10 @@ class CheckEvidence:
             "anchor_c": self.anchor_c,
             "anchor_b": self.anchor_b,
             "crossed_fail": self.crossed_fail,
+            "disp_excess": self.disp_excess,
+            "disp_info": self.disp_info,
+            "kappa": self.kappa,
+            "phi": self.phi,
         }
 
     @classmethod
@@ -209,6 +245,10 @@ class CheckEvidence:
             anchor_c=float(data.get("anchor_c", 0.0)),
             anchor_b=float(data.get("anchor_b", 0.0)),
             crossed_fail=bool(data.get("crossed_fail", False)),
+            disp_excess=float(data.get("disp_excess", 0.0)),
+            disp_info=float(data.get("disp_info", 0.0)),
+            kappa=opt("kappa"),
+            phi=opt("phi"),
         )
 
 
@@ -232,6 +272,10 @@ class SequentialState:
     base_latency_done: Histogram | None = None  # baseline latency of the finished splits
     base_latency_seen: Histogram | None = None  # ... and of the current split at the last look
     checks: list[CheckEvidence] = field(default_factory=list)
+    # The 5xx ceiling: its evidence, and the candidate's served counts (warm-up included)
+    # in the current split at the last look.
+    ceiling: CheckEvidence | None = None
+    served_seen: Seen = field(default_factory=Seen)
     failed: bool = False
     fail_reason: str = ""
     kind: str = "sequential"
@@ -250,6 +294,8 @@ class SequentialState:
             "base_latency_done": observe.hist_to_dict(self.base_latency_done),
             "base_latency_seen": observe.hist_to_dict(self.base_latency_seen),
             "checks": [check.to_dict() for check in self.checks],
+            "ceiling": None if self.ceiling is None else self.ceiling.to_dict(),
+            "served_seen": self.served_seen.to_dict(),
             "failed": self.failed,
             "fail_reason": self.fail_reason,
         }
@@ -260,8 +306,9 @@ class SequentialState:
             self,
             seen_c=self.seen_c.clone(),
             seen_b=self.seen_b.clone(),
-            checks=[replace(c, fail=list(c.fail), pass_level=list(c.pass_level))
-                    for c in self.checks],
+            served_seen=self.served_seen.clone(),
+            checks=[_copy(c) for c in self.checks],
+            ceiling=None if self.ceiling is None else _copy(self.ceiling),
         )
 
     @classmethod
@@ -282,9 +329,18 @@ class SequentialState:
             base_latency_done=observe.hist_from_dict(data.get("base_latency_done")),
             base_latency_seen=observe.hist_from_dict(data.get("base_latency_seen")),
             checks=[CheckEvidence.from_dict(c) for c in data.get("checks", [])],
+            ceiling=(
+                None if data.get("ceiling") is None
+                else CheckEvidence.from_dict(data["ceiling"])
+            ),
+            served_seen=Seen.from_dict(data.get("served_seen") or {}),
             failed=bool(data.get("failed", False)),
             fail_reason=str(data.get("fail_reason", "")),
         )
+
+
+def _copy(check: CheckEvidence) -> CheckEvidence:
+    return replace(check, fail=list(check.fail), pass_level=list(check.pass_level))
 
 
 @dataclass(frozen=True)
@@ -329,16 +385,26 @@ def judge_sequential(
     *,
     split: str,
     final: bool,
+    served: ArmTotals | None = None,
 ) -> tuple[Verdict, SequentialState]:
-    """Score the new data, update every check's evidence, and decide (see module docstring)."""
+    """Score the new data, update every check's evidence, and decide (see module docstring).
+
+    ``served`` is everything the candidate served in the split, warm-up included: the 5xx
+    ceiling judges it (default: ``candidate``).
+    """
     new = state.clone() if state is not None else SequentialState()  # never mutate the caller's
     notes: list[str] = []
+    scoring = _Scoring.of(policy)
     _match_checks(policy, new, notes)
+    new_split = new.split != split
     delta = _arrivals(new, candidate, baseline, split, notes)
+    ceiling = _score_ceiling(policy, new, served if served is not None else candidate,
+                             new_split=new_split, scoring=scoring)
 
     if delta.usable:
         for spec, check in zip(policy.checks, new.checks, strict=True):
-            _score(spec, check, delta, new, candidate=candidate, baseline=baseline)
+            _score(spec, check, delta, new, candidate=candidate, baseline=baseline,
+                   scoring=scoring)
         if not (delta.gap("errors_4xx") or delta.gap("errors_5xx")):
             new.base_requests += delta.get("b", "requests")
             new.base_errors_4xx += delta.get("b", "errors_4xx")
@@ -356,8 +422,41 @@ def judge_sequential(
     if delta.arrived:
         new.looks += 1
 
-    verdict = _decide(policy, new, candidate, baseline, split=split, final=final, notes=notes)
+    verdict = _decide(policy, new, candidate, baseline, split=split, final=final, notes=notes,
+                      ceiling=ceiling)
     return verdict, new
+
+
+def _score_ceiling(
+    policy: Policy,
+    state: SequentialState,
+    served: ArmTotals,
+    *,
+    new_split: bool,
+    scoring: _Scoring,
+) -> CheckResult | None:
+    """Score the candidate's served windows (warm-up included) against the 5xx ceiling."""
+    if policy.error_ceiling is None:
+        state.ceiling = None
+        return None
+    spec = CeilingCheck.at(policy.error_ceiling)
+    if state.ceiling is None or state.ceiling.key != spec.describe():
+        state.ceiling = CheckEvidence.fresh(spec)
+    before = Seen() if new_split else state.served_seen
+    now = Seen.of(served)
+    if not before.went_back(now) and not (
+        before.missing_grew(now, "errors_5xx") or before.missing_grew(now, "requests")
+    ):
+        _score_absolute(
+            state.ceiling,
+            now.errors_5xx - before.errors_5xx,
+            now.requests - before.requests,
+            fail_level=spec.max_level or 0.0,
+            pass_level=spec.max_level or 0.0,
+            scoring=scoring,
+        )
+    state.served_seen = now
+    return _evaluate(spec, state.ceiling, policy, served, ArmTotals())
 
 
 def _match_checks(policy: Policy, state: SequentialState, notes: list[str]) -> None:
@@ -406,6 +505,7 @@ def _score(
     *,
     candidate: ArmTotals,
     baseline: ArmTotals,
+    scoring: _Scoring,
 ) -> None:
     info = spec.info
     if info.kind == "rate":
@@ -418,11 +518,13 @@ def _score(
                 state.base_errors_4xx
             )
             _score_rate_relative(spec, check, (s_c, n_c, s_b, n_b),
-                                 base_events=base_events, base_requests=state.base_requests)
+                                 base_events=base_events, base_requests=state.base_requests,
+                                 scoring=scoring)
         else:
             level = spec.max_level or 0.0
             fail_level = spec.fail_level if isinstance(spec, ControlCheck) else None
-            _score_absolute(check, s_c, n_c, level if fail_level is None else fail_level, level)
+            _score_absolute(check, s_c, n_c, fail_level=level if fail_level is None else fail_level,
+                            pass_level=level, scoring=scoring)
     elif info.kind == "quantile":
         name = f"{info.source}_n"
         n_c = delta.get("c", name)
@@ -434,14 +536,16 @@ def _score(
             hist_b = observe.histogram(baseline, info.source)
             s_c = (0.0 if hist_c is None else hist_c.count_above(check.level)) - check.anchor_c
             s_b = (0.0 if hist_b is None else hist_b.count_above(check.level)) - check.anchor_b
-            _score_quantile_relative(spec, check, (max(0.0, s_c), n_c, max(0.0, s_b), n_b))
+            _score_quantile_relative(spec, check, (max(0.0, s_c), n_c, max(0.0, s_b), n_b),
+                                     scoring)
         else:
             hist_c = observe.histogram(candidate, info.source)
             if check.level is None or hist_c is None or n_c <= 0.0:
                 return
             s_c = hist_c.count_above(check.level) - check.anchor_c
             tail = 1.0 - (info.quantile or 0.0)
-            _score_absolute(check, max(0.0, s_c), n_c, tail, tail)
+            _score_absolute(check, max(0.0, s_c), n_c, fail_level=tail, pass_level=tail,
+                            scoring=scoring)
 
 
 def _score_rate_relative(
@@ -451,6 +555,7 @@ def _score_rate_relative(
     *,
     base_events: float,
     base_requests: float,
+    scoring: _Scoring,
 ) -> None:
     s_c, n_c, _, _ = look
     ratio = spec.max_ratio or 1.0
@@ -463,60 +568,121 @@ def _score_rate_relative(
         upper = rate_upper(base_events, base_requests)
         if math.isfinite(upper) and upper > 0.0:
             rho = max(ratio, 1.0 + increase / upper)
-    _add(check, look, rho)
+    phi = _add(check, look, rho, scoring)
     if increase > 0.0:
         # Second pass route: a candidate rate confidently below `increase` cannot be
         # `increase` above any baseline. The only route when neither arm has errors.
-        for i, fraction in enumerate(LEVEL_FRACTIONS):
-            check.pass_level[i] += log_binomial_factor(s_c, n_c, increase * fraction, increase)
+        _add_floor(check, s_c, n_c, increase, phi)
 
 
 def _score_quantile_relative(
-    spec: CheckSpec, check: CheckEvidence, look: tuple[float, float, float, float]
+    spec: CheckSpec,
+    check: CheckEvidence,
+    look: tuple[float, float, float, float],
+    scoring: _Scoring,
 ) -> None:
     s_c, n_c, _, _ = look
     rho = check.next_rho if check.next_rho is not None else 1.0
-    _add(check, look, rho)
+    phi = _add(check, look, rho, scoring)
     # "Worse by the tolerance" means the candidate's quantile is at or beyond the level, i.e.
     # at least (1 - q) of its requests are slower than it: a one-sample bound, like a floor.
-    tail = 1.0 - (spec.info.quantile or 0.0)
+    _add_floor(check, s_c, n_c, 1.0 - (spec.info.quantile or 0.0), phi)
+
+
+def _add_floor(check: CheckEvidence, s_c: float, n_c: float, level: float, phi: float) -> None:
+    """The one-sample pass route: the candidate's rate confidently below ``level``."""
     for i, fraction in enumerate(LEVEL_FRACTIONS):
-        check.pass_level[i] += log_binomial_factor(s_c, n_c, tail * fraction, tail)
+        check.pass_level[i] += temper(
+            log_binomial_factor(s_c, n_c, level * fraction, level), phi
+        )
 
 
-def _add(check: CheckEvidence, look: tuple[float, float, float, float], rho: float) -> None:
+def _theta(check: CheckEvidence) -> float:
+    """The candidate's rate over the baseline's so far (1 until the counts say something)."""
+    if check.events_c + check.events_b < THETA_MIN_EVENTS or check.n_c <= 0 or check.n_b <= 0:
+        return 1.0
+    return ((check.events_c + 0.5) / check.n_c) / ((check.events_b + 0.5) / check.n_b)
+
+
+def _add(
+    check: CheckEvidence,
+    look: tuple[float, float, float, float],
+    rho: float,
+    scoring: _Scoring,
+) -> float:
     """Score one look of a comparison (events and requests per arm): every fail component
-    and the pass ratio route."""
+    and the pass ratio route, each tempered by the look's dispersion; returns it.
+
+    The dispersion uses kappa from the looks before this one (so it is fixed before the data
+    it tempers); this look's residual joins the estimate afterwards.
+    """
     s_c, n_c, s_b, n_b = look
     if n_c + n_b <= 0.0:
-        return
+        return 1.0
+    theta = _theta(check)
+    kappa = kappa_estimate(scoring.kappa_floor, check.disp_excess, check.disp_info)
+    information = conditional_information(s_c, n_c, s_b, n_b, theta)
+    phi = 1.0 + kappa * information
+    check.kappa, check.phi = kappa, phi
+    if information > 0.0:
+        check.disp_excess += pearson_residual(s_c, n_c, s_b, n_b, theta) - 1.0
+        check.disp_info += information
     check.events_c += s_c
     check.events_b += s_b
     check.n_c += n_c
     check.n_b += n_b
     check.rho = rho
     if rho > 1.0:
-        check.pass_ratio -= log_ratio_factor(s_c, n_c, s_b, n_b, rho)
+        check.pass_ratio -= temper(log_ratio_factor(s_c, n_c, s_b, n_b, rho), phi)
     base = max(rho, MIN_FAIL_RATIO)
     for i, exponent in enumerate(FAIL_EXPONENTS):
-        check.fail[i] += log_ratio_factor(s_c, n_c, s_b, n_b, base**exponent)
+        check.fail[i] += temper(
+            log_ratio_factor(s_c, n_c, s_b, n_b, base**exponent), phi, scoring.cap
+        )
+    return phi
 
 
 def _score_absolute(
-    check: CheckEvidence, s_c: float, n_c: float, fail_level: float, pass_level: float
+    check: CheckEvidence,
+    s_c: float,
+    n_c: float,
+    *,
+    fail_level: float,
+    pass_level: float,
+    scoring: _Scoring,
 ) -> None:
     """One-sample test of the candidate's rate: above ``fail_level`` (fail side), below
     ``pass_level`` (pass side). The same level for an SLO or a tail share; two for a check
-    against a sampled control (``rollout.analysis.control``)."""
+    against a sampled control (``rollout.analysis.control``). With no control to estimate
+    the dispersion from, the policy's floor tempers every look."""
     if n_c <= 0.0 or not (0.0 < fail_level < 1.0 and 0.0 < pass_level < 1.0):
         return
+    phi = 1.0 + scoring.kappa_floor * n_c * fail_level / (1.0 - fail_level)
+    check.kappa, check.phi = scoring.kappa_floor, phi
     check.events_c += s_c
     check.n_c += n_c
     for i, factor in enumerate(ABSOLUTE_FACTORS):
-        check.fail[i] += log_binomial_factor(s_c, n_c, odds_scaled(fail_level, factor),
-                                             fail_level)
-        check.pass_level[i] += log_binomial_factor(s_c, n_c, odds_scaled(pass_level, 1 / factor),
-                                                   pass_level)
+        check.fail[i] += temper(
+            log_binomial_factor(s_c, n_c, odds_scaled(fail_level, factor), fail_level),
+            phi,
+            scoring.cap,
+        )
+        check.pass_level[i] += temper(
+            log_binomial_factor(s_c, n_c, odds_scaled(pass_level, 1 / factor), pass_level), phi
+        )
+
+
+def bucket_level(hist: Histogram, target: float) -> float | None:
+    """The smallest finite bucket bound at or above ``target`` (``None`` beyond the last).
+
+    A level on a bound is counted exactly; a level inside a bucket would be a guess at how the
+    bucket's requests spread, which is how a healthy candidate with a slower median looks
+    like a slower tail.
+    """
+    for bound in hist.bounds:
+        if math.isfinite(bound) and bound >= target * (1.0 - 1e-9):
+            return bound
+    return None
 
 
 def _set_level(
@@ -528,9 +694,12 @@ def _set_level(
 ) -> None:
     """Choose the latency level the next look counts against, from the baseline so far.
 
-    The level is the tolerance applied to a lower confidence bound of the baseline's quantile
-    (so "the candidate's quantile is beyond the tolerance" implies "beyond the level"); the
+    The level is the smallest bucket bound at or beyond the tolerance applied to a lower
+    confidence bound of the baseline's quantile (so "the candidate's quantile is beyond the
+    tolerance" implies "beyond the level", and both arms' counts above it are exact); the
     alternative ratio is (1 - q) over a generous estimate of the baseline's share beyond it.
+    With coarse buckets the level can sit well beyond the tolerance: the effective tolerance
+    (level over the baseline's quantile) is in every verdict.
     """
     q = spec.info.quantile or 0.0
     tail = 1.0 - q
@@ -543,9 +712,10 @@ def _set_level(
     if base_q is None or base_q <= 0.0:
         check.level = check.next_rho = None
         return
-    level = base_q * (spec.max_ratio or 1.0)
-    if spec.max_increase is not None:
-        level = max(level, base_q + spec.max_increase)
+    level = bucket_level(base_hist, spec.tolerated(base_q))
+    if level is None:
+        check.level = check.next_rho = None
+        return
     check.level = level
     check.next_rho = tail / rate_upper(base_hist.count_above(level), n)
     hist_c = observe.histogram(candidate, spec.info.source)
@@ -653,7 +823,9 @@ def _evaluate(
     spent = spec.control_share if isinstance(spec, ControlCheck) else 0.0
     fail_at = math.log(1.0 / (policy.alpha_per_check * (1.0 - spent)))
     pass_at = math.log(1.0 / (policy.missed_regression_rate * (1.0 - spent)))
-    if log_fail >= fail_at:
+    crossed_pass = log_pass >= pass_at and not missing
+    conflicting = log_fail >= fail_at and crossed_pass and not check.crossed_fail
+    if log_fail >= fail_at and not conflicting:
         check.crossed_fail = True
     statistic = {"fail": log_fail, "pass": log_pass}
     boundary = {"fail": fail_at, "pass": pass_at}
@@ -671,7 +843,12 @@ def _evaluate(
     )
     if check.crossed_fail:
         outcome, why = Outcome.FAIL, "confident the candidate is worse"
-    elif log_pass >= pass_at and not missing:
+    elif conflicting:
+        outcome, why = Outcome.INCONCLUSIVE, (
+            "conflicting evidence: both the fail and the pass boundary are crossed; holding "
+            "for more data"
+        )
+    elif crossed_pass:
         outcome, why = Outcome.PASS, "confident the candidate is within tolerance"
     elif missing:
         outcome, why = Outcome.INCONCLUSIVE, f"no data: {missing}"
@@ -753,6 +930,18 @@ def _evaluate_gauge(
     )
 
 
+def _short(
+    policy: Policy, candidate: ArmTotals, baseline: ArmTotals, *, needs_baseline: bool
+) -> list[str]:
+    """The arms below ``min_requests`` in the scored split, as text."""
+    short = []
+    if candidate.requests < policy.min_requests:
+        short.append(f"candidate {candidate.requests:g}/{policy.min_requests} requests")
+    if needs_baseline and baseline.requests < policy.min_requests:
+        short.append(f"baseline {baseline.requests:g}/{policy.min_requests} requests")
+    return short
+
+
 def _decide(
     policy: Policy,
     state: SequentialState,
@@ -762,23 +951,27 @@ def _decide(
     split: str,
     final: bool,
     notes: list[str],
+    ceiling: CheckResult | None = None,
 ) -> Verdict:
     results = [
         _evaluate(spec, check, policy, candidate, baseline)
         for spec, check in zip(policy.checks, state.checks, strict=True)
     ]
     needs_baseline = any(spec.compare == "baseline" for spec in policy.checks)
-    short = []
-    if candidate.requests < policy.min_requests:
-        short.append(f"candidate {candidate.requests:g}/{policy.min_requests} requests")
-    if needs_baseline and baseline.requests < policy.min_requests:
-        short.append(f"baseline {baseline.requests:g}/{policy.min_requests} requests")
+    short = _short(policy, candidate, baseline, needs_baseline=needs_baseline)
     failing = [r for r in results if r.outcome is Outcome.FAIL]
     blocking = [
         r for spec, r in zip(policy.checks, results, strict=True)
         if r.outcome is not Outcome.PASS and not (r.missing and spec.on_missing == "skip")
     ]
     missing = tuple(r.check for r in results if r.missing)
+    # The ceiling judges what the candidate served, warm-up included: its fail needs no
+    # min_requests in the scored split, and it never holds a pass back.
+    if ceiling is not None:
+        results.append(ceiling)
+    if ceiling is not None and ceiling.outcome is Outcome.FAIL:
+        failing.append(ceiling)
+        short = []
 
     if state.failed or (failing and not short):
         if not state.failed:
@@ -789,7 +982,7 @@ def _decide(
         outcome = Outcome.INCONCLUSIVE
         reason = f"inconclusive: below min_requests in this split ({', '.join(short)})"
     elif not blocking:
-        outcome, reason = Outcome.PASS, f"pass: all {len(results)} checks within tolerance"
+        outcome, reason = Outcome.PASS, f"pass: all {len(policy.checks)} checks within tolerance"
     else:
         outcome = Outcome.INCONCLUSIVE
         reason = "inconclusive: " + "; ".join(r.reason for r in blocking)

@@ -294,6 +294,18 @@ class ControlCheck(CheckSpec):
         return text
 
 
+class CeilingCheck(CheckSpec):
+    """The policy's ``error_ceiling`` as a check: an absolute 5xx level judged on every window
+    the candidate served in a split, its warm-up included. Built by the sequential judge."""
+
+    @classmethod
+    def at(cls, level: float) -> CeilingCheck:
+        return cls(metric=Metric.ERROR_RATE, max_level=level)
+
+    def _describe_uncached(self) -> str:
+        return f"error_rate ceiling {(self.max_level or 0.0) * 100:g}% (warm-up included)"
+
+
 @functools.lru_cache(maxsize=1024)
 def _describe(spec: CheckSpec) -> str:
     # Cached: the judges key their state by it at every look (specs are frozen, so hashable).
@@ -328,6 +340,42 @@ class Policy(BaseModel):
     on_no_data: Literal["hold", "rollback"] = "hold"
     deadline: float | None = None  # seconds
     on_deadline: Literal["rollback", "hold"] = "rollback"
+    # Real traffic (see ``rollout.analysis.sequential``, "Real traffic"):
+    warmup_windows: int = Field(
+        default=2,
+        ge=0,
+        le=60,
+        description="Metric windows after every split change that are served but not scored "
+        "(cold replicas); a plan step's warmup overrides it.",
+    )
+    error_ceiling: float | None = Field(
+        default=0.2,
+        description="A 5xx rate that rolls the candidate back in any window of a split, "
+        "warm-up included: a gross failure is not waited out.",
+    )
+    window_cv: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=10.0,
+        description="Variation of the candidate's per-window rates beyond binomial noise "
+        "(coefficient of variation) that the sequential judge always allows for; more is "
+        "estimated from the data.",
+    )
+
+    @field_validator("error_ceiling", mode="before")
+    @classmethod
+    def _ceiling(cls, value: object) -> float | None:
+        if value is None:
+            return None
+        result = parse_fraction(value)
+        if not 0.0 < result < 1.0:
+            raise ValueError(f"error_ceiling must be between 0 and 100 %, got {value!r}")
+        return result
+
+    @field_validator("window_cv", mode="before")
+    @classmethod
+    def _window_cv(cls, value: object) -> float:
+        return parse_fraction(value)
 
     @field_validator("false_rollback_rate", "missed_regression_rate", mode="before")
     @classmethod
@@ -352,7 +400,9 @@ class Policy(BaseModel):
 
     @property
     def statistical_checks(self) -> int:
-        return sum(1 for check in self.checks if check.statistical)
+        """Tests that can fail and so share the false-rollback budget (the ceiling is one)."""
+        ceiling = 1 if self.error_ceiling is not None and self.judge == "sequential" else 0
+        return sum(1 for check in self.checks if check.statistical) + ceiling
 
     @property
     def alpha_per_check(self) -> float:

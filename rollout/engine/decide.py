@@ -22,6 +22,7 @@ rollout pauses and says so, and never fights the human.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,8 @@ from rollout.engine.model import (
     Target,
     TargetPurpose,
 )
+from rollout.metrics.model import ArmTotals, EntityWindow
+from rollout.metrics.windows import sum_windows, window_length_ms
 from rollout.plan import ABPlan, AnyPlan, BlueGreenPlan, CanaryPlan
 from rollout.units import format_duration
 
@@ -61,6 +64,7 @@ class Timing:
     update_deadline: float = 45 * 60.0  # a config update not settled by then has failed
     max_put_attempts: int = 3  # PUTs of one target before giving up on it
     step_deadline_factor: float = 3.0  # a step with no conclusive verdict after bake x this
+    metrics_window: float = 60.0  # seconds per export-metrics window (a policy's warm-up unit)
 
 
 DEFAULT_TIMING = Timing()
@@ -95,6 +99,15 @@ def target_key(target: Target) -> str:
     return config_key(identities, target.split)
 
 
+@dataclass(frozen=True)
+class _Unit:
+    """What the judge sees after one more window of the split: the sums up to that window."""
+
+    candidate: ArmTotals
+    baseline: ArmTotals
+    served: ArmTotals
+
+
 @dataclass
 class _Turn:
     """Collects the parts of one decision while the phase handlers run."""
@@ -110,6 +123,12 @@ class _Turn:
     consumed: list[int] = field(default_factory=list)
     effect: Effect | None = None
     next_check_in: float | None = None
+    # Set by ``_accumulate``: whether this observation changed what the arms sum to, and the
+    # instant from which the current split's windows are scored (after its warm-up).
+    arrived: bool = False
+    scored_from: float | None = None
+    unpaired: int = 0
+    units: list[_Unit] = field(default_factory=list)
 
     def set(self, **changes: Any) -> None:
         self.state = self.state.model_copy(update=changes)
@@ -389,6 +408,8 @@ def _confirmed(turn: _Turn, target: Target) -> None:
             split_applied_at=turn.now,
             step_started_at=turn.now,
             candidate=Arm(),
+            served=Arm(),
+            judged_windows=0,
             control=state.control if target.purpose == "switch" else Arm(),
             last_verdict=None,
         )
@@ -823,61 +844,158 @@ def _bake(plan: AnyPlan, step: int) -> float:
     return plan.bake
 
 
+def _step_warmup(plan: AnyPlan, step: int) -> float | None:
+    """The plan's own warm-up for a step, if it sets one."""
+    if isinstance(plan, CanaryPlan):
+        steps = plan.canary_steps()
+        return steps[min(step, len(steps) - 1)].warmup if steps else None
+    if isinstance(plan, ABPlan):
+        return plan.warmup
+    return None
+
+
+def _warmup(turn: _Turn, windows: list[EntityWindow]) -> float:
+    """Seconds after a split change whose windows are served but not scored.
+
+    The policy counts it in metric windows; the window length is what the windows show
+    (the configured one until two windows of an entity are in).
+    """
+    own = _step_warmup(turn.plan, turn.state.step)
+    if own is not None:
+        return own
+    shown = window_length_ms(windows)
+    window = turn.timing.metrics_window if shown is None else shown / 1000.0
+    return turn.policy.warmup_windows * window
+
+
 def _accumulate(turn: _Turn) -> None:
-    """Add the new windows that began after the current split took effect to each arm."""
+    """Sum the arms afresh from the current split's windows (revisions in their final form).
+
+    The runner passes every window it keeps since the split took effect; summing them again
+    at every look (never adding up what arrived) is what lets a revised window count in its
+    final version. Canary and A/B arms are summed over the minutes both arms reported, after
+    the split's warm-up; ``served`` keeps everything the candidate served in the split, warm-up
+    included, for the absolute ceiling. Each candidate window not judged yet becomes one unit
+    for the judge (the sums up to it), so evidence is counted window by window whether the
+    windows arrive one per look or several at once (a backlog after a restart).
+    """
     state = turn.state
-    if state.split_applied_at is None or not turn.obs.windows:
+    if state.split_applied_at is None:
         return
-    since_ms = state.split_applied_at * 1000.0
+    since_ms = int(state.split_applied_at * 1000.0)
+    windows = sorted(
+        (w for w in turn.obs.windows if w.start_ms is not None and w.start_ms >= since_ms),
+        key=lambda w: w.start_ms or 0,
+    )
+    if not windows:
+        return
     candidate = turn.plan.candidate.served_name
-    fresh = [w for w in turn.obs.windows if w.start_ms is not None and w.start_ms >= since_ms]
-    mine = [w for w in fresh if w.entity == candidate]
-    # Blue/green: the baseline serves nothing after the switch; its windows from before the
-    # switch are the control.
-    control_open = not (isinstance(turn.plan, BlueGreenPlan) and state.phase is Phase.PROGRESSING)
-    theirs = [w for w in fresh if w.entity == state.baseline] if control_open else []
-    if mine:
-        turn.set(candidate=state.candidate.plus(mine))
-    if theirs:
-        turn.set(control=turn.state.control.plus(theirs))
+    if isinstance(turn.plan, BlueGreenPlan) and state.phase is not Phase.PROGRESSING:
+        # Blue/green before the switch: the baseline's windows are the warm-up control.
+        control = sum_windows((w for w in windows if w.entity == state.baseline), since_ms)
+        arm = Arm.of(control.get(state.baseline, ArmTotals()))
+        turn.arrived = arm != state.control
+        turn.set(control=arm)
+        return
+    scored_from = state.split_applied_at + _warmup(turn, windows)
+    scored_ms = math.ceil(scored_from * 1000.0)
+    turn.scored_from = scored_from
+    # After a blue/green switch the baseline serves nothing: its control is fixed.
+    paired = not isinstance(turn.plan, BlueGreenPlan)
+    mine = [w for w in windows if w.entity == candidate]
+    theirs = {w.start_ms: w for w in windows if w.entity == state.baseline}
+    arm_c, arm_b, served = ArmTotals(), ArmTotals(), ArmTotals()
+    units: list[_Unit] = []
+    for index, window in enumerate(mine):
+        served.add(window)
+        start = window.start_ms or 0
+        if start >= scored_ms:
+            partner = theirs.get(start)
+            if not paired:
+                arm_c.add(window)
+            elif partner is not None:
+                arm_c.add(window)
+                arm_b.add(partner)
+        if index >= state.judged_windows:
+            units.append(_Unit(arm_c.copy(), arm_b.copy(), served.copy()))
+    mine_starts = {w.start_ms for w in mine}
+    turn.unpaired = 0 if not paired else sum(
+        1 for w in mine if (w.start_ms or 0) >= scored_ms and w.start_ms not in theirs
+    ) + sum(1 for start in theirs if (start or 0) >= scored_ms and start not in mine_starts)
+    changes: dict[str, Any] = {"candidate": Arm.of(arm_c), "served": Arm.of(served)}
+    if paired:
+        changes["control"] = Arm.of(arm_b)
+    changed = any(getattr(state, name) != value for name, value in changes.items())
+    if not units and changed:
+        # A revised window, or a late partner of one judged before: one more unit.
+        units.append(_Unit(arm_c, arm_b if paired else state.control.totals(), served))
+    turn.units = units
+    turn.arrived = bool(units)
+    turn.set(judged_windows=len(mine), **changes)
+
+
+def _warmup_text(turn: _Turn) -> str:
+    applied = turn.state.split_applied_at or 0.0
+    scored = turn.scored_from or applied
+    span = format_duration(scored - applied) if scored > applied else "none"
+    if turn.now < scored:
+        return (
+            f"warm-up {span} after the split change: windows served, scored from "
+            f"{format_duration(scored - turn.now)} from now (the 5xx ceiling applies)"
+        )
+    return f"warm-up {span} after the split change, not scored"
 
 
 def _look(turn: _Turn, *, final: bool) -> Look | None:
-    """Judge the arms if new windows arrived (each window is one look)."""
+    """Judge each new window's unit (or the current sums at the first look of a split)."""
     state = turn.state
-    fresh = [
-        w
-        for w in turn.obs.windows
-        if w.start_ms is not None
-        and state.split_applied_at is not None
-        and w.start_ms >= state.split_applied_at * 1000.0
-    ]
     no_labels = not turn.obs.entity_labels
-    if not fresh and state.last_verdict is not None and not turn.obs.metrics_error:
-        return None
+    units = list(turn.units)
+    if not units:
+        if state.last_verdict is not None and not turn.obs.metrics_error:
+            return None
+        units = [_Unit(state.candidate.totals(), state.control.totals(),
+                       state.served.totals())]
     policy, control = turn.policy, state.control.totals()
-    if isinstance(turn.plan, BlueGreenPlan) and state.phase is Phase.PROGRESSING:
+    bake_against_control = isinstance(turn.plan, BlueGreenPlan) and state.phase is Phase.PROGRESSING
+    if bake_against_control:
         # The warm-up control stays the baseline arm: checks it could fix to a level ignore
         # it, and one it has no data for stays relative and visibly inconclusive.
         policy = against_control(policy, control)
-    look = judge_look(
-        policy,
-        state.candidate.totals(),
-        control,
-        state.judge_state,
-        split=f"{state.step}@{state.split_applied_at}",
-        final=final,
-        note=(
-            "export-metrics has no per-entity series; arms cannot be told apart"
-            if no_labels
-            else turn.obs.metrics_error
-        ),
-    )
+    notes = [_warmup_text(turn)] if turn.scored_from is not None else []
+    if turn.unpaired:
+        notes.append(f"{turn.unpaired} window(s) waiting for the other arm's")
+    if no_labels:
+        notes.append("export-metrics has no per-entity series; arms cannot be told apart")
+    elif turn.obs.metrics_error:
+        notes.append(turn.obs.metrics_error)
+    judge_state = state.judge_state
+    look: Look | None = None
+    for unit in units:
+        look = judge_look(
+            policy,
+            unit.candidate,
+            control if bake_against_control else unit.baseline,
+            judge_state,
+            split=f"{state.step}@{state.split_applied_at}",
+            final=final,
+            served=unit.served,
+            note="; ".join(notes) or None,
+        )
+        judge_state = look.state
+    assert look is not None  # noqa: S101  # units is never empty here
     verdict = dict(look.verdict)
     verdict["may_advance"] = look.may_advance
     verdict["at"] = turn.now
+    if turn.scored_from is not None and state.split_applied_at is not None:
+        verdict["warmup"] = {
+            "seconds": turn.scored_from - state.split_applied_at,
+            "scored_from": turn.scored_from,
+            "in_warmup": turn.now < turn.scored_from,
+        }
+    verdict["unpaired_windows"] = turn.unpaired
     turn.set(judge_state=look.state, last_verdict=verdict)
-    if fresh or turn.obs.metrics_error:
+    if turn.arrived or turn.obs.metrics_error:
         turn.note(
             "verdict",
             f"{look.outcome}: {look.reason}",

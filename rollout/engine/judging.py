@@ -33,12 +33,15 @@ def judge_look(
     *,
     split: str,
     final: bool,
+    served: ArmTotals | None = None,
     note: str | None = None,
 ) -> Look:
     previous = state_from_dict(judge_state or None)
     verdict, new_state = judge(
         policy,
-        JudgeInput(candidate=candidate, baseline=baseline, split=split, final=final),
+        JudgeInput(
+            candidate=candidate, baseline=baseline, split=split, final=final, served=served
+        ),
         previous,
     )
     data = verdict.to_dict()

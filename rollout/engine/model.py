@@ -158,8 +158,13 @@ class RolloutState(BaseModel):
     # Windows that began at or after this instant (epoch seconds) show the current split.
     split_applied_at: float | None = None
     step_started_at: float | None = None
+    # The current split's sums: candidate and control over the scored (paired, post-warm-up)
+    # windows; ``served`` is everything the candidate served in the split, warm-up included.
     candidate: Arm = Field(default_factory=Arm)
     control: Arm = Field(default_factory=Arm)
+    served: Arm = Field(default_factory=Arm)
+    # The current split's candidate windows judged so far (each window is one unit of evidence).
+    judged_windows: int = 0
     judge_state: dict[str, Any] = Field(default_factory=dict)
     last_verdict: dict[str, Any] | None = None
     preflight_pending: bool = False
@@ -243,6 +248,8 @@ class Observation:
     endpoint_missing: bool = False
     endpoint_error: str | None = None
     update: UpdateOutcome | None = None
+    # Every window the runner's tracker keeps that began at or after the current split took
+    # effect, revisions applied: ``decide`` sums them afresh at every look.
     windows: tuple[EntityWindow, ...] = ()
     metrics_error: str | None = None
     entity_labels: bool = True

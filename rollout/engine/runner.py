@@ -319,7 +319,7 @@ class Runner:
             Phase.PREPARING,
             Phase.PROGRESSING,
         ):
-            observation = await self._scrape(plan.endpoint, tracker, observation)
+            observation = await self._scrape(plan.endpoint, tracker, state, observation)
         return observation
 
     async def _read_endpoint(self, endpoint: str) -> Observation:
@@ -331,17 +331,26 @@ class Runner:
             return Observation(endpoint_error=str(exc))
 
     async def _scrape(
-        self, endpoint: str, tracker: WindowTracker, observation: Observation
+        self,
+        endpoint: str,
+        tracker: WindowTracker,
+        state: RolloutState,
+        observation: Observation,
     ) -> Observation:
         try:
             text = await self.client.export_metrics(endpoint)
             scrape = parse_export_metrics(text)
         except (ServingError, MetricsError) as exc:
             return replace(observation, metrics_error=f"export-metrics unusable: {exc}")
-        windows = tracker.observe(scrape, int(self.clock.now() * 1000))
+        tracker.observe(scrape, int(self.clock.now() * 1000))
+        # Every window of the current split, revisions applied: decide sums them afresh.
+        since_ms = (state.split_applied_at or 0.0) * 1000.0
+        windows = tuple(
+            w for w in tracker.windows() if w.start_ms is not None and w.start_ms >= since_ms
+        )
         return replace(
             observation,
-            windows=tuple(windows),
+            windows=windows,
             entity_labels=scrape.has_entity_labels or not scrape.windows,
         )
 

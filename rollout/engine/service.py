@@ -40,6 +40,7 @@ def timing_from(settings: EngineSettings) -> Timing:
         update_deadline=settings.update_deadline,
         max_put_attempts=settings.max_put_attempts,
         step_deadline_factor=settings.step_deadline_factor,
+        metrics_window=settings.metrics_window,
     )
 
 

@@ -244,6 +244,21 @@ class ArmTotals:
     # judge that counts values it has seen counts these too.
     gauges_dropped: dict[str, int] = field(default_factory=dict)
 
+    def copy(self) -> ArmTotals:
+        """An independent copy (histograms are immutable and shared)."""
+        return ArmTotals(
+            windows=self.windows,
+            requests=self.requests,
+            errors_4xx=self.errors_4xx,
+            errors_5xx=self.errors_5xx,
+            latency=self.latency,
+            queue_time=self.queue_time,
+            cpu_percent=list(self.cpu_percent),
+            mem_percent=list(self.mem_percent),
+            missing=dict(self.missing),
+            gauges_dropped=dict(self.gauges_dropped),
+        )
+
     def add(self, window: EntityWindow) -> None:
         self.windows += 1
         for name in window.missing:

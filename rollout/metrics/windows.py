@@ -95,6 +95,21 @@ def sum_windows(windows: Iterable[EntityWindow], since_ms: int) -> dict[str | No
     return totals
 
 
+def window_length_ms(windows: Iterable[EntityWindow]) -> int | None:
+    """The export's window length as the windows show it: the smallest gap between two
+    consecutive starts of one entity (``None`` with fewer than two starts)."""
+    starts: dict[str | None, list[int]] = {}
+    for window in windows:
+        if window.start_ms is not None:
+            starts.setdefault(window.entity, []).append(window.start_ms)
+    gaps = [
+        b - a
+        for entity_starts in starts.values()
+        for a, b in zip(sorted(set(entity_starts)), sorted(set(entity_starts))[1:], strict=False)
+    ]
+    return min(gaps) if gaps else None
+
+
 def _merge_revision(old: EntityWindow, new: EntityWindow) -> EntityWindow:
     kept = {name: getattr(old, name) for name in new.missing if name not in old.missing}
     if not kept:

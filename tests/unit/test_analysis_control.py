@@ -39,6 +39,8 @@ def _policy(**overrides: object) -> Policy:
         "name": "bake", "min_requests": 0, "false_rollback_rate": 0.10,
         "missed_regression_rate": 0.10,
         "checks": [{"metric": "error_rate", "compare": "baseline", "max_ratio": 2}],
+        # Binomial traffic, one window per look: what the control's levels are about.
+        "window_cv": 0, "error_ceiling": None,
         **overrides,
     })
 

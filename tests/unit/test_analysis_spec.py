@@ -33,8 +33,8 @@ def test_design_example_policy_parses_with_units() -> None:
     assert policy.checks[1].max_ratio == 1.25
     assert policy.checks[2].max_level == pytest.approx(0.02)
     assert policy.deadline == 7200.0
-    assert policy.statistical_checks == 3
-    assert policy.alpha_per_check == pytest.approx(0.01 / 3)
+    assert policy.statistical_checks == 4  # the three checks and the 5xx ceiling
+    assert policy.alpha_per_check == pytest.approx(0.01 / 4)
     assert [c.describe() for c in policy.checks] == [
         "error_rate vs baseline: max_increase 0.5%",
         "latency_p99_ms vs baseline: max_ratio 1.25",
@@ -111,9 +111,29 @@ def test_gauge_and_count_checks_take_no_budget() -> None:
             {"metric": "cpu_usage_percentage", "max": 90},
             {"metric": "request_count", "min": 100},
         ],
+        "error_ceiling": None,
     })
     assert policy.statistical_checks == 1
     assert policy.alpha_per_check == pytest.approx(0.01)
+
+
+def test_the_error_ceiling_takes_a_share_of_the_budget_unless_switched_off() -> None:
+    checks = [{"metric": "error_rate", "compare": "baseline", "max_ratio": 2}]
+    with_ceiling = Policy.model_validate({"checks": checks, "error_ceiling": "30%"})
+    assert with_ceiling.error_ceiling == pytest.approx(0.3)
+    assert with_ceiling.statistical_checks == 2
+    without = Policy.model_validate({"checks": checks, "error_ceiling": None})
+    assert without.statistical_checks == 1
+    threshold = Policy.model_validate({"checks": checks, "judge": "threshold"})
+    assert threshold.statistical_checks == 1  # the threshold judge has no ceiling
+
+
+@pytest.mark.parametrize("bad", ["0%", "100%", "150%", "x"])
+def test_an_error_ceiling_outside_0_and_100_percent_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="error_ceiling|rate"):
+        Policy.model_validate({
+            "checks": [{"metric": "error_rate", "max": "2%"}], "error_ceiling": bad,
+        })
 
 
 @pytest.mark.parametrize("path", sorted(POLICIES.glob("*.yaml")), ids=lambda p: p.stem)

@@ -755,11 +755,15 @@ def test_full_canary_walk_promotes_a_healthy_candidate() -> None:
     st, now = state(), T0
     live_split = {BASE: 100}
     applied: list[dict[str, int]] = []
+    # The runner passes every window of the current split, as its tracker keeps them.
+    obs_windows: tuple[EntityWindow, ...] = ()
+    split_at: float | None = None
     for _ in range(200):
-        obs_windows: tuple[EntityWindow, ...] = ()
+        if st.split_applied_at != split_at:
+            obs_windows, split_at = (), st.split_applied_at
         if st.phase is Phase.PROGRESSING and st.target is None and st.split_applied_at:
             w = st.candidate_weight
-            obs_windows = windows(now - 60, 1, cand=(60 * w, 0), base=(60 * (100 - w), 1))
+            obs_windows += windows(now - 60, 1, cand=(60 * w, 0), base=(60 * (100 - w), 1))
         obs = Observation(endpoint=snapshot(live_split), windows=obs_windows)
         decision = decide(plan, st, obs, now, policy=pol, timing=TIMING)
         st = decision.state
@@ -809,7 +813,7 @@ def test_last_step_promotes_only_on_a_pass_judged_window_by_window() -> None:
     for i in range(40):
         now = T0 + 60 * (i + 1)
         obs = Observation(
-            endpoint=live(50), windows=windows(T0 + 60 * i, 1, cand=(3000, 30), base=(3000, 30))
+            endpoint=live(50), windows=windows(T0, i + 1, cand=(3000, 30), base=(3000, 30))
         )
         decision = decide(plan_of(), st, obs, now, policy=policy(), timing=TIMING)
         st = decision.state
@@ -874,14 +878,15 @@ def test_a_gauge_check_keeps_judging_after_the_kept_gauge_values_roll_over() -> 
     long_bake = plan_of(steps=[{"weight": 10, "bake": "3h"}, {"weight": 50, "bake": "10m"}])
     current = progressing()
     outcomes = []
+    kept: tuple[EntityWindow, ...] = ()
     # 70 one-minute windows at 40 % CPU, then the candidate runs hot: more windows than the
     # state keeps gauge values for (model.GAUGES_KEPT).
     for minute in range(80):
         level = 40.0 if minute < 70 else 99.0
         start = int((T0 + 60 * minute) * 1000)
-        fresh = tuple(EntityWindow(name, start, requests=100, cpu_percent=level)
+        kept += tuple(EntityWindow(name, start, requests=100, cpu_percent=level)
                       for name in (CAND, BASE))
-        decision = run(Case("", current, Observation(endpoint=live(10), windows=fresh),
+        decision = run(Case("", current, Observation(endpoint=live(10), windows=kept),
                             now=T0 + 60 * minute + 61, plan=long_bake, policy=cpu))
         current = decision.state
         outcomes.append((current.last_verdict or {}).get("outcome"))
