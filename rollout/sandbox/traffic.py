@@ -18,12 +18,22 @@ The model, per window and endpoint:
 - latency ~ LogNormal(mu=ln(p50), sigma=ln(p99/p50)/z_0.99); the histogram's bucket counts are
   one multinomial draw over the lognormal's probability mass per bucket, so a window of 60 000
   requests costs a few dozen random numbers instead of 60 000 lognormal draws;
-- a cold entity (its first ``cold_start_windows`` windows) has its latency multiplied by
-  ``cold_start_latency_factor``.
+- a cold entity (its first ``cold_start_windows`` windows after it started or scaled up) has
+  its latency multiplied by ``cold_start_latency_factor`` and ``cold_start_error_rate`` more 5xx;
+- the latency's tail may be shaped apart from its body: with ``latency_p999_ms`` set, the
+  quantile function is log-linear in the normal score z with one slope up to z_0.99 (through
+  p50 and p99) and another beyond it (through p99 and p99.9), so median and tail move
+  independently while the p99 stays exactly where the profile puts it.
+
+What varies from window to window beyond the profile (per-replica hiccups, overdispersion,
+incidents, diurnal load, cold start) arrives as ``Conditions`` per entity; where those come from
+is ``rollout.sandbox.realism``. Without conditions a window is drawn exactly as before they
+existed (same random numbers, same counts).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -45,14 +55,18 @@ BUCKET_BOUNDS_MS: tuple[float, ...] = (
 
 # z such that Phi(z) = 0.99: turns a (p50, p99) pair into the lognormal's sigma.
 Z_99 = NormalDist().inv_cdf(0.99)
+# ... and Phi(z) = 0.999: turns (p99, p99.9) into the tail's slope.
+Z_999 = NormalDist().inv_cdf(0.999)
 
 _STANDARD_NORMAL = NormalDist()
 
 
 class TrafficProfile(BaseModel):
-    """How one served entity behaves: error rates, latency distribution, cold start.
+    """How one served entity behaves: error rates, latency distribution, cold start, replicas.
 
     Frozen so that a snapshot of the profiles live at some moment can be kept by reference.
+    Every field added after the first five keeps its old behaviour at its default, so an old
+    profile draws the same windows as before.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -69,6 +83,31 @@ class TrafficProfile(BaseModel):
     cold_start_latency_factor: float = Field(default=1.0, ge=1.0, le=10_000.0)
     queue_time_p50_ms: float = Field(default=1.0, gt=0.0, le=600_000.0)
     queue_time_p99_ms: float = Field(default=20.0, gt=0.0, le=600_000.0)
+    latency_p999_ms: float | None = Field(
+        default=None, gt=0.0, le=600_000.0,
+        description="The 99.9th percentile: the tail's shape (None: the lognormal's own).",
+    )
+    cold_start_error_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Extra P(5xx) while cold (requests timing out on replicas still loading).",
+    )
+    replicas: int = Field(
+        default=1, ge=1, le=10_000,
+        description="Replicas at 100 % of the traffic; at w % max(1, ceil(replicas * w / 100)).",
+    )
+    hiccup_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="P(a replica hiccups) per replica and window."
+    )
+    hiccup_error_rate: float = Field(
+        default=0.3, ge=0.0, le=1.0, description="P(5xx) on a hiccuping replica while it lasts."
+    )
+    hiccup_fraction: float = Field(
+        default=0.25, ge=0.0, le=1.0, description="Share of the window a hiccup lasts."
+    )
+    error_rate_cv: float = Field(
+        default=0.0, ge=0.0, le=10.0,
+        description="CV of a per-window gamma multiplier (mean 1) on this entity's 5xx rate.",
+    )
 
     @model_validator(mode="after")
     def _p99_not_below_p50(self) -> TrafficProfile:
@@ -76,6 +115,8 @@ class TrafficProfile(BaseModel):
             raise ValueError("latency_p99_ms must be >= latency_p50_ms")
         if self.queue_time_p99_ms < self.queue_time_p50_ms:
             raise ValueError("queue_time_p99_ms must be >= queue_time_p50_ms")
+        if self.latency_p999_ms is not None and self.latency_p999_ms <= self.latency_p99_ms:
+            raise ValueError("latency_p999_ms must be > latency_p99_ms")
         return self
 
     def latency_params(self, cold: bool = False) -> tuple[float, float]:
@@ -84,6 +125,22 @@ class TrafficProfile(BaseModel):
         if cold:
             mu += math.log(self.cold_start_latency_factor)
         return mu, math.log(self.latency_p99_ms / self.latency_p50_ms) / Z_99
+
+    def latency_shape(self, factor: float = 1.0) -> tuple[float, float, float | None]:
+        """(mu, sigma, tail) in ln(ms): the body's lognormal and the slope beyond z_0.99.
+
+        ``tail`` is None when the profile has no ``latency_p999_ms`` (the lognormal's own
+        tail). ``factor`` scales every quantile (a cold replica is uniformly slower).
+        """
+        mu, sigma = self.latency_params()
+        mu += math.log(factor)
+        if self.latency_p999_ms is None:
+            return mu, sigma, None
+        return mu, sigma, math.log(self.latency_p999_ms / self.latency_p99_ms) / (Z_999 - Z_99)
+
+    def replicas_at(self, weight: float) -> int:
+        """Replicas serving ``weight`` % of the traffic (autoscaling sizes them by share)."""
+        return max(1, math.ceil(self.replicas * weight / 100.0 - 1e-9))
 
     def queue_params(self) -> tuple[float, float]:
         return (
@@ -309,9 +366,34 @@ def multinomial(n: int, probs: Sequence[float], rng: random.Random) -> list[int]
 # The lognormal over the buckets.
 
 
+def _score(y: float, sigma: float, tail: float) -> float:
+    """The normal score z of ln(x) - mu = y under a body of slope sigma and a tail beyond z_0.99.
+
+    A zero sigma puts the body's 99 % on one point (p50 == p99); ``tail`` is positive.
+    """
+    knee = sigma * Z_99
+    if y <= knee:
+        if sigma > 0.0:
+            return y / sigma
+        return -math.inf if y < 0.0 else Z_99
+    return Z_99 + (y - knee) / tail
+
+
 @lru_cache(maxsize=4096)
-def bucket_probabilities(mu: float, sigma: float) -> tuple[float, ...]:
-    """P(bucket) for a LogNormal(mu, sigma) over ``BUCKET_BOUNDS_MS`` (cached: few profiles)."""
+def bucket_probabilities(
+    mu: float, sigma: float, tail: float | None = None
+) -> tuple[float, ...]:
+    """P(bucket) for the latency shape over ``BUCKET_BOUNDS_MS`` (cached: few profiles).
+
+    ``tail`` None is the LogNormal(mu, sigma); otherwise the quantile function's slope in z
+    beyond z_0.99 (see the module docstring).
+    """
+    if tail is not None:
+        cdfs = [
+            1.0 if math.isinf(b) else _cdf(_score(math.log(b) - mu, sigma, tail))
+            for b in BUCKET_BOUNDS_MS
+        ]
+        return (cdfs[0], *(max(0.0, hi - lo) for lo, hi in itertools.pairwise(cdfs)))
     if sigma <= 0.0:
         probs = [0.0] * len(BUCKET_BOUNDS_MS)
         probs[bucket_index(math.exp(mu))] = 1.0
@@ -324,29 +406,56 @@ def bucket_probabilities(mu: float, sigma: float) -> tuple[float, ...]:
     return tuple(probs)
 
 
-@lru_cache(maxsize=4096)
-def bucket_means(mu: float, sigma: float) -> tuple[float, ...]:
-    """E[X | X in bucket] for a LogNormal(mu, sigma): turns bucket counts into a latency sum.
+def _partial(m: float, s: float, z_lo: float, z_hi: float) -> float:
+    """E[exp(m + s Z); z_lo < Z <= z_hi] for a standard normal Z."""
+    if z_hi <= z_lo:
+        return 0.0
+    return math.exp(m + s * s / 2.0) * (_cdf(z_hi - s) - _cdf(z_lo - s))
 
-    Uses the lognormal's partial expectation; where a bucket's mass underflows, the midpoint
-    stands in (such a bucket essentially never receives a count anyway).
+
+@lru_cache(maxsize=4096)
+def bucket_means(mu: float, sigma: float, tail: float | None = None) -> tuple[float, ...]:
+    """E[X | X in bucket] for the latency shape: turns bucket counts into a latency sum.
+
+    Uses the lognormal's partial expectation (piecewise for a shaped tail); where a bucket's
+    mass underflows, the midpoint stands in (such a bucket essentially never receives a count).
     """
     lowers = (0.0, *BUCKET_BOUNDS_MS[:-1])
-    if sigma <= 0.0:
+    if tail is None and sigma <= 0.0:
         value = math.exp(mu)
         return tuple(value for _ in BUCKET_BOUNDS_MS)
     scale = math.exp(mu + sigma * sigma / 2.0)
     means: list[float] = []
     for lo, hi in zip(lowers, BUCKET_BOUNDS_MS, strict=True):
-        z_lo = -math.inf if lo <= 0.0 else (math.log(lo) - mu) / sigma
-        z_hi = math.inf if math.isinf(hi) else (math.log(hi) - mu) / sigma
-        mass = _cdf(z_hi) - _cdf(z_lo)
-        partial = scale * (_cdf(z_hi - sigma) - _cdf(z_lo - sigma))
+        if tail is None:
+            z_lo = -math.inf if lo <= 0.0 else (math.log(lo) - mu) / sigma
+            z_hi = math.inf if math.isinf(hi) else (math.log(hi) - mu) / sigma
+            mass = _cdf(z_hi) - _cdf(z_lo)
+            partial = scale * (_cdf(z_hi - sigma) - _cdf(z_lo - sigma))
+        else:
+            z_lo = -math.inf if lo <= 0.0 else _score(math.log(lo) - mu, sigma, tail)
+            z_hi = math.inf if math.isinf(hi) else _score(math.log(hi) - mu, sigma, tail)
+            mass = _cdf(z_hi) - _cdf(z_lo)
+            # Body below z_0.99, tail above it: X = exp(m + s z) with its own (m, s) on each.
+            partial = _partial(mu, sigma, z_lo, min(z_hi, Z_99)) + _partial(
+                mu + (sigma - tail) * Z_99, tail, max(z_lo, Z_99), z_hi
+            )
         fallback = lo * 2.0 if math.isinf(hi) else (lo + hi) / 2.0
         mean = partial / mass if mass > 1e-300 else fallback
         upper = math.inf if math.isinf(hi) else hi
         means.append(min(max(mean, lo), upper))
     return tuple(means)
+
+
+def latency_quantile(profile: TrafficProfile, q: float, factor: float = 1.0) -> float:
+    """The true q-quantile (ms) of the profile's latency shape (not the histogram's estimate)."""
+    if not 0.0 < q < 1.0:
+        raise ValueError("q must be within (0, 1)")
+    mu, sigma, tail = profile.latency_shape(factor)
+    z = _STANDARD_NORMAL.inv_cdf(q)
+    if tail is None or z <= Z_99:
+        return math.exp(mu + sigma * z)
+    return math.exp(mu + sigma * Z_99 + tail * (z - Z_99))
 
 
 def _cdf(z: float) -> float:
@@ -357,18 +466,106 @@ def _cdf(z: float) -> float:
     return _STANDARD_NORMAL.cdf(z)
 
 
+@lru_cache(maxsize=4096)
+def _chain(probs: tuple[float, ...]) -> tuple[float | None, ...]:
+    """``multinomial``'s conditional probabilities for ``probs`` (None: the rest goes here).
+
+    Computed once per latency shape: the same numbers ``multinomial`` derives on every call,
+    so a window drawn through the chain is the window ``multinomial`` would draw.
+    """
+    suffix = [0.0] * (len(probs) + 1)
+    for i in range(len(probs) - 1, -1, -1):
+        suffix[i] = suffix[i + 1] + probs[i]
+    return tuple(
+        None if i == len(probs) - 1 or suffix[i + 1] <= 0.0 else min(1.0, p / suffix[i])
+        for i, p in enumerate(probs)
+    )
+
+
 def _histogram(
-    n: int, mu: float, sigma: float, rng: random.Random
+    n: int, mu: float, sigma: float, rng: random.Random, tail: float | None = None
 ) -> tuple[list[int], float]:
     if n == 0:
         return _zeros(), 0.0
-    counts = multinomial(n, bucket_probabilities(mu, sigma), rng)
-    means = bucket_means(mu, sigma)
+    counts: list[int] = []
+    remaining = n
+    for conditional in _chain(bucket_probabilities(mu, sigma, tail)):
+        if remaining == 0:
+            counts.append(0)
+        elif conditional is None:
+            counts.append(remaining)
+            remaining = 0
+        else:
+            x = binomial(remaining, conditional, rng)
+            counts.append(x)
+            remaining -= x
+    means = bucket_means(mu, sigma, tail)
     return counts, math.fsum(c * m for c, m in zip(counts, means, strict=True) if c)
 
 
 # --------------------------------------------------------------------------------------------
 # One window.
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What one window does to one served entity beyond its profile.
+
+    ``rollout.sandbox.realism`` derives these from the endpoint's settings and the window
+    index; the defaults change nothing.
+    """
+
+    # On the profile's 5xx rate: overdispersion, incidents, diurnal load (capped at 100 %).
+    error_multiplier: float = 1.0
+    # Share of the entity's requests served by a replica while it hiccups (at the profile's
+    # ``hiccup_error_rate`` instead of its own rate).
+    hiccup_share: float = 0.0
+    # Cold (started or scaled up within ``cold_start_windows``): the profile's cold latency
+    # factor and extra 5xx apply.
+    cold: bool = False
+
+    def error_rate(self, profile: TrafficProfile) -> float:
+        """P(5xx) per request of this entity in this window."""
+        rate = profile.error_rate * self.error_multiplier
+        if self.cold:
+            rate += profile.cold_start_error_rate
+        rate = min(1.0, rate)
+        if self.hiccup_share > 0.0:
+            share = min(1.0, self.hiccup_share)
+            rate = rate * (1.0 - share) + profile.hiccup_error_rate * share
+        return rate
+
+    def latency_factor(self, profile: TrafficProfile) -> float:
+        return profile.cold_start_latency_factor if self.cold else 1.0
+
+
+NO_CONDITIONS = Conditions()
+
+
+def draw_counts(
+    n: int, profile: TrafficProfile, conditions: Conditions, rng: random.Random
+) -> WindowCounts:
+    """The counts of ``n`` requests served by one entity in one window.
+
+    Every request fails independently with the window's 5xx rate (a request that lands on a
+    hiccuping replica with that replica's rate: given the hiccup share, the mixture is one
+    binomial); latency and queue time are one multinomial draw each over the buckets.
+    """
+    counts = WindowCounts()
+    if n <= 0:
+        return counts
+    counts.requests = n
+    counts.errors_5xx = binomial(n, conditions.error_rate(profile), rng)
+    counts.errors_4xx = binomial(n - counts.errors_5xx, profile.client_error_rate, rng)
+    mu, sigma, tail = profile.latency_shape(conditions.latency_factor(profile))
+    counts.latency_counts, counts.latency_sum_ms = _histogram(n, mu, sigma, rng, tail)
+    counts.queue_counts, counts.queue_sum_ms = _histogram(n, *profile.queue_params(), rng)
+    return counts
+
+
+def is_cold(profile: TrafficProfile, age: int | None) -> bool:
+    """Whether an entity that started (or scaled up) ``age`` windows ago is still cold."""
+    return age is not None and 0 <= age < profile.cold_start_windows
 
 
 def simulate_window(
@@ -379,13 +576,15 @@ def simulate_window(
     rng: random.Random,
     *,
     window_index_since_start: Mapping[str, int] | None = None,
+    conditions: Mapping[str, Conditions] | None = None,
 ) -> dict[str, WindowCounts]:
     """Simulate one window of traffic across the entities of ``split``.
 
     ``split`` maps served entity names to traffic percentages (the live ``traffic_config``);
     every entity in it gets an entry, zero-traffic ones with zero counts. An entity missing from
     ``profiles`` behaves like ``TrafficProfile()``. ``window_index_since_start[e]`` is how many
-    windows ago entity ``e`` appeared (0 = this window); absent means long ago (warm).
+    windows ago entity ``e`` started or last scaled up (0 = this window); absent means long ago
+    (warm). ``conditions[e]`` is what this window does to ``e`` beyond its profile.
     """
     if qps < 0 or not math.isfinite(qps):
         raise ValueError("qps must be finite and non-negative")
@@ -401,27 +600,26 @@ def simulate_window(
     total = poisson(qps * window_seconds, rng)
     per_entity = multinomial(total, weights, rng)
     ages = window_index_since_start or {}
+    given = conditions or {}
     for entity, n in zip(entities, per_entity, strict=True):
         if n == 0:
             continue
         profile = profiles.get(entity, DEFAULT_PROFILE)
-        counts = result[entity]
-        counts.requests = n
-        counts.errors_5xx = binomial(n, profile.error_rate, rng)
-        counts.errors_4xx = binomial(n - counts.errors_5xx, profile.client_error_rate, rng)
-        age = ages.get(entity)
-        cold = age is not None and 0 <= age < profile.cold_start_windows
-        counts.latency_counts, counts.latency_sum_ms = _histogram(
-            n, *profile.latency_params(cold=cold), rng
-        )
-        counts.queue_counts, counts.queue_sum_ms = _histogram(n, *profile.queue_params(), rng)
+        cond = given.get(entity, NO_CONDITIONS)
+        if not cond.cold and is_cold(profile, ages.get(entity)):
+            cond = dataclasses.replace(cond, cold=True)
+        result[entity] = draw_counts(n, profile, cond, rng)
     return result
 
 
 def sample_latency_ms(profile: TrafficProfile, rng: random.Random, cold: bool = False) -> float:
     """One request's latency (for a real invocation)."""
-    mu, sigma = profile.latency_params(cold=cold)
-    return rng.lognormvariate(mu, sigma) if sigma > 0 else math.exp(mu)
+    mu, sigma, tail = profile.latency_shape(profile.cold_start_latency_factor if cold else 1.0)
+    if tail is None:
+        return rng.lognormvariate(mu, sigma) if sigma > 0 else math.exp(mu)
+    z = rng.gauss(0.0, 1.0)
+    y = sigma * z if z <= Z_99 else sigma * Z_99 + tail * (z - Z_99)
+    return math.exp(mu + y)
 
 
 def sample_queue_ms(profile: TrafficProfile, rng: random.Random) -> float:

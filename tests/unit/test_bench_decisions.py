@@ -45,10 +45,11 @@ def test_a_5x_regression_at_100_rps_is_rolled_back_by_both_judges(regressed: Cel
         rolled = [r for r in runs[judge] if r.end == "rolled_back"]
         assert len(rolled) >= SEEDS - 1, (judge, [r.end for r in runs[judge]])
         assert summary["judges"][judge]["missed"] == 0.0
-    # The sequential judge stops a 5x regression before Flagger's 5 failed intervals.
-    d, f = summary["judges"]["default"], summary["judges"]["flagger-compatible"]
-    assert d["median_minutes"] < f["median_minutes"]
-    assert d["blast_mean"] < f["blast_mean"]
+        # Both stop it in the first step (10 windows), and the windows to the rollback are
+        # counted from that step's split change.
+        assert all(r.rollback_windows is not None and 1 <= r.rollback_windows <= 10
+                   for r in rolled)
+        assert summary["judges"][judge]["rolled_back_within"] <= len(rolled) / SEEDS
 
 
 def test_a_healthy_candidate_is_promoted_by_the_default_judge(healthy: CellRuns) -> None:
@@ -134,10 +135,13 @@ def test_mann_whitney_matches_the_textbook_normal_approximation() -> None:
 
 def test_targets_read_the_cells(regressed: CellRuns, healthy: CellRuns) -> None:
     targets = evaluate_targets([regressed[0], healthy[0]])
-    by_name = {t["target"].split(" ")[1]: t for t in targets}
-    assert by_name["false"]["checked"] == 1
-    assert by_name["false"]["pass"]
-    assert by_name["mean"]["checked"] == 1
+    by_name = {" ".join(t["target"].split(" ")[:4]): t for t in targets}
+    assert by_name["default false rollback <="]["checked"] == 1
+    assert by_name["default false rollback <="]["pass"]
+    assert by_name["control: default mean blast"]["checked"] == 1
+    # No err x2 cell here: that target cannot tell.
+    assert by_name["default missed 2x 5xx"]["checked"] == 0
+    assert by_name["default missed 2x 5xx"]["pass"] is None
 
 
 def test_binomial_upper_bound() -> None:
