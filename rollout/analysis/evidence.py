@@ -159,8 +159,9 @@ def upper_deviation(p: float, n: float, delta: float) -> float:
 # and phi is close to 1 (binomial noise dominates, nothing is lost); at high counts the
 # multiplier dominates and every look is worth what one noisy window is worth.
 
-# Pearson residuals beyond this are cut when estimating kappa: one replica's hiccup must not
-# make every later look worthless (its own look is bounded by the per-look cap instead).
+# Pearson residuals beyond this many times the dispersion the look was tempered with are cut
+# when estimating kappa: one replica's hiccup must not make every later look worthless (its
+# own look is bounded by the per-look cap instead), while steady heavy noise counts in full.
 RESIDUAL_CAP = 25.0
 # Prior weight (in units of m) that keeps kappa's estimate at the policy's floor until the
 # data carry real information.
@@ -182,15 +183,17 @@ def conditional_information(s_c: float, n_c: float, s_b: float, n_b: float,
     return (max(0.0, s_c) + max(0.0, s_b)) * pi * (1.0 - pi)
 
 
-def pearson_residual(s_c: float, n_c: float, s_b: float, n_b: float, theta: float) -> float:
+def pearson_residual(
+    s_c: float, n_c: float, s_b: float, n_b: float, theta: float, *, phi: float = 1.0
+) -> float:
     """The squared Pearson residual of the candidate's share of the look's events, winsorized
-    at ``RESIDUAL_CAP`` (0 when the look has no information)."""
+    at ``RESIDUAL_CAP`` times ``phi`` (0 when the look has no information)."""
     pi = share_under(n_c, n_b, theta)
     events = max(0.0, s_c) + max(0.0, s_b)
     variance = events * pi * (1.0 - pi)
     if variance <= 0.0:
         return 0.0
-    return min(RESIDUAL_CAP, (max(0.0, s_c) - events * pi) ** 2 / variance)
+    return min(RESIDUAL_CAP * max(1.0, phi), (max(0.0, s_c) - events * pi) ** 2 / variance)
 
 
 def kappa_estimate(floor: float, excess: float, information: float) -> float:
@@ -198,12 +201,22 @@ def kappa_estimate(floor: float, excess: float, information: float) -> float:
     return max(floor, excess / (information + KAPPA_PRIOR_WEIGHT))
 
 
-def temper(log_factor: float, phi: float, cap: float | None = None) -> float:
-    """A look's log likelihood ratio divided by its dispersion, and capped from above.
+def temper(
+    log_factor: float, phi: float, cap: float | None = None, floor: float | None = None
+) -> float:
+    """A look's log likelihood ratio divided by its dispersion, capped from above, floored.
 
-    Both keep a ratio's expectation at most 1 under the null it was built for (Jensen for the
-    power 1/phi <= 1, min(f, e^cap) <= f for the cap), so the product over looks stays an
-    e-process; the cap makes sure no single look, however extreme, decides a rollback.
+    Tempering and the cap keep a ratio's expectation at most 1 under the null it was built
+    for (Jensen for the power 1/phi <= 1, min(f, e^cap) <= f for the cap), so the product over
+    looks stays an e-process; the cap makes sure no single look, however extreme, decides a
+    rollback. The floor is for the pass side: one replica's bad minute must not wipe out an
+    hour of good ones. It lifts only looks far from what a regression at the tolerance
+    produces (their ratios are bounded by the floor), so its cost is measured, not proven:
+    ``bench/decisions.py`` reports missed regressions per scenario.
     """
     tempered = log_factor / max(1.0, phi)
-    return tempered if cap is None else min(tempered, cap)
+    if cap is not None:
+        tempered = min(tempered, cap)
+    if floor is not None:
+        tempered = max(tempered, floor)
+    return tempered

@@ -135,9 +135,10 @@ TAIL_OBSERVATIONS = 10.0
 # beyond the level, and passes when as many are within it.
 GAUGE_WINDOWS = 3
 # No single look (one metric window) may bring a fail component more than this share of the
-# way to its boundary, so a rollback always rests on at least two windows: one replica's bad
-# minute never decides. Above one half so that two decisive windows are enough.
-LOOK_CAP_SHARE = 0.6
+# way to its boundary, so a rollback always rests on at least three windows: one replica's bad
+# minute, or two, never decide. The 5xx ceiling (gross failures) needs two.
+LOOK_CAP_SHARE = 0.4
+CEILING_CAP_SHARE = 0.6
 # Below this many events in both arms the rate ratio is not estimated (taken as 1) when the
 # dispersion's residuals are computed.
 THETA_MIN_EVENTS = 10.0
@@ -149,13 +150,15 @@ class _Scoring:
     """What every look's scoring needs from the policy: the dispersion floor and the cap."""
 
     kappa_floor: float
-    cap: float
+    cap: float  # the most one look adds to a fail component
+    floor: float  # the most one look takes from a pass route
 
     @classmethod
-    def of(cls, policy: Policy) -> _Scoring:
+    def of(cls, policy: Policy, share: float = LOOK_CAP_SHARE) -> _Scoring:
         return cls(
             kappa_floor=policy.window_cv**2,
-            cap=LOOK_CAP_SHARE * math.log(1.0 / policy.alpha_per_check),
+            cap=share * math.log(1.0 / policy.alpha_per_check),
+            floor=-share * math.log(1.0 / policy.missed_regression_rate),
         )
 
 
@@ -183,6 +186,7 @@ class CheckEvidence:
     # kappa and dispersion the last look was tempered with.
     disp_excess: float = 0.0
     disp_info: float = 0.0
+    disp_info2: float = 0.0  # sum of m squared: how unevenly the information is spread
     kappa: float | None = None
     phi: float | None = None
 
@@ -220,6 +224,7 @@ class CheckEvidence:
             "crossed_fail": self.crossed_fail,
             "disp_excess": self.disp_excess,
             "disp_info": self.disp_info,
+            "disp_info2": self.disp_info2,
             "kappa": self.kappa,
             "phi": self.phi,
         }
@@ -247,6 +252,7 @@ class CheckEvidence:
             crossed_fail=bool(data.get("crossed_fail", False)),
             disp_excess=float(data.get("disp_excess", 0.0)),
             disp_info=float(data.get("disp_info", 0.0)),
+            disp_info2=float(data.get("disp_info2", 0.0)),
             kappa=opt("kappa"),
             phi=opt("phi"),
         )
@@ -399,7 +405,8 @@ def judge_sequential(
     new_split = new.split != split
     delta = _arrivals(new, candidate, baseline, split, notes)
     ceiling = _score_ceiling(policy, new, served if served is not None else candidate,
-                             new_split=new_split, scoring=scoring)
+                             new_split=new_split,
+                             scoring=_Scoring.of(policy, CEILING_CAP_SHARE))
 
     if delta.usable:
         for spec, check in zip(policy.checks, new.checks, strict=True):
@@ -572,7 +579,7 @@ def _score_rate_relative(
     if increase > 0.0:
         # Second pass route: a candidate rate confidently below `increase` cannot be
         # `increase` above any baseline. The only route when neither arm has errors.
-        _add_floor(check, s_c, n_c, increase, phi)
+        _add_floor(check, s_c, n_c, increase, phi=phi, scoring=scoring)
 
 
 def _score_quantile_relative(
@@ -586,14 +593,17 @@ def _score_quantile_relative(
     phi = _add(check, look, rho, scoring)
     # "Worse by the tolerance" means the candidate's quantile is at or beyond the level, i.e.
     # at least (1 - q) of its requests are slower than it: a one-sample bound, like a floor.
-    _add_floor(check, s_c, n_c, 1.0 - (spec.info.quantile or 0.0), phi)
+    _add_floor(check, s_c, n_c, 1.0 - (spec.info.quantile or 0.0), phi=phi, scoring=scoring)
 
 
-def _add_floor(check: CheckEvidence, s_c: float, n_c: float, level: float, phi: float) -> None:
+def _add_floor(
+    check: CheckEvidence, s_c: float, n_c: float, level: float, *, phi: float,
+    scoring: _Scoring,
+) -> None:
     """The one-sample pass route: the candidate's rate confidently below ``level``."""
     for i, fraction in enumerate(LEVEL_FRACTIONS):
         check.pass_level[i] += temper(
-            log_binomial_factor(s_c, n_c, level * fraction, level), phi
+            log_binomial_factor(s_c, n_c, level * fraction, level), phi, floor=scoring.floor
         )
 
 
@@ -619,21 +629,26 @@ def _add(
     s_c, n_c, s_b, n_b = look
     if n_c + n_b <= 0.0:
         return 1.0
-    theta = _theta(check)
     kappa = kappa_estimate(scoring.kappa_floor, check.disp_excess, check.disp_info)
-    information = conditional_information(s_c, n_c, s_b, n_b, theta)
+    information = conditional_information(s_c, n_c, s_b, n_b, _theta(check))
     phi = 1.0 + kappa * information
     check.kappa, check.phi = kappa, phi
-    if information > 0.0:
-        check.disp_excess += pearson_residual(s_c, n_c, s_b, n_b, theta) - 1.0
-        check.disp_info += information
     check.events_c += s_c
     check.events_b += s_b
     check.n_c += n_c
     check.n_b += n_b
     check.rho = rho
+    if information > 0.0:
+        # The residual is measured around the ratio fitted with this look in: a steady
+        # regression is a shifted mean, not variation (it must not temper its own evidence).
+        theta = _theta(check)
+        check.disp_excess += pearson_residual(s_c, n_c, s_b, n_b, theta, phi=phi) - 1.0
+        check.disp_info += information
+        check.disp_info2 += information * information
     if rho > 1.0:
-        check.pass_ratio -= temper(log_ratio_factor(s_c, n_c, s_b, n_b, rho), phi)
+        check.pass_ratio += temper(
+            -log_ratio_factor(s_c, n_c, s_b, n_b, rho), phi, floor=scoring.floor
+        )
     base = max(rho, MIN_FAIL_RATIO)
     for i, exponent in enumerate(FAIL_EXPONENTS):
         check.fail[i] += temper(
@@ -668,7 +683,9 @@ def _score_absolute(
             scoring.cap,
         )
         check.pass_level[i] += temper(
-            log_binomial_factor(s_c, n_c, odds_scaled(pass_level, 1 / factor), pass_level), phi
+            log_binomial_factor(s_c, n_c, odds_scaled(pass_level, 1 / factor), pass_level),
+            phi,
+            floor=scoring.floor,
         )
 
 
@@ -824,6 +841,9 @@ def _evaluate(
     fail_at = math.log(1.0 / (policy.alpha_per_check * (1.0 - spent)))
     pass_at = math.log(1.0 / (policy.missed_regression_rate * (1.0 - spent)))
     crossed_pass = log_pass >= pass_at and not missing
+    guard = _pooled_guard(spec, check, scoring_floor=policy.window_cv**2)
+    if crossed_pass and guard is not None:
+        crossed_pass = False
     conflicting = log_fail >= fail_at and crossed_pass and not check.crossed_fail
     if log_fail >= fail_at and not conflicting:
         check.crossed_fail = True
@@ -843,6 +863,8 @@ def _evaluate(
     )
     if check.crossed_fail:
         outcome, why = Outcome.FAIL, "confident the candidate is worse"
+    elif log_pass >= pass_at and not missing and guard is not None:
+        outcome, why = Outcome.INCONCLUSIVE, guard
     elif conflicting:
         outcome, why = Outcome.INCONCLUSIVE, (
             "conflicting evidence: both the fail and the pass boundary are crossed; holding "
@@ -866,6 +888,57 @@ def _evaluate(
     )
 
 
+# The pooled guard's one-sided z: a pass also needs the whole rollout's rate ratio to sit this
+# many standard errors below the tolerance.
+POOLED_Z = 3.0
+POOLED_MIN_EVENTS = 10.0
+
+
+def _pooled_guard(spec: CheckSpec, check: CheckEvidence, *, scoring_floor: float) -> str | None:
+    """Why a comparison may not pass yet although its evidence says so, or ``None``.
+
+    The e-values add up window by window, and the floor on each window's pass contribution
+    keeps one replica's bad minute from wiping out an hour of good ones. Under heavy-tailed
+    noise that lets the *typical* window speak for the candidate, while what users pay for is
+    the *mean*: a candidate that is fine most minutes and fails hard every tenth has twice the
+    errors. So a pass also needs the rollout's pooled numbers (all windows, all steps) to be
+    confidently within the tolerance, their standard errors inflated by the estimated
+    dispersion: the rate ratio below the tolerance's ratio, or the candidate's own rate below
+    the tolerance's floor (``max_increase``, or the tail share for a quantile). This guard only
+    ever holds a pass back: it costs time, never a false rollback.
+    """
+    if spec.compare != "baseline" or check.rho is None or check.rho <= 1.0:
+        return None
+    if check.events_c + check.events_b < POOLED_MIN_EVENTS or check.n_c <= 0 or check.n_b <= 0:
+        return None
+    kappa = kappa_estimate(scoring_floor, check.disp_excess, check.disp_info)
+    spread = check.disp_info2 / check.disp_info if check.disp_info > 0 else 0.0
+    inflation = 1.0 + kappa * spread
+    events_c, events_b = check.events_c + 0.5, check.events_b + 0.5
+    log_theta = math.log((events_c / check.n_c) / (events_b / check.n_b))
+    upper = log_theta + POOLED_Z * math.sqrt((1.0 / events_c + 1.0 / events_b) * inflation)
+    if upper < math.log(check.rho):
+        return None
+    floor = (
+        1.0 - (spec.info.quantile or 0.0) if spec.info.kind == "quantile" else spec.max_increase
+    )
+    if floor is not None:
+        own_upper = (events_c + POOLED_Z * math.sqrt(events_c * inflation)) / check.n_c
+        if own_upper < floor:
+            return None
+    return (
+        f"pass held: the pooled rate ratio {math.exp(log_theta):.3g}x (upper bound "
+        f"{math.exp(upper):.3g}x) is not yet confidently below the tolerance "
+        f"{check.rho:.3g}x"
+    )
+
+
+# A comparison leans towards a regression when its likelihood ratio favours "worse by the
+# tolerance" by more than this (natural log): a handful of errors more than expected at a 5 %
+# step is noise, and holding on it would pause healthy low-traffic canaries for a person.
+LEAN_MARGIN = 1.0
+
+
 def _leans_bad(spec: CheckSpec, check: CheckEvidence) -> bool:
     """Whether the data so far fit "worse by the tolerance" better than "no worse".
 
@@ -874,7 +947,7 @@ def _leans_bad(spec: CheckSpec, check: CheckEvidence) -> bool:
     beyond it. No data leans nowhere.
     """
     if spec.compare == "baseline":
-        return check.pass_ratio < 0.0
+        return check.pass_ratio < -LEAN_MARGIN
     if check.n_c <= 0.0 or (check.level is None and spec.info.kind == "quantile"):
         return False
     level = spec.max_level if spec.info.kind == "rate" else 1.0 - (spec.info.quantile or 0.0)

@@ -122,7 +122,8 @@ class Case:
 CASES = [
     Case("healthy, plenty of data", [ERRORS, LATENCY], Arm(1_000), Arm(9_000), 12, True,
         Outcome.PASS, True),
-    Case("5x errors", [ERRORS, LATENCY], Arm(1_000, 0.05), Arm(9_000), 3, False,
+    # No single look decides, and each is tempered for per-window variation: five looks.
+    Case("5x errors", [ERRORS, LATENCY], Arm(1_000, 0.05), Arm(9_000), 5, False,
         Outcome.FAIL, False),
     Case("2x slower", [ERRORS, LATENCY], Arm(1_000, latency=SLOW), Arm(9_000), 4, False,
         Outcome.FAIL, False),
@@ -130,19 +131,20 @@ CASES = [
         False, Outcome.INCONCLUSIVE, True),
     Case("little data, final step", [ERRORS], Arm(120, 0.001), Arm(1_000, 0.001), 1, True,
         Outcome.INCONCLUSIVE, False),
-    Case("leaning bad, intermediate step", [ERRORS], Arm(200, 0.015), Arm(2_000), 1, False,
+    Case("leaning bad, intermediate step", [ERRORS], Arm(200, 0.03), Arm(2_000), 1, False,
         Outcome.INCONCLUSIVE, False),
     Case("no errors anywhere, floor passes", [ERRORS], Arm(2_000, 0.0), Arm(2_000, 0.0), 5,
         True, Outcome.PASS, True),
     Case("no errors anywhere, a ratio alone cannot pass",
         [{"metric": "error_rate", "compare": "baseline", "max_ratio": 2}],
         Arm(2_000, 0.0), Arm(2_000, 0.0), 20, True, Outcome.INCONCLUSIVE, False),
+    # Absolute checks: no single look decides, so three looks.
     Case("absolute SLO exceeded", [{"metric": "error_rate", "max": "2%"}], Arm(500, 0.10),
-        Arm(0), 2, False, Outcome.FAIL, False),
+        Arm(0), 3, False, Outcome.FAIL, False),
     Case("absolute SLO met", [{"metric": "error_rate", "max": "2%"}], Arm(500, 0.001), Arm(0),
         2, True, Outcome.PASS, True),
     Case("absolute latency SLO exceeded", [{"metric": "latency_p99_ms", "max": 400}],
-        Arm(1_000, latency=SLOW), Arm(0), 2, False, Outcome.FAIL, False),
+        Arm(1_000, latency=SLOW), Arm(0), 3, False, Outcome.FAIL, False),
     Case("absolute latency SLO met", [{"metric": "latency_p99_ms", "max": 500}],
         Arm(1_000), Arm(0), 3, True, Outcome.PASS, True),
     Case("zero requests", [ERRORS, LATENCY], Arm(0), Arm(0), 3, False,
@@ -151,7 +153,7 @@ CASES = [
         False, Outcome.INCONCLUSIVE, False),
     Case("4xx regression", [{"metric": "client_error_rate", "compare": "baseline",
                             "max_ratio": 2, "max_increase": "1%"}],
-        Arm(1_000, client_error_rate=0.2), Arm(9_000, client_error_rate=0.02), 2, False,
+        Arm(1_000, client_error_rate=0.2), Arm(9_000, client_error_rate=0.02), 3, False,
         Outcome.FAIL, False),
 ]
 
@@ -166,17 +168,17 @@ def test_verdicts(case: Case) -> None:
 
 
 def test_a_fail_explains_itself() -> None:
-    verdict = Run(policy(ERRORS, LATENCY)).look(Arm(1_000, 0.05), Arm(9_000), 3)
+    verdict = Run(policy(ERRORS, LATENCY)).look(Arm(1_000, 0.05), Arm(9_000), 5)
     result = verdict.check("error_rate vs baseline: max_ratio 2, max_increase 0.05%")
     assert result.outcome is Outcome.FAIL
     assert result.candidate_value == pytest.approx(0.05)
     assert result.baseline_value == pytest.approx(0.01)
-    assert (result.candidate_n, result.baseline_n) == (3_000, 27_000)
+    assert (result.candidate_n, result.baseline_n) == (5_000, 45_000)
     assert result.statistic["fail"] >= result.boundary["fail"]
     # Two checks and the 5xx ceiling share the budget.
     assert result.boundary["fail"] == pytest.approx(math.log(3 / 0.01))
     assert result.boundary["pass"] == pytest.approx(math.log(1 / 0.05))
-    assert result.detail["events_candidate"] == pytest.approx(150)
+    assert result.detail["events_candidate"] == pytest.approx(250)
     assert result.detail["alternative_ratio"] == pytest.approx(2.0)
     assert "max(2x baseline, baseline + 0.05%)" in result.limit
     assert verdict.reason.startswith("fail: error_rate vs baseline")
@@ -198,7 +200,7 @@ def test_below_min_requests_the_judge_waits_then_fails() -> None:
 
 def test_a_fail_is_final() -> None:
     run = Run(policy(ERRORS))
-    assert run.look(Arm(1_000, 0.05), Arm(9_000), 3).outcome is Outcome.FAIL
+    assert run.look(Arm(1_000, 0.05), Arm(9_000), 5).outcome is Outcome.FAIL
     after = run.look(Arm(1_000, 0.0), Arm(9_000), 30)
     assert after.outcome is Outcome.FAIL
     assert not after.may_advance

@@ -117,8 +117,8 @@ def test_false_rollbacks_stay_within_budget_over_sixty_looks() -> None:
 @pytest.mark.parametrize(
     ("per_minute", "most", "typical"),
     [
-        (6_000, 5, 3),  # 100 req/s: about 15 candidate errors a window against 3 expected
-        (60_000, 3, 2),  # 1000 req/s: the second window decides (no single window can)
+        (6_000, 5, 4),  # 100 req/s: about 15 candidate errors a window against 3 expected
+        (60_000, 3, 3),  # 1000 req/s: the third window decides (no one or two can)
     ],
 )
 def test_a_five_fold_error_regression_fails_within_a_few_windows(
@@ -144,7 +144,7 @@ def test_a_five_fold_error_regression_fails_within_a_few_windows(
         windows_to_fail.append(minute)
     assert max(windows_to_fail) <= most
     assert sorted(windows_to_fail)[len(windows_to_fail) // 2] <= typical
-    assert min(windows_to_fail) >= 2
+    assert min(windows_to_fail) >= 3
 
 
 def test_a_regression_beyond_tolerance_rarely_passes() -> None:

@@ -433,8 +433,9 @@ CASES = [
     Case(
         "regressed candidate fails the analysis -> rollback",
         progressing(),
-        Observation(endpoint=live(10), windows=windows(T0, 5, cand=(600, 60), base=(5400, 5))),
-        now=T0 + 300,
+        # Three windows of warm-up, then three decide (no one or two may).
+        Observation(endpoint=live(10), windows=windows(T0, 6, cand=(600, 60), base=(5400, 5))),
+        now=T0 + 360,
         phase=Phase.ROLLING_BACK,
         effect="put:restore",
         alerts=("rolling_back",),
@@ -590,7 +591,7 @@ CASES = [
         progressing(),
         Observation(
             endpoint=live(10),
-            windows=windows(T0, 5, cand=(600, 60), base=(5400, 5)),
+            windows=windows(T0, 6, cand=(600, 60), base=(5400, 5)),
             commands=(Command(6, "promote_full"),),
         ),
         now=T0 + 300,
@@ -679,7 +680,7 @@ CASES = [
         Observation(
             endpoint=live(100),
             windows=tuple(
-                w for w in windows(T0, 5, cand=(1200, 200), base=(0, 0)) if w.entity == CAND
+                w for w in windows(T0, 6, cand=(1200, 200), base=(0, 0)) if w.entity == CAND
             ),
         ),
         plan=plan_of(strategy="blue_green", steps=None, bake="10m"),
