@@ -94,7 +94,13 @@ def validate(
     ] = None,
 ) -> None:
     """Check a plan offline: every problem is listed with the field it concerns."""
-    from rollout.plan import CanaryPlan, PlanError, describe_steps, load_plan  # noqa: PLC0415
+    from rollout.plan import (  # noqa: PLC0415
+        CanaryPlan,
+        PlanError,
+        describe_steps,
+        load_plan,
+        plan_notes,
+    )
     from rollout.policies import PolicyLibrary  # noqa: PLC0415
 
     try:
@@ -119,6 +125,8 @@ def validate(
         f"{plan_file}: valid {plan.strategy} plan for endpoint {plan.endpoint}: "
         f"{plan.candidate.served_name} ({steps}); policy {policy.describe()}"
     )
+    for note in plan_notes(plan, policy, metrics_window=_settings().engine.metrics_window):
+        typer.echo(f"note: {note}")
 
 
 @app.command()

@@ -7,6 +7,7 @@ engine reads nothing but this validated form. Pure: no I/O besides reading the t
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -457,6 +458,58 @@ def load_plan(
     """Parse and validate a plan document and resolve its policy."""
     plan = validate_plan(parse_document(text, content_type=content_type))
     return plan, resolve_policy(plan, library)
+
+
+# Latency bucket bounds (ms) of Databricks' export-metrics histograms, below +Inf.
+EXPORTED_LATENCY_BOUNDS_MS: tuple[float, ...] = (
+    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 120000.0, 300000.0, 600000.0,
+)
+
+
+def effective_ratio(ratio: float, quantile_ms: float,
+                    bounds: tuple[float, ...] = EXPORTED_LATENCY_BOUNDS_MS) -> float | None:
+    """The tolerance a latency check really applies when the baseline's quantile is
+    ``quantile_ms``: the level is the first bucket bound at or beyond ``ratio`` x it."""
+    target = ratio * quantile_ms
+    level = next((b for b in bounds if b >= target), None)
+    return None if level is None else level / quantile_ms
+
+
+def plan_notes(plan: AnyPlan, policy: Policy, *, metrics_window: float = 60.0) -> list[str]:
+    """What a valid plan will do that its author may not expect (shown by validate and
+    submit; never a refusal)."""
+    notes: list[str] = []
+    for check in policy.checks:
+        if check.compare != "baseline" or check.info.kind != "quantile":
+            continue
+        ratio = check.max_ratio or 1.0
+        # Serving latencies live below 10 s, where the bounds are a 1-2.5-5 ladder.
+        ladder = [b for b in EXPORTED_LATENCY_BOUNDS_MS if b <= 10_000.0]
+        widest = max(b / a for a, b in itertools.pairwise(ladder))
+        if ratio < widest:
+            example = effective_ratio(ratio, 120.0)
+            notes.append(
+                f"{check.describe()}: the tolerance is finer than the exported latency "
+                f"buckets (adjacent bounds up to {widest:g}x apart below 10 s); the check counts "
+                "requests "
+                "above the first bucket bound beyond the tolerance, so the effective tolerance "
+                f"is between {ratio:g}x and {ratio * widest:.3g}x depending on where the "
+                f"baseline's quantile sits (a 120 ms baseline is judged at "
+                f"{(example or 0) * 120:g} ms, {example or 0:.2g}x); every verdict shows the "
+                "level used"
+            )
+    default_warmup = policy.warmup_windows * metrics_window
+    if isinstance(plan, CanaryPlan):
+        for index, step in enumerate(plan.canary_steps()):
+            warmup = default_warmup if step.warmup is None else step.warmup
+            if warmup >= step.bake:
+                notes.append(
+                    f"steps[{index}]: the warm-up ({format_duration(warmup)}) is not shorter "
+                    f"than the bake ({format_duration(step.bake)}): nothing is scored before "
+                    "the bake ends, so the step waits for its deadline"
+                )
+    return notes
 
 
 def describe_steps(plan: CanaryPlan) -> str:

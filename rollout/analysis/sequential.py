@@ -22,10 +22,11 @@ How evidence is counted (the arithmetic is in ``rollout.analysis.evidence``):
 * Per look, only what arrived since the previous look is scored (the state keeps the split's
   cumulative counts), so every factor compares the two arms over the same minutes. Errors are
   counted per arm; latency is counted as requests slower than a level L, read from the summed
-  histograms (``Histogram.count_above``). For a p99 check with ``max_ratio: r``, L is r times a
-  lower confidence bound of the baseline's p99, computed from the baseline's histogram up to
-  the previous look (so L is fixed before the data it scores); H0 says both arms exceed L
-  equally often, H1 says at least 1 % of the candidate's requests do.
+  histograms (``Histogram.count_above``). For a p99 check with ``max_ratio: r``, L is the
+  bucket bound at or beyond r times a lower confidence bound of the baseline's p99, computed
+  from the baseline's histogram up to the previous look (so L is fixed before the data it
+  scores); H0 says both arms exceed L equally often, H1 says at least 1 % of the candidate's
+  requests do.
 * The test statistic is the conditional-binomial likelihood ratio of the candidate's share of
   the look's events. The baseline's level cancels (a diurnal drift or an outage hitting both
   arms changes nothing), and the product over looks is a non-negative supermartingale under H0
@@ -71,22 +72,62 @@ and base rate; alpha spending needs the number of looks in advance, which a step
 until it has evidence does not have. The likelihood-ratio e-process is exact at any count and
 is Wald's optimal test where it matters.
 
-Limits, stated: requests are taken as independent (a client retrying one bad request fifty
-times is fifty errors); routing is taken as random (the split is the same for every request in
-a window); evidence is pooled over steps, so an effect that exists only under load is judged on
-the average. A relative latency check scores nothing until the baseline has 10 observations
-beyond the quantile (1000 requests for a p99), and coarse buckets make latency passes slow (the
-interpolated share beyond the level is then close to 1 - q). Gauges (CPU, memory) are levels,
-not counts: their checks fail after 3 consecutive windows beyond the level and take no part of
-the budget. Below ``min_requests`` per arm in the current split the verdict is inconclusive;
+Real traffic. Requests are not independent and windows are not alike: replicas are cold for
+a few minutes after every split change, a candidate on one replica sees that replica's
+hiccups whole, a window's rate moves with the load, histograms are coarse, and one arm's
+window can arrive a scrape late. What the judge does about each (numbers: ``python -m
+bench.decisions``, one row per traffic model in the README):
+
+* Paired minutes. The engine sums the two arms over the windows *both* reported (paired by
+  their start), from the windows the tracker keeps, revisions in their final version; a
+  minute one arm has not delivered yet waits. Every factor compares the arms over the same
+  minutes, so an endpoint-wide incident still cancels.
+* Warm-up. The first ``warmup_windows`` windows after every split change (default 3, or a
+  plan step's ``warmup``) are served but not scored; cold replicas look like a regression
+  that is gone a few minutes later. The 5xx ``error_ceiling`` (default 20 %) judges every
+  window the candidate served, warm-up included, as one more always-valid check (it takes
+  its share of the budget), so a gross failure is not waited out.
+* Windows as units, tempered. Each new window is one look. Its log likelihood ratios are
+  divided by the window's dispersion phi = 1 + kappa x m (``rollout.analysis.evidence``):
+  m is the window's binomial information, kappa the squared coefficient of variation of the
+  candidate's rate from window to window beyond binomial noise, at least ``window_cv``**2
+  (default 0.5**2) and more when the Pearson residuals of earlier windows show more. At low
+  counts phi is close to 1 and nothing is lost; at high counts a window is worth what one
+  noisy window is worth.
+* No window decides alone. A window adds at most 40 % of the way to a fail boundary (60 % for
+  the ceiling), so a rollback rests on three windows or more (two for a gross failure): one
+  replica's bad minute, or two, cannot roll a healthy candidate back. Both sides keep their
+  guarantee: the cap and the tempering only ever shrink a factor. A window also takes at most
+  40 % of the way to a pass boundary away from a pass route; that floor is not free (a
+  candidate fine most minutes and failing hard every tenth would pass on its typical minute),
+  so a pass also needs the pooled rate ratio of the whole rollout (or the candidate's own
+  rate, for a floor) confidently within the tolerance, its standard error inflated by the
+  estimated dispersion. The guard only holds a pass back.
+* Latency at bucket resolution. The level a quantile check counts against is a bucket bound:
+  the smallest at or beyond the tolerance applied to a lower bound of the baseline's quantile.
+  Counts above a bound are exact; inside a bucket they would be a guess at how the bucket's
+  requests spread, which is how a slower median with a tighter tail looked like a slower
+  p99. The price is resolution: with Databricks' buckets (..., 50, 100, 250, 500 ms ...) a
+  1.25x tolerance on a 120 ms p99 is judged at 250 ms, an effective 2.1x; every verdict shows
+  the level, and ``rollout validate`` says so up front.
+* Conflicting evidence. A look where both the fail and the pass boundary are crossed holds
+  and says so, instead of acting on whichever side is read first.
+
+Limits, stated: routing is taken as random (the split is the same for every request in a
+window); evidence is pooled over steps, so an effect that exists only under load is judged on
+the average; a cold start longer than the warm-up is judged as a regression (set the step's
+``warmup``). A relative latency check scores nothing until the baseline has 10 observations
+beyond the quantile (1000 requests for a p99). Gauges (CPU, memory) are levels, not counts:
+their checks fail after 3 consecutive windows beyond the level and take no part of the
+budget. Below ``min_requests`` per arm in the current split the verdict is inconclusive;
 evidence still accrues, and a fail crossed meanwhile is reported when the gate opens (Ville's
 bound covers every crossing). A fail is final.
 
 Advancing. ``may_advance`` is true on a pass; for an intermediate step under ``advance: lean``
 also on inconclusive when no check leans towards a regression (its pass-route likelihood ratio
-favours H1), so healthy candidates move through early steps on their bake times and the
-evidence keeps accumulating; the step whose advance promotes needs a pass, which is what bounds
-missed regressions by beta.
+favours H1 by more than e), so healthy candidates move through early steps on their bake
+times and the evidence keeps accumulating; the step whose advance promotes needs a pass,
+which is what bounds missed regressions by beta.
 """
 
 from __future__ import annotations
