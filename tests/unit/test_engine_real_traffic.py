@@ -1,0 +1,193 @@
+"""How ``decide`` reads real traffic: paired minutes, warm-up with a 5xx ceiling, windows
+revised after they were first seen, a step's own warm-up, and windows as units of evidence.
+
+Table-driven on the fake clock (plain numbers for time): each case hands ``decide`` the
+windows the runner's tracker would hold and checks what the arms sum to or what happens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from rollout.engine.decide import Timing, decide
+from rollout.engine.model import Decision, Observation, Phase, RolloutState
+from rollout.metrics.model import EntityWindow, Histogram
+from tests.unit.test_engine_decide import (
+    BASE,
+    CAND,
+    T0,
+    live,
+    plan_of,
+    policy,
+    progressing,
+)
+
+TIMING = Timing(look_interval=60, update_poll=5, update_deadline=600, max_put_attempts=3)
+
+
+def window(entity: str, minute: int, requests: float, errors: float = 0.0,
+           latency_ms: float = 40.0) -> EntityWindow:
+    hist = Histogram((50.0, 100.0, 250.0, float("inf")), (requests, 0.0, 0.0, 0.0))
+    if latency_ms > 100.0:
+        hist = Histogram((50.0, 100.0, 250.0, float("inf")), (0.0, 0.0, requests, 0.0))
+    return EntityWindow(entity, int((T0 + 60 * minute) * 1000), requests=requests,
+                        errors_5xx=errors, latency=hist)
+
+
+def both(minute: int, cand: tuple[float, float] = (100.0, 0.0),
+         base: tuple[float, float] = (900.0, 1.0)) -> tuple[EntityWindow, EntityWindow]:
+    return window(CAND, minute, *cand), window(BASE, minute, *base)
+
+
+def look(state: RolloutState, windows: tuple[EntityWindow, ...], now: float,
+         **options: Any) -> Decision:
+    return decide(options.pop("plan", plan_of()), state, Observation(endpoint=live(10),
+                  windows=windows), now, policy=options.pop("policy", policy()),
+                  timing=TIMING)
+
+
+@dataclass(frozen=True)
+class SumCase:
+    name: str
+    windows: tuple[EntityWindow, ...]
+    candidate_requests: float
+    baseline_requests: float
+    served_requests: float
+    unpaired: int = 0
+
+
+# Default policy: three windows of warm-up after the split change at T0 (minutes 0, 1, 2).
+SUM_CASES = [
+    SumCase("warm-up windows are served, not scored",
+            (*both(0), *both(1), *both(2)), 0.0, 0.0, 300.0),
+    SumCase("after the warm-up both arms are summed",
+            (*both(0), *both(1), *both(2), *both(3), *both(4)), 200.0, 1800.0, 500.0),
+    SumCase("a minute the baseline has not delivered waits",
+            (*both(3), window(CAND, 4, 100.0)), 100.0, 900.0, 200.0, unpaired=1),
+    SumCase("a minute the candidate has not delivered waits",
+            (*both(3), window(BASE, 4, 900.0)), 100.0, 900.0, 100.0, unpaired=1),
+    SumCase("windows from before the split are never summed",
+            (window(CAND, -1, 100.0), window(BASE, -1, 900.0), *both(3)),
+            100.0, 900.0, 100.0),
+]
+
+
+@pytest.mark.parametrize("case", SUM_CASES, ids=[c.name for c in SUM_CASES])
+def test_arms_are_summed_over_paired_minutes_after_the_warm_up(case: SumCase) -> None:
+    decision = look(progressing(), case.windows, T0 + 300)
+    state = decision.state
+    assert state.candidate.requests == case.candidate_requests
+    assert state.control.requests == case.baseline_requests
+    assert state.served.requests == case.served_requests
+    assert state.last_verdict is not None
+    assert state.last_verdict["unpaired_windows"] == case.unpaired
+    assert state.last_verdict["warmup"]["seconds"] == 180.0
+
+
+def test_a_late_partner_is_counted_when_it_arrives() -> None:
+    early = look(progressing(), (*both(3), window(CAND, 4, 100.0)), T0 + 300)
+    assert early.state.control.requests == 900.0
+    later = look(early.state, (*both(3), *both(4)), T0 + 330)
+    assert (later.state.candidate.requests, later.state.control.requests) == (200.0, 1800.0)
+    assert [e.kind for e in later.events] == ["verdict"], "the completed pair is news"
+
+
+def test_a_revised_window_counts_in_its_final_version() -> None:
+    partial = (window(CAND, 3, 40.0), window(BASE, 3, 300.0))
+    first = look(progressing(), partial, T0 + 240)
+    assert first.state.candidate.requests == 40.0
+    revised = look(first.state, both(3), T0 + 270)
+    assert (revised.state.candidate.requests, revised.state.control.requests) == (100.0, 900.0)
+    again = look(revised.state, both(3), T0 + 300)
+    assert not again.events, "the same windows again are not news"
+
+
+def test_a_step_warmup_overrides_the_policy() -> None:
+    plan = plan_of(steps=[{"weight": 10, "bake": "10m", "warmup": "1m"},
+                          {"weight": 50, "bake": "10m"}])
+    decision = look(progressing(), (*both(0), *both(1)), T0 + 120, plan=plan)
+    assert decision.state.candidate.requests == 100.0  # minute 1 only
+    assert decision.state.last_verdict is not None
+    assert decision.state.last_verdict["warmup"]["seconds"] == 60.0
+
+
+def test_the_warmup_follows_the_window_length_the_windows_show() -> None:
+    # 10 s windows with the engine configured for 60 s: three windows are 30 s.
+    short = tuple(
+        EntityWindow(name, int((T0 + 10 * k) * 1000), requests=n)
+        for k in range(6) for name, n in ((CAND, 10.0), (BASE, 90.0))
+    )
+    decision = look(progressing(), short, T0 + 60)
+    assert decision.state.candidate.requests == 30.0  # windows at 30, 40, 50 s
+    assert decision.state.last_verdict is not None
+    assert decision.state.last_verdict["warmup"]["seconds"] == 30.0
+
+
+def test_a_gross_failure_during_the_warm_up_rolls_back_through_the_ceiling() -> None:
+    # 60 % 5xx from the first minute: nothing is scored yet, the ceiling still judges.
+    broken = (*both(0, cand=(200.0, 120.0)), *both(1, cand=(200.0, 120.0)))
+    decision = look(progressing(), broken, T0 + 120)
+    assert decision.state.phase is Phase.ROLLING_BACK
+    assert "error_rate ceiling 20%" in (decision.state.ending_reason or "")
+    assert decision.state.candidate.requests == 0.0, "still in the warm-up"
+
+
+def test_one_bad_warm_up_minute_is_not_a_gross_failure() -> None:
+    one = (*both(0, cand=(200.0, 120.0)), *both(1))
+    decision = look(progressing(), one, T0 + 120)
+    assert decision.state.phase is Phase.PROGRESSING
+
+
+def test_a_cold_start_inside_the_warm_up_is_not_judged() -> None:
+    # Three minutes at 3x latency and +0.5 points of 5xx, then healthy: never a rollback.
+    cold = tuple(
+        w for minute in range(3) for w in (
+            window(CAND, minute, 1000.0, 6.0, latency_ms=200.0), window(BASE, minute, 9000.0, 9.0)
+        )
+    )
+    state = progressing()
+    windows: tuple[EntityWindow, ...] = cold
+    for minute in range(3, 10):
+        windows += both(minute, cand=(1000.0, 1.0), base=(9000.0, 9.0))
+        state = look(state, windows, T0 + 60 * (minute + 1)).state
+        assert state.phase is Phase.PROGRESSING
+
+
+def test_each_window_is_one_unit_of_evidence_however_they_arrive() -> None:
+    # The same six windows, one per look or all at once, give the same evidence.
+    windows = tuple(w for minute in range(6) for w in both(minute, cand=(600.0, 60.0),
+                                                          base=(5400.0, 5.0)))
+    at_once = look(progressing(), windows, T0 + 360)
+    one_by_one = progressing()
+    for count in range(1, 7):
+        one_by_one = look(one_by_one, windows[: 2 * count], T0 + 60 * count).state
+    assert at_once.state.phase is one_by_one.phase is Phase.ROLLING_BACK
+    fail_at_once = at_once.state.judge_state["checks"][0]["fail"]
+    fail_one_by_one = one_by_one.judge_state["checks"][0]["fail"]
+    assert fail_at_once == pytest.approx(fail_one_by_one)
+
+
+def test_no_single_window_rolls_back_however_bad_below_the_ceiling() -> None:
+    bad = both(3, cand=(600.0, 60.0), base=(5400.0, 5.0))  # 10 % against 0.1 %
+    first = look(progressing(), bad, T0 + 240)
+    assert first.state.phase is Phase.PROGRESSING
+    second = look(first.state, (*bad, *both(4, cand=(600.0, 60.0), base=(5400.0, 5.0))),
+                  T0 + 300)
+    assert second.state.phase is Phase.PROGRESSING
+    third = look(second.state, (*bad, *both(4, cand=(600.0, 60.0), base=(5400.0, 5.0)),
+                                *both(5, cand=(600.0, 60.0), base=(5400.0, 5.0))), T0 + 360)
+    assert third.state.phase is Phase.ROLLING_BACK
+
+
+def test_a_new_split_starts_its_sums_and_warm_up_afresh() -> None:
+    done = look(progressing(), (*both(3), *both(4)), T0 + 300).state
+    moved = done.model_copy(update={
+        "split_applied_at": T0 + 600, "step_started_at": T0 + 600, "step": 1,
+        "candidate_weight": 50, "judged_windows": 0, "last_verdict": None,
+    })
+    after = look(moved, (*both(10), *both(11)), T0 + 720)
+    assert after.state.candidate.requests == 0.0  # minutes 10 and 11 are the new warm-up
+    assert after.state.served.requests == 200.0
