@@ -684,10 +684,13 @@ def _progressing(turn: _Turn) -> None:
     _accumulate(turn)
     state = turn.state
     weights = _weights(plan)
-    # Promotion from the last canary step needs a pass. A blue/green bake is judged like an
-    # intermediate step: all traffic is already on the candidate (the risk is taken), and
-    # its control is the baseline's fixed warm-up, which cannot grow to prove a pass.
-    last_step = state.step >= len(weights) - 1 and not isinstance(plan, BlueGreenPlan)
+    # An advance from the last judged split promotes the candidate, so it needs a pass: the
+    # last canary step, and a blue/green bake too. After the switch the baseline still sits
+    # at 0 %, ready to take the traffic back at once; removing it is what cannot be undone
+    # quickly. The bake's control is the warm-up sample, which cannot grow, so a pass may
+    # not come; then the step deadline applies as to any step without a conclusive verdict
+    # (a person decides, or on_no_data: rollback switches back).
+    last_step = state.step >= len(weights) - 1
     look = _look(turn, final=last_step)
     if look is not None and look.outcome == "fail":
         _start_rollback(turn, f"analysis failed: {look.reason}", "analysis")
@@ -725,8 +728,8 @@ def _progressing(turn: _Turn) -> None:
     step_deadline = bake * turn.timing.step_deadline_factor
     if elapsed >= step_deadline:
         reason = (
-            f"step {state.step + 1} has no conclusive verdict after {format_duration(elapsed)} "
-            f"({verdict.get('reason', 'no data')})"
+            f"{_step_name(plan, state.step)} has no conclusive verdict after "
+            f"{format_duration(elapsed)} ({verdict.get('reason', 'no data')})"
         )
         if policy.on_no_data == "rollback":
             _start_rollback(turn, reason, "no_data")
@@ -812,6 +815,15 @@ def _weights(plan: AnyPlan) -> list[int]:
     if isinstance(plan, ABPlan):
         return [plan.split]
     return [100]
+
+
+def _step_name(plan: AnyPlan, step: int) -> str:
+    """A judged step as people call it: a canary's step k, the A/B split, the bake."""
+    if isinstance(plan, ABPlan):
+        return "the A/B split"
+    if isinstance(plan, BlueGreenPlan):
+        return "the blue/green bake"
+    return f"step {step + 1}"
 
 
 def _bake(plan: AnyPlan, step: int) -> float:

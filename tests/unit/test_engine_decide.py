@@ -10,6 +10,7 @@ import pytest
 from rollout.analysis.spec import CheckSpec, Policy
 from rollout.engine.decide import Timing, config_key, decide, entity_identity
 from rollout.engine.model import (
+    Arm,
     Command,
     Decision,
     EndpointSnapshot,
@@ -134,6 +135,23 @@ def progressing(step: int = 0, weight: int = 10, **fields: Any) -> RolloutState:
 
 def live(weight: int) -> EndpointSnapshot:
     return snapshot({BASE: 100 - weight, CAND: weight})
+
+
+BLUE_GREEN = plan_of(strategy="blue_green", steps=None, bake="10m")
+
+
+def baking(control_requests: float) -> RolloutState:
+    """A blue/green bake just switched (candidate at 100 %), its control the baseline's
+    five warm-up windows of ``control_requests`` in all at 1 % 5xx."""
+    per_window = control_requests / 5
+    warmup = windows(T0 - 300, 5, cand=(0, 0), base=(per_window, per_window / 100))
+    control = Arm().plus([w for w in warmup if w.entity == BASE])
+    return progressing(weight=100, control=control)
+
+
+def bake_windows(count: int) -> tuple[EntityWindow, ...]:
+    """``count`` windows of the candidate alone at 100 %: 600 requests each, 1 % 5xx."""
+    return tuple(w for w in windows(T0, count, cand=(600, 6), base=(0, 0)) if w.entity == CAND)
 
 
 @dataclass
@@ -674,6 +692,51 @@ CASES = [
         effect="put:restore",
     ),
     Case(
+        "blue/green: bake over with an inconclusive verdict -> keep baking, never promote",
+        baking(7500),
+        Observation(endpoint=live(100), windows=bake_windows(10)),
+        plan=BLUE_GREEN,
+        now=T0 + 600,
+        phase=Phase.PROGRESSING,
+        events=("verdict",),
+        extra="inconclusive",
+    ),
+    Case(
+        "blue/green: bake over with a pass -> promote, baseline removed",
+        baking(30000),
+        Observation(endpoint=live(100), windows=bake_windows(10)),
+        plan=BLUE_GREEN,
+        now=T0 + 600,
+        phase=Phase.PROMOTING,
+        effect="put:promote",
+        split={CAND: 100},
+        events=("promoting",),
+        extra="pass",
+    ),
+    Case(
+        "blue/green: no pass by the step deadline -> pause for a person",
+        baking(7500),
+        Observation(endpoint=live(100), windows=bake_windows(10)),
+        plan=BLUE_GREEN,
+        now=T0 + 1801,
+        phase=Phase.PAUSED,
+        events=("verdict", "awaiting_decision"),
+        alerts=("paused",),
+        extra="inconclusive",
+    ),
+    Case(
+        "blue/green: no pass by the step deadline with on_no_data=rollback -> switch back",
+        baking(7500),
+        Observation(endpoint=live(100), windows=bake_windows(10)),
+        plan=BLUE_GREEN,
+        policy=policy(on_no_data="rollback"),
+        now=T0 + 1801,
+        phase=Phase.ROLLING_BACK,
+        effect="put:restore",
+        split={BASE: 100, CAND: 0},
+        extra="inconclusive",
+    ),
+    Case(
         "blue/green: failure during the bake switches back at once",
         progressing(weight=100, control={"windows": 10, "requests": 6000.0, "errors_5xx": 6.0}),
         Observation(
@@ -731,6 +794,9 @@ def test_decide(case: Case) -> None:
         assert decision.state.last_verdict is not None
         assert "no per-entity series" in decision.state.last_verdict["reason"]
         assert decision.state.last_verdict["outcome"] == "inconclusive"
+    if case.extra in ("inconclusive", "pass"):
+        assert decision.state.last_verdict is not None
+        assert decision.state.last_verdict["outcome"] == case.extra
     if case.extra == "known":
         assert isinstance(effect, PutConfig)
         assert key({BASE: 90, CAND: 10}) in effect.target.known
@@ -901,3 +967,31 @@ def test_the_baseline_redeployed_under_its_name_with_another_version_is_drift() 
     assert [e.kind for e in decision.events] == ["drift"]
     same = run(Case("", baking, Observation(endpoint=live(10)), now=T0 + 60))
     assert same.state.phase is Phase.PROGRESSING
+
+
+def test_a_blue_green_bake_promotes_only_on_a_pass() -> None:
+    """Whatever the warm-up saw and however long the bake ran: promotion means a pass."""
+    seen = set()
+    for control_requests in (300, 1500, 7500, 30000, 120000):
+        for minutes in (10, 20, 29):
+            decision = run(Case(
+                "", baking(control_requests),
+                Observation(endpoint=live(100), windows=bake_windows(minutes)),
+                plan=BLUE_GREEN, now=T0 + 60 * minutes,
+            ))
+            verdict = decision.state.last_verdict
+            assert verdict is not None
+            assert verdict["final"] is True, "the bake is judged as the step that promotes"
+            promoted = decision.state.phase is Phase.PROMOTING
+            assert promoted == (verdict["outcome"] == "pass"), (control_requests, verdict)
+            seen.add(promoted)
+    assert seen == {True, False}, "both outcomes are exercised"
+
+
+def test_a_blue_green_bake_without_a_pass_says_so_when_it_pauses() -> None:
+    decision = run(Case("", baking(7500), Observation(endpoint=live(100),
+                        windows=bake_windows(10)), plan=BLUE_GREEN, now=T0 + 1801))
+    paused = decision.events[-1]
+    assert paused.kind == "awaiting_decision"
+    assert paused.reason.startswith("the blue/green bake has no conclusive verdict after 30m")
+    assert "all steps passed" not in " ".join(e.reason for e in decision.events)
