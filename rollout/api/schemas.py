@@ -118,6 +118,11 @@ class Rollout(BaseModel):
         "[split] for ab, [100] for blue_green."
     )
     candidate_weight: int = Field(description="Candidate traffic percentage now.")
+    skipped_steps: list[int] = Field(
+        default_factory=list,
+        description="Indexes (0-based, as step) of the steps an operator's promote skipped "
+        "before the judge finished them: skipped, not passed.",
+    )
     last_verdict: Verdict | None
     pause_reason: str | None
     ending_reason: str | None
@@ -290,6 +295,7 @@ def rollout_view(record: RolloutRecord) -> Rollout:
         step=state.step,
         steps=steps,
         candidate_weight=state.candidate_weight,
+        skipped_steps=list(state.skipped_steps),
         last_verdict=_verdict(state.last_verdict),
         pause_reason=state.pause_reason,
         ending_reason=state.ending_reason,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from rollout.analysis.ab import ab_report
 from rollout.analysis.control import against_control
@@ -409,13 +409,20 @@ def _confirmed(turn: _Turn, target: Target) -> None:
         turn.again_in(turn.timing.look_interval)
         return
     if target.purpose == "promote":
+        skipped = list(state.skipped_steps)
+        unjudged = f" ({_skipped_text(turn.plan, skipped)} by an operator)" if skipped else ""
         turn.set(candidate_weight=100)
-        turn.move(Phase.SUCCEEDED, f"candidate serves 100 %: {split_desc}", "succeeded")
+        turn.move(
+            Phase.SUCCEEDED,
+            f"candidate serves 100 %: {split_desc}{unjudged}",
+            "succeeded",
+            {"skipped_steps": skipped},
+        )
         turn.alert(
             "succeeded",
             "info",
-            f"{turn.plan.endpoint}: {turn.plan.candidate.served_name} promoted to 100 %",
-            {"verdict": state.last_verdict, "report": state.report},
+            f"{turn.plan.endpoint}: {turn.plan.candidate.served_name} promoted to 100 %{unjudged}",
+            {"verdict": state.last_verdict, "report": state.report, "skipped_steps": skipped},
         )
         return
     if target.purpose == "restore":
@@ -701,12 +708,7 @@ def _progressing(turn: _Turn) -> None:
         if command.kind == "pause":
             _pause(turn, str(command.payload.get("reason") or "paused by an operator"))
             return
-        if command.kind == "promote_full":
-            turn.note("manual_promotion", "promoted to 100 % by an operator")
-            _promote(turn)
-            return
-        turn.note("manual_promotion", "next step forced by an operator")
-        _advance(turn)
+        _operator_promotes(turn, full=command.kind == "promote_full")
         return
 
     started = state.step_started_at if state.step_started_at is not None else turn.now
@@ -751,11 +753,11 @@ def _paused(turn: _Turn) -> None:
     turn.set(paused_from=None, pause_reason=None, deadline_from=turn.now)
     if command.kind == "promote_full":
         turn.move(Phase.PROGRESSING, "promoted to 100 % by an operator", "resumed")
-        _promote(turn)
+        _operator_promotes(turn, full=True)
         return
     if command.kind == "promote":
         turn.move(Phase.PROGRESSING, "next step forced by an operator", "resumed")
-        _advance(turn)
+        _operator_promotes(turn, full=False)
         return
     turn.move(resume_to, "resumed by an operator", "resumed")
     if resume_to is Phase.PREPARING and state.baseline is not None:
@@ -773,7 +775,7 @@ def _paused(turn: _Turn) -> None:
 
 def _promoting(turn: _Turn) -> None:
     # Reached only if the promotion target was lost (e.g. a resumed drift): issue it again.
-    _promote(turn)
+    turn.put(_new_target(turn, "promote", 100, with_baseline=False))
 
 
 def _ending(turn: _Turn) -> None:
@@ -901,19 +903,79 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
 
 
 def _advance(turn: _Turn) -> None:
-    state = turn.state
-    weights = _weights(turn.plan)
-    if isinstance(turn.plan, ABPlan | BlueGreenPlan) or state.step >= len(weights) - 1:
-        _promote(turn)
+    """The judge let the current step go: the next step, or after the last one promotion."""
+    state, plan = turn.state, turn.plan
+    weights = _weights(plan)
+    if state.step < len(weights) - 1:
+        _next_step(turn)
         return
-    turn.set(step=state.step + 1)
-    turn.put(_new_target(turn, "step", weights[state.step + 1]))
+    if isinstance(plan, BlueGreenPlan):
+        reason = "the blue/green bake passed; candidate stays at 100 %, baseline removed"
+    elif state.skipped_steps:
+        reason = (
+            f"the judged steps passed ({_skipped_text(plan, state.skipped_steps)} by an "
+            "operator); candidate to 100 %"
+        )
+    else:
+        reason = "all steps passed; candidate to 100 %"
+    _promote(turn, reason, by="judge")
 
 
-def _promote(turn: _Turn) -> None:
+def _operator_promotes(turn: _Turn, *, full: bool) -> None:
+    """An operator's promote: the current step (``full``: every step left) ends unjudged.
+
+    The skipped steps go into the state and the events, so that nothing shows them as
+    passed, and the promotion says whose it was.
+    """
+    state, plan = turn.state, turn.plan
+    weights = _weights(plan)
+    last = len(weights) - 1
+    step = min(state.step, last)
+    skipped = list(range(step, last + 1)) if full else [step]
+    turn.set(skipped_steps=sorted({*state.skipped_steps, *skipped}))
+    data = {"step": step, "skipped_steps": skipped}
+    if step < last and not full:
+        turn.note(
+            "manual_promotion",
+            f"{_skipped_text(plan, skipped)} by an operator; next step",
+            data,
+        )
+        _next_step(turn)
+        return
+    reason = f"promoted to 100 % by an operator ({_skipped_text(plan, turn.state.skipped_steps)})"
+    turn.note("manual_promotion", reason, data)
+    _promote(turn, reason, by="operator")
+
+
+def _next_step(turn: _Turn) -> None:
+    step = turn.state.step + 1
+    turn.set(step=step)
+    turn.put(_new_target(turn, "step", _weights(turn.plan)[step]))
+
+
+def _promote(turn: _Turn, reason: str, *, by: Literal["judge", "operator"]) -> None:
+    """To ``promoting``, saying why and on whose word (``judge`` or ``operator``)."""
     if turn.state.phase is not Phase.PROMOTING:
-        turn.move(Phase.PROMOTING, "all steps passed; candidate to 100 %", "promoting")
+        data = {"promoted_by": by, "skipped_steps": list(turn.state.skipped_steps)}
+        turn.move(Phase.PROMOTING, reason, "promoting", data)
     turn.put(_new_target(turn, "promote", 100, with_baseline=False))
+
+
+def _skipped_text(plan: AnyPlan, steps: list[int]) -> str:
+    """Skipped steps in words, numbered from 1: "steps 2-3 of 3 skipped"."""
+    if not isinstance(plan, CanaryPlan):
+        return f"{_step_name(plan, 0)} skipped"
+    runs: list[list[int]] = []
+    for step in sorted(set(steps)):
+        if runs and step == runs[-1][-1] + 1:
+            runs[-1].append(step)
+        else:
+            runs.append([step])
+    numbers = ", ".join(
+        f"{run[0] + 1}" if len(run) == 1 else f"{run[0] + 1}-{run[-1] + 1}" for run in runs
+    )
+    word = "step" if len(steps) == 1 else "steps"
+    return f"{word} {numbers} of {len(_weights(plan))} skipped"
 
 
 def _ab_report(turn: _Turn) -> None:
@@ -930,7 +992,8 @@ def _ab_report(turn: _Turn) -> None:
     turn.set(report=report)
     turn.note("ab_report", str(report["summary"]), {"report": report})
     if report["winner"] == "candidate":
-        _promote(turn)
+        won = f"A/B: the candidate won ({report['summary']}); candidate to 100 %"
+        _promote(turn, won, by="judge")
     else:
         _start_rollback(
             turn, f"A/B: baseline kept ({report['summary']})", "ab_lost", kind="ab_baseline_kept"

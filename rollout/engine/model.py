@@ -180,6 +180,9 @@ class RolloutState(BaseModel):
     deadline_from: float | None = None
     # Alerts raised so far: numbers each alert's key, so two alerts never share one.
     alerts_raised: int = 0
+    # Steps (0-based, as ``step``) an operator's promote skipped before the judge finished
+    # them: shown as skipped, never as passed. Empty in states persisted before it existed.
+    skipped_steps: list[int] = Field(default_factory=list)
 
 
 # ---- what the runner observed -------------------------------------------------------------

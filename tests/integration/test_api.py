@@ -532,6 +532,23 @@ async def test_last_verdict_is_shown_with_both_arms(
     assert datetime.fromisoformat(body["updated_at"]).timestamp() == record.updated_at + 60
 
 
+async def test_steps_an_operator_skipped_are_listed_as_skipped(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    created = (await submit_yaml(api)).json()
+    assert created["skipped_steps"] == []
+    record = harness.store.get(created["id"])
+    harness.store.commit(
+        record.id, record.version, phase="promoting",
+        state={**record.state, "phase": "promoting", "step": 1, "baseline": "ads-3",
+               "skipped_steps": [1, 2]},
+        due_at=None, updated_at=record.updated_at + 60, events=[], alerts=[],
+        consumed_commands=[],
+    )
+    body = (await api.get(f"/api/v1/rollouts/{record.id}")).json()
+    assert (body["phase"], body["skipped_steps"]) == ("promoting", [1, 2])
+
+
 async def test_events_in_order_with_iso_times_and_after(
     api: httpx.AsyncClient, harness: Harness
 ) -> None:
@@ -891,8 +908,8 @@ async def test_the_openapi_document_is_valid_and_describes_the_api(harness: Harn
     rollout = schemas["Rollout"]["properties"]
     assert set(rollout) >= {"id", "name", "endpoint", "strategy", "candidate", "baseline",
                             "policy", "phase", "step", "steps", "candidate_weight",
-                            "last_verdict", "pause_reason", "ending_reason", "report",
-                            "created_at", "updated_at", "started_at", "plan"}
+                            "skipped_steps", "last_verdict", "pause_reason", "ending_reason",
+                            "report", "created_at", "updated_at", "started_at", "plan"}
     assert rollout["created_at"]["format"] == "date-time"
     assert set(schemas["Plan"]["discriminator"]["mapping"]) == {"canary", "ab", "blue_green"}
     bake = schemas["CanaryStep"]["properties"]["bake"]

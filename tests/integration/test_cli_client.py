@@ -289,6 +289,25 @@ def test_list_get_and_events(server: ApiServer, store: Store, plan_file: Path) -
     assert_one_line_error(cli("events", "nope", "--server", server.url), "[rollout_not_found]")
 
 
+def test_steps_an_operator_skipped_are_shown_as_skipped(
+    server: ApiServer, store: Store, plan_file: Path
+) -> None:
+    rollout_id = submitted(server, plan_file)
+    move(store, rollout_id, "succeeded", step=1, candidate_weight=100, baseline="ads-3",
+         skipped_steps=[1])
+
+    shown = cli("get", rollout_id, "--server", server.url)
+    assert shown.exit_code == 0, shown.output
+    assert "5% → 25% (skipped) → 100%" in shown.stdout, shown.stdout
+    assert "step 2 (25%) skipped by an operator, not judged" in shown.stdout
+    assert "passed" not in shown.stdout
+    as_json = json.loads(cli("get", rollout_id, "--server", server.url, "-o", "json").stdout)
+    assert as_json["skipped_steps"] == [1]
+    watched = cli("get", rollout_id, "--watch", "--server", server.url)
+    assert watched.exit_code == 0, watched.output
+    assert "step 2 (25%) skipped by an operator" in watched.stdout
+
+
 # ---- commands --------------------------------------------------------------------------------
 
 

@@ -995,3 +995,163 @@ def test_a_blue_green_bake_without_a_pass_says_so_when_it_pauses() -> None:
     assert paused.kind == "awaiting_decision"
     assert paused.reason.startswith("the blue/green bake has no conclusive verdict after 30m")
     assert "all steps passed" not in " ".join(e.reason for e in decision.events)
+
+
+# ---- who promoted, and which steps were skipped --------------------------------------------
+
+THREE_STEPS = plan_of(steps=[{"weight": 5, "bake": "10m"}, {"weight": 25, "bake": "10m"},
+                             {"weight": 50, "bake": "10m"}])
+
+
+@dataclass
+class Promotion:
+    name: str
+    state: RolloutState
+    command: str
+    reason: str  # the promoting event's reason, or the manual_promotion note's
+    skipped: list[int]
+    plan: AnyPlan = field(default_factory=plan_of)
+    promoted: bool = True
+
+
+PROMOTIONS = [
+    Promotion(
+        "promote full at step 2 of 3 skips steps 2 and 3",
+        progressing(step=1, weight=25),
+        "promote_full",
+        "promoted to 100 % by an operator (steps 2-3 of 3 skipped)",
+        [1, 2],
+        plan=THREE_STEPS,
+    ),
+    Promotion(
+        "promote at the first step skips it and goes on to the next",
+        progressing(),
+        "promote",
+        "step 1 of 2 skipped by an operator; next step",
+        [0],
+        promoted=False,
+    ),
+    Promotion(
+        "promote at the last step promotes, the last step skipped",
+        progressing(step=1, weight=50),
+        "promote",
+        "promoted to 100 % by an operator (step 2 of 2 skipped)",
+        [1],
+    ),
+    Promotion(
+        "an earlier skip is counted with the later ones",
+        progressing(step=2, weight=50, skipped_steps=[0]),
+        "promote_full",
+        "promoted to 100 % by an operator (steps 1, 3 of 3 skipped)",
+        [0, 2],
+        plan=THREE_STEPS,
+    ),
+    Promotion(
+        "promote full while paused for a person",
+        state(Phase.PAUSED, paused_from=Phase.PROGRESSING, candidate_weight=10,
+              pause_reason="step 1 has no conclusive verdict"),
+        "promote_full",
+        "promoted to 100 % by an operator (steps 1-2 of 2 skipped)",
+        [0, 1],
+    ),
+    Promotion(
+        "promote while paused skips the paused step",
+        state(Phase.PAUSED, paused_from=Phase.PROGRESSING, candidate_weight=10),
+        "promote",
+        "step 1 of 2 skipped by an operator; next step",
+        [0],
+        promoted=False,
+    ),
+    Promotion(
+        "promote full during a blue/green bake",
+        progressing(weight=100),
+        "promote_full",
+        "promoted to 100 % by an operator (the blue/green bake skipped)",
+        [0],
+        plan=BLUE_GREEN,
+    ),
+    Promotion(
+        "promote during an A/B split",
+        progressing(weight=50),
+        "promote",
+        "promoted to 100 % by an operator (the A/B split skipped)",
+        [0],
+        plan=plan_of(steps=None, strategy="ab", split=50, duration="30m",
+                     objective="latency_p99_ms"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", PROMOTIONS, ids=[c.name for c in PROMOTIONS])
+def test_an_operators_promotion_is_the_operators_and_shows_its_skipped_steps(
+    case: Promotion,
+) -> None:
+    weight = case.state.candidate_weight
+    decision = run(Case("", case.state, Observation(
+        endpoint=live(weight), commands=(Command(9, case.command),)), now=T0 + 60, plan=case.plan))
+    assert decision.consumed_commands == (9,)
+    assert decision.state.skipped_steps == case.skipped
+    reasons = " | ".join(e.reason for e in decision.events)
+    assert "passed" not in reasons, reasons
+    note = next(e for e in decision.events if e.kind == "manual_promotion")
+    assert note.data["skipped_steps"] == [s for s in case.skipped
+                                          if s not in case.state.skipped_steps]
+    assert isinstance(decision.effect, PutConfig)
+    if not case.promoted:
+        assert decision.state.phase is Phase.PROGRESSING
+        assert decision.effect.target.purpose == "step"
+        assert note.reason == case.reason
+        return
+    assert decision.state.phase is Phase.PROMOTING
+    assert decision.effect.target.purpose == "promote"
+    promoting = next(e for e in decision.events if e.kind == "promoting")
+    assert promoting.reason == case.reason
+    assert promoting.data == {"promoted_by": "operator", "skipped_steps": case.skipped}
+
+
+def judged_to_the_end(st: RolloutState) -> Decision:
+    """Feed the last step healthy windows one at a time until the judge lets it go."""
+    decision = None
+    for i in range(40):
+        obs = Observation(
+            endpoint=live(50), windows=windows(T0 + 60 * i, 1, cand=(3000, 30), base=(3000, 30))
+        )
+        decision = decide(plan_of(), st, obs, T0 + 60 * (i + 1), policy=policy(), timing=TIMING)
+        st = decision.state
+        if decision.effect is not None:
+            break
+    assert decision is not None
+    return decision
+
+
+@pytest.mark.parametrize(
+    ("skipped", "reason"),
+    [
+        ([], "all steps passed; candidate to 100 %"),
+        ([0], "the judged steps passed (step 1 of 2 skipped by an operator); candidate to 100 %"),
+    ],
+)
+def test_only_the_judges_passes_say_the_steps_passed(skipped: list[int], reason: str) -> None:
+    decision = judged_to_the_end(progressing(step=1, weight=50, skipped_steps=skipped))
+    assert decision.state.phase is Phase.PROMOTING
+    promoting = next(e for e in decision.events if e.kind == "promoting")
+    assert promoting.reason == reason
+    assert promoting.data == {"promoted_by": "judge", "skipped_steps": skipped}
+
+
+def test_the_success_alert_names_the_skipped_steps() -> None:
+    promoting = state(Phase.PROMOTING, step=1, skipped_steps=[1],
+                      target=target("promote", {CAND: 100}))
+    decision = run(Case("", promoting, Observation(endpoint=snapshot({CAND: 100}))))
+    assert decision.state.phase is Phase.SUCCEEDED
+    succeeded = next(e for e in decision.events if e.kind == "succeeded")
+    assert succeeded.reason.endswith("(step 2 of 2 skipped by an operator)")
+    assert succeeded.data["skipped_steps"] == [1]
+    alert = next(a for a in decision.alerts if a.event == "succeeded")
+    assert "step 2 of 2 skipped by an operator" in alert.summary
+    assert alert.details["skipped_steps"] == [1]
+
+
+def test_a_state_persisted_before_skipped_steps_existed_still_loads() -> None:
+    old = {"phase": "progressing", "started_at": T0, "step": 1, "candidate_weight": 50}
+    assert RolloutState.model_validate(old).skipped_steps == []
