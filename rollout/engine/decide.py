@@ -475,7 +475,7 @@ def _drift(turn: _Turn, snapshot: EndpointSnapshot) -> None:
     state = turn.state
     live = _split_text(snapshot.split)
     if state.phase is Phase.ROLLING_BACK:
-        _fail(turn, f"the endpoint was changed by hand during the rollback (now {live})")
+        _fail(turn, "the endpoint was changed by hand during the rollback")
         return
     turn.set(target=None, paused_from=state.phase, pause_reason=f"drift: endpoint now {live}")
     turn.move(
@@ -530,25 +530,46 @@ def _start_rollback(
 
 
 def _fail(turn: _Turn, reason: str) -> None:
-    snapshot = turn.obs.endpoint
-    where = (
-        f"endpoint now serves {_split_text(snapshot.split)} "
-        f"(config_update {snapshot.config_update})"
-        if snapshot is not None
-        else "endpoint state unknown"
-    )
-    turn.set(target=None)
-    turn.move(Phase.FAILED, f"{reason}; {where}", "failed")
+    """To ``failed``: a person must act, so the reason says what failed and what the endpoint
+    serves now. A rollback under way (an operator's abort, a failed analysis) did not fail
+    itself: it stays as the context, after what did."""
+    state, snapshot = turn.state, turn.obs.endpoint
+    where = _endpoint_now(turn)
+    during = state.ending_reason if state.phase is Phase.ROLLING_BACK else None
+    failed = reason if where is None else f"{reason}; {where}"
+    if during:
+        failed += f"; while rolling back: {during}"
+    turn.set(target=None, ending=Phase.FAILED, ending_reason=failed)
+    details = {
+        "reason": failed,
+        "failure": reason,
+        "endpoint_state": where,
+        "while_rolling_back": during,
+        "live_split": None if snapshot is None else snapshot.split,
+        "config_update": None if snapshot is None else snapshot.config_update,
+        "pending_split": None if snapshot is None else snapshot.pending_split,
+    }
+    turn.move(Phase.FAILED, failed, "failed", details)
     turn.alert(
         "failed",
         "error",
-        f"{turn.plan.endpoint}: HUMAN NEEDED: {reason}; {where}",
-        {
-            "reason": reason,
-            "live_split": None if snapshot is None else snapshot.split,
-            "build_logs_tail": turn.state.build_logs,
-        },
+        f"{turn.plan.endpoint}: HUMAN NEEDED: {failed}",
+        {**details, "build_logs_tail": state.build_logs},
     )
+
+
+def _endpoint_now(turn: _Turn) -> str | None:
+    """What the endpoint serves as this tick saw it, in words (None: there is no endpoint)."""
+    snapshot = turn.obs.endpoint
+    if snapshot is None:
+        if turn.obs.endpoint_missing:
+            return None
+        error = turn.obs.endpoint_error
+        return "the endpoint could not be read" + (f" ({error})" if error else "")
+    update = f"config_update {snapshot.config_update}"
+    if snapshot.updating and snapshot.pending_split is not None:
+        update += f" towards {_split_text(snapshot.pending_split)}"
+    return f"the endpoint serves {_split_text(snapshot.split)} ({update})"
 
 
 # ---- deadlines ----------------------------------------------------------------------------
@@ -585,6 +606,7 @@ def _pause(turn: _Turn, reason: str, *, kind: str = "paused") -> None:
 def _pending(turn: _Turn) -> None:
     plan, obs = turn.plan, turn.obs
     if obs.endpoint_missing:
+        turn.set(ending=Phase.FAILED, ending_reason=f"endpoint {plan.endpoint!r} does not exist")
         turn.move(Phase.FAILED, f"endpoint {plan.endpoint!r} does not exist", "failed")
         turn.alert("failed", "error", f"{plan.endpoint}: endpoint does not exist")
         return
@@ -609,6 +631,7 @@ def _pending(turn: _Turn) -> None:
     elif candidate in snapshot.entities:
         problem = f"the endpoint already serves an entity named {candidate!r}"
     if problem is not None or baseline is None:
+        turn.set(ending=Phase.FAILED, ending_reason=f"cannot start: {problem}")
         turn.move(Phase.FAILED, f"cannot start: {problem}", "failed")
         turn.alert("failed", "error", f"{plan.endpoint}: cannot start rollout: {problem}")
         return

@@ -167,6 +167,8 @@ class RolloutState(BaseModel):
     paused_from: Phase | None = None
     pause_reason: str | None = None
     ending: Phase | None = None  # the terminal phase a rollback ends in (rolled_back/aborted)
+    # Why the rollout is ending or ended; for ``failed``, what failed and what the endpoint
+    # serves, then the rollback that was under way, if any ("while rolling back: ...").
     ending_reason: str | None = None
     ending_cause: RollbackCause | None = None
     build_logs: str | None = None

@@ -1155,3 +1155,143 @@ def test_the_success_alert_names_the_skipped_steps() -> None:
 def test_a_state_persisted_before_skipped_steps_existed_still_loads() -> None:
     old = {"phase": "progressing", "started_at": T0, "step": 1, "candidate_weight": 50}
     assert RolloutState.model_validate(old).skipped_steps == []
+
+
+# ---- a failed rollout's reason is what failed ----------------------------------------------
+
+ROLLING_BACK_ON_ABORT = state(
+    Phase.ROLLING_BACK,
+    candidate_weight=50,
+    ending=Phase.ABORTED,
+    ending_cause="aborted",
+    ending_reason="the dashboard looks wrong",
+    target=target("restore", {BASE: 100, CAND: 0}, [{BASE: 50, CAND: 50}]),
+)
+
+
+@dataclass
+class Failure:
+    name: str
+    state: RolloutState
+    obs: Observation
+    reason: str
+    during: str | None
+    now: float = T0
+
+
+FAILURES = [
+    Failure(
+        "the restore after an abort is refused",
+        ROLLING_BACK_ON_ABORT,
+        Observation(endpoint=snapshot({BASE: 50, CAND: 50}),
+                    update=UpdateOutcome("rejected", "400 INVALID_PARAMETER_VALUE")),
+        "could not restore the baseline: 400 INVALID_PARAMETER_VALUE; the endpoint serves "
+        "ads-3 50%, ads_model-4 50% (config_update NOT_UPDATING); "
+        "while rolling back: the dashboard looks wrong",
+        "the dashboard looks wrong",
+    ),
+    Failure(
+        "the restore after a failed analysis ends UPDATE_FAILED",
+        state(Phase.ROLLING_BACK, candidate_weight=10, ending_reason="analysis failed: 5xx x3",
+              target=target("restore", {BASE: 100, CAND: 0}, [{BASE: 90, CAND: 10}])),
+        Observation(endpoint=snapshot({BASE: 90, CAND: 10}, config_update="UPDATE_FAILED"),
+                    update=UpdateOutcome("failed", "served entity ads-3 failed to start")),
+        "could not restore the baseline: served entity ads-3 failed to start; the endpoint "
+        "serves ads-3 90%, ads_model-4 10% (config_update UPDATE_FAILED); "
+        "while rolling back: analysis failed: 5xx x3",
+        "analysis failed: 5xx x3",
+    ),
+    Failure(
+        "the restore never settles and the endpoint cannot be read",
+        ROLLING_BACK_ON_ABORT,
+        Observation(endpoint_error="503 TEMPORARILY_UNAVAILABLE"),
+        "could not restore the baseline: config update not settled after 10m (503 "
+        "TEMPORARILY_UNAVAILABLE); the endpoint could not be read (503 "
+        "TEMPORARILY_UNAVAILABLE); while rolling back: the dashboard looks wrong",
+        "the dashboard looks wrong",
+        now=T0 + 600,
+    ),
+    Failure(
+        "someone else's update is in flight when the restore gives up",
+        ROLLING_BACK_ON_ABORT,
+        Observation(endpoint=snapshot({BASE: 50, CAND: 50}, updating=True,
+                                      pending={BASE: 20, CAND: 80})),
+        "could not restore the baseline: config update not settled after 10m (another update "
+        "is in progress); the endpoint serves ads-3 50%, ads_model-4 50% (config_update "
+        "IN_PROGRESS towards ads_model-4 80%, ads-3 20%); "
+        "while rolling back: the dashboard looks wrong",
+        "the dashboard looks wrong",
+        now=T0 + 600,
+    ),
+    Failure(
+        "a human changes the endpoint during the rollback",
+        ROLLING_BACK_ON_ABORT,
+        Observation(endpoint=snapshot({BASE: 70, CAND: 30})),
+        "the endpoint was changed by hand during the rollback; the endpoint serves ads-3 70%, "
+        "ads_model-4 30% (config_update NOT_UPDATING); "
+        "while rolling back: the dashboard looks wrong",
+        "the dashboard looks wrong",
+    ),
+    Failure(
+        "the endpoint is deleted while a step bakes: nothing was rolling back",
+        progressing(),
+        Observation(endpoint_missing=True),
+        "endpoint 'ads' no longer exists",
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", FAILURES, ids=[c.name for c in FAILURES])
+def test_a_failed_rollouts_reason_is_what_failed_and_what_the_endpoint_serves(
+    case: Failure,
+) -> None:
+    decision = run(Case("", case.state, case.obs, now=case.now))
+    assert decision.state.phase is Phase.FAILED, [e.reason for e in decision.events]
+    assert decision.state.ending_reason == case.reason
+    failed = next(e for e in decision.events if e.kind == "failed")
+    assert failed.reason == case.reason
+    assert failed.data["while_rolling_back"] == case.during
+    alert = next(a for a in decision.alerts if a.event == "failed")
+    assert alert.severity == "error"
+    assert alert.summary == f"ads: HUMAN NEEDED: {case.reason}"
+    assert alert.details["while_rolling_back"] == case.during
+    assert alert.details["live_split"] == (
+        None if case.obs.endpoint is None else case.obs.endpoint.split
+    )
+
+
+def test_an_abort_whose_restore_fails_ends_failed_with_the_restores_error() -> None:
+    """The whole path: an operator aborts with a reason typed by hand, the restore fails."""
+    aborted = run(Case("", progressing(step=1, weight=50), Observation(
+        endpoint=live(50), commands=(Command(1, "abort", {"reason": "pager says stop"}),)),
+        now=T0 + 60))
+    assert aborted.state.phase is Phase.ROLLING_BACK
+    assert isinstance(aborted.effect, PutConfig)
+    refused = run(Case("", aborted.state, Observation(
+        endpoint=snapshot({BASE: 50, CAND: 50}, config_update="UPDATE_FAILED"),
+        update=UpdateOutcome("failed", "ads-3: container exited with code 137")),
+        now=T0 + 120))
+    assert refused.state.phase is Phase.FAILED
+    reason = refused.state.ending_reason or ""
+    assert reason.startswith(
+        "could not restore the baseline: ads-3: container exited with code 137; "
+        "the endpoint serves ads-3 50%, ads_model-4 50% (config_update UPDATE_FAILED)"
+    ), reason
+    assert reason.endswith("; while rolling back: pager says stop")
+    assert [a.event for a in refused.alerts] == ["failed"]
+
+
+@pytest.mark.parametrize(
+    ("obs", "reason"),
+    [
+        (Observation(endpoint_missing=True), "endpoint 'ads' does not exist"),
+        (Observation(endpoint=snapshot({BASE: 60, "other": 40})),
+         ("cannot start: no served entity takes 100 % of traffic (ads-3 60%, other 40%); "
+          "name the baseline in the plan")),
+    ],
+)
+def test_a_rollout_that_cannot_start_says_why_it_failed(obs: Observation, reason: str) -> None:
+    decision = run(Case("", state(), obs))
+    assert decision.state.phase is Phase.FAILED
+    assert decision.state.ending_reason == reason
