@@ -494,6 +494,9 @@ def submit(session: Session, plan_file: Path) -> int:
             session.print_json(rollout)
         else:
             session.line(str(rollout.get("id")))
+        # On stderr: a script reading the id from stdout still reads only the id.
+        for warning in rollout.get("warnings") or []:
+            session.err.print(f"warning: {warning}", markup=False)
         return 0
 
     return session.run(action)

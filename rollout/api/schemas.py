@@ -133,6 +133,20 @@ class Rollout(BaseModel):
     plan: dict[str, Any] = Field(description="The validated plan with its policy inlined.")
 
 
+class SubmittedRollout(Rollout):
+    """A rollout just stored, with what its submitter should know before it starts."""
+
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What may keep the rollout from going as planned; never a refusal. "
+        "Low traffic: the endpoint's recent requests per second (from its export-metrics) "
+        "times the first step's weight and step deadline stay below the policy's "
+        "min_requests, so the step cannot get a verdict and the rollout will pause for a "
+        "person (or roll back under on_no_data: rollback). Empty when the metrics could not "
+        "be read.",
+    )
+
+
 class RolloutList(BaseModel):
     rollouts: list[Rollout] = Field(description="Newest first.")
 

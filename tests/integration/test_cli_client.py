@@ -217,6 +217,25 @@ def test_submit_prints_the_id_and_json_on_request(
     assert store.get(rollout["id"]).plan["split"] == 20
 
 
+def test_submit_warns_of_low_traffic_on_stderr(
+    server: ApiServer, store: Store, sandbox: SandboxServer, sandbox_admin: httpx.Client,
+    plan_file: Path,
+) -> None:
+    response = sandbox_admin.put(f"/endpoints/{ENDPOINT}/load", json={"qps": 0.4})
+    assert response.status_code == 200, response.text
+    sandbox.clock.advance(60)  # type: ignore[attr-defined]  # a FakeClock
+    result = cli("submit", str(plan_file), "--server", server.url)
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.strip().splitlines()) == 1, "stdout holds the id alone"
+    warning = result.stderr.strip()
+    assert warning.startswith(f"warning: low traffic: {ENDPOINT} served "), warning
+    assert "below min_requests 50: expect the rollout to pause for a person" in warning
+    move(store, result.stdout.strip(), "aborted")
+    as_json = cli("submit", str(plan_file), "--server", server.url, "-o", "json")
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout)["warnings"] == [warning.removeprefix("warning: ")]
+
+
 def test_an_invalid_plan_lists_each_field(server: ApiServer, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("endpoint: 'bad name!'\nstrategy: canary\ncandidate: {entity_name: m}\n"
