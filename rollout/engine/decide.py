@@ -10,7 +10,8 @@ The life of a canary::
 
     pending --deploy candidate at 0 %--> preparing --step 1 split--> progressing(step k)
       progressing: judge each new window; fail -> rolling_back; bake done and judge allows
-      -> next step, after the last step -> promoting (candidate alone at 100 %) -> succeeded
+      -> next step, after the last step (only on a pass) -> promoting (candidate alone at
+      100 %) -> succeeded; an operator's promote skips steps, recorded as skipped
     rolling_back: restore baseline at 100 % -> remove candidate -> rolled_back (or aborted)
     could not restore -> failed (a human must act)
 

@@ -154,6 +154,12 @@ def bake_windows(count: int) -> tuple[EntityWindow, ...]:
     return tuple(w for w in windows(T0, count, cand=(600, 6), base=(0, 0)) if w.entity == CAND)
 
 
+def judged(outcome: str, *, may_advance: bool, **fields: Any) -> RolloutState:
+    """A step whose judge last said ``outcome``: with no new window, decide acts on it."""
+    verdict = {"outcome": outcome, "may_advance": may_advance, "reason": f"{outcome}: (test)"}
+    return progressing(last_verdict=verdict, **fields)
+
+
 @dataclass
 class Case:
     name: str
@@ -692,49 +698,55 @@ CASES = [
         effect="put:restore",
     ),
     Case(
-        "blue/green: bake over with an inconclusive verdict -> keep baking, never promote",
-        baking(7500),
-        Observation(endpoint=live(100), windows=bake_windows(10)),
+        # Under advance: lean an inconclusive verdict may advance an intermediate step; the
+        # bake's advance is the promotion.
+        "blue/green: bake over, inconclusive (even one that may advance) -> keep baking",
+        judged("inconclusive", may_advance=True, weight=100),
+        Observation(endpoint=live(100)),
         plan=BLUE_GREEN,
         now=T0 + 600,
         phase=Phase.PROGRESSING,
-        events=("verdict",),
-        extra="inconclusive",
     ),
     Case(
         "blue/green: bake over with a pass -> promote, baseline removed",
-        baking(30000),
-        Observation(endpoint=live(100), windows=bake_windows(10)),
+        judged("pass", may_advance=True, weight=100),
+        Observation(endpoint=live(100)),
         plan=BLUE_GREEN,
         now=T0 + 600,
         phase=Phase.PROMOTING,
         effect="put:promote",
         split={CAND: 100},
         events=("promoting",),
-        extra="pass",
     ),
     Case(
         "blue/green: no pass by the step deadline -> pause for a person",
-        baking(7500),
-        Observation(endpoint=live(100), windows=bake_windows(10)),
+        judged("inconclusive", may_advance=True, weight=100),
+        Observation(endpoint=live(100)),
         plan=BLUE_GREEN,
         now=T0 + 1801,
         phase=Phase.PAUSED,
-        events=("verdict", "awaiting_decision"),
+        events=("awaiting_decision",),
         alerts=("paused",),
-        extra="inconclusive",
     ),
     Case(
         "blue/green: no pass by the step deadline with on_no_data=rollback -> switch back",
-        baking(7500),
-        Observation(endpoint=live(100), windows=bake_windows(10)),
+        judged("inconclusive", may_advance=True, weight=100),
+        Observation(endpoint=live(100)),
         plan=BLUE_GREEN,
         policy=policy(on_no_data="rollback"),
         now=T0 + 1801,
         phase=Phase.ROLLING_BACK,
         effect="put:restore",
         split={BASE: 100, CAND: 0},
-        extra="inconclusive",
+    ),
+    Case(
+        "canary: an intermediate step still advances on a verdict that may advance",
+        judged("inconclusive", may_advance=True),
+        Observation(endpoint=live(10)),
+        now=T0 + 600,
+        phase=Phase.PROGRESSING,
+        effect="put:step",
+        split={BASE: 50, CAND: 50},
     ),
     Case(
         "blue/green: failure during the bake switches back at once",
@@ -794,9 +806,6 @@ def test_decide(case: Case) -> None:
         assert decision.state.last_verdict is not None
         assert "no per-entity series" in decision.state.last_verdict["reason"]
         assert decision.state.last_verdict["outcome"] == "inconclusive"
-    if case.extra in ("inconclusive", "pass"):
-        assert decision.state.last_verdict is not None
-        assert decision.state.last_verdict["outcome"] == case.extra
     if case.extra == "known":
         assert isinstance(effect, PutConfig)
         assert key({BASE: 90, CAND: 10}) in effect.target.known
@@ -971,7 +980,7 @@ def test_the_baseline_redeployed_under_its_name_with_another_version_is_drift() 
 
 def test_a_blue_green_bake_promotes_only_on_a_pass() -> None:
     """Whatever the warm-up saw and however long the bake ran: promotion means a pass."""
-    seen = set()
+    held = 0
     for control_requests in (300, 1500, 7500, 30000, 120000):
         for minutes in (10, 20, 29):
             decision = run(Case(
@@ -984,16 +993,18 @@ def test_a_blue_green_bake_promotes_only_on_a_pass() -> None:
             assert verdict["final"] is True, "the bake is judged as the step that promotes"
             promoted = decision.state.phase is Phase.PROMOTING
             assert promoted == (verdict["outcome"] == "pass"), (control_requests, verdict)
-            seen.add(promoted)
-    assert seen == {True, False}, "both outcomes are exercised"
+            held += not promoted
+    assert held, "some bakes end without a pass (a small warm-up cannot prove one)"
 
 
 def test_a_blue_green_bake_without_a_pass_says_so_when_it_pauses() -> None:
-    decision = run(Case("", baking(7500), Observation(endpoint=live(100),
-                        windows=bake_windows(10)), plan=BLUE_GREEN, now=T0 + 1801))
+    decision = run(Case("", judged("inconclusive", may_advance=True, weight=100),
+                        Observation(endpoint=live(100)), plan=BLUE_GREEN, now=T0 + 1801))
     paused = decision.events[-1]
     assert paused.kind == "awaiting_decision"
-    assert paused.reason.startswith("the blue/green bake has no conclusive verdict after 30m")
+    assert paused.reason == (
+        "the blue/green bake has no conclusive verdict after 30m1s (inconclusive: (test))"
+    )
     assert "all steps passed" not in " ".join(e.reason for e in decision.events)
 
 
@@ -1109,21 +1120,6 @@ def test_an_operators_promotion_is_the_operators_and_shows_its_skipped_steps(
     assert promoting.data == {"promoted_by": "operator", "skipped_steps": case.skipped}
 
 
-def judged_to_the_end(st: RolloutState) -> Decision:
-    """Feed the last step healthy windows one at a time until the judge lets it go."""
-    decision = None
-    for i in range(40):
-        obs = Observation(
-            endpoint=live(50), windows=windows(T0 + 60 * i, 1, cand=(3000, 30), base=(3000, 30))
-        )
-        decision = decide(plan_of(), st, obs, T0 + 60 * (i + 1), policy=policy(), timing=TIMING)
-        st = decision.state
-        if decision.effect is not None:
-            break
-    assert decision is not None
-    return decision
-
-
 @pytest.mark.parametrize(
     ("skipped", "reason"),
     [
@@ -1132,7 +1128,8 @@ def judged_to_the_end(st: RolloutState) -> Decision:
     ],
 )
 def test_only_the_judges_passes_say_the_steps_passed(skipped: list[int], reason: str) -> None:
-    decision = judged_to_the_end(progressing(step=1, weight=50, skipped_steps=skipped))
+    last_step_passed = judged("pass", may_advance=True, step=1, weight=50, skipped_steps=skipped)
+    decision = run(Case("", last_step_passed, Observation(endpoint=live(50)), now=T0 + 600))
     assert decision.state.phase is Phase.PROMOTING
     promoting = next(e for e in decision.events if e.kind == "promoting")
     assert promoting.reason == reason
