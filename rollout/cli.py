@@ -278,7 +278,8 @@ def submit(
 ) -> None:
     """Submit a rollout plan; prints the new rollout's id (json: the rollout).
 
-    An invalid plan lists every problem with its field and exits 1;
+    Warnings (the endpoint's traffic is too low for the first step to get a verdict in
+    time) go to stderr. An invalid plan lists every problem with its field and exits 1;
     an unreadable file exits 2.
     """
     from rollout import client_cli  # noqa: PLC0415

@@ -261,6 +261,22 @@ def stages(rollout: Mapping[str, Any]) -> list[int]:
     return steps or [100]
 
 
+def skipped_steps(rollout: Mapping[str, Any]) -> list[int]:
+    """Indexes of the steps an operator skipped (the judge never finished them)."""
+    return sorted({s for s in rollout.get("skipped_steps") or [] if isinstance(s, int)})
+
+
+def skipped_text(rollout: Mapping[str, Any]) -> str | None:
+    """The skipped steps for people, numbered from 1 with their weights, or None."""
+    skipped = skipped_steps(rollout)
+    if not skipped:
+        return None
+    weights = stages(rollout)
+    named = [f"{s + 1} ({weights[s]}%)" if s < len(weights) else str(s + 1) for s in skipped]
+    word = "step" if len(named) == 1 else "steps"
+    return f"{word} {', '.join(named)} skipped by an operator, not judged"
+
+
 def _progress(rollout: Mapping[str, Any]) -> tuple[int, int]:
     """(stages done, stages in all) for the progress bar."""
     total = len(stages(rollout))
@@ -287,6 +303,9 @@ def status_line(rollout: Mapping[str, Any]) -> str:
     verdict = rollout.get("last_verdict")
     if isinstance(verdict, dict) and verdict.get("outcome"):
         parts.append(f"verdict {verdict.get('outcome')}")
+    skipped = skipped_text(rollout)
+    if skipped:
+        parts.append(skipped)
     parts.extend(
         f"{key.split('_')[0]}: {rollout[key]}"
         for key in ("pause_reason", "ending_reason")
@@ -345,7 +364,10 @@ def rollout_view(rollout: Mapping[str, Any]) -> RenderableType:
     }.get(phase, "bold cyan")
     summary.add_row("phase", Text(phase, style=phase_style))
     done, total = _progress(rollout)
-    weights = " → ".join(f"{w}%" for w in stages(rollout))
+    skipped = skipped_steps(rollout)
+    weights = " → ".join(
+        f"{w}% (skipped)" if i in skipped else f"{w}%" for i, w in enumerate(stages(rollout))
+    )
     bar = Table.grid(padding=(0, 1))
     bar.add_row(
         ProgressBar(total=total, completed=done, width=30),
@@ -353,6 +375,9 @@ def rollout_view(rollout: Mapping[str, Any]) -> RenderableType:
         f"{rollout.get('candidate_weight')}%",
     )
     summary.add_row("progress", bar)
+    skipped_words = skipped_text(rollout)
+    if skipped_words:
+        summary.add_row("skipped", Text(skipped_words, style="yellow"))
     for key, label in (("pause_reason", "paused"), ("ending_reason", "ending")):
         if rollout.get(key):
             summary.add_row(label, str(rollout[key]))
@@ -469,6 +494,9 @@ def submit(session: Session, plan_file: Path) -> int:
             session.print_json(rollout)
         else:
             session.line(str(rollout.get("id")))
+        # On stderr: a script reading the id from stdout still reads only the id.
+        for warning in rollout.get("warnings") or []:
+            session.err.print(f"warning: {warning}", markup=False)
         return 0
 
     return session.run(action)

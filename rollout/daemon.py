@@ -137,6 +137,8 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         settings=settings.api,
         ready=ready,
         wake=reconciler.poke,
+        timing=runner.timing,
+        metrics_window=settings.serving.metrics_window,
     )
     try:
         sock = _bind(settings.api.host, settings.api.port)

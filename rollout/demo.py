@@ -109,7 +109,9 @@ def alert_receiver() -> Iterator[tuple[str, AlertInbox]]:
 def _settings(sandbox: SandboxServer, store_path: Path, hook_url: str) -> Settings:
     return Settings(
         databricks=DatabricksSettings(host=sandbox.url, token=sandbox.token),
-        serving=ServingSettings(update_poll_interval=0.25, retry_initial_backoff=0.1),
+        serving=ServingSettings(
+            update_poll_interval=0.25, retry_initial_backoff=0.1, metrics_window=WINDOW_SECONDS
+        ),
         # 6 s bakes are short for a statistical pass; give each step up to a minute before it
         # would stop and wait for a person (what a real rollout does when evidence is thin).
         engine=EngineSettings(

@@ -71,6 +71,12 @@ class ServingSettings(BaseSettings):
     update_poll_interval: float = Field(
         default=5.0, gt=0, description="Seconds between polls while an update is in progress."
     )
+    metrics_window: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds one export-metrics window covers (60 on Databricks); a "
+        "submission reads the endpoint's requests per second from the last window.",
+    )
 
 
 class EngineSettings(BaseSettings):

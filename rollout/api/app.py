@@ -34,6 +34,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.responses import JSONResponse
 
 from rollout import __version__
+from rollout.analysis.spec import Policy
 from rollout.api.auth import Role, TokenTable, allows, parse_tokens
 from rollout.api.documents import (
     JSON_TYPES,
@@ -58,14 +59,18 @@ from rollout.api.schemas import (
     Rollout,
     RolloutList,
     Session,
+    SubmittedRollout,
     command_view,
     event_view,
     rollout_view,
 )
 from rollout.api.series import DEFAULT_WINDOWS, MAX_WINDOWS, RolloutSeries, series_view
 from rollout.clock import Clock
+from rollout.engine.decide import DEFAULT_TIMING, Timing
 from rollout.engine.runner import new_rollout
-from rollout.plan import Plan, PlanError, resolve_policy, validate_plan
+from rollout.engine.traffic import DATABRICKS_WINDOW_SECONDS, low_traffic_warning, recent_traffic
+from rollout.metrics.parse import MetricsError, parse_export_metrics
+from rollout.plan import AnyPlan, Plan, PlanError, resolve_policy, validate_plan
 from rollout.policies import PolicyLibrary
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import (
@@ -95,6 +100,9 @@ Wake = Callable[[str], object]  # what it returns is ignored
 # Ids are what ``new_rollout`` makes (hex); anything else cannot name a rollout.
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _READY_TIMEOUT = 5.0
+# A submission waits at most this long (seconds) for the endpoint's metrics, which only
+# feed a warning.
+_TRAFFIC_TIMEOUT = 10.0
 _NEEDED_PERMISSION = "CAN_MANAGE"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -172,12 +180,16 @@ def create_api(
     ready: ReadyCheck | None = None,
     wake: Wake | None = None,
     endpoint_check_timeout: float = 30.0,
+    timing: Timing = DEFAULT_TIMING,
+    metrics_window: float = DATABRICKS_WINDOW_SECONDS,
 ) -> FastAPI:
     """The API application. Raises ``ValueError`` (naming the item) for a bad token spec.
 
     ``ready()`` returns the daemon's problems by component (empty: ready); ``wake(id)`` is
     called after a rollout is created or a command queued. ``endpoint_check_timeout`` bounds,
     in seconds, the check that a submitted plan's endpoint exists (retries included).
+    ``timing`` (the engine's) and ``metrics_window`` (seconds per export-metrics window) let
+    a submission say whether the endpoint's traffic can give the first step a verdict.
     """
     tokens = parse_tokens(settings.tokens)
     app = RolloutApi(
@@ -200,6 +212,8 @@ def create_api(
         ready=ready,
         wake=wake,
         endpoint_check_timeout=endpoint_check_timeout,
+        timing=timing,
+        metrics_window=metrics_window,
     )
     read_deps, write_deps = _auth_dependencies(tokens)
     router = APIRouter(prefix=PREFIX)
@@ -229,6 +243,8 @@ class _Service:
         ready: ReadyCheck | None,
         wake: Wake | None,
         endpoint_check_timeout: float,
+        timing: Timing,
+        metrics_window: float,
     ) -> None:
         self.store = store
         self.client = client
@@ -238,6 +254,8 @@ class _Service:
         self.ready = ready
         self.wake = wake
         self.endpoint_check_timeout = endpoint_check_timeout
+        self.timing = timing
+        self.metrics_window = metrics_window
 
     async def in_thread(self, function: Callable[..., T], *args: Any) -> T:
         """Run a store call off the event loop; map its errors to answers."""
@@ -309,7 +327,26 @@ class _Service:
                 f"{_NEEDED_PERMISSION}",
             )
 
-    async def submit(self, body: bytes, kind: str) -> RolloutRecord:
+    async def traffic_warnings(self, plan: AnyPlan, policy: Policy) -> list[str]:
+        """A warning when the endpoint's recent traffic cannot give the first step a verdict.
+
+        Only advice: metrics that cannot be read (a new endpoint answers 404, a workspace
+        may be slow) leave the submission as it would have been, without a warning.
+        """
+        try:
+            async with asyncio.timeout(min(_TRAFFIC_TIMEOUT, self.endpoint_check_timeout)):
+                text = await self.client.export_metrics(plan.endpoint)
+            scrape = parse_export_metrics(text)
+        except (TimeoutError, ServingError, MetricsError) as exc:
+            log.info("api.traffic_unknown", endpoint=plan.endpoint, error=str(exc) or repr(exc))
+            return []
+        traffic = recent_traffic(scrape, window_seconds=self.metrics_window)
+        if traffic is None:
+            return []
+        warning = low_traffic_warning(plan.endpoint, plan, policy, self.timing, traffic)
+        return [] if warning is None else [warning]
+
+    async def submit(self, body: bytes, kind: str) -> tuple[RolloutRecord, list[str]]:
         try:
             plan = validate_plan(parse_plan_body(body, kind))
             policy = resolve_policy(plan, self.library)
@@ -319,6 +356,7 @@ class _Service:
         if active is not None:
             raise _rollout_active(plan.endpoint, active.id)
         await self.check_endpoint(plan.endpoint)
+        warnings = await self.traffic_warnings(plan, policy)
         record, event = new_rollout(plan, policy, self.clock.now())
         try:
             stored = await self.in_thread(self.store.create, record, event, [])
@@ -341,9 +379,10 @@ class _Service:
             strategy=plan.strategy,
             candidate=plan.candidate.served_name,
             policy=policy.name,
+            warnings=warnings,
         )
         self.poke(stored.id)
-        return stored
+        return stored, warnings
 
     async def queue(
         self, request: Request, rollout_id: str, model: type[BaseModel], kind: str
@@ -391,7 +430,7 @@ def _rollout_routes(
     @router.post(
         "/rollouts",
         status_code=201,
-        response_model=Rollout,
+        response_model=SubmittedRollout,
         dependencies=write_deps,
         summary="Submit a rollout plan",
         responses=_responses(400, 404, 409, 415, 502),
@@ -399,7 +438,7 @@ def _rollout_routes(
             "Plan", media=tuple(sorted(JSON_TYPES | YAML_TYPES)), required=True
         ),
     )
-    async def submit(request: Request, response: Response) -> Rollout:
+    async def submit(request: Request, response: Response) -> SubmittedRollout:
         kind = media_type(request.headers.get("content-type"))
         if kind not in JSON_TYPES | YAML_TYPES:
             raise ApiError(
@@ -408,9 +447,9 @@ def _rollout_routes(
                 "a plan is sent as application/json or application/yaml, not "
                 f"{kind or 'a body without Content-Type'}",
             )
-        stored = await service.submit(await request.body(), kind)
+        stored, warnings = await service.submit(await request.body(), kind)
         response.headers["Location"] = f"{PREFIX}/rollouts/{stored.id}"
-        return rollout_view(stored)
+        return SubmittedRollout(**dict(rollout_view(stored)), warnings=warnings)
 
     @router.get(
         "/rollouts",

@@ -118,6 +118,11 @@ class Rollout(BaseModel):
         "[split] for ab, [100] for blue_green."
     )
     candidate_weight: int = Field(description="Candidate traffic percentage now.")
+    skipped_steps: list[int] = Field(
+        default_factory=list,
+        description="Indexes (0-based, as step) of the steps an operator's promote skipped "
+        "before the judge finished them: skipped, not passed.",
+    )
     last_verdict: Verdict | None
     pause_reason: str | None
     ending_reason: str | None
@@ -126,6 +131,20 @@ class Rollout(BaseModel):
     updated_at: datetime
     started_at: datetime
     plan: dict[str, Any] = Field(description="The validated plan with its policy inlined.")
+
+
+class SubmittedRollout(Rollout):
+    """A rollout just stored, with what its submitter should know before it starts."""
+
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What may keep the rollout from going as planned; never a refusal. "
+        "Low traffic: the endpoint's recent requests per second (from its export-metrics) "
+        "times the first step's weight and step deadline stay below the policy's "
+        "min_requests, so the step cannot get a verdict and the rollout will pause for a "
+        "person (or roll back under on_no_data: rollback). Empty when the metrics could not "
+        "be read.",
+    )
 
 
 class RolloutList(BaseModel):
@@ -290,6 +309,7 @@ def rollout_view(record: RolloutRecord) -> Rollout:
         step=state.step,
         steps=steps,
         candidate_weight=state.candidate_weight,
+        skipped_steps=list(state.skipped_steps),
         last_verdict=_verdict(state.last_verdict),
         pause_reason=state.pause_reason,
         ending_reason=state.ending_reason,

@@ -10,7 +10,8 @@ The life of a canary::
 
     pending --deploy candidate at 0 %--> preparing --step 1 split--> progressing(step k)
       progressing: judge each new window; fail -> rolling_back; bake done and judge allows
-      -> next step, after the last step -> promoting (candidate alone at 100 %) -> succeeded
+      -> next step, after the last step (only on a pass) -> promoting (candidate alone at
+      100 %) -> succeeded; an operator's promote skips steps, recorded as skipped
     rolling_back: restore baseline at 100 % -> remove candidate -> rolled_back (or aborted)
     could not restore -> failed (a human must act)
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from rollout.analysis.ab import ab_report
 from rollout.analysis.control import against_control
@@ -430,13 +431,20 @@ def _confirmed(turn: _Turn, target: Target) -> None:
         turn.again_in(turn.timing.look_interval)
         return
     if target.purpose == "promote":
+        skipped = list(state.skipped_steps)
+        unjudged = f" ({_skipped_text(turn.plan, skipped)} by an operator)" if skipped else ""
         turn.set(candidate_weight=100)
-        turn.move(Phase.SUCCEEDED, f"candidate serves 100 %: {split_desc}", "succeeded")
+        turn.move(
+            Phase.SUCCEEDED,
+            f"candidate serves 100 %: {split_desc}{unjudged}",
+            "succeeded",
+            {"skipped_steps": skipped},
+        )
         turn.alert(
             "succeeded",
             "info",
-            f"{turn.plan.endpoint}: {turn.plan.candidate.served_name} promoted to 100 %",
-            {"verdict": state.last_verdict, "report": state.report},
+            f"{turn.plan.endpoint}: {turn.plan.candidate.served_name} promoted to 100 %{unjudged}",
+            {"verdict": state.last_verdict, "report": state.report, "skipped_steps": skipped},
         )
         return
     if target.purpose == "restore":
@@ -489,7 +497,7 @@ def _drift(turn: _Turn, snapshot: EndpointSnapshot) -> None:
     state = turn.state
     live = _split_text(snapshot.split)
     if state.phase is Phase.ROLLING_BACK:
-        _fail(turn, f"the endpoint was changed by hand during the rollback (now {live})")
+        _fail(turn, "the endpoint was changed by hand during the rollback")
         return
     turn.set(target=None, paused_from=state.phase, pause_reason=f"drift: endpoint now {live}")
     turn.move(
@@ -544,25 +552,46 @@ def _start_rollback(
 
 
 def _fail(turn: _Turn, reason: str) -> None:
-    snapshot = turn.obs.endpoint
-    where = (
-        f"endpoint now serves {_split_text(snapshot.split)} "
-        f"(config_update {snapshot.config_update})"
-        if snapshot is not None
-        else "endpoint state unknown"
-    )
-    turn.set(target=None)
-    turn.move(Phase.FAILED, f"{reason}; {where}", "failed")
+    """To ``failed``: a person must act, so the reason says what failed and what the endpoint
+    serves now. A rollback under way (an operator's abort, a failed analysis) did not fail
+    itself: it stays as the context, after what did."""
+    state, snapshot = turn.state, turn.obs.endpoint
+    where = _endpoint_now(turn)
+    during = state.ending_reason if state.phase is Phase.ROLLING_BACK else None
+    failed = reason if where is None else f"{reason}; {where}"
+    if during:
+        failed += f"; while rolling back: {during}"
+    turn.set(target=None, ending=Phase.FAILED, ending_reason=failed)
+    details = {
+        "reason": failed,
+        "failure": reason,
+        "endpoint_state": where,
+        "while_rolling_back": during,
+        "live_split": None if snapshot is None else snapshot.split,
+        "config_update": None if snapshot is None else snapshot.config_update,
+        "pending_split": None if snapshot is None else snapshot.pending_split,
+    }
+    turn.move(Phase.FAILED, failed, "failed", details)
     turn.alert(
         "failed",
         "error",
-        f"{turn.plan.endpoint}: HUMAN NEEDED: {reason}; {where}",
-        {
-            "reason": reason,
-            "live_split": None if snapshot is None else snapshot.split,
-            "build_logs_tail": turn.state.build_logs,
-        },
+        f"{turn.plan.endpoint}: HUMAN NEEDED: {failed}",
+        {**details, "build_logs_tail": state.build_logs},
     )
+
+
+def _endpoint_now(turn: _Turn) -> str | None:
+    """What the endpoint serves as this tick saw it, in words (None: there is no endpoint)."""
+    snapshot = turn.obs.endpoint
+    if snapshot is None:
+        if turn.obs.endpoint_missing:
+            return None
+        error = turn.obs.endpoint_error
+        return "the endpoint could not be read" + (f" ({error})" if error else "")
+    update = f"config_update {snapshot.config_update}"
+    if snapshot.updating and snapshot.pending_split is not None:
+        update += f" towards {_split_text(snapshot.pending_split)}"
+    return f"the endpoint serves {_split_text(snapshot.split)} ({update})"
 
 
 # ---- deadlines ----------------------------------------------------------------------------
@@ -599,6 +628,7 @@ def _pause(turn: _Turn, reason: str, *, kind: str = "paused") -> None:
 def _pending(turn: _Turn) -> None:
     plan, obs = turn.plan, turn.obs
     if obs.endpoint_missing:
+        turn.set(ending=Phase.FAILED, ending_reason=f"endpoint {plan.endpoint!r} does not exist")
         turn.move(Phase.FAILED, f"endpoint {plan.endpoint!r} does not exist", "failed")
         turn.alert("failed", "error", f"{plan.endpoint}: endpoint does not exist")
         return
@@ -623,6 +653,7 @@ def _pending(turn: _Turn) -> None:
     elif candidate in snapshot.entities:
         problem = f"the endpoint already serves an entity named {candidate!r}"
     if problem is not None or baseline is None:
+        turn.set(ending=Phase.FAILED, ending_reason=f"cannot start: {problem}")
         turn.move(Phase.FAILED, f"cannot start: {problem}", "failed")
         turn.alert("failed", "error", f"{plan.endpoint}: cannot start rollout: {problem}")
         return
@@ -705,10 +736,13 @@ def _progressing(turn: _Turn) -> None:
     _accumulate(turn)
     state = turn.state
     weights = _weights(plan)
-    # Promotion from the last canary step needs a pass. A blue/green bake is judged like an
-    # intermediate step: all traffic is already on the candidate (the risk is taken), and
-    # its control is the baseline's fixed warm-up, which cannot grow to prove a pass.
-    last_step = state.step >= len(weights) - 1 and not isinstance(plan, BlueGreenPlan)
+    # An advance from the last judged split promotes the candidate, so it needs a pass: the
+    # last canary step, and a blue/green bake too. After the switch the baseline still sits
+    # at 0 %, ready to take the traffic back at once; removing it is what cannot be undone
+    # quickly. The bake's control is the warm-up sample, which cannot grow, so a pass may
+    # not come; then the step deadline applies as to any step without a conclusive verdict
+    # (a person decides, or on_no_data: rollback switches back).
+    last_step = state.step >= len(weights) - 1
     look = _look(turn, final=last_step)
     if look is not None and look.outcome == "fail":
         _start_rollback(turn, f"analysis failed: {look.reason}", "analysis")
@@ -719,12 +753,7 @@ def _progressing(turn: _Turn) -> None:
         if command.kind == "pause":
             _pause(turn, str(command.payload.get("reason") or "paused by an operator"))
             return
-        if command.kind == "promote_full":
-            turn.note("manual_promotion", "promoted to 100 % by an operator")
-            _promote(turn)
-            return
-        turn.note("manual_promotion", "next step forced by an operator")
-        _advance(turn)
+        _operator_promotes(turn, full=command.kind == "promote_full")
         return
 
     started = state.step_started_at if state.step_started_at is not None else turn.now
@@ -746,8 +775,8 @@ def _progressing(turn: _Turn) -> None:
     step_deadline = bake * turn.timing.step_deadline_factor
     if elapsed >= step_deadline:
         reason = (
-            f"step {state.step + 1} has no conclusive verdict after {format_duration(elapsed)} "
-            f"({verdict.get('reason', 'no data')})"
+            f"{_step_name(plan, state.step)} has no conclusive verdict after "
+            f"{format_duration(elapsed)} ({verdict.get('reason', 'no data')})"
         )
         if policy.on_no_data == "rollback":
             _start_rollback(turn, reason, "no_data")
@@ -769,11 +798,11 @@ def _paused(turn: _Turn) -> None:
     turn.set(paused_from=None, pause_reason=None, deadline_from=turn.now)
     if command.kind == "promote_full":
         turn.move(Phase.PROGRESSING, "promoted to 100 % by an operator", "resumed")
-        _promote(turn)
+        _operator_promotes(turn, full=True)
         return
     if command.kind == "promote":
         turn.move(Phase.PROGRESSING, "next step forced by an operator", "resumed")
-        _advance(turn)
+        _operator_promotes(turn, full=False)
         return
     turn.move(resume_to, "resumed by an operator", "resumed")
     if resume_to is Phase.PREPARING and state.baseline is not None:
@@ -791,7 +820,7 @@ def _paused(turn: _Turn) -> None:
 
 def _promoting(turn: _Turn) -> None:
     # Reached only if the promotion target was lost (e.g. a resumed drift): issue it again.
-    _promote(turn)
+    turn.put(_new_target(turn, "promote", 100, with_baseline=False))
 
 
 def _ending(turn: _Turn) -> None:
@@ -833,6 +862,15 @@ def _weights(plan: AnyPlan) -> list[int]:
     if isinstance(plan, ABPlan):
         return [plan.split]
     return [100]
+
+
+def _step_name(plan: AnyPlan, step: int) -> str:
+    """A judged step as people call it: a canary's step k, the A/B split, the bake."""
+    if isinstance(plan, ABPlan):
+        return "the A/B split"
+    if isinstance(plan, BlueGreenPlan):
+        return "the blue/green bake"
+    return f"step {step + 1}"
 
 
 def _bake(plan: AnyPlan, step: int) -> float:
@@ -1007,19 +1045,79 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
 
 
 def _advance(turn: _Turn) -> None:
-    state = turn.state
-    weights = _weights(turn.plan)
-    if isinstance(turn.plan, ABPlan | BlueGreenPlan) or state.step >= len(weights) - 1:
-        _promote(turn)
+    """The judge let the current step go: the next step, or after the last one promotion."""
+    state, plan = turn.state, turn.plan
+    weights = _weights(plan)
+    if state.step < len(weights) - 1:
+        _next_step(turn)
         return
-    turn.set(step=state.step + 1)
-    turn.put(_new_target(turn, "step", weights[state.step + 1]))
+    if isinstance(plan, BlueGreenPlan):
+        reason = "the blue/green bake passed; candidate stays at 100 %, baseline removed"
+    elif state.skipped_steps:
+        reason = (
+            f"the judged steps passed ({_skipped_text(plan, state.skipped_steps)} by an "
+            "operator); candidate to 100 %"
+        )
+    else:
+        reason = "all steps passed; candidate to 100 %"
+    _promote(turn, reason, by="judge")
 
 
-def _promote(turn: _Turn) -> None:
+def _operator_promotes(turn: _Turn, *, full: bool) -> None:
+    """An operator's promote: the current step (``full``: every step left) ends unjudged.
+
+    The skipped steps go into the state and the events, so that nothing shows them as
+    passed, and the promotion says whose it was.
+    """
+    state, plan = turn.state, turn.plan
+    weights = _weights(plan)
+    last = len(weights) - 1
+    step = min(state.step, last)
+    skipped = list(range(step, last + 1)) if full else [step]
+    turn.set(skipped_steps=sorted({*state.skipped_steps, *skipped}))
+    data = {"step": step, "skipped_steps": skipped}
+    if step < last and not full:
+        turn.note(
+            "manual_promotion",
+            f"{_skipped_text(plan, skipped)} by an operator; next step",
+            data,
+        )
+        _next_step(turn)
+        return
+    reason = f"promoted to 100 % by an operator ({_skipped_text(plan, turn.state.skipped_steps)})"
+    turn.note("manual_promotion", reason, data)
+    _promote(turn, reason, by="operator")
+
+
+def _next_step(turn: _Turn) -> None:
+    step = turn.state.step + 1
+    turn.set(step=step)
+    turn.put(_new_target(turn, "step", _weights(turn.plan)[step]))
+
+
+def _promote(turn: _Turn, reason: str, *, by: Literal["judge", "operator"]) -> None:
+    """To ``promoting``, saying why and on whose word (``judge`` or ``operator``)."""
     if turn.state.phase is not Phase.PROMOTING:
-        turn.move(Phase.PROMOTING, "all steps passed; candidate to 100 %", "promoting")
+        data = {"promoted_by": by, "skipped_steps": list(turn.state.skipped_steps)}
+        turn.move(Phase.PROMOTING, reason, "promoting", data)
     turn.put(_new_target(turn, "promote", 100, with_baseline=False))
+
+
+def _skipped_text(plan: AnyPlan, steps: list[int]) -> str:
+    """Skipped steps in words, numbered from 1: "steps 2-3 of 3 skipped"."""
+    if not isinstance(plan, CanaryPlan):
+        return f"{_step_name(plan, 0)} skipped"
+    runs: list[list[int]] = []
+    for step in sorted(set(steps)):
+        if runs and step == runs[-1][-1] + 1:
+            runs[-1].append(step)
+        else:
+            runs.append([step])
+    numbers = ", ".join(
+        f"{run[0] + 1}" if len(run) == 1 else f"{run[0] + 1}-{run[-1] + 1}" for run in runs
+    )
+    word = "step" if len(steps) == 1 else "steps"
+    return f"{word} {numbers} of {len(_weights(plan))} skipped"
 
 
 def _ab_report(turn: _Turn) -> None:
@@ -1036,7 +1134,8 @@ def _ab_report(turn: _Turn) -> None:
     turn.set(report=report)
     turn.note("ab_report", str(report["summary"]), {"report": report})
     if report["winner"] == "candidate":
-        _promote(turn)
+        won = f"A/B: the candidate won ({report['summary']}); candidate to 100 %"
+        _promote(turn, won, by="judge")
     else:
         _start_rollback(
             turn, f"A/B: baseline kept ({report['summary']})", "ab_lost", kind="ab_baseline_kept"

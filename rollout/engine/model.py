@@ -172,6 +172,8 @@ class RolloutState(BaseModel):
     paused_from: Phase | None = None
     pause_reason: str | None = None
     ending: Phase | None = None  # the terminal phase a rollback ends in (rolled_back/aborted)
+    # Why the rollout is ending or ended; for ``failed``, what failed and what the endpoint
+    # serves, then the rollback that was under way, if any ("while rolling back: ...").
     ending_reason: str | None = None
     ending_cause: RollbackCause | None = None
     build_logs: str | None = None
@@ -185,6 +187,9 @@ class RolloutState(BaseModel):
     deadline_from: float | None = None
     # Alerts raised so far: numbers each alert's key, so two alerts never share one.
     alerts_raised: int = 0
+    # Steps (0-based, as ``step``) an operator's promote skipped before the judge finished
+    # them: shown as skipped, never as passed. Empty in states persisted before it existed.
+    skipped_steps: list[int] = Field(default_factory=list)
 
 
 # ---- what the runner observed -------------------------------------------------------------

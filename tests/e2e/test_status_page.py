@@ -11,6 +11,9 @@ A second test steers a rollout from the page: a viewer's card offers no command;
 pauses, resumes and aborts a canary with long bakes, the destructive commands asking for a
 second click, and the card follows each change without a reload.
 
+A third promotes a canary fully over the API and reads the card: the steps the operator
+skipped are marked skipped, never done.
+
 Screenshots: ``test-artifacts/status-page.png`` (mid-rollout) and
 ``test-artifacts/status-page-operator.png`` (an abort waiting for its confirmation) on every run;
 with ``ROLLOUT_DOCS_SCREENSHOT=1`` the first is also written to ``docs/status-page.png``.
@@ -541,5 +544,51 @@ def test_an_operator_steers_a_rollout_from_the_page(
         assert sent["authorization"] == f"Bearer {OPERATOR}"
     assert_stayed_on_loopback([r["url"] for r in requests])
     assert "/api/v1/session" in {urlsplit(r["url"]).path for r in requests}
+    severe = severe_browser_errors(browser)
+    assert not severe, severe
+
+
+def test_steps_an_operator_skipped_are_shown_as_skipped_not_done(
+    sandbox_process: str, daemon: tuple[str, subprocess.Popen[str]], browser: WebDriver,
+) -> None:
+    require_chromium()
+    url, _process = daemon
+    with httpx.Client(base_url=f"{sandbox_process}/_sandbox/v1", timeout=10) as admin:
+        create_endpoint(admin, "skip-ep", 0.002)
+    headers = {"Authorization": f"Bearer {OPERATOR}"}
+    # Ten-minute bakes: only the operator's promotion ends the first step.
+    response = httpx.post(f"{url}/api/v1/rollouts", json=plan("skip-ep", "skip-v2", "10m"),
+                          headers=headers, timeout=30)
+    assert response.status_code == 201, response.text
+    rollout = response.json()["id"]
+
+    def api_rollout() -> dict[str, Any]:
+        answer = httpx.get(f"{url}/api/v1/rollouts/{rollout}", headers=headers, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    browser.get(f"{url}/")
+    log_in(browser, VIEWER)
+    wait_for(browser, lambda: phase_of(browser, rollout) == "progressing"
+             and api_rollout()["candidate_weight"] == 20, "the canary on its first step", 45)
+    promoted = httpx.post(f"{url}/api/v1/rollouts/{rollout}/promote", json={"full": True},
+                          headers=headers, timeout=10)
+    assert promoted.status_code == 202, promoted.text
+    wait_for(browser, lambda: phase_of(browser, rollout) == "succeeded",
+             "the promoted canary to succeed", 45)
+    assert api_rollout()["skipped_steps"] == [0, 1]
+    element = card(browser, rollout)
+    assert element is not None
+    steps = element.find_elements(By.CSS_SELECTOR, "ol.steps li")
+    assert [(s.get_attribute("data-weight"), s.get_attribute("class")) for s in steps] == [
+        ("20", "step skipped"), ("50", "step skipped"), ("100", "step done")]
+    assert steps[0].get_attribute("title") == "Skipped by an operator: not judged"
+    progress = element.find_element(By.CSS_SELECTOR, ".split").text
+    assert "2 steps skipped by an operator" in progress, progress
+    events = httpx.get(f"{url}/api/v1/rollouts/{rollout}/events", headers=headers,
+                       timeout=10).json()["events"]
+    promoting = next(e for e in events if e["kind"] == "promoting")
+    assert promoting["reason"] == "promoted to 100 % by an operator (steps 1-2 of 2 skipped)"
+    assert not any("passed" in e["reason"] for e in events)
     severe = severe_browser_errors(browser)
     assert not severe, severe

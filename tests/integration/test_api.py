@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 from pydantic import SecretStr
 
 from rollout.api import check_bind, create_api, parse_tokens
+from rollout.clock import FakeClock
 from rollout.engine.runner import new_rollout
 from rollout.errors import ConfigurationProblem
 from rollout.plan import resolve_policy, validate_plan
@@ -212,6 +213,7 @@ async def test_submit_yaml_creates_a_pending_rollout(
     assert body["steps"] == [5, 25, 50]
     assert body["candidate_weight"] == 0
     assert body["last_verdict"] is None
+    assert body["warnings"] == [], "a new endpoint has no closed metrics window yet"
     assert body["plan"]["policy"]["name"] == "default"  # resolved and inlined
     started = datetime.fromisoformat(body["started_at"])
     assert started.utcoffset() is not None
@@ -247,6 +249,59 @@ async def test_submit_json_for_each_strategy_reports_its_steps(
     assert ab.json()["strategy"] == "ab"
     assert blue_green.json()["steps"] == [100]
     assert blue_green.json()["policy"] == "strict"
+
+
+def serve_for_a_minute(admin: httpx.Client, harness: Harness, qps: float) -> None:
+    """Endpoint ``ads`` under ``qps`` simulated requests per second for one closed window."""
+    response = admin.put(f"/endpoints/{ENDPOINT}/load", json={"qps": qps})
+    assert response.status_code == 200, response.text
+    clock = harness.sandbox.clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(60)
+
+
+async def test_low_traffic_is_said_at_submission_with_the_numbers(
+    api: httpx.AsyncClient, harness: Harness, sandbox_admin: httpx.Client
+) -> None:
+    serve_for_a_minute(sandbox_admin, harness, qps=0.4)
+    last = sandbox_admin.get(f"/endpoints/{ENDPOINT}/windows/last").json()
+    served = sum(e["requests"] for e in last["entities"].values())
+    assert 0 < served < 60
+    response = await submit_yaml(api)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["phase"] == "pending", "a warning, not a refusal"
+    expected = served / 60 * 0.05 * 1800  # 5 % for bake 10m x step_deadline_factor 3
+    rate = served / 60
+    shown = f"{rate:.1f}" if rate >= 1 else f"{rate:.2g}"
+    assert body["warnings"] == [(
+        f"low traffic: {ENDPOINT} served {shown} req/s over the last 1m; at 5 % for 30m (bake "
+        f"10m x step_deadline_factor 3) the candidate would see about {expected:,.0f} "
+        "requests, below min_requests 50: expect the rollout to pause for a person"
+    )]
+    assert harness.store.get(body["id"]).phase == "pending"
+
+
+async def test_enough_traffic_says_nothing(
+    api: httpx.AsyncClient, harness: Harness, sandbox_admin: httpx.Client
+) -> None:
+    serve_for_a_minute(sandbox_admin, harness, qps=200)
+    response = await submit_yaml(api)
+    assert response.status_code == 201, response.text
+    assert response.json()["warnings"] == []
+
+
+async def test_unreadable_metrics_never_fail_a_submission(
+    api: httpx.AsyncClient, harness: Harness, sandbox_admin: httpx.Client
+) -> None:
+    serve_for_a_minute(sandbox_admin, harness, qps=0.4)
+    fault = sandbox_admin.post("/faults", json={"status": 500, "path_pattern": "/metrics$"})
+    assert fault.status_code == 201, fault.text
+    response = await submit_yaml(api)
+    assert response.status_code == 201, response.text
+    assert response.json()["warnings"] == []
+    served = sandbox_admin.get("/faults").json()["faults"][0]["served"]
+    assert served >= 1, "the metrics were asked for"
 
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/xml",
@@ -487,6 +542,7 @@ async def test_get_one_rollout_and_unknown_ids(api: httpx.AsyncClient) -> None:
     created = (await submit_yaml(api)).json()
     fetched = await api.get(f"/api/v1/rollouts/{created['id']}")
     assert fetched.status_code == 200
+    assert created.pop("warnings") == []
     assert fetched.json() == created
     assert_error(await api.get("/api/v1/rollouts/abc123"), 404, "rollout_not_found")
     assert_error(await api.get("/api/v1/rollouts/%00%27;drop"), 404, "rollout_not_found")
@@ -530,6 +586,23 @@ async def test_last_verdict_is_shown_with_both_arms(
     assert check["statistic"] == {"fail": 0.1}
     assert body["last_verdict"]["extra_key"] == {"kept": True}
     assert datetime.fromisoformat(body["updated_at"]).timestamp() == record.updated_at + 60
+
+
+async def test_steps_an_operator_skipped_are_listed_as_skipped(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    created = (await submit_yaml(api)).json()
+    assert created["skipped_steps"] == []
+    record = harness.store.get(created["id"])
+    harness.store.commit(
+        record.id, record.version, phase="promoting",
+        state={**record.state, "phase": "promoting", "step": 1, "baseline": "ads-3",
+               "skipped_steps": [1, 2]},
+        due_at=None, updated_at=record.updated_at + 60, events=[], alerts=[],
+        consumed_commands=[],
+    )
+    body = (await api.get(f"/api/v1/rollouts/{record.id}")).json()
+    assert (body["phase"], body["skipped_steps"]) == ("promoting", [1, 2])
 
 
 async def test_events_in_order_with_iso_times_and_after(
@@ -888,11 +961,16 @@ async def test_the_openapi_document_is_valid_and_describes_the_api(harness: Harn
     }
     assert {"201", "409", "422", "404", "401", "403", "413", "415"} <= set(submit["responses"])
     schemas = document["components"]["schemas"]
+    created = submit["responses"]["201"]["content"]["application/json"]["schema"]
+    assert created == {"$ref": "#/components/schemas/SubmittedRollout"}
+    warnings = schemas["SubmittedRollout"]["properties"]["warnings"]
+    assert warnings["type"] == "array"
+    assert "min_requests" in warnings["description"]
     rollout = schemas["Rollout"]["properties"]
     assert set(rollout) >= {"id", "name", "endpoint", "strategy", "candidate", "baseline",
                             "policy", "phase", "step", "steps", "candidate_weight",
-                            "last_verdict", "pause_reason", "ending_reason", "report",
-                            "created_at", "updated_at", "started_at", "plan"}
+                            "skipped_steps", "last_verdict", "pause_reason", "ending_reason",
+                            "report", "created_at", "updated_at", "started_at", "plan"}
     assert rollout["created_at"]["format"] == "date-time"
     assert set(schemas["Plan"]["discriminator"]["mapping"]) == {"canary", "ab", "blue_green"}
     bake = schemas["CanaryStep"]["properties"]["bake"]

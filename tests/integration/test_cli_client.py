@@ -217,6 +217,25 @@ def test_submit_prints_the_id_and_json_on_request(
     assert store.get(rollout["id"]).plan["split"] == 20
 
 
+def test_submit_warns_of_low_traffic_on_stderr(
+    server: ApiServer, store: Store, sandbox: SandboxServer, sandbox_admin: httpx.Client,
+    plan_file: Path,
+) -> None:
+    response = sandbox_admin.put(f"/endpoints/{ENDPOINT}/load", json={"qps": 0.4})
+    assert response.status_code == 200, response.text
+    sandbox.clock.advance(60)  # type: ignore[attr-defined]  # a FakeClock
+    result = cli("submit", str(plan_file), "--server", server.url)
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.strip().splitlines()) == 1, "stdout holds the id alone"
+    warning = result.stderr.strip()
+    assert warning.startswith(f"warning: low traffic: {ENDPOINT} served "), warning
+    assert "below min_requests 50: expect the rollout to pause for a person" in warning
+    move(store, result.stdout.strip(), "aborted")
+    as_json = cli("submit", str(plan_file), "--server", server.url, "-o", "json")
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout)["warnings"] == [warning.removeprefix("warning: ")]
+
+
 def test_an_invalid_plan_lists_each_field(server: ApiServer, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("endpoint: 'bad name!'\nstrategy: canary\ncandidate: {entity_name: m}\n"
@@ -287,6 +306,25 @@ def test_list_get_and_events(server: ApiServer, store: Store, plan_file: Path) -
     assert_one_line_error(cli("get", "nope", "--server", server.url), "no rollout",
                           "[rollout_not_found]")
     assert_one_line_error(cli("events", "nope", "--server", server.url), "[rollout_not_found]")
+
+
+def test_steps_an_operator_skipped_are_shown_as_skipped(
+    server: ApiServer, store: Store, plan_file: Path
+) -> None:
+    rollout_id = submitted(server, plan_file)
+    move(store, rollout_id, "succeeded", step=1, candidate_weight=100, baseline="ads-3",
+         skipped_steps=[1])
+
+    shown = cli("get", rollout_id, "--server", server.url)
+    assert shown.exit_code == 0, shown.output
+    assert "5% → 25% (skipped) → 100%" in shown.stdout, shown.stdout
+    assert "step 2 (25%) skipped by an operator, not judged" in shown.stdout
+    assert "passed" not in shown.stdout
+    as_json = json.loads(cli("get", rollout_id, "--server", server.url, "-o", "json").stdout)
+    assert as_json["skipped_steps"] == [1]
+    watched = cli("get", rollout_id, "--watch", "--server", server.url)
+    assert watched.exit_code == 0, watched.output
+    assert "step 2 (25%) skipped by an operator" in watched.stdout
 
 
 # ---- commands --------------------------------------------------------------------------------

@@ -281,3 +281,41 @@ async def test_an_abort_during_a_long_config_update_is_seen_before_any_step(
     assert "step_applied" not in kinds, "no traffic went to the candidate after the abort"
     endpoint = await client.get_endpoint(ENDPOINT)
     assert traffic_split(endpoint) == {BASELINE: 100}
+
+
+async def test_a_restore_that_fails_after_an_abort_says_what_failed_and_what_is_served(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient
+) -> None:
+    make_endpoint(sandbox_admin, HEALTHY)
+    clock = sandbox.clock
+    assert isinstance(clock, FakeClock)
+    runner = Runner(store, client, clock=clock, timing=TIMING)
+    record = await runner.submit(plan(), PolicyLibrary().get("default"))
+    while store.get(record.id).state.get("candidate_weight") != 10:
+        result = await runner.reconcile(record.id)
+        assert not result.phase.terminal
+        due = store.get(record.id).due_at
+        assert due is not None
+        clock.advance(max(0.0, due - clock.now()))
+    # Every update from now on fails: the restore cannot happen.
+    response = sandbox_admin.put(f"/endpoints/{ENDPOINT}/updates", json={"fail_next": 10})
+    assert response.status_code == 200, response.text
+    store.add_command(record.id, "abort", {"reason": "the on-call asked to stop"}, clock.now())
+    phase = await drive(runner, store, clock, record.id)
+
+    events = store.events(record.id)
+    assert phase is Phase.FAILED, [(e.kind, e.reason) for e in events][-6:]
+    live = traffic_split(await client.get_endpoint(ENDPOINT))
+    assert live == {BASELINE: 90, CANDIDATE: 10}, "the failed restore left the step serving"
+    reason = store.get(record.id).state["ending_reason"]
+    assert reason.startswith("could not restore the baseline: "), reason
+    assert f"the endpoint serves {BASELINE} 90%, {CANDIDATE} 10%" in reason
+    assert reason.endswith("; while rolling back: the on-call asked to stop")
+    assert events[-1].kind == "failed"
+    assert events[-1].reason == reason
+    alerts = store.claim_alerts(now=clock.now() + 1, limit=100, lease_seconds=60)
+    failed = [a.payload for a in alerts if a.payload["event"] == "failed"]
+    assert len(failed) == 1
+    assert failed[0]["summary"] == f"{ENDPOINT}: HUMAN NEEDED: {reason}"
+    assert failed[0]["details"]["live_split"] == live
+    assert failed[0]["details"]["while_rolling_back"] == "the on-call asked to stop"

@@ -10,6 +10,7 @@ import pytest
 from rollout.analysis.spec import CheckSpec, Policy
 from rollout.engine.decide import Timing, config_key, decide, entity_identity
 from rollout.engine.model import (
+    Arm,
     Command,
     Decision,
     EndpointSnapshot,
@@ -134,6 +135,29 @@ def progressing(step: int = 0, weight: int = 10, **fields: Any) -> RolloutState:
 
 def live(weight: int) -> EndpointSnapshot:
     return snapshot({BASE: 100 - weight, CAND: weight})
+
+
+BLUE_GREEN = plan_of(strategy="blue_green", steps=None, bake="10m")
+
+
+def baking(control_requests: float) -> RolloutState:
+    """A blue/green bake just switched (candidate at 100 %), its control the baseline's
+    five warm-up windows of ``control_requests`` in all at 1 % 5xx."""
+    per_window = control_requests / 5
+    warmup = windows(T0 - 300, 5, cand=(0, 0), base=(per_window, per_window / 100))
+    control = Arm().plus([w for w in warmup if w.entity == BASE])
+    return progressing(weight=100, control=control)
+
+
+def bake_windows(count: int) -> tuple[EntityWindow, ...]:
+    """``count`` windows of the candidate alone at 100 %: 600 requests each, 1 % 5xx."""
+    return tuple(w for w in windows(T0, count, cand=(600, 6), base=(0, 0)) if w.entity == CAND)
+
+
+def judged(outcome: str, *, may_advance: bool, **fields: Any) -> RolloutState:
+    """A step whose judge last said ``outcome``: with no new window, decide acts on it."""
+    verdict = {"outcome": outcome, "may_advance": may_advance, "reason": f"{outcome}: (test)"}
+    return progressing(last_verdict=verdict, **fields)
 
 
 @dataclass
@@ -675,6 +699,57 @@ CASES = [
         effect="put:restore",
     ),
     Case(
+        # Under advance: lean an inconclusive verdict may advance an intermediate step; the
+        # bake's advance is the promotion.
+        "blue/green: bake over, inconclusive (even one that may advance) -> keep baking",
+        judged("inconclusive", may_advance=True, weight=100),
+        Observation(endpoint=live(100)),
+        plan=BLUE_GREEN,
+        now=T0 + 600,
+        phase=Phase.PROGRESSING,
+    ),
+    Case(
+        "blue/green: bake over with a pass -> promote, baseline removed",
+        judged("pass", may_advance=True, weight=100),
+        Observation(endpoint=live(100)),
+        plan=BLUE_GREEN,
+        now=T0 + 600,
+        phase=Phase.PROMOTING,
+        effect="put:promote",
+        split={CAND: 100},
+        events=("promoting",),
+    ),
+    Case(
+        "blue/green: no pass by the step deadline -> pause for a person",
+        judged("inconclusive", may_advance=True, weight=100),
+        Observation(endpoint=live(100)),
+        plan=BLUE_GREEN,
+        now=T0 + 1801,
+        phase=Phase.PAUSED,
+        events=("awaiting_decision",),
+        alerts=("paused",),
+    ),
+    Case(
+        "blue/green: no pass by the step deadline with on_no_data=rollback -> switch back",
+        judged("inconclusive", may_advance=True, weight=100),
+        Observation(endpoint=live(100)),
+        plan=BLUE_GREEN,
+        policy=policy(on_no_data="rollback"),
+        now=T0 + 1801,
+        phase=Phase.ROLLING_BACK,
+        effect="put:restore",
+        split={BASE: 100, CAND: 0},
+    ),
+    Case(
+        "canary: an intermediate step still advances on a verdict that may advance",
+        judged("inconclusive", may_advance=True),
+        Observation(endpoint=live(10)),
+        now=T0 + 600,
+        phase=Phase.PROGRESSING,
+        effect="put:step",
+        split={BASE: 50, CAND: 50},
+    ),
+    Case(
         "blue/green: failure during the bake switches back at once",
         progressing(weight=100, control={"windows": 10, "requests": 6000.0, "errors_5xx": 6.0}),
         Observation(
@@ -907,3 +982,319 @@ def test_the_baseline_redeployed_under_its_name_with_another_version_is_drift() 
     assert [e.kind for e in decision.events] == ["drift"]
     same = run(Case("", baking, Observation(endpoint=live(10)), now=T0 + 60))
     assert same.state.phase is Phase.PROGRESSING
+
+
+def test_a_blue_green_bake_promotes_only_on_a_pass() -> None:
+    """Whatever the warm-up saw and however long the bake ran: promotion means a pass."""
+    held = 0
+    for control_requests in (300, 1500, 7500, 30000, 120000):
+        for minutes in (10, 20, 29):
+            decision = run(Case(
+                "", baking(control_requests),
+                Observation(endpoint=live(100), windows=bake_windows(minutes)),
+                plan=BLUE_GREEN, now=T0 + 60 * minutes,
+            ))
+            verdict = decision.state.last_verdict
+            assert verdict is not None
+            assert verdict["final"] is True, "the bake is judged as the step that promotes"
+            promoted = decision.state.phase is Phase.PROMOTING
+            assert promoted == (verdict["outcome"] == "pass"), (control_requests, verdict)
+            held += not promoted
+    assert held, "some bakes end without a pass (a small warm-up cannot prove one)"
+
+
+def test_a_blue_green_bake_without_a_pass_says_so_when_it_pauses() -> None:
+    decision = run(Case("", judged("inconclusive", may_advance=True, weight=100),
+                        Observation(endpoint=live(100)), plan=BLUE_GREEN, now=T0 + 1801))
+    paused = decision.events[-1]
+    assert paused.kind == "awaiting_decision"
+    assert paused.reason == (
+        "the blue/green bake has no conclusive verdict after 30m1s (inconclusive: (test))"
+    )
+    assert "all steps passed" not in " ".join(e.reason for e in decision.events)
+
+
+# ---- who promoted, and which steps were skipped --------------------------------------------
+
+THREE_STEPS = plan_of(steps=[{"weight": 5, "bake": "10m"}, {"weight": 25, "bake": "10m"},
+                             {"weight": 50, "bake": "10m"}])
+
+
+@dataclass
+class Promotion:
+    name: str
+    state: RolloutState
+    command: str
+    reason: str  # the promoting event's reason, or the manual_promotion note's
+    skipped: list[int]
+    plan: AnyPlan = field(default_factory=plan_of)
+    promoted: bool = True
+
+
+PROMOTIONS = [
+    Promotion(
+        "promote full at step 2 of 3 skips steps 2 and 3",
+        progressing(step=1, weight=25),
+        "promote_full",
+        "promoted to 100 % by an operator (steps 2-3 of 3 skipped)",
+        [1, 2],
+        plan=THREE_STEPS,
+    ),
+    Promotion(
+        "promote at the first step skips it and goes on to the next",
+        progressing(),
+        "promote",
+        "step 1 of 2 skipped by an operator; next step",
+        [0],
+        promoted=False,
+    ),
+    Promotion(
+        "promote at the last step promotes, the last step skipped",
+        progressing(step=1, weight=50),
+        "promote",
+        "promoted to 100 % by an operator (step 2 of 2 skipped)",
+        [1],
+    ),
+    Promotion(
+        "an earlier skip is counted with the later ones",
+        progressing(step=2, weight=50, skipped_steps=[0]),
+        "promote_full",
+        "promoted to 100 % by an operator (steps 1, 3 of 3 skipped)",
+        [0, 2],
+        plan=THREE_STEPS,
+    ),
+    Promotion(
+        "promote full while paused for a person",
+        state(Phase.PAUSED, paused_from=Phase.PROGRESSING, candidate_weight=10,
+              pause_reason="step 1 has no conclusive verdict"),
+        "promote_full",
+        "promoted to 100 % by an operator (steps 1-2 of 2 skipped)",
+        [0, 1],
+    ),
+    Promotion(
+        "promote while paused skips the paused step",
+        state(Phase.PAUSED, paused_from=Phase.PROGRESSING, candidate_weight=10),
+        "promote",
+        "step 1 of 2 skipped by an operator; next step",
+        [0],
+        promoted=False,
+    ),
+    Promotion(
+        "promote full during a blue/green bake",
+        progressing(weight=100),
+        "promote_full",
+        "promoted to 100 % by an operator (the blue/green bake skipped)",
+        [0],
+        plan=BLUE_GREEN,
+    ),
+    Promotion(
+        "promote during an A/B split",
+        progressing(weight=50),
+        "promote",
+        "promoted to 100 % by an operator (the A/B split skipped)",
+        [0],
+        plan=plan_of(steps=None, strategy="ab", split=50, duration="30m",
+                     objective="latency_p99_ms"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", PROMOTIONS, ids=[c.name for c in PROMOTIONS])
+def test_an_operators_promotion_is_the_operators_and_shows_its_skipped_steps(
+    case: Promotion,
+) -> None:
+    weight = case.state.candidate_weight
+    decision = run(Case("", case.state, Observation(
+        endpoint=live(weight), commands=(Command(9, case.command),)), now=T0 + 60, plan=case.plan))
+    assert decision.consumed_commands == (9,)
+    assert decision.state.skipped_steps == case.skipped
+    reasons = " | ".join(e.reason for e in decision.events)
+    assert "passed" not in reasons, reasons
+    note = next(e for e in decision.events if e.kind == "manual_promotion")
+    assert note.data["skipped_steps"] == [s for s in case.skipped
+                                          if s not in case.state.skipped_steps]
+    assert isinstance(decision.effect, PutConfig)
+    if not case.promoted:
+        assert decision.state.phase is Phase.PROGRESSING
+        assert decision.effect.target.purpose == "step"
+        assert note.reason == case.reason
+        return
+    assert decision.state.phase is Phase.PROMOTING
+    assert decision.effect.target.purpose == "promote"
+    promoting = next(e for e in decision.events if e.kind == "promoting")
+    assert promoting.reason == case.reason
+    assert promoting.data == {"promoted_by": "operator", "skipped_steps": case.skipped}
+
+
+@pytest.mark.parametrize(
+    ("skipped", "reason"),
+    [
+        ([], "all steps passed; candidate to 100 %"),
+        ([0], "the judged steps passed (step 1 of 2 skipped by an operator); candidate to 100 %"),
+    ],
+)
+def test_only_the_judges_passes_say_the_steps_passed(skipped: list[int], reason: str) -> None:
+    last_step_passed = judged("pass", may_advance=True, step=1, weight=50, skipped_steps=skipped)
+    decision = run(Case("", last_step_passed, Observation(endpoint=live(50)), now=T0 + 600))
+    assert decision.state.phase is Phase.PROMOTING
+    promoting = next(e for e in decision.events if e.kind == "promoting")
+    assert promoting.reason == reason
+    assert promoting.data == {"promoted_by": "judge", "skipped_steps": skipped}
+
+
+def test_the_success_alert_names_the_skipped_steps() -> None:
+    promoting = state(Phase.PROMOTING, step=1, skipped_steps=[1],
+                      target=target("promote", {CAND: 100}))
+    decision = run(Case("", promoting, Observation(endpoint=snapshot({CAND: 100}))))
+    assert decision.state.phase is Phase.SUCCEEDED
+    succeeded = next(e for e in decision.events if e.kind == "succeeded")
+    assert succeeded.reason.endswith("(step 2 of 2 skipped by an operator)")
+    assert succeeded.data["skipped_steps"] == [1]
+    alert = next(a for a in decision.alerts if a.event == "succeeded")
+    assert "step 2 of 2 skipped by an operator" in alert.summary
+    assert alert.details["skipped_steps"] == [1]
+
+
+def test_a_state_persisted_before_skipped_steps_existed_still_loads() -> None:
+    old = {"phase": "progressing", "started_at": T0, "step": 1, "candidate_weight": 50}
+    assert RolloutState.model_validate(old).skipped_steps == []
+
+
+# ---- a failed rollout's reason is what failed ----------------------------------------------
+
+ROLLING_BACK_ON_ABORT = state(
+    Phase.ROLLING_BACK,
+    candidate_weight=50,
+    ending=Phase.ABORTED,
+    ending_cause="aborted",
+    ending_reason="the dashboard looks wrong",
+    target=target("restore", {BASE: 100, CAND: 0}, [{BASE: 50, CAND: 50}]),
+)
+
+
+@dataclass
+class Failure:
+    name: str
+    state: RolloutState
+    obs: Observation
+    reason: str
+    during: str | None
+    now: float = T0
+
+
+FAILURES = [
+    Failure(
+        "the restore after an abort is refused",
+        ROLLING_BACK_ON_ABORT,
+        Observation(endpoint=snapshot({BASE: 50, CAND: 50}),
+                    update=UpdateOutcome("rejected", "400 INVALID_PARAMETER_VALUE")),
+        "could not restore the baseline: 400 INVALID_PARAMETER_VALUE; the endpoint serves "
+        "ads-3 50%, ads_model-4 50% (config_update NOT_UPDATING); "
+        "while rolling back: the dashboard looks wrong",
+        "the dashboard looks wrong",
+    ),
+    Failure(
+        "the restore after a failed analysis ends UPDATE_FAILED",
+        state(Phase.ROLLING_BACK, candidate_weight=10, ending_reason="analysis failed: 5xx x3",
+              target=target("restore", {BASE: 100, CAND: 0}, [{BASE: 90, CAND: 10}])),
+        Observation(endpoint=snapshot({BASE: 90, CAND: 10}, config_update="UPDATE_FAILED"),
+                    update=UpdateOutcome("failed", "served entity ads-3 failed to start")),
+        "could not restore the baseline: served entity ads-3 failed to start; the endpoint "
+        "serves ads-3 90%, ads_model-4 10% (config_update UPDATE_FAILED); "
+        "while rolling back: analysis failed: 5xx x3",
+        "analysis failed: 5xx x3",
+    ),
+    Failure(
+        "the restore never settles and the endpoint cannot be read",
+        ROLLING_BACK_ON_ABORT,
+        Observation(endpoint_error="503 TEMPORARILY_UNAVAILABLE"),
+        "could not restore the baseline: config update not settled after 10m (503 "
+        "TEMPORARILY_UNAVAILABLE); the endpoint could not be read (503 "
+        "TEMPORARILY_UNAVAILABLE); while rolling back: the dashboard looks wrong",
+        "the dashboard looks wrong",
+        now=T0 + 600,
+    ),
+    Failure(
+        "someone else's update is in flight when the restore gives up",
+        ROLLING_BACK_ON_ABORT,
+        Observation(endpoint=snapshot({BASE: 50, CAND: 50}, updating=True,
+                                      pending={BASE: 20, CAND: 80})),
+        "could not restore the baseline: config update not settled after 10m (another update "
+        "is in progress); the endpoint serves ads-3 50%, ads_model-4 50% (config_update "
+        "IN_PROGRESS towards ads_model-4 80%, ads-3 20%); "
+        "while rolling back: the dashboard looks wrong",
+        "the dashboard looks wrong",
+        now=T0 + 600,
+    ),
+    Failure(
+        "a human changes the endpoint during the rollback",
+        ROLLING_BACK_ON_ABORT,
+        Observation(endpoint=snapshot({BASE: 70, CAND: 30})),
+        "the endpoint was changed by hand during the rollback; the endpoint serves ads-3 70%, "
+        "ads_model-4 30% (config_update NOT_UPDATING); "
+        "while rolling back: the dashboard looks wrong",
+        "the dashboard looks wrong",
+    ),
+    Failure(
+        "the endpoint is deleted while a step bakes: nothing was rolling back",
+        progressing(),
+        Observation(endpoint_missing=True),
+        "endpoint 'ads' no longer exists",
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", FAILURES, ids=[c.name for c in FAILURES])
+def test_a_failed_rollouts_reason_is_what_failed_and_what_the_endpoint_serves(
+    case: Failure,
+) -> None:
+    decision = run(Case("", case.state, case.obs, now=case.now))
+    assert decision.state.phase is Phase.FAILED, [e.reason for e in decision.events]
+    assert decision.state.ending_reason == case.reason
+    failed = next(e for e in decision.events if e.kind == "failed")
+    assert failed.reason == case.reason
+    assert failed.data["while_rolling_back"] == case.during
+    alert = next(a for a in decision.alerts if a.event == "failed")
+    assert alert.severity == "error"
+    assert alert.summary == f"ads: HUMAN NEEDED: {case.reason}"
+    assert alert.details["while_rolling_back"] == case.during
+    assert alert.details["live_split"] == (
+        None if case.obs.endpoint is None else case.obs.endpoint.split
+    )
+
+
+def test_an_abort_whose_restore_fails_ends_failed_with_the_restores_error() -> None:
+    """The whole path: an operator aborts with a reason typed by hand, the restore fails."""
+    aborted = run(Case("", progressing(step=1, weight=50), Observation(
+        endpoint=live(50), commands=(Command(1, "abort", {"reason": "pager says stop"}),)),
+        now=T0 + 60))
+    assert aborted.state.phase is Phase.ROLLING_BACK
+    assert isinstance(aborted.effect, PutConfig)
+    refused = run(Case("", aborted.state, Observation(
+        endpoint=snapshot({BASE: 50, CAND: 50}, config_update="UPDATE_FAILED"),
+        update=UpdateOutcome("failed", "ads-3: container exited with code 137")),
+        now=T0 + 120))
+    assert refused.state.phase is Phase.FAILED
+    reason = refused.state.ending_reason or ""
+    assert reason.startswith(
+        "could not restore the baseline: ads-3: container exited with code 137; "
+        "the endpoint serves ads-3 50%, ads_model-4 50% (config_update UPDATE_FAILED)"
+    ), reason
+    assert reason.endswith("; while rolling back: pager says stop")
+    assert [a.event for a in refused.alerts] == ["failed"]
+
+
+@pytest.mark.parametrize(
+    ("obs", "reason"),
+    [
+        (Observation(endpoint_missing=True), "endpoint 'ads' does not exist"),
+        (Observation(endpoint=snapshot({BASE: 60, "other": 40})),
+         ("cannot start: no served entity takes 100 % of traffic (ads-3 60%, other 40%); "
+          "name the baseline in the plan")),
+    ],
+)
+def test_a_rollout_that_cannot_start_says_why_it_failed(obs: Observation, reason: str) -> None:
+    decision = run(Case("", state(), obs))
+    assert decision.state.phase is Phase.FAILED
+    assert decision.state.ending_reason == reason

@@ -453,7 +453,8 @@
     });
     part(card, "facts", factsInputs(rollout), () => renderFacts(card.facts, rollout));
     part(card, "progress", [rollout.phase, rollout.step, rollout.steps, rollout.strategy,
-      rollout.candidate_weight], () => renderProgress(card.progress, rollout));
+      rollout.candidate_weight, rollout.skipped_steps],
+    () => renderProgress(card.progress, rollout));
     part(card, "note", [rollout.pause_reason, rollout.ending_reason], () => {
       const text = rollout.ending_reason
         ? (TERMINAL.has(rollout.phase) ? "Ended: " : "Ending: ") + rollout.ending_reason
@@ -527,12 +528,19 @@
     // Between deciding a step and the endpoint showing it, the step's weight is not live yet.
     const applying = phase === "progressing" && current >= 0 &&
       weights[current] !== rollout.candidate_weight;
+    // Steps an operator's promote skipped were never judged to the end: never shown as done.
+    const skipped = new Set((rollout.skipped_steps || []).filter((s) => Number.isInteger(s)));
     const list = el("ol", { class: "steps" });
     list.setAttribute("aria-label", "Steps, candidate share of the traffic");
     weights.forEach((weight, index) => {
       let state = index < done ? "done" : "todo";
       let mark = index < done ? "\u2713" : "";
       let said = index < done ? "done" : "to come";
+      if (index < done && skipped.has(index)) {
+        state = "skipped";
+        mark = "\u21b7";
+        said = "skipped by an operator, not judged";
+      }
       if (index === current) {
         state = stopped ? "stopped" : phase === "paused" ? "current paused"
           : applying ? "current applying" : "current";
@@ -544,6 +552,9 @@
       }
       const item = el("li", { class: "step " + state });
       item.dataset.weight = String(weight);
+      if (state === "skipped") {
+        item.title = "Skipped by an operator: not judged";
+      }
       if (index === current && !stopped) {
         item.setAttribute("aria-current", "step");
       }
@@ -555,8 +566,12 @@
       list.append(item);
     });
     const stage = Math.min(done + 1, total);
-    const words = phase === "succeeded" ? "all " + plural(total, "stage") + " done"
+    const skippedCount = weights.filter((_, index) => skipped.has(index)).length;
+    let words = phase === "succeeded" ? "all " + plural(total, "stage") + " done"
       : "stage " + stage + " of " + total;
+    if (skippedCount) {
+      words += " (" + plural(skippedCount, "step") + " skipped by an operator)";
+    }
     const weight = rollout.candidate_weight;
     const split = el("p", { class: "split" },
       el("strong", {}, "Split now: "),
