@@ -10,8 +10,9 @@ traffic as it really is (one scenario per effect, drawn with ``rollout.sandbox.r
 model the sandbox serves).
 
 Run: ``python -m bench.decisions`` (every scenario, 2 worker processes; the default judge on
-200 seeds per cell, the other judges on ``--other-seeds``, 50 by default); ``--quick`` is a
-smoke run (10 seeds); ``--seeds N``, ``--other-seeds N``, ``--workers N``, ``--judges a,b``,
+200 seeds per scenario cell and ``--control-seeds`` (100) per control cell, the other judges
+on the first ``--other-seeds`` (30) of them: a whole run stays within 20 minutes on 2 cores);
+``--quick`` is a smoke run (10 seeds); ``--seeds N``, ``--workers N``, ``--judges a,b``,
 ``--scenarios a,b`` (a name selects the scenarios it names or prefixes: ``cold`` is ``cold``
 and ``cold-mild``); ``--profile`` profiles one cell in-process and prints where the time goes.
 Output: a table on stdout, ``bench/results/decisions.md``, ``decisions.json``,
@@ -1372,10 +1373,12 @@ def describe_setup(args: argparse.Namespace, judges: Sequence[str],
     steps = ", ".join(f"{w} % for {b} min" for w, b in STEPS)
     others = [j for j in judges if j != "default"]
     seeds = f"{args.seeds} seeds per cell"
-    if others and args.other_seeds is not None and args.other_seeds < args.seeds:
-        seeds = (f"{args.seeds} seeds per cell for the default judge, {args.other_seeds} for "
-                 f"{', '.join(others)} (their first {args.other_seeds}: the same traces) and "
-                 f"for the SPRT outside the control grid")
+    if args.control_seeds < args.seeds and "control" in scenarios:
+        seeds += f" ({args.control_seeds} on the control grid)"
+    if others and args.other_seeds < args.seeds:
+        seeds += (f" for the default judge; {args.other_seeds} for {', '.join(others)} (the "
+                  f"default's first {args.other_seeds}: the same traces) and for the SPRT "
+                  "outside the control grid")
     return (
         f"canary {steps}, then 100 %; 60 s windows; perfect endpoint (a PUT is live at once); "
         f"{seeds}, master seed {args.master_seed}; judges: {', '.join(judges)}; scenarios: "
@@ -1638,9 +1641,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seeds", type=int, default=200,
                         help="seeds (rollouts) per cell for the default judge")
-    parser.add_argument("--other-seeds", type=int, default=50,
+    parser.add_argument("--other-seeds", type=int, default=30,
                         help="seeds per cell for the other judges and the scenarios' SPRT "
-                        "(at most --seeds)")
+                        "(at most the default judge's)")
+    parser.add_argument("--control-seeds", type=int, default=100,
+                        help="the default judge's seeds per cell on the control grid (at most "
+                        "--seeds)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 10 seeds per cell")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--master-seed", type=int, default=20240601)
@@ -1655,7 +1661,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds = 10
-    args.other_seeds = min(args.seeds, args.other_seeds)
+    args.control_seeds = min(args.seeds, args.control_seeds)
+    args.other_seeds = min(args.seeds, args.control_seeds, args.other_seeds)
     return args
 
 
@@ -1694,7 +1701,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     started = time.monotonic()
     load_before = os.getloadavg()[0]
-    tasks = sorted((Task(c, args.seeds, args.master_seed, judges, args.other_seeds)
+    tasks = sorted((Task(c, args.control_seeds if c.scenario == "control" else args.seeds,
+                         args.master_seed, judges, args.other_seeds)
                     for c in all_cells(scenarios)), key=_cost)
     cells: list[dict[str, Any]] = []
     if args.workers <= 1:
@@ -1716,6 +1724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "setup": setup,
         "plan": PLAN,
         "seeds": args.seeds,
+        "control_seeds": args.control_seeds,
         "other_seeds": args.other_seeds,
         "master_seed": args.master_seed,
         "judges": list(judges),

@@ -45,6 +45,7 @@ from rollout.sandbox.models import (
     invalid,
     parse_config,
 )
+from rollout.sandbox.realism import EndpointRealism
 from rollout.sandbox.workspace import FAULT_ERRORS, Workspace
 
 ADMIN_PREFIX = "/_sandbox/v1"
@@ -90,6 +91,16 @@ def parse_model(model: type[M], data: dict[str, Any]) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise invalid(describe_validation_error(exc)) from exc
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` over ``base``, nested objects merged key by key (a PATCH of one setting)."""
+    out = dict(base)
+    for key, value in changes.items():
+        old = out.get(key)
+        out[key] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else (
+            value)
+    return out
 
 
 def _bearer(request: Request) -> str | None:
@@ -164,6 +175,7 @@ def create_app(workspace: Workspace) -> FastAPI:
     _register_invocations(app, workspace)
     _register_oauth(app, workspace)
     _register_admin(app, workspace)
+    _register_realism(app, workspace)
     return app
 
 
@@ -398,6 +410,27 @@ def _register_oauth(app: FastAPI, ws: Workspace) -> None:
                              "cloud": "sandbox"})
 
 
+def _register_realism(app: FastAPI, ws: Workspace) -> None:
+    """Admin API: an endpoint's traffic beyond its profiles (``EndpointRealism``)."""
+
+    @app.get(ADMIN_PREFIX + "/endpoints/{name}/realism")
+    async def admin_get_realism(name: str) -> Response:
+        return JSONResponse(ws.get_realism(name).model_dump())
+
+    @app.put(ADMIN_PREFIX + "/endpoints/{name}/realism")
+    async def admin_put_realism(request: Request, name: str) -> Response:
+        realism = parse_model(EndpointRealism, await json_body(request, required=False))
+        ws.set_realism(name, realism)
+        return JSONResponse(realism.model_dump())
+
+    @app.patch(ADMIN_PREFIX + "/endpoints/{name}/realism")
+    async def admin_patch_realism(request: Request, name: str) -> Response:
+        changes = await json_body(request)
+        realism = parse_model(EndpointRealism, _merge(ws.get_realism(name).model_dump(), changes))
+        ws.set_realism(name, realism)
+        return JSONResponse(realism.model_dump())
+
+
 def _register_admin(app: FastAPI, ws: Workspace) -> None:
     """Admin API (no auth: the server only listens on loopback)."""
 
@@ -407,7 +440,8 @@ def _register_admin(app: FastAPI, ws: Workspace) -> None:
         spec = parse_config({"served_entities": body.served_entities,
                              "traffic_config": body.traffic_config})
         created = ws.create_endpoint(body.name, spec, tags=body.tags, ready=True,
-                                     profiles=body.profiles, qps=body.qps)
+                                     profiles=body.profiles, qps=body.qps,
+                                     realism=body.realism)
         return JSONResponse(created, status_code=201)
 
     @app.get(ADMIN_PREFIX + "/endpoints/{name}")

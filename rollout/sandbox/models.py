@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
+from rollout.sandbox.realism import EndpointRealism
 from rollout.sandbox.traffic import WORKLOAD_CONCURRENCY, TrafficProfile
 
 MAX_SERVED_ENTITIES = 15  # the real limit (databricks-sdk-py#1496); the SDK docstring says 10
@@ -357,6 +358,7 @@ class AdminEndpointCreate(BaseModel):
     profiles: dict[str, EntityProfile] = Field(default_factory=dict)
     qps: float = Field(default=0.0, ge=0.0, le=1_000_000.0)
     tags: dict[str, str] = Field(default_factory=dict)
+    realism: EndpointRealism = Field(default_factory=EndpointRealism)
 
 
 class AdminLoad(BaseModel):

@@ -698,15 +698,27 @@ def render_export_metrics(
     window's start in epoch ms. The ``*_total`` series are gauges holding the window's count
     (not counters), as Databricks declares them. Entities are listed in name order.
     """
-    entities = sorted(counts_by_entity)
-    stamp = str(int(window_start_ms))
-    ep = _escape(endpoint_name)
-    labels = {e: f'served_entity_name="{_escape(e)}",endpoint_name="{ep}"' for e in entities}
-    lines: list[str] = []
+    return render_export_windows(endpoint_name, [(window_start_ms, counts_by_entity, gauges)])
 
-    def gauge_value(name: str, entity: str) -> float | None:
-        counts = counts_by_entity[entity]
-        g = gauges.get(entity)
+
+ExportBlock = tuple[int, Mapping[str, WindowCounts], Mapping[str, EntityGauges]]
+
+
+def render_export_windows(endpoint_name: str, blocks: Sequence[ExportBlock]) -> str:
+    """The exposition of several windows at once: ``(window_start_ms, counts, gauges)`` each.
+
+    What an exporter shows when a window arrives late (beside the last closed one) or is
+    revised: each family lists its samples window by window, each stamped with its window's
+    start, so a family's samples stay together as the text format requires.
+    """
+    ep = _escape(endpoint_name)
+    lines: list[str] = []
+    ordered = sorted(blocks, key=lambda b: b[0])
+
+    def labels(entity: str) -> str:
+        return f'served_entity_name="{_escape(entity)}",endpoint_name="{ep}"'
+
+    def gauge_value(name: str, counts: WindowCounts, g: EntityGauges | None) -> float | None:
         values: dict[str, float | None] = {
             "request_count_total": float(counts.requests),
             "request_4xx_count_total": float(counts.errors_4xx),
@@ -720,32 +732,38 @@ def render_export_metrics(
         return values[name]
 
     for name, help_text in _GAUGE_HELP:
-        samples = [(e, gauge_value(name, e)) for e in entities]
-        present = [(e, v) for e, v in samples if v is not None]
+        samples = [
+            (entity, gauge_value(name, counts[entity], gauges.get(entity)), str(int(start)))
+            for start, counts, gauges in ordered
+            for entity in sorted(counts)
+        ]
+        present = [(e, v, stamp) for e, v, stamp in samples if v is not None]
         if not present:
             continue
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} gauge")
-        lines.extend(f"{name}{{{labels[e]}}} {_number(v)} {stamp}" for e, v in present)
+        lines.extend(f"{name}{{{labels(e)}}} {_number(v)} {stamp}" for e, v, stamp in present)
 
     for name, help_text in _HISTOGRAM_HELP:
-        if not entities:
+        if not any(counts for _, counts, _ in ordered):
             continue
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} histogram")
-        for entity in entities:
-            counts = counts_by_entity[entity]
-            if name == "request_latency_ms":
-                buckets, total_sum = counts.latency_counts, counts.latency_sum_ms
-            else:
-                buckets, total_sum = counts.queue_counts, counts.queue_sum_ms
-            cumulative = 0
-            for bound, count in zip(BUCKET_BOUNDS_MS, buckets, strict=True):
-                cumulative += count
-                lines.append(
-                    f'{name}_bucket{{{labels[entity]},le="{_number(bound)}"}} '
-                    f"{_number(cumulative)} {stamp}"
-                )
-            lines.append(f"{name}_sum{{{labels[entity]}}} {_number(total_sum)} {stamp}")
-            lines.append(f"{name}_count{{{labels[entity]}}} {_number(cumulative)} {stamp}")
+        for start, counts_by_entity, _ in ordered:
+            stamp = str(int(start))
+            for entity in sorted(counts_by_entity):
+                counts = counts_by_entity[entity]
+                if name == "request_latency_ms":
+                    buckets, total_sum = counts.latency_counts, counts.latency_sum_ms
+                else:
+                    buckets, total_sum = counts.queue_counts, counts.queue_sum_ms
+                cumulative = 0
+                for bound, count in zip(BUCKET_BOUNDS_MS, buckets, strict=True):
+                    cumulative += count
+                    lines.append(
+                        f'{name}_bucket{{{labels(entity)},le="{_number(bound)}"}} '
+                        f"{_number(cumulative)} {stamp}"
+                    )
+                lines.append(f"{name}_sum{{{labels(entity)}}} {_number(total_sum)} {stamp}")
+                lines.append(f"{name}_count{{{labels(entity)}}} {_number(cumulative)} {stamp}")
     return "\n".join(lines) + "\n" if lines else ""

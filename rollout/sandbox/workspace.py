@@ -8,9 +8,12 @@ settles whatever the clock says has finished (an update whose duration has elaps
 
 Metrics windows are ``[k*W, (k+1)*W)`` of clock time. The traffic of a closed window is
 simulated on demand from an rng seeded by ``(seed, endpoint, k)``, using the live-state segments
-(split, load, profiles) that overlapped the window, plus the real invocations that arrived in
-it. Windows are independent of each other and of the order they are read in, so the result is
-the same as simulating every window as it closes.
+(split, load, profiles, realism settings, when each entity last scaled up) that overlapped the
+window, plus the real invocations that arrived in it; ``rollout.sandbox.realism`` supplies what
+varies by window (hiccups, overdispersion, incidents, the daily cycle) and how export-metrics
+delivers it (late, missing, duplicated, revised windows; counters that reset). Windows are
+independent of each other and of the order they are read in, so the result is the same as
+simulating every window as it closes.
 
 Thread safety: uvicorn runs handlers on its loop while tests poke the workspace from their own
 thread; one re-entrant lock guards all state and no method blocks while holding it.
@@ -40,11 +43,23 @@ from rollout.sandbox.models import (
     Permission,
     invalid,
 )
+from rollout.sandbox.realism import (
+    NO_REALISM,
+    CounterExport,
+    EndpointRealism,
+    entity_conditions,
+    partial_counts,
+    substream,
+    window_conditions,
+    window_environment,
+)
 from rollout.sandbox.traffic import (
     EntityGauges,
+    ExportBlock,
     WindowCounts,
     estimate_gauges,
-    render_export_metrics,
+    is_cold,
+    render_export_windows,
     sample_latency_ms,
     sample_queue_ms,
     simulate_window,
@@ -57,6 +72,8 @@ CREATOR = "sandbox-user@example.com"
 DEFAULT_PROFILE = EntityProfile()
 _WINDOW_CACHE_SIZE = 64
 _REAL_WINDOWS_KEPT = 10_000
+# Counters not read for longer than this (in windows) start again rather than replay the gap.
+_COUNTER_REPLAY_WINDOWS = 1440
 
 UpdateKind = Literal["create", "update", "start"]
 
@@ -97,6 +114,9 @@ class LiveSegment:
     profiles: Mapping[str, EntityProfile]
     appeared: Mapping[str, float]
     concurrency: Mapping[str, float]
+    # When each entity last started or scaled up: its cold windows count from there.
+    warmed: Mapping[str, float] = field(default_factory=dict)
+    realism: EndpointRealism = NO_REALISM
 
 
 @dataclass
@@ -118,6 +138,9 @@ class Endpoint:
     fail_next: int = 0
     build_logs: dict[str, list[str]] = field(default_factory=dict)
     appeared: dict[str, float] = field(default_factory=dict)
+    warmed: dict[str, float] = field(default_factory=dict)
+    realism: EndpointRealism = NO_REALISM
+    counters: CounterExport | None = None
     segments: list[LiveSegment] = field(default_factory=list)
     real: dict[int, dict[str, WindowCounts]] = field(default_factory=dict)
     window_cache: dict[int, dict[str, WindowCounts]] = field(default_factory=dict)
@@ -430,6 +453,8 @@ class Workspace:
             appeared=dict(ep.appeared),
             concurrency={e.name: e.provisioned_concurrency for e in spec.entities}
             if spec is not None else {},
+            warmed=dict(ep.warmed),
+            realism=ep.realism,
         )
         if ep.segments and ep.segments[-1].start >= t:
             ep.segments[-1] = segment
@@ -481,6 +506,8 @@ class Workspace:
             # A started endpoint comes back on fresh replicas: everything is cold again.
             appeared = {e.name: t for e in pending.config.spec.entities}
         ep.appeared = appeared
+        ep.warmed = _scaled_up(ep.warmed, appeared, previous.split if previous else {},
+                               pending.config.spec.split, t)
         for name in pending.deployed:
             ep.build_logs.setdefault(name, []).append(
                 f"{_stamp(t)} INFO Served entity {name} is ready (config version "
@@ -532,6 +559,7 @@ class Workspace:
         ready: bool = False,
         profiles: Mapping[str, EntityProfile] | None = None,
         qps: float = 0.0,
+        realism: EndpointRealism | None = None,
     ) -> dict[str, Any]:
         """Create an endpoint: through the update lifecycle, or ``ready`` at once (admin)."""
         if not NAME_PATTERN.match(name):
@@ -552,12 +580,14 @@ class Workspace:
                 route_optimized=route_optimized,
                 tags=dict(tags or {}),
                 profiles=dict(profiles or {}),
+                realism=realism or NO_REALISM,
             )
             self.endpoints[name] = ep
             if spec is not None:
                 if ready:
                     ep.config = ServingConfig(1, spec)
                     ep.appeared = {e.name: now for e in spec.entities}
+                    ep.warmed = dict(ep.appeared)
                     for e in spec.entities:
                         ready_line = f"{_stamp(now)} INFO Served entity {e.name} is ready"
                         ep.build_logs[e.name] = [ready_line + " (config version 1)."]
@@ -643,8 +673,27 @@ class Workspace:
     def set_qps(self, name: str, qps: float) -> None:
         with self._lock:
             ep = self._get(name)
+            if ep.qps == 0.0 < qps and ep.config is not None:
+                # Load coming back from nothing: scale-to-zero entities start cold replicas.
+                now = self.now()
+                for spec in ep.config.spec.entities:
+                    if spec.fields.get("scale_to_zero_enabled") is True:
+                        ep.warmed[spec.name] = now
             ep.qps = qps
             self._record_segment(ep, self.now())
+
+    def set_realism(self, name: str, realism: EndpointRealism) -> None:
+        """Replace the endpoint's traffic beyond its profiles (from now on)."""
+        with self._lock:
+            ep = self._get(name)
+            if realism.exposition != ep.realism.exposition:
+                ep.counters = None
+            ep.realism = realism
+            self._record_segment(ep, self.now())
+
+    def get_realism(self, name: str) -> EndpointRealism:
+        with self._lock:
+            return self._get(name).realism
 
     def set_updates(
         self, name: str, duration: float | None, fail_next: int | None
@@ -665,6 +714,7 @@ class Workspace:
                 "qps": ep.qps,
                 "update": {"duration_seconds": self._duration(ep), "fail_next": ep.fail_next},
                 "profiles": {k: v.model_dump() for k, v in sorted(ep.profiles.items())},
+                "realism": ep.realism.model_dump(),
                 "invocations": dict(sorted(ep.invocations.items())),
                 "stopped": ep.stopped,
                 "window_seconds": self.window_seconds,
@@ -851,11 +901,19 @@ class Workspace:
             profile = self._profile(ep, entity)
             now = self.now()
             k = self._window_index(now)
-            age = k - self._window_index(ep.appeared.get(entity, ep.created))
-            latency = sample_latency_ms(profile, self._rng, cold=age < profile.cold_start_windows)
+            age = k - self._window_index(ep.warmed.get(entity, ep.created))
+            # A real request meets the window the simulated ones meet: incidents, hiccups,
+            # overdispersion and cold replicas alike.
+            cond = entity_conditions(
+                profile, self._key(ep), k, entity=entity, weight=float(spec.split.get(entity, 0)),
+                environment=window_environment(ep.realism, self._key(ep), k,
+                                               k * self.window_seconds),
+                cold=is_cold(profile, age),
+            )
+            latency = sample_latency_ms(profile, self._rng, cold=cond.cold)
             queue = sample_queue_ms(profile, self._rng)
             u = self._rng.random()
-            if u < profile.error_rate:
+            if u < cond.error_rate(profile):
                 status = 500
             elif self._rng.random() < profile.client_error_rate:
                 status = 400
@@ -884,13 +942,70 @@ class Workspace:
             return _ms(k * self.window_seconds), {e: c.copy() for e, c in counts.items()}
 
     def export_metrics(self, name: str) -> str:
-        """Export-metrics text for the last closed window, as Databricks serves it."""
+        """Export-metrics text for the last closed window, as Databricks serves it.
+
+        With delivery faults the text is what a faulty exporter shows: the last closed window
+        without the entities whose window is late or missing (a revised one partial), beside
+        the previous window of the entities whose window arrives late, twice, or revised.
+        With the counter exposition, cumulative counters as of the last closed window.
+        """
         with self._lock:
             ep = self._get(name)
             k = self._window_index(self.now()) - 1
-            counts = self._window_counts(ep, k)
-            gauges = self._gauges(ep, k, counts)
-            return render_export_metrics(ep.name, _ms(k * self.window_seconds), counts, gauges)
+            if ep.realism.exposition == "counter":
+                return self._counter_text(ep, k)
+            faults = ep.realism.delivery
+            if not faults.any_window_fault:
+                return render_export_windows(ep.name, [self._block(ep, k)])
+            key = self._key(ep)
+            previous = self._window_counts(ep, k - 1)
+            plan_then = faults.plan(key, k - 1, sorted(previous))
+            again = {e for e, fate in plan_then.items() if fate in ("late", "duplicate",
+                                                                    "revised")}
+            current = self._window_counts(ep, k)
+            plan_now = faults.plan(key, k, sorted(current))
+            shown: dict[str, WindowCounts] = {}
+            for entity, counts in current.items():
+                fate = plan_now[entity]
+                if fate == "revised":
+                    shown[entity] = partial_counts(counts, faults.partial_fraction,
+                                                   substream(key, k, "partial", entity))
+                elif fate in ("on_time", "duplicate"):
+                    shown[entity] = counts
+            blocks = [self._block(ep, k, shown)]
+            if again:
+                blocks.append(self._block(ep, k - 1, {e: previous[e] for e in again}))
+            return render_export_windows(ep.name, blocks)
+
+    def _key(self, ep: Endpoint) -> str:
+        """The name of the endpoint's random streams: the same seed and name, the same world."""
+        return f"{self.seed}:{ep.name}"
+
+    def _block(self, ep: Endpoint, k: int, counts: Mapping[str, WindowCounts] | None = None
+               ) -> ExportBlock:
+        """One window of the exposition: ``counts`` (default: the whole window) and gauges."""
+        whole = self._window_counts(ep, k)
+        return (_ms(k * self.window_seconds), whole if counts is None else counts,
+                self._gauges(ep, k, whole))
+
+    def _counter_text(self, ep: Endpoint, k: int) -> str:
+        """Cumulative counters as of window ``k``: the windows not yet counted are added."""
+        if ep.counters is None or ep.counters.last_k is None or (
+            k - ep.counters.last_k > _COUNTER_REPLAY_WINDOWS
+        ):
+            ep.counters = CounterExport()
+            first = k
+        else:
+            first = ep.counters.last_k + 1
+        rate = ep.realism.delivery.counter_reset_rate
+        key = self._key(ep)
+        for j in range(first, k + 1):
+            counts = self._window_counts(ep, j)
+            resets = {e: rate > 0.0 and substream(key, j, "reset", e).random() < rate
+                      for e in counts}
+            ep.counters.add(j, j * self.window_seconds, (j + 1) * self.window_seconds, counts,
+                            resets)
+        return ep.counters.render(ep.name, self._gauges(ep, k, self._window_counts(ep, k)))
 
     def _overlapping(self, ep: Endpoint, start: float, end: float
                      ) -> list[tuple[LiveSegment, float]]:
@@ -914,9 +1029,11 @@ class Workspace:
         for seg, seconds in self._overlapping(ep, start, end):
             if seg.split is None:
                 continue
-            ages = {e: k - self._window_index(t) for e, t in seg.appeared.items()}
-            simulated = simulate_window(seg.profiles, seg.split, seg.qps, seconds, rng,
-                                        window_index_since_start=ages)
+            ages = {e: k - self._window_index(t) for e, t in seg.warmed.items()}
+            factor, conditions = window_conditions(seg.realism, seg.profiles, seg.split,
+                                                   key=self._key(ep), k=k, start_seconds=start)
+            simulated = simulate_window(seg.profiles, seg.split, seg.qps * factor, seconds, rng,
+                                        window_index_since_start=ages, conditions=conditions)
             for entity, counts in simulated.items():
                 result.setdefault(entity, WindowCounts()).merge(counts)
         for entity, counts in ep.real.get(k, {}).items():
@@ -970,6 +1087,28 @@ def _openapi_post(schema: Mapping[str, Any], summary: str) -> dict[str, Any]:
             },
         }
     }
+
+
+def _scaled_up(
+    warmed: Mapping[str, float],
+    appeared: Mapping[str, float],
+    before: Mapping[str, int],
+    after: Mapping[str, int],
+    t: float,
+) -> dict[str, float]:
+    """When each entity of a new config last started or scaled up, the change at ``t`` included.
+
+    Autoscaling sizes replicas by traffic share: an entity whose share rose gets new replicas,
+    cold for their first windows; one whose share fell or stayed keeps warm ones. A (re)deployed
+    entity is new throughout (``appeared`` at ``t``).
+    """
+    out: dict[str, float] = {}
+    for entity, since in appeared.items():
+        if since == t or after.get(entity, 0) > before.get(entity, 0):
+            out[entity] = t
+        else:
+            out[entity] = warmed.get(entity, since)
+    return out
 
 
 def _stamp(t: float) -> str:
