@@ -125,7 +125,7 @@ def validate(
         f"{plan_file}: valid {plan.strategy} plan for endpoint {plan.endpoint}: "
         f"{plan.candidate.served_name} ({steps}); policy {policy.describe()}"
     )
-    for note in plan_notes(plan, policy, metrics_window=_settings().engine.metrics_window):
+    for note in plan_notes(plan, policy, metrics_window=_settings().serving.metrics_window):
         typer.echo(f"note: {note}")
 
 

@@ -104,7 +104,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         store,
         client,
         clock=clock,
-        timing=timing_from(settings.engine),
+        timing=timing_from(settings.engine, metrics_window=settings.serving.metrics_window),
         default_channels=default_channels,
         observer=metrics.on_decision,
     )

@@ -74,8 +74,9 @@ class ServingSettings(BaseSettings):
     metrics_window: float = Field(
         default=60.0,
         gt=0,
-        description="Seconds one export-metrics window covers (60 on Databricks); a "
-        "submission reads the endpoint's requests per second from the last window.",
+        description="Seconds one export-metrics window covers (60 on Databricks): the unit "
+        "of a policy's warmup_windows until the windows show their length, and what a "
+        "submission reads the endpoint's requests per second over.",
     )
 
 
@@ -105,12 +106,6 @@ class EngineSettings(BaseSettings):
         default="",
         description="Directories of <name>.yaml policies besides the built-in ones, separated "
         "like PATH (':'); a later directory's policy replaces an earlier one of the same name.",
-    )
-    metrics_window: float = Field(
-        default=60.0,
-        gt=0,
-        description="Seconds per export-metrics window (60 on Databricks): the unit of a "
-        "policy's warmup_windows.",
     )
     step_deadline_factor: float = Field(
         default=3.0,

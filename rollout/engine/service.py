@@ -33,14 +33,14 @@ log = structlog.get_logger("rollout.engine")
 ACTIVE_PHASES = [p.value for p in Phase if p not in TERMINAL_PHASES]
 
 
-def timing_from(settings: EngineSettings) -> Timing:
+def timing_from(settings: EngineSettings, *, metrics_window: float = 60.0) -> Timing:
     return Timing(
         look_interval=settings.look_interval,
         update_poll=settings.update_poll,
         update_deadline=settings.update_deadline,
         max_put_attempts=settings.max_put_attempts,
         step_deadline_factor=settings.step_deadline_factor,
-        metrics_window=settings.metrics_window,
+        metrics_window=metrics_window,
     )
 
 
@@ -72,7 +72,7 @@ async def run_engine(
         store,
         client,
         clock=clock,
-        timing=timing_from(settings.engine),
+        timing=timing_from(settings.engine, metrics_window=settings.serving.metrics_window),
         default_channels=default_channels,
     )
     reconciler = Reconciler(
