@@ -228,6 +228,10 @@ class CheckEvidence:
     disp_excess: float = 0.0
     disp_info: float = 0.0
     disp_info2: float = 0.0  # sum of m squared: how unevenly the information is spread
+    # Mantel-Haenszel sums of the rate ratio over windows (sum s_c n_b / N, sum s_b n_c / N):
+    # the pooled ratio compares the arms within each window, as the e-values do.
+    mh_num: float = 0.0
+    mh_den: float = 0.0
     kappa: float | None = None
     phi: float | None = None
 
@@ -266,6 +270,8 @@ class CheckEvidence:
             "disp_excess": self.disp_excess,
             "disp_info": self.disp_info,
             "disp_info2": self.disp_info2,
+            "mh_num": self.mh_num,
+            "mh_den": self.mh_den,
             "kappa": self.kappa,
             "phi": self.phi,
         }
@@ -294,6 +300,8 @@ class CheckEvidence:
             disp_excess=float(data.get("disp_excess", 0.0)),
             disp_info=float(data.get("disp_info", 0.0)),
             disp_info2=float(data.get("disp_info2", 0.0)),
+            mh_num=float(data.get("mh_num", 0.0)),
+            mh_den=float(data.get("mh_den", 0.0)),
             kappa=opt("kappa"),
             phi=opt("phi"),
         )
@@ -679,6 +687,8 @@ def _add(
     check.n_c += n_c
     check.n_b += n_b
     check.rho = rho
+    check.mh_num += max(0.0, s_c) * n_b / (n_c + n_b)
+    check.mh_den += max(0.0, s_b) * n_c / (n_c + n_b)
     if information > 0.0:
         # The residual is measured around the ratio fitted with this look in: a steady
         # regression is a shifted mean, not variation (it must not temper its own evidence).
@@ -955,11 +965,14 @@ def _pooled_guard(spec: CheckSpec, check: CheckEvidence, *, scoring_floor: float
     kappa = kappa_estimate(scoring_floor, check.disp_excess, check.disp_info)
     spread = check.disp_info2 / check.disp_info if check.disp_info > 0 else 0.0
     inflation = 1.0 + kappa * spread
-    events_c, events_b = check.events_c + 0.5, check.events_b + 0.5
-    log_theta = math.log((events_c / check.n_c) / (events_b / check.n_b))
-    upper = log_theta + POOLED_Z * math.sqrt((1.0 / events_c + 1.0 / events_b) * inflation)
+    # Pooled within windows (Mantel-Haenszel): pooling the arms' totals across splits would
+    # mix minutes (an incident during the 50 % step weighs on the candidate's total more than
+    # on the baseline's) and see a ratio no window shows.
+    log_theta = math.log((check.mh_num + 0.25) / (check.mh_den + 0.25))
+    upper = log_theta + POOLED_Z * math.sqrt(inflation / max(check.disp_info, 1.0))
     if upper < math.log(check.rho):
         return None
+    events_c = check.events_c + 0.5
     floor = (
         1.0 - (spec.info.quantile or 0.0) if spec.info.kind == "quantile" else spec.max_increase
     )

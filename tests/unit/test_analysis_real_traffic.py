@@ -169,6 +169,9 @@ def test_a_pass_needs_the_pooled_ratio_confidently_within_the_tolerance() -> Non
     check = state.checks[0]
     check.events_c, check.n_c = 190.0, 10_000.0
     check.events_b, check.n_b = 900.0, 90_000.0
+    # Pooled within windows: sum s_c n_b / N against sum s_b n_c / N, and the information.
+    check.mh_num, check.mh_den = 190.0 * 0.9, 900.0 * 0.1
+    check.disp_info = 1090.0 * 0.1 * 0.9
     totals = ArmTotals(windows=5, requests=10_000.0, errors_5xx=190.0)
     base = ArmTotals(windows=5, requests=90_000.0, errors_5xx=900.0)
     state.seen_c, state.seen_b = type(state.seen_c).of(totals), type(state.seen_b).of(base)
@@ -176,7 +179,7 @@ def test_a_pass_needs_the_pooled_ratio_confidently_within_the_tolerance() -> Non
     assert verdict.outcome is Outcome.INCONCLUSIVE
     assert "pass held: the pooled rate ratio 1.9" in verdict.reason
     # The same evidence with a pooled ratio of 1 passes.
-    check.events_c = 100.0
+    check.events_c, check.mh_num = 100.0, 100.0 * 0.9
     state.seen_c = type(state.seen_c).of(ArmTotals(windows=5, requests=10_000.0,
                                                      errors_5xx=100.0))
     calm = ArmTotals(windows=5, requests=10_000.0, errors_5xx=100.0)
