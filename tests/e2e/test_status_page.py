@@ -322,7 +322,9 @@ def test_the_status_page_follows_rollouts_live(
     assert "model-2" in facts
     assert "model-1" in facts
     rows = element.find_elements(By.CSS_SELECTOR, "table.checks tbody tr")
-    assert len(rows) == 2
+    # The policy's two checks, then the 5xx ceiling that also judges the warm-up.
+    assert len(rows) == 3
+    assert "ceiling" in rows[2].text
     first = rows[0].text
     assert "error rate" in first
     assert re.search(r"(pass|fail|inconclusive)", first)
