@@ -342,7 +342,7 @@ class Policy(BaseModel):
     on_deadline: Literal["rollback", "hold"] = "rollback"
     # Real traffic (see ``rollout.analysis.sequential``, "Real traffic"):
     warmup_windows: int = Field(
-        default=2,
+        default=3,
         ge=0,
         le=60,
         description="Metric windows after every split change that are served but not scored "
