@@ -42,6 +42,9 @@ class Look:
     # Everything the candidate served in the split, warm-up included (the 5xx ceiling's input;
     # ``None``: the candidate's scored sums).
     served: ArmTotals | None = None
+    # Both arms' paired sums over the split's warm-up (candidate, baseline): judged only
+    # for gross regressions of a rate (see ``rollout.analysis.sequential``).
+    warmup: tuple[ArmTotals, ArmTotals] | None = None
 
 
 def judge(
@@ -67,6 +70,7 @@ def judge(
         split=look.split,
         final=look.final,
         served=look.served,
+        warmup=look.warmup,
     )
     return _noted(verdict, state, previous_s), new_s
 

@@ -145,6 +145,7 @@ from rollout.analysis.evidence import (
     log_ratio_factor,
     odds_scaled,
     pearson_residual,
+    rate_bounds,
     rate_upper,
     temper,
 )
@@ -331,6 +332,9 @@ class SequentialState:
     # in the current split at the last look.
     ceiling: CheckEvidence | None = None
     served_seen: Seen = field(default_factory=Seen)
+    # The current split's warm-up sums (paired) at the last look, per arm.
+    warm_seen_c: Seen = field(default_factory=Seen)
+    warm_seen_b: Seen = field(default_factory=Seen)
     failed: bool = False
     fail_reason: str = ""
     kind: str = "sequential"
@@ -351,6 +355,8 @@ class SequentialState:
             "checks": [check.to_dict() for check in self.checks],
             "ceiling": None if self.ceiling is None else self.ceiling.to_dict(),
             "served_seen": self.served_seen.to_dict(),
+            "warm_seen_c": self.warm_seen_c.to_dict(),
+            "warm_seen_b": self.warm_seen_b.to_dict(),
             "failed": self.failed,
             "fail_reason": self.fail_reason,
         }
@@ -362,6 +368,8 @@ class SequentialState:
             seen_c=self.seen_c.clone(),
             seen_b=self.seen_b.clone(),
             served_seen=self.served_seen.clone(),
+            warm_seen_c=self.warm_seen_c.clone(),
+            warm_seen_b=self.warm_seen_b.clone(),
             checks=[_copy(c) for c in self.checks],
             ceiling=None if self.ceiling is None else _copy(self.ceiling),
         )
@@ -389,6 +397,8 @@ class SequentialState:
                 else CheckEvidence.from_dict(data["ceiling"])
             ),
             served_seen=Seen.from_dict(data.get("served_seen") or {}),
+            warm_seen_c=Seen.from_dict(data.get("warm_seen_c") or {}),
+            warm_seen_b=Seen.from_dict(data.get("warm_seen_b") or {}),
             failed=bool(data.get("failed", False)),
             fail_reason=str(data.get("fail_reason", "")),
         )
@@ -441,11 +451,13 @@ def judge_sequential(
     split: str,
     final: bool,
     served: ArmTotals | None = None,
+    warmup: tuple[ArmTotals, ArmTotals] | None = None,
 ) -> tuple[Verdict, SequentialState]:
     """Score the new data, update every check's evidence, and decide (see module docstring).
 
     ``served`` is everything the candidate served in the split, warm-up included: the 5xx
-    ceiling judges it (default: ``candidate``).
+    ceiling judges it (default: ``candidate``). ``warmup`` is both arms' paired sums over the
+    split's warm-up: relative rate checks judge it for gross regressions only.
     """
     new = state.clone() if state is not None else SequentialState()  # never mutate the caller's
     notes: list[str] = []
@@ -456,6 +468,7 @@ def judge_sequential(
     ceiling = _score_ceiling(policy, new, served if served is not None else candidate,
                              new_split=new_split,
                              scoring=_Scoring.of(policy, CEILING_CAP_SHARE))
+    _score_warmup(policy, new, warmup, new_split=new_split, scoring=scoring)
 
     if delta.usable:
         for spec, check in zip(policy.checks, new.checks, strict=True):
@@ -481,6 +494,84 @@ def judge_sequential(
     verdict = _decide(policy, new, candidate, baseline, split=split, final=final, notes=notes,
                       ceiling=ceiling)
     return verdict, new
+
+
+# During a warm-up, a relative rate check is judged against "no worse than the tolerance, or
+# this much more": what cold replicas' timeouts can add. A candidate beyond that is broken,
+# not cold, and every window of evidence counts.
+COLD_ALLOWANCE = 0.01
+# The one-sided miss probability of the baseline rate's lower bound that sets that null.
+COLD_BOUND_DELTA = 0.01
+
+
+def _score_warmup(
+    policy: Policy,
+    state: SequentialState,
+    warmup: tuple[ArmTotals, ArmTotals] | None,
+    *,
+    new_split: bool,
+    scoring: _Scoring,
+) -> None:
+    """Score the split's warm-up windows for gross regressions of a rate.
+
+    The warm-up's factors test the null "the candidate's rate is at most rho0 times the
+    baseline's" (rho0: the tolerance, or ``COLD_ALLOWANCE`` above a lower bound of the
+    baseline's rate, whichever is larger) against alternatives beyond it. Under "no worse
+    than the baseline" each factor has expectation at most 1 (the conditional test's ratios
+    increase with the candidate's events, and a smaller true ratio makes them smaller), so
+    they multiply into the check's fail components like any window's; nothing of the warm-up
+    reaches the pass side.
+    """
+    if new_split:
+        state.warm_seen_c, state.warm_seen_b = Seen(), Seen()
+    if warmup is None:
+        return
+    now_c, now_b = Seen.of(warmup[0]), Seen.of(warmup[1])
+    before_c, before_b = state.warm_seen_c, state.warm_seen_b
+    state.warm_seen_c, state.warm_seen_b = now_c, now_b
+    if before_c.went_back(now_c) or before_b.went_back(now_b):
+        return
+    delta = _Delta(now_c, now_b, before_c, before_b, usable=True)
+    for spec, check in zip(policy.checks, state.checks, strict=True):
+        source = spec.info.source
+        if spec.compare != "baseline" or spec.info.kind != "rate" or delta.gap(source):
+            continue
+        # The baseline's rate from everything before this look: scored looks and warm-ups.
+        base_events = before_b.get(source) + (
+            state.base_errors_5xx if source == "errors_5xx" else state.base_errors_4xx
+        )
+        base_requests = before_b.requests + state.base_requests
+        if base_events < THETA_MIN_EVENTS:
+            continue
+        low, high = rate_bounds(base_events, base_requests, COLD_BOUND_DELTA)
+        tolerance = max(spec.max_ratio or 1.0,
+                        1.0 + (spec.max_increase or 0.0) / max(high, 1e-12))
+        rho0 = max(tolerance, 1.0 + COLD_ALLOWANCE / max(low, 1e-12))
+        look = (delta.get("c", source), delta.get("c", "requests"),
+                delta.get("b", source), delta.get("b", "requests"))
+        _add_gross(check, look, rho0, scoring)
+
+
+def _add_gross(
+    check: CheckEvidence,
+    look: tuple[float, float, float, float],
+    rho0: float,
+    scoring: _Scoring,
+) -> None:
+    """One warm-up look against the null ratio ``rho0`` (see ``_score_warmup``)."""
+    s_c, n_c, s_b, n_b = look
+    if n_c <= 0.0 or n_b <= 0.0 or s_c + s_b <= 0.0:
+        return
+    kappa = kappa_estimate(scoring.kappa_floor, check.disp_excess, check.disp_info)
+    phi = 1.0 + kappa * conditional_information(s_c, n_c, s_b, n_b, rho0)
+    null = log_ratio_factor(s_c, n_c, s_b, n_b, rho0)
+    base = max(check.rho or MIN_FAIL_RATIO, MIN_FAIL_RATIO)
+    for i, exponent in enumerate(FAIL_EXPONENTS):
+        check.fail[i] += temper(
+            log_ratio_factor(s_c, n_c, s_b, n_b, rho0 * base**exponent) - null,
+            phi,
+            scoring.cap,
+        )
 
 
 def _score_ceiling(

@@ -107,6 +107,9 @@ class _Unit:
     candidate: ArmTotals
     baseline: ArmTotals
     served: ArmTotals
+    # The warm-up's paired sums (canary and A/B): judged only for gross regressions.
+    warm_candidate: ArmTotals | None = None
+    warm_baseline: ArmTotals | None = None
 
 
 @dataclass
@@ -943,19 +946,24 @@ def _accumulate(turn: _Turn) -> None:
     mine = [w for w in windows if w.entity == candidate]
     theirs = {w.start_ms: w for w in windows if w.entity == state.baseline}
     arm_c, arm_b, served = ArmTotals(), ArmTotals(), ArmTotals()
+    warm_c, warm_b = ArmTotals(), ArmTotals()
     units: list[_Unit] = []
     for index, window in enumerate(mine):
         served.add(window)
         start = window.start_ms or 0
+        partner = theirs.get(start)
         if start >= scored_ms:
-            partner = theirs.get(start)
             if not paired:
                 arm_c.add(window)
             elif partner is not None:
                 arm_c.add(window)
                 arm_b.add(partner)
+        elif paired and partner is not None:
+            warm_c.add(window)
+            warm_b.add(partner)
         if index >= state.judged_windows:
-            units.append(_Unit(arm_c.copy(), arm_b.copy(), served.copy()))
+            units.append(_Unit(arm_c.copy(), arm_b.copy(), served.copy(),
+                               warm_c.copy(), warm_b.copy()))
     mine_starts = {w.start_ms for w in mine}
     turn.unpaired = 0 if not paired else sum(
         1 for w in mine if (w.start_ms or 0) >= scored_ms and w.start_ms not in theirs
@@ -966,7 +974,8 @@ def _accumulate(turn: _Turn) -> None:
     changed = any(getattr(state, name) != value for name, value in changes.items())
     if not units and changed:
         # A revised window, or a late partner of one judged before: one more unit.
-        units.append(_Unit(arm_c, arm_b if paired else state.control.totals(), served))
+        units.append(_Unit(arm_c, arm_b if paired else state.control.totals(), served,
+                           warm_c, warm_b))
     turn.units = units
     turn.arrived = bool(units)
     turn.set(judged_windows=len(mine), **changes)
@@ -1018,6 +1027,8 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
             split=f"{state.step}@{state.split_applied_at}",
             final=final,
             served=unit.served,
+            warmup=None if unit.warm_candidate is None or unit.warm_baseline is None
+            else (unit.warm_candidate, unit.warm_baseline),
             note="; ".join(notes) or None,
         )
         judge_state = look.state

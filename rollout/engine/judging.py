@@ -34,13 +34,15 @@ def judge_look(
     split: str,
     final: bool,
     served: ArmTotals | None = None,
+    warmup: tuple[ArmTotals, ArmTotals] | None = None,
     note: str | None = None,
 ) -> Look:
     previous = state_from_dict(judge_state or None)
     verdict, new_state = judge(
         policy,
         JudgeInput(
-            candidate=candidate, baseline=baseline, split=split, final=final, served=served
+            candidate=candidate, baseline=baseline, split=split, final=final, served=served,
+            warmup=warmup,
         ),
         previous,
     )

@@ -191,3 +191,24 @@ def test_a_new_split_starts_its_sums_and_warm_up_afresh() -> None:
     after = look(moved, (*both(10), *both(11)), T0 + 720)
     assert after.state.candidate.requests == 0.0  # minutes 10 and 11 are the new warm-up
     assert after.state.served.requests == 200.0
+
+
+@pytest.mark.parametrize(
+    ("name", "candidate_errors", "gains"),
+    [
+        # 5x the baseline's 1 %: broken, not cold; the warm-up's evidence counts.
+        ("a gross regression", 150.0, True),
+        # +0.5 points (timeouts on cold replicas) is within what the warm-up allows.
+        ("a cold start", 45.0, False),
+    ],
+)
+def test_the_warm_up_is_judged_for_gross_regressions_only(
+    name: str, candidate_errors: float, gains: bool
+) -> None:
+    windows = tuple(w for minute in range(3) for w in both(
+        minute, cand=(3000.0, candidate_errors), base=(57000.0, 570.0)))
+    decision = look(progressing(weight=5), windows, T0 + 180)
+    assert decision.state.candidate.requests == 0.0, "all three windows are the warm-up"
+    fail = decision.state.judge_state["checks"][0]["fail"]
+    assert (max(fail) > 1.0) is gains, (name, fail)
+    assert decision.state.phase is Phase.PROGRESSING
