@@ -86,7 +86,11 @@ bench.decisions``, one row per traffic model in the README):
   plan step's ``warmup``) are served but not scored; cold replicas look like a regression
   that is gone a few minutes later. The 5xx ``error_ceiling`` (default 20 %) judges every
   window the candidate served, warm-up included, as one more always-valid check (it takes
-  its share of the budget), so a gross failure is not waited out.
+  its share of the budget), so a gross failure is not waited out. And a relative rate check
+  judges the warm-up's paired windows against a wider null, "within the tolerance or 1 point
+  above the baseline" (what cold replicas' timeouts add): those factors are valid under "no
+  worse than the baseline" too and count towards a fail, never a pass, so a candidate that
+  is broken rather than cold is rolled back a window or two sooner.
 * Windows as units, tempered. Each new window is one look. Its log likelihood ratios are
   divided by the window's dispersion phi = 1 + kappa x m (``rollout.analysis.evidence``):
   m is the window's binomial information, kappa the squared coefficient of variation of the
