@@ -144,7 +144,8 @@ def _plan(version: str, name: str) -> dict[str, Any]:
             "scale_to_zero_enabled": False,
         },
         "strategy": "canary",
-        "steps": [{"weight": 20, "bake": "6s"}, {"weight": 50, "bake": "6s"}],
+        # Each step's first three 2 s windows are its warm-up (served, not scored).
+        "steps": [{"weight": 20, "bake": "12s"}, {"weight": 50, "bake": "12s"}],
         "policy": DEMO_POLICY,
     }
 

@@ -773,6 +773,10 @@ def _progressing(turn: _Turn) -> None:
         bool(verdict.get("may_advance")) if not last_step else verdict.get("outcome") == "pass"
     )
     if may_advance:
+        if verdict.get("outcome") != "pass":
+            # Moved on at the end of its bake with no check leaning towards a regression
+            # (advance: lean): not a pass, and never shown as one.
+            turn.set(leaned_steps=sorted({*turn.state.leaned_steps, state.step}))
         _advance(turn)
         return
     step_deadline = bake * turn.timing.step_deadline_factor
@@ -1068,6 +1072,12 @@ def _advance(turn: _Turn) -> None:
         reason = (
             f"the judged steps passed ({_skipped_text(plan, state.skipped_steps)} by an "
             "operator); candidate to 100 %"
+        )
+    elif state.leaned_steps:
+        leaned = ", ".join(str(step + 1) for step in state.leaned_steps)
+        reason = (
+            f"the last step passed; step(s) {leaned} of {len(weights)} moved on at the end of "
+            "their bake with no check leaning towards a regression; candidate to 100 %"
         )
     else:
         reason = "all steps passed; candidate to 100 %"

@@ -165,6 +165,8 @@ class RolloutState(BaseModel):
     served: Arm = Field(default_factory=Arm)
     # The current split's candidate windows judged so far (each window is one unit of evidence).
     judged_windows: int = 0
+    # Steps (from 0) that moved on at the end of their bake without a pass (advance: lean).
+    leaned_steps: list[int] = Field(default_factory=list)
     judge_state: dict[str, Any] = Field(default_factory=dict)
     last_verdict: dict[str, Any] | None = None
     preflight_pending: bool = False

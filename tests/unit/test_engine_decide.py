@@ -1142,6 +1142,21 @@ def test_only_the_judges_passes_say_the_steps_passed(skipped: list[int], reason:
     assert promoting.data == {"promoted_by": "judge", "skipped_steps": skipped}
 
 
+def test_a_step_that_moved_on_without_a_pass_is_not_called_passed() -> None:
+    # Step 1 ends its bake inconclusive with nothing leaning bad: it moves on, as a lean.
+    leaning = judged("inconclusive", may_advance=True, step=0, weight=10)
+    moved = run(Case("", leaning, Observation(endpoint=live(10)), now=T0 + 600))
+    assert moved.state.leaned_steps == [0]
+    assert isinstance(moved.effect, PutConfig)
+    assert moved.effect.target.purpose == "step"
+    # The last step passes: the promotion says what each step did.
+    last = judged("pass", may_advance=True, step=1, weight=50, leaned_steps=[0])
+    decision = run(Case("", last, Observation(endpoint=live(50)), now=T0 + 600))
+    promoting = next(e for e in decision.events if e.kind == "promoting")
+    assert "all steps passed" not in promoting.reason
+    assert promoting.reason.startswith("the last step passed; step(s) 1 of 2 moved on")
+
+
 def test_the_success_alert_names_the_skipped_steps() -> None:
     promoting = state(Phase.PROMOTING, step=1, skipped_steps=[1],
                       target=target("promote", {CAND: 100}))
