@@ -123,6 +123,11 @@ class Rollout(BaseModel):
         description="Indexes (0-based, as step) of the steps an operator's promote skipped "
         "before the judge finished them: skipped, not passed.",
     )
+    leaned_steps: list[int] = Field(
+        default_factory=list,
+        description="Indexes (0-based, as step) of the steps that moved on at the end of their "
+        "bake without a pass, no check leaning towards a regression (advance: lean).",
+    )
     last_verdict: Verdict | None
     pause_reason: str | None
     ending_reason: str | None
@@ -310,6 +315,7 @@ def rollout_view(record: RolloutRecord) -> Rollout:
         steps=steps,
         candidate_weight=state.candidate_weight,
         skipped_steps=list(state.skipped_steps),
+        leaned_steps=list(state.leaned_steps),
         last_verdict=_verdict(state.last_verdict),
         pause_reason=state.pause_reason,
         ending_reason=state.ending_reason,
