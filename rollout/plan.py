@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -27,6 +28,7 @@ from pydantic import (
 
 from rollout.analysis.ab import OBJECTIVES
 from rollout.analysis.spec import Policy
+from rollout.metrics.model import Histogram
 from rollout.policies import PolicyLibrary, PolicyNotFoundError, policy_errors
 from rollout.units import format_duration, parse_duration
 
@@ -476,11 +478,14 @@ def effective_ratio(ratio: float, quantile_ms: float,
     return None if level is None else level / quantile_ms
 
 
-def plan_notes(plan: AnyPlan, policy: Policy, *, metrics_window: float = 60.0) -> list[str]:
+def plan_notes(
+    plan: AnyPlan, policy: Policy, *, metrics_window: float = 60.0, buckets: bool = True
+) -> list[str]:
     """What a valid plan will do that its author may not expect (shown by validate and
-    submit; never a refusal)."""
+    submit; never a refusal). ``buckets``: include the general note on latency tolerances
+    finer than the exported buckets (a submission says it with the endpoint's numbers)."""
     notes: list[str] = []
-    for check in policy.checks:
+    for check in policy.checks if buckets else ():
         if check.compare != "baseline" or check.info.kind != "quantile":
             continue
         ratio = check.max_ratio or 1.0
@@ -492,10 +497,9 @@ def plan_notes(plan: AnyPlan, policy: Policy, *, metrics_window: float = 60.0) -
             notes.append(
                 f"{check.describe()}: the tolerance is finer than the exported latency "
                 f"buckets (adjacent bounds up to {widest:g}x apart below 10 s); the check counts "
-                "requests "
-                "above the first bucket bound beyond the tolerance, so the effective tolerance "
-                f"is between {ratio:g}x and {ratio * widest:.3g}x depending on where the "
-                f"baseline's quantile sits (a 120 ms baseline is judged at "
+                "requests above the first bucket bound beyond the tolerance, so the effective "
+                f"tolerance is between {ratio:g}x and {ratio * widest:.3g}x depending on where "
+                f"the baseline's quantile sits (a 120 ms baseline is judged at "
                 f"{(example or 0) * 120:g} ms, {example or 0:.2g}x); every verdict shows the "
                 "level used"
             )
@@ -509,6 +513,36 @@ def plan_notes(plan: AnyPlan, policy: Policy, *, metrics_window: float = 60.0) -
                     f"than the bake ({format_duration(step.bake)}): nothing is scored before "
                     "the bake ends, so the step waits for its deadline"
                 )
+    return notes
+
+
+def resolution_notes(policy: Policy, baseline_latency: Histogram | None) -> list[str]:
+    """For a submission: the latency checks whose tolerance the endpoint's buckets cannot
+    resolve at the baseline's current quantile, with the tolerance they will apply."""
+    if baseline_latency is None or baseline_latency.total <= 0:
+        return []
+    bounds = tuple(b for b in baseline_latency.bounds if math.isfinite(b))
+    notes = []
+    for check in policy.checks:
+        if check.compare != "baseline" or check.info.kind != "quantile" or check.info.quantile \
+                is None or check.info.source != "latency":
+            continue
+        value = baseline_latency.quantile(check.info.quantile)
+        if value is None or value <= 0:
+            continue
+        target = check.tolerated(value)
+        level = next((b for b in bounds if b >= target), None)
+        if level is None:
+            notes.append(f"{check.describe()}: the baseline's {check.metric} is about "
+                         f"{value:.0f} ms, beyond the exported buckets: the check cannot "
+                         "judge it")
+        elif level / value > (target / value) * 1.2:
+            notes.append(
+                f"{check.describe()}: the baseline's {check.metric} is about {value:.0f} ms; "
+                f"the exported buckets put the first bound beyond {target:.0f} ms at "
+                f"{level:g} ms, so the check tells a regression beyond {level / value:.2g}x "
+                f"the baseline, not {target / value:.3g}x"
+            )
     return notes
 
 

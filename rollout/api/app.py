@@ -69,8 +69,17 @@ from rollout.clock import Clock
 from rollout.engine.decide import DEFAULT_TIMING, Timing
 from rollout.engine.runner import new_rollout
 from rollout.engine.traffic import DATABRICKS_WINDOW_SECONDS, low_traffic_warning, recent_traffic
-from rollout.metrics.parse import MetricsError, parse_export_metrics
-from rollout.plan import AnyPlan, Plan, PlanError, resolve_policy, validate_plan
+from rollout.metrics.model import Histogram
+from rollout.metrics.parse import MetricsError, Scrape, parse_export_metrics
+from rollout.plan import (
+    AnyPlan,
+    Plan,
+    PlanError,
+    plan_notes,
+    resolution_notes,
+    resolve_policy,
+    validate_plan,
+)
 from rollout.policies import PolicyLibrary
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import (
@@ -229,6 +238,17 @@ def create_api(
     return app
 
 
+def _baseline_latency(scrape: Scrape, baseline: str | None) -> Histogram | None:
+    """The baseline's latency histogram in a scrape: the named entity, or the one that served
+    the most requests (the entity a rollout takes as its baseline)."""
+    windows = [w for w in scrape.windows if w.entity is not None and w.latency is not None]
+    if baseline is not None:
+        windows = [w for w in windows if w.entity == baseline]
+    if not windows:
+        return None
+    return max(windows, key=lambda w: w.requests).latency
+
+
 class _Service:
     """What the routes do, over the injected handles."""
 
@@ -340,11 +360,12 @@ class _Service:
         except (TimeoutError, ServingError, MetricsError) as exc:
             log.info("api.traffic_unknown", endpoint=plan.endpoint, error=str(exc) or repr(exc))
             return []
+        notes = resolution_notes(policy, _baseline_latency(scrape, plan.baseline))
         traffic = recent_traffic(scrape, window_seconds=self.metrics_window)
         if traffic is None:
-            return []
+            return notes
         warning = low_traffic_warning(plan.endpoint, plan, policy, self.timing, traffic)
-        return [] if warning is None else [warning]
+        return notes if warning is None else [warning, *notes]
 
     async def submit(self, body: bytes, kind: str) -> tuple[RolloutRecord, list[str]]:
         try:
@@ -356,7 +377,10 @@ class _Service:
         if active is not None:
             raise _rollout_active(plan.endpoint, active.id)
         await self.check_endpoint(plan.endpoint)
-        warnings = await self.traffic_warnings(plan, policy)
+        warnings = [
+            *await self.traffic_warnings(plan, policy),
+            *plan_notes(plan, policy, metrics_window=self.metrics_window, buckets=False),
+        ]
         record, event = new_rollout(plan, policy, self.clock.now())
         try:
             stored = await self.in_thread(self.store.create, record, event, [])

@@ -274,11 +274,11 @@ async def test_low_traffic_is_said_at_submission_with_the_numbers(
     expected = served / 60 * 0.05 * 1800  # 5 % for bake 10m x step_deadline_factor 3
     rate = served / 60
     shown = f"{rate:.1f}" if rate >= 1 else f"{rate:.2g}"
-    assert body["warnings"] == [(
+    assert body["warnings"][0] == (
         f"low traffic: {ENDPOINT} served {shown} req/s over the last 1m; at 5 % for 30m (bake "
         f"10m x step_deadline_factor 3) the candidate would see about {expected:,.0f} "
         "requests, below min_requests 50: expect the rollout to pause for a person"
-    )]
+    )
     assert harness.store.get(body["id"]).phase == "pending"
 
 
@@ -288,7 +288,24 @@ async def test_enough_traffic_says_nothing(
     serve_for_a_minute(sandbox_admin, harness, qps=200)
     response = await submit_yaml(api)
     assert response.status_code == 201, response.text
-    assert response.json()["warnings"] == []
+    assert not [w for w in response.json()["warnings"] if w.startswith("low traffic")]
+
+
+async def test_a_latency_tolerance_the_buckets_cannot_resolve_is_said_with_the_numbers(
+    api: httpx.AsyncClient, harness: Harness, sandbox_admin: httpx.Client
+) -> None:
+    # The sandbox's default profile: p99 200 ms, inside the (100, 250] ms bucket, so the
+    # default policy's 1.25x is judged at the 500 ms bound.
+    serve_for_a_minute(sandbox_admin, harness, qps=200)
+    response = await submit_yaml(api)
+    assert response.status_code == 201, response.text
+    notes = [w for w in response.json()["warnings"] if "exported buckets" in w]
+    assert len(notes) == 1, response.json()["warnings"]
+    note = notes[0]
+    assert note.startswith("latency_p99_ms vs baseline: max_ratio 1.25: the baseline's ")
+    assert "first bound beyond" in note
+    assert "at 500 ms" in note
+    assert note.endswith("not 1.25x")
 
 
 async def test_unreadable_metrics_never_fail_a_submission(

@@ -227,13 +227,13 @@ def test_submit_warns_of_low_traffic_on_stderr(
     result = cli("submit", str(plan_file), "--server", server.url)
     assert result.exit_code == 0, result.output
     assert len(result.stdout.strip().splitlines()) == 1, "stdout holds the id alone"
-    warning = result.stderr.strip()
+    warning = result.stderr.strip().splitlines()[0]
     assert warning.startswith(f"warning: low traffic: {ENDPOINT} served "), warning
     assert "below min_requests 50: expect the rollout to pause for a person" in warning
     move(store, result.stdout.strip(), "aborted")
     as_json = cli("submit", str(plan_file), "--server", server.url, "-o", "json")
     assert as_json.exit_code == 0, as_json.output
-    assert json.loads(as_json.stdout)["warnings"] == [warning.removeprefix("warning: ")]
+    assert json.loads(as_json.stdout)["warnings"][0] == warning.removeprefix("warning: ")
 
 
 def test_an_invalid_plan_lists_each_field(server: ApiServer, tmp_path: Path) -> None:
