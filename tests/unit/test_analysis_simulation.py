@@ -13,9 +13,9 @@ import bisect
 import itertools
 import math
 import random
+from statistics import NormalDist
 
 import pytest
-from statistics import NormalDist
 
 from rollout.analysis import Look, Outcome, Policy, judge
 from rollout.analysis.judge import JudgeState

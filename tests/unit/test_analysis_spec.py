@@ -130,7 +130,7 @@ def test_the_error_ceiling_takes_a_share_of_the_budget_unless_switched_off() -> 
 
 @pytest.mark.parametrize("bad", ["0%", "100%", "150%", "x"])
 def test_an_error_ceiling_outside_0_and_100_percent_is_refused(bad: str) -> None:
-    with pytest.raises(ValueError, match="error_ceiling|rate"):
+    with pytest.raises(ValueError, match=r"error_ceiling|rate"):
         Policy.model_validate({
             "checks": [{"metric": "error_rate", "max": "2%"}], "error_ceiling": bad,
         })
