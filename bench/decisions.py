@@ -10,8 +10,8 @@ traffic as it really is (one scenario per effect, drawn with ``rollout.sandbox.r
 model the sandbox serves).
 
 Run: ``python -m bench.decisions`` (every scenario, 2 worker processes; the default judge on
-200 seeds per scenario cell and ``--control-seeds`` (100) per control cell, the other judges
-on the first ``--other-seeds`` (30) of them: a whole run stays within 20 minutes on 2 cores);
+200 seeds per scenario cell and ``--control-seeds`` (30) per control cell, the other judges
+on the first ``--other-seeds`` (15) of them: a whole run stays within 20 minutes on 2 cores);
 ``--quick`` is a smoke run (10 seeds); ``--seeds N``, ``--workers N``, ``--judges a,b``,
 ``--scenarios a,b`` (a name selects the scenarios it names or prefixes: ``cold`` is ``cold``
 and ``cold-mild``); ``--profile`` profiles one cell in-process and prints where the time goes.
@@ -1020,9 +1020,13 @@ def simulate_cell(
         "trace_seconds": trace_seconds,
     }
     if "default" in runs and "flagger-compatible" in runs:
+        # The seeds both judges ran (the default's first ones): the same traces, paired.
         pairs = list(zip(runs["default"], runs["flagger-compatible"], strict=False))
         result["paired"] = {
+            "seeds": len(pairs),
             "default_blast_le_flagger": sum(d.blast <= f.blast for d, f in pairs) / len(pairs),
+            "default_blast_mean": statistics.fmean(d.blast for d, _ in pairs),
+            "flagger_blast_mean": statistics.fmean(f.blast for _, f in pairs),
         }
     if error_cell:
         p1 = sprt_alternative(cell)
@@ -1197,13 +1201,17 @@ def _blast_target(cells: list[dict[str, Any]]) -> dict[str, Any]:
         if d is None or f is None or c["cell"]["effect"] == "none":
             continue
         checked += 1
-        if d["blast_mean"] > 0.5 * f["blast_mean"] and d["blast_mean"] > 0.0:
+        # On the seeds both ran (the same traces) when the judges ran different numbers.
+        paired = c.get("paired") or {}
+        mine = paired.get("default_blast_mean", d["blast_mean"])
+        theirs = paired.get("flagger_blast_mean", f["blast_mean"])
+        if mine > 0.5 * theirs and mine > 0.0:
             notes = _blast_context(c, healthy)
             plain += notes[0].startswith("no mitigating")
-            misses.append(f"{_where(c)}: {d['blast_mean']:.1f} vs {f['blast_mean']:.1f} 5xx"
+            misses.append(f"{_where(c)}: {mine:.1f} vs {theirs:.1f} 5xx"
                           f" [{'; '.join(notes)}]")
-    target = _target("control: default mean blast radius <= 1/2 of flagger-compatible's "
-                     "(regression cells)", checked, misses)
+    target = _target("control: default mean blast radius <= 1/2 of flagger-compatible's on "
+                     "the seeds both ran (regression cells)", checked, misses)
     target["misses_without_mitigating_reason"] = plain
     return target
 
@@ -1641,10 +1649,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seeds", type=int, default=200,
                         help="seeds (rollouts) per cell for the default judge")
-    parser.add_argument("--other-seeds", type=int, default=30,
+    parser.add_argument("--other-seeds", type=int, default=15,
                         help="seeds per cell for the other judges and the scenarios' SPRT "
                         "(at most the default judge's)")
-    parser.add_argument("--control-seeds", type=int, default=100,
+    parser.add_argument("--control-seeds", type=int, default=30,
                         help="the default judge's seeds per cell on the control grid (at most "
                         "--seeds)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 10 seeds per cell")
