@@ -149,7 +149,6 @@ from rollout.analysis.evidence import (
     log_ratio_factor,
     odds_scaled,
     pearson_residual,
-    rate_bounds,
     rate_upper,
     temper,
 )
@@ -504,8 +503,8 @@ def judge_sequential(
 # this much more": what cold replicas' timeouts can add. A candidate beyond that is broken,
 # not cold, and every window of evidence counts.
 COLD_ALLOWANCE = 0.01
-# The one-sided miss probability of the baseline rate's lower bound that sets that null.
-COLD_BOUND_DELTA = 0.01
+# The normal score of the band on the baseline's rate that sets that null (about 99 % a side).
+COLD_BOUND_Z = 2.33
 
 
 def _score_warmup(
@@ -547,13 +546,20 @@ def _score_warmup(
         base_requests = before_b.requests + state.base_requests
         if base_events < THETA_MIN_EVENTS:
             continue
-        low, high = rate_bounds(base_events, base_requests, COLD_BOUND_DELTA)
+        low, high = _rate_band(base_events, base_requests)
         tolerance = max(spec.max_ratio or 1.0,
                         1.0 + (spec.max_increase or 0.0) / max(high, 1e-12))
         rho0 = max(tolerance, 1.0 + COLD_ALLOWANCE / max(low, 1e-12))
         look = (delta.get("c", source), delta.get("c", "requests"),
                 delta.get("b", source), delta.get("b", "requests"))
         _add_gross(check, look, rho0, scoring)
+
+
+def _rate_band(events: float, n: float) -> tuple[float, float]:
+    """A cheap two-sided band on a rate from counts, about 99 % each side (Poisson normal
+    approximation with a continuity margin): ample for setting the warm-up's null."""
+    spread = COLD_BOUND_Z * math.sqrt(events + 1.0)
+    return max(0.0, events - spread) / n, (events + 1.0 + spread) / n
 
 
 def _add_gross(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -53,6 +53,10 @@ class CheckResult:
     missing: bool = False
     leans_bad: bool = False  # the evidence so far favours a regression (blocks "lean" advances)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe, as ``Verdict.to_dict``."""
+        return {f.name: _json_safe(getattr(self, f.name)) for f in fields(self)}
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -79,9 +83,15 @@ class Verdict:
     missing: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe: enums as strings, non-finite numbers as ``"+Inf"``/``"-Inf"``/``None``."""
-        result = _json_safe(asdict(self))
-        assert isinstance(result, dict)  # noqa: S101  # asdict of a dataclass is a dict
+        """JSON-safe: enums as strings, non-finite numbers as ``"+Inf"``/``"-Inf"``/``None``.
+
+        Field by field rather than ``dataclasses.asdict``, whose deep copies cost more than
+        the judging itself at every look.
+        """
+        result = {
+            f.name: _json_safe(getattr(self, f.name)) for f in fields(self) if f.name != "checks"
+        }
+        result["checks"] = [check.to_dict() for check in self.checks]
         return result
 
     def check(self, description: str) -> CheckResult:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from rollout.analysis.ab import ab_report
 from rollout.analysis.control import against_control
+from rollout.analysis.judge import Look as JudgeInput
 from rollout.analysis.spec import Policy
 from rollout.engine.judging import Look, judge_look
 from rollout.engine.model import (
@@ -1020,23 +1021,20 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
         notes.append("export-metrics has no per-entity series; arms cannot be told apart")
     elif turn.obs.metrics_error:
         notes.append(turn.obs.metrics_error)
-    judge_state = state.judge_state
-    look: Look | None = None
-    for unit in units:
-        look = judge_look(
-            policy,
-            unit.candidate,
-            control if bake_against_control else unit.baseline,
-            judge_state,
-            split=f"{state.step}@{state.split_applied_at}",
+    split = f"{state.step}@{state.split_applied_at}"
+    inputs = [
+        JudgeInput(
+            candidate=unit.candidate,
+            baseline=control if bake_against_control else unit.baseline,
+            split=split,
             final=final,
             served=unit.served,
             warmup=None if unit.warm_candidate is None or unit.warm_baseline is None
             else (unit.warm_candidate, unit.warm_baseline),
-            note="; ".join(notes) or None,
         )
-        judge_state = look.state
-    assert look is not None  # noqa: S101  # units is never empty here
+        for unit in units
+    ]
+    look = judge_look(policy, inputs, state.judge_state, note="; ".join(notes) or None)
     verdict = dict(look.verdict)
     verdict["may_advance"] = look.may_advance
     verdict["at"] = turn.now

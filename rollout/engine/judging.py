@@ -7,13 +7,13 @@ stays serialisable. Pure.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rollout.analysis.judge import Look as JudgeInput
 from rollout.analysis.judge import judge, state_from_dict
 from rollout.analysis.spec import Policy
-from rollout.metrics.model import ArmTotals
 
 
 @dataclass(frozen=True)
@@ -27,25 +27,19 @@ class Look:
 
 def judge_look(
     policy: Policy,
-    candidate: ArmTotals,
-    baseline: ArmTotals,
+    inputs: Sequence[JudgeInput],
     judge_state: dict[str, Any],
     *,
-    split: str,
-    final: bool,
-    served: ArmTotals | None = None,
-    warmup: tuple[ArmTotals, ArmTotals] | None = None,
     note: str | None = None,
 ) -> Look:
-    previous = state_from_dict(judge_state or None)
-    verdict, new_state = judge(
-        policy,
-        JudgeInput(
-            candidate=candidate, baseline=baseline, split=split, final=final, served=served,
-            warmup=warmup,
-        ),
-        previous,
-    )
+    """Judge each input in turn (one per new window), the state carried from one to the next;
+    the verdict is the last one's (a fail on the way stays: a fail is final)."""
+    state = state_from_dict(judge_state or None)
+    verdict = None
+    for one in inputs:
+        verdict, state = judge(policy, one, state)
+    if verdict is None or state is None:
+        raise ValueError("judge_look needs at least one input")
     data = verdict.to_dict()
     reason = verdict.reason if note is None else f"{verdict.reason} ({note})"
     data["reason"] = reason
@@ -54,5 +48,5 @@ def judge_look(
         may_advance=verdict.may_advance,
         reason=reason,
         verdict=data,
-        state=new_state.to_dict(),
+        state=state.to_dict(),
     )
