@@ -14,7 +14,9 @@ Run: ``python -m bench.decisions`` (every scenario, 2 worker processes; the defa
 on the first ``--other-seeds`` (15) of them: a whole run stays within 20 minutes on 2 cores);
 ``--quick`` is a smoke run (10 seeds); ``--seeds N``, ``--workers N``, ``--judges a,b``,
 ``--scenarios a,b`` (a name selects the scenarios it names or prefixes: ``cold`` is ``cold``
-and ``cold-mild``); ``--profile`` profiles one cell in-process and prints where the time goes.
+and ``cold-mild``); ``--update`` re-runs only those scenarios and merges them into the report
+already in ``--out`` (run with the same seeds and judges), noting the re-run in it;
+``--profile`` profiles one cell in-process and prints where the time goes.
 Output: a table on stdout, ``bench/results/decisions.md``, ``decisions.json``,
 ``decisions.png`` (the control grid) and ``decisions-scenarios.png``.
 
@@ -38,7 +40,9 @@ The scenarios: base 5xx rate 1 %, 10, 100 and 1000 requests/s, the candidate's e
 4. ``own-cv0.3``, ``own-cv0.5``, ``own-cv1.0``: the candidate's own per-window 5xx multiplier
    (CV 1.0 is reported, not a target);
 5. ``hiccups``: 20 replicas at 100 % (so 1 for the candidate at 5 %), each hiccuping in 1 of 10
-   windows with 30 % 5xx for a quarter of the minute, both arms;
+   windows with 30 % 5xx for a quarter of the minute, both arms; here ``err xN`` multiplies the
+   candidate's mean 5xx rate, hiccups included (multiplying its base rate alone would make a
+   1.6x regression of the mean at 1 %, inside the default's 2x tolerance);
 6. ``cold``: the candidate's first 3 windows after every split change at 3x latency and +0.5
    point 5xx (timeouts); ``cold-mild``: 1 window at 1.5x latency;
 7. ``same-p99``: baseline p50 40 / p99 300 ms log-normal; candidate p50 120 ms, the same p99,
@@ -68,8 +72,9 @@ window k and every split the plan can produce map to one fixed window of counts 
 whichever judge asks, and one fixed delivery (the faults of window k hit the same arm the same
 way for every judge). Each arm's traffic is a nested Poisson stream: between consecutive levels
 of the arm's weight (candidate 0-5-25-50 %, baseline 0-50-75-95 %) an increment window is drawn
-by the sandbox's ``simulate_window`` (``rollout.sandbox.traffic``: Poisson requests, binomial
-5xx and 4xx, multinomial latency buckets) at ``qps * (level step)``, from a ``random.Random``
+as the sandbox's ``simulate_window`` draws one entity's window (``rollout.sandbox.traffic``:
+Poisson requests, binomial 5xx and 4xx, multinomial latency buckets; the same random numbers in
+the same order) at ``qps * (level step)``, from a ``random.Random``
 seeded with the string (master seed, cell, seed, window index, arm, level step); an arm at a
 given weight receives the sum of the increments up to it. Hence (1) two judges on the same split
 in window k receive identical windows; (2) on different splits, the judge with the larger
@@ -197,8 +202,9 @@ from rollout.sandbox.traffic import (
     Conditions,
     TrafficProfile,
     WindowCounts,
+    draw_counts,
     is_cold,
-    simulate_window,
+    poisson,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -527,10 +533,11 @@ class Trace:
             rng = random.Random(f"{self.key}:{k}:{arm}:{lo}-{hi}")
             qps = self.cell.qps * (hi - lo) / 100.0
             factor = self.environment(k).traffic_factor
-            counts = simulate_window(
-                {arm: self.profiles[arm]}, {arm: 100}, qps if factor == 1.0 else qps * factor,
-                WINDOW_S, rng, conditions={arm: self.conditions(arm, k, lo, hi, cold)},
-            )[arm]
+            # What simulate_window does for a lone entity at 100 %, minus its bookkeeping:
+            # the same random numbers in the same order, so the same window.
+            n = poisson((qps if factor == 1.0 else qps * factor) * WINDOW_S, rng)
+            counts = draw_counts(n, self.profiles[arm], self.conditions(arm, k, lo, hi, cold),
+                                 rng)
             self._increments[key] = counts
         return counts
 
@@ -1506,7 +1513,8 @@ def scenario_markdown(cells: list[dict[str, Any]], judges: Sequence[str]) -> lis
 
 def markdown(cells: list[dict[str, Any]], judges: Sequence[str], *,
              targets: list[dict[str, Any]], setup: str, wall: float,
-             timing: dict[str, Any], command: str) -> str:
+             timing: dict[str, Any], command: str,
+             updates: Sequence[dict[str, Any]] = ()) -> str:
     out = ["# Decision quality: simulated canary rollouts through decide()", "",
            f"Setup: {setup}.", "", f"Command: `{command}`", "", MD_TRACES, "", MD_COLUMNS, "",
            "## Targets", "", "```", targets_text(targets), "```", ""]
@@ -1547,7 +1555,9 @@ def markdown(cells: list[dict[str, Any]], judges: Sequence[str], *,
             f"({timing['cpu_seconds']:.0f} s CPU); per look: "
             + ", ".join(f"{j} {v['ms_per_call']:.2f} ms" for j, v in timing["judges"].items())
             + f"; trace drawing {timing['trace_seconds']:.0f} s in all.", ""]
-    return "\n".join(out)
+    out += [f"Re-run since and merged (`--update`): {', '.join(u['scenarios'])} at {u['at']}, "
+            f"{u['wall_seconds']:.0f} s wall, `{u['command']}`." for u in updates]
+    return "\n".join(out) + ("\n" if updates else "")
 
 
 def plot(cells: list[dict[str, Any]], judges: Sequence[str], path: Path) -> bool:
@@ -1674,6 +1684,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         f"default all: {', '.join(SCENARIOS)}")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--update", action="store_true",
+                        help="re-run only --scenarios and merge them into the report in --out "
+                        "(which must have run with the same seeds and judges)")
     parser.add_argument("--profile", action="store_true",
                         help="profile one cell in-process (1 %% base, 100 req/s, none) and exit")
     args = parser.parse_args(argv)
@@ -1701,6 +1714,43 @@ def _cost(task: Task) -> tuple[float, bool]:
     return (task.cell.qps, task.cell.effect != "none")
 
 
+def _run_tasks(args: argparse.Namespace, judges: tuple[str, ...], scenarios: Sequence[str],
+               started: float) -> list[dict[str, Any]]:
+    tasks = sorted((Task(c, args.control_seeds if c.scenario == "control" else args.seeds,
+                         args.master_seed, judges, args.other_seeds)
+                    for c in all_cells(scenarios)), key=_cost)
+    if args.workers <= 1:
+        return [run_task(t) for t in tasks]
+    cells: list[dict[str, Any]] = []
+    with multiprocessing.get_context("fork").Pool(args.workers) as pool:
+        for done, result in enumerate(pool.imap_unordered(run_task, tasks), 1):
+            cells.append(result)
+            if done % 12 == 0:
+                print(f"  {done}/{len(tasks)} cells, {time.monotonic() - started:.0f} s",
+                      file=sys.stderr)
+    return cells
+
+
+_SETTINGS = ("seeds", "control_seeds", "other_seeds", "master_seed")
+
+
+def _previous(args: argparse.Namespace, judges: tuple[str, ...]) -> dict[str, Any]:
+    """The report ``--update`` merges into; refused unless it ran with the same settings."""
+    path = args.out / "decisions.json"
+    try:
+        previous: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--update needs a previous report at {path}: {exc}") from exc
+    differ = [f"{name} {previous.get(name)} (now {getattr(args, name)})" for name in _SETTINGS
+              if previous.get(name) != getattr(args, name)]
+    if previous.get("judges") != list(judges):
+        differ.append(f"judges {previous.get('judges')}")
+    if differ:
+        raise ValueError("--update: the previous report ran with other settings: "
+                         + ", ".join(differ))
+    return previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     judges = tuple(j.strip() for j in args.judges.split(",") if j.strip())
@@ -1711,6 +1761,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         scenarios = select_scenarios(args.scenarios)
+        previous = _previous(args, judges) if args.update else None
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -1719,24 +1770,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     started = time.monotonic()
     load_before = os.getloadavg()[0]
-    tasks = sorted((Task(c, args.control_seeds if c.scenario == "control" else args.seeds,
-                         args.master_seed, judges, args.other_seeds)
-                    for c in all_cells(scenarios)), key=_cost)
-    cells: list[dict[str, Any]] = []
-    if args.workers <= 1:
-        cells = [run_task(t) for t in tasks]
-    else:
-        with multiprocessing.get_context("fork").Pool(args.workers) as pool:
-            for done, result in enumerate(pool.imap_unordered(run_task, tasks), 1):
-                cells.append(result)
-                if done % 12 == 0:
-                    print(f"  {done}/{len(tasks)} cells, {time.monotonic() - started:.0f} s",
-                          file=sys.stderr)
+    cells = _run_tasks(args, judges, scenarios, started)
     wall = time.monotonic() - started
     timing = _timing(args, cells, judges, wall, load_before)
+    command = " ".join(["python -m bench.decisions", *(sys.argv[1:] if argv is None else argv)])
+    updates: list[dict[str, Any]] = []
+    if previous is not None:
+        # The rest of the report stays as the full run left it; the re-run is recorded.
+        cells += [c for c in previous["cells"] if c["cell"]["scenario"] not in scenarios]
+        scenarios = [k for k in SCENARIOS if k in scenarios or k in previous["scenarios"]]
+        updates = [*previous.get("updates", []),
+                   {"scenarios": select_scenarios(args.scenarios), "command": command,
+                    "wall_seconds": wall, "cpu_seconds": timing["cpu_seconds"],
+                    "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}]
+        timing = previous["timing"]
+        command = previous["command"]
     targets = evaluate_targets(cells)
     setup = describe_setup(args, judges, scenarios)
-    command = " ".join(["python -m bench.decisions", *(sys.argv[1:] if argv is None else argv)])
     _print_report(cells, judges, scenarios, targets=targets, setup=setup, timing=timing)
     report = {
         "setup": setup,
@@ -1756,12 +1806,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": targets,
         "timing": timing,
         "command": command,
+        "updates": updates,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "decisions.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "decisions.md").write_text(markdown(
-        cells, judges, targets=targets, setup=setup, wall=wall, timing=timing,
-        command=command))
+        cells, judges, targets=targets, setup=setup, wall=timing["wall_seconds"],
+        timing=timing, command=command, updates=updates))
     written = ["decisions.md", "decisions.json"]
     if not args.no_plot:
         written += _plots(cells, judges, args.out)
