@@ -205,7 +205,10 @@ async def test_blue_green_switches_and_completes(
     sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient
 ) -> None:
     make_endpoint(sandbox_admin, HEALTHY)
-    bg = plan(steps=None, strategy="blue_green", bake="10m", policy="default")
+    # A bake promotes only on a pass against the warm-up's control, whose sampling error is
+    # part of the budget: a 30-minute warm-up at 200 req/s gives the control ~350,000
+    # requests (the README advises a few thousand at least).
+    bg = plan(steps=None, strategy="blue_green", bake="10m", warmup="30m", policy="default")
     rollout_id, phase = await run_plan(sandbox, store, client, bg)
     events = store.events(rollout_id)
     assert phase is Phase.SUCCEEDED, [(e.kind, e.reason) for e in events][-6:]
