@@ -46,7 +46,12 @@ How evidence is counted (the arithmetic is in ``rollout.analysis.evidence``):
 
 Why this construction, in numbers (``python bench/judge_calibration.py --runs 500
 --asn-runs 200``, 2 cores, under 5 minutes; canary 5/25/50 % for 10/10/20 one-minute windows,
-2 h deadline, baseline 5xx 0.1/1/5 %, 1 to 1000 req/s, 500 rollouts per cell):
+2 h deadline, baseline 5xx 0.1/1/5 %, 1 to 1000 req/s, 500 rollouts per cell). These figures
+were measured on independent requests before the judge learned about real traffic (below):
+its tempering and per-window cap only ever shrink factors, so the false-rollback and
+missed-regression figures stay bounds, while the speed figures are now slower at high counts.
+The current numbers, on every traffic model, are ``python -m bench.decisions``'s (README,
+"Decision quality"):
 
 * False rollbacks of a healthy candidate, default policy: worst cell 0.8 %, mean 0.3 % (budget
   1 %). The same data re-judged at every look with a fixed 1 % z-test (what re-judging a
