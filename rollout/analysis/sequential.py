@@ -48,8 +48,9 @@ Why this construction, in numbers (``python bench/judge_calibration.py --runs 50
 --asn-runs 200``, 2 cores, under 5 minutes; canary 5/25/50 % for 10/10/20 one-minute windows,
 2 h deadline, baseline 5xx 0.1/1/5 %, 1 to 1000 req/s, 500 rollouts per cell). These figures
 were measured on independent requests before the judge learned about real traffic (below):
-its tempering and per-window cap only ever shrink factors, so the false-rollback and
-missed-regression figures stay bounds, while the speed figures are now slower at high counts.
+tempering and the per-window cap only ever shrink the fail side's factors, so the
+false-rollback figures stay bounds; the pass side's per-window floor and the speed figures
+(slower at high counts now) are measured anew by the benchmark.
 The current numbers, on every traffic model, are ``python -m bench.decisions``'s (README,
 "Decision quality"):
 
