@@ -28,7 +28,7 @@ from pydantic import (
 
 from rollout.analysis.ab import OBJECTIVES
 from rollout.analysis.spec import Policy
-from rollout.metrics.model import Histogram
+from rollout.metrics.model import EXPORTED_LATENCY_BOUNDS_MS, Histogram
 from rollout.policies import PolicyLibrary, PolicyNotFoundError, policy_errors
 from rollout.units import format_duration, parse_duration
 
@@ -460,13 +460,6 @@ def load_plan(
     """Parse and validate a plan document and resolve its policy."""
     plan = validate_plan(parse_document(text, content_type=content_type))
     return plan, resolve_policy(plan, library)
-
-
-# Latency bucket bounds (ms) of Databricks' export-metrics histograms, below +Inf.
-EXPORTED_LATENCY_BOUNDS_MS: tuple[float, ...] = (
-    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
-    60000.0, 120000.0, 300000.0, 600000.0,
-)
 
 
 def effective_ratio(ratio: float, quantile_ms: float,

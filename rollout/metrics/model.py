@@ -10,7 +10,7 @@ Pure data, no I/O.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 # The measurement fields of an ``EntityWindow``, by name; ``EntityWindow.missing`` names a subset.
@@ -23,6 +23,14 @@ WINDOW_FIELDS: tuple[str, ...] = (
     "cpu_percent",
     "mem_percent",
     "provisioned_concurrency",
+)
+
+
+# Upper bounds (ms) of the latency buckets Databricks' export-metrics histograms use, below
+# +Inf: 5 ms to 600 000 ms, the usual 1-2.5-5 ladder up to 10 s.
+EXPORTED_LATENCY_BOUNDS_MS: tuple[float, ...] = (
+    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 120000.0, 300000.0, 600000.0,
 )
 
 
@@ -246,13 +254,8 @@ class ArmTotals:
 
     def copy(self) -> ArmTotals:
         """An independent copy (histograms are immutable and shared)."""
-        return ArmTotals(
-            windows=self.windows,
-            requests=self.requests,
-            errors_4xx=self.errors_4xx,
-            errors_5xx=self.errors_5xx,
-            latency=self.latency,
-            queue_time=self.queue_time,
+        return replace(
+            self,
             cpu_percent=list(self.cpu_percent),
             mem_percent=list(self.mem_percent),
             missing=dict(self.missing),

@@ -45,6 +45,7 @@ Decisions:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -105,7 +106,7 @@ def window_length_ms(windows: Iterable[EntityWindow]) -> int | None:
     gaps = [
         b - a
         for entity_starts in starts.values()
-        for a, b in zip(sorted(set(entity_starts)), sorted(set(entity_starts))[1:], strict=False)
+        for a, b in itertools.pairwise(sorted(set(entity_starts)))
     ]
     return min(gaps) if gaps else None
 

@@ -44,14 +44,10 @@ from statistics import NormalDist
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rollout.metrics.model import Histogram
+from rollout.metrics.model import EXPORTED_LATENCY_BOUNDS_MS, Histogram
 
-# Upper bounds (ms) of the latency buckets. The observed Databricks exports run from 5 ms to
-# 600 000 ms plus +Inf; the intermediate bounds are the usual 1-2.5-5 ladder.
-BUCKET_BOUNDS_MS: tuple[float, ...] = (
-    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
-    60000.0, 120000.0, 300000.0, 600000.0, math.inf,
-)
+# Upper bounds (ms) of the latency buckets: the ones Databricks exports, then +Inf.
+BUCKET_BOUNDS_MS: tuple[float, ...] = (*EXPORTED_LATENCY_BOUNDS_MS, math.inf)
 
 # z such that Phi(z) = 0.99: turns a (p50, p99) pair into the lognormal's sigma.
 Z_99 = NormalDist().inv_cdf(0.99)
