@@ -96,7 +96,11 @@ bench.decisions``, one row per traffic model in the README):
   judges the warm-up's paired windows against a wider null, "within the tolerance or 1 point
   above the baseline" (what cold replicas' timeouts add): those factors are valid under "no
   worse than the baseline" too and count towards a fail, never a pass, so a candidate that
-  is broken rather than cold is rolled back a window or two sooner.
+  is broken rather than cold is rolled back a window or two sooner. The null's baseline
+  rate is a lower band on everything the baseline served so far, the look's own window
+  included, so the split's first window counts too; a baseline low by chance only makes the
+  null milder. Under the ``hiccups`` and ``own-cv`` models this is what brings a 5x
+  regression's rollback to the fourth window (three warm-up windows and one scored).
 * Windows as units, tempered. Each new window is one look. Its log likelihood ratios are
   divided by the window's dispersion phi = 1 + kappa x m (``rollout.analysis.evidence``):
   m is the window's binomial information, kappa the squared coefficient of variation of the
@@ -545,11 +549,13 @@ def _score_warmup(
         source = spec.info.source
         if spec.compare != "baseline" or spec.info.kind != "rate" or delta.gap(source):
             continue
-        # The baseline's rate from everything before this look: scored looks and warm-ups.
-        base_events = before_b.get(source) + (
+        # The baseline's rate from everything before this look (scored looks and warm-ups)
+        # and this look's own baseline: the split's first window is scored too. The band's
+        # lower end sets the null, so a baseline low by chance makes the null milder.
+        base_events = now_b.get(source) + (
             state.base_errors_5xx if source == "errors_5xx" else state.base_errors_4xx
         )
-        base_requests = before_b.requests + state.base_requests
+        base_requests = now_b.requests + state.base_requests
         if base_events < THETA_MIN_EVENTS:
             continue
         low, high = _rate_band(base_events, base_requests)

@@ -212,3 +212,23 @@ def test_the_warm_up_is_judged_for_gross_regressions_only(
     fail = decision.state.judge_state["checks"][0]["fail"]
     assert (max(fail) > 1.0) is gains, (name, fail)
     assert decision.state.phase is Phase.PROGRESSING
+
+
+def test_the_first_warm_up_window_counts_against_a_gross_regression() -> None:
+    # The split's first window has no baseline before it: its own baseline sets the null.
+    first = both(0, cand=(3000.0, 150.0), base=(57000.0, 570.0))
+    decision = look(progressing(weight=5), first, T0 + 60)
+    assert max(decision.state.judge_state["checks"][0]["fail"]) > 0.5
+
+
+def test_a_5x_regression_at_1000_per_second_is_rolled_back_within_four_windows() -> None:
+    # 5 % of 1000 req/s: 3000 requests a minute per window, 5 % 5xx against the baseline's 1 %.
+    state = progressing(weight=5)
+    windows: tuple[EntityWindow, ...] = ()
+    phases = []
+    for minute in range(4):
+        windows += both(minute, cand=(3000.0, 150.0), base=(57000.0, 570.0))
+        state = look(state, windows, T0 + 60 * (minute + 1)).state
+        phases.append(state.phase)
+    assert phases[:3] == [Phase.PROGRESSING] * 3, "three windows never decide"
+    assert phases[3] is Phase.ROLLING_BACK
