@@ -513,6 +513,8 @@ def judge_sequential(
 # this much more": what cold replicas' timeouts can add. A candidate beyond that is broken,
 # not cold, and every window of evidence counts.
 COLD_ALLOWANCE = 0.01
+# The warm-up is judged only while its null is at most this many times the tolerance.
+WARMUP_NULL_LIMIT = 2.0
 # The normal score of the band on the baseline's rate that sets that null (about 99 % a side).
 COLD_BOUND_Z = 2.33
 
@@ -562,6 +564,11 @@ def _score_warmup(
         tolerance = max(spec.max_ratio or 1.0,
                         1.0 + (spec.max_increase or 0.0) / max(high, 1e-12))
         rho0 = max(tolerance, 1.0 + COLD_ALLOWANCE / max(low, 1e-12))
+        if rho0 > WARMUP_NULL_LIMIT * tolerance:
+            # The allowance dwarfs the tolerance (a baseline of 0.1 %: +1 point is 11x):
+            # what the warm-up could catch, the scored windows catch anyway, and a candidate
+            # far inside so wide a null would only lower the fail side it later needs.
+            continue
         look = (delta.get("c", source), delta.get("c", "requests"),
                 delta.get("b", source), delta.get("b", "requests"))
         _add_gross(check, look, rho0, scoring)

@@ -232,3 +232,12 @@ def test_a_5x_regression_at_1000_per_second_is_rolled_back_within_four_windows()
         phases.append(state.phase)
     assert phases[:3] == [Phase.PROGRESSING] * 3, "three windows never decide"
     assert phases[3] is Phase.ROLLING_BACK
+
+
+def test_the_warm_up_judges_nothing_where_the_cold_allowance_dwarfs_the_tolerance() -> None:
+    # A 0.1 % baseline: +1 point of cold timeouts is 11x, far beyond the 2x tolerance. A
+    # candidate at 5x is inside that null; scoring it would only lower the fail side.
+    windows = tuple(w for minute in range(3) for w in both(
+        minute, cand=(3000.0, 15.0), base=(57000.0, 57.0)))
+    decision = look(progressing(weight=5), windows, T0 + 180)
+    assert decision.state.judge_state["checks"][0]["fail"] == [0.0, 0.0, 0.0, 0.0]
