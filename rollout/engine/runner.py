@@ -27,7 +27,7 @@ import structlog
 
 from rollout.analysis.spec import Policy
 from rollout.clock import Clock
-from rollout.engine.decide import DEFAULT_TIMING, Timing, decide
+from rollout.engine.decide import DEFAULT_TIMING, Timing, decide, update_failure
 from rollout.engine.model import (
     Command,
     Decision,
@@ -91,10 +91,11 @@ def snapshot_of(endpoint: Endpoint) -> EndpointSnapshot:
             entities[entity.derived_name()] = entity.to_input()
         for model in endpoint.config.served_models:
             entities.setdefault(model.identity[0], {"name": model.identity[0]})
-    pending_entities = pending_split = None
+    pending_entities = pending_split = pending_version = None
     if endpoint.pending_config is not None:
         pending_entities = endpoint.pending_config.entity_names()
         pending_split = traffic_split(endpoint.pending_config)
+        pending_version = endpoint.pending_config.config_version
     return EndpointSnapshot(
         ready=str(endpoint.state.ready),
         config_update=str(endpoint.state.config_update),
@@ -103,6 +104,7 @@ def snapshot_of(endpoint: Endpoint) -> EndpointSnapshot:
         split=traffic_split(endpoint),
         pending_entities=pending_entities,
         pending_split=pending_split,
+        pending_version=pending_version,
     )
 
 
@@ -315,6 +317,16 @@ class Runner:
         )
         observation = await self._read_endpoint(plan.endpoint)
         observation = replace(observation, commands=commands)
+        target, snapshot = state.target, observation.endpoint
+        failure = None if target is None or snapshot is None else update_failure(target, snapshot)
+        if target is not None and failure is not None:
+            # The update our last PUT started failed after the runner stopped waiting for it
+            # (a build slower than one look): fetch the build logs now, while they explain it.
+            logs = await self._build_logs(plan.endpoint, plan.candidate.served_name)
+            outcome = UpdateOutcome(
+                "failed", failure, logs, config_version=target.announced_version
+            )
+            observation = replace(observation, update=outcome)
         if state.split_applied_at is not None and state.phase in (
             Phase.PREPARING,
             Phase.PROGRESSING,
@@ -380,7 +392,7 @@ class Runner:
             attempt=target.attempts,
         )
         try:
-            await self.client.update_config(endpoint, spec)
+            put = await self.client.update_config(endpoint, spec)
         except UpdateInProgress as exc:
             return await self._after(endpoint, UpdateOutcome("conflict", str(exc)))
         except InvalidRequest as exc:
@@ -389,6 +401,9 @@ class Runner:
             return Observation(endpoint_missing=True)
         except ServingError as exc:
             return await self._after(endpoint, UpdateOutcome("unavailable", str(exc)))
+        # Every outcome from here on carries the version this PUT announced: decide keeps it
+        # with the target, and tells this update's UPDATE_FAILED from any earlier one by it.
+        version = put.announced_version
         try:
             # Waited for in slices of one look: a long build (minutes on Databricks) returns
             # to the scheduler in between, so an abort queued meanwhile is seen within a
@@ -403,16 +418,22 @@ class Runner:
             logs = await self._build_logs(endpoint, plan.candidate.served_name)
             return Observation(
                 endpoint=snapshot_of(exc.endpoint_snapshot),
-                update=UpdateOutcome("failed", str(exc), logs),
+                update=UpdateOutcome("failed", str(exc), logs, version),
             )
         except UpdateTimeout as exc:
-            return await self._after(endpoint, UpdateOutcome("timeout", str(exc)))
+            return await self._after(
+                endpoint, UpdateOutcome("timeout", str(exc), config_version=version)
+            )
         except ConfigMismatch as exc:
             # Settled, but not on what we asked: decide tells a late read from drift.
             return Observation(endpoint=snapshot_of(exc.endpoint_snapshot))
         except ServingError as exc:
-            return await self._after(endpoint, UpdateOutcome("unavailable", str(exc)))
-        return Observation(endpoint=snapshot_of(applied), update=UpdateOutcome("applied"))
+            return await self._after(
+                endpoint, UpdateOutcome("unavailable", str(exc), config_version=version)
+            )
+        return Observation(
+            endpoint=snapshot_of(applied), update=UpdateOutcome("applied", config_version=version)
+        )
 
     async def _after(self, endpoint: str, outcome: UpdateOutcome) -> Observation:
         observation = await self._read_endpoint(endpoint)
