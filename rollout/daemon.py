@@ -8,7 +8,8 @@ dispatcher and the HTTP API, and runs them:
 - ``outbox``: the alert dispatcher delivering what the engine wrote to the outbox, a root task;
 - the reconcile loop that drives every active rollout: an APScheduler job on the same event
   loop (``rollout.engine.scheduler``), which catches every reconcile's failure itself; if the
-  scheduler is not running, ``/readyz`` says so.
+  scheduler is not running, ``/readyz`` says so; it also fails while the store refuses
+  writes (``rollout.health.StoreWriteCheck``, a probe write cached for two seconds).
 
 If a root task dies the other is stopped and the process exits non-zero. SIGTERM or SIGINT
 shuts down in stages: stop taking work (no new scans), let the reconciles
@@ -39,6 +40,7 @@ from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
 from rollout.engine.service import timing_from
 from rollout.errors import ConfigurationProblem
+from rollout.health import StoreWriteCheck
 from rollout.policies import PolicyLibrary
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import ServingError
@@ -125,8 +127,13 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         store.close()
         raise ConfigurationProblem(f"alert settings: {exc}") from exc
 
+    store_write = StoreWriteCheck(store, clock)
+
     async def ready() -> dict[str, str]:
-        return {} if reconciler.running else {"scheduler": "not running"}
+        problems = {} if reconciler.running else {"scheduler": "not running"}
+        # A store that reads but refuses writes cannot commit one decision: not ready.
+        problems.update(await store_write.check())
+        return problems
 
     app = create_api(
         store=store,

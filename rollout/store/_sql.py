@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar, Final, Protocol
 
-from rollout.store.base import Store
+from rollout.store.base import WRITE_PROBE_LEASE, Store
 from rollout.store.errors import (
     ActiveRolloutExists,
     AlertNotFound,
@@ -168,6 +168,12 @@ WHERE leases.holder = excluded.holder OR leases.expires_at <= :now
 RETURNING holder
 """
 _RELEASE_LEASE: Final = "DELETE FROM leases WHERE name = :name AND holder = :holder"
+# Always writes (an upsert that changes the row every time), so a read-only database refuses it;
+# expired at once, so the row holds nothing.
+_PROBE_WRITE: Final = """
+INSERT INTO leases (name, holder, expires_at) VALUES (:name, 'readiness', :now)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+"""
 
 _APPLIED_MIGRATIONS: Final = "SELECT version FROM schema_migrations ORDER BY version"
 _MIGRATION_APPLIED: Final = "SELECT 1 FROM schema_migrations WHERE version = :version"
@@ -658,6 +664,11 @@ class SqlStore(Store, ABC):
     def ping(self) -> None:
         with self._tx(write=False) as tx:
             tx.rows(_PING)
+
+    def probe_write(self, now: float) -> None:
+        _check_time(now, "now")
+        with self._tx(write=True) as tx:
+            tx.run(_PROBE_WRITE, {"name": WRITE_PROBE_LEASE, "now": now})
 
     def close(self) -> None:
         with self._lock:

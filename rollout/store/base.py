@@ -40,7 +40,11 @@ from rollout.store.model import (
     RolloutRecord,
 )
 
+# The lease name ``probe_write`` writes under; not for ``try_lease``.
+WRITE_PROBE_LEASE = "rollout.write-probe"
+
 __all__ = [
+    "WRITE_PROBE_LEASE",
     "ActiveRolloutExists",
     "AlertNotFound",
     "DuplicateRollout",
@@ -187,6 +191,16 @@ class Store(Protocol):
 
     def ping(self) -> None:
         """Check the database answers; ``StoreUnavailable`` if it does not (or is closed)."""
+        ...
+
+    def probe_write(self, now: float) -> None:
+        """Check the database takes a write: one small committed write, for readiness.
+
+        Upserts a heartbeat row (the lease named ``WRITE_PROBE_LEASE``, expired at ``now``,
+        so that it never holds anything). ``StoreUnavailable`` when the write is refused: a
+        read-only file or database (a PostgreSQL standby, ``default_transaction_read_only``),
+        a full disk, a lock held too long, a lost connection.
+        """
         ...
 
     def close(self) -> None:

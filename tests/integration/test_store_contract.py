@@ -56,6 +56,7 @@ from rollout.store import (
     StoreUnavailable,
     open_store,
 )
+from rollout.store.base import WRITE_PROBE_LEASE
 from rollout.store.migrations import MIGRATIONS
 from rollout.store.postgres import PostgresStore
 from rollout.store.sqlite import SqliteStore
@@ -79,7 +80,15 @@ class Backend:
     unreachable_url: str
     raw: Callable[[str, tuple[object, ...]], None]
     """Run one SQL statement (with parameters) directly on the database, bypassing the store."""
+    read_only: Callable[[], Store]
+    """A store on the same database that may read but not write (SQLite ``mode=ro``,
+    PostgreSQL ``default_transaction_read_only``, as on a standby)."""
     stores: list[Store] = field(default_factory=list)
+
+    def open_read_only(self) -> Store:
+        store = self.read_only()
+        self.stores.append(store)
+        return store
 
     def open(self, *, migrate: bool = True) -> Store:
         store = open_store(self.url)
@@ -108,6 +117,7 @@ def sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
         url=f"sqlite:///{path}",
         unreachable_url=f"sqlite:///{tmp_path / 'no-such-directory' / 'rollout.db'}",
         raw=raw,
+        read_only=lambda: SqliteStore(str(path), read_only=True),
     )
     try:
         yield backend
@@ -129,6 +139,8 @@ def postgres_backend() -> Iterator[Backend]:
             # Port 1 on the loopback: nothing listens there, the connection is refused at once.
             unreachable_url="postgresql://postgres@127.0.0.1:1/test?connect_timeout=2",
             raw=raw,
+            # fresh_schema's URL ends with options=-csearch_path...; one more -c setting.
+            read_only=lambda: PostgresStore(url + "%20-cdefault_transaction_read_only%3Don"),
         )
         try:
             yield backend
@@ -765,6 +777,36 @@ def test_ping_and_close(backend: Backend) -> None:
         store.get("r-1")
     assert StoreUnavailable.retryable
     assert not StaleVersion.retryable
+
+
+def test_the_write_probe_writes_and_holds_nothing(backend: Backend) -> None:
+    store = backend.open()
+    assert store.try_lease("scheduler", "a", 60, T0)
+    store.probe_write(T0)
+    store.probe_write(T0 + 1)  # again and again: an upsert
+    assert not store.try_lease("scheduler", "b", 60, T0 + 2), "other leases are untouched"
+    # Expired as soon as written: the probe's row never stands in anyone's way.
+    assert store.try_lease(WRITE_PROBE_LEASE, "someone", 60, T0 + 2)
+    store.probe_write(T0 + 3)
+    with pytest.raises(ValueError, match="now"):
+        store.probe_write(math.nan)
+    store.close()
+    with pytest.raises(StoreUnavailable):
+        store.probe_write(T0 + 4)
+
+
+def test_a_read_only_database_refuses_the_write_probe_but_still_reads(backend: Backend) -> None:
+    writable = backend.open()
+    record = new_rollout(writable)
+    read_only = backend.open_read_only()
+    read_only.ping()
+    assert read_only.get(record.id) == record
+    with pytest.raises(StoreUnavailable, match=r"read-only|readonly"):
+        read_only.probe_write(T0)
+    with pytest.raises(StoreUnavailable):
+        advance(read_only, record)
+    assert writable.get(record.id) == record, "nothing was written"
+    writable.probe_write(T0)
 
 
 def test_unreachable_database_raises_store_unavailable(backend: Backend) -> None:
