@@ -131,6 +131,12 @@ INSERT INTO outbox (rollout_id, event_seq, channel, dedup_key, payload, created_
 VALUES (:rollout_id, :event_seq, :channel, :dedup_key, :payload, :created_at, 0, :created_at)
 ON CONFLICT (dedup_key) DO NOTHING
 """
+_INSERT_CONTROLLER_ALERT: Final = """
+INSERT INTO outbox (rollout_id, event_seq, channel, dedup_key, payload, created_at, attempts,
+                    next_attempt_at)
+VALUES (NULL, NULL, :channel, :dedup_key, :payload, :created_at, 0, :created_at)
+ON CONFLICT (dedup_key) DO NOTHING
+"""
 _MARK_DELIVERED: Final = """
 UPDATE outbox SET delivered_at = :at WHERE id = :id AND delivered_at IS NULL
 """
@@ -320,8 +326,8 @@ class SqlStore(Store, ABC):
     def _alert(self, row: Row) -> OutboxAlert:
         return OutboxAlert(
             id=int(row[0]),
-            rollout_id=str(row[1]),
-            event_seq=int(row[2]),
+            rollout_id=None if row[1] is None else str(row[1]),
+            event_seq=None if row[2] is None else int(row[2]),
             channel=str(row[3]),
             dedup_key=str(row[4]),
             payload=self._object(row[5]),
@@ -366,7 +372,7 @@ class SqlStore(Store, ABC):
         return params
 
     def _alert_params(
-        self, rollout_id: str, alerts: Sequence[NewAlert], created_at: float
+        self, rollout_id: str | None, alerts: Sequence[NewAlert], created_at: float
     ) -> builtins.list[dict[str, object]]:
         return [
             {
@@ -625,6 +631,13 @@ class SqlStore(Store, ABC):
             )
         # RETURNING order is unspecified; ids grow with insertion, so this is oldest first.
         return sorted((self._alert(row) for row in rows), key=lambda alert: alert.id)
+
+    def add_controller_alerts(self, alerts: Sequence[NewAlert], at: float) -> int:
+        _check_time(at, "at")
+        # Serialized (and refused) before the transaction opens, as in commit.
+        params = self._alert_params(None, alerts, at)
+        with self._tx(write=True) as tx:
+            return sum(tx.run(_INSERT_CONTROLLER_ALERT, row) for row in params)
 
     def mark_delivered(self, alert_id: int, at: float) -> None:
         _check_time(at, "at")

@@ -165,6 +165,17 @@ class Store(Protocol):
         """
         ...
 
+    def add_controller_alerts(self, alerts: Sequence[NewAlert], at: float) -> int:
+        """Put alerts of the controller itself, tied to no rollout, in the outbox.
+
+        For what concerns the whole controller (a workspace it cannot reach), not one
+        rollout: the rows have no ``rollout_id`` and no ``event_seq`` and are claimed and
+        delivered like any other. A ``dedup_key`` already in the outbox is skipped; returns
+        how many rows were inserted. ``ValueError`` for a payload the store refuses, before
+        anything is written.
+        """
+        ...
+
     def mark_delivered(self, alert_id: int, at: float) -> None:
         """Record a successful delivery (the first one wins); ``AlertNotFound``."""
         ...
