@@ -11,6 +11,10 @@ dispatcher and the HTTP API, and runs them:
   scheduler is not running, ``/readyz`` says so; it also fails while the store refuses
   writes (``rollout.health.StoreWriteCheck``, a probe write cached for two seconds).
 
+Every answer of the serving client also goes to ``rollout.health.WorkspaceWatch``, which
+alerts once when the workspace has not answered for ``ROLLOUT_ALERTS_WORKSPACE_OUTAGE_AFTER``
+seconds and resolves the alert when it answers again.
+
 If a root task dies the other is stopped and the process exits non-zero. SIGTERM or SIGINT
 shuts down in stages: stop taking work (no new scans), let the reconciles
 in flight finish (a config update in flight settles or is left to the next start, which is safe
@@ -40,7 +44,7 @@ from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
 from rollout.engine.service import timing_from
 from rollout.errors import ConfigurationProblem
-from rollout.health import StoreWriteCheck
+from rollout.health import StoreWriteCheck, WorkspaceWatch
 from rollout.policies import PolicyLibrary
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import ServingError
@@ -62,6 +66,7 @@ class Controller:
     client: ServingClient
     alerts_http: httpx.AsyncClient
     registry: CollectorRegistry
+    watch: WorkspaceWatch
     reconciler: Reconciler
     dispatcher: AlertDispatcher
     server: uvicorn.Server
@@ -92,16 +97,27 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)
     registry.register(RolloutStateCollector(store, clock))
+    watch: WorkspaceWatch | None = None
+
+    def on_response(call: str, status: int | None, seconds: float) -> None:
+        metrics.on_serving_response(call, status, seconds)
+        if watch is not None:
+            watch.on_response(call, status, seconds)
+
     try:
         client = ServingClient.from_settings(
-            settings.databricks,
-            settings.serving,
-            clock=clock,
-            on_response=metrics.on_serving_response,
+            settings.databricks, settings.serving, clock=clock, on_response=on_response
         )
     except ServingError as exc:
         store.close()
         raise ConfigurationProblem(str(exc)) from exc
+    watch = WorkspaceWatch(
+        store,
+        clock,
+        workspace=client.host,
+        outage_after=settings.alerts.workspace_outage_after,
+        channels=default_channels,
+    )
     runner = Runner(
         store,
         client,
@@ -161,6 +177,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         client=client,
         alerts_http=alerts_http,
         registry=registry,
+        watch=watch,
         reconciler=reconciler,
         dispatcher=dispatcher,
         server=uvicorn.Server(config),
@@ -216,6 +233,7 @@ async def shutdown(controller: Controller, tasks: dict[str, asyncio.Task[Any]]) 
     # 1. No new scans; reconciles in flight (a config update and its wait) get to finish.
     await controller.reconciler.stop(grace=settings.engine.update_poll * 12)
     # 2. Deliver what can be delivered now; the rest waits in the outbox for the next start.
+    await controller.watch.drain()
     with contextlib.suppress(Exception):
         await controller.dispatcher.flush(timeout=settings.alerts.timeout)
     # 3. Stop serving the API.
