@@ -52,7 +52,13 @@ from rollout.settings import Settings
 from rollout.store.base import Store
 from rollout.store.errors import StoreError
 from rollout.store.factory import open_store
-from rollout.telemetry import ControllerMetrics, RolloutStateCollector, configure_logging
+from rollout.telemetry import (
+    ControllerMetrics,
+    RolloutStateCollector,
+    StateReader,
+    StateReading,
+    configure_logging,
+)
 
 log = structlog.get_logger("rollout.daemon")
 
@@ -96,7 +102,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         raise ConfigurationProblem(f"the store is unusable: {exc}") from exc
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)
-    registry.register(RolloutStateCollector(store, clock))
+    registry.register(RolloutStateCollector(state_reader(store), clock))
     watch: WorkspaceWatch | None = None
 
     def on_response(call: str, status: int | None, seconds: float) -> None:
@@ -183,6 +189,19 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         server=uvicorn.Server(config),
         sock=sock,
     )
+
+
+def state_reader(store: Store) -> StateReader:
+    """What ``/metrics`` reads from ``store`` at scrape time (None when the store cannot be
+    read: a scrape must not fail because the store blinked)."""
+
+    def read() -> StateReading | None:
+        try:
+            return StateReading(store.list(limit=500), store.pending_alert_count())
+        except StoreError:
+            return None
+
+    return read
 
 
 def _bind(host: str, port: int) -> socket.socket:
