@@ -18,7 +18,11 @@ The life of a canary::
 Every config change goes through a ``Target``: decided and persisted first, PUT by the runner,
 and confirmed only when the endpoint shows it. A target the endpoint shows neither as live, as
 pending, nor as the config it replaced means someone changed the endpoint by hand (drift): the
-rollout pauses and says so, and never fights the human.
+rollout pauses and says so, and never fights the human. A config the endpoint refused (the
+runner's ``failed`` outcome, or, at any later look, UPDATE_FAILED while the endpoint still
+serves a version older than the one the target's PUT announced) is never sent again: the
+rollout rolls back, the build logs' last lines in its event and alerts, and a refused
+rollback ends ``failed``.
 """
 
 from __future__ import annotations
