@@ -8,7 +8,12 @@ dispatcher and the HTTP API, and runs them:
 - ``outbox``: the alert dispatcher delivering what the engine wrote to the outbox, a root task;
 - the reconcile loop that drives every active rollout: an APScheduler job on the same event
   loop (``rollout.engine.scheduler``), which catches every reconcile's failure itself; if the
-  scheduler is not running, ``/readyz`` says so.
+  scheduler is not running, ``/readyz`` says so; it also fails while the store refuses
+  writes (``rollout.health.StoreWriteCheck``, a probe write cached for two seconds).
+
+Every answer of the serving client also goes to ``rollout.health.WorkspaceWatch``, which
+alerts once when the workspace has not answered for ``ROLLOUT_ALERTS_WORKSPACE_OUTAGE_AFTER``
+seconds and resolves the alert when it answers again.
 
 If a root task dies the other is stopped and the process exits non-zero. SIGTERM or SIGINT
 shuts down in stages: stop taking work (no new scans), let the reconciles
@@ -39,6 +44,7 @@ from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
 from rollout.engine.service import timing_from
 from rollout.errors import ConfigurationProblem
+from rollout.health import StoreWriteCheck, WorkspaceWatch
 from rollout.policies import PolicyLibrary
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import ServingError
@@ -46,7 +52,13 @@ from rollout.settings import Settings
 from rollout.store.base import Store
 from rollout.store.errors import StoreError
 from rollout.store.factory import open_store
-from rollout.telemetry import ControllerMetrics, RolloutStateCollector, configure_logging
+from rollout.telemetry import (
+    ControllerMetrics,
+    RolloutStateCollector,
+    StateReader,
+    StateReading,
+    configure_logging,
+)
 
 log = structlog.get_logger("rollout.daemon")
 
@@ -60,6 +72,7 @@ class Controller:
     client: ServingClient
     alerts_http: httpx.AsyncClient
     registry: CollectorRegistry
+    watch: WorkspaceWatch
     reconciler: Reconciler
     dispatcher: AlertDispatcher
     server: uvicorn.Server
@@ -89,17 +102,28 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         raise ConfigurationProblem(f"the store is unusable: {exc}") from exc
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)
-    registry.register(RolloutStateCollector(store, clock))
+    registry.register(RolloutStateCollector(state_reader(store), clock))
+    watch: WorkspaceWatch | None = None
+
+    def on_response(call: str, status: int | None, seconds: float) -> None:
+        metrics.on_serving_response(call, status, seconds)
+        if watch is not None:
+            watch.on_response(call, status, seconds)
+
     try:
         client = ServingClient.from_settings(
-            settings.databricks,
-            settings.serving,
-            clock=clock,
-            on_response=metrics.on_serving_response,
+            settings.databricks, settings.serving, clock=clock, on_response=on_response
         )
     except ServingError as exc:
         store.close()
         raise ConfigurationProblem(str(exc)) from exc
+    watch = WorkspaceWatch(
+        store,
+        clock,
+        workspace=client.host,
+        outage_after=settings.alerts.workspace_outage_after,
+        channels=default_channels,
+    )
     runner = Runner(
         store,
         client,
@@ -125,8 +149,13 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         store.close()
         raise ConfigurationProblem(f"alert settings: {exc}") from exc
 
+    store_write = StoreWriteCheck(store, clock)
+
     async def ready() -> dict[str, str]:
-        return {} if reconciler.running else {"scheduler": "not running"}
+        problems = {} if reconciler.running else {"scheduler": "not running"}
+        # A store that reads but refuses writes cannot commit one decision: not ready.
+        problems.update(await store_write.check())
+        return problems
 
     app = create_api(
         store=store,
@@ -154,11 +183,25 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         client=client,
         alerts_http=alerts_http,
         registry=registry,
+        watch=watch,
         reconciler=reconciler,
         dispatcher=dispatcher,
         server=uvicorn.Server(config),
         sock=sock,
     )
+
+
+def state_reader(store: Store) -> StateReader:
+    """What ``/metrics`` reads from ``store`` at scrape time (None when the store cannot be
+    read: a scrape must not fail because the store blinked)."""
+
+    def read() -> StateReading | None:
+        try:
+            return StateReading(store.list(limit=500), store.pending_alert_count())
+        except StoreError:
+            return None
+
+    return read
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -209,6 +252,7 @@ async def shutdown(controller: Controller, tasks: dict[str, asyncio.Task[Any]]) 
     # 1. No new scans; reconciles in flight (a config update and its wait) get to finish.
     await controller.reconciler.stop(grace=settings.engine.update_poll * 12)
     # 2. Deliver what can be delivered now; the rest waits in the outbox for the next start.
+    await controller.watch.drain()
     with contextlib.suppress(Exception):
         await controller.dispatcher.flush(timeout=settings.alerts.timeout)
     # 3. Stop serving the API.

@@ -174,6 +174,12 @@ class AlertSettings(BaseSettings):
     poll_interval: float = Field(
         default=1.0, gt=0, description="Seconds between looks at the outbox."
     )
+    workspace_outage_after: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds the Databricks workspace may fail every call (no answer, or "
+        "5xx) before one alert says it is unreachable; resolved when it answers again.",
+    )
 
 
 class LogSettings(BaseSettings):

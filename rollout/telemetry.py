@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -25,8 +26,6 @@ from rollout.clock import Clock
 from rollout.metrics.model import Histogram as HistogramData
 from rollout.plan import CandidateEntity
 from rollout.settings import LogSettings
-from rollout.store.base import Store
-from rollout.store.errors import StoreError
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -160,11 +159,43 @@ class ControllerMetrics:
                 self.rollbacks.labels(endpoint, cause or "unknown").inc()
 
 
+class RolloutRow(Protocol):
+    """A stored rollout as the gauges read it (``rollout.store.model.RolloutRecord`` is one)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def plan(self) -> dict[str, Any]: ...
+    @property
+    def state(self) -> dict[str, Any]: ...
+    @property
+    def created_at(self) -> float: ...
+    @property
+    def updated_at(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class StateReading:
+    """What one scrape reads from the store: recent rollouts and the outbox backlog."""
+
+    rollouts: Sequence[RolloutRow]
+    pending_alerts: int
+
+
+# Reads the store at scrape time; None when it cannot be read (the gauges are then absent).
+# The daemon builds it over its store, so that telemetry depends on no store module.
+StateReader = Callable[[], StateReading | None]
+
+
 class RolloutStateCollector(Collector):
     """Per-rollout gauges read from the store at scrape time."""
 
-    def __init__(self, store: Store, clock: Clock) -> None:
-        self.store = store
+    def __init__(self, read: StateReader, clock: Clock) -> None:
+        self.read = read
         self.clock = clock
 
     def describe(self) -> Iterable[Metric]:
@@ -210,12 +241,12 @@ class RolloutStateCollector(Collector):
         pending = GaugeMetricFamily(
             "rollout_alerts_pending", "Alerts in the outbox not yet delivered."
         )
-        try:
-            records = self.store.list(limit=500)
-            pending.add_metric([], float(self.store.pending_alert_count()))
-        except StoreError:
+        reading = self.read()
+        if reading is None:
             # A scrape must not fail because the store blinked; the gauges are just absent.
             return
+        records = reading.rollouts
+        pending.add_metric([], float(reading.pending_alerts))
         now = self.clock.now()
         for record in records:
             state = record.state

@@ -1,4 +1,5 @@
-"""The code base stays clean: ruff over everything, mypy --strict over the package."""
+"""The code base stays clean: ruff over everything, mypy --strict over the package, and the
+layering of the design (imports point downward) as import-linter contracts."""
 
 from __future__ import annotations
 
@@ -31,3 +32,14 @@ def test_mypy_strict_is_clean() -> None:
     result = run(sys.executable, "-m", "mypy")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Success" in result.stdout
+
+
+def test_imports_point_downward() -> None:
+    lint_imports = shutil.which("lint-imports")
+    assert lint_imports is not None, (
+        "import-linter is part of the test extra: pip install -e '.[test]'"
+    )
+    result = run(lint_imports, "--config", str(ROOT / "pyproject.toml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Every contract of pyproject.toml was checked, and kept.
+    assert "Contracts: 3 kept, 0 broken." in result.stdout, result.stdout

@@ -21,6 +21,10 @@ held for ``hold`` so that people see it) resolves the rollout's other alertnames
 Alertmanager ignores resolves of alerts it never saw (no notification is sent for them). A
 non-terminal alert delivered late, after its rollout ended (a retried ``paused``), is sent
 already resolved so that it cannot fire for an hour about a finished rollout.
+
+The controller's own alerts (``rollout.health``: a workspace that does not answer) carry
+``rollout="controller"`` and the workspace host as ``endpoint``; the alert that says the
+workspace answers again (``details.resolves``) is sent as the resolve of the first one only.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ ALERTNAMES: Final[dict[str, str]] = {
     "aborted": "RolloutAborted",
     "deadline_passed": "RolloutDeadlinePassed",
     "analysis_error": "RolloutAnalysisError",
+    "workspace_unreachable": "RolloutWorkspaceUnreachable",
 }
 
 SEVERITY_LABELS: Final[dict[str, str]] = {"info": "info", "warn": "warning", "error": "critical"}
@@ -81,6 +86,18 @@ def alertmanager_alerts(
 ) -> list[dict[str, Any]]:
     """The ``postableAlerts`` list for ``payload``: the alert itself, then any resolves."""
     now = context.now
+    if payload.resolves is not None:
+        # An alert that ends another (the workspace answers again): only the resolve, at
+        # every severity as for a rollout's end; a firing "all is well" alert would be noise.
+        return [
+            {
+                "labels": _labels(payload, payload.resolves, severity),
+                "annotations": {"summary": payload.summary},
+                "startsAt": rfc3339(now),
+                "endsAt": rfc3339(now),
+            }
+            for severity in SEVERITY_LABELS.values()
+        ]
     resolved_late = context.rollout_ended and not payload.terminal
     annotations = {
         "summary": payload.summary,

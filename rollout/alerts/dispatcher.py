@@ -331,7 +331,8 @@ class AlertDispatcher:
         if notifier is None:
             raise MalformedAlert(f"no notifier for channel type {alert.channel!r}")
         ended = False
-        if notifier.wants_rollout_state and not payload.terminal:
+        # The controller's own alerts (no rollout) have no rollout to end.
+        if notifier.wants_rollout_state and not payload.terminal and alert.rollout_id:
             ended = await self._rollout_ended(alert.rollout_id)
         context = SendContext(now=self.clock.now(), rollout_ended=ended)
         timeout = self.settings.timeout

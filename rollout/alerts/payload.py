@@ -55,6 +55,8 @@ EVENT_TITLES: Final[Mapping[str, str]] = {
     "aborted": "Rollout aborted",
     "deadline_passed": "Rollout deadline passed",
     "analysis_error": "Analysis error",
+    "workspace_unreachable": "Workspace unreachable",
+    "workspace_reachable": "Workspace reachable again",
 }
 
 _REQUIRED_TEXT = ("rollout", "endpoint", "event", "severity", "summary", "phase")
@@ -148,6 +150,12 @@ class AlertPayload:
     @property
     def build_logs_tail(self) -> str | None:
         return _optional_text(self.details.get("build_logs_tail"))
+
+    @property
+    def resolves(self) -> str | None:
+        """The event whose alert this one ends (the controller's ``workspace_reachable``
+        ends ``workspace_unreachable``), if any."""
+        return _optional_text(self.details.get("resolves"))
 
     @property
     def verdict(self) -> dict[str, Any] | None:

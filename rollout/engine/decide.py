@@ -18,7 +18,11 @@ The life of a canary::
 Every config change goes through a ``Target``: decided and persisted first, PUT by the runner,
 and confirmed only when the endpoint shows it. A target the endpoint shows neither as live, as
 pending, nor as the config it replaced means someone changed the endpoint by hand (drift): the
-rollout pauses and says so, and never fights the human.
+rollout pauses and says so, and never fights the human. A config the endpoint refused (the
+runner's ``failed`` outcome, or, at any later look, UPDATE_FAILED while the endpoint still
+serves a version older than the one the target's PUT announced) is never sent again: the
+rollout rolls back, the build logs' last lines in its event and alerts, and a refused
+rollback ends ``failed``.
 """
 
 from __future__ import annotations
@@ -99,6 +103,41 @@ def pending_key(snapshot: EndpointSnapshot) -> str | None:
 def target_key(target: Target) -> str:
     identities = [entity_identity(str(e["name"]), e) for e in target.entities]
     return config_key(identities, target.split)
+
+
+# The excerpt of a failed build's logs kept in the state, the events and the alerts.
+BUILD_LOG_LINES = 40
+BUILD_LOG_CHARS = 4096
+
+
+def logs_excerpt(text: str, *, lines: int = BUILD_LOG_LINES, chars: int = BUILD_LOG_CHARS) -> str:
+    """The end of a build log, where the error is: at most ``lines`` lines and ``chars``
+    characters (the last line cut from the left if it alone is longer)."""
+    tail = "\n".join(text.rstrip("\n").splitlines()[-lines:])
+    return tail[-chars:]
+
+
+def update_failure(target: Target, snapshot: EndpointSnapshot) -> str | None:
+    """Why ``snapshot`` shows that the update ``target``'s PUT started failed; None if it
+    does not.
+
+    UPDATE_FAILED (or UPDATE_CANCELED) stays on the endpoint until the next update, so it
+    alone cannot tell whose update failed: it is this target's only once its PUT announced a
+    config version and the live config is still older than that version (a failed update
+    leaves the previous config serving). A target whose PUT was never seen through (a crash
+    before sending, a 409) has no announced version and is never taken for failed here.
+    """
+    announced = target.announced_version
+    if announced is None or not snapshot.failed:
+        return None
+    live = snapshot.config_version
+    if live is not None and live >= announced:
+        return None  # ours was applied; a later update (someone else's) failed
+    serving = "an older config" if live is None else f"config version {live}"
+    return (
+        f"the update to config version {announced} ended {snapshot.config_update}; "
+        f"the endpoint still serves {serving}"
+    )
 
 
 @dataclass(frozen=True)
@@ -310,9 +349,9 @@ def _follow_target(turn: _Turn) -> None:
     snapshot = turn.obs.endpoint
     wanted = target_key(target)
     rollback = target.purpose in ("restore", "remove_candidate")
+    target = _announced(turn, target)
 
-    if outcome is not None and outcome.kind in ("failed", "rejected"):
-        _target_failed(turn, target, outcome.message, outcome.build_logs)
+    if _refused(turn, target):
         return
     if snapshot is None:
         if outcome is not None and outcome.kind == "applied":
@@ -332,10 +371,12 @@ def _follow_target(turn: _Turn) -> None:
     if live == wanted:
         _confirmed(turn, target)
         return
+    if _not_applied_yet(turn, target, snapshot):
+        return
     if live in target.known:
-        # Not applied: the PUT was never sent (a crash), was refused with a conflict, or
-        # failed; a snapshot alone cannot tell which update an UPDATE_FAILED belongs to, so
-        # send again, a bounded number of times; the runner reports a real failure.
+        # Not applied and no failure of this PUT's version seen: the PUT was never sent (a
+        # crash), was refused with a conflict, or its fate is unknown (a restart before its
+        # version was recorded): send again, a bounded number of times.
         _resend(turn, target, "the endpoint does not show the update yet")
         return
     candidate = turn.plan.candidate.served_name
@@ -352,6 +393,56 @@ def _follow_target(turn: _Turn) -> None:
             _confirmed(turn, target)
             return
     _drift(turn, snapshot)
+
+
+def _refused(turn: _Turn, target: Target) -> bool:
+    """The endpoint refused the target's config: roll back (or fail a rollback), and never
+    send that config again. True when the turn is decided."""
+    outcome, snapshot = turn.obs.update, turn.obs.endpoint
+    if outcome is not None and outcome.kind in ("failed", "rejected"):
+        _target_failed(turn, target, outcome.message, outcome.build_logs)
+        return True
+    failure = None if snapshot is None else update_failure(target, snapshot)
+    if failure is None:
+        return False
+    # Seen on a later look with no outcome from the runner (which attaches the build logs
+    # when it sees the same): still a refusal, never a reason to send again.
+    _target_failed(turn, target, failure, None)
+    return True
+
+
+def _not_applied_yet(turn: _Turn, target: Target, snapshot: EndpointSnapshot) -> bool:
+    """Settled on a version older than the one our PUT announced, and not failed: this read
+    has not caught up with the PUT yet, and sending again would start a second update. Wait
+    (until the update deadline). True when the turn is decided."""
+    announced, version = target.announced_version, snapshot.config_version
+    if snapshot.updating or snapshot.failed or announced is None or version is None:
+        return False
+    if version >= announced:
+        return False
+    _target_waiting(turn, target, f"the endpoint does not show config version {announced} yet")
+    return True
+
+
+def _announced(turn: _Turn, target: Target) -> Target:
+    """The target with the config version its PUT announced, once this tick shows it: in
+    the runner's outcome of the PUT, or as the pending config when that is the target's
+    (after a restart between the PUT and its outcome). Kept in the state for later looks."""
+    version = None if turn.obs.update is None else turn.obs.update.config_version
+    snapshot = turn.obs.endpoint
+    if (
+        version is None
+        and snapshot is not None
+        and snapshot.updating
+        # The pending config is known by entity names only (no model versions).
+        and pending_key(snapshot) == config_key(target.entity_names, target.split)
+    ):
+        version = snapshot.pending_version
+    if version is None or version == target.announced_version:
+        return target
+    target = target.model_copy(update={"announced_version": version})
+    turn.set(target=target)
+    return target
 
 
 def _target_waiting(turn: _Turn, target: Target, why: str) -> None:
@@ -371,7 +462,9 @@ def _resend(turn: _Turn, target: Target, why: str) -> None:
     if target.attempts >= turn.timing.max_put_attempts:
         _target_failed(turn, target, f"gave up after {target.attempts} attempts: {why}", None)
         return
-    again = target.model_copy(update={"attempts": target.attempts + 1})
+    again = target.model_copy(
+        update={"attempts": target.attempts + 1, "announced_version": None}
+    )
     turn.note("update_resent", why, {"purpose": target.purpose, "attempt": again.attempts})
     turn.put(again)
 
@@ -379,7 +472,7 @@ def _resend(turn: _Turn, target: Target, why: str) -> None:
 def _target_failed(turn: _Turn, target: Target, message: str, build_logs: str | None) -> None:
     turn.set(target=None)
     if build_logs:
-        turn.set(build_logs=build_logs[-4000:])
+        turn.set(build_logs=logs_excerpt(build_logs))
     if target.purpose in ("restore", "remove_candidate"):
         _fail(turn, f"could not restore the baseline: {message}")
         return
@@ -546,9 +639,16 @@ def _start_rollback(
     turn.set(
         ending=ending, ending_reason=reason, ending_cause=cause, paused_from=None, pause_reason=None
     )
-    turn.move(Phase.ROLLING_BACK, reason, kind, {"verdict": state.last_verdict})
+    data: dict[str, Any] = {"verdict": state.last_verdict}
+    details: dict[str, Any] = {"reason": reason}
+    if cause == "update_failed":
+        # What the build said is the first thing a person wants to see.
+        data["build_logs"] = details["build_logs_tail"] = state.build_logs
+    turn.move(Phase.ROLLING_BACK, reason, kind, data)
     if severity != "info" and ending is Phase.ROLLED_BACK:
-        turn.alert("rolling_back", severity, f"{turn.plan.endpoint}: rolling back: {reason}")
+        turn.alert(
+            "rolling_back", severity, f"{turn.plan.endpoint}: rolling back: {reason}", details
+        )
     if live_candidate or in_flight:
         turn.put(_new_target(turn, "restore", 0))
     else:

@@ -73,6 +73,10 @@ class Target(BaseModel):
     known: list[str]
     requested_at: float
     attempts: int = 1
+    # The config version the PUT of this attempt announced (its response's pending
+    # ``config_version``), once known. An endpoint showing UPDATE_FAILED while its live
+    # version is below this one says *this* update failed, not some earlier one.
+    announced_version: int | None = None
 
     @property
     def entity_names(self) -> list[str]:
@@ -208,6 +212,12 @@ class EndpointSnapshot:
     split: dict[str, int]
     pending_entities: list[str] | None = None
     pending_split: dict[str, int] | None = None
+    pending_version: int | None = None
+
+    @property
+    def failed(self) -> bool:
+        """The last update ended without being applied (the previous config keeps serving)."""
+        return self.config_update in ("UPDATE_FAILED", "UPDATE_CANCELED")
 
     @property
     def updating(self) -> bool:
@@ -223,11 +233,16 @@ UpdateKind = Literal["applied", "failed", "rejected", "conflict", "timeout", "un
 
 @dataclass(frozen=True)
 class UpdateOutcome:
-    """What became of the PUT the runner sent for the current target."""
+    """What became of the PUT the runner sent for the current target.
+
+    ``config_version`` is the version the PUT's response announced (None when no PUT got
+    through); ``build_logs`` the failing candidate's build logs, for a ``failed`` update.
+    """
 
     kind: UpdateKind
     message: str = ""
     build_logs: str | None = None
+    config_version: int | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,23 @@ process killed anywhere in between finds the intent on restart, recognises its o
 the endpoint, and neither skips nor repeats a step. Window dedup state is committed with the
 verdict it fed, so no window is judged twice. The store's version check makes a second runner
 working on the same rollout fail its commit instead of double-acting.
+
+What a config change can come to, as the outcome ``decide`` gets (``UpdateOutcome``)::
+
+    PUT config
+    ├── 409 UpdateInProgress ........ "conflict": wait for the other update, then send again
+    ├── 400 InvalidRequest .......... "rejected": roll back; never sent again
+    ├── 404 NotFound ................ the endpoint is gone: failed
+    ├── any other ServingError ...... "unavailable": looked at again, up to the update deadline
+    └── accepted: the response announces config version v (kept with the target)
+        └── wait, one look at most
+            ├── applied ............. "applied"
+            ├── UpdateFailed ........ "failed" + the candidate's build logs: roll back
+            ├── ConfigMismatch ...... the endpoint as read: a late read, or someone's drift
+            └── UpdateTimeout, other  "timeout" / "unavailable"; any later look at an endpoint
+                                      showing UPDATE_FAILED on a version below v is this
+                                      update's failure: "failed" + build logs, roll back,
+                                      never sent again
 """
 
 from __future__ import annotations
@@ -27,7 +44,7 @@ import structlog
 
 from rollout.analysis.spec import Policy
 from rollout.clock import Clock
-from rollout.engine.decide import DEFAULT_TIMING, Timing, decide
+from rollout.engine.decide import DEFAULT_TIMING, Timing, decide, update_failure
 from rollout.engine.model import (
     Command,
     Decision,
@@ -91,10 +108,11 @@ def snapshot_of(endpoint: Endpoint) -> EndpointSnapshot:
             entities[entity.derived_name()] = entity.to_input()
         for model in endpoint.config.served_models:
             entities.setdefault(model.identity[0], {"name": model.identity[0]})
-    pending_entities = pending_split = None
+    pending_entities = pending_split = pending_version = None
     if endpoint.pending_config is not None:
         pending_entities = endpoint.pending_config.entity_names()
         pending_split = traffic_split(endpoint.pending_config)
+        pending_version = endpoint.pending_config.config_version
     return EndpointSnapshot(
         ready=str(endpoint.state.ready),
         config_update=str(endpoint.state.config_update),
@@ -103,6 +121,7 @@ def snapshot_of(endpoint: Endpoint) -> EndpointSnapshot:
         split=traffic_split(endpoint),
         pending_entities=pending_entities,
         pending_split=pending_split,
+        pending_version=pending_version,
     )
 
 
@@ -315,6 +334,10 @@ class Runner:
         )
         observation = await self._read_endpoint(plan.endpoint)
         observation = replace(observation, commands=commands)
+        if state.target is not None:
+            # The update our last PUT started may have failed after the runner stopped
+            # waiting for it (a build slower than one look).
+            observation = await self._failed_since(plan, state.target, observation)
         if state.split_applied_at is not None and state.phase in (
             Phase.PREPARING,
             Phase.PROGRESSING,
@@ -380,7 +403,7 @@ class Runner:
             attempt=target.attempts,
         )
         try:
-            await self.client.update_config(endpoint, spec)
+            put = await self.client.update_config(endpoint, spec)
         except UpdateInProgress as exc:
             return await self._after(endpoint, UpdateOutcome("conflict", str(exc)))
         except InvalidRequest as exc:
@@ -389,6 +412,9 @@ class Runner:
             return Observation(endpoint_missing=True)
         except ServingError as exc:
             return await self._after(endpoint, UpdateOutcome("unavailable", str(exc)))
+        # Every outcome from here on carries the version this PUT announced: decide keeps it
+        # with the target, and tells this update's UPDATE_FAILED from any earlier one by it.
+        version = put.announced_version
         try:
             # Waited for in slices of one look: a long build (minutes on Databricks) returns
             # to the scheduler in between, so an abort queued meanwhile is seen within a
@@ -403,16 +429,41 @@ class Runner:
             logs = await self._build_logs(endpoint, plan.candidate.served_name)
             return Observation(
                 endpoint=snapshot_of(exc.endpoint_snapshot),
-                update=UpdateOutcome("failed", str(exc), logs),
+                update=UpdateOutcome("failed", str(exc), logs, version),
             )
         except UpdateTimeout as exc:
-            return await self._after(endpoint, UpdateOutcome("timeout", str(exc)))
+            after = await self._after(
+                endpoint, UpdateOutcome("timeout", str(exc), config_version=version)
+            )
         except ConfigMismatch as exc:
             # Settled, but not on what we asked: decide tells a late read from drift.
             return Observation(endpoint=snapshot_of(exc.endpoint_snapshot))
         except ServingError as exc:
-            return await self._after(endpoint, UpdateOutcome("unavailable", str(exc)))
-        return Observation(endpoint=snapshot_of(applied), update=UpdateOutcome("applied"))
+            after = await self._after(
+                endpoint, UpdateOutcome("unavailable", str(exc), config_version=version)
+            )
+        else:
+            return Observation(
+                endpoint=snapshot_of(applied),
+                update=UpdateOutcome("applied", config_version=version),
+            )
+        # The read after the wait may already show the failure (it settled as the wait ran out).
+        sent = target.model_copy(update={"announced_version": version})
+        return await self._failed_since(plan, sent, after)
+
+    async def _failed_since(
+        self, plan: AnyPlan, target: Target, observation: Observation
+    ) -> Observation:
+        """``observation`` with a ``failed`` outcome and the candidate's build logs when the
+        endpoint it read shows that ``target``'s update failed (``update_failure``); as it was
+        otherwise. The logs are fetched now, while they still explain the failure."""
+        snapshot = observation.endpoint
+        failure = None if snapshot is None else update_failure(target, snapshot)
+        if failure is None:
+            return observation
+        logs = await self._build_logs(plan.endpoint, plan.candidate.served_name)
+        outcome = UpdateOutcome("failed", failure, logs, target.announced_version)
+        return replace(observation, update=outcome)
 
     async def _after(self, endpoint: str, outcome: UpdateOutcome) -> Observation:
         observation = await self._read_endpoint(endpoint)

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar, Final, Protocol
 
-from rollout.store.base import Store
+from rollout.store.base import WRITE_PROBE_LEASE, Store
 from rollout.store.errors import (
     ActiveRolloutExists,
     AlertNotFound,
@@ -131,6 +131,12 @@ INSERT INTO outbox (rollout_id, event_seq, channel, dedup_key, payload, created_
 VALUES (:rollout_id, :event_seq, :channel, :dedup_key, :payload, :created_at, 0, :created_at)
 ON CONFLICT (dedup_key) DO NOTHING
 """
+_INSERT_CONTROLLER_ALERT: Final = """
+INSERT INTO outbox (rollout_id, event_seq, channel, dedup_key, payload, created_at, attempts,
+                    next_attempt_at)
+VALUES (NULL, NULL, :channel, :dedup_key, :payload, :created_at, 0, :created_at)
+ON CONFLICT (dedup_key) DO NOTHING
+"""
 _MARK_DELIVERED: Final = """
 UPDATE outbox SET delivered_at = :at WHERE id = :id AND delivered_at IS NULL
 """
@@ -168,6 +174,12 @@ WHERE leases.holder = excluded.holder OR leases.expires_at <= :now
 RETURNING holder
 """
 _RELEASE_LEASE: Final = "DELETE FROM leases WHERE name = :name AND holder = :holder"
+# Always writes (an upsert that changes the row every time), so a read-only database refuses it;
+# expired at once, so the row holds nothing.
+_PROBE_WRITE: Final = """
+INSERT INTO leases (name, holder, expires_at) VALUES (:name, 'readiness', :now)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+"""
 
 _APPLIED_MIGRATIONS: Final = "SELECT version FROM schema_migrations ORDER BY version"
 _MIGRATION_APPLIED: Final = "SELECT 1 FROM schema_migrations WHERE version = :version"
@@ -314,8 +326,8 @@ class SqlStore(Store, ABC):
     def _alert(self, row: Row) -> OutboxAlert:
         return OutboxAlert(
             id=int(row[0]),
-            rollout_id=str(row[1]),
-            event_seq=int(row[2]),
+            rollout_id=None if row[1] is None else str(row[1]),
+            event_seq=None if row[2] is None else int(row[2]),
             channel=str(row[3]),
             dedup_key=str(row[4]),
             payload=self._object(row[5]),
@@ -360,7 +372,7 @@ class SqlStore(Store, ABC):
         return params
 
     def _alert_params(
-        self, rollout_id: str, alerts: Sequence[NewAlert], created_at: float
+        self, rollout_id: str | None, alerts: Sequence[NewAlert], created_at: float
     ) -> builtins.list[dict[str, object]]:
         return [
             {
@@ -620,6 +632,13 @@ class SqlStore(Store, ABC):
         # RETURNING order is unspecified; ids grow with insertion, so this is oldest first.
         return sorted((self._alert(row) for row in rows), key=lambda alert: alert.id)
 
+    def add_controller_alerts(self, alerts: Sequence[NewAlert], at: float) -> int:
+        _check_time(at, "at")
+        # Serialized (and refused) before the transaction opens, as in commit.
+        params = self._alert_params(None, alerts, at)
+        with self._tx(write=True) as tx:
+            return sum(tx.run(_INSERT_CONTROLLER_ALERT, row) for row in params)
+
     def mark_delivered(self, alert_id: int, at: float) -> None:
         _check_time(at, "at")
         with self._tx(write=True) as tx:
@@ -658,6 +677,11 @@ class SqlStore(Store, ABC):
     def ping(self) -> None:
         with self._tx(write=False) as tx:
             tx.rows(_PING)
+
+    def probe_write(self, now: float) -> None:
+        _check_time(now, "now")
+        with self._tx(write=True) as tx:
+            tx.run(_PROBE_WRITE, {"name": WRITE_PROBE_LEASE, "now": now})
 
     def close(self) -> None:
         with self._lock:

@@ -40,7 +40,11 @@ from rollout.store.model import (
     RolloutRecord,
 )
 
+# The lease name ``probe_write`` writes under; not for ``try_lease``.
+WRITE_PROBE_LEASE = "rollout.write-probe"
+
 __all__ = [
+    "WRITE_PROBE_LEASE",
     "ActiveRolloutExists",
     "AlertNotFound",
     "DuplicateRollout",
@@ -161,6 +165,17 @@ class Store(Protocol):
         """
         ...
 
+    def add_controller_alerts(self, alerts: Sequence[NewAlert], at: float) -> int:
+        """Put alerts of the controller itself, tied to no rollout, in the outbox.
+
+        For what concerns the whole controller (a workspace it cannot reach), not one
+        rollout: the rows have no ``rollout_id`` and no ``event_seq`` and are claimed and
+        delivered like any other. A ``dedup_key`` already in the outbox is skipped; returns
+        how many rows were inserted. ``ValueError`` for a payload the store refuses, before
+        anything is written.
+        """
+        ...
+
     def mark_delivered(self, alert_id: int, at: float) -> None:
         """Record a successful delivery (the first one wins); ``AlertNotFound``."""
         ...
@@ -187,6 +202,16 @@ class Store(Protocol):
 
     def ping(self) -> None:
         """Check the database answers; ``StoreUnavailable`` if it does not (or is closed)."""
+        ...
+
+    def probe_write(self, now: float) -> None:
+        """Check the database takes a write: one small committed write, for readiness.
+
+        Upserts a heartbeat row (the lease named ``WRITE_PROBE_LEASE``, expired at ``now``,
+        so that it never holds anything). ``StoreUnavailable`` when the write is refused: a
+        read-only file or database (a PostgreSQL standby, ``default_transaction_read_only``),
+        a full disk, a lock held too long, a lost connection.
+        """
         ...
 
     def close(self) -> None:

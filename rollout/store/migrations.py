@@ -15,7 +15,8 @@ and every other phase holds it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,15 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    # Statements for one dialect in place of ``statements``, by ``Dialect.name``: for changes
+    # the two databases spell differently (SQLite cannot drop a NOT NULL in place).
+    by_dialect: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def render(self, dialect: Dialect) -> list[str]:
         """The statements with the dialect's types filled in."""
         tokens = dialect.tokens()
-        return [statement.format(**tokens) for statement in self.statements]
+        statements = self.by_dialect.get(dialect.name, self.statements)
+        return [statement.format(**tokens) for statement in statements]
 
 
 # Created before any migration runs, so it cannot itself be a migration.
@@ -172,5 +177,60 @@ MIGRATIONS: tuple[Migration, ...] = (
             )
             """,
         ),
+    ),
+    # Alerts of the controller itself (a workspace that cannot be reached) belong to no
+    # rollout: their outbox rows have neither rollout_id nor event_seq (a foreign key with a
+    # NULL column is not checked), and a row has both or neither.
+    Migration(
+        version=4,
+        name="outbox rows without a rollout, for the controller's own alerts",
+        statements=(),
+        by_dialect={
+            "postgresql": (
+                """
+                ALTER TABLE outbox
+                    ALTER COLUMN rollout_id DROP NOT NULL,
+                    ALTER COLUMN event_seq DROP NOT NULL,
+                    ADD CONSTRAINT outbox_owner_whole
+                        CHECK ((rollout_id IS NULL) = (event_seq IS NULL))
+                """,
+            ),
+            # SQLite changes a column's constraints only by copying the table. Nothing
+            # references the outbox, ids are copied as they are, and new ids continue after
+            # the largest (INTEGER PRIMARY KEY).
+            "sqlite": (
+                """
+                CREATE TABLE outbox_v4 (
+                    id {identity_pk},
+                    rollout_id TEXT,
+                    event_seq BIGINT,
+                    channel TEXT NOT NULL,
+                    dedup_key TEXT NOT NULL UNIQUE,
+                    payload {json} NOT NULL,
+                    created_at {time} NOT NULL,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    next_attempt_at {time} NOT NULL,
+                    delivered_at {time},
+                    last_error TEXT,
+                    FOREIGN KEY (rollout_id, event_seq) REFERENCES events (rollout_id, seq),
+                    CHECK ((rollout_id IS NULL) = (event_seq IS NULL))
+                )
+                """,
+                """
+                INSERT INTO outbox_v4 (id, rollout_id, event_seq, channel, dedup_key, payload,
+                                       created_at, attempts, next_attempt_at, delivered_at,
+                                       last_error)
+                SELECT id, rollout_id, event_seq, channel, dedup_key, payload, created_at,
+                       attempts, next_attempt_at, delivered_at, last_error
+                FROM outbox
+                """,
+                "DROP TABLE outbox",
+                "ALTER TABLE outbox_v4 RENAME TO outbox",
+                """
+                CREATE INDEX outbox_pending ON outbox (next_attempt_at, id)
+                WHERE delivered_at IS NULL
+                """,
+            ),
+        },
     ),
 )

@@ -136,8 +136,8 @@ class OutboxAlert:
     """
 
     id: int
-    rollout_id: str
-    event_seq: int
+    rollout_id: str | None  # None for the controller's own alerts (``add_controller_alerts``)
+    event_seq: int | None
     channel: str
     dedup_key: str
     payload: JsonObject

@@ -143,6 +143,10 @@ def translate(exc: psycopg.Error, description: str) -> StoreError:
     # timeouts, serialization failures and deadlocks; InterfaceError a closed connection.
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         return StoreUnavailable(f"{description}: {message}")
+    if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+        # A standby (before or after a failover) or default_transaction_read_only: writes may
+        # be taken again later, as after a lost connection.
+        return StoreUnavailable(f"{description}: {message}")
     return StoreError(f"{description}: {message}")
 
 

@@ -143,13 +143,19 @@ class SqliteStore(SqlStore):
     LIST_SQL = _LIST_SQL
     CLAIM_SQL = _CLAIM_SQL
 
-    def __init__(self, path: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+    def __init__(
+        self, path: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, read_only: bool = False
+    ) -> None:
+        """``read_only``: open an existing database without write access (SQLite's
+        ``mode=ro``), to inspect a live controller's store; every write then raises
+        ``StoreUnavailable``, as on a read-only file or mount."""
         if path != ":memory:":
             # Resolved now, so a later change of working directory cannot move the database.
             path = str(Path(path).expanduser().absolute())
         super().__init__(f"sqlite:///{path}")
         self._path = path
         self._busy_timeout = busy_timeout
+        self._read_only = read_only
         self._connection: sqlite3.Connection | None = None
 
     @property
@@ -160,8 +166,12 @@ class SqliteStore(SqlStore):
     def _connect(self) -> sqlite3.Connection:
         if self._connection is not None:
             return self._connection
+        target, uri = self._path, False
+        if self._read_only and self._path != ":memory:":
+            target, uri = f"{Path(self._path).as_uri()}?mode=ro", True
         connection = sqlite3.connect(
-            self._path,
+            target,
+            uri=uri,
             timeout=self._busy_timeout,
             # None: no implicit BEGIN; transactions are exactly the ones opened below.
             isolation_level=None,

@@ -30,6 +30,7 @@ from rollout.alerts import DELIVERED, FAILED, RETRY, AlertDispatcher
 from rollout.alerts.alertmanager import ALERTNAMES
 from rollout.alerts.payload import NON_TERMINAL_EVENTS
 from rollout.clock import FakeClock, SystemClock
+from rollout.health import WorkspaceWatch
 from rollout.plan import AlertChannel
 from rollout.settings import AlertSettings
 from rollout.store import (
@@ -396,6 +397,47 @@ async def test_alertmanager_fires_then_resolves_when_the_rollout_ends(
     assert {r["labels"]["alertname"] for r in resolves} == {
         ALERTNAMES[e] for e in NON_TERMINAL_EVENTS
     }
+
+
+async def test_the_controllers_workspace_alert_is_delivered_then_resolved(
+    store: Store, clock: FakeClock, receiver: Receiver, http: httpx.AsyncClient
+) -> None:
+    am = AlertChannel(type="alertmanager", url=receiver.url + "/am/")
+    watch = WorkspaceWatch(
+        store, clock, workspace="ws.example", outage_after=60, channels=[am, webhook(receiver)]
+    )
+    dispatcher = AlertDispatcher(store, http, clock, SETTINGS)
+    watch.on_response("get_endpoint", 503, 0.1)
+    clock.advance(60)
+    watch.on_response("get_endpoint", None, 30.0)
+    await watch.drain()
+    assert await dispatcher.run_once() == 2
+    clock.advance(600)
+    watch.on_response("get_endpoint", 200, 0.1)
+    await watch.drain()
+    assert await dispatcher.run_once() == 2
+
+    by_path: dict[str, list[Any]] = {}
+    for request in receiver.requests:
+        by_path.setdefault(request.path, []).append(request.json())
+    fired, resolved = by_path["/am/api/v2/alerts"]
+    assert len(fired) == 1, "the alert alone: a controller alert resolves nothing else"
+    assert len(resolved) == 3, "the resolve alone, at each severity"
+    assert fired[0]["labels"] == {
+        "alertname": "RolloutWorkspaceUnreachable",
+        "endpoint": "ws.example",
+        "rollout": "controller",
+        "severity": "critical",
+    }
+    assert fired[0]["endsAt"] > "2027-01-15T08:10:00.000Z"
+    assert fired[0]["labels"] in [r["labels"] for r in resolved]
+    assert {r["endsAt"] for r in resolved} == {"2027-01-15T08:11:00.000Z"}
+    unreachable, reachable = by_path["/hooks/rollouts"]
+    assert (unreachable["event"], reachable["event"]) == (
+        "workspace_unreachable", "workspace_reachable")
+    assert unreachable["details"]["last_error"] == "no answer (connection error or timeout)"
+    assert reachable["details"]["outage_seconds"] == 660
+    assert store.pending_alert_count() == 0
 
 
 async def test_alertmanager_alert_retried_after_the_rollout_ended_goes_out_resolved(

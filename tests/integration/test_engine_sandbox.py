@@ -3,6 +3,7 @@ real HTTP, all on one fake clock, so an hour of rollout takes a second."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -322,3 +323,75 @@ async def test_a_restore_that_fails_after_an_abort_says_what_failed_and_what_is_
     assert failed[0]["summary"] == f"{ENDPOINT}: HUMAN NEEDED: {reason}"
     assert failed[0]["details"]["live_split"] == live
     assert failed[0]["details"]["while_rolling_back"] == "the on-call asked to stop"
+
+
+class RecordingTransport(httpx.AsyncBaseTransport):
+    """Real HTTP to the sandbox, keeping the body of every config PUT sent."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.puts: list[dict[str, Any]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and request.url.path.endswith("/config"):
+            self.puts.append(json.loads(request.content))
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize(
+    ("fault", "updates"),
+    [
+        # The candidate's image never builds, and the build takes three looks to say so.
+        ({"fail_build": True}, {"duration_seconds": 90}),
+        # One update fails once (a transient infrastructure failure), as slowly.
+        ({}, {"duration_seconds": 90, "fail_next": 1}),
+    ],
+    ids=["slow failing build", "one-off UPDATE_FAILED"],
+)
+async def test_an_update_failed_seen_on_a_later_look_rolls_back_once_with_build_logs(
+    sandbox: SandboxServer,
+    sandbox_admin: httpx.Client,
+    store: Store,
+    fault: dict[str, Any],
+    updates: dict[str, Any],
+) -> None:
+    make_endpoint(sandbox_admin, {**HEALTHY, **fault})
+    response = sandbox_admin.put(f"/endpoints/{ENDPOINT}/updates", json=updates)
+    assert response.status_code == 200, response.text
+    assert updates["duration_seconds"] > 2 * TIMING.look_interval, "failure after two looks"
+    recording = RecordingTransport()
+    async with ServingClient(
+        sandbox.url,
+        PatAuth(sandbox.token),
+        clock=sandbox.clock,
+        transport=recording,
+        retry=RetryPolicy(initial_backoff=0.1, max_backoff=1, budget_seconds=30),
+        poll_interval=5,
+    ) as client:
+        rollout_id, phase = await run_plan(sandbox, store, client, plan())
+        endpoint = await client.get_endpoint(ENDPOINT)
+
+    events = store.events(rollout_id)
+    assert phase is Phase.ROLLED_BACK, [(e.kind, e.reason) for e in events][-6:]
+    with_candidate = [
+        body for body in recording.puts
+        if CANDIDATE in {e["name"] for e in body["served_entities"]}
+    ]
+    assert len(with_candidate) == 1, "the refused config was never sent again"
+    assert "update_resent" not in [e.kind for e in events]
+    assert not step_splits(store, rollout_id), "no traffic ever moved to the candidate"
+    assert traffic_split(endpoint) == {BASELINE: 100}
+    rolling = next(e for e in events if e.kind == "rolling_back")
+    assert "ended UPDATE_FAILED" in rolling.reason, rolling.reason
+    assert "ERROR Served entity ads_model-4" in rolling.data["build_logs"]
+
+    alerts = store.claim_alerts(now=sandbox.clock.now() + 1, limit=100, lease_seconds=60)
+    payloads = {a.payload["event"]: a.payload for a in alerts}
+    assert "succeeded" not in payloads
+    for event in ("rolling_back", "rolled_back"):
+        tail = payloads[event]["details"]["build_logs_tail"]
+        assert "ERROR Update to config version 2 of endpoint ads failed" in tail, tail
+        assert len(tail) <= 4096

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
 
 from rollout.analysis.spec import CheckSpec, Policy
-from rollout.engine.decide import Timing, config_key, decide, entity_identity
+from rollout.engine.decide import Timing, config_key, decide, entity_identity, logs_excerpt
 from rollout.engine.model import (
     Arm,
     Command,
@@ -1313,3 +1313,182 @@ def test_a_rollout_that_cannot_start_says_why_it_failed(obs: Observation, reason
     decision = run(Case("", state(), obs))
     assert decision.state.phase is Phase.FAILED
     assert decision.state.ending_reason == reason
+
+
+# ---- UPDATE_FAILED whenever it is seen ------------------------------------------------------
+
+
+def at_version(
+    split: dict[str, int], version: int, config_update: str = "NOT_UPDATING", **fields: Any
+) -> EndpointSnapshot:
+    """``snapshot(split)`` showing live config ``version`` and ``config_update``."""
+    return replace(snapshot(split, config_update=config_update), config_version=version, **fields)
+
+
+def sent(t: Target, version: int | None) -> Target:
+    """``t`` after its PUT announced config ``version``."""
+    return t.model_copy(update={"announced_version": version})
+
+
+DEPLOY = target("deploy", {BASE: 100, CAND: 0})
+LOGS = "\n".join(f"line {i}" for i in range(100)) + "\nERROR: pip could not resolve numpy\n"
+
+
+@dataclass
+class Refusal:
+    name: str
+    state: RolloutState
+    obs: Observation
+    phase: Phase
+    effect: str | None  # "put:<purpose>" or None
+    resent: bool = False
+    logs: bool = False  # the runner's build logs reach the state, the event and the alert
+    announced: int | None = None  # the version the decision's target keeps, if any
+
+
+REFUSALS = [
+    Refusal(
+        "UPDATE_FAILED seen on a later look, after the wait for the deploy ran out",
+        state(Phase.PREPARING, target=sent(DEPLOY, 4)),
+        Observation(endpoint=at_version({BASE: 100}, 3, "UPDATE_FAILED")),
+        Phase.ROLLING_BACK,
+        "put:remove_candidate",
+    ),
+    Refusal(
+        "the same look with the runner's build logs: they go to the rollback",
+        state(Phase.PREPARING, target=sent(DEPLOY, 4)),
+        Observation(
+            endpoint=at_version({BASE: 100}, 3, "UPDATE_FAILED"),
+            update=UpdateOutcome("failed", "update to version 4 failed", LOGS, 4),
+        ),
+        Phase.ROLLING_BACK,
+        "put:remove_candidate",
+        logs=True,
+    ),
+    Refusal(
+        "a step's update canceled on a later look: restore, not send again",
+        progressing(target=sent(FLIGHT_10, 5)),
+        Observation(endpoint=at_version({BASE: 100, CAND: 0}, 4, "UPDATE_CANCELED")),
+        Phase.ROLLING_BACK,
+        "put:restore",
+    ),
+    Refusal(
+        "the version the PUT announced comes with the wait's timeout and is kept",
+        state(Phase.PREPARING, target=DEPLOY),
+        Observation(
+            endpoint=at_version({BASE: 100}, 3, "IN_PROGRESS", pending_entities=[BASE, CAND],
+                                pending_split={BASE: 100, CAND: 0}, pending_version=4),
+            update=UpdateOutcome("timeout", "not settled after 30s", config_version=4),
+        ),
+        Phase.PREPARING,
+        None,
+        announced=4,
+    ),
+    Refusal(
+        "after a restart the pending config shows our PUT's version",
+        state(Phase.PREPARING, target=DEPLOY),
+        Observation(
+            endpoint=at_version({BASE: 100}, 3, "IN_PROGRESS", pending_entities=[BASE, CAND],
+                                pending_split={BASE: 100, CAND: 0}, pending_version=4),
+        ),
+        Phase.PREPARING,
+        None,
+        announced=4,
+    ),
+    Refusal(
+        "a PUT never seen through (no version) with an old UPDATE_FAILED: send again",
+        state(Phase.PREPARING, target=DEPLOY),
+        Observation(endpoint=at_version({BASE: 100}, 3, "UPDATE_FAILED")),
+        Phase.PREPARING,
+        "put:deploy",
+        resent=True,
+    ),
+    Refusal(
+        "settled on an older version than announced, not failed: a late read, wait",
+        state(Phase.PREPARING, target=sent(DEPLOY, 4)),
+        Observation(endpoint=at_version({BASE: 100}, 3)),
+        Phase.PREPARING,
+        None,
+        announced=4,
+    ),
+    Refusal(
+        "ours applied, someone's later update failed: confirmed, not refused",
+        state(Phase.PREPARING, target=sent(DEPLOY, 4)),
+        Observation(endpoint=at_version({BASE: 100, CAND: 0}, 4, "UPDATE_FAILED")),
+        Phase.PROGRESSING,
+        "put:step",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", REFUSALS, ids=[c.name for c in REFUSALS])
+def test_a_refused_config_is_never_sent_again(case: Refusal) -> None:
+    decision = run(Case("", case.state, case.obs))
+    kinds = [e.kind for e in decision.events]
+    assert decision.state.phase is case.phase, [e.reason for e in decision.events]
+    effect = decision.effect
+    if case.effect is None:
+        assert effect is None, effect
+    else:
+        assert isinstance(effect, PutConfig)
+        assert f"put:{effect.target.purpose}" == case.effect
+    assert ("update_resent" in kinds) is case.resent, kinds
+    if case.phase is Phase.ROLLING_BACK:
+        assert decision.state.ending_cause == "update_failed"
+        assert isinstance(effect, PutConfig)
+        assert CAND not in {n for n, pct in effect.target.split.items() if pct}
+        rolling = next(e for e in decision.events if e.kind == "rolling_back")
+        alert = next(a for a in decision.alerts if a.event == "rolling_back")
+        if case.logs:
+            tail = decision.state.build_logs or ""
+            assert tail.endswith("ERROR: pip could not resolve numpy")
+            assert len(tail.splitlines()) == 40
+            assert rolling.data["build_logs"] == tail
+            assert alert.details["build_logs_tail"] == tail
+        else:
+            assert decision.state.build_logs is None
+            assert "config version" in decision.state.ending_reason  # type: ignore[operator]
+    if case.announced is not None:
+        assert decision.state.target is not None
+        assert decision.state.target.announced_version == case.announced
+
+
+def test_a_restore_refused_on_a_later_look_fails_without_sending_it_again() -> None:
+    rolling = state(
+        Phase.ROLLING_BACK,
+        candidate_weight=10,
+        ending_reason="analysis failed",
+        target=sent(target("restore", {BASE: 100, CAND: 0}, [{BASE: 90, CAND: 10}]), 6),
+    )
+    decision = run(Case("", rolling, Observation(
+        endpoint=at_version({BASE: 90, CAND: 10}, 5, "UPDATE_FAILED"))))
+    assert decision.state.phase is Phase.FAILED
+    assert decision.effect is None
+    assert (decision.state.ending_reason or "").startswith(
+        "could not restore the baseline: the update to config version 6 ended UPDATE_FAILED"
+    )
+
+
+def test_a_resent_target_forgets_the_version_of_the_attempt_before() -> None:
+    decision = run(Case("", state(Phase.PREPARING, target=DEPLOY),
+                        Observation(endpoint=at_version({BASE: 100}, 3))))
+    assert isinstance(decision.effect, PutConfig)
+    assert decision.effect.target.attempts == 2
+    assert decision.effect.target.announced_version is None
+
+
+@pytest.mark.parametrize(
+    ("text", "lines", "chars"),
+    [
+        ("short\n", 1, 5),
+        (LOGS, 40, None),
+        ("x" * 10_000 + "\n" + "y" * 10, 2, 4096),
+    ],
+)
+def test_the_build_log_excerpt_is_bounded(text: str, lines: int, chars: int | None) -> None:
+    tail = logs_excerpt(text)
+    assert len(tail) <= 4096
+    assert len(tail.splitlines()) == lines
+    assert text.rstrip("\n").endswith(tail)
+    if chars is not None:
+        assert len(tail) == chars

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rollout.clock import FakeClock
+from rollout.daemon import state_reader
 from rollout.engine.model import Arm, Phase, RolloutState
 from rollout.engine.runner import new_rollout
 from rollout.metrics.model import EntityWindow, Histogram
@@ -101,7 +102,7 @@ def test_state_gauges_come_from_the_store(store: Store) -> None:
         consumed_commands=[],
     )
     registry = CollectorRegistry()
-    registry.register(RolloutStateCollector(store, clock))
+    registry.register(RolloutStateCollector(state_reader(store), clock))
     got = samples(registry)
     info = [k for k in got if k[0] == "rollout_info"]
     assert len(info) == 1
