@@ -182,7 +182,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     # rollout: their outbox rows have neither rollout_id nor event_seq (a foreign key with a
     # NULL column is not checked), and a row has both or neither.
     Migration(
-        version=4,
+        version=5,
         name="outbox rows without a rollout, for the controller's own alerts",
         statements=(),
         by_dialect={
@@ -200,7 +200,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             # the largest (INTEGER PRIMARY KEY).
             "sqlite": (
                 """
-                CREATE TABLE outbox_v4 (
+                CREATE TABLE outbox_v5 (
                     id {identity_pk},
                     rollout_id TEXT,
                     event_seq BIGINT,
@@ -217,7 +217,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 )
                 """,
                 """
-                INSERT INTO outbox_v4 (id, rollout_id, event_seq, channel, dedup_key, payload,
+                INSERT INTO outbox_v5 (id, rollout_id, event_seq, channel, dedup_key, payload,
                                        created_at, attempts, next_attempt_at, delivered_at,
                                        last_error)
                 SELECT id, rollout_id, event_seq, channel, dedup_key, payload, created_at,
@@ -225,7 +225,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 FROM outbox
                 """,
                 "DROP TABLE outbox",
-                "ALTER TABLE outbox_v4 RENAME TO outbox",
+                "ALTER TABLE outbox_v5 RENAME TO outbox",
                 """
                 CREATE INDEX outbox_pending ON outbox (next_attempt_at, id)
                 WHERE delivered_at IS NULL

@@ -732,7 +732,7 @@ def test_the_outbox_keeps_its_rows_and_ids_across_migration_4(
 ) -> None:
     import rollout.store._sql as sql  # noqa: PLC0415 -- the list migrate() reads
 
-    monkeypatch.setattr(sql, "MIGRATIONS", tuple(m for m in MIGRATIONS if m.version < 4))
+    monkeypatch.setattr(sql, "MIGRATIONS", tuple(m for m in MIGRATIONS if m.version < 5))
     old = backend.open()
     record = new_rollout(old, alerts=[NewAlert("r:1", "webhook", {"n": 1}),
                                       NewAlert("r:2", "slack", {"n": 2})])
