@@ -727,7 +727,7 @@ def test_controller_alerts_belong_to_no_rollout_and_are_delivered_like_the_other
     assert store.pending_alert_count() == 2, "nothing written when refused"
 
 
-def test_the_outbox_keeps_its_rows_and_ids_across_migration_4(
+def test_the_outbox_keeps_its_rows_and_ids_across_migration_5(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import rollout.store._sql as sql  # noqa: PLC0415 -- the list migrate() reads
@@ -742,7 +742,7 @@ def test_the_outbox_keeps_its_rows_and_ids_across_migration_4(
     monkeypatch.setattr(sql, "MIGRATIONS", MIGRATIONS)
 
     store = backend.open(migrate=False)
-    assert store.migrate() == [4]
+    assert store.migrate() == [5]
     assert store.pending_alert_count() == 1
     store.add_controller_alerts([controller_alert("c:1")], T0 + 6)
     # The second alert's lease (from the claim before the migration) runs out at T0 + 10_060.
