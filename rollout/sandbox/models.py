@@ -394,6 +394,15 @@ class AdminToken(BaseModel):
     expires_in_seconds: float | None = Field(default=None, ge=0.0, le=10.0**9)
 
 
+class AdminRevoke(BaseModel):
+    """``POST /_sandbox/v1/tokens/revoke``: one token, or every OAuth token issued so far."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    token: str | None = Field(default=None, min_length=1, max_length=1000)
+    oauth: bool = False
+
+
 class AdminOAuthClient(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
