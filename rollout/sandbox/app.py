@@ -498,8 +498,9 @@ def _register_admin(app: FastAPI, ws: Workspace) -> None:
                              "traffic_config": body.traffic_config})
         created = ws.create_endpoint(body.name, spec, tags=body.tags, ready=True,
                                      profiles=body.profiles, qps=body.qps,
-                                     realism=body.realism)
-        return JSONResponse(created, status_code=201)
+                                     realism=body.realism,
+                                     route_optimized=body.route_optimized)
+        return JSONResponse(_with_url(request, created), status_code=201)
 
     @app.get(ADMIN_PREFIX + "/endpoints/{name}")
     async def admin_view(name: str) -> Response:

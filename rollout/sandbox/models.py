@@ -359,6 +359,7 @@ class AdminEndpointCreate(BaseModel):
     qps: float = Field(default=0.0, ge=0.0, le=1_000_000.0)
     tags: dict[str, str] = Field(default_factory=dict)
     realism: EndpointRealism = Field(default_factory=EndpointRealism)
+    route_optimized: bool = False
 
 
 class AdminLoad(BaseModel):

@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -161,11 +161,17 @@ def resolve_host(settings: DatabricksSettings, *, timeout: float = 30.0) -> str:
     Raises ``ConfigurationError`` naming what is missing: the host, or the profile. Also
     raises when the SDK finds two sign-in methods configured and no auth_type choosing one.
     """
-    from databricks.sdk.config import Config  # noqa: PLC0415 - optional extra
+    from databricks.sdk.config import Config, ConfigAttribute  # noqa: PLC0415 - optional extra
 
     class _OfflineConfig(Config):
         # The two steps of Config.__init__ that go to the network (host metadata, then the
         # credential chain) are skipped: only the host is wanted here.
+
+        @classmethod
+        def attributes(cls) -> Iterable[ConfigAttribute]:
+            # Config finds its attributes in its own class __dict__, not a subclass's.
+            return Config.attributes()
+
         def _resolve_host_metadata(self) -> None:
             return None
 
