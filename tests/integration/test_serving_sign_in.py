@@ -22,8 +22,10 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 
 from rollout.clock import SystemClock
+from rollout.daemon import _check_sign_in
 from rollout.sandbox.server import SandboxServer
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import ConfigurationError, Unauthenticated
@@ -434,3 +436,13 @@ async def test_no_credentials_are_named_at_the_first_call(
     assert "databricks auth login" in message
     assert "\n" not in message
     assert api_credentials(sandbox_admin) == []
+
+
+async def test_the_daemon_names_missing_credentials_at_startup(
+    home: Path, sandbox: SandboxServer
+) -> None:
+    async with sdk_client(DatabricksSettings(host=sandbox.url)) as client:
+        with structlog.testing.capture_logs() as logs:
+            await _check_sign_in(client)
+    (failure,) = [e for e in logs if e["event"] == "daemon.sign_in_failed"]
+    assert f"no credentials for {sandbox.url}" in failure["error"]
