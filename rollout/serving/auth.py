@@ -338,6 +338,11 @@ def resolve_credentials(settings: DatabricksSettings) -> Credentials:
     that are given still override the profile's values, as Databricks' own tools do. A named
     profile is not merged with ``[DEFAULT]``.
     """
+    if settings.auth_type not in (None, "pat", "oauth-m2m"):
+        raise ConfigurationError(
+            f"auth_type {settings.auth_type!r} needs databricks-sdk "
+            "(pip install 'rollout[databricks]'); without it only pat and oauth-m2m work"
+        )
     has_credentials = settings.token is not None or (
         settings.client_id is not None and settings.client_secret is not None
     )

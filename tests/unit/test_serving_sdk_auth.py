@@ -13,10 +13,11 @@ import httpx
 import pytest
 
 from rollout.clock import FakeClock
+from rollout.serving.auth import PatAuth
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import ConfigurationError, ServingTransportError
 from rollout.serving.sdk_auth import SdkAuth, sign_in_error
-from rollout.settings import DatabricksSettings
+from rollout.settings import DatabricksSettings, ServingSettings
 
 pytest.importorskip("databricks.sdk")
 
@@ -211,3 +212,27 @@ def test_every_sdk_auth_type_is_a_valid_setting(monkeypatch: pytest.MonkeyPatch)
                       "metadata-service", "env-oidc"):
         monkeypatch.setenv("DATABRICKS_AUTH_TYPE", auth_type)
         assert DatabricksSettings().auth_type == auth_type
+
+
+def test_without_databricks_sdk_auto_falls_back_to_the_builtin_sign_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("rollout.serving.client.sdk_available", lambda: False)
+    databricks = DatabricksSettings(host=HOST, token="dapi-x")
+    client = ServingClient.from_settings(
+        databricks, ServingSettings(auth_resolver="auto"), clock=FakeClock()
+    )
+    assert isinstance(client.auth, PatAuth)
+    with pytest.raises(ConfigurationError) as caught:
+        ServingClient.from_settings(
+            databricks, ServingSettings(auth_resolver="sdk"), clock=FakeClock()
+        )
+    assert "pip install 'rollout[databricks]'" in str(caught.value)
+    # And the built-in resolution names the extra for a method only the SDK knows.
+    with pytest.raises(ConfigurationError) as caught:
+        ServingClient.from_settings(
+            DatabricksSettings(host=HOST, auth_type="databricks-cli"),
+            ServingSettings(auth_resolver="auto"),
+            clock=FakeClock(),
+        )
+    assert "rollout[databricks]" in str(caught.value)
