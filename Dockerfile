@@ -22,7 +22,8 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY --from=build /wheels /wheels
-RUN pip install /wheels/*.whl && rm -rf /wheels
+# With the databricks extra: every Databricks sign-in method (databricks-sdk), not only PAT/M2M.
+RUN pip install "$(ls /wheels/*.whl)[databricks]" && rm -rf /wheels
 # An unprivileged user. /data holds the SQLite store; it belongs to that user, so a named
 # volume mounted there (empty volumes take the ownership of the directory they hide) is
 # writable.

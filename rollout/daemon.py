@@ -235,13 +235,30 @@ async def run(controller: Controller, *, on_listening: Callable[[str], None] | N
         log.info("daemon.listening", url=controller.url)
         if on_listening is not None:
             on_listening(controller.url)
+    sign_in = asyncio.create_task(_check_sign_in(controller.client), name="sign_in")
     done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
+    sign_in.cancel()
     failed = [name for name, task in tasks.items() if task in done and name != "stopping"]
     for name in failed:
         error = tasks[name].exception() if not tasks[name].cancelled() else None
         log.error("daemon.root_task_ended", task=name, error=str(error) if error else None)
     await shutdown(controller, tasks)
     return 1 if failed else 0
+
+
+async def _check_sign_in(client: ServingClient) -> None:
+    """Sign in once at startup, so missing credentials are logged now, not at the first call.
+
+    Not fatal: the workspace may be unreachable for a moment, and every call signs in again.
+    """
+    try:
+        oauth = await client.signs_in_with_oauth()
+    except ServingError as exc:
+        failure = str(exc)  # one line naming what is missing; no traceback needed
+    else:
+        log.info("daemon.signed_in", host=client.host, oauth=oauth)
+        return
+    log.error("daemon.sign_in_failed", host=client.host, error=failure)
 
 
 async def shutdown(controller: Controller, tasks: dict[str, asyncio.Task[Any]]) -> None:

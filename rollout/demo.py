@@ -109,8 +109,13 @@ def alert_receiver() -> Iterator[tuple[str, AlertInbox]]:
 def _settings(sandbox: SandboxServer, store_path: Path, hook_url: str) -> Settings:
     return Settings(
         databricks=DatabricksSettings(host=sandbox.url, token=sandbox.token),
+        # The built-in PAT sign-in: the sandbox's token, whatever DATABRICKS_* or profiles the
+        # user has around (databricks-sdk would also read those).
         serving=ServingSettings(
-            update_poll_interval=0.25, retry_initial_backoff=0.1, metrics_window=WINDOW_SECONDS
+            update_poll_interval=0.25,
+            retry_initial_backoff=0.1,
+            metrics_window=WINDOW_SECONDS,
+            auth_resolver="builtin",
         ),
         # 6 s bakes are short for a statistical pass; give each step up to a minute before it
         # would stop and wait for a person (what a real rollout does when evidence is thin).

@@ -9,6 +9,11 @@ Variables: ``ROLLOUT_<GROUP>_<FIELD>`` for the controller's own settings (for ex
 ``ROLLOUT_SERVING_REQUEST_TIMEOUT=10``), and the standard Databricks variables
 (``DATABRICKS_HOST``, ``DATABRICKS_TOKEN``, ``DATABRICKS_CLIENT_ID``, ``DATABRICKS_CLIENT_SECRET``,
 ``DATABRICKS_CONFIG_PROFILE``, ``DATABRICKS_CONFIG_FILE``, ``DATABRICKS_AUTH_TYPE``).
+
+One exception to "nothing else reads the environment": when sign-in goes through
+databricks-sdk (``rollout.serving.sdk_auth``), the SDK's ``Config`` also reads the variables of
+the sign-in methods it alone knows (``ARM_*``, ``DATABRICKS_METADATA_SERVICE_URL``,
+``ACTIONS_ID_TOKEN_REQUEST_*``, ...), exactly as every Databricks tool does.
 """
 
 from __future__ import annotations
@@ -19,12 +24,36 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Every auth_type databricks-sdk's unified authentication knows (its DefaultCredentials chain).
+AuthTypeName = Literal[
+    "pat",
+    "basic",
+    "metadata-service",
+    "oauth-m2m",
+    "env-oidc",
+    "file-oidc",
+    "github-oidc",
+    "azure-client-secret",
+    "github-oidc-azure",
+    "azure-cli",
+    "azure-devops-oidc",
+    "external-browser",
+    "databricks-cli",
+    "runtime-oauth",
+    "runtime",
+    "google-credentials",
+    "google-id",
+    "model-serving",
+]
+
 
 class DatabricksSettings(BaseSettings):
     """Where the workspace is and how to authenticate; the names Databricks' own tools use.
 
-    Resolution order (see ``rollout.serving.auth.resolve_credentials``): explicit host with a
-    token (PAT) or a client id and secret (OAuth M2M); otherwise the profile named by
+    With databricks-sdk installed (``rollout[databricks]``) these are handed to its ``Config``,
+    which resolves them by Databricks' unified-authentication rules (``rollout.serving.sdk_auth``).
+    Without it, ``rollout.serving.auth.resolve_credentials`` resolves PAT and OAuth M2M only:
+    explicit host with a token or a client id and secret; otherwise the profile named by
     ``config_profile`` (or ``DEFAULT``) in ``config_file``.
     """
 
@@ -41,11 +70,15 @@ class DatabricksSettings(BaseSettings):
     config_profile: str | None = Field(
         default=None, description="Profile name in the config file; DEFAULT when unset."
     )
-    config_file: Path = Field(
-        default=Path("~/.databrickscfg"), description="INI file of profiles (~ is expanded)."
+    config_file: Path | None = Field(
+        default=None,
+        description="INI file of profiles (~ is expanded); ~/.databrickscfg when unset.",
     )
-    auth_type: Literal["pat", "oauth-m2m"] | None = Field(
-        default=None, description="Force one auth method instead of inferring it."
+    auth_type: AuthTypeName | None = Field(
+        default=None,
+        description="Force one sign-in method instead of trying them in Databricks' order "
+        "(pat, oauth-m2m, databricks-cli, azure-cli, azure-client-secret, metadata-service, "
+        "github-oidc, env-oidc, ...; all but pat and oauth-m2m need databricks-sdk).",
     )
 
 
@@ -54,6 +87,12 @@ class ServingSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ROLLOUT_SERVING_", extra="ignore")
 
+    auth_resolver: Literal["auto", "sdk", "builtin"] = Field(
+        default="auto",
+        description="Who resolves the Databricks sign-in: sdk (databricks-sdk's unified "
+        "authentication, every method and profile rule), builtin (PAT and OAuth M2M only, no "
+        "extra dependency; what the sandbox demo uses), auto (sdk when installed).",
+    )
     request_timeout: float = Field(
         default=30.0, gt=0, description="Seconds allowed for one HTTP request (connect + read)."
     )

@@ -89,6 +89,7 @@ from rollout.serving.errors import (
     ServingError,
     Unauthenticated,
 )
+from rollout.serving.models import Endpoint
 from rollout.settings import ApiSettings
 from rollout.store.base import Store
 from rollout.store.errors import (
@@ -303,7 +304,7 @@ class _Service:
             # The scheduler's next scan will find it anyway.
             log.warning("api.wake_failed", rollout=rollout_id, error=repr(exc))
 
-    async def check_endpoint(self, name: str) -> None:
+    async def check_endpoint(self, name: str) -> Endpoint:
         """The endpoint exists and the controller may manage it, or an answer saying why not."""
         timeout = self.endpoint_check_timeout
         try:
@@ -346,6 +347,37 @@ class _Service:
                 f"the controller has {level} on endpoint {name!r}; a rollout needs "
                 f"{_NEEDED_PERMISSION}",
             )
+        return endpoint
+
+    async def check_sign_in(self, plan: AnyPlan, endpoint: Endpoint) -> None:
+        """A blue/green plan on a route-optimized endpoint needs OAuth for its smoke checks.
+
+        Databricks answers a route-optimized endpoint's invocations only at its own URL and
+        only with OAuth tokens: with a personal access token every smoke invocation would fail
+        and the rollout would roll back, so the plan is refused now.
+        """
+        if plan.strategy != "blue_green" or not endpoint.route_optimized:
+            return
+        try:
+            oauth = await self.client.signs_in_with_oauth()
+        except ServingError as exc:
+            raise ApiError(
+                502, "workspace_error", f"the controller cannot sign in to the workspace: {exc}"
+            ) from exc
+        if not oauth:
+            message = (
+                f"endpoint {endpoint.name!r} is route-optimized: Databricks answers its "
+                "invocations only with OAuth tokens, so the blue/green smoke checks cannot run "
+                "while the controller signs in with a personal access token; sign it in as a "
+                "service principal (DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET) or with "
+                "a `databricks auth login` profile, or use strategy canary"
+            )
+            raise ApiError(
+                422,
+                "oauth_required",
+                message,
+                details=[{"field": "strategy", "message": message}],
+            )
 
     async def traffic_warnings(self, plan: AnyPlan, policy: Policy) -> list[str]:
         """A warning when the endpoint's recent traffic cannot give the first step a verdict.
@@ -376,7 +408,8 @@ class _Service:
         active = await self.in_thread(self.store.active_for_endpoint, plan.endpoint)
         if active is not None:
             raise _rollout_active(plan.endpoint, active.id)
-        await self.check_endpoint(plan.endpoint)
+        endpoint = await self.check_endpoint(plan.endpoint)
+        await self.check_sign_in(plan, endpoint)
         warnings = [
             *await self.traffic_warnings(plan, policy),
             *plan_notes(plan, policy, metrics_window=self.metrics_window, buckets=False),

@@ -6,6 +6,11 @@ it through the unauthenticated admin API under ``/_sandbox/v1`` (see README.md b
 module for the contract). State lives in ``rollout.sandbox.workspace``; this module only parses
 requests, checks bearer tokens and shapes answers.
 
+Route-optimized endpoints (created with ``route_optimized: true``) get an ``endpoint_url`` on
+this server under ``/route-optimized/<workspace id>/serving-endpoints/<name>/invocations``,
+standing in for Databricks' per-endpoint host: it accepts only OAuth tokens issued by
+``/oidc/v1/token`` (a PAT gets 401), and the endpoint answers invocations only there.
+
 Every answer that is not a success is a Databricks error body ``{"error_code", "message"}``
 (OAuth's ``{"error", "error_description"}`` on the token endpoint): unknown paths, wrong
 methods and malformed bodies get a clear 4xx, never HTML and never a traceback.
@@ -19,7 +24,7 @@ import binascii
 import json
 import random
 from typing import Any, TypeVar
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +39,7 @@ from rollout.sandbox.models import (
     AdminFault,
     AdminLoad,
     AdminOAuthClient,
+    AdminRevoke,
     AdminToken,
     AdminUpdates,
     ApiError,
@@ -50,6 +56,11 @@ from rollout.sandbox.workspace import FAULT_ERRORS, Workspace
 
 ADMIN_PREFIX = "/_sandbox/v1"
 API = "/api/2.0/serving-endpoints"
+WORKSPACE_ID = "1000000000000000"
+# Where route-optimized endpoints are queried: Databricks gives each its own host; here it is a
+# path prefix on the sandbox's own host, with the same "<workspace id>/serving-endpoints/..."
+# layout under it.
+ROUTE_OPTIMIZED_PREFIX = f"/route-optimized/{WORKSPACE_ID}"
 METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Keys of an invocation body that carry the model's input (databricks-api.md 1d).
 INPUT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs", "messages",
@@ -175,6 +186,7 @@ def create_app(workspace: Workspace) -> FastAPI:
     _register_invocations(app, workspace)
     _register_oauth(app, workspace)
     _register_admin(app, workspace)
+    _register_admin_auth(app, workspace)
     _register_realism(app, workspace)
     return app
 
@@ -231,7 +243,13 @@ class FaultMiddleware:
             await self.app(scope, receive, send)
             return
         ws = self.workspace
-        ws.count_request()
+        headers = dict(scope.get("headers") or [])
+        ws.count_request(
+            str(scope["method"]),
+            path,
+            headers.get(b"host", b"").decode("latin-1"),
+            headers.get(b"authorization", b"").decode("latin-1") or None,
+        )
         hit = ws.draw_fault(str(scope["method"]), path)
         if hit is not None:
             if hit.delay > 0:
@@ -267,12 +285,12 @@ def _register_control_plane(app: FastAPI, ws: Workspace) -> None:
             description=body.description,
             route_optimized=body.route_optimized,
         )
-        return JSONResponse(created)
+        return JSONResponse(_with_url(request, created))
 
     @app.get(API + "/{name}")
     async def get_endpoint(request: Request, name: str) -> Response:
         permission = _authorize(ws, request, "CAN_VIEW", "read a serving endpoint")
-        return JSONResponse(ws.get_endpoint(name, permission))
+        return JSONResponse(_with_url(request, ws.get_endpoint(name, permission)))
 
     @app.delete(API + "/{name}")
     async def delete_endpoint(request: Request, name: str) -> Response:
@@ -284,19 +302,19 @@ def _register_control_plane(app: FastAPI, ws: Workspace) -> None:
     async def update_config(request: Request, name: str) -> Response:
         _authorize(ws, request, "CAN_MANAGE", "update a serving endpoint's config")
         spec = parse_config(await json_body(request))
-        return JSONResponse(ws.update_config(name, spec))
+        return JSONResponse(_with_url(request, ws.update_config(name, spec)))
 
     # Starlette escapes literal path text, so the ':' of these Google-style custom methods is
     # matched literally (and '{name}' never swallows it: it stops at the '/').
     @app.post(API + "/{name}/config:stop")
     async def stop_endpoint(request: Request, name: str) -> Response:
         _authorize(ws, request, "CAN_MANAGE", "stop a serving endpoint")
-        return JSONResponse(ws.stop(name))
+        return JSONResponse(_with_url(request, ws.stop(name)))
 
     @app.post(API + "/{name}/config:start")
     async def start_endpoint(request: Request, name: str) -> Response:
         _authorize(ws, request, "CAN_MANAGE", "start a serving endpoint")
-        return JSONResponse(ws.start(name))
+        return JSONResponse(_with_url(request, ws.start(name)))
 
     @app.patch(API + "/{name}/tags")
     async def patch_tags(request: Request, name: str) -> Response:
@@ -330,11 +348,16 @@ def _register_control_plane(app: FastAPI, ws: Workspace) -> None:
 def _register_invocations(app: FastAPI, ws: Workspace) -> None:
     """Invocations (data plane; no /api/2.0 prefix)."""
 
-    async def _invoke(request: Request, name: str, entity: str | None) -> Response:
-        _authorize(ws, request, "CAN_QUERY", "query a serving endpoint")
+    async def _invoke(request: Request, name: str, entity: str | None,
+                      route_optimized: bool = False) -> Response:
+        if route_optimized:
+            permission = ws.authenticate_oauth(_bearer(request))
+            ws.require(permission, "CAN_QUERY", "query a serving endpoint")
+        else:
+            _authorize(ws, request, "CAN_QUERY", "query a serving endpoint")
         body = await json_body(request)
         rows = _rows(body)
-        outcome = ws.invoke(name, entity)
+        outcome = ws.invoke(name, entity, route_optimized_url=route_optimized)
         headers = {"served-model-name": outcome.entity}
         if outcome.status >= 500:
             err = ApiError(outcome.status, "INTERNAL_ERROR",
@@ -356,6 +379,25 @@ def _register_invocations(app: FastAPI, ws: Workspace) -> None:
     @app.post("/serving-endpoints/{name}/served-models/{entity}/invocations")
     async def entity_invocations(request: Request, name: str, entity: str) -> Response:
         return await _invoke(request, name, entity)
+
+    @app.post(ROUTE_OPTIMIZED_PREFIX + "/serving-endpoints/{name}/invocations")
+    async def ro_invocations(request: Request, name: str) -> Response:
+        return await _invoke(request, name, None, route_optimized=True)
+
+    @app.post(ROUTE_OPTIMIZED_PREFIX
+              + "/serving-endpoints/{name}/served-models/{entity}/invocations")
+    async def ro_entity_invocations(request: Request, name: str, entity: str) -> Response:
+        return await _invoke(request, name, entity, route_optimized=True)
+
+
+def _with_url(request: Request, endpoint: dict[str, Any]) -> dict[str, Any]:
+    """A route-optimized endpoint's answer with its ``endpoint_url`` on this server."""
+    if endpoint.get("route_optimized") and isinstance(endpoint.get("name"), str):
+        base = str(request.base_url).rstrip("/")
+        name = quote(endpoint["name"], safe="")
+        endpoint["endpoint_url"] = (
+            f"{base}{ROUTE_OPTIMIZED_PREFIX}/serving-endpoints/{name}/invocations")
+    return endpoint
 
 
 def _register_oauth(app: FastAPI, ws: Workspace) -> None:
@@ -406,8 +448,23 @@ def _register_oauth(app: FastAPI, ws: Workspace) -> None:
     @app.get("/.well-known/databricks-config")
     async def databricks_config(request: Request) -> Response:
         base = str(request.base_url).rstrip("/")
-        return JSONResponse({"oidc_endpoint": f"{base}/oidc", "workspace_id": "1000000000000000",
+        return JSONResponse({"oidc_endpoint": f"{base}/oidc", "workspace_id": WORKSPACE_ID,
                              "cloud": "sandbox"})
+
+
+def _register_admin_auth(app: FastAPI, ws: Workspace) -> None:
+    """Admin API: revoking tokens (a 401 mid-rollout) and the log of API requests."""
+
+    @app.post(ADMIN_PREFIX + "/tokens/revoke")
+    async def admin_revoke(request: Request) -> Response:
+        body = parse_model(AdminRevoke, await json_body(request))
+        if body.token is None and not body.oauth:
+            raise invalid("Give a token to revoke, or oauth: true to revoke every OAuth token.")
+        return JSONResponse({"revoked": ws.revoke_tokens(body.token, oauth=body.oauth)})
+
+    @app.get(ADMIN_PREFIX + "/requests")
+    async def admin_requests() -> Response:
+        return JSONResponse({"requests": ws.requests_logged()})
 
 
 def _register_realism(app: FastAPI, ws: Workspace) -> None:
@@ -441,8 +498,9 @@ def _register_admin(app: FastAPI, ws: Workspace) -> None:
                              "traffic_config": body.traffic_config})
         created = ws.create_endpoint(body.name, spec, tags=body.tags, ready=True,
                                      profiles=body.profiles, qps=body.qps,
-                                     realism=body.realism)
-        return JSONResponse(created, status_code=201)
+                                     realism=body.realism,
+                                     route_optimized=body.route_optimized)
+        return JSONResponse(_with_url(request, created), status_code=201)
 
     @app.get(ADMIN_PREFIX + "/endpoints/{name}")
     async def admin_view(name: str) -> Response:

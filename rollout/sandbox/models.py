@@ -359,6 +359,7 @@ class AdminEndpointCreate(BaseModel):
     qps: float = Field(default=0.0, ge=0.0, le=1_000_000.0)
     tags: dict[str, str] = Field(default_factory=dict)
     realism: EndpointRealism = Field(default_factory=EndpointRealism)
+    route_optimized: bool = False
 
 
 class AdminLoad(BaseModel):
@@ -392,6 +393,15 @@ class AdminToken(BaseModel):
     token: str = Field(min_length=1, max_length=1000)
     permission: Permission = "CAN_MANAGE"
     expires_in_seconds: float | None = Field(default=None, ge=0.0, le=10.0**9)
+
+
+class AdminRevoke(BaseModel):
+    """``POST /_sandbox/v1/tokens/revoke``: one token, or every OAuth token issued so far."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    token: str | None = Field(default=None, min_length=1, max_length=1000)
+    oauth: bool = False
 
 
 class AdminOAuthClient(BaseModel):

@@ -28,6 +28,7 @@ import re
 import secrets
 import threading
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -65,6 +66,8 @@ from rollout.sandbox.traffic import (
     simulate_window,
 )
 
+# How many API requests the request log keeps (GET /_sandbox/v1/requests).
+REQUEST_LOG_SIZE = 2000
 DEFAULT_TOKEN = "dapi-sandbox-token"  # noqa: S105 -- a fixed, documented fake credential
 DEFAULT_CLIENT_ID = "sandbox-client"
 DEFAULT_CLIENT_SECRET = "sandbox-secret"  # noqa: S105 -- a fixed, documented fake credential
@@ -273,6 +276,8 @@ class Workspace:
         }
         self.faults: list[Fault] = []
         self.stats = Stats()
+        # The last REQUEST_LOG_SIZE API requests (admin calls excluded), oldest first.
+        self.request_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
         self._rng = random.Random(f"{self.seed}:invocations")
         self._fault_rng = random.Random(f"{self.seed}:faults")
 
@@ -333,6 +338,27 @@ class Workspace:
                            f"Permission {needed} is required to {action}; the caller has "
                            f"{permission}.")
 
+    def authenticate_oauth(self, token: str | None) -> Permission:
+        """Like ``authenticate``, for a route-optimized URL: OAuth tokens issued here only."""
+        permission = self.authenticate(token)
+        with self._lock:
+            info = self.tokens.get(token or "")
+            if info is None or not info.oauth:
+                self.stats.auth_failures += 1
+                raise ApiError(401, "UNAUTHENTICATED",
+                               "Personal access tokens are not supported for route-optimized "
+                               "endpoints; authenticate with an OAuth token.")
+        return permission
+
+    def revoke_tokens(self, token: str | None = None, *, oauth: bool = False) -> int:
+        """Revoke one token, or every OAuth token issued so far; returns how many."""
+        with self._lock:
+            doomed = [t for t, info in self.tokens.items()
+                      if t == token or (oauth and info.oauth)]
+            for t in doomed:
+                del self.tokens[t]
+            return len(doomed)
+
     def add_token(self, token: str, permission: Permission,
                   expires_in: float | None = None) -> None:
         with self._lock:
@@ -361,9 +387,29 @@ class Workspace:
     # ---------------------------------------------------------------------------------------
     # Faults and stats.
 
-    def count_request(self) -> None:
+    def count_request(self, method: str = "", path: str = "", host: str = "",
+                      authorization: str | None = None) -> None:
+        """Count one API request and log it: method, path, host and which credential it bore."""
         with self._lock:
             self.stats.requests += 1
+            self.request_log.append({"method": method, "path": path, "host": host,
+                                     "credential": self._credential_kind(authorization)})
+
+    def _credential_kind(self, authorization: str | None) -> str:
+        """none, basic, pat (a token added as a PAT), oauth (issued here), unknown."""
+        scheme, _, value = (authorization or "").partition(" ")
+        if not value.strip():
+            return "none"
+        if scheme.lower() == "basic":
+            return "basic"
+        info = self.tokens.get(value.strip())
+        if info is None:
+            return "unknown"
+        return "oauth" if info.oauth else "pat"
+
+    def requests_logged(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.request_log)
 
     def add_fault(self, *, status: int, rate: float, count: int | None,
                   retry_after: int | None, delay: float, path_pattern: str,
@@ -879,10 +925,23 @@ class Workspace:
     # ---------------------------------------------------------------------------------------
     # Traffic.
 
-    def invoke(self, name: str, entity: str | None) -> Invocation:
-        """Route one real invocation, apply the entity's profile, record it in its window."""
+    def invoke(self, name: str, entity: str | None, *,
+               route_optimized_url: bool = False) -> Invocation:
+        """Route one real invocation, apply the entity's profile, record it in its window.
+
+        A route-optimized endpoint answers only at its own URL (``route_optimized_url``), as
+        the ones Databricks creates now do; an ordinary one only at the workspace.
+        """
         with self._lock:
             ep = self._get(name)
+            if ep.route_optimized and not route_optimized_url:
+                raise ApiError(400, "BAD_REQUEST",
+                               f"Endpoint {name} is route-optimized; query it at its "
+                               "endpoint_url.")
+            if route_optimized_url and not ep.route_optimized:
+                raise ApiError(404, "RESOURCE_DOES_NOT_EXIST",
+                               f"Endpoint {name} is not route-optimized; query it through the "
+                               "workspace URL.")
             self.stats.invocations += 1
             if ep.config is None:
                 raise ApiError(400, "INVALID_STATE",

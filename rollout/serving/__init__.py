@@ -55,6 +55,7 @@ from rollout.serving.models import (
     traffic_split,
 )
 from rollout.serving.retry import RetryPolicy
+from rollout.serving.sdk_auth import SdkAuth, sdk_available
 
 __all__ = [
     "AlreadyExists",
@@ -83,6 +84,7 @@ __all__ = [
     "ResponseHook",
     "RetryPolicy",
     "Route",
+    "SdkAuth",
     "ServedEntity",
     "ServedEntityState",
     "ServedModel",
@@ -99,5 +101,6 @@ __all__ = [
     "UpdateTimeout",
     "auth_from_credentials",
     "resolve_credentials",
+    "sdk_available",
     "traffic_split",
 ]

@@ -1,9 +1,18 @@
-"""Authentication to a Databricks workspace: PAT and OAuth machine-to-machine.
+"""Authentication to a Databricks workspace: the Auth interface, and the built-in PAT and M2M.
 
-Where this sits in a rollout: the serving client asks its ``Auth`` for an ``Authorization``
-header before every request the runner makes (config PUTs, polls, export-metrics scrapes).
-``resolve_credentials`` turns the ``DatabricksSettings`` read at startup (environment, then a
-``~/.databrickscfg`` profile) into ``Credentials``; ``auth_from_credentials`` builds the Auth.
+Where this sits in a rollout: the serving client asks its ``Auth`` for the headers of every
+request the runner makes (config PUTs, polls, export-metrics scrapes, smoke invocations) and
+merges them into the request; after a 401 it calls ``invalidate`` and tries once more.
+
+Two implementations of ``Auth`` resolve credentials:
+
+- ``rollout.serving.sdk_auth.SdkAuth``: databricks-sdk's unified authentication (every sign-in
+  method and profile rule Databricks tools share). The default when databricks-sdk is
+  installed (``rollout[databricks]``).
+- this module's ``PatAuth`` and ``OAuthM2MAuth``: no extra dependency, and every wait on the
+  injected clock, so the sandbox and tests on a fake clock use them. ``resolve_credentials``
+  turns the ``DatabricksSettings`` read at startup (environment, then a ``~/.databrickscfg``
+  profile) into ``Credentials``; ``auth_from_credentials`` builds the Auth.
 
 OAuth M2M tokens are fetched from ``{host}/oidc/v1/token`` with the client credentials in HTTP
 Basic, cached, and refreshed when less than a margin of their lifetime remains (measured on
@@ -18,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import configparser
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -43,16 +53,29 @@ log = structlog.get_logger("rollout.serving.auth")
 
 AuthType = Literal["pat", "oauth-m2m"]
 
+DEFAULT_CONFIG_FILE = "~/.databrickscfg"
+
 
 class Auth(Protocol):
     """What the client needs from an authentication method."""
 
-    async def authorization(self, http: httpx.AsyncClient) -> str:
-        """The value of the ``Authorization`` header for the next request."""
+    async def headers(self, http: httpx.AsyncClient) -> Mapping[str, str]:
+        """The headers that authenticate the next request (``Authorization`` and any other).
+
+        Some sign-in methods need more than one header (an Azure service principal adds its
+        management token, Google ones their access token); all of them go on every request.
+        """
         ...
 
     def invalidate(self) -> bool:
         """Forget cached credentials after a 401; True if a fresh attempt may succeed."""
+        ...
+
+    async def is_oauth(self, http: httpx.AsyncClient) -> bool:
+        """Whether the requests carry an OAuth access token (route-optimized endpoints need one).
+
+        May resolve the credentials first; raises as ``headers`` does when that fails.
+        """
         ...
 
 
@@ -70,8 +93,14 @@ class PatAuth:
     async def authorization(self, http: httpx.AsyncClient) -> str:  # noqa: ARG002 - protocol
         return f"Bearer {self._token.get_secret_value()}"
 
+    async def headers(self, http: httpx.AsyncClient) -> Mapping[str, str]:
+        return {"Authorization": await self.authorization(http)}
+
     def invalidate(self) -> bool:
         # A PAT cannot be refreshed: a 401 is final.
+        return False
+
+    async def is_oauth(self, http: httpx.AsyncClient) -> bool:  # noqa: ARG002 - protocol
         return False
 
 
@@ -142,8 +171,14 @@ class OAuthM2MAuth:
                     self._token = token
         return token.header.get_secret_value()
 
+    async def headers(self, http: httpx.AsyncClient) -> Mapping[str, str]:
+        return {"Authorization": await self.authorization(http)}
+
     def invalidate(self) -> bool:
         self._token = None
+        return True
+
+    async def is_oauth(self, http: httpx.AsyncClient) -> bool:  # noqa: ARG002 - protocol
         return True
 
     async def _fetch(self, http: httpx.AsyncClient) -> _Token:
@@ -269,7 +304,8 @@ def _choose(
         raise ConfigurationError(f"no workspace host in {source}")
     if auth_type not in (None, "", "pat", "oauth-m2m"):
         raise ConfigurationError(
-            f"auth_type {auth_type!r} in {source} is not supported (use pat or oauth-m2m)"
+            f"auth_type {auth_type!r} in {source} needs databricks-sdk "
+            "(pip install 'rollout[databricks]'); without it only pat and oauth-m2m work"
         )
     if auth_type == "pat" or (not auth_type and token):
         if not token:
@@ -302,6 +338,11 @@ def resolve_credentials(settings: DatabricksSettings) -> Credentials:
     that are given still override the profile's values, as Databricks' own tools do. A named
     profile is not merged with ``[DEFAULT]``.
     """
+    if settings.auth_type not in (None, "pat", "oauth-m2m"):
+        raise ConfigurationError(
+            f"auth_type {settings.auth_type!r} needs databricks-sdk "
+            "(pip install 'rollout[databricks]'); without it only pat and oauth-m2m work"
+        )
     has_credentials = settings.token is not None or (
         settings.client_id is not None and settings.client_secret is not None
     )
@@ -314,7 +355,7 @@ def resolve_credentials(settings: DatabricksSettings) -> Credentials:
             auth_type=settings.auth_type,
             source="environment",
         )
-    path = Path(settings.config_file).expanduser()
+    path = Path(settings.config_file or DEFAULT_CONFIG_FILE).expanduser()
     profile, values = _read_profile(path, settings.config_profile)
     token = settings.token or _secret(values.get("token"))
     client_id = settings.client_id or values.get("client_id")

@@ -6,6 +6,17 @@ served entity and the new split), waits for it to settle and verifies it
 (``wait_until_applied``), scrapes ``export_metrics`` for the judges, fetches ``build_logs`` for
 a rollback alert, and invokes the endpoint for blue/green smoke checks (``query``).
 
+Every request carries the headers the ``Auth`` yields (``rollout.serving.auth``; through
+databricks-sdk in ``rollout.serving.sdk_auth``); a 401 makes the Auth re-resolve once.
+
+Invocations of a route-optimized endpoint (GET shows ``route_optimized: true`` and an
+``endpoint_url``) go to that URL instead of the workspace, with the same headers, and only
+when they carry an OAuth token: Databricks refuses personal access tokens there, so the
+client raises ``ConfigurationError`` without sending. The client learns each endpoint's URL
+from every endpoint it parses (GET, create, PUT), and GETs it once before the first invocation
+of an endpoint it has not seen. The served-model path on that URL
+(``.../serving-endpoints/<name>/served-models/<entity>/invocations``) mirrors the workspace's.
+
 Every method is one logical call made of one or more HTTP attempts: each attempt goes through
 the single ``RetryPolicy`` (only transient errors are resent), each failure is a typed
 ``ServingError`` (``rollout.serving.errors``), and each attempt is reported to the optional
@@ -55,6 +66,7 @@ from rollout.serving.models import (
     traffic_split,
 )
 from rollout.serving.retry import RetryHook, RetryPolicy
+from rollout.serving.sdk_auth import INSTALL_HINT, SdkAuth, sdk_available
 from rollout.settings import DatabricksSettings, ServingSettings
 
 log = structlog.get_logger("rollout.serving")
@@ -122,6 +134,9 @@ class ServingClient:
         # Config version each of our PUTs announced, per endpoint: a GET that still shows an
         # older version with NOT_UPDATING has not caught up with our PUT yet.
         self._announced: dict[str, int] = {}
+        # Per endpoint seen: the base of its route-optimized invocation URL (up to, not
+        # including, "/invocations"), or None when it is queried through the workspace.
+        self._routes: dict[str, str | None] = {}
 
     @classmethod
     def from_settings(
@@ -133,12 +148,28 @@ class ServingClient:
         clock: Clock | None = None,
         on_response: ResponseHook | None = None,
     ) -> ServingClient:
-        """A client for the workspace and credentials the settings resolve to."""
+        """A client for the workspace and credentials the settings resolve to.
+
+        ``serving.auth_resolver`` picks who resolves the sign-in: databricks-sdk (``sdk``,
+        or ``auto`` when it is installed) or the built-in PAT/M2M resolution (``builtin``).
+        The host is found now, without network calls; the SDK signs in on the first request.
+        """
         clock = clock or SystemClock()
-        credentials = resolve_credentials(databricks)
+        resolver = serving.auth_resolver
+        auth: Auth
+        if resolver == "sdk" or (resolver == "auto" and sdk_available()):
+            if not sdk_available():
+                raise ConfigurationError(
+                    f"ROLLOUT_SERVING_AUTH_RESOLVER=sdk needs databricks-sdk: {INSTALL_HINT}"
+                )
+            sdk = SdkAuth.from_settings(databricks, clock=clock, timeout=serving.request_timeout)
+            host, auth = sdk.host, sdk
+        else:
+            credentials = resolve_credentials(databricks)
+            host, auth = credentials.host, auth_from_credentials(credentials, clock=clock)
         return cls(
-            credentials.host,
-            auth_from_credentials(credentials, clock=clock),
+            host,
+            auth,
             transport=transport,
             clock=clock,
             retry=RetryPolicy.from_settings(serving),
@@ -187,8 +218,7 @@ class ServingClient:
         reauthenticated = False
         while True:
             started = self.clock.monotonic()
-            authorization = await self.auth.authorization(self._http)
-            headers = {"Authorization": authorization, "Accept": accept}
+            headers = {**await self.auth.headers(self._http), "Accept": accept}
             try:
                 response = await self._http.request(method, path, json=body, headers=headers)
             except httpx.TimeoutException as exc:
@@ -199,8 +229,9 @@ class ServingClient:
                     call=call,
                 ) from exc
             except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+                where = path if "://" in path else f"{self.host}{path}"
                 raise ConfigurationError(
-                    f"cannot send to {self.host}{path}: {exc}", endpoint=endpoint, call=call
+                    f"cannot send to {where}: {exc}", endpoint=endpoint, call=call
                 ) from exc
             except httpx.HTTPError as exc:
                 self._report(call, None, self.clock.monotonic() - started)
@@ -309,7 +340,9 @@ class ServingClient:
 
     def _endpoint(self, response: httpx.Response, call: str, name: str) -> Endpoint:
         data = self._json(response, call, name)
-        return self._validate(Endpoint, data, call, name, response.status_code)
+        endpoint = self._validate(Endpoint, data, call, name, response.status_code)
+        self._routes[endpoint.name] = _route_base(endpoint)
+        return endpoint
 
     def _text_field(self, response: httpx.Response, field: str, call: str, name: str) -> str:
         data = self._object(response, call, name)
@@ -379,6 +412,7 @@ class ServingClient:
         # The answer is empty or {}; nothing in it is needed.
         await self._request("delete_endpoint", "DELETE", f"{API}/{_q(name)}", endpoint=name)
         self._announced.pop(name, None)
+        self._routes.pop(name, None)
 
     async def update_config(self, name: str, spec: ConfigSpec) -> Endpoint:
         """PUT the full config (flat body). Returns at once; the update runs asynchronously.
@@ -512,20 +546,44 @@ class ServingClient:
 
     # --- data plane ---------------------------------------------------------------------------
 
+    async def signs_in_with_oauth(self) -> bool:
+        """Whether requests carry an OAuth token (what a route-optimized endpoint accepts)."""
+        return await self.auth.is_oauth(self._http)
+
     async def query(self, name: str, body: Mapping[str, Any]) -> InvocationResult:
         """Invoke the endpoint; traffic is routed by its ``traffic_config``."""
-        return await self._invoke("query", f"/serving-endpoints/{_q(name)}/invocations", name, body)
+        return await self._invoke("query", "/invocations", name, body)
 
     async def query_served_model(
         self, name: str, served_model: str, body: Mapping[str, Any]
     ) -> InvocationResult:
         """Invoke one served entity directly, whatever its traffic share (even 0 %)."""
-        path = f"/serving-endpoints/{_q(name)}/served-models/{_q(served_model)}/invocations"
-        return await self._invoke("query_served_model", path, name, body)
+        suffix = f"/served-models/{_q(served_model)}/invocations"
+        return await self._invoke("query_served_model", suffix, name, body)
+
+    async def invocation_base(self, name: str) -> str | None:
+        """The route-optimized URL base of the endpoint, None when queried at the workspace."""
+        if name not in self._routes:
+            await self.get_endpoint(name)
+        return self._routes.get(name)
 
     async def _invoke(
-        self, call: str, path: str, name: str, body: Mapping[str, Any]
+        self, call: str, suffix: str, name: str, body: Mapping[str, Any]
     ) -> InvocationResult:
+        base = await self.invocation_base(name)
+        if base is None:
+            path = f"/serving-endpoints/{_q(name)}{suffix}"
+        else:
+            if not await self.signs_in_with_oauth():
+                raise ConfigurationError(
+                    f"endpoint {name!r} is route-optimized: Databricks answers its invocations "
+                    f"({base}{suffix}) only with OAuth tokens, and the controller signs in with "
+                    "a personal access token; sign in as a service principal (OAuth M2M) or "
+                    "with `databricks auth login`",
+                    endpoint=name,
+                    call=call,
+                )
+            path = f"{base}{suffix}"
         response = await self._request(call, "POST", path, endpoint=name, body=dict(body))
         return InvocationResult(
             body=self._json(response, call, name),
@@ -660,6 +718,19 @@ class ServingClient:
                 call="wait_until_applied",
             )
         return None
+
+
+def _route_base(endpoint: Endpoint) -> str | None:
+    """Where a route-optimized endpoint's invocations go, without the final "/invocations"."""
+    if not endpoint.route_optimized or not endpoint.endpoint_url:
+        return None
+    url = endpoint.endpoint_url.strip().rstrip("/")
+    if "://" not in url:
+        url = f"https://{url}"
+    if url.endswith("/invocations"):
+        return url[: -len("/invocations")]
+    # A bare host: the workspace's path layout under it.
+    return f"{url}/serving-endpoints/{_q(endpoint.name)}"
 
 
 __all__ = ["ResponseHook", "ServingClient"]

@@ -579,7 +579,9 @@ async def test_wrong_client_secret_is_unauthenticated(
     assert "not-the-secret" not in str(caught.value)
 
 
-async def test_client_from_settings_with_oauth(sandbox: Any, sandbox_admin: Admin) -> None:
+async def test_client_from_settings_with_builtin_oauth(
+    sandbox: Any, sandbox_admin: Admin
+) -> None:
     name = create_endpoint(sandbox_admin)
     databricks = DatabricksSettings(
         host=sandbox.url,
@@ -589,7 +591,7 @@ async def test_client_from_settings_with_oauth(sandbox: Any, sandbox_admin: Admi
         config_profile=None,
         auth_type=None,
     )
-    serving = ServingSettings(update_poll_interval=0.25, retry_budget=5.0)
+    serving = ServingSettings(update_poll_interval=0.25, retry_budget=5.0, auth_resolver="builtin")
     client = ServingClient.from_settings(databricks, serving, clock=sandbox_clock(sandbox))
     async with client:
         assert isinstance(client.auth, OAuthM2MAuth)

@@ -368,7 +368,13 @@ async def test_malformed_2xx_is_malformed_response(
 async def test_malformed_bodies_of_the_other_calls(
     make_client: Callable[..., ServingClient], response: httpx.Response, call: str
 ) -> None:
-    async with make_client(lambda _r: response) as client:
+    def handler(request: httpx.Request) -> httpx.Response:
+        # Before its first invocation of an endpoint the client reads where to send it.
+        if request.method == "GET" and call == "query":
+            return httpx.Response(200, json=endpoint_body())
+        return response
+
+    async with make_client(handler) as client:
         with pytest.raises(MalformedResponse) as caught:
             await invoke(client, call)
     assert caught.value.call == call
@@ -709,7 +715,9 @@ async def test_from_settings_wires_auth_timeouts_and_retry() -> None:
         config_profile=None,
         auth_type=None,
     )
-    serving = ServingSettings(request_timeout=3.0, update_poll_interval=1.5, retry_budget=9.0)
+    serving = ServingSettings(
+        request_timeout=3.0, update_poll_interval=1.5, retry_budget=9.0, auth_resolver="builtin"
+    )
     client = ServingClient.from_settings(
         databricks, serving, transport=httpx.MockTransport(recorder), clock=FakeClock()
     )
