@@ -661,10 +661,15 @@ def _pending(turn: _Turn) -> None:
         turn.move(Phase.FAILED, f"cannot start: {problem}", "failed")
         turn.alert("failed", "error", f"{plan.endpoint}: cannot start rollout: {problem}")
         return
-    others = [dict(e) for name, e in snapshot.entities.items() if name != baseline]
+    # Every field the GET showed is carried through; the plan adds those a GET never shows
+    # (burst_scaling_enabled), which every PUT would otherwise reset to the default.
+    entities = {
+        name: {**entity, **_settings(plan, name)} for name, entity in snapshot.entities.items()
+    }
+    others = [e for name, e in entities.items() if name != baseline]
     turn.set(
         baseline=baseline,
-        baseline_entity=dict(snapshot.entities[baseline]),
+        baseline_entity=entities[baseline],
         other_entities=others,
     )
     turn.move(
@@ -675,6 +680,11 @@ def _pending(turn: _Turn) -> None:
     )
     turn.alert("started", "info", f"{plan.endpoint}: rollout of {candidate} started")
     turn.put(_new_target(turn, "deploy", 0))
+
+
+def _settings(plan: AnyPlan, name: str) -> dict[str, Any]:
+    settings = plan.entity_settings.get(name)
+    return {} if settings is None else settings.fields()
 
 
 def _preflight(plan: BlueGreenPlan, state: RolloutState) -> RunPreflight:

@@ -87,16 +87,16 @@ def snapshot_of(endpoint: Endpoint) -> EndpointSnapshot:
     """Reduce a served endpoint to what ``decide`` looks at."""
     entities: dict[str, dict[str, Any]] = {}
     if endpoint.config is not None:
-        for entity in endpoint.config.served_entities:
-            entities[entity.derived_name()] = entity.to_input()
-        for model in endpoint.config.served_models:
-            entities.setdefault(model.identity[0], {"name": model.identity[0]})
+        # Legacy served_models come converted to served entities: the PUTs that carry them
+        # through must name entity_name and entity_version.
+        for entity in endpoint.config.entities():
+            entities.setdefault(entity.derived_name(), entity.to_input())
     pending_entities = pending_split = None
     if endpoint.pending_config is not None:
         pending_entities = endpoint.pending_config.entity_names()
         pending_split = traffic_split(endpoint.pending_config)
     return EndpointSnapshot(
-        ready=str(endpoint.state.ready),
+        ready="UNKNOWN" if endpoint.state.ready is None else str(endpoint.state.ready),
         config_update=str(endpoint.state.config_update),
         config_version=endpoint.config.config_version if endpoint.config else None,
         entities=entities,
