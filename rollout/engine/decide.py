@@ -700,6 +700,8 @@ def _preflight(plan: BlueGreenPlan, state: RolloutState) -> RunPreflight:
 def _preparing(turn: _Turn) -> None:
     """Blue/green only: the candidate is deployed at 0 %; run and read the preflight checks."""
     state, plan = turn.state, turn.plan
+    if _unattributable(turn):
+        return
     _accumulate(turn)
     if not isinstance(plan, BlueGreenPlan):
         turn.again_in(turn.timing.update_poll)
@@ -745,8 +747,26 @@ def _preparing(turn: _Turn) -> None:
     turn.again_in(min(turn.timing.look_interval, plan.warmup))
 
 
+def _unattributable(turn: _Turn) -> bool:
+    """Pause when the scrape's numbers are endpoint totals while several entities serve.
+
+    Summed over every arm they would judge the endpoint against itself; a person must make
+    the export name served entities (or decide by hand) before the rollout goes on.
+    """
+    scrape = turn.obs.unattributable
+    if scrape is None:
+        return False
+    snapshot = turn.obs.endpoint
+    if snapshot is not None and len(snapshot.entities) < 2:
+        return False
+    _pause(turn, scrape.describe(), kind="unattributable_metrics")
+    return True
+
+
 def _progressing(turn: _Turn) -> None:
     state, plan, policy = turn.state, turn.plan, turn.policy
+    if _unattributable(turn):
+        return
     _accumulate(turn)
     state = turn.state
     weights = _weights(plan)
@@ -1011,7 +1031,6 @@ def _warmup_text(turn: _Turn) -> str:
 def _look(turn: _Turn, *, final: bool) -> Look | None:
     """Judge each new window's unit (or the current sums at the first look of a split)."""
     state = turn.state
-    no_labels = not turn.obs.entity_labels
     units = list(turn.units)
     if not units:
         if state.last_verdict is not None and not turn.obs.metrics_error:
@@ -1027,9 +1046,7 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
     notes = [_warmup_text(turn)] if turn.scored_from is not None else []
     if turn.unpaired:
         notes.append(f"{turn.unpaired} window(s) waiting for the other arm's")
-    if no_labels:
-        notes.append("export-metrics has no per-entity series; arms cannot be told apart")
-    elif turn.obs.metrics_error:
+    if turn.obs.metrics_error:
         notes.append(turn.obs.metrics_error)
     split = f"{state.step}@{state.split_applied_at}"
     inputs = [

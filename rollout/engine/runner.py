@@ -351,7 +351,7 @@ class Runner:
         return replace(
             observation,
             windows=windows,
-            entity_labels=scrape.has_entity_labels or not scrape.windows,
+            unattributable=scrape.unattributable(),
         )
 
     # ---- effects ------------------------------------------------------------------------
