@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rollout.clock import Clock, FakeClock, SystemClock
+from rollout.sandbox.governance import Governance, not_found_id, permission_levels
 from rollout.sandbox.models import (
     NAME_PATTERN,
     PERMISSIONS,
@@ -145,6 +146,7 @@ class Endpoint:
     real: dict[int, dict[str, WindowCounts]] = field(default_factory=dict)
     window_cache: dict[int, dict[str, WindowCounts]] = field(default_factory=dict)
     invocations: dict[str, int] = field(default_factory=dict)
+    governance: Governance = field(default_factory=Governance)
 
     @property
     def serving(self) -> bool:
@@ -560,8 +562,14 @@ class Workspace:
         profiles: Mapping[str, EntityProfile] | None = None,
         qps: float = 0.0,
         realism: EndpointRealism | None = None,
+        extras: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Create an endpoint: through the update lifecycle, or ``ready`` at once (admin)."""
+        """Create an endpoint: through the update lifecycle, or ``ready`` at once (admin).
+
+        ``extras`` is the rest of a public create body: AI gateway, rate limits, email
+        notifications, budget policy (``Governance.at_creation``).
+        """
+        governance = Governance.at_creation(CREATOR, dict(extras or {}))
         if not NAME_PATTERN.match(name):
             raise invalid(f"Invalid endpoint name '{name}': use 1 to 63 letters, digits, '-' "
                           "or '_'.")
@@ -581,6 +589,7 @@ class Workspace:
                 tags=dict(tags or {}),
                 profiles=dict(profiles or {}),
                 realism=realism or NO_REALISM,
+                governance=governance,
             )
             self.endpoints[name] = ep
             if spec is not None:
@@ -644,6 +653,49 @@ class Workspace:
                 raise ApiError(400, "INVALID_STATE", f"Endpoint {name} is not stopped.")
             self._start_update(ep, ep.config.spec, "start")
             return self._describe(ep, "CAN_MANAGE")
+
+    # ---------------------------------------------------------------------------------------
+    # Governance: AI gateway, rate limits, notifications, permissions (kept, not enforced).
+
+    def put_rate_limits(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            return self._get(name).governance.put_rate_limits(body)
+
+    def put_ai_gateway(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            return self._get(name).governance.put_ai_gateway(body)
+
+    def patch_notifications(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            answer = self._get(name).governance.patch_notifications(body)
+            return {"name": name, **answer}
+
+    def _by_id(self, endpoint_id: str) -> Endpoint:
+        for ep in self.endpoints.values():
+            if ep.id == endpoint_id:
+                return ep
+        raise not_found_id(endpoint_id)
+
+    def get_permissions(self, endpoint_id: str) -> dict[str, Any]:
+        with self._lock:
+            return self._by_id(endpoint_id).governance.permissions(endpoint_id)
+
+    def set_permissions(self, endpoint_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            governance = self._by_id(endpoint_id).governance
+            governance.set_permissions(body, CREATOR)
+            return governance.permissions(endpoint_id)
+
+    def update_permissions(self, endpoint_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            governance = self._by_id(endpoint_id).governance
+            governance.update_permissions(body)
+            return governance.permissions(endpoint_id)
+
+    def permission_levels(self, endpoint_id: str) -> dict[str, Any]:
+        with self._lock:
+            self._by_id(endpoint_id)
+            return permission_levels()
 
     def patch_tags(
         self, name: str, add: Mapping[str, str], delete: list[str]
@@ -779,6 +831,7 @@ class Workspace:
             out["tags"] = _tags(ep.tags)
         if ep.description:
             out["description"] = ep.description
+        ep.governance.describe_into(out)
         return out
 
     def _config_json(self, ep: Endpoint, config: ServingConfig,
