@@ -291,6 +291,15 @@ class EndpointRealism(BaseModel):
         default="window",
         description="window: per-window gauges (Databricks); counter: cumulative counters.",
     )
+    entity_label: str = Field(
+        default="served_entity_name", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$",
+        description="The label naming each series' served entity in export-metrics.",
+    )
+    sparse_json: bool = Field(
+        default=False,
+        description="Answers leave out default values as proto3 JSON does: a route's "
+        "traffic_percentage of 0, config_update NOT_UPDATING, false booleans.",
+    )
 
 
 NO_REALISM = EndpointRealism()

@@ -832,7 +832,7 @@ class Workspace:
         if ep.description:
             out["description"] = ep.description
         ep.governance.describe_into(out)
-        return out
+        return _sparse(out) if ep.realism.sparse_json else out
 
     def _config_json(self, ep: Endpoint, config: ServingConfig,
                      pending: PendingUpdate | None) -> dict[str, Any]:
@@ -1000,35 +1000,44 @@ class Workspace:
         With delivery faults the text is what a faulty exporter shows: the last closed window
         without the entities whose window is late or missing (a revised one partial), beside
         the previous window of the entities whose window arrives late, twice, or revised.
-        With the counter exposition, cumulative counters as of the last closed window.
+        With the counter exposition, cumulative counters as of the last closed window. The
+        entity label is ``served_entity_name`` unless the realism settings name another.
         """
         with self._lock:
             ep = self._get(name)
-            k = self._window_index(self.now()) - 1
-            if ep.realism.exposition == "counter":
-                return self._counter_text(ep, k)
-            faults = ep.realism.delivery
-            if not faults.any_window_fault:
-                return render_export_windows(ep.name, [self._block(ep, k)])
-            key = self._key(ep)
-            previous = self._window_counts(ep, k - 1)
-            plan_then = faults.plan(key, k - 1, sorted(previous))
-            again = {e for e, fate in plan_then.items() if fate in ("late", "duplicate",
-                                                                    "revised")}
-            current = self._window_counts(ep, k)
-            plan_now = faults.plan(key, k, sorted(current))
-            shown: dict[str, WindowCounts] = {}
-            for entity, counts in current.items():
-                fate = plan_now[entity]
-                if fate == "revised":
-                    shown[entity] = partial_counts(counts, faults.partial_fraction,
-                                                   substream(key, k, "partial", entity))
-                elif fate in ("on_time", "duplicate"):
-                    shown[entity] = counts
-            blocks = [self._block(ep, k, shown)]
-            if again:
-                blocks.append(self._block(ep, k - 1, {e: previous[e] for e in again}))
-            return render_export_windows(ep.name, blocks)
+            text = self._export_text(ep)
+            label = ep.realism.entity_label
+            if label != "served_entity_name":
+                text = text.replace('{served_entity_name="', "{" + label + '="')
+            return text
+
+    def _export_text(self, ep: Endpoint) -> str:
+        """The export as ``served_entity_name`` labels it (the caller holds the lock)."""
+        k = self._window_index(self.now()) - 1
+        if ep.realism.exposition == "counter":
+            return self._counter_text(ep, k)
+        faults = ep.realism.delivery
+        if not faults.any_window_fault:
+            return render_export_windows(ep.name, [self._block(ep, k)])
+        key = self._key(ep)
+        previous = self._window_counts(ep, k - 1)
+        plan_then = faults.plan(key, k - 1, sorted(previous))
+        again = {e for e, fate in plan_then.items() if fate in ("late", "duplicate",
+                                                                "revised")}
+        current = self._window_counts(ep, k)
+        plan_now = faults.plan(key, k, sorted(current))
+        shown: dict[str, WindowCounts] = {}
+        for entity, counts in current.items():
+            fate = plan_now[entity]
+            if fate == "revised":
+                shown[entity] = partial_counts(counts, faults.partial_fraction,
+                                               substream(key, k, "partial", entity))
+            elif fate in ("on_time", "duplicate"):
+                shown[entity] = counts
+        blocks = [self._block(ep, k, shown)]
+        if again:
+            blocks.append(self._block(ep, k - 1, {e: previous[e] for e in again}))
+        return render_export_windows(ep.name, blocks)
 
     def _key(self, ep: Endpoint) -> str:
         """The name of the endpoint's random streams: the same seed and name, the same world."""
@@ -1182,6 +1191,24 @@ def _echo(fields: Mapping[str, Any]) -> dict[str, Any]:
             continue
         out[key] = _echo(value) if isinstance(value, dict) else value
     return out
+
+
+def _sparse(value: Any) -> Any:
+    """``value`` as proto3 JSON shows it: default values left out (a route's 0 %, the zero
+    state NOT_UPDATING, false)."""
+    if isinstance(value, list):
+        return [_sparse(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {
+        key: _sparse(v)
+        for key, v in value.items()
+        if not (
+            v is False
+            or (key == "traffic_percentage" and v == 0)
+            or (key == "config_update" and v == "NOT_UPDATING")
+        )
+    }
 
 
 def _summary(spec: ConfigSpec) -> dict[str, Any]:
