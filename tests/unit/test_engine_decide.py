@@ -1319,3 +1319,21 @@ def test_a_rollout_that_cannot_start_says_why_it_failed(obs: Observation, reason
     decision = run(Case("", state(), obs))
     assert decision.state.phase is Phase.FAILED
     assert decision.state.ending_reason == reason
+
+
+def test_settings_a_get_does_not_show_ride_with_every_put() -> None:
+    the_plan = plan_of(entity_settings={BASE: {"burst_scaling_enabled": False}},
+                       candidate={**CANARY["candidate"], "burst_scaling_enabled": False})
+    unknown = {**entity(BASE), "future_setting": {"level": 2}}
+    endpoint = EndpointSnapshot(
+        ready="READY", config_update="NOT_UPDATING", config_version=3,
+        entities={BASE: unknown}, split={BASE: 100},
+    )
+    decision = decide(the_plan, state(), Observation(endpoint=endpoint), T0, policy=policy(),
+                      timing=TIMING)
+    assert isinstance(decision.effect, PutConfig)
+    sent = {str(e["name"]): e for e in decision.effect.target.entities}
+    assert sent[BASE] == {**unknown, "burst_scaling_enabled": False}
+    assert sent[CAND]["burst_scaling_enabled"] is False
+    # Remembered for every later PUT of the rollout, the restore included.
+    assert decision.state.baseline_entity == sent[BASE]
