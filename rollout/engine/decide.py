@@ -18,7 +18,13 @@ The life of a canary::
 Every config change goes through a ``Target``: decided and persisted first, PUT by the runner,
 and confirmed only when the endpoint shows it. A target the endpoint shows neither as live, as
 pending, nor as the config it replaced means someone changed the endpoint by hand (drift): the
-rollout pauses and says so, and never fights the human.
+rollout pauses and says so, and never fights the human. Metrics whose series name no served
+entity while several serve (``Observation.unattributable``) would judge the endpoint against
+itself: the rollout pauses too, naming the labels the export carried.
+
+The entities a rollout starts from are copied whole from the first GET (fields the controller
+does not know included), plus the plan's ``entity_settings`` for fields a GET never shows; every
+later PUT of the rollout, the restore included, sends them as copied.
 """
 
 from __future__ import annotations

@@ -39,6 +39,14 @@ kind (gauge or counter) disagrees with the first request family present, normall
 disagree on one series (the first of ``ENTITY_LABELS`` wins). When one replica's series is unusable
 the field is missing for the whole window, since a sum of the other replicas would understate it.
 
+Families read (``SCALAR_METRICS``, ``HISTOGRAM_METRICS``; ``METRIC_ALIASES`` for other
+spellings of the same family): the request, 4xx and 5xx counts, CPU, memory and GPU usage and
+GPU memory usage (levels: averaged over replicas and GPUs), provisioned concurrency, and the
+round-trip latency, queue time and model inference latency histograms. A scrape with windows
+whose series name no served entity (none of ``ENTITY_LABELS``) says so with
+``Scrape.unattributable()``, naming the labels it did carry: the engine pauses on it rather
+than judge the arms' sum.
+
 Timestamps become epoch milliseconds. Prometheus 0.0.4 timestamps are milliseconds by the spec.
 OpenMetrics timestamps are seconds by the spec, but Databricks writes milliseconds either way; an
 OpenMetrics timestamp of 1e11 or more (after the year 5138 if it were seconds) is therefore read
