@@ -451,8 +451,11 @@ def render_counter_metrics(
     for name, help_text, attr in (
         ("cpu_usage_percentage", "Average CPU usage across replicas.", "cpu_percent"),
         ("mem_usage_percentage", "Average memory usage across replicas.", "mem_percent"),
+        ("gpu_usage_percentage", "Average GPU usage across replicas.", "gpu_percent"),
+        ("gpu_memory_usage_percentage", "Average GPU memory usage across replicas.",
+         "gpu_mem_percent"),
     ):
-        present = [e for e in entities if e in gauges]
+        present = [e for e in entities if getattr(gauges.get(e), attr, None) is not None]
         if not present:
             continue
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]

@@ -118,6 +118,7 @@ class LiveSegment:
     # When each entity last started or scaled up: its cold windows count from there.
     warmed: Mapping[str, float] = field(default_factory=dict)
     realism: EndpointRealism = NO_REALISM
+    gpu: frozenset[str] = frozenset()  # entities on a GPU workload type
 
 
 @dataclass
@@ -457,6 +458,10 @@ class Workspace:
             if spec is not None else {},
             warmed=dict(ep.warmed),
             realism=ep.realism,
+            gpu=frozenset(
+                e.name for e in spec.entities
+                if str(e.fields.get("workload_type") or "").startswith("GPU")
+            ) if spec is not None else frozenset(),
         )
         if ep.segments and ep.segments[-1].start >= t:
             ep.segments[-1] = segment
@@ -1110,10 +1115,12 @@ class Workspace:
         start = k * self.window_seconds
         segments = self._overlapping(ep, start, start + self.window_seconds)
         concurrency: dict[str, float] = {}
+        gpu: set[str] = set()
         for seg, _ in segments:
             concurrency.update(seg.concurrency)
+            gpu |= seg.gpu
         return {
-            e: estimate_gauges(c, self.window_seconds, concurrency.get(e, 4.0))
+            e: estimate_gauges(c, self.window_seconds, concurrency.get(e, 4.0), gpu=e in gpu)
             for e, c in counts.items()
         }
 

@@ -13,7 +13,7 @@ from rollout.clock import FakeClock
 from rollout.engine.decide import Timing
 from rollout.engine.model import Phase
 from rollout.engine.runner import Runner
-from rollout.plan import AnyPlan, validate_plan
+from rollout.plan import AnyPlan, resolve_policy, validate_plan
 from rollout.policies import PolicyLibrary
 from rollout.sandbox.server import SandboxServer
 from rollout.serving.auth import PatAuth
@@ -452,3 +452,43 @@ async def test_unattributable_metrics_pause_the_rollout_naming_the_labels(
     assert not [e for e in events if e.kind == "verdict"], "nothing judged on summed arms"
     endpoint = await client.get_endpoint(ENDPOINT)
     assert traffic_split(endpoint) == {BASELINE: 90, CANDIDATE: 10}, "held where it was"
+
+
+@pytest.mark.parametrize(
+    "case",
+    # At 40 requests/s a Small entity (4 concurrent) is busy a quarter of the time at 50 %
+    # with 50 ms requests, and all the time at 10 % with 2 s ones.
+    [({**HEALTHY, "latency_p50_ms": 2000, "latency_p99_ms": 5000}, Phase.ROLLED_BACK),
+     (HEALTHY, Phase.SUCCEEDED)],
+    ids=["saturated", "healthy"],
+)
+async def test_a_gpu_usage_check_judges_a_gpu_candidate(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient,
+    case: tuple[dict[str, Any], Phase],
+) -> None:
+    profile, ending = case
+    make_endpoint(sandbox_admin, profile, qps=40)
+    gpu_plan = plan(
+        candidate={"entity_name": "main.ml.ads_model", "entity_version": "4",
+                   "workload_size": "Small", "workload_type": "GPU_SMALL"},
+        policy={"name": "gpu", "checks": [{"metric": "gpu_usage_percentage", "max": "80%"}]},
+    )
+    clock = sandbox.clock
+    assert isinstance(clock, FakeClock)
+    runner = Runner(store, client, clock=clock, timing=TIMING)
+    record = await runner.submit(gpu_plan, resolve_policy(gpu_plan))
+    rollout_id = record.id
+    phase = await drive(runner, store, clock, rollout_id)
+    events = store.events(rollout_id)
+    assert phase is ending, [(e.kind, e.reason) for e in events][-6:]
+    verdicts = [e.data["verdict"] for e in events if e.kind == "verdict"]
+    checks = [c for v in verdicts for c in v["checks"]]
+    assert checks
+    assert {c["metric"] for c in checks} >= {"gpu_usage_percentage"}
+    gpu = [c for c in checks if c["metric"] == "gpu_usage_percentage"]
+    if ending is Phase.ROLLED_BACK:
+        assert gpu[-1]["outcome"] == "fail"
+        assert gpu[-1]["candidate_value"] > 80.0
+    else:
+        assert all(c["outcome"] != "fail" for c in gpu)
+        assert gpu[-1]["candidate_value"] < 80.0
