@@ -305,6 +305,7 @@ def _new_target(
         split=split,
         known=list(dict.fromkeys(known)),
         requested_at=turn.now,
+        auto_capture_config=state.auto_capture_config,
     )
 
 
@@ -677,6 +678,7 @@ def _pending(turn: _Turn) -> None:
         baseline=baseline,
         baseline_entity=entities[baseline],
         other_entities=others,
+        auto_capture_config=snapshot.auto_capture_config,
     )
     turn.move(
         Phase.PREPARING,

@@ -79,6 +79,8 @@ class Target(BaseModel):
     known: list[str]
     requested_at: float
     attempts: int = 1
+    # The endpoint's auto_capture_config as the rollout found it, sent back unchanged.
+    auto_capture_config: dict[str, Any] | None = None
 
     @property
     def entity_names(self) -> list[str]:
@@ -174,6 +176,8 @@ class RolloutState(BaseModel):
     baseline: str | None = None
     baseline_entity: dict[str, Any] | None = None
     other_entities: list[dict[str, Any]] = Field(default_factory=list)
+    # The endpoint's legacy inference-table config at the start (None: it had none).
+    auto_capture_config: dict[str, Any] | None = None
     target: Target | None = None
     # Windows that began at or after this instant (epoch seconds) show the current split.
     split_applied_at: float | None = None
@@ -228,6 +232,7 @@ class EndpointSnapshot:
     split: dict[str, int]
     pending_entities: list[str] | None = None
     pending_split: dict[str, int] | None = None
+    auto_capture_config: dict[str, Any] | None = None
 
     @property
     def updating(self) -> bool:

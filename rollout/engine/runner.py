@@ -103,6 +103,7 @@ def snapshot_of(endpoint: Endpoint) -> EndpointSnapshot:
         split=traffic_split(endpoint),
         pending_entities=pending_entities,
         pending_split=pending_split,
+        auto_capture_config=endpoint.config.auto_capture_input() if endpoint.config else None,
     )
 
 
@@ -368,7 +369,9 @@ class Runner:
         endpoint = plan.endpoint
         try:
             spec = ConfigSpec.build(
-                [ServedEntity.model_validate(e) for e in target.entities], target.split
+                [ServedEntity.model_validate(e) for e in target.entities],
+                target.split,
+                target.auto_capture_config,
             )
         except ValueError as exc:
             return await self._after(endpoint, UpdateOutcome("rejected", f"invalid config: {exc}"))

@@ -223,6 +223,14 @@ class EndpointConfig(_Model):
     served_entities: list[ServedEntity] = Field(default_factory=list)
     served_models: list[ServedModel] = Field(default_factory=list)
     traffic_config: TrafficConfig | None = None
+    # Legacy inference tables; sent back as they are (``auto_capture_input``).
+    auto_capture_config: dict[str, Any] | None = None
+
+    def auto_capture_input(self) -> dict[str, Any] | None:
+        """``auto_capture_config`` as a PUT carries it: without the output-only ``state``."""
+        if self.auto_capture_config is None:
+            return None
+        return {k: v for k, v in self.auto_capture_config.items() if k != "state"}
 
     def entity_identities(self) -> frozenset[tuple[str, str | None, str | None]]:
         """(name, entity_name, entity_version) of every served entity and legacy model."""
@@ -352,6 +360,8 @@ class ConfigSpec(_Model):
 
     served_entities: list[ServedEntity]
     traffic_config: TrafficConfig
+    # Carried over from the live config, never changed by the controller.
+    auto_capture_config: dict[str, Any] | None = None
 
     # Routes are sent under ``served_model_name``: every API version accepts it alongside
     # served_entities (docs examples use it), and the server echoes both names anyway.
@@ -374,9 +384,15 @@ class ConfigSpec(_Model):
         return self
 
     @classmethod
-    def build(cls, entities: Iterable[ServedEntity], split: Mapping[str, int]) -> ConfigSpec:
+    def build(
+        cls,
+        entities: Iterable[ServedEntity],
+        split: Mapping[str, int],
+        auto_capture_config: Mapping[str, Any] | None = None,
+    ) -> ConfigSpec:
         """A spec from entities and a ``{name: percent}`` split (zero routes are kept)."""
         return cls(
+            auto_capture_config=None if auto_capture_config is None else dict(auto_capture_config),
             served_entities=list(entities),
             traffic_config=TrafficConfig(
                 routes=[
@@ -389,10 +405,10 @@ class ConfigSpec(_Model):
     @classmethod
     def from_endpoint(cls, endpoint: Endpoint) -> ConfigSpec:
         """The spec that reproduces an endpoint's live config (for a baseline or a restore)."""
-        entities = endpoint.config.entities() if endpoint.config is not None else []
-        if not entities:
+        config = endpoint.config
+        if config is None or not config.entities():
             raise ValueError(f"endpoint {endpoint.name!r} has no served entities to copy")
-        return cls.build(entities, traffic_split(endpoint))
+        return cls.build(config.entities(), traffic_split(endpoint), config.auto_capture_input())
 
     @property
     def split(self) -> dict[str, int]:
@@ -406,8 +422,9 @@ class ConfigSpec(_Model):
         return frozenset(e.identity for e in self.served_entities)
 
     def put_body(self) -> dict[str, Any]:
-        """The flat ``PUT .../config`` body: full served_entities, routes by explicit name."""
-        return {
+        """The flat ``PUT .../config`` body: full served_entities, routes by explicit name,
+        and the endpoint's ``auto_capture_config`` as it was (when it had one)."""
+        body: dict[str, Any] = {
             "served_entities": [e.to_input() for e in self.served_entities],
             "traffic_config": {
                 "routes": [
@@ -416,6 +433,9 @@ class ConfigSpec(_Model):
                 ]
             },
         }
+        if self.auto_capture_config is not None:
+            body["auto_capture_config"] = dict(self.auto_capture_config)
+        return body
 
     def matches(self, config: EndpointConfig) -> bool:
         """True when ``config`` serves these entities with this split (zero routes ignored)."""

@@ -340,6 +340,10 @@ LEGACY_BASELINE = {
 }
 
 
+CAPTURE = {"catalog_name": "main", "schema_name": "ml", "table_name_prefix": "ads",
+           "enabled": True}
+
+
 def public_api(sandbox: SandboxServer) -> httpx.Client:
     return httpx.Client(base_url=sandbox.url, timeout=10.0,
                         headers={"Authorization": f"Bearer {sandbox.token}"})
@@ -352,7 +356,8 @@ def make_legacy_endpoint(
     returns its GET as sent."""
     with public_api(sandbox) as api:
         created = api.post("/api/2.0/serving-endpoints", json={
-            "name": ENDPOINT, "config": {"served_models": [LEGACY_BASELINE]},
+            "name": ENDPOINT,
+            "config": {"served_models": [LEGACY_BASELINE], "auto_capture_config": CAPTURE},
         })
         assert created.status_code == 200, created.text
     assert isinstance(sandbox.clock, FakeClock)
@@ -414,6 +419,9 @@ async def test_legacy_sparse_endpoint_round_trips_through_a_rollout(
         "environment_vars": {"FEATURE_STORE": "online"},
         "future_setting": {"level": 2},
     }, "every baseline field carried into served_entities, nothing reset"
+    live = sandbox.workspace.endpoints[ENDPOINT].config
+    assert live is not None
+    assert live.spec.auto_capture_config == CAPTURE, "inference tables left as they were"
 
     phase = await drive(runner, store, clock, record.id)
     events = store.events(record.id)
@@ -425,6 +433,9 @@ async def test_legacy_sparse_endpoint_round_trips_through_a_rollout(
         assert baseline_fields(sandbox) == during, "the restored baseline is the one we found"
     else:
         assert traffic_split(endpoint) == {CANDIDATE: 100}
+    final = sandbox.workspace.endpoints[ENDPOINT].config
+    assert final is not None
+    assert final.spec.auto_capture_config == CAPTURE
 
 
 async def test_unattributable_metrics_pause_the_rollout_naming_the_labels(

@@ -358,3 +358,15 @@ def test_unknown_entity_fields_are_carried_into_the_put() -> None:
     first = next(e for e in body["served_entities"] if e["name"] == "ads-3")
     assert first["some_future_field"] == {"x": 1}
     assert not {"state", "creator", "creation_timestamp"} & set(first)
+
+
+def test_auto_capture_config_goes_back_without_its_state() -> None:
+    capture = {"catalog_name": "main", "schema_name": "ml", "table_name_prefix": "ads",
+               "enabled": True, "state": {"payload_table": {"name": "ads_payload"}}}
+    config = dict(detailed()["config"], auto_capture_config=capture)
+    endpoint = Endpoint.model_validate(detailed(config=config))
+    body = ConfigSpec.from_endpoint(endpoint).put_body()
+    assert body["auto_capture_config"] == {k: v for k, v in capture.items() if k != "state"}
+    assert "auto_capture_config" not in ConfigSpec.from_endpoint(
+        Endpoint.model_validate(detailed())
+    ).put_body()
