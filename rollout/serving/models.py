@@ -5,9 +5,10 @@ plus the traffic split of the next step), the client PUTs ``ConfigSpec.put_body(
 GET comes back as an ``Endpoint`` whose ``state`` tells whether the update settled and whose
 ``config`` is read back with ``traffic_split`` to verify the split really is the one asked for.
 
-Reading is tolerant wherever the SDK's dataclasses make a field optional, and strict only about
-values that are present but wrong (a route percentage that is not a number is a
-``ValidationError``, which the client turns into ``MalformedResponse``):
+Reading is tolerant wherever the SDK's dataclasses make a field optional (the endpoint's
+``name`` aside: it says which endpoint answered), and strict only about values that are present
+but wrong (a route percentage that is not a number is a ``ValidationError``, which the client
+turns into ``MalformedResponse``):
 
 - unknown enum values are kept as they are (a new state name must not crash a rollout);
 - ``state`` or either of its fields may be absent: a missing ``config_update`` reads as

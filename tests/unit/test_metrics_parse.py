@@ -156,6 +156,22 @@ def test_endpoint_totals_without_entity_label() -> None:
     assert window.errors_5xx == 5.0
     assert window.latency is not None
     assert window.latency.total == 1264.0
+    unattributable = scrape.unattributable()
+    assert unattributable is not None
+    assert unattributable.labels == ()
+    assert "labels found: none" in unattributable.describe()
+
+
+def test_an_unknown_entity_label_is_unattributable_and_named() -> None:
+    text = fixture("entity_name.prom").replace("served_entity_name=", "model=")
+    scrape = parse_export_metrics(text)
+    assert not scrape.has_entity_labels
+    unattributable = scrape.unattributable()
+    assert unattributable is not None
+    assert unattributable.labels == ("endpoint_name", "model", "workspace_id")
+    # Labelled scrapes, and scrapes without windows, are attributable.
+    assert parse_fixture("entity_name.prom").unattributable() is None
+    assert parse_export_metrics("").unattributable() is None
 
 
 def test_free_edition_has_only_the_request_gauges() -> None:
