@@ -89,6 +89,10 @@ class CandidateEntity(_Strict):
     max_provisioned_concurrency: int | None = Field(default=None, ge=0)
     environment_vars: dict[str, str] | None = None
     instance_profile_arn: str | None = None
+    burst_scaling_enabled: bool | None = Field(
+        default=None,
+        description="Burst scaling; not shown by GET, so stated here or left to the default.",
+    )
 
     @field_validator("entity_version", mode="before")
     @classmethod
@@ -145,6 +149,21 @@ class CandidateEntity(_Strict):
         return body
 
 
+class EntitySettings(_Strict):
+    """Served-entity fields the endpoint's GET does not echo, so a rollout cannot copy them.
+
+    Every PUT carries the full config; a field left out of it is reset to the backend's
+    default. The rollout copies every field a GET shows; these it can only learn from the plan.
+    """
+
+    burst_scaling_enabled: bool | None = Field(
+        default=None, description="Burst scaling as the entity has it now (default: on)."
+    )
+
+    def fields(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
 class CanaryStep(_Strict):
     weight: int = Field(gt=0, le=100, description="Candidate traffic percentage in this step.")
     bake: Duration = Field(description="How long the step runs before it may advance.")
@@ -177,6 +196,11 @@ class _PlanBase(_Strict):
         default="default", description="A built-in policy name or an inline policy mapping."
     )
     alerts: list[AlertChannel] = Field(default_factory=list)
+    entity_settings: dict[str, EntitySettings] = Field(
+        default_factory=dict,
+        description="Per served entity already on the endpoint (the baseline, others): "
+        "settings its GET does not show, sent with it on every PUT of the rollout.",
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -188,11 +212,24 @@ class _PlanBase(_Strict):
     def _baseline(cls, value: str | None) -> str | None:
         return None if value is None else _databricks_name(value, "served entity")
 
+    @field_validator("entity_settings")
+    @classmethod
+    def _settings_names(cls, value: dict[str, EntitySettings]) -> dict[str, EntitySettings]:
+        for name in value:
+            _databricks_name(name, "served entity")
+        return value
+
     @model_validator(mode="after")
     def _distinct(self) -> _PlanBase:
         if self.baseline is not None and self.baseline == self.candidate.served_name:
             raise FieldProblemError(
                 "baseline", f"baseline and candidate are the same served entity ({self.baseline!r})"
+            )
+        if self.candidate.served_name in self.entity_settings:
+            raise FieldProblemError(
+                "entity_settings",
+                f"{self.candidate.served_name!r} is the candidate: state its settings in "
+                "candidate",
             )
         return self
 

@@ -16,14 +16,15 @@ from rollout.metrics.model import ArmTotals, Histogram
 
 
 def histogram(totals: ArmTotals, source: str) -> Histogram | None:
-    hist = totals.latency if source == "latency" else totals.queue_time
+    hist: Histogram | None = getattr(totals, source)
     if hist is None or hist.total <= 0.0:
         return None
     return hist
 
 
 def gauges(totals: ArmTotals, source: str) -> list[float]:
-    return totals.cpu_percent if source == "cpu_percent" else totals.mem_percent
+    values: list[float] = getattr(totals, source)
+    return values
 
 
 def gauges_after(totals: ArmTotals, source: str, seen: int) -> list[float]:
@@ -80,12 +81,14 @@ class Seen:
     errors_5xx: float = 0.0
     latency_n: float = 0.0
     queue_time_n: float = 0.0
+    inference_latency_n: float = 0.0
     missing: dict[str, int] | None = None
 
     @classmethod
     def of(cls, totals: ArmTotals) -> Seen:
         latency = histogram(totals, "latency")
         queue = histogram(totals, "queue_time")
+        inference = histogram(totals, "inference_latency")
         return cls(
             windows=totals.windows,
             requests=totals.requests,
@@ -93,6 +96,7 @@ class Seen:
             errors_5xx=totals.errors_5xx,
             latency_n=0.0 if latency is None else latency.total,
             queue_time_n=0.0 if queue is None else queue.total,
+            inference_latency_n=0.0 if inference is None else inference.total,
             missing=dict(totals.missing),
         )
 
@@ -108,6 +112,7 @@ class Seen:
             or now.errors_5xx < self.errors_5xx - 1e-9
             or now.latency_n < self.latency_n - 1e-9
             or now.queue_time_n < self.queue_time_n - 1e-9
+            or now.inference_latency_n < self.inference_latency_n - 1e-9
         )
 
     def missing_grew(self, now: Seen, name: str) -> bool:
@@ -125,6 +130,7 @@ class Seen:
             "errors_5xx": self.errors_5xx,
             "latency_n": self.latency_n,
             "queue_time_n": self.queue_time_n,
+            "inference_latency_n": self.inference_latency_n,
             "missing": dict(self.missing or {}),
         }
 
@@ -137,6 +143,7 @@ class Seen:
             errors_5xx=float(data.get("errors_5xx", 0.0)),
             latency_n=float(data.get("latency_n", 0.0)),
             queue_time_n=float(data.get("queue_time_n", 0.0)),
+            inference_latency_n=float(data.get("inference_latency_n", 0.0)),
             missing={str(k): int(v) for k, v in dict(data.get("missing") or {}).items()},
         )
 

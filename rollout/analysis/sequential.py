@@ -340,6 +340,9 @@ class SequentialState:
     base_errors_5xx: float = 0.0
     base_latency_done: Histogram | None = None  # baseline latency of the finished splits
     base_latency_seen: Histogram | None = None  # ... and of the current split at the last look
+    # The same two for model inference latency (GPU endpoints).
+    base_inference_done: Histogram | None = None
+    base_inference_seen: Histogram | None = None
     checks: list[CheckEvidence] = field(default_factory=list)
     # The 5xx ceiling: its evidence, and the candidate's served counts (warm-up included)
     # in the current split at the last look.
@@ -365,6 +368,8 @@ class SequentialState:
             "base_errors_5xx": self.base_errors_5xx,
             "base_latency_done": observe.hist_to_dict(self.base_latency_done),
             "base_latency_seen": observe.hist_to_dict(self.base_latency_seen),
+            "base_inference_done": observe.hist_to_dict(self.base_inference_done),
+            "base_inference_seen": observe.hist_to_dict(self.base_inference_seen),
             "checks": [check.to_dict() for check in self.checks],
             "ceiling": None if self.ceiling is None else self.ceiling.to_dict(),
             "served_seen": self.served_seen.to_dict(),
@@ -404,6 +409,8 @@ class SequentialState:
             base_errors_5xx=float(data.get("base_errors_5xx", 0.0)),
             base_latency_done=observe.hist_from_dict(data.get("base_latency_done")),
             base_latency_seen=observe.hist_from_dict(data.get("base_latency_seen")),
+            base_inference_done=observe.hist_from_dict(data.get("base_inference_done")),
+            base_inference_seen=observe.hist_from_dict(data.get("base_inference_seen")),
             checks=[CheckEvidence.from_dict(c) for c in data.get("checks", [])],
             ceiling=(
                 None if data.get("ceiling") is None
@@ -492,13 +499,20 @@ def judge_sequential(
             new.base_errors_4xx += delta.get("b", "errors_4xx")
             new.base_errors_5xx += delta.get("b", "errors_5xx")
     base_latency_now = observe.histogram(baseline, "latency")
+    base_inference_now = observe.histogram(baseline, "inference_latency")
     for spec, check in zip(policy.checks, new.checks, strict=True):
         if spec.compare == "baseline" and spec.info.kind == "quantile":
-            _set_level(spec, check, observe.merge(new.base_latency_done, base_latency_now),
-                       candidate, baseline)
+            # Each histogram's level comes from the baseline's own history of it.
+            history = (
+                observe.merge(new.base_inference_done, base_inference_now)
+                if spec.info.source == "inference_latency"
+                else observe.merge(new.base_latency_done, base_latency_now)
+            )
+            _set_level(spec, check, history, candidate, baseline)
         elif spec.compare is None and spec.info.kind == "quantile":
             _anchor_absolute(spec, check, candidate)
     new.base_latency_seen = base_latency_now
+    new.base_inference_seen = base_inference_now
     new.seen_c, new.seen_b = delta.now_c, delta.now_b
     new.split = split
     if delta.arrived:
@@ -658,6 +672,10 @@ def _arrivals(state: SequentialState, candidate: ArmTotals, baseline: ArmTotals,
         # Finish the old split's baseline latency; measure the new split's arrivals from zero.
         state.base_latency_done = observe.merge(state.base_latency_done, state.base_latency_seen)
         state.base_latency_seen = None
+        state.base_inference_done = observe.merge(
+            state.base_inference_done, state.base_inference_seen
+        )
+        state.base_inference_seen = None
         before_c, before_b = Seen(), Seen()
         for check in state.checks:
             check.anchor_c = check.anchor_b = 0.0

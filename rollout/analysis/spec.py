@@ -53,6 +53,11 @@ class Metric(StrEnum):
     REQUEST_COUNT = "request_count"
     CPU_USAGE = "cpu_usage_percentage"
     MEM_USAGE = "mem_usage_percentage"
+    GPU_USAGE = "gpu_usage_percentage"
+    GPU_MEMORY_USAGE = "gpu_memory_usage_percentage"
+    INFERENCE_LATENCY_P50 = "inference_latency_p50_ms"
+    INFERENCE_LATENCY_P90 = "inference_latency_p90_ms"
+    INFERENCE_LATENCY_P99 = "inference_latency_p99_ms"
 
 
 MetricKind = Literal["rate", "quantile", "count", "gauge"]
@@ -86,6 +91,20 @@ METRICS: dict[Metric, MetricInfo] = {
     Metric.REQUEST_COUNT: MetricInfo("count", "requests"),
     Metric.CPU_USAGE: MetricInfo("gauge", "cpu_percent", unit="%"),
     Metric.MEM_USAGE: MetricInfo("gauge", "mem_percent", unit="%"),
+    # GPU levels are judged like CPU and memory: a level the candidate must stay within.
+    Metric.GPU_USAGE: MetricInfo("gauge", "gpu_percent", unit="%"),
+    Metric.GPU_MEMORY_USAGE: MetricInfo("gauge", "gpu_mem_percent", unit="%"),
+    # The model's own time, without queueing or the network: compared with the baseline's
+    # like the round-trip latency.
+    Metric.INFERENCE_LATENCY_P50: MetricInfo(
+        "quantile", "inference_latency", 0.50, relative=True, unit="ms"
+    ),
+    Metric.INFERENCE_LATENCY_P90: MetricInfo(
+        "quantile", "inference_latency", 0.90, relative=True, unit="ms"
+    ),
+    Metric.INFERENCE_LATENCY_P99: MetricInfo(
+        "quantile", "inference_latency", 0.99, relative=True, unit="ms"
+    ),
 }
 
 _MS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$")

@@ -31,7 +31,7 @@ from rollout.analysis import observe
 from rollout.analysis.observe import Seen
 from rollout.analysis.spec import CheckSpec, Policy
 from rollout.analysis.verdict import CheckResult, Outcome, Verdict
-from rollout.metrics.model import ArmTotals, Histogram
+from rollout.metrics.model import GAUGE_FIELDS, HISTOGRAM_FIELDS, ArmTotals, Histogram
 
 STATE_VERSION = 1
 
@@ -198,10 +198,10 @@ def _outcome(policy: Policy, state: ThresholdState, results: list[CheckResult], 
 
 def _anchor(state: ThresholdState, now: _Now) -> None:
     state.seen_c, state.seen_b = now.seen_c, now.seen_b
-    for source in ("latency", "queue_time"):
+    for source in HISTOGRAM_FIELDS:
         state.hists[f"{source}_c"] = observe.histogram(now.candidate, source)
         state.hists[f"{source}_b"] = observe.histogram(now.baseline, source)
-    for source in ("cpu_percent", "mem_percent"):
+    for source in GAUGE_FIELDS:
         state.gauge_lengths[f"{source}_c"] = observe.gauge_count(now.candidate, source)
 
 

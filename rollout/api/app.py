@@ -380,7 +380,8 @@ class _Service:
             )
 
     async def traffic_warnings(self, plan: AnyPlan, policy: Policy) -> list[str]:
-        """A warning when the endpoint's recent traffic cannot give the first step a verdict.
+        """A warning when the endpoint's recent traffic cannot give the first step a verdict,
+        or when its export names no served entity (the rollout would pause at its first look).
 
         Only advice: metrics that cannot be read (a new endpoint answers 404, a workspace
         may be slow) leave the submission as it would have been, without a warning.
@@ -393,6 +394,10 @@ class _Service:
             log.info("api.traffic_unknown", endpoint=plan.endpoint, error=str(exc) or repr(exc))
             return []
         notes = resolution_notes(policy, _baseline_latency(scrape, plan.baseline))
+        unattributable = scrape.unattributable()
+        if unattributable is not None:
+            notes.insert(0, f"{unattributable.describe()}; the rollout will pause at its first "
+                         "look once the candidate serves beside the baseline")
         traffic = recent_traffic(scrape, window_seconds=self.metrics_window)
         if traffic is None:
             return notes

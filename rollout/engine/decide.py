@@ -22,7 +22,13 @@ rollout pauses and says so, and never fights the human. A config the endpoint re
 runner's ``failed`` outcome, or, at any later look, UPDATE_FAILED while the endpoint still
 serves a version older than the one the target's PUT announced) is never sent again: the
 rollout rolls back, the build logs' last lines in its event and alerts, and a refused
-rollback ends ``failed``.
+rollback ends ``failed``. Metrics whose series name no served
+entity while several serve (``Observation.unattributable``) would judge the endpoint against
+itself: the rollout pauses too, naming the labels the export carried.
+
+The entities a rollout starts from are copied whole from the first GET (fields the controller
+does not know included), plus the plan's ``entity_settings`` for fields a GET never shows; every
+later PUT of the rollout, the restore included, sends them as copied.
 """
 
 from __future__ import annotations
@@ -338,6 +344,7 @@ def _new_target(
         split=split,
         known=list(dict.fromkeys(known)),
         requested_at=turn.now,
+        auto_capture_config=state.auto_capture_config,
     )
 
 
@@ -761,11 +768,17 @@ def _pending(turn: _Turn) -> None:
         turn.move(Phase.FAILED, f"cannot start: {problem}", "failed")
         turn.alert("failed", "error", f"{plan.endpoint}: cannot start rollout: {problem}")
         return
-    others = [dict(e) for name, e in snapshot.entities.items() if name != baseline]
+    # Every field the GET showed is carried through; the plan adds those a GET never shows
+    # (burst_scaling_enabled), which every PUT would otherwise reset to the default.
+    entities = {
+        name: {**entity, **_settings(plan, name)} for name, entity in snapshot.entities.items()
+    }
+    others = [e for name, e in entities.items() if name != baseline]
     turn.set(
         baseline=baseline,
-        baseline_entity=dict(snapshot.entities[baseline]),
+        baseline_entity=entities[baseline],
         other_entities=others,
+        auto_capture_config=snapshot.auto_capture_config,
     )
     turn.move(
         Phase.PREPARING,
@@ -775,6 +788,11 @@ def _pending(turn: _Turn) -> None:
     )
     turn.alert("started", "info", f"{plan.endpoint}: rollout of {candidate} started")
     turn.put(_new_target(turn, "deploy", 0))
+
+
+def _settings(plan: AnyPlan, name: str) -> dict[str, Any]:
+    settings = plan.entity_settings.get(name)
+    return {} if settings is None else settings.fields()
 
 
 def _preflight(plan: BlueGreenPlan, state: RolloutState) -> RunPreflight:
@@ -790,6 +808,8 @@ def _preflight(plan: BlueGreenPlan, state: RolloutState) -> RunPreflight:
 def _preparing(turn: _Turn) -> None:
     """Blue/green only: the candidate is deployed at 0 %; run and read the preflight checks."""
     state, plan = turn.state, turn.plan
+    if _unattributable(turn):
+        return
     _accumulate(turn)
     if not isinstance(plan, BlueGreenPlan):
         turn.again_in(turn.timing.update_poll)
@@ -835,8 +855,26 @@ def _preparing(turn: _Turn) -> None:
     turn.again_in(min(turn.timing.look_interval, plan.warmup))
 
 
+def _unattributable(turn: _Turn) -> bool:
+    """Pause when the scrape's numbers are endpoint totals while several entities serve.
+
+    Summed over every arm they would judge the endpoint against itself; a person must make
+    the export name served entities (or decide by hand) before the rollout goes on.
+    """
+    scrape = turn.obs.unattributable
+    if scrape is None:
+        return False
+    snapshot = turn.obs.endpoint
+    if snapshot is not None and len(snapshot.entities) < 2:
+        return False
+    _pause(turn, scrape.describe(), kind="unattributable_metrics")
+    return True
+
+
 def _progressing(turn: _Turn) -> None:
     state, plan, policy = turn.state, turn.plan, turn.policy
+    if _unattributable(turn):
+        return
     _accumulate(turn)
     state = turn.state
     weights = _weights(plan)
@@ -1101,7 +1139,6 @@ def _warmup_text(turn: _Turn) -> str:
 def _look(turn: _Turn, *, final: bool) -> Look | None:
     """Judge each new window's unit (or the current sums at the first look of a split)."""
     state = turn.state
-    no_labels = not turn.obs.entity_labels
     units = list(turn.units)
     if not units:
         if state.last_verdict is not None and not turn.obs.metrics_error:
@@ -1117,9 +1154,7 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
     notes = [_warmup_text(turn)] if turn.scored_from is not None else []
     if turn.unpaired:
         notes.append(f"{turn.unpaired} window(s) waiting for the other arm's")
-    if no_labels:
-        notes.append("export-metrics has no per-entity series; arms cannot be told apart")
-    elif turn.obs.metrics_error:
+    if turn.obs.metrics_error:
         notes.append(turn.obs.metrics_error)
     split = f"{state.step}@{state.split_applied_at}"
     inputs = [

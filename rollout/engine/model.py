@@ -16,7 +16,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rollout.metrics.model import ArmTotals, EntityWindow, Histogram
+from rollout.metrics.model import (
+    GAUGE_FIELDS,
+    ArmTotals,
+    EntityWindow,
+    Histogram,
+    UnattributableScrape,
+)
 
 
 class Phase(StrEnum):
@@ -77,6 +83,8 @@ class Target(BaseModel):
     # ``config_version``), once known. An endpoint showing UPDATE_FAILED while its live
     # version is below this one says *this* update failed, not some earlier one.
     announced_version: int | None = None
+    # The endpoint's auto_capture_config as the rollout found it, sent back unchanged.
+    auto_capture_config: dict[str, Any] | None = None
 
     @property
     def entity_names(self) -> list[str]:
@@ -89,7 +97,8 @@ GAUGES_KEPT = 60  # gauge values kept per arm (one per window)
 def _dropped(totals: ArmTotals) -> dict[str, int]:
     """Gauge values dropped so far, once the lists are cut to GAUGES_KEPT."""
     dropped = dict(totals.gauges_dropped)
-    for name, values in (("cpu_percent", totals.cpu_percent), ("mem_percent", totals.mem_percent)):
+    for name in GAUGE_FIELDS:
+        values = getattr(totals, name)
         if len(values) > GAUGES_KEPT:
             dropped[name] = dropped.get(name, 0) + len(values) - GAUGES_KEPT
     return dropped
@@ -106,6 +115,9 @@ class Arm(BaseModel):
     queue_time: dict[str, Any] | None = None
     cpu_percent: list[float] = Field(default_factory=list)
     mem_percent: list[float] = Field(default_factory=list)
+    gpu_percent: list[float] = Field(default_factory=list)
+    gpu_mem_percent: list[float] = Field(default_factory=list)
+    inference_latency: dict[str, Any] | None = None
     missing: dict[str, int] = Field(default_factory=dict)
     gauges_dropped: dict[str, int] = Field(default_factory=dict)
 
@@ -119,6 +131,11 @@ class Arm(BaseModel):
             queue_time=None if self.queue_time is None else Histogram.from_dict(self.queue_time),
             cpu_percent=list(self.cpu_percent),
             mem_percent=list(self.mem_percent),
+            gpu_percent=list(self.gpu_percent),
+            gpu_mem_percent=list(self.gpu_mem_percent),
+            inference_latency=None
+            if self.inference_latency is None
+            else Histogram.from_dict(self.inference_latency),
             missing=dict(self.missing),
             gauges_dropped=dict(self.gauges_dropped),
         )
@@ -135,6 +152,11 @@ class Arm(BaseModel):
             # Gauges are levels; the last hour of windows is plenty for an average.
             cpu_percent=totals.cpu_percent[-GAUGES_KEPT:],
             mem_percent=totals.mem_percent[-GAUGES_KEPT:],
+            gpu_percent=totals.gpu_percent[-GAUGES_KEPT:],
+            gpu_mem_percent=totals.gpu_mem_percent[-GAUGES_KEPT:],
+            inference_latency=None
+            if totals.inference_latency is None
+            else totals.inference_latency.to_dict(),
             missing=dict(totals.missing),
             gauges_dropped=_dropped(totals),
         )
@@ -158,6 +180,8 @@ class RolloutState(BaseModel):
     baseline: str | None = None
     baseline_entity: dict[str, Any] | None = None
     other_entities: list[dict[str, Any]] = Field(default_factory=list)
+    # The endpoint's legacy inference-table config at the start (None: it had none).
+    auto_capture_config: dict[str, Any] | None = None
     target: Target | None = None
     # Windows that began at or after this instant (epoch seconds) show the current split.
     split_applied_at: float | None = None
@@ -213,6 +237,7 @@ class EndpointSnapshot:
     pending_entities: list[str] | None = None
     pending_split: dict[str, int] | None = None
     pending_version: int | None = None
+    auto_capture_config: dict[str, Any] | None = None
 
     @property
     def failed(self) -> bool:
@@ -274,7 +299,8 @@ class Observation:
     # effect, revisions applied: ``decide`` sums them afresh at every look.
     windows: tuple[EntityWindow, ...] = ()
     metrics_error: str | None = None
-    entity_labels: bool = True
+    # Set when the scrape had windows but none named a served entity (endpoint totals only).
+    unattributable: UnattributableScrape | None = None
     commands: tuple[Command, ...] = ()
     preflight: PreflightOutcome | None = None
 

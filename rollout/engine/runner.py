@@ -104,17 +104,17 @@ def snapshot_of(endpoint: Endpoint) -> EndpointSnapshot:
     """Reduce a served endpoint to what ``decide`` looks at."""
     entities: dict[str, dict[str, Any]] = {}
     if endpoint.config is not None:
-        for entity in endpoint.config.served_entities:
-            entities[entity.derived_name()] = entity.to_input()
-        for model in endpoint.config.served_models:
-            entities.setdefault(model.identity[0], {"name": model.identity[0]})
+        # Legacy served_models come converted to served entities: the PUTs that carry them
+        # through must name entity_name and entity_version.
+        for entity in endpoint.config.entities():
+            entities.setdefault(entity.derived_name(), entity.to_input())
     pending_entities = pending_split = pending_version = None
     if endpoint.pending_config is not None:
         pending_entities = endpoint.pending_config.entity_names()
         pending_split = traffic_split(endpoint.pending_config)
         pending_version = endpoint.pending_config.config_version
     return EndpointSnapshot(
-        ready=str(endpoint.state.ready),
+        ready="UNKNOWN" if endpoint.state.ready is None else str(endpoint.state.ready),
         config_update=str(endpoint.state.config_update),
         config_version=endpoint.config.config_version if endpoint.config else None,
         entities=entities,
@@ -122,6 +122,7 @@ def snapshot_of(endpoint: Endpoint) -> EndpointSnapshot:
         pending_entities=pending_entities,
         pending_split=pending_split,
         pending_version=pending_version,
+        auto_capture_config=endpoint.config.auto_capture_input() if endpoint.config else None,
     )
 
 
@@ -374,7 +375,7 @@ class Runner:
         return replace(
             observation,
             windows=windows,
-            entity_labels=scrape.has_entity_labels or not scrape.windows,
+            unattributable=scrape.unattributable(),
         )
 
     # ---- effects ------------------------------------------------------------------------
@@ -391,7 +392,9 @@ class Runner:
         endpoint = plan.endpoint
         try:
             spec = ConfigSpec.build(
-                [ServedEntity.model_validate(e) for e in target.entities], target.split
+                [ServedEntity.model_validate(e) for e in target.entities],
+                target.split,
+                target.auto_capture_config,
             )
         except ValueError as exc:
             return await self._after(endpoint, UpdateOutcome("rejected", f"invalid config: {exc}"))

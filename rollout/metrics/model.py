@@ -23,7 +23,14 @@ WINDOW_FIELDS: tuple[str, ...] = (
     "cpu_percent",
     "mem_percent",
     "provisioned_concurrency",
+    "gpu_percent",
+    "gpu_mem_percent",
+    "inference_latency",
 )
+# Histogram fields (per-bucket counts; summed across replicas and windows).
+HISTOGRAM_FIELDS: tuple[str, ...] = ("latency", "queue_time", "inference_latency")
+# Level fields (gauges averaged over replicas and GPUs; judged as levels, never summed).
+GAUGE_FIELDS: tuple[str, ...] = ("cpu_percent", "mem_percent", "gpu_percent", "gpu_mem_percent")
 
 
 # Upper bounds (ms) of the latency buckets Databricks' export-metrics histograms use, below
@@ -32,6 +39,26 @@ EXPORTED_LATENCY_BOUNDS_MS: tuple[float, ...] = (
     5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
     60000.0, 120000.0, 300000.0, 600000.0,
 )
+
+
+@dataclass(frozen=True)
+class UnattributableScrape:
+    """A scrape with windows but no series naming a served entity: endpoint totals only.
+
+    With several entities served, such numbers are every arm summed, and judging them would
+    compare the endpoint with itself; the engine pauses instead. ``labels`` are the label names
+    the series did carry (``le`` aside), ``known`` the entity labels the parser looks for.
+    """
+
+    labels: tuple[str, ...]
+    known: tuple[str, ...]
+
+    def describe(self) -> str:
+        found = ", ".join(self.labels) if self.labels else "none"
+        return (
+            f"export-metrics series name no served entity (looked for {', '.join(self.known)}; "
+            f"labels found: {found}): candidate and baseline cannot be told apart"
+        )
 
 
 @dataclass(frozen=True)
@@ -190,6 +217,11 @@ class EntityWindow:
     cpu_percent: float | None = None
     mem_percent: float | None = None
     provisioned_concurrency: float | None = None
+    # GPU endpoints only: DCGM utilisation and memory in percent, and the model's own time
+    # (model inference latency, feature lookups included) as a histogram.
+    gpu_percent: float | None = None
+    gpu_mem_percent: float | None = None
+    inference_latency: Histogram | None = None
     missing: frozenset[str] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,6 +237,11 @@ class EntityWindow:
             "cpu_percent": self.cpu_percent,
             "mem_percent": self.mem_percent,
             "provisioned_concurrency": self.provisioned_concurrency,
+            "gpu_percent": self.gpu_percent,
+            "gpu_mem_percent": self.gpu_mem_percent,
+            "inference_latency": None
+            if self.inference_latency is None
+            else self.inference_latency.to_dict(),
             "missing": sorted(self.missing),
         }
 
@@ -212,6 +249,7 @@ class EntityWindow:
     def from_dict(cls, data: dict[str, Any]) -> EntityWindow:
         latency = data.get("latency")
         queue_time = data.get("queue_time")
+        inference = data.get("inference_latency")
         start_ms = data.get("start_ms")
         return cls(
             entity=data.get("entity"),
@@ -224,7 +262,16 @@ class EntityWindow:
             cpu_percent=_opt_float(data.get("cpu_percent")),
             mem_percent=_opt_float(data.get("mem_percent")),
             provisioned_concurrency=_opt_float(data.get("provisioned_concurrency")),
-            missing=frozenset(data.get("missing", ())),
+            gpu_percent=_opt_float(data.get("gpu_percent")),
+            gpu_mem_percent=_opt_float(data.get("gpu_mem_percent")),
+            inference_latency=None if inference is None else Histogram.from_dict(inference),
+            # Windows persisted before the GPU fields existed did not report them either.
+            missing=frozenset(data.get("missing", ()))
+            | frozenset(
+                name
+                for name in ("gpu_percent", "gpu_mem_percent", "inference_latency")
+                if name not in data
+            ),
         )
 
 
@@ -245,6 +292,9 @@ class ArmTotals:
     # Gauges are averaged over the windows that reported them (they are levels, not counts).
     cpu_percent: list[float] = field(default_factory=list)
     mem_percent: list[float] = field(default_factory=list)
+    gpu_percent: list[float] = field(default_factory=list)
+    gpu_mem_percent: list[float] = field(default_factory=list)
+    inference_latency: Histogram | None = None
     # How many of the summed windows lacked each field (``EntityWindow.missing``): a judge that
     # sees ``missing["errors_5xx"] == windows`` knows it has no error data, not zero errors.
     missing: dict[str, int] = field(default_factory=dict)
@@ -258,6 +308,8 @@ class ArmTotals:
             self,
             cpu_percent=list(self.cpu_percent),
             mem_percent=list(self.mem_percent),
+            gpu_percent=list(self.gpu_percent),
+            gpu_mem_percent=list(self.gpu_mem_percent),
             missing=dict(self.missing),
             gauges_dropped=dict(self.gauges_dropped),
         )
@@ -279,7 +331,13 @@ class ArmTotals:
                 if self.queue_time is None
                 else self.queue_time.merge(window.queue_time)
             )
-        if window.cpu_percent is not None:
-            self.cpu_percent.append(window.cpu_percent)
-        if window.mem_percent is not None:
-            self.mem_percent.append(window.mem_percent)
+        if window.inference_latency is not None:
+            self.inference_latency = (
+                window.inference_latency
+                if self.inference_latency is None
+                else self.inference_latency.merge(window.inference_latency)
+            )
+        for name in GAUGE_FIELDS:
+            value = getattr(window, name)
+            if value is not None:
+                getattr(self, name).append(value)

@@ -39,6 +39,14 @@ kind (gauge or counter) disagrees with the first request family present, normall
 disagree on one series (the first of ``ENTITY_LABELS`` wins). When one replica's series is unusable
 the field is missing for the whole window, since a sum of the other replicas would understate it.
 
+Families read (``SCALAR_METRICS``, ``HISTOGRAM_METRICS``; ``METRIC_ALIASES`` for other
+spellings of the same family): the request, 4xx and 5xx counts, CPU, memory and GPU usage and
+GPU memory usage (levels: averaged over replicas and GPUs), provisioned concurrency, and the
+round-trip latency, queue time and model inference latency histograms. A scrape with windows
+whose series name no served entity (none of ``ENTITY_LABELS``) says so with
+``Scrape.unattributable()``, naming the labels it did carry: the engine pauses on it rather
+than judge the arms' sum.
+
 Timestamps become epoch milliseconds. Prometheus 0.0.4 timestamps are milliseconds by the spec.
 OpenMetrics timestamps are seconds by the spec, but Databricks writes milliseconds either way; an
 OpenMetrics timestamp of 1e11 or more (after the year 5138 if it were seconds) is therefore read
@@ -57,7 +65,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from rollout.metrics.model import WINDOW_FIELDS, EntityWindow, Histogram
+from rollout.metrics.model import (
+    GAUGE_FIELDS,
+    HISTOGRAM_FIELDS,
+    WINDOW_FIELDS,
+    EntityWindow,
+    Histogram,
+    UnattributableScrape,
+)
 
 Kind = Literal["window", "counter"]
 ExpositionFormat = Literal["prometheus", "openmetrics"]
@@ -66,8 +81,7 @@ ExpositionFormat = Literal["prometheus", "openmetrics"]
 ENTITY_LABELS: tuple[str, ...] = ("served_entity_name", "served_model_name", "served_entity")
 
 REQUEST_FIELDS: tuple[str, ...] = ("requests", "errors_4xx", "errors_5xx")
-HISTOGRAM_FIELDS: tuple[str, ...] = ("latency", "queue_time")
-_AVERAGED_FIELDS = frozenset({"cpu_percent", "mem_percent"})
+_AVERAGED_FIELDS = frozenset(GAUGE_FIELDS)
 
 # field -> exposition name of the sample (0.0.4 family name; OpenMetrics strips ``_total``).
 SCALAR_METRICS: dict[str, str] = {
@@ -77,10 +91,21 @@ SCALAR_METRICS: dict[str, str] = {
     "cpu_percent": "cpu_usage_percentage",
     "mem_percent": "mem_usage_percentage",
     "provisioned_concurrency": "provisioned_concurrent_requests_total",
+    # GPU usage (%) and GPU memory usage (%) from the DCGM exporter, one series per GPU.
+    "gpu_percent": "gpu_usage_percentage",
+    "gpu_mem_percent": "gpu_memory_usage_percentage",
 }
 HISTOGRAM_METRICS: dict[str, str] = {
     "latency": "request_latency_ms",
     "queue_time": "model_queue_time_ms",
+    # "Model inference latency (ms)": time in the model, feature lookups included.
+    "inference_latency": "model_inference_latency_ms",
+}
+# Other exposition names seen for the same families (Datadog's and a third-party parser's
+# spelling); read exactly as the canonical name.
+METRIC_ALIASES: dict[str, str] = {
+    "gpu_mem_usage_percentage": "gpu_memory_usage_percentage",
+    "model_prediction_latency_ms": "model_inference_latency_ms",
 }
 
 _Role = Literal["value", "created", "bucket", "sum", "count"]
@@ -90,18 +115,24 @@ def _strip_total(name: str) -> str:
     return name.removesuffix("_total")
 
 
+def _names(canonical: str) -> list[str]:
+    return [canonical, *(alias for alias, to in METRIC_ALIASES.items() if to == canonical)]
+
+
 def _build_dispatch() -> dict[str, tuple[str, _Role]]:
     dispatch: dict[str, tuple[str, _Role]] = {}
-    for fld, name in SCALAR_METRICS.items():
-        dispatch[name] = (fld, "value")
-        dispatch[_strip_total(name) + "_created"] = (fld, "created")
-    for fld, name in HISTOGRAM_METRICS.items():
-        dispatch[name + "_bucket"] = (fld, "bucket")
-        dispatch[name + "_sum"] = (fld, "sum")
-        dispatch[name + "_gsum"] = (fld, "sum")
-        dispatch[name + "_count"] = (fld, "count")
-        dispatch[name + "_gcount"] = (fld, "count")
-        dispatch[name + "_created"] = (fld, "created")
+    for fld, canonical in SCALAR_METRICS.items():
+        for name in _names(canonical):
+            dispatch[name] = (fld, "value")
+            dispatch[_strip_total(name) + "_created"] = (fld, "created")
+    for fld, canonical in HISTOGRAM_METRICS.items():
+        for name in _names(canonical):
+            dispatch[name + "_bucket"] = (fld, "bucket")
+            dispatch[name + "_sum"] = (fld, "sum")
+            dispatch[name + "_gsum"] = (fld, "sum")
+            dispatch[name + "_count"] = (fld, "count")
+            dispatch[name + "_gcount"] = (fld, "count")
+            dispatch[name + "_created"] = (fld, "created")
     return dispatch
 
 
@@ -180,7 +211,9 @@ class Scrape:
 
     ``family_types`` records the declared ``# TYPE`` of each known family present.
     ``has_entity_labels`` is false when no series named a served entity: the windows are
-    endpoint totals (entity ``None``) and cannot be attributed to an arm.
+    endpoint totals (entity ``None``) and cannot be attributed to an arm (``unattributable``
+    says so, with ``label_names``: the labels the known families' series carry, ``le`` and the
+    entity labels aside).
     """
 
     windows: list[EntityWindow] = field(default_factory=list)
@@ -190,6 +223,14 @@ class Scrape:
     format: ExpositionFormat = "prometheus"
     family_types: dict[str, str] = field(default_factory=dict)
     cumulative: list[CumulativeSample] = field(default_factory=list)
+    label_names: tuple[str, ...] = ()
+
+    def unattributable(self) -> UnattributableScrape | None:
+        """Why this scrape's windows cannot be split per entity; None when they can (or when
+        there are no windows at all)."""
+        if not self.windows or self.has_entity_labels:
+            return None
+        return UnattributableScrape(self.label_names, ENTITY_LABELS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,9 +609,14 @@ class _Context:
 
 def _family_type(fld: str, types: dict[str, str]) -> str | None:
     if fld in SCALAR_METRICS:
-        name = SCALAR_METRICS[fld]
-        return types.get(name, types.get(_strip_total(name)))
-    return types.get(HISTOGRAM_METRICS[fld])
+        for name in _names(SCALAR_METRICS[fld]):
+            declared = types.get(name, types.get(_strip_total(name)))
+            if declared is not None:
+                return declared
+        return None
+    return next(
+        (types[name] for name in _names(HISTOGRAM_METRICS[fld]) if name in types), None
+    )
 
 
 def _resolve_kinds(
@@ -833,6 +879,9 @@ def _window(
         cpu_percent=number("cpu_percent"),
         mem_percent=number("mem_percent"),
         provisioned_concurrency=number("provisioned_concurrency"),
+        gpu_percent=number("gpu_percent"),
+        gpu_mem_percent=number("gpu_mem_percent"),
+        inference_latency=histogram("inference_latency"),
         missing=frozenset(f for f in WINDOW_FIELDS if values.get(f) is None),
     )
 
@@ -850,6 +899,7 @@ def parse_export_metrics(text: str, *, content_type: str | None = None) -> Scrap
     ignored, family_types = _resolve_kinds(types, present, ctx)
     accumulated = _accumulate(samples, ignored, ctx)
     windows, cumulative = _finish(accumulated, ctx)
+    label_names = {k for series in {s.series for s in samples} for k, _ in series}
     return Scrape(
         windows=windows,
         kind=ctx.kind,
@@ -859,4 +909,5 @@ def parse_export_metrics(text: str, *, content_type: str | None = None) -> Scrap
         format=fmt,
         family_types=family_types,
         cumulative=cumulative,
+        label_names=tuple(sorted(label_names)),
     )

@@ -50,9 +50,15 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from rollout.metrics.model import WINDOW_FIELDS, ArmTotals, EntityWindow, Histogram
-from rollout.metrics.parse import (
+from rollout.metrics.model import (
+    GAUGE_FIELDS,
     HISTOGRAM_FIELDS,
+    WINDOW_FIELDS,
+    ArmTotals,
+    EntityWindow,
+    Histogram,
+)
+from rollout.metrics.parse import (
     REQUEST_FIELDS,
     CumulativeSample,
     Kind,
@@ -408,7 +414,7 @@ def _delta_window(
     if gauges is not None:
         present |= {
             name
-            for name in ("cpu_percent", "mem_percent", "provisioned_concurrency")
+            for name in (*GAUGE_FIELDS, "provisioned_concurrency")
             if name not in gauges.missing
         }
     return EntityWindow(
@@ -419,8 +425,11 @@ def _delta_window(
         errors_5xx=counts.get("errors_5xx", 0.0),
         latency=histograms.get("latency"),
         queue_time=histograms.get("queue_time"),
+        inference_latency=histograms.get("inference_latency"),
         cpu_percent=None if gauges is None else gauges.cpu_percent,
         mem_percent=None if gauges is None else gauges.mem_percent,
+        gpu_percent=None if gauges is None else gauges.gpu_percent,
+        gpu_mem_percent=None if gauges is None else gauges.gpu_mem_percent,
         provisioned_concurrency=None if gauges is None else gauges.provisioned_concurrency,
         missing=frozenset(name for name in WINDOW_FIELDS if name not in present),
     )

@@ -61,6 +61,7 @@ WORKSPACE_ID = "1000000000000000"
 # path prefix on the sandbox's own host, with the same "<workspace id>/serving-endpoints/..."
 # layout under it.
 ROUTE_OPTIMIZED_PREFIX = f"/route-optimized/{WORKSPACE_ID}"
+PERMISSIONS_API = "/api/2.0/permissions/serving-endpoints"
 METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Keys of an invocation body that carry the model's input (databricks-api.md 1d).
 INPUT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs", "messages",
@@ -183,6 +184,7 @@ def create_app(workspace: Workspace) -> FastAPI:
     _register_errors(app)
     _register_faults(app, workspace)
     _register_control_plane(app, workspace)
+    _register_permissions(app, workspace)
     _register_invocations(app, workspace)
     _register_oauth(app, workspace)
     _register_admin(app, workspace)
@@ -276,14 +278,24 @@ def _register_control_plane(app: FastAPI, ws: Workspace) -> None:
     @app.post(API)
     async def create_endpoint(request: Request) -> Response:
         _authorize(ws, request, "CAN_MANAGE", "create a serving endpoint")
-        body = parse_model(EndpointCreate, await json_body(request))
-        spec = parse_config(body.config, "config.") if body.config is not None else None
+        raw = await json_body(request)
+        body = parse_model(EndpointCreate, raw)
+        spec = None
+        if body.config is not None:
+            config = dict(body.config)
+            # EndpointCoreConfigInput carries the endpoint's name; the SDK always sends it.
+            config_name = config.pop("name", None)
+            if config_name is not None and config_name != body.name:
+                raise invalid(f"'config.name' is '{config_name}' but the endpoint is named "
+                              f"'{body.name}'; leave it out or make them equal.")
+            spec = parse_config(config, "config.")
         created = ws.create_endpoint(
             body.name,
             spec,
             tags={t.key: t.value or "" for t in body.tags},
             description=body.description,
             route_optimized=body.route_optimized,
+            extras=raw,
         )
         return JSONResponse(_with_url(request, created))
 
@@ -324,6 +336,22 @@ def _register_control_plane(app: FastAPI, ws: Workspace) -> None:
                              body.delete_tags)
         return JSONResponse({"tags": tags})
 
+    @app.put(API + "/{name}/rate-limits")
+    async def put_rate_limits(request: Request, name: str) -> Response:
+        _authorize(ws, request, "CAN_MANAGE", "change a serving endpoint's rate limits")
+        return JSONResponse(ws.put_rate_limits(name, await json_body(request, required=False)))
+
+    @app.put(API + "/{name}/ai-gateway")
+    async def put_ai_gateway(request: Request, name: str) -> Response:
+        _authorize(ws, request, "CAN_MANAGE", "change a serving endpoint's AI gateway")
+        return JSONResponse(ws.put_ai_gateway(name, await json_body(request, required=False)))
+
+    @app.patch(API + "/{name}/notifications")
+    async def patch_notifications(request: Request, name: str) -> Response:
+        _authorize(ws, request, "CAN_MANAGE", "change a serving endpoint's notifications")
+        body = await json_body(request, required=False)
+        return JSONResponse(ws.patch_notifications(name, body))
+
     @app.get(API + "/{name}/metrics")
     async def export_metrics(request: Request, name: str) -> Response:
         _authorize(ws, request, "CAN_VIEW", "export a serving endpoint's metrics")
@@ -343,6 +371,32 @@ def _register_control_plane(app: FastAPI, ws: Workspace) -> None:
     async def openapi(request: Request, name: str) -> Response:
         _authorize(ws, request, "CAN_VIEW", "read a serving endpoint's OpenAPI document")
         return JSONResponse(ws.openapi(name, str(request.base_url)))
+
+
+def _register_permissions(app: FastAPI, ws: Workspace) -> None:
+    """Permissions of serving endpoints, keyed by endpoint id (``/api/2.0/permissions``)."""
+
+    @app.get(PERMISSIONS_API + "/{endpoint_id}/permissionLevels")
+    async def permission_levels(request: Request, endpoint_id: str) -> Response:
+        _authorize(ws, request, "CAN_VIEW", "read permission levels")
+        return JSONResponse(ws.permission_levels(endpoint_id))
+
+    @app.get(PERMISSIONS_API + "/{endpoint_id}")
+    async def get_permissions(request: Request, endpoint_id: str) -> Response:
+        _authorize(ws, request, "CAN_VIEW", "read a serving endpoint's permissions")
+        return JSONResponse(ws.get_permissions(endpoint_id))
+
+    @app.put(PERMISSIONS_API + "/{endpoint_id}")
+    async def set_permissions(request: Request, endpoint_id: str) -> Response:
+        _authorize(ws, request, "CAN_MANAGE", "set a serving endpoint's permissions")
+        body = await json_body(request, required=False)
+        return JSONResponse(ws.set_permissions(endpoint_id, body))
+
+    @app.patch(PERMISSIONS_API + "/{endpoint_id}")
+    async def update_permissions(request: Request, endpoint_id: str) -> Response:
+        _authorize(ws, request, "CAN_MANAGE", "update a serving endpoint's permissions")
+        body = await json_body(request, required=False)
+        return JSONResponse(ws.update_permissions(endpoint_id, body))
 
 
 def _register_invocations(app: FastAPI, ws: Workspace) -> None:

@@ -291,6 +291,15 @@ class EndpointRealism(BaseModel):
         default="window",
         description="window: per-window gauges (Databricks); counter: cumulative counters.",
     )
+    entity_label: str = Field(
+        default="served_entity_name", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$",
+        description="The label naming each series' served entity in export-metrics.",
+    )
+    sparse_json: bool = Field(
+        default=False,
+        description="Answers leave out default values as proto3 JSON does: a route's "
+        "traffic_percentage of 0, config_update NOT_UPDATING, false booleans.",
+    )
 
 
 NO_REALISM = EndpointRealism()
@@ -442,8 +451,11 @@ def render_counter_metrics(
     for name, help_text, attr in (
         ("cpu_usage_percentage", "Average CPU usage across replicas.", "cpu_percent"),
         ("mem_usage_percentage", "Average memory usage across replicas.", "mem_percent"),
+        ("gpu_usage_percentage", "Average GPU usage across replicas.", "gpu_percent"),
+        ("gpu_memory_usage_percentage", "Average GPU memory usage across replicas.",
+         "gpu_mem_percent"),
     ):
-        present = [e for e in entities if e in gauges]
+        present = [e for e in entities if getattr(gauges.get(e), attr, None) is not None]
         if not present:
             continue
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]

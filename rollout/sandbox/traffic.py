@@ -224,6 +224,9 @@ class EntityGauges:
     cpu_percent: float
     mem_percent: float
     provisioned_concurrency: float
+    # GPU workloads only (``workload_type`` GPU_*): DCGM utilisation and memory.
+    gpu_percent: float | None = None
+    gpu_mem_percent: float | None = None
 
 
 def bucket_index(value_ms: float) -> int:
@@ -628,12 +631,14 @@ WORKLOAD_CONCURRENCY: Mapping[str, int] = {"Small": 4, "Medium": 16, "Large": 64
 
 
 def estimate_gauges(
-    counts: WindowCounts, window_seconds: float, provisioned_concurrency: float
+    counts: WindowCounts, window_seconds: float, provisioned_concurrency: float,
+    *, gpu: bool = False,
 ) -> EntityGauges:
     """Level gauges that follow the load: busy = mean in-flight requests (Little's law).
 
     CPU is the share of provisioned concurrency kept busy plus an idle floor; memory follows
-    CPU loosely. Only the shape matters: they rise with load and latency.
+    CPU loosely; on a GPU workload so do GPU usage and GPU memory (a loaded model holds its
+    memory even when idle). Only the shape matters: they rise with load and latency.
     """
     if window_seconds <= 0 or provisioned_concurrency <= 0:
         busy_share = 0.0
@@ -642,10 +647,13 @@ def estimate_gauges(
         busy_share = min(1.0, busy / provisioned_concurrency)
     cpu = 3.0 + 92.0 * busy_share
     mem = 25.0 + 0.4 * cpu
+    gpu_percent = 5.0 + 90.0 * busy_share
     return EntityGauges(
         cpu_percent=round(cpu, 3),
         mem_percent=round(mem, 3),
         provisioned_concurrency=float(provisioned_concurrency),
+        gpu_percent=round(gpu_percent, 3) if gpu else None,
+        gpu_mem_percent=round(40.0 + 0.5 * gpu_percent, 3) if gpu else None,
     )
 
 
@@ -661,6 +669,11 @@ _GAUGE_HELP: tuple[tuple[str, str], ...] = (
     (
         "provisioned_concurrent_requests_total",
         "Provisioned concurrency during the last minute.",
+    ),
+    ("gpu_usage_percentage", "Average GPU usage across replicas during the last minute."),
+    (
+        "gpu_memory_usage_percentage",
+        "Average GPU memory usage across replicas during the last minute.",
     ),
 )
 
@@ -724,6 +737,8 @@ def render_export_windows(endpoint_name: str, blocks: Sequence[ExportBlock]) -> 
             "provisioned_concurrent_requests_total": (
                 None if g is None else g.provisioned_concurrency
             ),
+            "gpu_usage_percentage": None if g is None else g.gpu_percent,
+            "gpu_memory_usage_percentage": None if g is None else g.gpu_mem_percent,
         }
         return values[name]
 

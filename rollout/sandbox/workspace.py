@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rollout.clock import Clock, FakeClock, SystemClock
+from rollout.sandbox.governance import Governance, not_found_id, permission_levels
 from rollout.sandbox.models import (
     NAME_PATTERN,
     PERMISSIONS,
@@ -120,6 +121,7 @@ class LiveSegment:
     # When each entity last started or scaled up: its cold windows count from there.
     warmed: Mapping[str, float] = field(default_factory=dict)
     realism: EndpointRealism = NO_REALISM
+    gpu: frozenset[str] = frozenset()  # entities on a GPU workload type
 
 
 @dataclass
@@ -148,6 +150,7 @@ class Endpoint:
     real: dict[int, dict[str, WindowCounts]] = field(default_factory=dict)
     window_cache: dict[int, dict[str, WindowCounts]] = field(default_factory=dict)
     invocations: dict[str, int] = field(default_factory=dict)
+    governance: Governance = field(default_factory=Governance)
 
     @property
     def serving(self) -> bool:
@@ -501,6 +504,10 @@ class Workspace:
             if spec is not None else {},
             warmed=dict(ep.warmed),
             realism=ep.realism,
+            gpu=frozenset(
+                e.name for e in spec.entities
+                if str(e.fields.get("workload_type") or "").startswith("GPU")
+            ) if spec is not None else frozenset(),
         )
         if ep.segments and ep.segments[-1].start >= t:
             ep.segments[-1] = segment
@@ -606,8 +613,14 @@ class Workspace:
         profiles: Mapping[str, EntityProfile] | None = None,
         qps: float = 0.0,
         realism: EndpointRealism | None = None,
+        extras: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Create an endpoint: through the update lifecycle, or ``ready`` at once (admin)."""
+        """Create an endpoint: through the update lifecycle, or ``ready`` at once (admin).
+
+        ``extras`` is the rest of a public create body: AI gateway, rate limits, email
+        notifications, budget policy (``Governance.at_creation``).
+        """
+        governance = Governance.at_creation(CREATOR, dict(extras or {}))
         if not NAME_PATTERN.match(name):
             raise invalid(f"Invalid endpoint name '{name}': use 1 to 63 letters, digits, '-' "
                           "or '_'.")
@@ -627,6 +640,7 @@ class Workspace:
                 tags=dict(tags or {}),
                 profiles=dict(profiles or {}),
                 realism=realism or NO_REALISM,
+                governance=governance,
             )
             self.endpoints[name] = ep
             if spec is not None:
@@ -690,6 +704,49 @@ class Workspace:
                 raise ApiError(400, "INVALID_STATE", f"Endpoint {name} is not stopped.")
             self._start_update(ep, ep.config.spec, "start")
             return self._describe(ep, "CAN_MANAGE")
+
+    # ---------------------------------------------------------------------------------------
+    # Governance: AI gateway, rate limits, notifications, permissions (kept, not enforced).
+
+    def put_rate_limits(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            return self._get(name).governance.put_rate_limits(body)
+
+    def put_ai_gateway(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            return self._get(name).governance.put_ai_gateway(body)
+
+    def patch_notifications(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            answer = self._get(name).governance.patch_notifications(body)
+            return {"name": name, **answer}
+
+    def _by_id(self, endpoint_id: str) -> Endpoint:
+        for ep in self.endpoints.values():
+            if ep.id == endpoint_id:
+                return ep
+        raise not_found_id(endpoint_id)
+
+    def get_permissions(self, endpoint_id: str) -> dict[str, Any]:
+        with self._lock:
+            return self._by_id(endpoint_id).governance.permissions(endpoint_id)
+
+    def set_permissions(self, endpoint_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            governance = self._by_id(endpoint_id).governance
+            governance.set_permissions(body, CREATOR)
+            return governance.permissions(endpoint_id)
+
+    def update_permissions(self, endpoint_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            governance = self._by_id(endpoint_id).governance
+            governance.update_permissions(body)
+            return governance.permissions(endpoint_id)
+
+    def permission_levels(self, endpoint_id: str) -> dict[str, Any]:
+        with self._lock:
+            self._by_id(endpoint_id)
+            return permission_levels()
 
     def patch_tags(
         self, name: str, add: Mapping[str, str], delete: list[str]
@@ -825,7 +882,8 @@ class Workspace:
             out["tags"] = _tags(ep.tags)
         if ep.description:
             out["description"] = ep.description
-        return out
+        ep.governance.describe_into(out)
+        return _sparse(out) if ep.realism.sparse_json else out
 
     def _config_json(self, ep: Endpoint, config: ServingConfig,
                      pending: PendingUpdate | None) -> dict[str, Any]:
@@ -1006,35 +1064,44 @@ class Workspace:
         With delivery faults the text is what a faulty exporter shows: the last closed window
         without the entities whose window is late or missing (a revised one partial), beside
         the previous window of the entities whose window arrives late, twice, or revised.
-        With the counter exposition, cumulative counters as of the last closed window.
+        With the counter exposition, cumulative counters as of the last closed window. The
+        entity label is ``served_entity_name`` unless the realism settings name another.
         """
         with self._lock:
             ep = self._get(name)
-            k = self._window_index(self.now()) - 1
-            if ep.realism.exposition == "counter":
-                return self._counter_text(ep, k)
-            faults = ep.realism.delivery
-            if not faults.any_window_fault:
-                return render_export_windows(ep.name, [self._block(ep, k)])
-            key = self._key(ep)
-            previous = self._window_counts(ep, k - 1)
-            plan_then = faults.plan(key, k - 1, sorted(previous))
-            again = {e for e, fate in plan_then.items() if fate in ("late", "duplicate",
-                                                                    "revised")}
-            current = self._window_counts(ep, k)
-            plan_now = faults.plan(key, k, sorted(current))
-            shown: dict[str, WindowCounts] = {}
-            for entity, counts in current.items():
-                fate = plan_now[entity]
-                if fate == "revised":
-                    shown[entity] = partial_counts(counts, faults.partial_fraction,
-                                                   substream(key, k, "partial", entity))
-                elif fate in ("on_time", "duplicate"):
-                    shown[entity] = counts
-            blocks = [self._block(ep, k, shown)]
-            if again:
-                blocks.append(self._block(ep, k - 1, {e: previous[e] for e in again}))
-            return render_export_windows(ep.name, blocks)
+            text = self._export_text(ep)
+            label = ep.realism.entity_label
+            if label != "served_entity_name":
+                text = text.replace('{served_entity_name="', "{" + label + '="')
+            return text
+
+    def _export_text(self, ep: Endpoint) -> str:
+        """The export as ``served_entity_name`` labels it (the caller holds the lock)."""
+        k = self._window_index(self.now()) - 1
+        if ep.realism.exposition == "counter":
+            return self._counter_text(ep, k)
+        faults = ep.realism.delivery
+        if not faults.any_window_fault:
+            return render_export_windows(ep.name, [self._block(ep, k)])
+        key = self._key(ep)
+        previous = self._window_counts(ep, k - 1)
+        plan_then = faults.plan(key, k - 1, sorted(previous))
+        again = {e for e, fate in plan_then.items() if fate in ("late", "duplicate",
+                                                                "revised")}
+        current = self._window_counts(ep, k)
+        plan_now = faults.plan(key, k, sorted(current))
+        shown: dict[str, WindowCounts] = {}
+        for entity, counts in current.items():
+            fate = plan_now[entity]
+            if fate == "revised":
+                shown[entity] = partial_counts(counts, faults.partial_fraction,
+                                               substream(key, k, "partial", entity))
+            elif fate in ("on_time", "duplicate"):
+                shown[entity] = counts
+        blocks = [self._block(ep, k, shown)]
+        if again:
+            blocks.append(self._block(ep, k - 1, {e: previous[e] for e in again}))
+        return render_export_windows(ep.name, blocks)
 
     def _key(self, ep: Endpoint) -> str:
         """The name of the endpoint's random streams: the same seed and name, the same world."""
@@ -1107,10 +1174,12 @@ class Workspace:
         start = k * self.window_seconds
         segments = self._overlapping(ep, start, start + self.window_seconds)
         concurrency: dict[str, float] = {}
+        gpu: set[str] = set()
         for seg, _ in segments:
             concurrency.update(seg.concurrency)
+            gpu |= seg.gpu
         return {
-            e: estimate_gauges(c, self.window_seconds, concurrency.get(e, 4.0))
+            e: estimate_gauges(c, self.window_seconds, concurrency.get(e, 4.0), gpu=e in gpu)
             for e, c in counts.items()
         }
 
@@ -1188,6 +1257,24 @@ def _echo(fields: Mapping[str, Any]) -> dict[str, Any]:
             continue
         out[key] = _echo(value) if isinstance(value, dict) else value
     return out
+
+
+def _sparse(value: Any) -> Any:
+    """``value`` as proto3 JSON shows it: default values left out (a route's 0 %, the zero
+    state NOT_UPDATING, false)."""
+    if isinstance(value, list):
+        return [_sparse(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {
+        key: _sparse(v)
+        for key, v in value.items()
+        if not (
+            v is False
+            or (key == "traffic_percentage" and v == 0)
+            or (key == "config_update" and v == "NOT_UPDATING")
+        )
+    }
 
 
 def _summary(spec: ConfigSpec) -> dict[str, Any]:

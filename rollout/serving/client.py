@@ -611,7 +611,8 @@ class ServingClient:
         - NOT_UPDATING with a ``config_version`` below the one our PUT announced
           (``min_config_version``, else remembered from ``update_config``): the GET has not
           caught up with the PUT yet, keep polling;
-        - NOT_UPDATING and not READY (when ``require_ready``): keep polling;
+        - NOT_UPDATING and NOT_READY (when ``require_ready``; an absent ``ready`` does not
+          hold back): keep polling;
         - NOT_UPDATING: compare served entities (name, entity_name, entity_version) and the
           traffic split (zero routes ignored) with ``expected``: ``ConfigMismatch`` if they
           differ, else the endpoint is returned.
@@ -694,7 +695,8 @@ class ServingClient:
         version = endpoint.config.config_version if endpoint.config else None
         if announced is not None and version is not None and version < announced:
             return f"config_version {version} < announced {announced}"
-        if require_ready and state.ready != Ready.READY:
+        # An absent ``ready`` is not reported, not NOT_READY: only the latter holds back.
+        if require_ready and state.ready is not None and state.ready != Ready.READY:
             return f"ready={state.ready}"
         if endpoint.config is None:
             live_split: dict[str, int] = {}

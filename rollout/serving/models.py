@@ -5,14 +5,29 @@ plus the traffic split of the next step), the client PUTs ``ConfigSpec.put_body(
 GET comes back as an ``Endpoint`` whose ``state`` tells whether the update settled and whose
 ``config`` is read back with ``traffic_split`` to verify the split really is the one asked for.
 
-Reading is tolerant where the platform varies and strict where the controller relies on a
-field: unknown fields are ignored, unknown enum values are kept as they are (a new state name
-must not crash a rollout), but a missing ``state`` or a route percentage that is not a number is
-a ``ValidationError``, which the client turns into ``MalformedResponse``.
+Reading is tolerant wherever the SDK's dataclasses make a field optional (the endpoint's
+``name`` aside: it says which endpoint answered), and strict only about values that are present
+but wrong (a route percentage that is not a number is a ``ValidationError``, which the client
+turns into ``MalformedResponse``):
+
+- unknown enum values are kept as they are (a new state name must not crash a rollout);
+- ``state`` or either of its fields may be absent: a missing ``config_update`` reads as
+  ``IN_PROGRESS`` when a ``pending_config`` is shown and ``NOT_UPDATING`` otherwise, and a
+  missing ``ready`` is "not reported" (``None``), which holds nothing back;
+- a route without ``traffic_percentage`` takes 0 % (the backend's JSON leaves zero numbers out);
+- legacy ``served_models`` items are read as served entities (``ServedModel.to_entity``:
+  model_name -> entity_name, model_version -> entity_version), so a rollout on an endpoint
+  described the old way PUTs complete ``served_entities``;
+- served entities keep every field, known or not (``extra="allow"``): what the controller does
+  not mean to change is sent back as it came.
 
 Writing follows the zero-downtime rules of ``databricks-api.md``: a PUT always carries every
 served entity and names each route by the entity's explicit ``name``; ``None`` fields are left
-out, but ``False`` is sent (``scale_to_zero_enabled=false`` must reach the server).
+out, but ``False`` is sent (``scale_to_zero_enabled=false`` must reach the server). Output-only
+fields (``state``, ``creator``, ``creation_timestamp``, ``foundation_model``) are never sent.
+Fields the backend does not echo on GET (``burst_scaling_enabled``, ``*_plaintext`` secrets)
+cannot be carried through from a GET: the plan states them (``entity_settings``), or the
+backend's default applies (README, "Fields a GET does not show").
 """
 
 from __future__ import annotations
@@ -21,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any, ClassVar, Self
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _TolerantEnum(StrEnum):
@@ -67,10 +82,11 @@ class _Model(BaseModel):
 class EndpointState(_Model):
     """``state``: read ``ready`` and ``config_update`` together, never one alone."""
 
-    ready: Ready
+    # None: the response did not say (see ``Endpoint._infer_update``).
+    ready: Ready | None = None
     # Docs examples call it ``update_state``; the API says ``config_update``.
-    config_update: ConfigUpdate = Field(
-        validation_alias=AliasChoices("config_update", "update_state")
+    config_update: ConfigUpdate | None = Field(
+        default=None, validation_alias=AliasChoices("config_update", "update_state")
     )
 
 
@@ -79,28 +95,19 @@ class ServedEntityState(_Model):
     deployment_state_message: str | None = None
 
 
-# The fields of ServedEntityInput: exactly what a PUT may carry back for an entity.
-_ENTITY_INPUT_FIELDS = (
-    "name",
-    "entity_name",
-    "entity_version",
-    "external_model",
-    "workload_size",
-    "workload_type",
-    "scale_to_zero_enabled",
-    "min_provisioned_concurrency",
-    "max_provisioned_concurrency",
-    "min_provisioned_throughput",
-    "max_provisioned_throughput",
-    "provisioned_model_units",
-    "burst_scaling_enabled",
-    "environment_vars",
-    "instance_profile_arn",
-)
+# Fields of ServedEntityOutput that are not ServedEntityInput fields: never sent back.
+OUTPUT_ONLY_ENTITY_FIELDS = frozenset({"state", "creator", "creation_timestamp",
+                                       "foundation_model"})
 
 
 class ServedEntity(_Model):
-    """A served entity: the input fields (what a PUT sends) plus the output-only ones."""
+    """A served entity: the input fields (what a PUT sends) plus the output-only ones.
+
+    Fields this model does not name are kept (``model_extra``) and sent back by ``to_input``:
+    a field the platform adds later must survive a rollout's PUTs.
+    """
+
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True, populate_by_name=True)
 
     name: str | None = None
     entity_name: str | None = None
@@ -143,14 +150,21 @@ class ServedEntity(_Model):
         return (self.derived_name(), self.entity_name, self.entity_version)
 
     def to_input(self) -> dict[str, Any]:
-        """The ServedEntityInput JSON: input fields only, explicit name, no None values."""
-        body = self.model_dump(include=set(_ENTITY_INPUT_FIELDS), exclude_none=True)
+        """The ServedEntityInput JSON: every field but the output-only ones, explicit name,
+        no None values (unknown fields included)."""
+        body = self.model_dump(exclude=set(OUTPUT_ONLY_ENTITY_FIELDS), exclude_none=True)
         body["name"] = self.derived_name()
         return body
 
 
+# Legacy served_models field -> its served_entities name; other fields keep their name.
+_MODEL_TO_ENTITY = {"model_name": "entity_name", "model_version": "entity_version"}
+
+
 class ServedModel(_Model):
     """A legacy ``served_models`` item (model_name/model_version instead of entity_*)."""
+
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True, populate_by_name=True)
 
     name: str | None = None
     model_name: str | None = None
@@ -167,11 +181,22 @@ class ServedModel(_Model):
         name = self.name or (f"{(self.model_name or '').rsplit('.', 1)[-1]}-{self.model_version}")
         return (name, self.model_name, self.model_version)
 
+    def to_entity(self) -> ServedEntity:
+        """The same deployment as a served entity: model_name -> entity_name, model_version ->
+        entity_version, the explicit name kept, every other field (known or not) as it is."""
+        data = self.model_dump(exclude_none=True)
+        converted = {_MODEL_TO_ENTITY.get(key, key): value for key, value in data.items()}
+        converted["name"] = self.identity[0]
+        return ServedEntity.model_validate(converted)
+
 
 class Route(_Model):
-    """One traffic route. The server echoes both name fields; either may be the only one."""
+    """One traffic route. The server echoes both name fields; either may be the only one.
 
-    traffic_percentage: int = Field(ge=0, le=100)
+    A route without ``traffic_percentage`` takes 0 %: proto3 JSON leaves zero numbers out.
+    """
+
+    traffic_percentage: int = Field(default=0, ge=0, le=100)
     served_model_name: str | None = None
     served_entity_name: str | None = None
 
@@ -199,6 +224,14 @@ class EndpointConfig(_Model):
     served_entities: list[ServedEntity] = Field(default_factory=list)
     served_models: list[ServedModel] = Field(default_factory=list)
     traffic_config: TrafficConfig | None = None
+    # Legacy inference tables; sent back as they are (``auto_capture_input``).
+    auto_capture_config: dict[str, Any] | None = None
+
+    def auto_capture_input(self) -> dict[str, Any] | None:
+        """``auto_capture_config`` as a PUT carries it: without the output-only ``state``."""
+        if self.auto_capture_config is None:
+            return None
+        return {k: v for k, v in self.auto_capture_config.items() if k != "state"}
 
     def entity_identities(self) -> frozenset[tuple[str, str | None, str | None]]:
         """(name, entity_name, entity_version) of every served entity and legacy model."""
@@ -208,6 +241,10 @@ class EndpointConfig(_Model):
 
     def entity_names(self) -> list[str]:
         return [i[0] for i in self.entity_identities()]
+
+    def entities(self) -> list[ServedEntity]:
+        """Every served entity, legacy ``served_models`` converted (``ServedModel.to_entity``)."""
+        return [*self.served_entities, *(m.to_entity() for m in self.served_models)]
 
 
 class PendingConfig(EndpointConfig):
@@ -226,7 +263,7 @@ class Endpoint(_Model):
 
     name: str
     id: str | None = None
-    state: EndpointState
+    state: EndpointState = Field(default_factory=EndpointState)
     config: EndpointConfig | None = None
     pending_config: PendingConfig | None = None
     tags: list[Tag] = Field(default_factory=list)
@@ -238,6 +275,23 @@ class Endpoint(_Model):
     description: str | None = None
     route_optimized: bool | None = None
     endpoint_url: str | None = None
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _state_may_be_null(cls, value: object) -> object:
+        return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _infer_update(self) -> Endpoint:
+        # Without ``config_update`` the pending config is the only sign of an update in flight.
+        if self.state.config_update is None:
+            inferred = (
+                ConfigUpdate.IN_PROGRESS
+                if self.pending_config is not None
+                else ConfigUpdate.NOT_UPDATING
+            )
+            self.state = self.state.model_copy(update={"config_update": inferred})
+        return self
 
     @property
     def settled(self) -> bool:
@@ -307,6 +361,8 @@ class ConfigSpec(_Model):
 
     served_entities: list[ServedEntity]
     traffic_config: TrafficConfig
+    # Carried over from the live config, never changed by the controller.
+    auto_capture_config: dict[str, Any] | None = None
 
     # Routes are sent under ``served_model_name``: every API version accepts it alongside
     # served_entities (docs examples use it), and the server echoes both names anyway.
@@ -329,9 +385,15 @@ class ConfigSpec(_Model):
         return self
 
     @classmethod
-    def build(cls, entities: Iterable[ServedEntity], split: Mapping[str, int]) -> ConfigSpec:
+    def build(
+        cls,
+        entities: Iterable[ServedEntity],
+        split: Mapping[str, int],
+        auto_capture_config: Mapping[str, Any] | None = None,
+    ) -> ConfigSpec:
         """A spec from entities and a ``{name: percent}`` split (zero routes are kept)."""
         return cls(
+            auto_capture_config=None if auto_capture_config is None else dict(auto_capture_config),
             served_entities=list(entities),
             traffic_config=TrafficConfig(
                 routes=[
@@ -344,9 +406,10 @@ class ConfigSpec(_Model):
     @classmethod
     def from_endpoint(cls, endpoint: Endpoint) -> ConfigSpec:
         """The spec that reproduces an endpoint's live config (for a baseline or a restore)."""
-        if endpoint.config is None or not endpoint.config.served_entities:
+        config = endpoint.config
+        if config is None or not config.entities():
             raise ValueError(f"endpoint {endpoint.name!r} has no served entities to copy")
-        return cls.build(endpoint.config.served_entities, traffic_split(endpoint))
+        return cls.build(config.entities(), traffic_split(endpoint), config.auto_capture_input())
 
     @property
     def split(self) -> dict[str, int]:
@@ -360,8 +423,9 @@ class ConfigSpec(_Model):
         return frozenset(e.identity for e in self.served_entities)
 
     def put_body(self) -> dict[str, Any]:
-        """The flat ``PUT .../config`` body: full served_entities, routes by explicit name."""
-        return {
+        """The flat ``PUT .../config`` body: full served_entities, routes by explicit name,
+        and the endpoint's ``auto_capture_config`` as it was (when it had one)."""
+        body: dict[str, Any] = {
             "served_entities": [e.to_input() for e in self.served_entities],
             "traffic_config": {
                 "routes": [
@@ -370,6 +434,9 @@ class ConfigSpec(_Model):
                 ]
             },
         }
+        if self.auto_capture_config is not None:
+            body["auto_capture_config"] = dict(self.auto_capture_config)
+        return body
 
     def matches(self, config: EndpointConfig) -> bool:
         """True when ``config`` serves these entities with this split (zero routes ignored)."""

@@ -308,6 +308,20 @@ async def test_a_latency_tolerance_the_buckets_cannot_resolve_is_said_with_the_n
     assert note.endswith("not 1.25x")
 
 
+async def test_an_export_naming_no_entity_is_said_at_submission(
+    api: httpx.AsyncClient, harness: Harness, sandbox_admin: httpx.Client
+) -> None:
+    relabel = sandbox_admin.patch(f"/endpoints/{ENDPOINT}/realism", json={"entity_label": "model"})
+    assert relabel.status_code == 200, relabel.text
+    serve_for_a_minute(sandbox_admin, harness, qps=200)
+    response = await submit_yaml(api)
+    assert response.status_code == 201, response.text
+    warnings = response.json()["warnings"]
+    assert warnings[0].startswith("export-metrics series name no served entity"), warnings
+    assert "labels found: endpoint_name, model" in warnings[0]
+    assert "will pause at its first look" in warnings[0]
+
+
 async def test_unreadable_metrics_never_fail_a_submission(
     api: httpx.AsyncClient, harness: Harness, sandbox_admin: httpx.Client
 ) -> None:

@@ -14,7 +14,7 @@ from rollout.clock import FakeClock
 from rollout.engine.decide import Timing
 from rollout.engine.model import Phase
 from rollout.engine.runner import Runner
-from rollout.plan import AnyPlan, validate_plan
+from rollout.plan import AnyPlan, resolve_policy, validate_plan
 from rollout.policies import PolicyLibrary
 from rollout.sandbox.server import SandboxServer
 from rollout.serving.auth import PatAuth
@@ -395,3 +395,182 @@ async def test_an_update_failed_seen_on_a_later_look_rolls_back_once_with_build_
         tail = payloads[event]["details"]["build_logs_tail"]
         assert "ERROR Update to config version 2 of endpoint ads failed" in tail, tail
         assert len(tail) <= 4096
+# ---- endpoints as they really come back -----------------------------------------------------
+
+LEGACY_BASELINE = {
+    "name": BASELINE,
+    "model_name": "main.ml.ads_model",
+    "model_version": "3",
+    "workload_size": "Small",
+    "scale_to_zero_enabled": False,
+    # Never echoed on GET: only the plan can say it.
+    "burst_scaling_enabled": False,
+    "environment_vars": {"FEATURE_STORE": "online"},
+    # A field this controller has never heard of: it must survive the rollout's PUTs.
+    "future_setting": {"level": 2},
+}
+
+
+CAPTURE = {"catalog_name": "main", "schema_name": "ml", "table_name_prefix": "ads",
+           "enabled": True}
+
+
+def public_api(sandbox: SandboxServer) -> httpx.Client:
+    return httpx.Client(base_url=sandbox.url, timeout=10.0,
+                        headers={"Authorization": f"Bearer {sandbox.token}"})
+
+
+def make_legacy_endpoint(
+    sandbox: SandboxServer, admin: httpx.Client, candidate: dict[str, Any]
+) -> dict[str, Any]:
+    """An endpoint described with served_models, answering in proto3 JSON (defaults left out);
+    returns its GET as sent."""
+    with public_api(sandbox) as api:
+        created = api.post("/api/2.0/serving-endpoints", json={
+            "name": ENDPOINT,
+            "config": {"served_models": [LEGACY_BASELINE], "auto_capture_config": CAPTURE},
+        })
+        assert created.status_code == 200, created.text
+    assert isinstance(sandbox.clock, FakeClock)
+    sandbox.clock.advance(10)
+    for entity, profile in ((BASELINE, HEALTHY), (CANDIDATE, candidate)):
+        response = admin.put(f"/endpoints/{ENDPOINT}/profiles/{entity}", json=profile)
+        assert response.status_code == 200, response.text
+    assert admin.put(f"/endpoints/{ENDPOINT}/load", json={"qps": 200}).status_code == 200
+    sparse = admin.patch(f"/endpoints/{ENDPOINT}/realism", json={"sparse_json": True})
+    assert sparse.status_code == 200, sparse.text
+    with public_api(sandbox) as api:
+        return dict(api.get(f"/api/2.0/serving-endpoints/{ENDPOINT}").json())
+
+
+def baseline_fields(sandbox: SandboxServer) -> dict[str, Any]:
+    """The baseline's fields as the workspace holds them, unechoed ones included."""
+    config = sandbox.workspace.endpoints[ENDPOINT].config
+    assert config is not None
+    spec = config.spec.entity(BASELINE)
+    assert spec is not None
+    return dict(spec.fields)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [({**HEALTHY, "error_rate": 0.05}, Phase.ROLLED_BACK), (HEALTHY, Phase.SUCCEEDED)],
+    ids=["regressed", "healthy"],
+)
+async def test_legacy_sparse_endpoint_round_trips_through_a_rollout(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient,
+    case: tuple[dict[str, Any], Phase],
+) -> None:
+    candidate, ending = case
+    raw = make_legacy_endpoint(sandbox, sandbox_admin, candidate)
+    assert "config_update" not in raw["state"], "GET leaves NOT_UPDATING out"
+    assert "served_entities" not in raw["config"]
+    assert "burst_scaling_enabled" not in raw["config"]["served_models"][0]
+
+    the_plan = plan(entity_settings={BASELINE: {"burst_scaling_enabled": False}})
+    clock = sandbox.clock
+    assert isinstance(clock, FakeClock)
+    runner = Runner(store, client, clock=clock, timing=TIMING)
+    record = await runner.submit(the_plan, PolicyLibrary().get("default"))
+    # Through the first step: the deploy PUT routed 0 % to the candidate, which a sparse GET
+    # shows as a route without traffic_percentage.
+    while not step_splits(store, record.id):
+        result = await runner.reconcile(record.id)
+        assert not result.phase.terminal, [(e.kind, e.reason) for e in store.events(record.id)]
+        due = store.get(record.id).due_at
+        assert due is not None
+        clock.advance(max(0.0, due - clock.now()))
+    during = baseline_fields(sandbox)
+    assert during == {
+        "name": BASELINE,
+        "entity_name": "main.ml.ads_model",
+        "entity_version": "3",
+        "workload_size": "Small",
+        "burst_scaling_enabled": False,
+        "environment_vars": {"FEATURE_STORE": "online"},
+        "future_setting": {"level": 2},
+    }, "every baseline field carried into served_entities, nothing reset"
+    live = sandbox.workspace.endpoints[ENDPOINT].config
+    assert live is not None
+    assert live.spec.auto_capture_config == CAPTURE, "inference tables left as they were"
+
+    phase = await drive(runner, store, clock, record.id)
+    events = store.events(record.id)
+    assert phase is ending, [(e.kind, e.reason) for e in events][-6:]
+    assert not [e for e in events if e.kind in ("drift", "paused")], "no false drift"
+    endpoint = await client.get_endpoint(ENDPOINT)
+    if ending is Phase.ROLLED_BACK:
+        assert traffic_split(endpoint) == {BASELINE: 100}
+        assert baseline_fields(sandbox) == during, "the restored baseline is the one we found"
+    else:
+        assert traffic_split(endpoint) == {CANDIDATE: 100}
+    final = sandbox.workspace.endpoints[ENDPOINT].config
+    assert final is not None
+    assert final.spec.auto_capture_config == CAPTURE
+
+
+async def test_unattributable_metrics_pause_the_rollout_naming_the_labels(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient
+) -> None:
+    make_endpoint(sandbox_admin, HEALTHY)
+    relabel = sandbox_admin.patch(f"/endpoints/{ENDPOINT}/realism", json={"entity_label": "model"})
+    assert relabel.status_code == 200, relabel.text
+    clock = sandbox.clock
+    assert isinstance(clock, FakeClock)
+    runner = Runner(store, client, clock=clock, timing=TIMING)
+    record = await runner.submit(plan(), PolicyLibrary().get("default"))
+    phase = Phase.PENDING
+    for _ in range(50):
+        phase = (await runner.reconcile(record.id)).phase
+        if phase is Phase.PAUSED or phase.terminal:
+            break
+        due = store.get(record.id).due_at
+        assert due is not None
+        clock.advance(max(0.0, due - clock.now()))
+    events = store.events(record.id)
+    assert phase is Phase.PAUSED, [(e.kind, e.reason) for e in events][-6:]
+    (pause,) = [e for e in events if e.kind == "unattributable_metrics"]
+    assert "labels found: endpoint_name, model" in pause.reason
+    assert not [e for e in events if e.kind == "verdict"], "nothing judged on summed arms"
+    endpoint = await client.get_endpoint(ENDPOINT)
+    assert traffic_split(endpoint) == {BASELINE: 90, CANDIDATE: 10}, "held where it was"
+
+
+@pytest.mark.parametrize(
+    "case",
+    # At 40 requests/s a Small entity (4 concurrent) is busy a quarter of the time at 50 %
+    # with 50 ms requests, and all the time at 10 % with 2 s ones.
+    [({**HEALTHY, "latency_p50_ms": 2000, "latency_p99_ms": 5000}, Phase.ROLLED_BACK),
+     (HEALTHY, Phase.SUCCEEDED)],
+    ids=["saturated", "healthy"],
+)
+async def test_a_gpu_usage_check_judges_a_gpu_candidate(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient,
+    case: tuple[dict[str, Any], Phase],
+) -> None:
+    profile, ending = case
+    make_endpoint(sandbox_admin, profile, qps=40)
+    gpu_plan = plan(
+        candidate={"entity_name": "main.ml.ads_model", "entity_version": "4",
+                   "workload_size": "Small", "workload_type": "GPU_SMALL"},
+        policy={"name": "gpu", "checks": [{"metric": "gpu_usage_percentage", "max": "80%"}]},
+    )
+    clock = sandbox.clock
+    assert isinstance(clock, FakeClock)
+    runner = Runner(store, client, clock=clock, timing=TIMING)
+    record = await runner.submit(gpu_plan, resolve_policy(gpu_plan))
+    rollout_id = record.id
+    phase = await drive(runner, store, clock, rollout_id)
+    events = store.events(rollout_id)
+    assert phase is ending, [(e.kind, e.reason) for e in events][-6:]
+    verdicts = [e.data["verdict"] for e in events if e.kind == "verdict"]
+    checks = [c for v in verdicts for c in v["checks"]]
+    assert checks
+    assert {c["metric"] for c in checks} >= {"gpu_usage_percentage"}
+    gpu = [c for c in checks if c["metric"] == "gpu_usage_percentage"]
+    if ending is Phase.ROLLED_BACK:
+        assert gpu[-1]["outcome"] == "fail"
+        assert gpu[-1]["candidate_value"] > 80.0
+    else:
+        assert all(c["outcome"] != "fail" for c in gpu)
+        assert gpu[-1]["candidate_value"] < 80.0

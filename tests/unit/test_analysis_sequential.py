@@ -62,6 +62,8 @@ class Arm:
     latency: Sequence[float] | None = FAST
     client_error_rate: float = 0.0
     cpu: float | None = None
+    gpu: float | None = None
+    inference: Sequence[float] | None = None
     missing: frozenset[str] = frozenset()
 
     def window(self, i: int) -> EntityWindow:
@@ -73,6 +75,9 @@ class Arm:
             errors_5xx=self.requests * self.error_rate,
             errors_4xx=self.requests * self.client_error_rate,
             latency=hist, cpu_percent=self.cpu, missing=self.missing,
+            gpu_percent=self.gpu,
+            inference_latency=None if self.inference is None
+            else Histogram(BOUNDS, tuple(self.requests * p for p in self.inference)),
         )
 
 
@@ -314,6 +319,27 @@ def test_gauge_checks_need_consecutive_windows(values: list[float], outcome: Out
     for cpu in values:
         verdict = run.look(Arm(1_000, cpu=cpu), Arm(9_000))
     assert verdict.outcome is outcome, verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("values", "outcome"),
+    [([95.0, 96.0, 97.0], Outcome.FAIL), ([50.0, 60.0, 55.0], Outcome.PASS)],
+)
+def test_gpu_usage_is_judged_as_a_level(values: list[float], outcome: Outcome) -> None:
+    run = Run(policy({"metric": "gpu_usage_percentage", "max": "90%"}))
+    for gpu in values:
+        verdict = run.look(Arm(1_000, gpu=gpu), Arm(9_000, gpu=40.0))
+    assert verdict.outcome is outcome, verdict.reason
+
+
+def test_inference_latency_is_compared_with_the_baseline() -> None:
+    check = {"metric": "inference_latency_p99_ms", "compare": "baseline", "max_ratio": 1.25}
+    slow = Run(policy(check)).look(Arm(1_000, inference=SLOW), Arm(9_000, inference=FAST), 10)
+    assert slow.outcome is Outcome.FAIL, slow.reason
+    same = Run(policy(check)).look(Arm(1_000, inference=FAST), Arm(9_000, inference=FAST), 10)
+    assert same.outcome is not Outcome.FAIL, same.reason
+    absent = Run(policy(check)).look(*HEALTHY, 3)
+    assert absent.outcome is Outcome.INCONCLUSIVE
 
 
 def test_missing_gauge_is_inconclusive() -> None:

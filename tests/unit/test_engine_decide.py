@@ -23,7 +23,8 @@ from rollout.engine.model import (
     Target,
     UpdateOutcome,
 )
-from rollout.metrics.model import EntityWindow, Histogram
+from rollout.metrics.model import EntityWindow, Histogram, UnattributableScrape
+from rollout.metrics.parse import ENTITY_LABELS
 from rollout.plan import AnyPlan, validate_plan
 from rollout.policies import PolicyLibrary
 
@@ -498,15 +499,17 @@ CASES = [
         effect="put:restore",
     ),
     Case(
-        "totals-only metrics: inconclusive and says why",
+        "totals-only metrics while two entities serve: paused, the labels found named",
         progressing(),
         Observation(
             endpoint=live(10),
-            entity_labels=False,
+            unattributable=UnattributableScrape(("endpoint_name", "model"), ENTITY_LABELS),
             windows=(EntityWindow(None, int(T0 * 1000), requests=600),),
         ),
         now=T0 + 60,
-        phase=Phase.PROGRESSING,
+        phase=Phase.PAUSED,
+        events=("unattributable_metrics",),
+        alerts=("paused",),
         extra="no_labels",
     ),
     # ---- deadlines --------------------------------------------------------------------------
@@ -804,9 +807,12 @@ def test_decide(case: Case) -> None:
     if case.extra == "no_requests":
         assert decision.state.candidate.requests == 0
     if case.extra == "no_labels":
-        assert decision.state.last_verdict is not None
-        assert "no per-entity series" in decision.state.last_verdict["reason"]
-        assert decision.state.last_verdict["outcome"] == "inconclusive"
+        reason = decision.state.pause_reason or ""
+        assert "labels found: endpoint_name, model" in reason
+        assert "served_entity_name" in reason
+        # Nothing was judged on the summed arms.
+        assert decision.state.last_verdict is None
+        assert decision.state.paused_from is Phase.PROGRESSING
     if case.extra == "known":
         assert isinstance(effect, PutConfig)
         assert key({BASE: 90, CAND: 10}) in effect.target.known
@@ -1492,3 +1498,19 @@ def test_the_build_log_excerpt_is_bounded(text: str, lines: int, chars: int | No
     assert text.rstrip("\n").endswith(tail)
     if chars is not None:
         assert len(tail) == chars
+def test_settings_a_get_does_not_show_ride_with_every_put() -> None:
+    the_plan = plan_of(entity_settings={BASE: {"burst_scaling_enabled": False}},
+                       candidate={**CANARY["candidate"], "burst_scaling_enabled": False})
+    unknown = {**entity(BASE), "future_setting": {"level": 2}}
+    endpoint = EndpointSnapshot(
+        ready="READY", config_update="NOT_UPDATING", config_version=3,
+        entities={BASE: unknown}, split={BASE: 100},
+    )
+    decision = decide(the_plan, state(), Observation(endpoint=endpoint), T0, policy=policy(),
+                      timing=TIMING)
+    assert isinstance(decision.effect, PutConfig)
+    sent = {str(e["name"]): e for e in decision.effect.target.entities}
+    assert sent[BASE] == {**unknown, "burst_scaling_enabled": False}
+    assert sent[CAND]["burst_scaling_enabled"] is False
+    # Remembered for every later PUT of the rollout, the restore included.
+    assert decision.state.baseline_entity == sent[BASE]

@@ -30,6 +30,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "export_metrics"
 T0 = 1_788_718_020_000
 INF = math.inf
 SYSTEM_FIELDS = frozenset({"cpu_percent", "mem_percent", "provisioned_concurrency"})
+# A CPU endpoint reports none of these.
+GPU_FIELDS = frozenset({"gpu_percent", "gpu_mem_percent", "inference_latency"})
 
 
 def fixture(name: str) -> str:
@@ -72,8 +74,8 @@ def test_every_entity_label_spelling_reads_the_same(name: str) -> None:
     assert baseline.queue_time.total == 1200.0
     assert (baseline.cpu_percent, baseline.mem_percent) == (41.5, 63.25)
     assert baseline.provisioned_concurrency == 8.0
-    assert baseline.missing == frozenset()
-    assert candidate.missing == frozenset()
+    assert baseline.missing == GPU_FIELDS
+    assert candidate.missing == GPU_FIELDS
 
 
 @pytest.mark.parametrize(
@@ -104,10 +106,45 @@ def test_latency_buckets_are_stored_per_bucket() -> None:
 
 
 def test_unknown_metrics_are_ignored() -> None:
-    # The fixture ends with a gpu_usage_percentage series; nothing of it may surface.
-    text = fixture("entity_name.prom")
-    assert "gpu_usage_percentage" in text
-    assert parse_export_metrics(text) == parse_fixture("model_name.prom")
+    # A family the parser does not know, with its own label: nothing of it may surface.
+    text = fixture("entity_name.prom") + (
+        "# TYPE replica_restarts_total gauge\n"
+        'replica_restarts_total{served_entity_name="ads-model-3",replica="r1"} 2.0 '
+        f"{T0}\n"
+    )
+    scrape, other = parse_export_metrics(text), parse_fixture("model_name.prom")
+    assert scrape.windows == other.windows
+    assert scrape.family_types == other.family_types
+    assert scrape.warnings == []
+
+
+def test_gpu_gauges_and_inference_latency_are_read() -> None:
+    scrape = parse_fixture("gpu.prom")
+    assert scrape.warnings == []
+    windows = by_entity(scrape)
+    first, second = windows["llm-1"], windows["llm-2"]
+    # One series per GPU: a level, averaged, never summed.
+    assert (first.gpu_percent, first.gpu_mem_percent) == (75.0, 61.0)
+    assert (second.gpu_percent, second.gpu_mem_percent) == (40.0, 22.0)
+    assert first.inference_latency is not None
+    assert first.inference_latency.total == 900.0
+    assert first.inference_latency.sum == 117000.0
+    # Rank 450 falls in (50, 100], which holds requests 91..500.
+    assert first.inference_latency.quantile(0.5) == pytest.approx(50.0 + 50.0 * 360 / 410)
+    assert second.inference_latency is not None
+    assert second.inference_latency.total == 100.0
+    assert "gpu_percent" not in first.missing
+    assert "inference_latency" not in first.missing
+    assert {"latency", "cpu_percent"} <= first.missing
+
+
+def test_gpu_and_inference_aliases_read_as_the_same_families() -> None:
+    text = (
+        fixture("gpu.prom")
+        .replace("gpu_memory_usage_percentage", "gpu_mem_usage_percentage")
+        .replace("model_inference_latency_ms", "model_prediction_latency_ms")
+    )
+    assert parse_export_metrics(text).windows == parse_fixture("gpu.prom").windows
 
 
 def test_endpoint_totals_without_entity_label() -> None:
@@ -119,6 +156,22 @@ def test_endpoint_totals_without_entity_label() -> None:
     assert window.errors_5xx == 5.0
     assert window.latency is not None
     assert window.latency.total == 1264.0
+    unattributable = scrape.unattributable()
+    assert unattributable is not None
+    assert unattributable.labels == ()
+    assert "labels found: none" in unattributable.describe()
+
+
+def test_an_unknown_entity_label_is_unattributable_and_named() -> None:
+    text = fixture("entity_name.prom").replace("served_entity_name=", "model=")
+    scrape = parse_export_metrics(text)
+    assert not scrape.has_entity_labels
+    unattributable = scrape.unattributable()
+    assert unattributable is not None
+    assert unattributable.labels == ("endpoint_name", "model", "workspace_id")
+    # Labelled scrapes, and scrapes without windows, are attributable.
+    assert parse_fixture("entity_name.prom").unattributable() is None
+    assert parse_export_metrics("").unattributable() is None
 
 
 def test_free_edition_has_only_the_request_gauges() -> None:
@@ -127,14 +180,14 @@ def test_free_edition_has_only_the_request_gauges() -> None:
     for window in scrape.windows:
         assert window.latency is None
         assert window.queue_time is None
-        assert window.missing == frozenset({"latency", "queue_time"}) | SYSTEM_FIELDS
+        assert window.missing == frozenset({"latency", "queue_time"}) | SYSTEM_FIELDS | GPU_FIELDS
     assert [w.requests for w in scrape.windows] == [1200.0, 64.0]
 
 
 def test_zero_request_minute_is_zero_not_missing() -> None:
     (window,) = parse_fixture("zero_requests.prom").windows
     assert window.requests == 0.0
-    assert window.missing == frozenset()
+    assert window.missing == GPU_FIELDS
     assert window.latency is not None
     assert window.latency.total == 0.0
     assert window.latency.quantile(0.99) is None
@@ -251,9 +304,11 @@ def test_broken_histograms_are_dropped_from_their_window_only() -> None:
 
 def test_missing_series_are_listed_not_guessed() -> None:
     windows = by_entity(parse_fixture("missing_series.prom"))
-    assert windows["ads-model-3"].missing == frozenset({"errors_4xx", "queue_time"}) | SYSTEM_FIELDS
+    assert windows["ads-model-3"].missing == (
+        frozenset({"errors_4xx", "queue_time"}) | SYSTEM_FIELDS | GPU_FIELDS
+    )
     assert windows["ads-model-4"].missing == (
-        frozenset({"errors_5xx", "latency", "queue_time"}) | SYSTEM_FIELDS
+        frozenset({"errors_5xx", "latency", "queue_time"}) | SYSTEM_FIELDS | GPU_FIELDS
     )
 
 

@@ -102,7 +102,8 @@ def test_a_revision_keeps_fields_the_later_scrape_lacks() -> None:
     assert window.latency.total == 1200.0
     assert window.errors_4xx == 3.0
     assert window.cpu_percent == 41.5
-    assert window.missing == frozenset()
+    # A CPU endpoint: the GPU families were in neither scrape.
+    assert window.missing == frozenset({"gpu_percent", "gpu_mem_percent", "inference_latency"})
 
 
 def test_endpoint_totals_are_kept_under_none_and_flagged() -> None:
@@ -127,6 +128,9 @@ def test_missing_fields_reach_the_arm_totals() -> None:
         "cpu_percent": 1,
         "mem_percent": 1,
         "provisioned_concurrency": 1,
+        "gpu_percent": 3,
+        "gpu_mem_percent": 3,
+        "inference_latency": 3,
     }
     assert candidate.requests == 64 + 70 + 61
     assert candidate.latency is not None
@@ -139,7 +143,7 @@ def test_a_later_full_window_fills_in_a_sparse_one() -> None:
     tracker.observe(scrape_of("overlap_2.prom"), T1 + 60_000)
     candidate = tracker.totals(T0)["ads-model-4"]
     assert candidate.windows == 2
-    assert candidate.missing == {}
+    assert candidate.missing == {"gpu_percent": 2, "gpu_mem_percent": 2, "inference_latency": 2}
     assert keys(tracker.last_revised) == [("ads-model-3", T0), ("ads-model-4", T0)]
 
 

@@ -109,6 +109,18 @@ ERRORS = [
         "not a duration",
     ),
     ("endpoint name", with_(endpoint="ads endpoint!"), "endpoint", "not a valid endpoint name"),
+    (
+        "settings for the candidate",
+        with_(entity_settings={"ads_model-4": {"burst_scaling_enabled": False}}),
+        "entity_settings",
+        "state its settings in candidate",
+    ),
+    (
+        "a setting a GET shows",
+        with_(entity_settings={"ads-model-3": {"workload_size": "Large"}}),
+        "entity_settings.ads-model-3.workload_size",
+        "",
+    ),
     ("endpoint too long", with_(endpoint="e" * 64), "endpoint", "1 to 63"),
     (
         "candidate name",

@@ -251,6 +251,15 @@ def test_gauges_rise_with_load() -> None:
     g_heavy = estimate_gauges(heavy, 60.0, 4.0)
     assert g_light.cpu_percent < g_heavy.cpu_percent <= 100.0
     assert g_heavy.provisioned_concurrency == 4.0
+    # GPU gauges only for a GPU workload, rising with load like CPU.
+    assert (g_light.gpu_percent, g_light.gpu_mem_percent) == (None, None)
+    gpu_light = estimate_gauges(light, 60.0, 4.0, gpu=True)
+    gpu_heavy = estimate_gauges(heavy, 60.0, 4.0, gpu=True)
+    assert gpu_light.gpu_percent is not None
+    assert gpu_heavy.gpu_percent is not None
+    assert gpu_light.gpu_percent < gpu_heavy.gpu_percent <= 100.0
+    assert gpu_heavy.gpu_mem_percent is not None
+    assert gpu_heavy.gpu_mem_percent <= 100.0
 
 
 def test_exposition_parses_and_carries_the_window() -> None:

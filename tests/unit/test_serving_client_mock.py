@@ -315,7 +315,7 @@ MALFORMED_200 = [
     ),
     pytest.param(httpx.Response(200, json=["ads"]), id="array"),
     pytest.param(httpx.Response(200, json="ads"), id="string"),
-    pytest.param(httpx.Response(200, json={"name": "ads"}), id="missing-state"),
+    pytest.param(httpx.Response(200, json={"state": {}}), id="missing-name"),
     pytest.param(
         httpx.Response(200, json={"name": "ads", "state": {"ready": None, "config_update": 1}}),
         id="wrong-types",

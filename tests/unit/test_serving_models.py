@@ -102,8 +102,6 @@ def test_docs_field_name_update_state_is_accepted() -> None:
 @pytest.mark.parametrize(
     "broken",
     [
-        {"state": None},
-        {"state": {"ready": "READY"}},
         {"state": {"ready": 3, "config_update": "NOT_UPDATING"}},
         {"state": "READY"},
         {"name": None},
@@ -267,3 +265,108 @@ def test_matches_ignores_zero_routes_but_not_versions() -> None:
     changed = Endpoint.model_validate(body).config
     assert changed is not None
     assert not spec.matches(changed)
+
+
+# ---- optional fields absent, legacy served_models, fields carried through ---------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "pending", "update", "ready"),
+    [
+        (None, False, ConfigUpdate.NOT_UPDATING, None),
+        ({}, False, ConfigUpdate.NOT_UPDATING, None),
+        ({"ready": "READY"}, False, ConfigUpdate.NOT_UPDATING, Ready.READY),
+        ({"ready": "NOT_READY"}, True, ConfigUpdate.IN_PROGRESS, Ready.NOT_READY),
+        ({"config_update": "UPDATE_FAILED"}, True, ConfigUpdate.UPDATE_FAILED, None),
+    ],
+)
+def test_absent_state_fields_are_inferred_not_fatal(
+    state: dict[str, Any] | None, pending: bool, update: ConfigUpdate, ready: Ready | None
+) -> None:
+    body = detailed(state=state)
+    if state is None:
+        del body["state"]
+    if pending:
+        body["pending_config"] = {"config_version": 4, "served_entities": []}
+    endpoint = Endpoint.model_validate(body)
+    assert endpoint.state.config_update == update
+    assert endpoint.state.ready == ready
+    assert endpoint.settled is (update != ConfigUpdate.IN_PROGRESS)
+
+
+def test_a_route_without_percentage_takes_zero() -> None:
+    endpoint = Endpoint.model_validate(
+        detailed(
+            config={
+                "served_entities": [
+                    {"name": "a", "entity_name": "m.a", "entity_version": "1"},
+                    {"name": "b", "entity_name": "m.b", "entity_version": "1"},
+                ],
+                "traffic_config": {
+                    "routes": [
+                        {"served_entity_name": "a", "traffic_percentage": 100},
+                        {"served_entity_name": "b"},
+                    ]
+                },
+            }
+        )
+    )
+    assert traffic_split(endpoint) == {"a": 100, "b": 0}
+
+
+def test_legacy_served_models_become_complete_served_entities() -> None:
+    endpoint = Endpoint.model_validate(
+        detailed(
+            config={
+                "config_version": 2,
+                "served_models": [
+                    {
+                        "name": "ads-3",
+                        "model_name": "ads",
+                        "model_version": 3,
+                        "workload_size": "Small",
+                        "scale_to_zero_enabled": False,
+                        "environment_vars": {"A": "1"},
+                        "state": {"deployment": "DEPLOYMENT_READY"},
+                        "creator": "someone@example.com",
+                    }
+                ],
+                "traffic_config": {"routes": [{"served_model_name": "ads-3",
+                                               "traffic_percentage": 100}]},
+            }
+        )
+    )
+    assert endpoint.config is not None
+    body = ConfigSpec.from_endpoint(endpoint).put_body()
+    assert body["served_entities"] == [
+        {
+            "name": "ads-3",
+            "entity_name": "ads",
+            "entity_version": "3",
+            "workload_size": "Small",
+            "scale_to_zero_enabled": False,
+            "environment_vars": {"A": "1"},
+        }
+    ]
+    # The converted config is the same deployment as the legacy one: no false drift.
+    assert ConfigSpec.from_endpoint(endpoint).matches(endpoint.config)
+
+
+def test_unknown_entity_fields_are_carried_into_the_put() -> None:
+    endpoint = Endpoint.model_validate(detailed())
+    body = ConfigSpec.from_endpoint(endpoint).put_body()
+    first = next(e for e in body["served_entities"] if e["name"] == "ads-3")
+    assert first["some_future_field"] == {"x": 1}
+    assert not {"state", "creator", "creation_timestamp"} & set(first)
+
+
+def test_auto_capture_config_goes_back_without_its_state() -> None:
+    capture = {"catalog_name": "main", "schema_name": "ml", "table_name_prefix": "ads",
+               "enabled": True, "state": {"payload_table": {"name": "ads_payload"}}}
+    config = dict(detailed()["config"], auto_capture_config=capture)
+    endpoint = Endpoint.model_validate(detailed(config=config))
+    body = ConfigSpec.from_endpoint(endpoint).put_body()
+    assert body["auto_capture_config"] == {k: v for k, v in capture.items() if k != "state"}
+    assert "auto_capture_config" not in ConfigSpec.from_endpoint(
+        Endpoint.model_validate(detailed())
+    ).put_body()
