@@ -75,6 +75,7 @@ from rollout.plan import (
     AnyPlan,
     Plan,
     PlanError,
+    PlanTooLargeError,
     plan_notes,
     resolution_notes,
     resolve_policy,
@@ -119,7 +120,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for status, description in {
         401: "No token, or an unknown one (only when tokens are configured).",
         403: "The token's role may not do this.",
-        413: "The body is larger than the configured limit.",
+        413: "The body is larger than the configured limit, or the plan is, once YAML "
+        "aliases are expanded.",
         422: "The request is invalid; details name each field.",
         503: "The store (or, on submission, the workspace) cannot be reached now; retry.",
     }.items()
@@ -700,6 +702,8 @@ def _checked_id(rollout_id: str) -> str:
 
 def _invalid_plan(exc: PlanError) -> ApiError:
     details = [{"field": issue.field, "message": issue.message} for issue in exc.issues]
+    if isinstance(exc, PlanTooLargeError):
+        return ApiError(413, "plan_too_large", details[0]["message"], details=details)
     count = len(details)
     return ApiError(
         422,

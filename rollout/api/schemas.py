@@ -47,7 +47,8 @@ class ErrorDetail(BaseModel):
         description="Stable word: invalid_plan, invalid_request, rollout_active, "
         "rollout_not_found, rollout_finished, endpoint_not_found, endpoint_permission, "
         "workspace_unavailable, workspace_error, store_unavailable, unauthenticated, "
-        "forbidden, body_too_large, unsupported_media_type, not_found, method_not_allowed, "
+        "forbidden, body_too_large, plan_too_large, unsupported_media_type, cross_site, "
+        "host_not_allowed, alert_target_refused, not_found, method_not_allowed, "
         "internal."
     )
     message: str
