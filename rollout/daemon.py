@@ -32,7 +32,8 @@ import structlog
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from rollout.alerts import AlertDispatcher, parse_channels
+from rollout.alerts import AlertDispatcher, guarded_client, parse_channels
+from rollout.alerts.dispatcher import target_policy
 from rollout.api import check_bind, create_api
 from rollout.clock import Clock, SystemClock
 from rollout.engine.runner import Runner
@@ -79,6 +80,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         tokens = settings.api.tokens.get_secret_value() if settings.api.tokens else None
         check_bind(settings.api.host, tokens)
         default_channels = parse_channels(settings.alerts.channels)
+        targets = target_policy(settings.alerts)
         library = PolicyLibrary.from_path_list(settings.engine.policy_dirs)
     except ValueError as exc:
         raise ConfigurationProblem(str(exc)) from exc
@@ -116,10 +118,11 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         failure_backoff=settings.engine.failure_backoff,
         on_lag=metrics.on_lag,
     )
-    alerts_http = httpx.AsyncClient(timeout=settings.alerts.timeout, follow_redirects=False)
+    alerts_http = guarded_client(targets, timeout=settings.alerts.timeout)
     try:
         dispatcher = AlertDispatcher(
-            store, alerts_http, clock, settings.alerts, on_delivery=metrics.on_alert
+            store, alerts_http, clock, settings.alerts, on_delivery=metrics.on_alert,
+            targets=targets,
         )
     except ValueError as exc:
         store.close()
@@ -135,6 +138,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         library=library,
         registry=registry,
         settings=settings.api,
+        alert_targets=targets,
         ready=ready,
         wake=reconciler.poke,
         timing=runner.timing,

@@ -164,12 +164,21 @@ class CanaryStep(_Strict):
 
 class AlertChannel(_Strict):
     type: Literal["webhook", "slack", "alertmanager"]
-    url: str = Field(pattern=r"^https?://", description="Where to deliver (http or https).")
+    # Neither is ever shown (repr=False keeps them out of tracebacks and logged reprs; the
+    # API shows them through rollout.redaction): a Slack URL's path is its credential.
+    url: str = Field(
+        pattern=r"^https?://",
+        repr=False,
+        description="Where to deliver (http or https). Never shown: reads give scheme and "
+        "host only.",
+    )
     severity: Literal["info", "warn", "error"] = Field(
         default="info", description="Lowest severity delivered to this channel."
     )
     secret: str | None = Field(
-        default=None, description="webhook only: HMAC-SHA256 key for the signature header."
+        default=None,
+        repr=False,
+        description="webhook only: HMAC-SHA256 key for the signature header. Never shown.",
     )
 
 

@@ -161,6 +161,18 @@ class AlertSettings(BaseSettings):
         description="Channels every rollout alerts besides its plan's own: a JSON list of "
         '{"type": "webhook"|"slack"|"alertmanager", "url", "severity"?, "secret"?}.',
     )
+    allowed_hosts: str = Field(
+        default="",
+        description="Alert targets allowed although not public, comma-separated: names "
+        "(trusted whatever they resolve to), addresses or networks, e.g. "
+        "'alertmanager, 127.0.0.1, 10.2.0.0/16'; '*' allows every target. By default "
+        "loopback, link-local, metadata and private addresses are refused.",
+    )
+    allow_private: bool = Field(
+        default=False,
+        description="Allow alert targets in private ranges (10/8, 172.16/12, 192.168/16, "
+        "fc00::/7, 100.64/10); loopback, link-local and metadata stay refused.",
+    )
     timeout: float = Field(default=10.0, gt=0, description="Seconds allowed for one delivery.")
     lease: float = Field(
         default=60.0, gt=0, description="Seconds an alert being delivered is hidden from others."

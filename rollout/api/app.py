@@ -34,8 +34,10 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.responses import JSONResponse
 
 from rollout import __version__
+from rollout.alerts.targets import TargetPolicy
 from rollout.analysis.spec import Policy
 from rollout.api.auth import Role, TokenTable, allows, parse_tokens
+from rollout.api.channels import channel_routes, refused_targets, target_issues
 from rollout.api.documents import (
     JSON_TYPES,
     YAML_TYPES,
@@ -47,6 +49,7 @@ from rollout.api.errors import ApiError, field_issues, install_handlers, record_
 from rollout.api.middleware import Guard
 from rollout.api.page import page_routes
 from rollout.api.schemas import (
+    AlertsBody,
     CommandAccepted,
     EmptyBody,
     ErrorResponse,
@@ -96,6 +99,7 @@ from rollout.store.errors import (
     ActiveRolloutExists,
     DuplicateRollout,
     RolloutNotFound,
+    StaleVersion,
     StoreError,
 )
 from rollout.store.model import RolloutRecord
@@ -170,8 +174,11 @@ def request_schemas() -> dict[str, Any]:
         "policy name or an inline policy mapping."
     )
     schemas["Plan"] = plan
-    for model in (ReasonBody, PromoteBody, EmptyBody):
-        schemas[model.__name__] = model.model_json_schema(ref_template=template)
+    for model in (ReasonBody, PromoteBody, EmptyBody, AlertsBody):
+        body = model.model_json_schema(ref_template=template)
+        for name, definition in body.pop("$defs", {}).items():
+            schemas.setdefault(name, definition)
+        schemas[model.__name__] = body
     return schemas
 
 
@@ -193,6 +200,7 @@ def create_api(
     endpoint_check_timeout: float = 30.0,
     timing: Timing = DEFAULT_TIMING,
     metrics_window: float = DATABRICKS_WINDOW_SECONDS,
+    alert_targets: TargetPolicy | None = None,
 ) -> FastAPI:
     """The API application. Raises ``ValueError`` (naming the item) for a bad token spec.
 
@@ -201,6 +209,8 @@ def create_api(
     in seconds, the check that a submitted plan's endpoint exists (retries included).
     ``timing`` (the engine's) and ``metrics_window`` (seconds per export-metrics window) let
     a submission say whether the endpoint's traffic can give the first step a verdict.
+    ``alert_targets`` says where a plan's alert channels may point (default: public
+    addresses only); a plan with a channel elsewhere is refused with 422.
     """
     tokens = parse_tokens(settings.tokens)
     app = RolloutApi(
@@ -225,12 +235,14 @@ def create_api(
         endpoint_check_timeout=endpoint_check_timeout,
         timing=timing,
         metrics_window=metrics_window,
+        alert_targets=alert_targets if alert_targets is not None else TargetPolicy(),
     )
     read_deps, write_deps = _auth_dependencies(tokens)
     router = APIRouter(prefix=PREFIX)
     _session_route(router, tokens)
     _rollout_routes(router, service, read_deps, write_deps)
     _command_routes(router, service, write_deps)
+    channel_routes(router, service, write_deps, _responses(400, 404, 409, 415))
     _monitoring_routes(app, service)
     # The status page and its assets are open like /healthz: they hold no data; the page
     # reads the API with the viewer's own token.
@@ -267,8 +279,10 @@ class _Service:
         endpoint_check_timeout: float,
         timing: Timing,
         metrics_window: float,
+        alert_targets: TargetPolicy,
     ) -> None:
         self.store = store
+        self.alert_targets = alert_targets
         self.client = client
         self.clock = clock
         self.library = library
@@ -285,7 +299,7 @@ class _Service:
             return await asyncio.to_thread(function, *args)
         except RolloutNotFound as exc:
             raise ApiError(404, "rollout_not_found", str(exc)) from exc
-        except (ActiveRolloutExists, DuplicateRollout):
+        except (ActiveRolloutExists, DuplicateRollout, StaleVersion):
             raise
         except StoreError as exc:
             log.warning("api.store_error", error=str(exc))
@@ -375,6 +389,9 @@ class _Service:
             policy = resolve_policy(plan, self.library)
         except PlanError as exc:
             raise _invalid_plan(exc) from exc
+        refused = await target_issues(self.alert_targets, plan.alerts)
+        if refused:
+            raise refused_targets(refused)
         active = await self.in_thread(self.store.active_for_endpoint, plan.endpoint)
         if active is not None:
             raise _rollout_active(plan.endpoint, active.id)

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rollout.api.auth import Role
 from rollout.engine.model import RolloutState
-from rollout.plan import ABPlan, AnyPlan, CanaryPlan, PlanError, validate_plan
+from rollout.plan import ABPlan, AlertChannel, AnyPlan, CanaryPlan, PlanError, validate_plan
+from rollout.redaction import redacted_plan
 from rollout.store.model import Command, EventRecord, RolloutRecord
 
 PhaseName = Literal[
@@ -136,7 +137,10 @@ class Rollout(BaseModel):
     created_at: datetime
     updated_at: datetime
     started_at: datetime
-    plan: dict[str, Any] = Field(description="The validated plan with its policy inlined.")
+    plan: dict[str, Any] = Field(
+        description="The validated plan with its policy inlined; alert channels show the "
+        "scheme and host of their url only, and a secret as '(redacted)'."
+    )
 
 
 class SubmittedRollout(Rollout):
@@ -211,6 +215,16 @@ class PromoteBody(_CommandBody):
 
 class EmptyBody(_CommandBody):
     """resume takes no fields."""
+
+
+class AlertsBody(_CommandBody):
+    """Body of PUT /rollouts/{id}/alerts: the rollout's alert channels, all of them."""
+
+    alerts: list[AlertChannel] = Field(
+        max_length=20,
+        description="Replaces the plan's channels (an empty list removes them); the secrets "
+        "and URLs given here are stored and used, never shown again.",
+    )
 
 
 # ---- the caller ----------------------------------------------------------------------------
@@ -324,7 +338,7 @@ def rollout_view(record: RolloutRecord) -> Rollout:
         created_at=utc(record.created_at),
         updated_at=utc(record.updated_at),
         started_at=utc(state.started_at),
-        plan=record.plan,
+        plan=redacted_plan(record.plan),
     )
 
 

@@ -14,9 +14,18 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
+from structlog.testing import capture_logs
+from typer.testing import CliRunner
 
+from rollout.alerts.targets import TargetPolicy
+from rollout.api import create_api
+from rollout.cli import app as cli_app
 from rollout.plan import MAX_PLAN_BYTES, MAX_STRING_CHARS
+from rollout.policies import PolicyLibrary
 from rollout.sandbox.server import SandboxServer
+from rollout.settings import ApiSettings
 from rollout.store.base import Store
 from tests.integration.test_api import (
     CANARY_YAML,
@@ -24,11 +33,14 @@ from tests.integration.test_api import (
     Harness,
     asgi,
     assert_error,
+    finish,
     make_endpoint,
     plan_dict,
+    serving_client,
     submit_json,
     submit_yaml,
 )
+from tests.integration.test_cli_client import ApiServer
 
 
 @pytest.fixture
@@ -126,3 +138,214 @@ async def test_plans_as_json_text_count_the_same(api: httpx.AsyncClient) -> None
         "/api/v1/rollouts", content=json.dumps(plan), headers={"Content-Type": "application/json"}
     )
     assert_error(response, 413, "plan_too_large")
+
+
+# ---- secrets stay secret ---------------------------------------------------------------------
+
+OPERATOR = "op-edge-token-1"
+VIEWER = "view-edge-token-2"
+TOKENS = f"{OPERATOR}:operator,{VIEWER}:viewer"
+HOOK_SECRET = "whsec-Literal-Hook-Secret-0042"
+SLACK_PATH = "/services/T0EDGE/B0EDGE/SlackPathSecret0042"
+SLACK_URL = f"https://hooks.slack.com{SLACK_PATH}"
+HOOK_URL = "https://hooks.example.com/rollouts/HookPathSecret0042"
+SECRETS = (HOOK_SECRET, "SlackPathSecret0042", "HookPathSecret0042")
+# The test's receivers have public names; nothing here resolves them.
+NAMED_TARGETS = TargetPolicy.parse("hooks.slack.com, hooks.example.com")
+
+
+def app_with(
+    harness: Harness, *, tokens: str | None = None, targets: TargetPolicy | None = None
+) -> FastAPI:
+    client = serving_client(harness.sandbox)
+    harness.clients.append(client)
+    return create_api(
+        store=harness.store,
+        client=client,
+        clock=harness.sandbox.clock,
+        library=PolicyLibrary(),
+        registry=harness.registry,
+        settings=ApiSettings(tokens=SecretStr(tokens) if tokens else None),
+        wake=harness.woken.append,
+        alert_targets=targets,
+    )
+
+
+def secret_plan(**fields: Any) -> dict[str, Any]:
+    return plan_dict(
+        alerts=[
+            {"type": "webhook", "url": HOOK_URL, "secret": HOOK_SECRET, "severity": "warn"},
+            {"type": "slack", "url": SLACK_URL},
+        ],
+        **fields,
+    )
+
+
+def assert_no_secret(text: str, *secrets: str) -> None:
+    for secret in secrets or SECRETS:
+        assert secret not in text, f"{secret!r} leaked"
+
+
+async def test_viewers_the_page_and_events_never_see_alert_secrets_and_operators_rotate_them(
+    harness: Harness, sandbox_admin: httpx.Client, store: Store
+) -> None:
+    make_endpoint(sandbox_admin)
+    app = app_with(harness, tokens=TOKENS, targets=NAMED_TARGETS)
+    with capture_logs() as logs:
+        async with asgi(app, OPERATOR) as operator, asgi(app, VIEWER) as viewer:
+            submitted = await submit_json(operator, secret_plan())
+            assert submitted.status_code == 201, submitted.text
+            rollout_id = submitted.json()["id"]
+            assert_no_secret(submitted.text)
+            # Stored and used as given.
+            stored = store.get(rollout_id).plan["alerts"]
+            assert stored[0]["secret"] == HOOK_SECRET
+            assert stored[1]["url"] == SLACK_URL
+
+            reads = [
+                await viewer.get("/api/v1/rollouts"),
+                await viewer.get(f"/api/v1/rollouts/{rollout_id}"),
+                await viewer.get(f"/api/v1/rollouts/{rollout_id}/events"),
+                await viewer.get(f"/api/v1/rollouts/{rollout_id}/series"),
+            ]
+            for response in reads:
+                assert response.status_code == 200, response.text
+                assert_no_secret(response.text)
+            shown = reads[1].json()["plan"]["alerts"]
+            assert shown[0]["url"] == "https://hooks.example.com/…"
+            assert shown[0]["secret"] == "(redacted)"
+            assert shown[1]["url"] == "https://hooks.slack.com/…"
+
+            # A viewer cannot replace them; an operator can, and cannot read them back.
+            new_secret = "whsec-Rotated-Secret-0043"
+            body = {"alerts": [{"type": "webhook", "url": HOOK_URL.replace("0042", "0043"),
+                                "secret": new_secret}]}
+            refused = await viewer.put(f"/api/v1/rollouts/{rollout_id}/alerts", json=body)
+            assert_error(refused, 403, "forbidden")
+            rotated = await operator.put(f"/api/v1/rollouts/{rollout_id}/alerts", json=body)
+            assert rotated.status_code == 200, rotated.text
+            assert_no_secret(rotated.text, new_secret, "HookPathSecret0043")
+            assert rotated.json()["plan"]["alerts"] == [
+                {"type": "webhook", "url": "https://hooks.example.com/…",
+                 "secret": "(redacted)", "severity": "info"}
+            ]
+            events = (await viewer.get(f"/api/v1/rollouts/{rollout_id}/events")).json()
+            assert events["events"][-1]["kind"] == "alerts_replaced"
+            assert_no_secret(json.dumps(events), new_secret, "HookPathSecret0043", *SECRETS)
+            record = store.get(rollout_id)
+            assert record.plan["alerts"] == [
+                {"type": "webhook", "url": HOOK_URL.replace("0042", "0043"),
+                 "secret": new_secret, "severity": "info"}
+            ]
+            # The page is served to anyone: it holds no data of its own.
+            page = await viewer.get("/")
+            assert page.status_code == 200
+            assert_no_secret(page.text)
+    assert logs, "the API logged nothing: the log check would prove nothing"
+    assert_no_secret(repr(logs), new_secret, "HookPathSecret0043", *SECRETS)
+
+
+async def test_a_finished_rollout_takes_no_new_channels(
+    harness: Harness, sandbox_admin: httpx.Client, store: Store
+) -> None:
+    make_endpoint(sandbox_admin)
+    async with asgi(app_with(harness, targets=NAMED_TARGETS)) as api:
+        rollout_id = (await submit_json(api, secret_plan())).json()["id"]
+        finish(store, rollout_id, "aborted")
+        response = await api.put(f"/api/v1/rollouts/{rollout_id}/alerts", json={"alerts": []})
+        assert_error(response, 409, "rollout_finished")
+        missing = await api.put("/api/v1/rollouts/nope/alerts", json={"alerts": []})
+        assert_error(missing, 404, "rollout_not_found")
+
+
+def test_the_cli_never_prints_alert_secrets(sandbox: SandboxServer, store: Store,
+                                            sandbox_admin: httpx.Client) -> None:
+    make_endpoint(sandbox_admin)
+    with ApiServer(sandbox, store, tokens=TOKENS, alert_targets=NAMED_TARGETS) as server:
+        created = httpx.post(
+            f"{server.url}/api/v1/rollouts", json=secret_plan(),
+            headers={"Authorization": f"Bearer {OPERATOR}"}, timeout=10,
+        )
+        assert created.status_code == 201, created.text
+        rollout_id = created.json()["id"]
+        runner = CliRunner()
+        for args in (["get", rollout_id, "--output", "json"], ["get", rollout_id],
+                     ["list", "--output", "json"], ["events", rollout_id, "--output", "json"]):
+            result = runner.invoke(
+                cli_app, [*args, "--server", server.url, "--token", VIEWER]
+            )
+            assert result.exit_code == 0, result.output
+            assert_no_secret(result.output)
+        shown = json.loads(runner.invoke(
+            cli_app, ["get", rollout_id, "-o", "json", "--server", server.url, "--token", VIEWER]
+        ).stdout)
+        assert shown["plan"]["alerts"][1]["url"] == "https://hooks.slack.com/…"
+
+
+# ---- where alerts may go ---------------------------------------------------------------------
+
+REFUSED_BY_DEFAULT = [
+    "http://127.0.0.1:9093/hook",
+    "http://[::1]:9093/hook",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://10.1.2.3/hook",
+    "http://localhost:9093/hook",  # a name resolving to loopback
+]
+
+
+@pytest.mark.parametrize("url", REFUSED_BY_DEFAULT)
+async def test_internal_alert_targets_are_refused_by_default(
+    harness: Harness, sandbox_admin: httpx.Client, store: Store, url: str
+) -> None:
+    make_endpoint(sandbox_admin)
+    async with asgi(app_with(harness)) as api:
+        plan = plan_dict(alerts=[{"type": "webhook", "url": url}])
+        error = assert_error(await submit_json(api, plan), 422, "invalid_plan")
+        assert [d["field"] for d in error["details"]] == ["alerts[0].url"]
+        assert "ROLLOUT_ALERTS_ALLOWED_HOSTS" in error["message"]
+    assert store.list() == []
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed", "private"),
+    [
+        ("http://127.0.0.1:9093/hook", "127.0.0.1", False),
+        ("http://[::1]:9093/hook", "::1", False),
+        ("http://169.254.169.254/hook", "169.254.169.254", False),
+        ("http://10.1.2.3/hook", "", True),
+        ("http://10.1.2.3/hook", "10.0.0.0/8", False),
+        ("http://localhost:9093/hook", "localhost", False),
+        ("http://localhost:9093/hook", "127.0.0.0/8, ::1", False),
+    ],
+)
+async def test_internal_alert_targets_are_accepted_once_allowed(
+    harness: Harness, sandbox_admin: httpx.Client, url: str, allowed: str, private: bool
+) -> None:
+    make_endpoint(sandbox_admin)
+    targets = TargetPolicy.parse(allowed, allow_private=private)
+    async with asgi(app_with(harness, targets=targets)) as api:
+        response = await submit_json(api, plan_dict(alerts=[{"type": "webhook", "url": url}]))
+        assert response.status_code == 201, response.text
+
+
+async def test_private_ranges_do_not_open_loopback_or_metadata() -> None:
+    targets = TargetPolicy.parse("", allow_private=True)
+    assert await targets.refusal("http://192.168.1.10/hook") is None
+    for url in ("http://127.0.0.1/hook", "http://169.254.169.254/", "http://[fd00:ec2::254]/",
+                "http://[::ffff:127.0.0.1]/hook", "http://0.0.0.0/hook"):
+        assert await targets.refusal(url) is not None, url
+
+
+async def test_replaced_channels_are_checked_like_submitted_ones(
+    harness: Harness, sandbox_admin: httpx.Client
+) -> None:
+    make_endpoint(sandbox_admin)
+    async with asgi(app_with(harness, targets=NAMED_TARGETS)) as api:
+        rollout_id = (await submit_json(api, secret_plan())).json()["id"]
+        response = await api.put(
+            f"/api/v1/rollouts/{rollout_id}/alerts",
+            json={"alerts": [{"type": "webhook", "url": "https://hooks.slack.com/ok"},
+                             {"type": "webhook", "url": "http://169.254.169.254/x"}]},
+        )
+        error = assert_error(response, 422, "invalid_plan")
+        assert [d["field"] for d in error["details"]] == ["alerts[1].url"]

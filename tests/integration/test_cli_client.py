@@ -27,6 +27,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from rollout import client_cli
+from rollout.alerts.targets import TargetPolicy
 from rollout.api import create_api
 from rollout.cli import app
 from rollout.policies import PolicyLibrary
@@ -71,10 +72,17 @@ VERDICT = {
 class ApiServer:
     """The API under uvicorn in a thread with its own event loop (as the daemon serves it)."""
 
-    def __init__(self, sandbox: SandboxServer, store: Store, tokens: str | None = None) -> None:
+    def __init__(
+        self,
+        sandbox: SandboxServer,
+        store: Store,
+        tokens: str | None = None,
+        alert_targets: TargetPolicy | None = None,
+    ) -> None:
         self.sandbox = sandbox
         self.store = store
         self.tokens = tokens
+        self.alert_targets = alert_targets
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -97,6 +105,7 @@ class ApiServer:
                 library=PolicyLibrary(),
                 registry=CollectorRegistry(),
                 settings=ApiSettings(tokens=SecretStr(self.tokens) if self.tokens else None),
+                alert_targets=self.alert_targets,
             )
             config = uvicorn.Config(api, log_level="warning", access_log=False, lifespan="off")
             self._server = uvicorn.Server(config)
