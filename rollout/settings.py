@@ -149,6 +149,34 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_048_576, gt=0, description="Largest request body accepted, in bytes."
     )
+    allowed_hosts: str = Field(
+        default="",
+        description="Names (or addresses) the Host header of a request may carry, "
+        "comma-separated; '*' accepts any. Empty: loopback names (localhost, 127.0.0.1, "
+        "::1) and the listening address when no tokens are set (against DNS rebinding), "
+        "any Host when tokens are set.",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client has to send a request's headers (from the connection, "
+        "or from its first byte on a kept-alive connection) before it is disconnected.",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request body may stall (no byte received) before the client "
+        "is disconnected.",
+    )
+    keep_alive_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds an idle kept-alive connection is held open."
+    )
+    max_connections: int = Field(
+        default=256,
+        ge=1,
+        description="Concurrent connections (or requests in flight) served; beyond it new "
+        "requests are answered 503 at once.",
+    )
 
 
 class AlertSettings(BaseSettings):

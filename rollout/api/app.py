@@ -46,7 +46,13 @@ from rollout.api.documents import (
     parse_plan_body,
 )
 from rollout.api.errors import ApiError, field_issues, install_handlers, record_methods
-from rollout.api.middleware import Guard
+from rollout.api.middleware import (
+    LOOPBACK_NAMES,
+    BrowserGuard,
+    Guard,
+    cross_site_refusal,
+    host_name,
+)
 from rollout.api.page import page_routes
 from rollout.api.schemas import (
     AlertsBody,
@@ -123,7 +129,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
         401: "No token, or an unknown one (only when tokens are configured).",
-        403: "The token's role may not do this.",
+        403: "The token's role may not do this, or a browser sent it from another site.",
+        421: "The Host header names a host this controller does not serve.",
         413: "The body is larger than the configured limit, or the plan is, once YAML "
         "aliases are expanded.",
         422: "The request is invalid; details name each field.",
@@ -155,6 +162,16 @@ class RolloutApi(FastAPI):
 
     def openapi(self) -> dict[str, Any]:
         schema = super().openapi()
+        # Declared even on an open API: clients learn how a token would be presented.
+        schema.setdefault("components", {}).setdefault("securitySchemes", {}).setdefault(
+            "HTTPBearer",
+            {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A token from ROLLOUT_API_TOKENS; viewer reads, operator also "
+                "acts. Not checked when the API runs without tokens (loopback only).",
+            },
+        )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         if "Plan" not in components:
             for name, body in request_schemas().items():
@@ -224,6 +241,7 @@ def create_api(
     )
     install_handlers(app)
     app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BrowserGuard, allowed_hosts=served_hosts(settings, open_api=not tokens))
     service = _Service(
         store=store,
         client=client,
@@ -238,6 +256,7 @@ def create_api(
         alert_targets=alert_targets if alert_targets is not None else TargetPolicy(),
     )
     read_deps, write_deps = _auth_dependencies(tokens)
+    write_deps = [*write_deps, Depends(_same_site)]
     router = APIRouter(prefix=PREFIX)
     _session_route(router, tokens)
     _rollout_routes(router, service, read_deps, write_deps)
@@ -250,6 +269,18 @@ def create_api(
     record_methods(app, [*router.routes, *app.router.routes])
     app.include_router(router)
     return app
+
+
+def served_hosts(settings: ApiSettings, *, open_api: bool) -> frozenset[str] | None:
+    """The Host names the API answers to; None: any (see ``BrowserGuard``)."""
+    names = {host_name(item) for item in settings.allowed_hosts.split(",") if item.strip()}
+    if "*" in names:
+        return None
+    if not names and not open_api:
+        return None  # tokens guard every route; a browser never sends one by itself
+    if not names:
+        names = {*LOOPBACK_NAMES, host_name(settings.host)}
+    return frozenset(names)
 
 
 def _baseline_latency(scrape: Scrape, baseline: str | None) -> Histogram | None:
@@ -684,6 +715,13 @@ def _auth_dependencies(tokens: TokenTable) -> tuple[list[Any], list[Any]]:
     if not tokens:
         return [], []
     return [Depends(_require(tokens, "viewer"))], [Depends(_require(tokens, "operator"))]
+
+
+async def _same_site(request: Request) -> None:
+    """Refuse a state-changing request a page on another origin could have sent."""
+    problem = cross_site_refusal(request.method, request.headers)
+    if problem is not None:
+        raise problem
 
 
 async def _open_api() -> None:

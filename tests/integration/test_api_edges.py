@@ -349,3 +349,89 @@ async def test_replaced_channels_are_checked_like_submitted_ones(
         )
         error = assert_error(response, 422, "invalid_plan")
         assert [d["field"] for d in error["details"]] == ["alerts[1].url"]
+
+
+# ---- browsers cannot be turned against it ----------------------------------------------------
+
+
+async def test_a_cross_origin_simple_post_is_refused_on_the_open_api(
+    api: httpx.AsyncClient, store: Store
+) -> None:
+    rollout_id = (await submit_json(api, plan_dict())).json()["id"]
+    pause = f"/api/v1/rollouts/{rollout_id}/pause"
+    # What a page on another origin can send without a preflight: text/plain, a form, or a
+    # bodiless fetch.
+    for headers, body in (
+        ({"Content-Type": "text/plain"}, b""),
+        ({"Content-Type": "text/plain;charset=UTF-8"}, b'{"reason": "x"}'),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, b"reason=x"),
+        ({"Content-Type": "multipart/form-data; boundary=x"}, b"--x--"),
+        ({}, b""),
+    ):
+        response = await api.post(pause, content=body, headers=headers)
+        assert_error(response, 415, "unsupported_media_type")
+    # A browser saying the request is cross-site is refused whatever its content type.
+    response = await api.post(pause, json={}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert_error(response, 403, "cross_site")
+    plan_as_text = json.dumps(plan_dict(endpoint="other"))
+    refused = await api.post("/api/v1/rollouts", content=plan_as_text,
+                             headers={"Content-Type": "text/plain"})
+    assert_error(refused, 415, "unsupported_media_type")
+    assert store.pending_commands(rollout_id) == []
+    assert len(store.list()) == 1
+    # What the CLI and the page send is accepted.
+    assert (await api.post(pause, json={})).status_code == 202
+    assert (await api.post(pause, headers={"X-Rollout-Client": "cli"})).status_code == 202
+    same_site = await api.post(pause, json={}, headers={"Sec-Fetch-Site": "same-origin"})
+    assert same_site.status_code == 202
+    assert len(store.pending_commands(rollout_id)) == 3
+
+
+async def test_a_foreign_host_is_refused_on_the_open_api(harness: Harness) -> None:
+    app = harness.app()
+    for base in ("http://127.0.0.1:8080", "http://localhost", "http://[::1]:9000"):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url=base) as c:
+            assert (await c.get("/api/v1/rollouts")).status_code == 200, base
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://rebound.attacker.example:8080"
+    ) as client:
+        for path in ("/api/v1/rollouts", "/healthz", "/"):
+            assert_error(await client.get(path), 421, "host_not_allowed")
+        response = await client.post("/api/v1/rollouts/abc/abort", json={})
+        assert_error(response, 421, "host_not_allowed")
+
+
+async def test_allowed_hosts_replace_the_loopback_names(harness: Harness) -> None:
+    client = serving_client(harness.sandbox)
+    harness.clients.append(client)
+    app = create_api(
+        store=harness.store, client=client, clock=harness.sandbox.clock,
+        library=PolicyLibrary(), registry=harness.registry,
+        settings=ApiSettings(tokens=SecretStr(TOKENS), allowed_hosts="rollout.internal"),
+    )
+    headers = {"Authorization": f"Bearer {VIEWER}"}
+    for base, status in (("http://rollout.internal:8080", 200), ("http://127.0.0.1", 421)):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url=base,
+                                     headers=headers) as api:
+            assert (await api.get("/api/v1/rollouts")).status_code == status, base
+
+
+async def test_with_tokens_and_no_allowed_hosts_any_host_is_served(harness: Harness) -> None:
+    app = harness.app(tokens=TOKENS)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
+                                 base_url="http://rollout:8080",
+                                 headers={"Authorization": f"Bearer {VIEWER}"}) as api:
+        assert (await api.get("/api/v1/rollouts")).status_code == 200
+
+
+async def test_the_openapi_document_declares_the_bearer_scheme_even_when_open(
+    harness: Harness,
+) -> None:
+    async with asgi(harness.app()) as api:
+        document = (await api.get("/openapi.json")).json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["HTTPBearer"] == {**schemes["HTTPBearer"], "type": "http", "scheme": "bearer"}
+    put = document["paths"]["/api/v1/rollouts/{rollout_id}/alerts"]["put"]
+    assert put["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/AlertsBody"}
+    assert "AlertChannel" in document["components"]["schemas"]
