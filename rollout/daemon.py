@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry
 from rollout.alerts import AlertDispatcher, guarded_client, parse_channels
 from rollout.alerts.dispatcher import target_policy
 from rollout.api import check_bind, create_api
+from rollout.api.server import server_config
 from rollout.clock import Clock, SystemClock
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
@@ -151,7 +152,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         raise ConfigurationProblem(
             f"cannot listen on {settings.api.host}:{settings.api.port}: {exc.strerror or exc}"
         ) from exc
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
+    config = server_config(app, settings.api)
     return Controller(
         settings=settings,
         store=store,

@@ -168,8 +168,8 @@ class ApiSettings(BaseSettings):
         description="Seconds a request body may stall (no byte received) before the client "
         "is disconnected.",
     )
-    keep_alive_timeout: float = Field(
-        default=5.0, gt=0, description="Seconds an idle kept-alive connection is held open."
+    keep_alive_timeout: int = Field(
+        default=5, ge=1, description="Seconds an idle kept-alive connection is held open."
     )
     max_connections: int = Field(
         default=256,
