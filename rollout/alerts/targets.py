@@ -151,6 +151,9 @@ class TargetPolicy:
             try:
                 async with asyncio.timeout(_RESOLVE_TIMEOUT):
                     found = await self.resolve(host, port)
+            except (UnicodeError, ValueError) as exc:
+                # Not a name DNS can carry (IDNA refuses it): no waiting will change that.
+                raise TargetRefused(f"alert URL {where} has no valid host name") from exc
             except (OSError, TimeoutError) as exc:
                 raise TargetUnresolvable(f"alert host of {where} does not resolve: {exc}") \
                     from exc

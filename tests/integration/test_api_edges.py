@@ -332,7 +332,8 @@ async def test_private_ranges_do_not_open_loopback_or_metadata() -> None:
     targets = TargetPolicy.parse("", allow_private=True)
     assert await targets.refusal("http://192.168.1.10/hook") is None
     for url in ("http://127.0.0.1/hook", "http://169.254.169.254/", "http://[fd00:ec2::254]/",
-                "http://[::ffff:127.0.0.1]/hook", "http://0.0.0.0/hook"):
+                "http://[::ffff:127.0.0.1]/hook", "http://0.0.0.0/hook",
+                "http://\x9d.example/hook"):  # no name DNS can carry: refused, not a 500
         assert await targets.refusal(url) is not None, url
 
 
