@@ -805,11 +805,16 @@ async def test_a_receivers_answer_is_logged_as_a_short_redacted_excerpt(
     ).encode()
     receiver.script(Reply(status=400, body=page))
     outbox.start("r1")
-    outbox.emit("r1", "rolled_back", "error", [webhook(receiver)], phase="rolled_back")
+    channel = AlertChannel(type="webhook", url=receiver.url + "/hooks/PathSecret77",
+                           secret="whsec-Logged-Nowhere-77")
+    outbox.emit("r1", "rolled_back", "error", [channel], phase="rolled_back")
     with capture_logs() as logs:
         await AlertDispatcher(store, http, clock, SETTINGS).run_once()
     [failure] = [entry for entry in logs if entry["event"] == "alerts.delivery_failed"]
-    assert "AKIAIOSFODNN7EXAMPLEKEYVALUE123" not in repr(logs)
-    assert "secret-path" not in repr(logs)
+    for secret in ("AKIAIOSFODNN7EXAMPLEKEYVALUE123", "secret-path", "PathSecret77",
+                   "whsec-Logged-Nowhere-77"):
+        assert secret not in repr(logs), secret
+    [row] = store.claim_alerts(clock.now() + 10_000, 10, 30)
+    assert "PathSecret77" not in (row.last_error or "")
     assert "internal admin console" in failure["error"]
     assert len(failure["error"]) < 250
