@@ -5,7 +5,11 @@ Where this sits: users submit plans and steer rollouts through this API (directl
 checks that its endpoint exists in the workspace and is free, and stores the rollout in
 ``pending`` (``rollout.engine.runner.new_rollout``); the commands (pause, resume, promote,
 abort) are queued with ``store.add_command`` and applied, or recorded as not applicable, by the
-engine at its next look. ``wake(rollout_id)`` tells the daemon's scheduler to look at once.
+engine at its next look; ``PUT /rollouts/{id}/alerts`` replaces a rollout's alert channels
+(``rollout.api.channels``), which every read shows redacted. Requests pass ``BrowserGuard``
+(the Host check) and ``Guard`` (body limit, last-resort 500) first, and every state-changing
+route refuses what a page on another origin could send (``rollout.api.middleware``).
+``wake(rollout_id)`` tells the daemon's scheduler to look at once.
 ``GET /api/v1/rollouts/{id}/series`` gives a rollout's metric windows per arm and its split
 changes (``rollout.api.series``) for the status page, which is served at ``/``
 (``rollout.api.page``) and reads the API like any other client; ``GET /api/v1/session`` tells
