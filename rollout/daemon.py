@@ -82,6 +82,14 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         check_bind(settings.api.host, tokens)
         default_channels = parse_channels(settings.alerts.channels)
         targets = target_policy(settings.alerts)
+        for channel in default_channels:
+            refused = targets.literal_refusal(channel.url)
+            if refused is not None:
+                # Every alert to it would be refused at delivery: say so now, not at a rollback.
+                raise ConfigurationProblem(
+                    f"ROLLOUT_ALERTS_CHANNELS: {refused}; list it in "
+                    "ROLLOUT_ALERTS_ALLOWED_HOSTS to allow it"
+                )
         library = PolicyLibrary.from_path_list(settings.engine.policy_dirs)
     except ValueError as exc:
         raise ConfigurationProblem(str(exc)) from exc

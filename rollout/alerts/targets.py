@@ -171,6 +171,19 @@ class TargetPolicy:
                 )
         return host, port, found
 
+    def literal_refusal(self, url: str) -> str | None:
+        """Why ``url`` is refused when its host is an address (no DNS), else None: the
+        daemon checks its default channels with it at start, before any alert is due."""
+        try:
+            host = (urlsplit(url).hostname or "").rstrip(".").lower()
+        except ValueError:
+            return None
+        address = _address(host)
+        if address is None:
+            return None
+        reason = self._address_refusal(address)
+        return None if reason is None else f"alert URL {redact_url(url)} points to {reason}"
+
     async def refusal(self, url: str) -> str | None:
         """At submission: why ``url`` is refused, or None. A name that does not resolve now is
         not refused (delivery checks it again)."""

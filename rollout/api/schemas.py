@@ -49,7 +49,7 @@ class ErrorDetail(BaseModel):
         "rollout_not_found, rollout_finished, endpoint_not_found, endpoint_permission, "
         "workspace_unavailable, workspace_error, store_unavailable, unauthenticated, "
         "forbidden, body_too_large, plan_too_large, unsupported_media_type, cross_site, "
-        "host_not_allowed, alert_target_refused, not_found, method_not_allowed, "
+        "host_not_allowed, not_found, method_not_allowed, "
         "internal."
     )
     message: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,10 +23,18 @@ from typer.testing import CliRunner
 from rollout.alerts.targets import TargetPolicy
 from rollout.api import create_api
 from rollout.cli import app as cli_app
+from rollout.daemon import build
+from rollout.errors import ConfigurationProblem
 from rollout.plan import MAX_PLAN_BYTES, MAX_STRING_CHARS
 from rollout.policies import PolicyLibrary
 from rollout.sandbox.server import SandboxServer
-from rollout.settings import ApiSettings
+from rollout.settings import (
+    AlertSettings,
+    ApiSettings,
+    DatabricksSettings,
+    Settings,
+    StoreSettings,
+)
 from rollout.store.base import Store
 from tests.integration.test_api import (
     CANARY_YAML,
@@ -436,3 +445,28 @@ async def test_the_openapi_document_declares_the_bearer_scheme_even_when_open(
     assert put["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/AlertsBody"}
     assert "AlertChannel" in document["components"]["schemas"]
+
+
+async def test_the_daemon_refuses_a_default_channel_to_an_address_not_allowed(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    channels = json.dumps([{"type": "webhook", "url": "http://169.254.169.254/hook"}])
+
+    def settings(allowed: str) -> Settings:
+        return Settings(
+            databricks=DatabricksSettings(host=sandbox.url, token=sandbox.token),
+            store=StoreSettings(url=f"sqlite:///{tmp_path / 'rollout.db'}"),
+            api=ApiSettings(port=0),
+            alerts=AlertSettings(channels=channels, allowed_hosts=allowed),
+        )
+
+    with pytest.raises(ConfigurationProblem, match="ROLLOUT_ALERTS_ALLOWED_HOSTS"):
+        build(settings(""))
+    controller = build(settings("169.254.169.254"))
+    try:
+        assert controller.dispatcher.targets.literal_refusal("http://169.254.169.254/") is None
+    finally:
+        controller.sock.close()
+        controller.store.close()
+        await controller.client.aclose()
+        await controller.alerts_http.aclose()
