@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from rollout.analysis.ab import OBJECTIVES
 from rollout.analysis.spec import Policy
@@ -432,6 +433,10 @@ def _check_selectors(data: Mapping[str, Any]) -> None:
             raise PlanDocumentError(
                 [PlanIssue(field=key, message=f"expected {expected}, got {_kind(value)}")]
             )
+    policy = data.get("policy", "default")
+    if not isinstance(policy, str | Mapping):
+        message = f"expected a policy name or an inline policy mapping, got {_kind(policy)}"
+        raise PlanError([PlanIssue(field="policy", message=message)])
 
 
 def validate_plan(data: object) -> AnyPlan:
@@ -451,38 +456,52 @@ def validate_plan(data: object) -> AnyPlan:
     try:
         return _PlanDocument.model_validate({"plan": dict(data)}).plan
     except ValidationError as exc:
-        issues = []
+        issues: list[PlanIssue] = []
         shape: list[PlanIssue] = []
         for error in exc.errors():
-            loc = tuple(error["loc"])[1:]  # drop the wrapper's "plan"
-            if loc and loc[0] in _STRATEGY_FIELDS:
-                loc = loc[1:]  # drop the discriminator tag pydantic inserts
-            message = error["msg"]
-            problem = error.get("ctx", {}).get("error")
-            if isinstance(problem, FieldProblemError):
-                loc = (*loc, *_split_path(problem.field))
-                message = str(problem)
-            elif error["type"] == "extra_forbidden":
-                message = "unknown field"
-            elif message.startswith("Value error, "):
-                message = message.removeprefix("Value error, ")
-            issue = PlanIssue(field=_field_path(loc), message=message)
+            found = _issue_of(error)
+            if found is None:
+                continue
+            issue, misshapen = found
             issues.append(issue)
-            if (
-                error["type"] in _SCALAR_ERRORS
-                and isinstance(error.get("input"), dict | list)
-                and not isinstance(problem, FieldProblemError)  # a whole model's own check
-            ):
-                shape.append(
-                    PlanIssue(
-                        field=issue.field,
-                        message=f"expected a single value, got {_kind(error['input'])}",
-                    )
-                )
+            if misshapen:
+                message = f"expected a single value, got {_kind(error['input'])}"
+                shape.append(PlanIssue(field=issue.field, message=message))
         if shape:
             raise PlanDocumentError(shape) from None
         raise PlanError(issues) from None
 
+
+def _issue_of(error: ErrorDetails) -> tuple[PlanIssue, bool] | None:
+    """A pydantic error as a plan issue, and whether it is a list or mapping where one value
+    belongs; None for an error that only repeats another."""
+    loc = tuple(error["loc"])[1:]  # drop the wrapper's "plan"
+    if loc and loc[0] in _STRATEGY_FIELDS:
+        loc = loc[1:]  # drop the discriminator tag pydantic inserts
+    if loc[:1] == ("policy",) and len(loc) > 1 and isinstance(loc[1], str):
+        # policy is a name or a mapping: pydantic reports against both, tagged.
+        if _POLICY_NAME_TAG.match(loc[1]):
+            return None  # a mapping was given; its own errors follow
+        if loc[1].startswith("dict["):
+            loc = (loc[0], *loc[2:])
+    message = error["msg"]
+    problem = error.get("ctx", {}).get("error")
+    if isinstance(problem, FieldProblemError):
+        loc = (*loc, *_split_path(problem.field))
+        message = str(problem)
+    elif error["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    misshapen = (
+        error["type"] in _SCALAR_ERRORS
+        and isinstance(error.get("input"), dict | list)
+        and not isinstance(problem, FieldProblemError)  # a whole model's own check
+    )
+    return PlanIssue(field=_field_path(loc), message=message), misshapen
+
+
+_POLICY_NAME_TAG = re.compile(r"^(constrained-)?str$")
 
 # Errors of a field that takes one value (a string, a number, a flag, a word or a duration).
 _SCALAR_ERRORS = frozenset(
@@ -502,6 +521,12 @@ _SCALAR_ERRORS = frozenset(
 
 
 def _kind(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
     if isinstance(value, Mapping):
         return "a mapping"
     if isinstance(value, list):

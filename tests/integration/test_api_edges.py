@@ -470,3 +470,19 @@ async def test_the_daemon_refuses_a_default_channel_to_an_address_not_allowed(
         controller.store.close()
         await controller.client.aclose()
         await controller.alerts_http.aclose()
+
+
+async def test_a_policy_of_the_wrong_kind_is_422_on_policy(api: httpx.AsyncClient) -> None:
+    for policy in (5, True, {1: "x"}):
+        body = json.dumps(plan_dict(policy=policy)) if not isinstance(policy, dict) else (
+            "endpoint: ads\nstrategy: canary\ncandidate: {entity_name: m.a, entity_version: '1'}"
+            "\nsteps: [{weight: 5, bake: 1m}]\npolicy: {1: x}\n"
+        )
+        kind = "application/yaml" if isinstance(policy, dict) else "application/json"
+        response = await api.post("/api/v1/rollouts", content=body,
+                                  headers={"Content-Type": kind})
+        error = assert_error(response, 422, "invalid_plan")
+        fields = [d["field"] for d in error["details"]]
+        assert fields, error
+        assert all(f.startswith("policy") for f in fields), error
+        assert not any("str" in f for f in fields), fields  # no pydantic union tags
