@@ -96,6 +96,7 @@ def validate(
     """Check a plan offline: every problem is listed with the field it concerns."""
     from rollout.plan import (  # noqa: PLC0415
         CanaryPlan,
+        PlanDocumentError,
         PlanError,
         describe_steps,
         load_plan,
@@ -117,6 +118,11 @@ def validate(
     content_type = "application/json" if plan_file.suffix == ".json" else None
     try:
         plan, policy = load_plan(text, content_type=content_type, library=library)
+    except PlanDocumentError as exc:
+        # Not a plan at all (unreadable, too large, a list where a word belongs): one line.
+        issue = exc.issues[0]
+        typer.echo(f"error: {plan_file}: {issue.field}: {issue.message}", err=True)
+        raise typer.Exit(2) from exc
     except PlanError as exc:
         typer.echo(f"{plan_file}: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -82,7 +82,13 @@ class ApiClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.server = server.rstrip("/")
-        headers = {"User-Agent": f"rollout-cli/{__version__}", "Accept": "application/json"}
+        # X-Rollout-Client: the API refuses a state-changing request that a page on another
+        # origin could have sent; this header is one such a page cannot send.
+        headers = {
+            "User-Agent": f"rollout-cli/{__version__}",
+            "Accept": "application/json",
+            "X-Rollout-Client": "cli",
+        }
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:

@@ -37,8 +37,10 @@ import structlog
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from rollout.alerts import AlertDispatcher, parse_channels
+from rollout.alerts import AlertDispatcher, guarded_client, parse_channels
+from rollout.alerts.dispatcher import target_policy
 from rollout.api import check_bind, create_api
+from rollout.api.server import server_config
 from rollout.clock import Clock, SystemClock
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
@@ -92,6 +94,15 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         tokens = settings.api.tokens.get_secret_value() if settings.api.tokens else None
         check_bind(settings.api.host, tokens)
         default_channels = parse_channels(settings.alerts.channels)
+        targets = target_policy(settings.alerts)
+        for channel in default_channels:
+            refused = targets.literal_refusal(channel.url)
+            if refused is not None:
+                # Every alert to it would be refused at delivery: say so now, not at a rollback.
+                raise ConfigurationProblem(
+                    f"ROLLOUT_ALERTS_CHANNELS: {refused}; list it in "
+                    "ROLLOUT_ALERTS_ALLOWED_HOSTS to allow it"
+                )
         library = PolicyLibrary.from_path_list(settings.engine.policy_dirs)
     except ValueError as exc:
         raise ConfigurationProblem(str(exc)) from exc
@@ -140,10 +151,11 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         failure_backoff=settings.engine.failure_backoff,
         on_lag=metrics.on_lag,
     )
-    alerts_http = httpx.AsyncClient(timeout=settings.alerts.timeout, follow_redirects=False)
+    alerts_http = guarded_client(targets, timeout=settings.alerts.timeout)
     try:
         dispatcher = AlertDispatcher(
-            store, alerts_http, clock, settings.alerts, on_delivery=metrics.on_alert
+            store, alerts_http, clock, settings.alerts, on_delivery=metrics.on_alert,
+            targets=targets,
         )
     except ValueError as exc:
         store.close()
@@ -164,6 +176,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         library=library,
         registry=registry,
         settings=settings.api,
+        alert_targets=targets,
         ready=ready,
         wake=reconciler.poke,
         timing=runner.timing,
@@ -176,7 +189,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         raise ConfigurationProblem(
             f"cannot listen on {settings.api.host}:{settings.api.port}: {exc.strerror or exc}"
         ) from exc
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
+    config = server_config(app, settings.api)
     return Controller(
         settings=settings,
         store=store,

@@ -130,6 +130,9 @@ def _settings(sandbox: SandboxServer, store_path: Path, hook_url: str) -> Settin
         api=ApiSettings(host="127.0.0.1", port=0),
         alerts=AlertSettings(
             channels=json.dumps([{"type": "webhook", "url": hook_url, "severity": "warn"}]),
+            # The demo's receiver listens on this machine's loopback, which alerts may reach
+            # only when allowed explicitly.
+            allowed_hosts="127.0.0.1",
             poll_interval=0.2,
             initial_backoff=0.2,
         ),

@@ -25,12 +25,20 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from rollout.analysis.ab import OBJECTIVES
 from rollout.analysis.spec import Policy
 from rollout.metrics.model import EXPORTED_LATENCY_BOUNDS_MS, Histogram
 from rollout.policies import PolicyLibrary, PolicyNotFoundError, policy_errors
 from rollout.units import format_duration, parse_duration
+
+# A plan is a few kilobytes; these bound what one can cost the store, the workspace (the
+# candidate's fields go into a PUT) and every reader, whatever YAML aliases make of the text.
+MAX_PLAN_BYTES = 256 * 1024
+"""Largest plan accepted, counted as its compact JSON (the stored form), aliases expanded."""
+MAX_STRING_CHARS = 16 * 1024
+"""Longest string (or key) anywhere in a plan."""
 
 DATABRICKS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 ENTITY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -176,12 +184,21 @@ class CanaryStep(_Strict):
 
 class AlertChannel(_Strict):
     type: Literal["webhook", "slack", "alertmanager"]
-    url: str = Field(pattern=r"^https?://", description="Where to deliver (http or https).")
+    # Neither is ever shown (repr=False keeps them out of tracebacks and logged reprs; the
+    # API shows them through rollout.redaction): a Slack URL's path is its credential.
+    url: str = Field(
+        pattern=r"^https?://",
+        repr=False,
+        description="Where to deliver (http or https). Never shown: reads give scheme and "
+        "host only.",
+    )
     severity: Literal["info", "warn", "error"] = Field(
         default="info", description="Lowest severity delivered to this channel."
     )
     secret: str | None = Field(
-        default=None, description="webhook only: HMAC-SHA256 key for the signature header."
+        default=None,
+        repr=False,
+        description="webhook only: HMAC-SHA256 key for the signature header. Never shown.",
     )
 
 
@@ -382,11 +399,28 @@ class PlanIssue(BaseModel):
 
 
 class PlanError(ValueError):
-    """A plan that cannot run; ``issues`` lists every problem found, each naming its field."""
+    """A plan that cannot run; ``issues`` lists every problem found, each naming its field.
+
+    The tree::
+
+        PlanError                   a field's value is invalid (API 422, validate exit 1)
+        └── PlanDocumentError       not a plan document: unreadable, or a non-scalar where a
+            │                       scalar belongs (API 422, validate exit 2, one line)
+            └── PlanTooLargeError   larger than MAX_PLAN_BYTES once YAML aliases are
+                                    expanded (API 413, validate exit 2)
+    """
 
     def __init__(self, issues: list[PlanIssue]) -> None:
         self.issues = issues
         super().__init__("invalid plan:\n" + "\n".join(f"  {i.field}: {i.message}" for i in issues))
+
+
+class PlanDocumentError(PlanError):
+    """The text is not a plan document: unreadable, or of the wrong shape somewhere."""
+
+
+class PlanTooLargeError(PlanDocumentError):
+    """The plan, with YAML aliases expanded, is larger than ``MAX_PLAN_BYTES``."""
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -426,10 +460,28 @@ def _strategy_misfit(data: Mapping[str, Any]) -> list[PlanIssue]:
     return issues
 
 
+def _check_selectors(data: Mapping[str, Any]) -> None:
+    """``strategy`` and ``policy`` choose how the rest is read: of the wrong shape, nothing
+    else can be said (and a list or mapping cannot be looked up as a strategy name)."""
+    for key, what in (("strategy", "canary, ab or blue_green"), ("policy", None)):
+        value = data.get(key)
+        if isinstance(value, list) or (isinstance(value, Mapping) and what is not None):
+            expected = f"one of {what}" if what else "a policy name or an inline policy mapping"
+            raise PlanDocumentError(
+                [PlanIssue(field=key, message=f"expected {expected}, got {_kind(value)}")]
+            )
+    policy = data.get("policy", "default")
+    if not isinstance(policy, str | Mapping):
+        message = f"expected a policy name or an inline policy mapping, got {_kind(policy)}"
+        raise PlanError([PlanIssue(field="policy", message=message)])
+
+
 def validate_plan(data: object) -> AnyPlan:
     """Validate a parsed plan mapping; raise ``PlanError`` naming every bad field."""
     if not isinstance(data, Mapping):
-        raise PlanError([PlanIssue(field="(plan)", message="a plan must be a mapping")])
+        raise PlanDocumentError([PlanIssue(field="(plan)", message="a plan must be a mapping")])
+    check_size(data)
+    _check_selectors(data)
     if data.get("strategy") not in _STRATEGY_FIELDS:
         got = "missing" if "strategy" not in data else f"{data['strategy']!r} is not a strategy"
         raise PlanError(
@@ -441,22 +493,133 @@ def validate_plan(data: object) -> AnyPlan:
     try:
         return _PlanDocument.model_validate({"plan": dict(data)}).plan
     except ValidationError as exc:
-        issues = []
+        issues: list[PlanIssue] = []
+        shape: list[PlanIssue] = []
         for error in exc.errors():
-            loc = tuple(error["loc"])[1:]  # drop the wrapper's "plan"
-            if loc and loc[0] in _STRATEGY_FIELDS:
-                loc = loc[1:]  # drop the discriminator tag pydantic inserts
-            message = error["msg"]
-            problem = error.get("ctx", {}).get("error")
-            if isinstance(problem, FieldProblemError):
-                loc = (*loc, *_split_path(problem.field))
-                message = str(problem)
-            elif error["type"] == "extra_forbidden":
-                message = "unknown field"
-            elif message.startswith("Value error, "):
-                message = message.removeprefix("Value error, ")
-            issues.append(PlanIssue(field=_field_path(loc), message=message))
+            found = _issue_of(error)
+            if found is None:
+                continue
+            issue, misshapen = found
+            issues.append(issue)
+            if misshapen:
+                message = f"expected a single value, got {_kind(error['input'])}"
+                shape.append(PlanIssue(field=issue.field, message=message))
+        if shape:
+            raise PlanDocumentError(shape) from None
         raise PlanError(issues) from None
+
+
+def _issue_of(error: ErrorDetails) -> tuple[PlanIssue, bool] | None:
+    """A pydantic error as a plan issue, and whether it is a list or mapping where one value
+    belongs; None for an error that only repeats another."""
+    loc = tuple(error["loc"])[1:]  # drop the wrapper's "plan"
+    if loc and loc[0] in _STRATEGY_FIELDS:
+        loc = loc[1:]  # drop the discriminator tag pydantic inserts
+    if loc[:1] == ("policy",) and len(loc) > 1 and isinstance(loc[1], str):
+        # policy is a name or a mapping: pydantic reports against both, tagged.
+        if _POLICY_NAME_TAG.match(loc[1]):
+            return None  # a mapping was given; its own errors follow
+        if loc[1].startswith("dict["):
+            loc = (loc[0], *loc[2:])
+    message = error["msg"]
+    problem = error.get("ctx", {}).get("error")
+    if isinstance(problem, FieldProblemError):
+        loc = (*loc, *_split_path(problem.field))
+        message = str(problem)
+    elif error["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    misshapen = (
+        error["type"] in _SCALAR_ERRORS
+        and isinstance(error.get("input"), dict | list)
+        and not isinstance(problem, FieldProblemError)  # a whole model's own check
+    )
+    return PlanIssue(field=_field_path(loc), message=message), misshapen
+
+
+_POLICY_NAME_TAG = re.compile(r"^(constrained-)?str$")
+
+# Errors of a field that takes one value (a string, a number, a flag, a word or a duration).
+_SCALAR_ERRORS = frozenset(
+    {
+        "string_type",
+        "int_type",
+        "int_parsing",
+        "float_type",
+        "float_parsing",
+        "bool_type",
+        "bool_parsing",
+        "literal_error",
+        "enum",
+        "value_error",
+    }
+)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def check_size(data: object) -> None:
+    """Refuse a document whose compact JSON would exceed ``MAX_PLAN_BYTES``, or holding a
+    string or key longer than ``MAX_STRING_CHARS``, before anything copies it.
+
+    YAML aliases make one node stand for many: the walk visits every occurrence, so the
+    count is of the expanded document (the stored form), and it stops as soon as the budget
+    is spent, so an alias bomb costs at most ``MAX_PLAN_BYTES`` of counting. A cycle is cut
+    by the same budget (every visit costs at least one byte).
+    """
+    spent = 0
+    stack: list[tuple[object, str]] = [(data, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, Mapping):
+            spent += 2 + max(len(value) - 1, 0)
+            for key, item in value.items():
+                name = str(key)
+                where = f"{path}.{name}" if path else name
+                if len(name) > MAX_STRING_CHARS:
+                    raise PlanDocumentError(
+                        [PlanIssue(field=path or "(plan)", message=_long("a key", len(name)))]
+                    )
+                spent += len(name.encode("utf-8", "replace")) + 3
+                stack.append((item, where))
+        elif isinstance(value, list):
+            spent += 2 + max(len(value) - 1, 0)
+            stack.extend((item, f"{path}[{index}]") for index, item in enumerate(value))
+        elif isinstance(value, str):
+            if len(value) > MAX_STRING_CHARS:
+                raise PlanDocumentError(
+                    [PlanIssue(field=path or "(plan)", message=_long("the string", len(value)))]
+                )
+            spent += len(value.encode("utf-8", "replace")) + 2
+        else:
+            spent += len(str(value))
+        if spent > MAX_PLAN_BYTES:
+            raise PlanTooLargeError(
+                [
+                    PlanIssue(
+                        field="(document)",
+                        message=f"the plan is larger than {MAX_PLAN_BYTES} bytes once YAML "
+                        "aliases are expanded (or refers to itself)",
+                    )
+                ]
+            )
+
+
+def _long(what: str, length: int) -> str:
+    return f"{what} is {length} characters long; the limit is {MAX_STRING_CHARS}"
 
 
 def resolve_policy(plan: AnyPlan, library: PolicyLibrary | None = None) -> Policy:
@@ -480,13 +643,13 @@ def parse_document(text: str, *, content_type: str | None = None) -> object:
             return json.loads(text)
         return yaml.safe_load(text)
     except json.JSONDecodeError as exc:
-        raise PlanError(
+        raise PlanDocumentError(
             [PlanIssue(field="(document)", message=f"invalid JSON at line {exc.lineno}: {exc.msg}")]
         ) from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
-        raise PlanError(
+        raise PlanDocumentError(
             [PlanIssue(field="(document)", message=f"invalid YAML{line}: {exc}")]
         ) from None
 

@@ -188,6 +188,34 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_048_576, gt=0, description="Largest request body accepted, in bytes."
     )
+    allowed_hosts: str = Field(
+        default="",
+        description="Names (or addresses) the Host header of a request may carry, "
+        "comma-separated; '*' accepts any. Empty: loopback names (localhost, 127.0.0.1, "
+        "::1) and the listening address when no tokens are set (against DNS rebinding), "
+        "any Host when tokens are set.",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client has to send a request's headers (from the connection, "
+        "or from its first byte on a kept-alive connection) before it is disconnected.",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request body may stall (no byte received) before the client "
+        "is disconnected.",
+    )
+    keep_alive_timeout: int = Field(
+        default=5, ge=1, description="Seconds an idle kept-alive connection is held open."
+    )
+    max_connections: int = Field(
+        default=256,
+        ge=1,
+        description="Concurrent connections (or requests in flight) served; beyond it new "
+        "requests are answered 503 at once.",
+    )
 
 
 class AlertSettings(BaseSettings):
@@ -199,6 +227,18 @@ class AlertSettings(BaseSettings):
         default="[]",
         description="Channels every rollout alerts besides its plan's own: a JSON list of "
         '{"type": "webhook"|"slack"|"alertmanager", "url", "severity"?, "secret"?}.',
+    )
+    allowed_hosts: str = Field(
+        default="",
+        description="Alert targets allowed although not public, comma-separated: names "
+        "(trusted whatever they resolve to), addresses or networks, e.g. "
+        "'alertmanager, 127.0.0.1, 10.2.0.0/16'; '*' allows every target. By default "
+        "loopback, link-local, metadata and private addresses are refused.",
+    )
+    allow_private: bool = Field(
+        default=False,
+        description="Allow alert targets in private ranges (10/8, 172.16/12, 192.168/16, "
+        "fc00::/7, 100.64/10); loopback, link-local and metadata stay refused.",
     )
     timeout: float = Field(default=10.0, gt=0, description="Seconds allowed for one delivery.")
     lease: float = Field(

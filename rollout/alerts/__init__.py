@@ -26,10 +26,13 @@ from rollout.alerts.errors import (
     MalformedAlert,
     ReceiverRejected,
     ReceiverUnreachable,
+    TargetRefused,
+    TargetUnresolvable,
 )
 from rollout.alerts.notifier import Notifier, SendContext
 from rollout.alerts.payload import AlertPayload
 from rollout.alerts.slack import SlackNotifier, slack_message
+from rollout.alerts.targets import TargetPolicy, guarded_client
 from rollout.alerts.webhook import SCHEMA, WebhookNotifier, sign, webhook_body
 
 __all__ = [
@@ -50,9 +53,13 @@ __all__ = [
     "ReceiverUnreachable",
     "SendContext",
     "SlackNotifier",
+    "TargetPolicy",
+    "TargetRefused",
+    "TargetUnresolvable",
     "WebhookNotifier",
     "alertmanager_alerts",
     "default_notifiers",
+    "guarded_client",
     "parse_channels",
     "retry_delay",
     "sign",

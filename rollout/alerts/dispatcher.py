@@ -53,6 +53,7 @@ from rollout.alerts.errors import (
 from rollout.alerts.notifier import MAX_RETRY_AFTER, Notifier, SendContext, redact_url
 from rollout.alerts.payload import AlertPayload
 from rollout.alerts.slack import SlackNotifier
+from rollout.alerts.targets import TargetPolicy
 from rollout.alerts.webhook import WebhookNotifier
 from rollout.clock import Clock
 from rollout.plan import AlertChannel
@@ -159,6 +160,11 @@ def retry_delay(
     return delay
 
 
+def target_policy(settings: AlertSettings) -> TargetPolicy:
+    """The alert targets ``settings`` allow (``ValueError`` names a bad ``allowed_hosts``)."""
+    return TargetPolicy.parse(settings.allowed_hosts, allow_private=settings.allow_private)
+
+
 def default_notifiers(http: httpx.AsyncClient, settings: AlertSettings) -> dict[str, Notifier]:
     """One notifier per channel type, sharing the injected HTTP client."""
     notifiers: list[Notifier] = [
@@ -177,7 +183,9 @@ class AlertDispatcher:
     stamps claims and retry times, so tests drive retries on a ``FakeClock``. ``notifiers``
     replaces the default notifier per channel type (for example an ``AlertmanagerNotifier``
     with a ``generator_url``); ``concurrency`` bounds both the batch claimed at once and the
-    sends in flight; ``rng`` makes the jitter reproducible.
+    sends in flight; ``rng`` makes the jitter reproducible; ``targets`` says where alerts may
+    go (default: from ``settings.allowed_hosts`` and ``settings.allow_private``), checked
+    before every send.
     """
 
     def __init__(
@@ -191,6 +199,7 @@ class AlertDispatcher:
         notifiers: Mapping[str, Notifier] | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         rng: random.Random | None = None,
+        targets: TargetPolicy | None = None,
     ) -> None:
         if settings.lease <= settings.timeout:
             # Otherwise a slow delivery could be claimed by a second dispatcher and sent twice.
@@ -204,6 +213,7 @@ class AlertDispatcher:
         self.clock = clock
         self.settings = settings
         self.concurrency = concurrency
+        self.targets = targets if targets is not None else target_policy(settings)
         self._on_delivery = on_delivery
         self._notifiers = dict(default_notifiers(http, settings))
         if notifiers is not None:
@@ -334,6 +344,10 @@ class AlertDispatcher:
         # The controller's own alerts (no rollout) have no rollout to end.
         if notifier.wants_rollout_state and not payload.terminal and alert.rollout_id:
             ended = await self._rollout_ended(alert.rollout_id)
+        # Checked again at every delivery, after resolution: the plan was checked when it was
+        # submitted, but a name may point elsewhere since (the daemon's client also connects
+        # only to the addresses it checked, see targets.PinnedBackend).
+        await self.targets.addresses(payload.channel.url)
         context = SendContext(now=self.clock.now(), rollout_ended=ended)
         timeout = self.settings.timeout
         try:

@@ -13,6 +13,9 @@ The tree::
     ├── ChannelConfigError      the default channels setting is not a valid list of channels
     └── DeliveryError           retryable, status, retry_after
         ├── ReceiverUnreachable connection refused/reset, DNS, timeouts            retryable
+        │   ├── TargetUnresolvable  the URL's host does not resolve               retryable
+        │   └── TargetRefused       it resolves to an address alerts may not go to
+        │                           (loopback, private, metadata: targets.py)     not retryable
         ├── ReceiverRejected    a non-2xx answer: 408/429/5xx retryable, other 4xx not
         └── MalformedAlert      the outbox row cannot be turned into a request     not retryable
 
@@ -78,3 +81,15 @@ class MalformedAlert(DeliveryError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retryable=False)
+
+
+class TargetRefused(ReceiverUnreachable):
+    """The alert URL resolves to an address this controller may not send to."""
+
+    def __init__(self, message: str) -> None:
+        # Not retryable: only a change of settings (or of the plan) makes it deliverable.
+        super().__init__(message, retryable=False)
+
+
+class TargetUnresolvable(ReceiverUnreachable):
+    """The alert URL's host does not resolve now (retryable: DNS may come back)."""

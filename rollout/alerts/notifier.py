@@ -14,18 +14,28 @@ import email.utils
 import math
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
 from rollout import __version__
 from rollout.alerts.errors import ReceiverRejected, ReceiverUnreachable
 from rollout.alerts.payload import AlertPayload
+from rollout.redaction import excerpt, redact_url
+
+__all__ = [
+    "MAX_RETRY_AFTER",
+    "USER_AGENT",
+    "Notifier",
+    "SendContext",
+    "header_value",
+    "parse_retry_after",
+    "post",
+    "redact_url",
+]
 
 USER_AGENT = f"rollout/{__version__}"
 
-# A receiver's words in an error are evidence, but a whole HTML error page is not: cut it.
-_MAX_BODY_IN_ERROR = 300
 # A Retry-After beyond a day is more likely a bug than a plan; the alert must not sleep forever.
 MAX_RETRY_AFTER = 86_400.0
 
@@ -58,16 +68,6 @@ class Notifier(Protocol):
     def wants_rollout_state(self) -> bool: ...
 
     async def send(self, payload: AlertPayload, context: SendContext) -> None: ...
-
-
-def redact_url(url: str) -> str:
-    """``scheme://host[:port]/…``: the path of a Slack webhook URL IS its secret."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    suffix = "/…" if parts.path.strip("/") or parts.query else ""
-    return f"{parts.scheme}://{host}{suffix}"
 
 
 def header_value(text: str) -> str:
@@ -133,6 +133,8 @@ async def post(
     if status in (429, 503):
         retry_after = parse_retry_after(response.headers.get("retry-after"), now)
     retryable = status in (408, 429) or status >= 500
-    body = " ".join(response.text.split())[:_MAX_BODY_IN_ERROR]
+    # A receiver's words are evidence, but its page is not ours to log: an internal service
+    # reached by mistake must not have its answer copied into the controller's log.
+    body = excerpt(response.text)
     message = f"{where} answered {status}" + (f": {body}" if body else "")
     raise ReceiverRejected(message, retryable=retryable, status=status, retry_after=retry_after)

@@ -5,7 +5,11 @@ Where this sits: users submit plans and steer rollouts through this API (directl
 checks that its endpoint exists in the workspace and is free, and stores the rollout in
 ``pending`` (``rollout.engine.runner.new_rollout``); the commands (pause, resume, promote,
 abort) are queued with ``store.add_command`` and applied, or recorded as not applicable, by the
-engine at its next look. ``wake(rollout_id)`` tells the daemon's scheduler to look at once.
+engine at its next look; ``PUT /rollouts/{id}/alerts`` replaces a rollout's alert channels
+(``rollout.api.channels``), which every read shows redacted. Requests pass ``BrowserGuard``
+(the Host check) and ``Guard`` (body limit, last-resort 500) first, and every state-changing
+route refuses what a page on another origin could send (``rollout.api.middleware``).
+``wake(rollout_id)`` tells the daemon's scheduler to look at once.
 ``GET /api/v1/rollouts/{id}/series`` gives a rollout's metric windows per arm and its split
 changes (``rollout.api.series``) for the status page, which is served at ``/``
 (``rollout.api.page``) and reads the API like any other client; ``GET /api/v1/session`` tells
@@ -34,8 +38,10 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.responses import JSONResponse
 
 from rollout import __version__
+from rollout.alerts.targets import TargetPolicy
 from rollout.analysis.spec import Policy
 from rollout.api.auth import Role, TokenTable, allows, parse_tokens
+from rollout.api.channels import channel_routes, refused_targets, target_issues
 from rollout.api.documents import (
     JSON_TYPES,
     YAML_TYPES,
@@ -44,9 +50,16 @@ from rollout.api.documents import (
     parse_plan_body,
 )
 from rollout.api.errors import ApiError, field_issues, install_handlers, record_methods
-from rollout.api.middleware import Guard
+from rollout.api.middleware import (
+    LOOPBACK_NAMES,
+    BrowserGuard,
+    Guard,
+    cross_site_refusal,
+    host_name,
+)
 from rollout.api.page import page_routes
 from rollout.api.schemas import (
+    AlertsBody,
     CommandAccepted,
     EmptyBody,
     ErrorResponse,
@@ -75,6 +88,7 @@ from rollout.plan import (
     AnyPlan,
     Plan,
     PlanError,
+    PlanTooLargeError,
     plan_notes,
     resolution_notes,
     resolve_policy,
@@ -96,6 +110,7 @@ from rollout.store.errors import (
     ActiveRolloutExists,
     DuplicateRollout,
     RolloutNotFound,
+    StaleVersion,
     StoreError,
 )
 from rollout.store.model import RolloutRecord
@@ -119,8 +134,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
         401: "No token, or an unknown one (only when tokens are configured).",
-        403: "The token's role may not do this.",
-        413: "The body is larger than the configured limit.",
+        403: "The token's role may not do this, or a browser sent it from another site.",
+        421: "The Host header names a host this controller does not serve.",
+        413: "The body is larger than the configured limit, or the plan is, once YAML "
+        "aliases are expanded.",
         422: "The request is invalid; details name each field.",
         503: "The store (or, on submission, the workspace) cannot be reached now; retry.",
     }.items()
@@ -150,6 +167,16 @@ class RolloutApi(FastAPI):
 
     def openapi(self) -> dict[str, Any]:
         schema = super().openapi()
+        # Declared even on an open API: clients learn how a token would be presented.
+        schema.setdefault("components", {}).setdefault("securitySchemes", {}).setdefault(
+            "HTTPBearer",
+            {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A token from ROLLOUT_API_TOKENS; viewer reads, operator also "
+                "acts. Not checked when the API runs without tokens (loopback only).",
+            },
+        )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         if "Plan" not in components:
             for name, body in request_schemas().items():
@@ -169,8 +196,11 @@ def request_schemas() -> dict[str, Any]:
         "policy name or an inline policy mapping."
     )
     schemas["Plan"] = plan
-    for model in (ReasonBody, PromoteBody, EmptyBody):
-        schemas[model.__name__] = model.model_json_schema(ref_template=template)
+    for model in (ReasonBody, PromoteBody, EmptyBody, AlertsBody):
+        body = model.model_json_schema(ref_template=template)
+        for name, definition in body.pop("$defs", {}).items():
+            schemas.setdefault(name, definition)
+        schemas[model.__name__] = body
     return schemas
 
 
@@ -192,6 +222,7 @@ def create_api(
     endpoint_check_timeout: float = 30.0,
     timing: Timing = DEFAULT_TIMING,
     metrics_window: float = DATABRICKS_WINDOW_SECONDS,
+    alert_targets: TargetPolicy | None = None,
 ) -> FastAPI:
     """The API application. Raises ``ValueError`` (naming the item) for a bad token spec.
 
@@ -200,6 +231,8 @@ def create_api(
     in seconds, the check that a submitted plan's endpoint exists (retries included).
     ``timing`` (the engine's) and ``metrics_window`` (seconds per export-metrics window) let
     a submission say whether the endpoint's traffic can give the first step a verdict.
+    ``alert_targets`` says where a plan's alert channels may point (default: public
+    addresses only); a plan with a channel elsewhere is refused with 422.
     """
     tokens = parse_tokens(settings.tokens)
     app = RolloutApi(
@@ -213,6 +246,7 @@ def create_api(
     )
     install_handlers(app)
     app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BrowserGuard, allowed_hosts=served_hosts(settings, open_api=not tokens))
     service = _Service(
         store=store,
         client=client,
@@ -224,12 +258,15 @@ def create_api(
         endpoint_check_timeout=endpoint_check_timeout,
         timing=timing,
         metrics_window=metrics_window,
+        alert_targets=alert_targets if alert_targets is not None else TargetPolicy(),
     )
     read_deps, write_deps = _auth_dependencies(tokens)
+    write_deps = [*write_deps, Depends(_same_site)]
     router = APIRouter(prefix=PREFIX)
     _session_route(router, tokens)
     _rollout_routes(router, service, read_deps, write_deps)
     _command_routes(router, service, write_deps)
+    channel_routes(router, service, write_deps, _responses(400, 404, 409, 415))
     _monitoring_routes(app, service)
     # The status page and its assets are open like /healthz: they hold no data; the page
     # reads the API with the viewer's own token.
@@ -237,6 +274,18 @@ def create_api(
     record_methods(app, [*router.routes, *app.router.routes])
     app.include_router(router)
     return app
+
+
+def served_hosts(settings: ApiSettings, *, open_api: bool) -> frozenset[str] | None:
+    """The Host names the API answers to; None: any (see ``BrowserGuard``)."""
+    names = {host_name(item) for item in settings.allowed_hosts.split(",") if item.strip()}
+    if "*" in names:
+        return None
+    if not names and not open_api:
+        return None  # tokens guard every route; a browser never sends one by itself
+    if not names:
+        names = {*LOOPBACK_NAMES, host_name(settings.host)}
+    return frozenset(names)
 
 
 def _baseline_latency(scrape: Scrape, baseline: str | None) -> Histogram | None:
@@ -266,8 +315,10 @@ class _Service:
         endpoint_check_timeout: float,
         timing: Timing,
         metrics_window: float,
+        alert_targets: TargetPolicy,
     ) -> None:
         self.store = store
+        self.alert_targets = alert_targets
         self.client = client
         self.clock = clock
         self.library = library
@@ -284,7 +335,7 @@ class _Service:
             return await asyncio.to_thread(function, *args)
         except RolloutNotFound as exc:
             raise ApiError(404, "rollout_not_found", str(exc)) from exc
-        except (ActiveRolloutExists, DuplicateRollout):
+        except (ActiveRolloutExists, DuplicateRollout, StaleVersion):
             raise
         except StoreError as exc:
             log.warning("api.store_error", error=str(exc))
@@ -410,6 +461,9 @@ class _Service:
             policy = resolve_policy(plan, self.library)
         except PlanError as exc:
             raise _invalid_plan(exc) from exc
+        refused = await target_issues(self.alert_targets, plan.alerts)
+        if refused:
+            raise refused_targets(refused)
         active = await self.in_thread(self.store.active_for_endpoint, plan.endpoint)
         if active is not None:
             raise _rollout_active(plan.endpoint, active.id)
@@ -705,6 +759,13 @@ def _auth_dependencies(tokens: TokenTable) -> tuple[list[Any], list[Any]]:
     return [Depends(_require(tokens, "viewer"))], [Depends(_require(tokens, "operator"))]
 
 
+async def _same_site(request: Request) -> None:
+    """Refuse a state-changing request a page on another origin could have sent."""
+    problem = cross_site_refusal(request.method, request.headers)
+    if problem is not None:
+        raise problem
+
+
 async def _open_api() -> None:
     """The caller of an open API: nobody in particular."""
 
@@ -738,6 +799,8 @@ def _checked_id(rollout_id: str) -> str:
 
 def _invalid_plan(exc: PlanError) -> ApiError:
     details = [{"field": issue.field, "message": issue.message} for issue in exc.issues]
+    if isinstance(exc, PlanTooLargeError):
+        return ApiError(413, "plan_too_large", details[0]["message"], details=details)
     count = len(details)
     return ApiError(
         422,

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rollout.api.auth import Role
 from rollout.engine.model import RolloutState
-from rollout.plan import ABPlan, AnyPlan, CanaryPlan, PlanError, validate_plan
+from rollout.plan import ABPlan, AlertChannel, AnyPlan, CanaryPlan, PlanError, validate_plan
+from rollout.redaction import redacted_plan
 from rollout.store.model import Command, EventRecord, RolloutRecord
 
 PhaseName = Literal[
@@ -47,7 +48,8 @@ class ErrorDetail(BaseModel):
         description="Stable word: invalid_plan, invalid_request, rollout_active, "
         "rollout_not_found, rollout_finished, endpoint_not_found, endpoint_permission, "
         "workspace_unavailable, workspace_error, store_unavailable, unauthenticated, "
-        "forbidden, body_too_large, unsupported_media_type, not_found, method_not_allowed, "
+        "forbidden, body_too_large, plan_too_large, unsupported_media_type, cross_site, "
+        "host_not_allowed, not_found, method_not_allowed, "
         "internal."
     )
     message: str
@@ -135,7 +137,10 @@ class Rollout(BaseModel):
     created_at: datetime
     updated_at: datetime
     started_at: datetime
-    plan: dict[str, Any] = Field(description="The validated plan with its policy inlined.")
+    plan: dict[str, Any] = Field(
+        description="The validated plan with its policy inlined; alert channels show the "
+        "scheme and host of their url only, and a secret as '(redacted)'."
+    )
 
 
 class SubmittedRollout(Rollout):
@@ -210,6 +215,16 @@ class PromoteBody(_CommandBody):
 
 class EmptyBody(_CommandBody):
     """resume takes no fields."""
+
+
+class AlertsBody(_CommandBody):
+    """Body of PUT /rollouts/{id}/alerts: the rollout's alert channels, all of them."""
+
+    alerts: list[AlertChannel] = Field(
+        max_length=20,
+        description="Replaces the plan's channels (an empty list removes them); the secrets "
+        "and URLs given here are stored and used, never shown again.",
+    )
 
 
 # ---- the caller ----------------------------------------------------------------------------
@@ -323,7 +338,7 @@ def rollout_view(record: RolloutRecord) -> Rollout:
         created_at=utc(record.created_at),
         updated_at=utc(record.updated_at),
         started_at=utc(state.started_at),
-        plan=record.plan,
+        plan=redacted_plan(record.plan),
     )
 
 

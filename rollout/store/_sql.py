@@ -91,6 +91,12 @@ SET phase = :phase, state = :state, due_at = :due_at, updated_at = :updated_at,
 WHERE id = :id AND version = :expected_version
 RETURNING id, endpoint, phase, version, plan, state, created_at, updated_at, due_at
 """
+_REPLACE_PLAN: Final = """
+UPDATE rollouts
+SET plan = :plan, updated_at = :updated_at, version = version + 1
+WHERE id = :id AND version = :expected_version
+RETURNING id, endpoint, phase, version, plan, state, created_at, updated_at, due_at
+"""
 _GET_ROLLOUT: Final = """
 SELECT id, endpoint, phase, version, plan, state, created_at, updated_at, due_at
 FROM rollouts WHERE id = :id
@@ -574,6 +580,34 @@ class SqlStore(Store, ABC):
                 endpoint = self._endpoint_of(rollout_id)
                 raise ActiveRolloutExists(endpoint, self._active_id(endpoint)) from exc
             raise
+        return self._rollout(rows[0])
+
+    def replace_plan(
+        self,
+        rollout_id: str,
+        expected_version: int,
+        *,
+        plan: JsonObject,
+        updated_at: float,
+        event: NewEvent,
+    ) -> RolloutRecord:
+        _check_time(updated_at, "updated_at")
+        params = {
+            "id": rollout_id,
+            "expected_version": expected_version,
+            "plan": self._json(plan, "plan"),
+            "updated_at": updated_at,
+        }
+        event_params = self._event_params(rollout_id, [event])[0]
+        with self._tx(write=True) as tx:
+            rows = tx.rows(_REPLACE_PLAN, params)
+            if not rows:
+                current = tx.rows(_ROLLOUT_VERSION, {"id": rollout_id})
+                if not current:
+                    raise RolloutNotFound(rollout_id)
+                raise StaleVersion(rollout_id, expected_version, int(current[0][0]))
+            seq = int(tx.rows(_LAST_SEQ, {"rollout_id": rollout_id})[0][0])
+            tx.run(_INSERT_EVENT, {**event_params, "seq": seq + 1})
         return self._rollout(rows[0])
 
     def _endpoint_of(self, rollout_id: str) -> str:

@@ -140,6 +140,23 @@ class Store(Protocol):
         """
         ...
 
+    def replace_plan(
+        self,
+        rollout_id: str,
+        expected_version: int,
+        *,
+        plan: JsonObject,
+        updated_at: float,
+        event: NewEvent,
+    ) -> RolloutRecord:
+        """Replace the rollout's stored plan (an operator rotating its alert channels) and
+        append ``event`` saying so, in one transaction; return the rollout at its new version.
+
+        Version-guarded like ``commit`` (a decision taken on the old plan then fails with
+        ``StaleVersion`` and is taken again). Raises ``RolloutNotFound``, ``StaleVersion``.
+        """
+        ...
+
     def events(self, rollout_id: str, after_seq: int = 0) -> builtins.list[EventRecord]:
         """The rollout's events with ``seq > after_seq``, in order; ``RolloutNotFound``."""
         ...

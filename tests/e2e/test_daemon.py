@@ -183,6 +183,8 @@ def test_daemon_end_to_end(sandbox_process: str, sandbox_token: str, receiver: R
         "ROLLOUT_SERVING_UPDATE_POLL_INTERVAL": "0.25",
         "ROLLOUT_ALERTS_CHANNELS": json.dumps([{"type": "webhook", "url": receiver.url}]),
         "ROLLOUT_ALERTS_POLL_INTERVAL": "0.2",
+        # The receiver listens on loopback: alerts go there only when allowed.
+        "ROLLOUT_ALERTS_ALLOWED_HOSTS": "127.0.0.1",
         "ROLLOUT_ALERTS_INITIAL_BACKOFF": "0.2",
         "ROLLOUT_ALERTS_MAX_BACKOFF": "1",
         # An alert claimed by the killed daemon stays hidden until its lease runs out; keep

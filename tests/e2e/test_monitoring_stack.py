@@ -276,6 +276,8 @@ def run_scenario(stack: Stack) -> None:
             [{"type": "alertmanager", "url": stack.alertmanager}]
         ),
         "ROLLOUT_ALERTS_POLL_INTERVAL": "0.2",
+        # The receiver listens on loopback: alerts go there only when allowed.
+        "ROLLOUT_ALERTS_ALLOWED_HOSTS": "127.0.0.1",
         "ROLLOUT_LOG_FORMAT": "json",
     })
     controller = stack.start(

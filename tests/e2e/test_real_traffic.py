@@ -105,6 +105,8 @@ def test_real_traffic_end_to_end(
         "ROLLOUT_SERVING_METRICS_WINDOW": "2",
         "ROLLOUT_ALERTS_CHANNELS": json.dumps([{"type": "webhook", "url": hook_url}]),
         "ROLLOUT_ALERTS_POLL_INTERVAL": "0.2",
+        # The receiver listens on loopback: alerts go there only when allowed.
+        "ROLLOUT_ALERTS_ALLOWED_HOSTS": "127.0.0.1",
         "ROLLOUT_LOG_FORMAT": "json",
     })
     daemon = Daemon(env, tmp_path / "daemon.log")

@@ -25,10 +25,12 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
-from rollout.alerts import DELIVERED, FAILED, RETRY, AlertDispatcher
+from rollout.alerts import DELIVERED, FAILED, RETRY, AlertDispatcher, TargetRefused
 from rollout.alerts.alertmanager import ALERTNAMES
 from rollout.alerts.payload import NON_TERMINAL_EVENTS
+from rollout.alerts.targets import TargetPolicy, guarded_client
 from rollout.clock import FakeClock, SystemClock
 from rollout.health import WorkspaceWatch
 from rollout.plan import AlertChannel
@@ -228,8 +230,10 @@ def outbox(store: Store, clock: FakeClock) -> Outbox:
     return Outbox(store, clock)
 
 
+# The receivers listen on loopback, where alerts go only when allowed explicitly.
 SETTINGS = AlertSettings(
-    timeout=2.0, lease=30.0, initial_backoff=1.0, max_backoff=8.0, poll_interval=0.01
+    timeout=2.0, lease=30.0, initial_backoff=1.0, max_backoff=8.0, poll_interval=0.01,
+    allowed_hosts="127.0.0.1",
 )
 
 
@@ -757,3 +761,102 @@ async def test_the_lease_must_outlast_a_delivery(store: Store, http: httpx.Async
     settings = AlertSettings(timeout=30, lease=30)
     with pytest.raises(ValueError, match=r"lease .* must be longer than the delivery timeout"):
         AlertDispatcher(store, http, SystemClock(), settings)
+
+
+# --- where alerts may go ----------------------------------------------------------------------
+
+
+def rebinding(*answers: str) -> Any:
+    """A resolver whose answers for a name change over time (DNS rebinding): the first call
+    gets the first answer, every later call the last."""
+    calls: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return [answers[min(len(calls), len(answers)) - 1]]
+
+    resolve.calls = calls  # type: ignore[attr-defined]
+    return resolve
+
+
+async def test_loopback_receivers_get_nothing_by_default(
+    store: Store, outbox: Outbox, clock: FakeClock, receiver: Receiver, http: httpx.AsyncClient
+) -> None:
+    outbox.start("r1")
+    outbox.emit("r1", "rolled_back", "error", [webhook(receiver)], phase="rolled_back")
+    closed = SETTINGS.model_copy(update={"allowed_hosts": ""})
+    outcomes = Outcomes()
+    dispatcher = AlertDispatcher(store, http, clock, closed, on_delivery=outcomes)
+    assert await dispatcher.run_once() == 1
+    assert receiver.requests == []
+    assert store.pending_alert_count() == 1  # kept, for an operator who opens the target
+    [row] = store.claim_alerts(clock.now() + 10_000, 10, 30)
+    assert row.last_error is not None
+    assert "loopback" in row.last_error
+    assert "ROLLOUT_ALERTS_ALLOWED_HOSTS" in row.last_error
+
+
+async def test_delivery_checks_the_target_again_after_resolution(
+    store: Store, outbox: Outbox, clock: FakeClock, receiver: Receiver
+) -> None:
+    # The name resolved to a public address when the plan was submitted, and to the
+    # loopback receiver at delivery: refused, and the client never connects to it.
+    resolve = rebinding("93.184.216.34", "127.0.0.1")
+    targets = TargetPolicy.parse("", resolve=resolve)
+    hook = f"http://hooks.example.com:{receiver.url.rsplit(':', 1)[1]}/hook"
+    assert await targets.refusal(hook) is None  # at submission
+    outbox.start("r1")
+    outbox.emit("r1", "rolled_back", "error", [AlertChannel(type="webhook", url=hook)],
+                phase="rolled_back")
+    async with guarded_client(targets, timeout=2) as http:
+        dispatcher = AlertDispatcher(store, http, clock, SETTINGS, targets=targets)
+        assert await dispatcher.run_once() == 1
+    assert receiver.requests == []
+    [row] = store.claim_alerts(clock.now() + 10_000, 10, 30)
+    assert row.last_error is not None
+    assert "hooks.example.com resolves to 127.0.0.1" in row.last_error
+
+
+async def test_the_guarded_client_connects_only_to_the_addresses_it_checked(
+    receiver: Receiver,
+) -> None:
+    # The check passes (the name is allowed as 127.0.0.1), then the name would resolve
+    # elsewhere: the client connects to the address that was checked, not a new answer.
+    port = int(receiver.url.rsplit(":", 1)[1])
+    resolve = rebinding("127.0.0.1", "10.9.9.9")
+    targets = TargetPolicy.parse("127.0.0.1", resolve=resolve)
+    async with guarded_client(targets, timeout=2) as http:
+        response = await http.post(f"http://receiver.test:{port}/hook", content=b"{}")
+    assert response.status_code == 200
+    assert resolve.calls == ["receiver.test"]  # resolved once, by the check
+    assert len(receiver.requests) == 1
+    # And a name refused at connection time never reaches the network.
+    closed = TargetPolicy.parse("", resolve=rebinding("127.0.0.1"))
+    async with guarded_client(closed, timeout=2) as http:
+        with pytest.raises(TargetRefused):
+            await http.post(f"http://receiver.test:{port}/hook", content=b"{}")
+    assert len(receiver.requests) == 1
+
+
+async def test_a_receivers_answer_is_logged_as_a_short_redacted_excerpt(
+    store: Store, outbox: Outbox, clock: FakeClock, receiver: Receiver, http: httpx.AsyncClient
+) -> None:
+    page = (
+        "<html>internal admin console token=AKIAIOSFODNN7EXAMPLEKEYVALUE123 see "
+        "http://10.0.0.7/admin/secret-path " + "filler " * 200 + "</html>"
+    ).encode()
+    receiver.script(Reply(status=400, body=page))
+    outbox.start("r1")
+    channel = AlertChannel(type="webhook", url=receiver.url + "/hooks/PathSecret77",
+                           secret="whsec-Logged-Nowhere-77")
+    outbox.emit("r1", "rolled_back", "error", [channel], phase="rolled_back")
+    with capture_logs() as logs:
+        await AlertDispatcher(store, http, clock, SETTINGS).run_once()
+    [failure] = [entry for entry in logs if entry["event"] == "alerts.delivery_failed"]
+    for secret in ("AKIAIOSFODNN7EXAMPLEKEYVALUE123", "secret-path", "PathSecret77",
+                   "whsec-Logged-Nowhere-77"):
+        assert secret not in repr(logs), secret
+    [row] = store.claim_alerts(clock.now() + 10_000, 10, 30)
+    assert "PathSecret77" not in (row.last_error or "")
+    assert "internal admin console" in failure["error"]
+    assert len(failure["error"]) < 250

@@ -77,7 +77,7 @@ async def app(sandbox: SandboxServer, store: Store) -> AsyncIterator[Any]:
 def asgi(app: FastAPI, token: str | None = None) -> httpx.AsyncClient:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app), base_url="http://api", headers=headers
+        transport=httpx.ASGITransport(app), base_url="http://127.0.0.1", headers=headers
     )
 
 

@@ -27,7 +27,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from rollout import client_cli
+from rollout.alerts.targets import TargetPolicy
 from rollout.api import create_api
+from rollout.api.server import server_config
 from rollout.cli import app
 from rollout.policies import PolicyLibrary
 from rollout.sandbox.server import SandboxServer
@@ -71,10 +73,21 @@ VERDICT = {
 class ApiServer:
     """The API under uvicorn in a thread with its own event loop (as the daemon serves it)."""
 
-    def __init__(self, sandbox: SandboxServer, store: Store, tokens: str | None = None) -> None:
+    def __init__(
+        self,
+        sandbox: SandboxServer,
+        store: Store,
+        tokens: str | None = None,
+        alert_targets: TargetPolicy | None = None,
+        settings: ApiSettings | None = None,
+    ) -> None:
+        """``settings``: served as the daemon serves them (``server_config``), tokens
+        included; otherwise ``tokens`` on a plain uvicorn."""
+        self.settings = settings
         self.sandbox = sandbox
         self.store = store
         self.tokens = tokens
+        self.alert_targets = alert_targets
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -96,9 +109,17 @@ class ApiServer:
                 clock=self.sandbox.clock,
                 library=PolicyLibrary(),
                 registry=CollectorRegistry(),
-                settings=ApiSettings(tokens=SecretStr(self.tokens) if self.tokens else None),
+                settings=self.settings or ApiSettings(
+                    tokens=SecretStr(self.tokens) if self.tokens else None
+                ),
+                alert_targets=self.alert_targets,
             )
-            config = uvicorn.Config(api, log_level="warning", access_log=False, lifespan="off")
+            if self.settings is not None:
+                config = server_config(api, self.settings)
+            else:
+                config = uvicorn.Config(
+                    api, log_level="warning", access_log=False, lifespan="off"
+                )
             self._server = uvicorn.Server(config)
             self._ready.set()
             await self._server.serve(sockets=[self._sock])

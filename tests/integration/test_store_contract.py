@@ -448,6 +448,37 @@ def test_commit_updates_the_row_bumps_the_version_and_appends_events(store: Stor
     ]
 
 
+def test_replace_plan_swaps_the_plan_bumps_the_version_and_appends_its_event(
+    store: Store,
+) -> None:
+    record = new_rollout(store, "r-1")
+    advanced = advance(store, record)
+    plan = {**record.plan, "alerts": [{"type": "webhook", "url": "https://x.example/h"}]}
+    replaced = store.replace_plan(
+        "r-1", advanced.version, plan=plan, updated_at=T0 + 5,
+        event=NewEvent("alerts_replaced", "pending", "pending", "rotated", {"n": 1}, T0 + 5),
+    )
+    assert replaced == store.get("r-1")
+    assert (replaced.plan, replaced.version, replaced.updated_at) == (plan, 3, T0 + 5)
+    # What it does not own stays as the last commit left it.
+    assert (replaced.state, replaced.phase, replaced.due_at) == (
+        advanced.state, advanced.phase, advanced.due_at
+    )
+    assert [(e.seq, e.kind, e.data) for e in store.events("r-1")][-1] == (
+        3, "alerts_replaced", {"n": 1}
+    )
+    # A decision taken on the old plan cannot commit over the new one, and vice versa.
+    with pytest.raises(StaleVersion):
+        advance(store, advanced)
+    with pytest.raises(StaleVersion):
+        store.replace_plan("r-1", advanced.version, plan=record.plan, updated_at=T0 + 6,
+                           event=event(at=T0 + 6))
+    assert store.get("r-1").plan == plan
+    assert len(store.events("r-1")) == 3
+    with pytest.raises(RolloutNotFound):
+        store.replace_plan("nope", 1, plan=plan, updated_at=T0, event=event(at=T0))
+
+
 def test_stale_version_writes_nothing(store: Store) -> None:
     record = new_rollout(store, "r-1")
     command = store.add_command("r-1", "pause", {}, T0)

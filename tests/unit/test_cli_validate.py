@@ -95,3 +95,33 @@ def test_a_later_policy_directory_wins_and_a_missing_one_is_refused(
                                        str(tmp_path / "nowhere")])
     assert missing.exit_code == 2
     assert "policy directory not found" in missing.output
+
+
+@pytest.mark.parametrize("strategy", ["{}", "[canary]"])
+def test_a_non_scalar_strategy_exits_2_with_one_line(tmp_path: Path, strategy: str) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"endpoint: ads\nstrategy: {strategy}\ncandidate: {{entity_name: m, entity_version: 1}}\n"
+        "steps: [{weight: 5, bake: 1m}]\n"
+    )
+    result = CliRunner().invoke(app, ["validate", str(plan)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert "strategy" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_an_alias_amplified_plan_exits_2_without_expanding_it(tmp_path: Path) -> None:
+    chunk = "x" * 10_000
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "endpoint: ads\nstrategy: canary\nsteps: [{weight: 5, bake: 1m}]\n"
+        f"pad: &s {chunk}\nlist: &l [" + ", ".join(["*s"] * 60) + "]\n"
+        "candidate: {entity_name: m, entity_version: 1, environment_vars: {A: *s}}\n"
+        "more: [" + ", ".join(["*l"] * 60) + "]\n"
+    )
+    result = CliRunner().invoke(app, ["validate", str(plan)])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "once YAML aliases are expanded" in result.output

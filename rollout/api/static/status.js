@@ -138,7 +138,10 @@
     const init = { headers, cache: "no-store" };
     if (body !== undefined) {
       init.method = "POST";
+      // Both need a CORS preflight, which the API never grants: a page on another origin
+      // cannot send them, and the API refuses a state-changing request without them.
       headers["Content-Type"] = "application/json";
+      headers["X-Rollout-Client"] = "status-page";
       init.body = JSON.stringify(body);
     }
     const abort = new AbortController();
