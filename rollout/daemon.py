@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry
 
 from rollout.alerts import AlertDispatcher, guarded_client, parse_channels
 from rollout.alerts.dispatcher import target_policy
+from rollout.alerts.targets import TargetPolicy
 from rollout.api import check_bind, create_api
 from rollout.api.server import server_config
 from rollout.clock import Clock, SystemClock
@@ -47,6 +48,7 @@ from rollout.engine.scheduler import Reconciler
 from rollout.engine.service import timing_from
 from rollout.errors import ConfigurationProblem
 from rollout.health import StoreWriteCheck, WorkspaceWatch
+from rollout.plan import AlertChannel
 from rollout.policies import PolicyLibrary
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import ServingError
@@ -90,22 +92,7 @@ class Controller:
 def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
     """Wire a controller from settings; raises ConfigurationProblem with what to fix."""
     clock = clock or SystemClock()
-    try:
-        tokens = settings.api.tokens.get_secret_value() if settings.api.tokens else None
-        check_bind(settings.api.host, tokens)
-        default_channels = parse_channels(settings.alerts.channels)
-        targets = target_policy(settings.alerts)
-        for channel in default_channels:
-            refused = targets.literal_refusal(channel.url)
-            if refused is not None:
-                # Every alert to it would be refused at delivery: say so now, not at a rollback.
-                raise ConfigurationProblem(
-                    f"ROLLOUT_ALERTS_CHANNELS: {refused}; list it in "
-                    "ROLLOUT_ALERTS_ALLOWED_HOSTS to allow it"
-                )
-        library = PolicyLibrary.from_path_list(settings.engine.policy_dirs)
-    except ValueError as exc:
-        raise ConfigurationProblem(str(exc)) from exc
+    default_channels, targets, library = _checked_settings(settings)
     try:
         store = open_store(settings.store.url)
         store.migrate()
@@ -202,6 +189,29 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         server=uvicorn.Server(config),
         sock=sock,
     )
+
+
+def _checked_settings(
+    settings: Settings,
+) -> tuple[list[AlertChannel], TargetPolicy, PolicyLibrary]:
+    """The settings that need no I/O to check: the bind, default channels, policies."""
+    try:
+        tokens = settings.api.tokens.get_secret_value() if settings.api.tokens else None
+        check_bind(settings.api.host, tokens)
+        default_channels = parse_channels(settings.alerts.channels)
+        targets = target_policy(settings.alerts)
+        for channel in default_channels:
+            refused = targets.literal_refusal(channel.url)
+            if refused is not None:
+                # Every alert to it would be refused at delivery: say so now, not at a rollback.
+                raise ConfigurationProblem(
+                    f"ROLLOUT_ALERTS_CHANNELS: {refused}; list it in "
+                    "ROLLOUT_ALERTS_ALLOWED_HOSTS to allow it"
+                )
+        library = PolicyLibrary.from_path_list(settings.engine.policy_dirs)
+    except ValueError as exc:
+        raise ConfigurationProblem(str(exc)) from exc
+    return default_channels, targets, library
 
 
 def state_reader(store: Store) -> StateReader:
