@@ -82,7 +82,7 @@ def api_on(store: Store, client: ServingClient, clock: FakeClock) -> httpx.Async
         settings=ApiSettings(),
         ready=check.check,
     )
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://api")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://127.0.0.1")
 
 
 async def test_readyz_fails_while_the_store_refuses_writes(
