@@ -831,7 +831,8 @@ def test_racing_claimers_of_one_rollout_exactly_one_wins(backend: Backend) -> No
     for round_ in range(3):
         now = T0 + 100 * round_  # each round starts after the last winner's lease expired
         won = run_in_threads(
-            len(stores), lambda i: stores[i].claim_rollout("r-1", f"h{i}", 30, now, WIRE)
+            len(stores),
+            lambda i, now=now: stores[i].claim_rollout("r-1", f"h{i}", 30, now, WIRE),
         )
         winners = [o for o in won if o is not None]
         assert len(winners) == 1
