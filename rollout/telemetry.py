@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import structlog
@@ -158,6 +158,39 @@ class ControllerMetrics:
                 self.promotions.labels(endpoint).inc()
             elif to_phase == "rolled_back":
                 self.rollbacks.labels(endpoint, cause or "unknown").inc()
+
+
+class OwnershipCollector(Collector):
+    """Which rollouts this replica drives, read from its ``Owner`` at scrape time.
+
+    Unlike the per-rollout gauges, these differ between replicas: each shows its own share.
+    """
+
+    def __init__(self, owned: Callable[[], list[str]], replicas: Callable[[], int]) -> None:
+        self.owned = owned
+        self.replicas = replicas
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        owned = self.owned()
+        per_rollout = GaugeMetricFamily(
+            "rollout_owned",
+            "1 for each rollout this replica drives (holds the lease of).",
+            labels=["rollout"],
+        )
+        for rollout_id in owned:
+            per_rollout.add_metric([rollout_id], 1.0)
+        yield per_rollout
+        yield GaugeMetricFamily(
+            "rollout_owned_rollouts", "How many rollouts this replica drives.", value=len(owned)
+        )
+        yield GaugeMetricFamily(
+            "rollout_replicas",
+            "Live controller replicas on this store, as this replica last counted them.",
+            value=self.replicas(),
+        )
 
 
 class RolloutStateCollector(Collector):

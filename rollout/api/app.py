@@ -104,6 +104,8 @@ log = structlog.get_logger("rollout.api")
 PREFIX = "/api/v1"
 T = TypeVar("T")
 ReadyCheck = Callable[[], Awaitable[dict[str, str]]]
+Owned = Callable[[], list[str]]
+"""The rollouts this replica drives now, by id (shown by ``/readyz``)."""
 Wake = Callable[[str], object]  # what it returns is ignored
 
 # Ids are what ``new_rollout`` makes (hex); anything else cannot name a rollout.
@@ -191,8 +193,11 @@ def create_api(
     endpoint_check_timeout: float = 30.0,
     timing: Timing = DEFAULT_TIMING,
     metrics_window: float = DATABRICKS_WINDOW_SECONDS,
+    owned: Owned | None = None,
 ) -> FastAPI:
     """The API application. Raises ``ValueError`` (naming the item) for a bad token spec.
+
+    ``owned()`` lists the rollouts this replica drives; ``/readyz`` shows it.
 
     ``ready()`` returns the daemon's problems by component (empty: ready); ``wake(id)`` is
     called after a rollout is created or a command queued. ``endpoint_check_timeout`` bounds,
@@ -223,6 +228,7 @@ def create_api(
         endpoint_check_timeout=endpoint_check_timeout,
         timing=timing,
         metrics_window=metrics_window,
+        owned=owned,
     )
     read_deps, write_deps = _auth_dependencies(tokens)
     router = APIRouter(prefix=PREFIX)
@@ -265,8 +271,10 @@ class _Service:
         endpoint_check_timeout: float,
         timing: Timing,
         metrics_window: float,
+        owned: Owned | None = None,
     ) -> None:
         self.store = store
+        self.owned = owned
         self.client = client
         self.clock = clock
         self.library = library
@@ -445,7 +453,11 @@ class _Service:
             await asyncio.to_thread(self.store.ping)
         except StoreError as exc:
             problems["store"] = str(exc)
-        return Readiness(status="not ready" if problems else "ready", problems=problems)
+        return Readiness(
+            status="not ready" if problems else "ready",
+            problems=problems,
+            owned=None if self.owned is None else self.owned(),
+        )
 
 
 def _rollout_routes(
@@ -604,7 +616,8 @@ def _monitoring_routes(app: FastAPI, service: _Service) -> None:
     async def readyz() -> Response:
         readiness = await service.readiness()
         status = 200 if readiness.status == "ready" else 503
-        return JSONResponse(readiness.model_dump(), status_code=status)
+        # "owned" only where there is ownership to show (a daemon, not a bare API).
+        return JSONResponse(readiness.model_dump(exclude_none=True), status_code=status)
 
     @app.get(
         "/metrics",
