@@ -24,8 +24,13 @@ heartbeats is the number of replicas, and a replica holds at most
 reconciling) at its next heartbeat. A replica that dies stops renewing, and its rollouts are
 claimed by the others within one TTL of its last renewal.
 
-On SQLite (one database file on one host) at most one driving process may run: ``driver``
-takes a process-level lease named ``driver`` and ``DriverAlreadyRunning`` names the holder.
+On SQLite (one database file on one host) at most one driving process may run: ``take_driver``
+takes a process-level lease named ``driver`` (renewed by the heartbeat) and
+``DriverAlreadyRunning`` names the live holder. A holder that was killed is taken over once its
+lease expires, or at once when its pid on this host no longer exists (its connections died
+with it). That one process is the fence on SQLite, so per-rollout leases are not taken there:
+``hold`` grants every rollout (token 0, nothing to present to the store), and a restart does
+not wait for the dead process's rollout leases to run out.
 
 Errors::
 
@@ -65,6 +70,26 @@ def new_holder_id(clock: Clock) -> str:
     """
     since = datetime.fromtimestamp(clock.now(), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"{socket.gethostname()} pid {os.getpid()} since {since} #{uuid.uuid4().hex[:6]}"
+
+
+def _dead_here(holder: str) -> bool:
+    """Whether a holder id names a process of this host that no longer exists."""
+    parts = holder.split(" ")
+    if len(parts) < 3 or parts[0] != socket.gethostname() or parts[1] != "pid":
+        return False
+    try:
+        pid = int(parts[2])
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # it exists, under another user
+    return False
 
 
 class DriverAlreadyRunning(ConfigurationProblem):
@@ -122,8 +147,11 @@ class Owner:
         return max(1, math.ceil(self._active / max(1, self._replicas)) + self.slack)
 
     def fence(self, rollout_id: str) -> Fence | None:
+        """What a commit presents; ``None`` on a single-driver store (nothing to fence)."""
         held = self._held.get(rollout_id)
-        return None if held is None else Fence(self.holder, held.token)
+        if self.single_driver or held is None:
+            return None
+        return Fence(self.holder, held.token)
 
     def lease(self, rollout_id: str) -> Ownership | None:
         return self._held.get(rollout_id)
@@ -143,6 +171,12 @@ class Owner:
             return
         live = self.store.live_leases(DRIVER_LEASE, now)
         holder = next((lease for lease in live if lease.name == DRIVER_LEASE), None)
+        if holder is not None and _dead_here(holder.holder):
+            # Killed without releasing: nothing of it runs any more on this host.
+            self.store.release_lease(DRIVER_LEASE, holder.holder)
+            if self.store.try_lease(DRIVER_LEASE, self.holder, self.lease_ttl, now):
+                log.info("ownership.driver_taken_over", previous=holder.holder)
+                return
         who = (
             f"{holder.holder} (its lease runs until "
             f"{datetime.fromtimestamp(holder.expires_at, tz=UTC):%H:%M:%SZ} unless renewed)"
@@ -177,6 +211,8 @@ class Owner:
         self._replicas = max(1, len(live))
         self._active = await asyncio.to_thread(self.store.count_active)
         for rollout_id, held in list(self._held.items()):
+            if self.single_driver:
+                break
             try:
                 self._held[rollout_id] = await asyncio.to_thread(
                     self.store.renew_rollout,
@@ -189,7 +225,7 @@ class Owner:
             except LeaseLost:
                 self._held.pop(rollout_id, None)
                 log.warning("ownership.lost", rollout=rollout_id, token=held.token)
-        excess = len(self._held) - self.share
+        excess = 0 if self.single_driver else len(self._held) - self.share
         for rollout_id in sorted(self._held, reverse=True):
             if excess <= 0:
                 break
@@ -206,10 +242,15 @@ class Owner:
         """Claim or renew the rollout's lease; ``None`` if another replica holds it or this
         replica is at its share. The caller must not act on the endpoint before the
         returned lease's ``act_after``."""
+        now = self.clock.now()
+        if self.single_driver:
+            # This process is the only driver (its driver lease says so): no per-rollout lease.
+            granted = Ownership(rollout_id, self.holder, 0, now, math.inf, now)
+            self._held.setdefault(rollout_id, granted)
+            return self._held[rollout_id]
         held = self._held.get(rollout_id)
         if held is None and len(self._held) >= self.share:
             return None
-        now = self.clock.now()
         claimed = await asyncio.to_thread(
             self.store.claim_rollout,
             rollout_id,
@@ -239,6 +280,8 @@ class Owner:
         Raises ``LeaseLost`` (and forgets the rollout) if not.
         """
         held = self._held.get(rollout_id)
+        if self.single_driver and held is not None:
+            return held
         if held is None:
             raise LeaseLost(rollout_id, self.holder, 0)
         try:
@@ -259,7 +302,7 @@ class Owner:
     async def release(self, rollout_id: str, *, quiet: bool) -> None:
         """Give the rollout up (ended, beyond the share, or shutting down); best effort."""
         held = self._held.pop(rollout_id, None)
-        if held is None:
+        if held is None or self.single_driver:
             return
         try:
             await asyncio.to_thread(
