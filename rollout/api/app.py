@@ -10,7 +10,8 @@ engine at its next look. ``wake(rollout_id)`` tells the daemon's scheduler to lo
 changes (``rollout.api.series``) for the status page, which is served at ``/``
 (``rollout.api.page``) and reads the API like any other client; ``GET /api/v1/session`` tells
 it the caller's role, so that it offers commands to operators only. Beside the API:
-``/healthz`` (the process answers), ``/readyz`` (the daemon's own checks and the store) and
+``/healthz`` (the process answers), ``/readyz`` (the daemon's own checks, the store, and the
+rollouts this replica owns) and
 ``/metrics`` (the controller's Prometheus registry), all three open so that monitoring needs
 no token.
 

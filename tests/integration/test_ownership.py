@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from rollout.clock import FakeClock
-from rollout.daemon import build, loop_problems
+from rollout.daemon import build, loop_problems, run
 from rollout.engine.decide import Timing
 from rollout.engine.ownership import Owner
 from rollout.engine.runner import Runner
@@ -357,3 +357,30 @@ def test_a_second_controller_on_one_sqlite_file_refuses_to_start(tmp_path: Path)
         if first.poll() is None:
             first.kill()
             first.wait(timeout=10)
+
+
+async def test_a_dying_reconcile_loop_ends_the_daemon_with_exit_1(tmp_path: Path) -> None:
+    settings = Settings.model_validate(
+        {
+            "databricks": {"host": "http://127.0.0.1:9", "token": "dapi-x"},
+            "store": {"url": f"sqlite:///{tmp_path / 'r.db'}"},
+            "api": {"port": 0},
+            "engine": {"scan_interval": 0.05},
+        }
+    )
+    controller = build(settings)
+    scans = 0
+
+    async def broken_scan() -> list[str]:
+        nonlocal scans
+        scans += 1
+        if scans == 3:
+            raise RuntimeError("the loop itself broke")
+        return []
+
+    # The loop catches every reconcile's failure; only a failure of the loop itself gets out.
+    controller.reconciler.scan = broken_scan  # type: ignore[method-assign]
+    code = await asyncio.wait_for(run(controller), timeout=30)
+    assert code == 1
+    assert scans == 3
+    assert controller.stopping.is_set(), "the other root tasks were stopped"
