@@ -125,6 +125,7 @@ class Owner:
         self._held: dict[str, Ownership] = {}
         self._replicas = 1
         self._active = 0
+        self._counted_at = -math.inf
         self.last_heartbeat: float | None = None
 
     @property
@@ -207,9 +208,7 @@ class Owner:
             self.store.try_lease, DRIVER_LEASE, self.holder, self.lease_ttl, now
         ):
             log.error("ownership.driver_lease_lost", holder=self.holder)
-        live = await asyncio.to_thread(self.store.live_leases, REPLICA_PREFIX, now)
-        self._replicas = max(1, len(live))
-        self._active = await asyncio.to_thread(self.store.count_active)
+        await self._count(now)
         for rollout_id, held in list(self._held.items()):
             if self.single_driver:
                 break
@@ -236,6 +235,12 @@ class Owner:
             excess -= 1
         self.last_heartbeat = now
 
+    async def _count(self, now: float) -> None:
+        live = await asyncio.to_thread(self.store.live_leases, REPLICA_PREFIX, now)
+        self._replicas = max(1, len(live))
+        self._active = await asyncio.to_thread(self.store.count_active)
+        self._counted_at = now
+
     # ---- per rollout --------------------------------------------------------------------
 
     async def hold(self, rollout_id: str) -> Ownership | None:
@@ -249,6 +254,10 @@ class Owner:
             self._held.setdefault(rollout_id, granted)
             return self._held[rollout_id]
         held = self._held.get(rollout_id)
+        if held is None and len(self._held) >= self.share and now - self._counted_at >= 1.0:
+            # Rollouts submitted since the last heartbeat raise the share: count again (at
+            # most once a second) rather than leave them waiting for the next heartbeat.
+            await self._count(now)
         if held is None and len(self._held) >= self.share:
             return None
         claimed = await asyncio.to_thread(

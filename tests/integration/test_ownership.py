@@ -236,6 +236,23 @@ async def test_the_heartbeat_spreads_rollouts_over_live_replicas(
     assert sorted(b.owned) == sorted(ids)
 
 
+async def test_rollouts_submitted_between_heartbeats_are_taken_at_once(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient
+) -> None:
+    clock = sandbox.clock
+    assert isinstance(clock, FakeClock)
+    a = Owner(store, clock, holder="a", lease_ttl=TTL, wire_seconds=WIRE, slack=0)
+    await a.heartbeat()  # nothing active yet: a share of one
+    runner = runner_for(store, client, clock, a)
+    ids = []
+    for index in range(3):
+        make_endpoint(sandbox_admin, f"ep-new-{index}")
+        ids.append(await submit(runner, f"ep-new-{index}"))
+    clock.advance(1)
+    assert all([await a.hold(rollout_id) is not None for rollout_id in ids])
+    assert a.share == 3
+
+
 async def test_readyz_fails_when_the_loop_stops_scanning(tmp_path: Path) -> None:
     clock = FakeClock()
     settings = Settings.model_validate(
