@@ -283,6 +283,16 @@ class Owner:
         self._held[rollout_id] = claimed
         return claimed
 
+    async def free_at(self, rollout_id: str) -> float | None:
+        """When another replica's lease on the rollout runs out unless renewed (a read).
+
+        The loop tries again only then, instead of one write per scan that must fail.
+        """
+        current = await asyncio.to_thread(self.store.owner_of, rollout_id)
+        if current is None or current.holder == self.holder:
+            return None
+        return current.expires_at
+
     async def check(self, rollout_id: str) -> Ownership:
         """Right before an endpoint call: still the holder? Extends the lease a full TTL.
 

@@ -145,7 +145,12 @@ class Reconciler:
             if self.ownership is not None:
                 lease = await self.ownership.hold(rollout_id)
                 if lease is None:
-                    return  # another replica's, or this one holds its share already
+                    # Another replica's (come back when its lease would run out), or this
+                    # one holds its share already (come back at the next scan).
+                    free_at = await self.ownership.free_at(rollout_id)
+                    if free_at is not None:
+                        self._not_before[rollout_id] = free_at
+                    return
                 if lease.act_after > self.clock.now():
                     # Taken over: what the previous holder sent may still land. Keep the
                     # lease (renewed by the heartbeat) and come back once it cannot.

@@ -225,6 +225,10 @@ _RELEASE_ROLLOUT: Final = """
 UPDATE ownership SET expires_at = :now, quiet_at = :quiet_at
 WHERE rollout_id = :rollout_id AND holder = :holder AND token = :token AND expires_at > :now
 """
+_OWNER_OF: Final = """
+SELECT rollout_id, holder, token, acquired_at, expires_at, act_after FROM ownership
+WHERE rollout_id = :rollout_id
+"""
 _OWNED_BY: Final = """
 SELECT rollout_id, holder, token, acquired_at, expires_at, act_after FROM ownership
 WHERE holder = :holder AND expires_at > :now
@@ -806,6 +810,11 @@ class SqlStore(Store, ABC):
         }
         with self._tx(write=True) as tx:
             return tx.run(_RELEASE_ROLLOUT, params) > 0
+
+    def owner_of(self, rollout_id: str) -> Ownership | None:
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_OWNER_OF, {"rollout_id": rollout_id})
+        return self._ownership(rows[0]) if rows else None
 
     def owned_by(self, holder: str, now: float) -> builtins.list[Ownership]:
         _check_time(now, "now")

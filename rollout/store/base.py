@@ -242,6 +242,10 @@ class Store(Protocol):
         """
         ...
 
+    def owner_of(self, rollout_id: str) -> Ownership | None:
+        """The rollout's lease as it stands (live or not), or ``None`` if never claimed."""
+        ...
+
     def owned_by(self, holder: str, now: float) -> builtins.list[Ownership]:
         """The rollouts ``holder`` holds with a lease live at ``now``, by rollout id."""
         ...

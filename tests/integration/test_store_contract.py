@@ -749,6 +749,8 @@ def test_claiming_a_rollout_gives_tokens_that_grow_with_every_change_of_holder(
     assert back is not None
     assert back.token == 3  # a again, but a new tenure: its old token is dead
     assert store.claim_rollout("r-2", "b", 10, T0, WIRE) is not None  # rollouts independent
+    assert store.owner_of("r-1") == back
+    assert store.owner_of("r-9") is None
     assert [o.rollout_id for o in store.owned_by("a", T0 + 31)] == ["r-1"]
     assert [o.rollout_id for o in store.owned_by("b", T0 + 5)] == ["r-2"]
     assert store.owned_by("b", T0 + 10) == []  # r-2's lease ran out
