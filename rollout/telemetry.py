@@ -5,8 +5,9 @@ Where this sits: every command calls ``configure_logging`` once at start with
 pairs, one line per decision with its numbers. JSON lines when the output is not a terminal
 (what log shippers want), a readable console otherwise. The daemon builds one
 ``CollectorRegistry`` with ``ControllerMetrics`` (counters fed by the runner, the serving
-client, the alert dispatcher and the scheduler) and ``RolloutStateCollector`` (per-rollout
-gauges read from the store when Prometheus scrapes ``/metrics``).
+client, the alert dispatcher and the scheduler), ``RolloutStateCollector`` (per-rollout
+gauges read from the store when Prometheus scrapes ``/metrics``) and ``OwnershipCollector``
+(which rollouts this replica drives, from its ``Owner``).
 """
 
 from __future__ import annotations
