@@ -36,6 +36,8 @@ Errors::
 
     LeaseLost (rollout.store.errors, a StaleVersion)   this replica does not hold the rollout
     DriverAlreadyRunning (ConfigurationProblem)         another process drives this SQLite store
+    DriverLeaseLostError (RuntimeError)                      it took over from this one (a stall):
+                                                        the heartbeat raises it, the loop ends
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ def _dead_here(holder: str) -> bool:
 
 class DriverAlreadyRunning(ConfigurationProblem):
     """Another live process drives this SQLite store; its lease names it."""
+
+
+class DriverLeaseLostError(RuntimeError):
+    """This process no longer holds the SQLite driver lease: another one took it over."""
 
 
 class Owner:
@@ -207,7 +213,11 @@ class Owner:
         if self.single_driver and not await asyncio.to_thread(
             self.store.try_lease, DRIVER_LEASE, self.holder, self.lease_ttl, now
         ):
-            log.error("ownership.driver_lease_lost", holder=self.holder)
+            # This process stalled past its lease and another one drives the store now:
+            # driving on would be two drivers. End the loop; the supervisor exits non-zero.
+            raise DriverLeaseLostError(
+                f"{self.holder} lost the SQLite driver lease to another process; stopping"
+            )
         await self._count(now)
         for rollout_id, held in list(self._held.items()):
             if self.single_driver:

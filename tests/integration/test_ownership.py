@@ -24,7 +24,7 @@ import pytest
 from rollout.clock import FakeClock
 from rollout.daemon import build, loop_problems, run
 from rollout.engine.decide import Timing
-from rollout.engine.ownership import Owner
+from rollout.engine.ownership import DriverAlreadyRunning, DriverLeaseLostError, Owner
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
 from rollout.errors import ConfigurationProblem
@@ -317,6 +317,22 @@ def test_the_put_deadline_must_be_shorter_than_the_lease(tmp_path: Path) -> None
         build(settings)
     assert "ROLLOUT_SERVING_PUT_DEADLINE (30 s)" in str(problem.value)
     assert "ROLLOUT_ENGINE_LEASE_TTL (30 s)" in str(problem.value)
+
+
+async def test_a_driver_that_lost_its_sqlite_lease_stops(store: Store) -> None:
+    clock = FakeClock()
+    first = Owner(store, clock, holder="first", lease_ttl=TTL, wire_seconds=WIRE,
+                  single_driver=True)
+    first.take_driver()
+    await first.heartbeat()
+    second = Owner(store, clock, holder="second", lease_ttl=TTL, wire_seconds=WIRE,
+                   single_driver=True)
+    with pytest.raises(DriverAlreadyRunning, match="first"):
+        second.take_driver()
+    clock.advance(TTL + 1)  # first stalls past its lease; second starts
+    second.take_driver()
+    with pytest.raises(DriverLeaseLostError):
+        await first.heartbeat()
 
 
 def _serve(env: dict[str, str], log: Path) -> subprocess.Popen[str]:
