@@ -34,10 +34,11 @@ not wait for the dead process's rollout leases to run out.
 
 Errors::
 
-    LeaseLost (rollout.store.errors, a StaleVersion)   this replica does not hold the rollout
-    DriverAlreadyRunning (ConfigurationProblem)         another process drives this SQLite store
-    DriverLeaseLostError (RuntimeError)                      it took over from this one (a stall):
-                                                        the heartbeat raises it, the loop ends
+    LeaseLost (rollout.store.errors, a StaleVersion)  this replica does not hold the rollout
+    DriverAlreadyRunning (ConfigurationProblem)        another process drives this SQLite store
+    DriverLeaseLostError (RuntimeError)                another process took the SQLite store
+                                                       over from this one (after a stall): the
+                                                       heartbeat raises it, the loop ends
 """
 
 from __future__ import annotations
