@@ -71,7 +71,7 @@ class Reconciler:
         self._running = False
         self._started_at: float | None = None
         self.last_scan_at: float | None = None
-        """Clock time of the last completed scan (``None`` before the first)."""
+        """Clock time of the last completed scan, one that read the store (``None`` before)."""
 
     @property
     def running(self) -> bool:
@@ -118,6 +118,8 @@ class Reconciler:
         # due would keep showing an old delay on an idle controller.
         if self.on_lag is not None:
             self.on_lag(lag)
+        # Only a scan that read the store completed: one that could not is no sign of life.
+        self.last_scan_at = self.clock.now()
         return started
 
     def poke(self, rollout_id: str) -> bool:
@@ -200,8 +202,6 @@ class Reconciler:
                     await self.heartbeat()
                     next_heartbeat = self.clock.now() + self.ownership.renew_every
                 await self.scan()
-                if self._accepting:
-                    self.last_scan_at = self.clock.now()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), timeout=self.scan_interval)
         finally:

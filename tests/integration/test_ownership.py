@@ -38,6 +38,7 @@ from rollout.serving.retry import RetryPolicy
 from rollout.settings import Settings
 from rollout.store.base import Store
 from rollout.store.errors import LeaseLost
+from rollout.store.factory import open_store
 
 TTL = 30.0
 WIRE = 10.0  # the PUT deadline: how long a PUT of the old owner may still land
@@ -302,6 +303,35 @@ async def test_readyz_fails_when_the_loop_stops_scanning(tmp_path: Path) -> None
     assert loop_problems(controller.reconciler, clock) == {
         "reconcile": "the reconcile loop is not running"
     }
+
+
+async def test_scans_that_cannot_read_the_store_do_not_count_as_completed(
+    tmp_path: Path, sandbox: SandboxServer, client: ServingClient
+) -> None:
+    clock = FakeClock()
+    store = open_store(f"sqlite:///{tmp_path / 'gone.db'}")
+    store.migrate()
+    store.close()  # every call now raises StoreUnavailable
+    runner = Runner(store, client, clock=clock)
+    reconciler = Reconciler(runner, store, clock, scan_interval=30)
+    stopping = asyncio.Event()
+    loop = asyncio.create_task(reconciler.run(stopping))
+    try:
+        for _ in range(100):
+            if reconciler.running:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the first scan has run (and failed)
+        assert reconciler.last_scan_at is None
+        assert loop_problems(reconciler, clock) == {}, "not stalled yet"
+        clock.advance(91)
+        problem = loop_problems(reconciler, clock)["reconcile"]
+        assert "no scan completed for 91.0 s since start" in problem
+    finally:
+        stopping.set()
+        await reconciler.stop(grace=1)
+        await asyncio.wait_for(loop, timeout=5)
+    del sandbox
 
 
 def test_the_put_deadline_must_be_shorter_than_the_lease(tmp_path: Path) -> None:
