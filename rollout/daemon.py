@@ -6,20 +6,28 @@ dispatcher and the HTTP API, and runs them:
 
 - ``api``: uvicorn serving ``rollout.api`` (plans in, rollouts and metrics out), a root task;
 - ``outbox``: the alert dispatcher delivering what the engine wrote to the outbox, a root task;
-- the reconcile loop that drives every active rollout: an APScheduler job on the same event
-  loop (``rollout.engine.scheduler``), which catches every reconcile's failure itself; if the
-  scheduler is not running, ``/readyz`` says so; it also fails while the store refuses
-  writes (``rollout.health.StoreWriteCheck``, a probe write cached for two seconds).
+- ``reconcile``: the loop that drives the active rollouts this replica owns
+  (``rollout.engine.scheduler``), a root task; it catches every reconcile's failure itself, so
+  its end means the loop itself broke. ``/readyz`` fails when no scan has completed within
+  three scan intervals (a stalled loop) and lists the rollouts this replica owns; it also
+  fails while the store refuses writes (``rollout.health.StoreWriteCheck``, a probe write
+  cached for two seconds).
 
 Every answer of the serving client also goes to ``rollout.health.WorkspaceWatch``, which
 alerts once when the workspace has not answered for ``ROLLOUT_ALERTS_WORKSPACE_OUTAGE_AFTER``
 seconds and resolves the alert when it answers again.
 
-If a root task dies the other is stopped and the process exits non-zero. SIGTERM or SIGINT
-shuts down in stages: stop taking work (no new scans), let the reconciles
-in flight finish (a config update in flight settles or is left to the next start, which is safe
-either way), deliver the alerts that can be delivered, stop the API, close clients and store,
-exit 0.
+Replicas: any number of ``rollout serve`` (and ``rollout engine``) processes may share one
+PostgreSQL store; each rollout is driven by one of them at a time under a lease with a fencing
+token (``rollout.engine.ownership``). On SQLite a second driving process refuses to start,
+naming the first. The lease TTL must exceed the serving client's PUT deadline; ``build`` says
+which variables to change when it does not.
+
+If a root task dies the others are stopped and the process exits non-zero. SIGTERM or SIGINT
+shuts down in stages: stop taking work (no new scans), let the reconciles in flight finish (a
+config update in flight settles or is left to the rollout's next owner, which is safe either
+way), release this replica's leases so other replicas take over at once, deliver the alerts
+that can be delivered, stop the API, close clients and store, exit 0.
 """
 
 from __future__ import annotations
@@ -43,21 +51,22 @@ from rollout.alerts.targets import TargetPolicy
 from rollout.api import check_bind, create_api
 from rollout.api.server import server_config
 from rollout.clock import Clock, SystemClock
+from rollout.engine.ownership import Owner
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
-from rollout.engine.service import timing_from
+from rollout.engine.service import open_owned_store, timing_from
 from rollout.errors import ConfigurationProblem
 from rollout.health import StoreWriteCheck, WorkspaceWatch
 from rollout.plan import AlertChannel
 from rollout.policies import PolicyLibrary
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import ServingError
-from rollout.settings import Settings
+from rollout.settings import Settings, lease_problem
 from rollout.store.base import Store
 from rollout.store.errors import StoreError
-from rollout.store.factory import open_store
 from rollout.telemetry import (
     ControllerMetrics,
+    OwnershipCollector,
     RolloutStateCollector,
     StateReader,
     StateReading,
@@ -78,6 +87,7 @@ class Controller:
     registry: CollectorRegistry
     watch: WorkspaceWatch
     reconciler: Reconciler
+    ownership: Owner
     dispatcher: AlertDispatcher
     server: uvicorn.Server
     sock: socket.socket
@@ -93,14 +103,11 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
     """Wire a controller from settings; raises ConfigurationProblem with what to fix."""
     clock = clock or SystemClock()
     default_channels, targets, library = _checked_settings(settings)
-    try:
-        store = open_store(settings.store.url)
-        store.migrate()
-    except (StoreError, ValueError) as exc:
-        raise ConfigurationProblem(f"the store is unusable: {exc}") from exc
+    store, ownership = open_owned_store(settings, clock)
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)
     registry.register(RolloutStateCollector(state_reader(store), clock))
+    registry.register(OwnershipCollector(lambda: ownership.owned, lambda: ownership.replicas))
     watch: WorkspaceWatch | None = None
 
     def on_response(call: str, status: int | None, seconds: float) -> None:
@@ -129,6 +136,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         timing=timing_from(settings.engine, metrics_window=settings.serving.metrics_window),
         default_channels=default_channels,
         observer=metrics.on_decision,
+        ownership=ownership,
     )
     reconciler = Reconciler(
         runner,
@@ -137,6 +145,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         scan_interval=settings.engine.scan_interval,
         failure_backoff=settings.engine.failure_backoff,
         on_lag=metrics.on_lag,
+        ownership=ownership,
     )
     alerts_http = guarded_client(targets, timeout=settings.alerts.timeout)
     try:
@@ -151,7 +160,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
     store_write = StoreWriteCheck(store, clock)
 
     async def ready() -> dict[str, str]:
-        problems = {} if reconciler.running else {"scheduler": "not running"}
+        problems = loop_problems(reconciler, clock)
         # A store that reads but refuses writes cannot commit one decision: not ready.
         problems.update(await store_write.check())
         return problems
@@ -168,6 +177,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         wake=reconciler.poke,
         timing=runner.timing,
         metrics_window=settings.serving.metrics_window,
+        owned=lambda: ownership.owned,
     )
     try:
         sock = _bind(settings.api.host, settings.api.port)
@@ -185,6 +195,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         registry=registry,
         watch=watch,
         reconciler=reconciler,
+        ownership=ownership,
         dispatcher=dispatcher,
         server=uvicorn.Server(config),
         sock=sock,
@@ -211,6 +222,9 @@ def _checked_settings(
         library = PolicyLibrary.from_path_list(settings.engine.policy_dirs)
     except ValueError as exc:
         raise ConfigurationProblem(str(exc)) from exc
+    problem = lease_problem(settings)
+    if problem is not None:
+        raise ConfigurationProblem(problem)
     return default_channels, targets, library
 
 
@@ -225,6 +239,12 @@ def state_reader(store: Store) -> StateReader:
             return None
 
     return read
+
+
+def loop_problems(reconciler: Reconciler, clock: Clock) -> dict[str, str]:
+    """The reconcile loop's part of readiness: empty while scans keep completing."""
+    stalled = reconciler.stalled(clock.now())
+    return {} if stalled is None else {"reconcile": stalled}
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -243,8 +263,10 @@ async def run(controller: Controller, *, on_listening: Callable[[str], None] | N
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, controller.stopping.set)
-    controller.reconciler.start()
     tasks = {
+        "reconcile": asyncio.create_task(
+            controller.reconciler.run(controller.stopping), name="reconcile"
+        ),
         "api": asyncio.create_task(controller.server.serve(sockets=[controller.sock]), name="api"),
         "outbox": asyncio.create_task(
             controller.dispatcher.run(controller.stopping), name="outbox"
@@ -261,7 +283,15 @@ async def run(controller: Controller, *, on_listening: Callable[[str], None] | N
     sign_in = asyncio.create_task(_check_sign_in(controller.client), name="sign_in")
     done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
     sign_in.cancel()
-    failed = [name for name, task in tasks.items() if task in done and name != "stopping"]
+    # A root task that returns while the daemon is not stopping has died as surely as one
+    # that raised.
+    failed = [
+        name
+        for name, task in tasks.items()
+        if task in done
+        and name != "stopping"
+        and (task.cancelled() or task.exception() is not None or not controller.stopping.is_set())
+    ]
     for name in failed:
         error = tasks[name].exception() if not tasks[name].cancelled() else None
         log.error("daemon.root_task_ended", task=name, error=str(error) if error else None)
@@ -289,8 +319,11 @@ async def shutdown(controller: Controller, tasks: dict[str, asyncio.Task[Any]]) 
     settings = controller.settings
     controller.stopping.set()
     log.info("daemon.stopping", in_flight=controller.reconciler.in_flight)
-    # 1. No new scans; reconciles in flight (a config update and its wait) get to finish.
+    # 1. No new scans; reconciles in flight (a config update and its wait) get to finish;
+    # then this replica's leases are released, so other replicas take over at once.
     await controller.reconciler.stop(grace=settings.engine.update_poll * 12)
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
+        await asyncio.wait_for(tasks["reconcile"], timeout=10)
     # 2. Deliver what can be delivered now; the rest waits in the outbox for the next start.
     await controller.watch.drain()
     with contextlib.suppress(Exception):

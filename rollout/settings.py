@@ -110,6 +110,13 @@ class ServingSettings(BaseSettings):
     update_poll_interval: float = Field(
         default=5.0, gt=0, description="Seconds between polls while an update is in progress."
     )
+    put_deadline: float = Field(
+        default=20.0,
+        gt=0,
+        description="Seconds one config PUT may live, retries included; after that it counts "
+        "as not answered. Must be shorter than ROLLOUT_ENGINE_LEASE_TTL, so that a PUT ends "
+        "while the lease that allowed it still holds.",
+    )
     metrics_window: float = Field(
         default=60.0,
         gt=0,
@@ -156,6 +163,18 @@ class EngineSettings(BaseSettings):
     )
     failure_backoff: float = Field(
         default=30.0, gt=0, description="Seconds before retrying a rollout whose reconcile crashed."
+    )
+    lease_ttl: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a replica's hold on a rollout (and its heartbeat) lasts unless "
+        "renewed; renewed every third of it. A dead replica's rollouts move within it.",
+    )
+    ownership_slack: int = Field(
+        default=1,
+        ge=0,
+        description="Rollouts a replica may hold beyond its fair share "
+        "(active rollouts / live replicas, rounded up).",
     )
 
 
@@ -286,3 +305,20 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+
+
+def lease_problem(settings: Settings) -> str | None:
+    """Why the lease and PUT timings cannot keep replicas apart, or ``None`` when they can.
+
+    A PUT sent under a lease must end before the lease can pass to another replica: the owner
+    renews the lease right before the PUT, so the PUT's whole life has to fit in one TTL.
+    """
+    put, ttl = settings.serving.put_deadline, settings.engine.lease_ttl
+    if put >= ttl:
+        return (
+            f"ROLLOUT_SERVING_PUT_DEADLINE ({put:g} s) must be shorter than "
+            f"ROLLOUT_ENGINE_LEASE_TTL ({ttl:g} s): a config PUT must end while the lease "
+            "that allowed it still holds"
+        )
+    return None
+

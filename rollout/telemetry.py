@@ -5,8 +5,9 @@ Where this sits: every command calls ``configure_logging`` once at start with
 pairs, one line per decision with its numbers. JSON lines when the output is not a terminal
 (what log shippers want), a readable console otherwise. The daemon builds one
 ``CollectorRegistry`` with ``ControllerMetrics`` (counters fed by the runner, the serving
-client, the alert dispatcher and the scheduler) and ``RolloutStateCollector`` (per-rollout
-gauges read from the store when Prometheus scrapes ``/metrics``).
+client, the alert dispatcher and the scheduler), ``RolloutStateCollector`` (per-rollout
+gauges read from the store when Prometheus scrapes ``/metrics``) and ``OwnershipCollector``
+(which rollouts this replica drives, from its ``Owner``).
 """
 
 from __future__ import annotations
@@ -189,6 +190,39 @@ class StateReading:
 # Reads the store at scrape time; None when it cannot be read (the gauges are then absent).
 # The daemon builds it over its store, so that telemetry depends on no store module.
 StateReader = Callable[[], StateReading | None]
+
+
+class OwnershipCollector(Collector):
+    """Which rollouts this replica drives, read from its ``Owner`` at scrape time.
+
+    Unlike the per-rollout gauges, these differ between replicas: each shows its own share.
+    """
+
+    def __init__(self, owned: Callable[[], list[str]], replicas: Callable[[], int]) -> None:
+        self.owned = owned
+        self.replicas = replicas
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        owned = self.owned()
+        per_rollout = GaugeMetricFamily(
+            "rollout_owned",
+            "1 for each rollout this replica drives (holds the lease of).",
+            labels=["rollout"],
+        )
+        for rollout_id in owned:
+            per_rollout.add_metric([rollout_id], 1.0)
+        yield per_rollout
+        yield GaugeMetricFamily(
+            "rollout_owned_rollouts", "How many rollouts this replica drives.", value=len(owned)
+        )
+        yield GaugeMetricFamily(
+            "rollout_replicas",
+            "Live controller replicas on this store, as this replica last counted them.",
+            value=self.replicas(),
+        )
 
 
 class RolloutStateCollector(Collector):

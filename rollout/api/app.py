@@ -14,7 +14,8 @@ route refuses what a page on another origin could send (``rollout.api.middleware
 changes (``rollout.api.series``) for the status page, which is served at ``/``
 (``rollout.api.page``) and reads the API like any other client; ``GET /api/v1/session`` tells
 it the caller's role, so that it offers commands to operators only. Beside the API:
-``/healthz`` (the process answers), ``/readyz`` (the daemon's own checks and the store) and
+``/healthz`` (the process answers), ``/readyz`` (the daemon's own checks, the store, and the
+rollouts this replica owns) and
 ``/metrics`` (the controller's Prometheus registry), all three open so that monitoring needs
 no token.
 
@@ -120,6 +121,8 @@ log = structlog.get_logger("rollout.api")
 PREFIX = "/api/v1"
 T = TypeVar("T")
 ReadyCheck = Callable[[], Awaitable[dict[str, str]]]
+Owned = Callable[[], list[str]]
+"""The rollouts this replica drives now, by id (shown by ``/readyz``)."""
 Wake = Callable[[str], object]  # what it returns is ignored
 
 # Ids are what ``new_rollout`` makes (hex); anything else cannot name a rollout.
@@ -223,8 +226,11 @@ def create_api(
     timing: Timing = DEFAULT_TIMING,
     metrics_window: float = DATABRICKS_WINDOW_SECONDS,
     alert_targets: TargetPolicy | None = None,
+    owned: Owned | None = None,
 ) -> FastAPI:
     """The API application. Raises ``ValueError`` (naming the item) for a bad token spec.
+
+    ``owned()`` lists the rollouts this replica drives; ``/readyz`` shows it.
 
     ``ready()`` returns the daemon's problems by component (empty: ready); ``wake(id)`` is
     called after a rollout is created or a command queued. ``endpoint_check_timeout`` bounds,
@@ -259,6 +265,7 @@ def create_api(
         timing=timing,
         metrics_window=metrics_window,
         alert_targets=alert_targets if alert_targets is not None else TargetPolicy(),
+        owned=owned,
     )
     read_deps, write_deps = _auth_dependencies(tokens)
     write_deps = [*write_deps, Depends(_same_site)]
@@ -316,9 +323,11 @@ class _Service:
         timing: Timing,
         metrics_window: float,
         alert_targets: TargetPolicy,
+        owned: Owned | None = None,
     ) -> None:
         self.store = store
         self.alert_targets = alert_targets
+        self.owned = owned
         self.client = client
         self.clock = clock
         self.library = library
@@ -537,7 +546,11 @@ class _Service:
             await asyncio.to_thread(self.store.ping)
         except StoreError as exc:
             problems["store"] = str(exc)
-        return Readiness(status="not ready" if problems else "ready", problems=problems)
+        return Readiness(
+            status="not ready" if problems else "ready",
+            problems=problems,
+            owned=None if self.owned is None else self.owned(),
+        )
 
 
 def _rollout_routes(
@@ -696,7 +709,8 @@ def _monitoring_routes(app: FastAPI, service: _Service) -> None:
     async def readyz() -> Response:
         readiness = await service.readiness()
         status = 200 if readiness.status == "ready" else 503
-        return JSONResponse(readiness.model_dump(), status_code=status)
+        # "owned" only where there is ownership to show (a daemon, not a bare API).
+        return JSONResponse(readiness.model_dump(exclude_none=True), status_code=status)
 
     @app.get(
         "/metrics",

@@ -255,6 +255,10 @@ class Readiness(BaseModel):
     problems: dict[str, str] = Field(
         default_factory=dict, description="What is not ready, by component."
     )
+    owned: list[str] | None = Field(
+        default=None,
+        description="The rollouts this replica drives now (holds the lease of), by id.",
+    )
 
 
 # ---- building views ------------------------------------------------------------------------

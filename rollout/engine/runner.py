@@ -30,6 +30,12 @@ What a config change can come to, as the outcome ``decide`` gets (``UpdateOutcom
                                       showing UPDATE_FAILED on a version below v is this
                                       update's failure: "failed" + build logs, roll back,
                                       never sent again
+
+With replicas (an ``Owner`` given), every config PUT is preceded by a lease check that
+extends this replica's lease on the rollout (``LeaseLost`` if another replica holds it now:
+the reconcile stops before touching the endpoint), and every commit carries the lease's
+fencing token, so a replica that lost the rollout can neither PUT nor write. The reconcile
+loop decides when a rollout may be reconciled at all (see ``rollout.engine.ownership``).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from rollout.engine.model import (
     Target,
     UpdateOutcome,
 )
+from rollout.engine.ownership import Owner
 from rollout.engine.schema import entity_input_schema, input_compatible
 from rollout.metrics.parse import MetricsError, parse_export_metrics
 from rollout.metrics.windows import WindowTracker
@@ -186,8 +193,10 @@ class Runner:
         timing: Timing = DEFAULT_TIMING,
         default_channels: Sequence[AlertChannel] = (),
         observer: DecisionObserver | None = None,
+        ownership: Owner | None = None,
     ) -> None:
         self.store = store
+        self.ownership = ownership
         self.client = client
         self.clock = clock
         self.timing = timing
@@ -230,7 +239,7 @@ class Runner:
             record = await self._commit(record, plan, state, decision)
             if decision.effect is None or decisions > _MAX_EFFECTS_PER_RECONCILE:
                 return ReconcileResult(rollout_id, state.phase, decisions)
-            observation = await self._carry_out(plan, decision)
+            observation = await self._carry_out(record.id, plan, decision)
 
     async def _commit(
         self, record: RolloutRecord, plan: AnyPlan, state: RolloutState, decision: Decision
@@ -278,6 +287,7 @@ class Runner:
                 events=events,
                 alerts=alerts,
                 consumed_commands=list(decision.consumed_commands),
+                fence=None if self.ownership is None else self.ownership.fence(record.id),
             )
         except StaleVersion:
             log.warning("rollout.stale", rollout=record.id, version=record.version)
@@ -380,9 +390,12 @@ class Runner:
 
     # ---- effects ------------------------------------------------------------------------
 
-    async def _carry_out(self, plan: AnyPlan, decision: Decision) -> Observation:
+    async def _carry_out(self, rollout_id: str, plan: AnyPlan, decision: Decision) -> Observation:
         effect = decision.effect
         if isinstance(effect, PutConfig):
+            if self.ownership is not None:
+                # Still ours, and for a full TTL from now: longer than the PUT can live.
+                await self.ownership.check(rollout_id)
             return await self._apply(plan, effect.target)
         if isinstance(effect, RunPreflight):
             return await self._preflight(plan.endpoint, effect)

@@ -1,14 +1,24 @@
 """The reconcile loop: which rollout is due, and who works on it.
 
-Where this sits: an APScheduler ``AsyncIOScheduler`` calls ``Reconciler.scan`` every
-``scan_interval`` seconds; the scan asks the store for rollouts whose ``due_at`` has come (the
-runner sets it after every decision) and starts one task per due rollout that is not already
-being reconciled. Each rollout runs in its own task, so an endpoint whose config update takes
+Where this sits: ``Reconciler.run`` is a root task of the daemon (and of ``rollout engine``):
+every ``scan_interval`` seconds it calls ``Reconciler.scan`` and records when that scan
+completed (``last_scan_at``; ``stalled`` turns a loop that stopped scanning into a readiness
+problem); the scan asks the store for rollouts whose ``due_at`` has come (the runner sets it
+after every decision) and starts one task per due rollout that is not already being
+reconciled. The loop ends only when told to stop; an unexpected error ends the task, and the
+daemon, which supervises it like its other root tasks, exits non-zero. Each rollout runs
+in its own task, so an endpoint whose config update takes
 forty minutes never delays another's judging; one task per rollout, and one active rollout per
 endpoint (the store enforces it), means one config update at a time per endpoint.
 
+With replicas (an ``Owner`` given, see ``rollout.engine.ownership``) a due rollout is
+reconciled only under this replica's lease on it, and not before the lease's ``act_after``
+(what a previous holder sent may still land until then); a rollout that ends is released at
+once; the loop renews the replica's heartbeat and leases every third of the lease TTL, and
+``stop`` releases them all so other replicas take over without waiting for expiry.
+
 Time for deciding what is due comes from the injected clock, so tests drive ``scan`` directly
-on a fake clock; APScheduler only paces the scans in a live process.
+on a fake clock; the loop's pause between scans is the only real-time wait.
 """
 
 from __future__ import annotations
@@ -19,12 +29,15 @@ import functools
 from collections.abc import Callable
 
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from rollout.clock import Clock
+from rollout.engine.ownership import Owner
 from rollout.engine.runner import Runner
 from rollout.store.base import Store
 from rollout.store.errors import StaleVersion, StoreError
+
+STALL_INTERVALS = 3
+"""Scans that may be missed before the loop counts as stalled (``/readyz`` fails)."""
 
 log = structlog.get_logger("rollout.scheduler")
 
@@ -42,6 +55,7 @@ class Reconciler:
         failure_backoff: float = 30.0,
         batch: int = 100,
         on_lag: Callable[[float], None] | None = None,
+        ownership: Owner | None = None,
     ) -> None:
         self.runner = runner
         self.store = store
@@ -52,12 +66,30 @@ class Reconciler:
         self.on_lag = on_lag
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._not_before: dict[str, float] = {}
-        self._scheduler: AsyncIOScheduler | None = None
+        self.ownership = ownership
         self._accepting = True
+        self._running = False
+        self._started_at: float | None = None
+        self.last_scan_at: float | None = None
+        """Clock time of the last completed scan, one that read the store (``None`` before)."""
 
     @property
     def running(self) -> bool:
-        return self._scheduler is not None and bool(self._scheduler.running)
+        return self._running
+
+    def stalled(self, now: float) -> str | None:
+        """Why the loop is not doing its work, or ``None`` while scans keep completing."""
+        if not self._running:
+            return "the reconcile loop is not running"
+        limit = STALL_INTERVALS * self.scan_interval
+        since = self.last_scan_at if self.last_scan_at is not None else self._started_at
+        if since is not None and now - since > limit:
+            what = "the last completed scan" if self.last_scan_at is not None else "start"
+            return (
+                f"no scan completed for {now - since:.1f} s since {what} "
+                f"(more than {STALL_INTERVALS} scan intervals of {self.scan_interval:g} s)"
+            )
+        return None
 
     @property
     def in_flight(self) -> list[str]:
@@ -86,6 +118,8 @@ class Reconciler:
         # due would keep showing an old delay on an idle controller.
         if self.on_lag is not None:
             self.on_lag(lag)
+        # Only a scan that read the store completed: one that could not is no sign of life.
+        self.last_scan_at = self.clock.now()
         return started
 
     def poke(self, rollout_id: str) -> bool:
@@ -110,8 +144,24 @@ class Reconciler:
 
     async def _reconcile(self, rollout_id: str) -> None:
         try:
-            await self.runner.reconcile(rollout_id)
+            if self.ownership is not None:
+                lease = await self.ownership.hold(rollout_id)
+                if lease is None:
+                    # Another replica's (come back when its lease would run out), or this
+                    # one holds its share already (come back at the next scan).
+                    free_at = await self.ownership.free_at(rollout_id)
+                    if free_at is not None:
+                        self._not_before[rollout_id] = free_at
+                    return
+                if lease.act_after > self.clock.now():
+                    # Taken over: what the previous holder sent may still land. Keep the
+                    # lease (renewed by the heartbeat) and come back once it cannot.
+                    self._not_before[rollout_id] = lease.act_after
+                    return
+            result = await self.runner.reconcile(rollout_id)
             self._not_before.pop(rollout_id, None)
+            if self.ownership is not None and result.phase.terminal:
+                await self.ownership.release(rollout_id, quiet=True)
         except StaleVersion:
             # Another worker moved the rollout on; its next scan picks up from there.
             log.info("scheduler.stale", rollout=rollout_id)
@@ -126,21 +176,36 @@ class Reconciler:
         while self._tasks:
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
 
-    def start(self) -> None:
-        """Scan every ``scan_interval`` seconds on the running event loop."""
-        scheduler = AsyncIOScheduler()
-        scheduler.add_job(
-            self.scan,
-            "interval",
-            seconds=self.scan_interval,
-            id="reconcile-scan",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-        )
-        scheduler.start()
-        self._scheduler = scheduler
+    async def heartbeat(self) -> None:
+        """Renew this replica's heartbeat and leases (no-op without ownership)."""
+        if self.ownership is None:
+            return
+        try:
+            await self.ownership.heartbeat(busy=self._tasks.keys())
+        except StoreError as exc:
+            # Leases not renewed run out by themselves; the runner's checks then refuse.
+            log.warning("scheduler.heartbeat_failed", error=str(exc))
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Scan every ``scan_interval`` seconds until ``stopping`` is set or ``stop`` is called.
+
+        Errors of the store are ridden out (a scan that cannot read finds nothing due); any
+        other exception ends the loop and propagates to the supervisor.
+        """
+        self._running = True
         self._accepting = True
+        self._started_at = self.clock.now()
+        next_heartbeat = self.clock.now()
+        try:
+            while self._accepting and not stopping.is_set():
+                if self.ownership is not None and self.clock.now() >= next_heartbeat:
+                    await self.heartbeat()
+                    next_heartbeat = self.clock.now() + self.ownership.renew_every
+                await self.scan()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=self.scan_interval)
+        finally:
+            self._running = False
 
     async def stop(self, grace: float = 60.0) -> None:
         """Stop starting work, then give the reconciles in flight ``grace`` seconds to finish.
@@ -149,13 +214,15 @@ class Reconciler:
         the restart a poll, so in-flight config updates get their chance to settle first.
         """
         self._accepting = False
-        if self._scheduler is not None and self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
-        self._scheduler = None
-        if not self._tasks:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.drain(), timeout=grace)
-        for task in list(self._tasks.values()):
-            task.cancel()
-        await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+        cut_short: list[str] = []
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.drain(), timeout=grace)
+            cut_short = list(self._tasks)
+            for task in list(self._tasks.values()):
+                task.cancel()
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+        if self.ownership is not None:
+            # A reconcile cut short may have left a PUT on the wire: its rollout's next
+            # owner waits that out; every other rollout is free for the taking at once.
+            await self.ownership.release_all(busy=cut_short)

@@ -1,8 +1,12 @@
 """The engine as a process: store, serving client, runner and reconcile loop, wired from Settings.
 
-Where this sits: ``rollout engine`` (and, later, the daemon) calls ``run_engine``; it builds
-every I/O handle from the settings, starts the scheduler, and on SIGTERM/SIGINT stops taking
-work and lets the reconciles in flight finish before closing the client and the store.
+Where this sits: ``rollout engine`` calls ``run_engine``; it builds every I/O handle from the
+settings, runs the reconcile loop, and on SIGTERM/SIGINT stops taking work, lets the
+reconciles in flight finish and releases its leases before closing the client and the store.
+It takes part in rollout ownership like a ``rollout serve`` replica (``rollout.engine
+.ownership``): beside other controllers on PostgreSQL it drives only its share, and on SQLite
+it refuses to start while another process drives the same file. If the loop dies the
+process ends with the loop's error.
 """
 
 from __future__ import annotations
@@ -14,16 +18,18 @@ from collections.abc import Sequence
 
 import structlog
 
-from rollout.clock import SystemClock
+from rollout.clock import Clock, SystemClock
 from rollout.engine.decide import Timing
 from rollout.engine.model import TERMINAL_PHASES, Phase
+from rollout.engine.ownership import Owner, new_holder_id
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
 from rollout.errors import ConfigurationProblem
 from rollout.plan import AlertChannel
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import ServingError
-from rollout.settings import EngineSettings, Settings
+from rollout.settings import EngineSettings, Settings, lease_problem
+from rollout.store.base import Store
 from rollout.store.errors import StoreError
 from rollout.store.factory import open_store
 from rollout.telemetry import configure_logging
@@ -44,6 +50,37 @@ def timing_from(settings: EngineSettings, *, metrics_window: float = 60.0) -> Ti
     )
 
 
+def open_owned_store(settings: Settings, clock: Clock) -> tuple[Store, Owner]:
+    """Open and migrate the store and set up this process's ownership of rollouts.
+
+    On SQLite this takes the single-driver lease: ``DriverAlreadyRunning`` (a
+    ``ConfigurationProblem``) names the process already driving the file.
+    """
+    try:
+        store = open_store(settings.store.url)
+        store.migrate()
+    except (StoreError, ValueError) as exc:
+        raise ConfigurationProblem(f"the store is unusable: {exc}") from exc
+    ownership = Owner(
+        store,
+        clock,
+        holder=new_holder_id(clock),
+        lease_ttl=settings.engine.lease_ttl,
+        wire_seconds=settings.serving.put_deadline,
+        slack=settings.engine.ownership_slack,
+        single_driver=settings.store.url.startswith("sqlite:"),
+    )
+    try:
+        ownership.take_driver()
+    except StoreError as exc:
+        store.close()
+        raise ConfigurationProblem(f"the store is unusable: {exc}") from exc
+    except ConfigurationProblem:
+        store.close()
+        raise
+    return store, ownership
+
+
 async def run_engine(
     settings: Settings,
     *,
@@ -57,12 +94,11 @@ async def run_engine(
     deliver them: a ``rollout serve`` on the same store does.
     """
     configure_logging(settings.log)
-    try:
-        store = open_store(settings.store.url)
-        store.migrate()
-    except (StoreError, ValueError) as exc:
-        raise ConfigurationProblem(f"store {settings.store.url!r} unusable: {exc}") from exc
+    problem = lease_problem(settings)
+    if problem is not None:
+        raise ConfigurationProblem(problem)
     clock = SystemClock()
+    store, ownership = open_owned_store(settings, clock)
     try:
         client = ServingClient.from_settings(settings.databricks, settings.serving, clock=clock)
     except ServingError as exc:
@@ -74,6 +110,7 @@ async def run_engine(
         clock=clock,
         timing=timing_from(settings.engine, metrics_window=settings.serving.metrics_window),
         default_channels=default_channels,
+        ownership=ownership,
     )
     reconciler = Reconciler(
         runner,
@@ -81,24 +118,32 @@ async def run_engine(
         clock,
         scan_interval=settings.engine.scan_interval,
         failure_backoff=settings.engine.failure_backoff,
+        ownership=ownership,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reconciler.start()
-    log.info("engine.started", store=settings.store.url.split("@")[-1])
+    loop_task = asyncio.create_task(reconciler.run(stop), name="reconcile")
+    log.info("engine.started", store=settings.store.url.split("@")[-1], holder=ownership.holder)
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=settings.engine.scan_interval)
+            if loop_task.done() and not stop.is_set():
+                # The loop died: end with its error (or say it stopped by itself).
+                loop_task.result()
+                raise RuntimeError("the reconcile loop stopped by itself")
             if until_idle:
                 active = await asyncio.to_thread(store.list, None, ACTIVE_PHASES, 1)
                 if not active and not reconciler.in_flight:
                     break
     finally:
         log.info("engine.stopping", in_flight=reconciler.in_flight)
+        stop.set()
         await reconciler.stop(grace=settings.engine.update_poll * 12)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await loop_task
         await client.aclose()
         store.close()
         log.info("engine.stopped")

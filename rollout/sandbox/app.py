@@ -189,6 +189,7 @@ def create_app(workspace: Workspace) -> FastAPI:
     _register_oauth(app, workspace)
     _register_admin(app, workspace)
     _register_admin_auth(app, workspace)
+    _register_config_log(app, workspace)
     _register_realism(app, workspace)
     return app
 
@@ -540,6 +541,14 @@ def _register_realism(app: FastAPI, ws: Workspace) -> None:
         realism = parse_model(EndpointRealism, _merge(ws.get_realism(name).model_dump(), changes))
         ws.set_realism(name, realism)
         return JSONResponse(realism.model_dump())
+
+
+def _register_config_log(app: FastAPI, ws: Workspace) -> None:
+    """Admin: every PUT config an endpoint received (what tests of replicas count)."""
+
+    @app.get(ADMIN_PREFIX + "/endpoints/{name}/config-log")
+    async def admin_config_log(name: str) -> Response:
+        return JSONResponse({"puts": ws.config_log(name)})
 
 
 def _register_admin(app: FastAPI, ws: Workspace) -> None:

@@ -151,6 +151,8 @@ class Endpoint:
     window_cache: dict[int, dict[str, WindowCounts]] = field(default_factory=dict)
     invocations: dict[str, int] = field(default_factory=dict)
     governance: Governance = field(default_factory=Governance)
+    # Every PUT config received, in arrival order, with what became of it (admin config-log).
+    put_log: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def serving(self) -> bool:
@@ -664,18 +666,33 @@ class Workspace:
     def update_config(self, name: str, spec: ConfigSpec) -> dict[str, Any]:
         with self._lock:
             ep = self._get(name)
+            entry: dict[str, Any] = {
+                "at": self.now(),
+                "entities": sorted(e.name for e in spec.entities),
+                "split": spec.split,
+            }
+            ep.put_log.append(entry)
             if ep.pending is not None:
+                entry["outcome"] = "conflict"
                 raise ApiError(
                     409, "RESOURCE_CONFLICT",
                     f"Endpoint {name} is currently updating. Wait for the update to complete "
                     "before updating its config.",
                 )
             if ep.stopped:
+                entry["outcome"] = "stopped"
                 raise ApiError(400, "INVALID_STATE",
                                f"Endpoint {name} is stopped. Start it before updating its "
                                "config.")
             self._start_update(ep, spec, "update")
+            entry["outcome"] = "accepted"
+            entry["config_version"] = ep.pending.config.version if ep.pending else None
             return self._describe(ep, "CAN_MANAGE")
+
+    def config_log(self, name: str) -> list[dict[str, Any]]:
+        """Every PUT config the endpoint received, oldest first (admin)."""
+        with self._lock:
+            return [dict(entry) for entry in self._get(name).put_log]
 
     def stop(self, name: str) -> dict[str, Any]:
         with self._lock:

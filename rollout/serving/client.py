@@ -29,6 +29,7 @@ Nothing here sleeps on its own: retries and polls sleep on the injected ``Clock`
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
@@ -107,6 +108,7 @@ class ServingClient:
         timeout: float = 30.0,
         poll_interval: float = 5.0,
         update_deadline: float = 45 * 60.0,
+        put_deadline: float = 20.0,
         user_agent: str = f"rollout/{__version__}",
         on_response: ResponseHook | None = None,
         on_retry: RetryHook | None = None,
@@ -118,6 +120,7 @@ class ServingClient:
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.update_deadline = update_deadline
+        self.put_deadline = put_deadline
         self.on_response = on_response
         self.on_retry = on_retry
         try:
@@ -175,6 +178,7 @@ class ServingClient:
             retry=RetryPolicy.from_settings(serving),
             timeout=serving.request_timeout,
             poll_interval=serving.update_poll_interval,
+            put_deadline=serving.put_deadline,
             on_response=on_response,
         )
 
@@ -417,12 +421,22 @@ class ServingClient:
     async def update_config(self, name: str, spec: ConfigSpec) -> Endpoint:
         """PUT the full config (flat body). Returns at once; the update runs asynchronously.
 
-        Raises ``UpdateInProgress`` when another update is in flight.
+        Raises ``UpdateInProgress`` when another update is in flight. The whole call, retries
+        included, ends within ``put_deadline`` seconds (``ServingTransportError`` if not
+        answered by then): the controller's lease on a rollout outlives every PUT it allows.
         """
         call = "update_config"
-        response = await self._request(
-            call, "PUT", f"{API}/{_q(name)}/config", endpoint=name, body=spec.put_body()
-        )
+        try:
+            async with asyncio.timeout(self.put_deadline):
+                response = await self._request(
+                    call, "PUT", f"{API}/{_q(name)}/config", endpoint=name, body=spec.put_body()
+                )
+        except TimeoutError as exc:
+            raise ServingTransportError(
+                f"PUT config not answered within {self.put_deadline:g}s",
+                endpoint=name,
+                call=call,
+            ) from exc
         endpoint = self._endpoint(response, call, name)
         self._remember(endpoint)
         log.info(

@@ -31,6 +31,7 @@ from rollout.store.errors import (
     ActiveRolloutExists,
     AlertNotFound,
     DuplicateRollout,
+    LeaseLost,
     RolloutNotFound,
     SchemaError,
     StaleVersion,
@@ -43,10 +44,13 @@ from rollout.store.model import (
     PHASES,
     Command,
     EventRecord,
+    Fence,
     JsonObject,
+    LeaseInfo,
     NewAlert,
     NewEvent,
     OutboxAlert,
+    Ownership,
     RolloutRecord,
 )
 
@@ -186,6 +190,68 @@ _PROBE_WRITE: Final = """
 INSERT INTO leases (name, holder, expires_at) VALUES (:name, 'readiness', :now)
 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
 """
+_LIVE_LEASES: Final = """
+SELECT name, holder, expires_at FROM leases
+WHERE name LIKE :pattern AND expires_at > :now
+ORDER BY name
+"""
+# No LIKE wildcards ("%", "_") in a prefix, so it needs no escaping in either dialect.
+_LEASE_PREFIX = re.compile(r"[A-Za-z0-9:.-]*")
+_COUNT_ACTIVE: Final = """
+SELECT COUNT(*) FROM rollouts
+WHERE phase NOT IN ('succeeded', 'rolled_back', 'aborted', 'failed')
+"""
+
+# Rollout ownership. The upsert's WHERE decides like _TRY_LEASE's; the CASEs tell a renewal
+# (same holder, still live: token and act_after kept) from a change of holder (token + 1, and
+# act_after from the previous lease: its quiet release, or its expiry plus a config call's
+# life). A fresh row has had no holder, so nothing of anyone's can be on the wire.
+_CLAIM_ROLLOUT: Final = """
+INSERT INTO ownership (rollout_id, holder, token, acquired_at, renewed_at, expires_at,
+                       act_after, quiet_at)
+VALUES (:rollout_id, :holder, 1, :now, :now, :expires_at, :now, NULL)
+ON CONFLICT (rollout_id) DO UPDATE SET
+    token = CASE WHEN ownership.holder = excluded.holder AND ownership.expires_at > :now
+                 THEN ownership.token ELSE ownership.token + 1 END,
+    act_after = CASE WHEN ownership.holder = excluded.holder AND ownership.expires_at > :now
+                     THEN ownership.act_after
+                     ELSE COALESCE(ownership.quiet_at, ownership.expires_at + :wire_seconds)
+                END,
+    acquired_at = CASE WHEN ownership.holder = excluded.holder AND ownership.expires_at > :now
+                       THEN ownership.acquired_at ELSE excluded.acquired_at END,
+    holder = excluded.holder,
+    renewed_at = excluded.renewed_at,
+    expires_at = excluded.expires_at,
+    quiet_at = NULL
+WHERE ownership.holder = excluded.holder OR ownership.expires_at <= :now
+RETURNING rollout_id, holder, token, acquired_at, expires_at, act_after
+"""
+# An UPDATE, not a SELECT, even where only a check is meant (the fenced commit): on
+# PostgreSQL it row-locks the lease until the transaction ends, so a takeover waits for it
+# and then sees the lease as it was left.
+_RENEW_ROLLOUT: Final = """
+UPDATE ownership SET expires_at = :expires_at, renewed_at = :now
+WHERE rollout_id = :rollout_id AND holder = :holder AND token = :token AND expires_at > :now
+RETURNING rollout_id, holder, token, acquired_at, expires_at, act_after
+"""
+_FENCE_ROLLOUT: Final = """
+UPDATE ownership SET renewed_at = renewed_at
+WHERE rollout_id = :rollout_id AND holder = :holder AND token = :token AND expires_at > :now
+RETURNING token
+"""
+_RELEASE_ROLLOUT: Final = """
+UPDATE ownership SET expires_at = :now, quiet_at = :quiet_at
+WHERE rollout_id = :rollout_id AND holder = :holder AND token = :token AND expires_at > :now
+"""
+_OWNER_OF: Final = """
+SELECT rollout_id, holder, token, acquired_at, expires_at, act_after FROM ownership
+WHERE rollout_id = :rollout_id
+"""
+_OWNED_BY: Final = """
+SELECT rollout_id, holder, token, acquired_at, expires_at, act_after FROM ownership
+WHERE holder = :holder AND expires_at > :now
+ORDER BY rollout_id
+"""
 
 _APPLIED_MIGRATIONS: Final = "SELECT version FROM schema_migrations ORDER BY version"
 _MIGRATION_APPLIED: Final = "SELECT 1 FROM schema_migrations WHERE version = :version"
@@ -231,6 +297,11 @@ def _check_time(value: float | None, what: str) -> None:
 def _check_phase(phase: str) -> None:
     if phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}; expected one of {sorted(PHASES)}")
+
+
+def _check_positive(value: float, what: str) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{what} must be positive, got {value!r}")
 
 
 def _check_limit(limit: int) -> None:
@@ -528,6 +599,7 @@ class SqlStore(Store, ABC):
         events: Sequence[NewEvent],
         alerts: Sequence[NewAlert],
         consumed_commands: Sequence[int],
+        fence: Fence | None = None,
     ) -> RolloutRecord:
         _check_phase(phase)
         _check_time(updated_at, "updated_at")
@@ -548,6 +620,17 @@ class SqlStore(Store, ABC):
         command_ids = builtins.list(dict.fromkeys(int(cid) for cid in consumed_commands))
         try:
             with self._tx(write=True) as tx:
+                # The fence first: a replica that lost the rollout writes nothing at all.
+                if fence is not None and not tx.rows(
+                    _FENCE_ROLLOUT,
+                    {
+                        "rollout_id": rollout_id,
+                        "holder": fence.holder,
+                        "token": fence.token,
+                        "now": updated_at,
+                    },
+                ):
+                    raise LeaseLost(rollout_id, fence.holder, fence.token)
                 # The version-guarded UPDATE comes first: on PostgreSQL it takes the row lock
                 # that serializes committers of this rollout, so the MAX(seq) read below cannot
                 # race another commit's events.
@@ -609,6 +692,10 @@ class SqlStore(Store, ABC):
             seq = int(tx.rows(_LAST_SEQ, {"rollout_id": rollout_id})[0][0])
             tx.run(_INSERT_EVENT, {**event_params, "seq": seq + 1})
         return self._rollout(rows[0])
+
+    def count_active(self) -> int:
+        with self._tx(write=False) as tx:
+            return int(tx.rows(_COUNT_ACTIVE)[0][0])
 
     def _endpoint_of(self, rollout_id: str) -> str:
         try:
@@ -705,6 +792,88 @@ class SqlStore(Store, ABC):
     def release_lease(self, name: str, holder: str) -> bool:
         with self._tx(write=True) as tx:
             return tx.run(_RELEASE_LEASE, {"name": name, "holder": holder}) > 0
+
+    def live_leases(self, prefix: str, now: float) -> builtins.list[LeaseInfo]:
+        _check_time(now, "now")
+        if not _LEASE_PREFIX.fullmatch(prefix):
+            raise ValueError(f"a lease prefix is letters, digits and ':.-', not {prefix!r}")
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_LIVE_LEASES, {"pattern": prefix + "%", "now": now})
+        return [LeaseInfo(str(r[0]), str(r[1]), float(r[2])) for r in rows]
+
+    # --- rollout ownership -------------------------------------------------------------------
+
+    @staticmethod
+    def _ownership(row: Row) -> Ownership:
+        return Ownership(
+            rollout_id=str(row[0]),
+            holder=str(row[1]),
+            token=int(row[2]),
+            acquired_at=float(row[3]),
+            expires_at=float(row[4]),
+            act_after=float(row[5]),
+        )
+
+    def claim_rollout(
+        self, rollout_id: str, holder: str, ttl_seconds: float, now: float, wire_seconds: float
+    ) -> Ownership | None:
+        _check_time(now, "now")
+        _check_positive(ttl_seconds, "ttl_seconds")
+        if not (math.isfinite(wire_seconds) and wire_seconds >= 0):
+            raise ValueError(f"wire_seconds must be >= 0, got {wire_seconds!r}")
+        params = {
+            "rollout_id": rollout_id,
+            "holder": holder,
+            "now": now,
+            "expires_at": now + ttl_seconds,
+            "wire_seconds": wire_seconds,
+        }
+        with self._tx(write=True) as tx:
+            rows = tx.rows(_CLAIM_ROLLOUT, params)
+        return self._ownership(rows[0]) if rows else None
+
+    def renew_rollout(
+        self, rollout_id: str, holder: str, token: int, ttl_seconds: float, now: float
+    ) -> Ownership:
+        _check_time(now, "now")
+        _check_positive(ttl_seconds, "ttl_seconds")
+        params = {
+            "rollout_id": rollout_id,
+            "holder": holder,
+            "token": token,
+            "now": now,
+            "expires_at": now + ttl_seconds,
+        }
+        with self._tx(write=True) as tx:
+            rows = tx.rows(_RENEW_ROLLOUT, params)
+        if not rows:
+            raise LeaseLost(rollout_id, holder, token)
+        return self._ownership(rows[0])
+
+    def release_rollout(
+        self, rollout_id: str, holder: str, token: int, now: float, *, quiet: bool
+    ) -> bool:
+        _check_time(now, "now")
+        params = {
+            "rollout_id": rollout_id,
+            "holder": holder,
+            "token": token,
+            "now": now,
+            "quiet_at": now if quiet else None,
+        }
+        with self._tx(write=True) as tx:
+            return tx.run(_RELEASE_ROLLOUT, params) > 0
+
+    def owner_of(self, rollout_id: str) -> Ownership | None:
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_OWNER_OF, {"rollout_id": rollout_id})
+        return self._ownership(rows[0]) if rows else None
+
+    def owned_by(self, holder: str, now: float) -> builtins.list[Ownership]:
+        _check_time(now, "now")
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_OWNED_BY, {"holder": holder, "now": now})
+        return [self._ownership(row) for row in rows]
 
     # --- lifecycle ---------------------------------------------------------------------------
 

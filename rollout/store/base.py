@@ -24,6 +24,7 @@ from rollout.store.errors import (
     ActiveRolloutExists,
     AlertNotFound,
     DuplicateRollout,
+    LeaseLost,
     RolloutNotFound,
     SchemaError,
     StaleVersion,
@@ -33,10 +34,13 @@ from rollout.store.errors import (
 from rollout.store.model import (
     Command,
     EventRecord,
+    Fence,
     JsonObject,
+    LeaseInfo,
     NewAlert,
     NewEvent,
     OutboxAlert,
+    Ownership,
     RolloutRecord,
 )
 
@@ -48,6 +52,7 @@ __all__ = [
     "ActiveRolloutExists",
     "AlertNotFound",
     "DuplicateRollout",
+    "LeaseLost",
     "RolloutNotFound",
     "SchemaError",
     "StaleVersion",
@@ -124,6 +129,7 @@ class Store(Protocol):
         events: Sequence[NewEvent],
         alerts: Sequence[NewAlert],
         consumed_commands: Sequence[int],
+        fence: Fence | None = None,
     ) -> RolloutRecord:
         """Persist one decision atomically and return the rollout at its new version.
 
@@ -137,6 +143,11 @@ class Store(Protocol):
         already consumed; ``ActiveRolloutExists`` if a terminal rollout is moved back to an
         active phase while another rollout holds the endpoint; ``ValueError`` if a command
         belongs to another rollout or does not exist. Nothing is written when it raises.
+
+        With a ``fence`` the commit is also fenced: it raises ``LeaseLost`` (a ``StaleVersion``)
+        unless ``fence.holder`` holds the rollout under ``fence.token`` with a lease not
+        expired at ``updated_at``; the check and the write are one transaction, so a takeover
+        cannot slip in between.
         """
         ...
 
@@ -155,6 +166,10 @@ class Store(Protocol):
         Version-guarded like ``commit`` (a decision taken on the old plan then fails with
         ``StaleVersion`` and is taken again). Raises ``RolloutNotFound``, ``StaleVersion``.
         """
+        ...
+
+    def count_active(self) -> int:
+        """How many rollouts are in a non-terminal phase (what replicas share)."""
         ...
 
     def events(self, rollout_id: str, after_seq: int = 0) -> builtins.list[EventRecord]:
@@ -215,6 +230,56 @@ class Store(Protocol):
 
     def release_lease(self, name: str, holder: str) -> bool:
         """Give the lease up if ``holder`` holds it; whether it did."""
+        ...
+
+    def live_leases(self, prefix: str, now: float) -> builtins.list[LeaseInfo]:
+        """The named leases starting with ``prefix`` that have not expired at ``now``, by name.
+
+        ``prefix`` is letters, digits and ``:.-`` only (``ValueError`` otherwise).
+        """
+        ...
+
+    # ---- rollout ownership (fencing) -------------------------------------------------------
+
+    def claim_rollout(
+        self, rollout_id: str, holder: str, ttl_seconds: float, now: float, wire_seconds: float
+    ) -> Ownership | None:
+        """Take or renew ``holder``'s lease on one rollout; ``None`` if another holds it.
+
+        Free, expired or released: ``holder`` takes it with the next fencing token (the first
+        is 1) and ``act_after`` = when what the previous holder sent may no longer land: its
+        lease's expiry plus ``wire_seconds`` (the longest a config call lives), or the time of
+        a quiet release. Held by ``holder`` and live: renewed to ``now + ttl_seconds``, same
+        token and ``act_after``. Atomic: of two claimers racing, one wins.
+        """
+        ...
+
+    def renew_rollout(
+        self, rollout_id: str, holder: str, token: int, ttl_seconds: float, now: float
+    ) -> Ownership:
+        """Extend a held lease to ``now + ttl_seconds``; the check before every endpoint call.
+
+        Raises ``LeaseLost`` unless ``holder`` holds the rollout under ``token`` and the lease
+        has not expired at ``now``. The token never changes here.
+        """
+        ...
+
+    def release_rollout(
+        self, rollout_id: str, holder: str, token: int, now: float, *, quiet: bool
+    ) -> bool:
+        """End the lease now if ``holder`` holds it under ``token``; whether it did.
+
+        ``quiet``: nothing this holder sent for the rollout can still land, so the next holder
+        may act at once; otherwise it waits out ``wire_seconds`` from now.
+        """
+        ...
+
+    def owner_of(self, rollout_id: str) -> Ownership | None:
+        """The rollout's lease as it stands (live or not), or ``None`` if never claimed."""
+        ...
+
+    def owned_by(self, holder: str, now: float) -> builtins.list[Ownership]:
+        """The rollouts ``holder`` holds with a lease live at ``now``, by rollout id."""
         ...
 
     def ping(self) -> None:

@@ -12,6 +12,7 @@ to 409; the runner reloads and decides again on ``StaleVersion`` and retries lat
   ``DuplicateRollout``      a rollout with that id already exists
   ``ActiveRolloutExists``   another non-terminal rollout holds the endpoint
   ``StaleVersion``          the rollout changed since it was read (optimistic concurrency)
+    ``LeaseLost``           the caller no longer owns the rollout under the token it presented
   ``SchemaError``           the database schema is missing or newer than this code
   ``StoreUnavailable``      the database cannot be reached or is busy: retry later
 
@@ -84,6 +85,24 @@ class StaleVersion(StoreError):
         self.rollout_id = rollout_id
         self.expected = expected
         self.actual = actual
+
+
+class LeaseLost(StaleVersion):
+    """The caller does not hold the rollout under this fencing token (any more); nothing written.
+
+    Another replica took it over, or the lease expired. A ``StaleVersion`` because what to
+    do is the same: stop acting on the rollout; its owner carries on from the store.
+    """
+
+    def __init__(self, rollout_id: str, holder: str, token: int) -> None:
+        StoreError.__init__(
+            self, f"rollout {rollout_id!r}: {holder} no longer holds it under token {token}"
+        )
+        self.rollout_id = rollout_id
+        self.expected = 0
+        self.actual = None
+        self.holder = holder
+        self.token = token
 
 
 class SchemaError(StoreError):

@@ -178,6 +178,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        version=3,
+        name="rollout ownership with fencing tokens",
+        statements=(
+            # One row per rollout ever owned. token only grows (a new holder gets token + 1);
+            # quiet_at is set by a holder releasing with nothing left on the wire, so its
+            # successor need not wait for the lease's expiry plus a PUT's life.
+            """
+            CREATE TABLE ownership (
+                rollout_id TEXT PRIMARY KEY,
+                holder TEXT NOT NULL,
+                token BIGINT NOT NULL CHECK (token >= 1),
+                acquired_at {time} NOT NULL,
+                renewed_at {time} NOT NULL,
+                expires_at {time} NOT NULL,
+                act_after {time} NOT NULL,
+                quiet_at {time}
+            )
+            """,
+            "CREATE INDEX ownership_by_holder ON ownership (holder, expires_at)",
+        ),
+    ),
     # Alerts of the controller itself (a workspace that cannot be reached) belong to no
     # rollout: their outbox rows have neither rollout_id nor event_seq (a foreign key with a
     # NULL column is not checked), and a row has both or neither.

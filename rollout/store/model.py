@@ -158,3 +158,38 @@ class Command:
     payload: JsonObject
     created_at: float
     consumed_at: float | None
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """One replica's hold on one rollout, as the ``ownership`` table has it.
+
+    ``token`` is the fencing token: it grows by one every time the rollout changes holder
+    (an expired lease taken again by the same holder counts as a change), so a call made
+    under an older token can always be told apart. ``act_after`` is when the holder may first
+    act on the endpoint: until then, what the previous holder sent may still land.
+    """
+
+    rollout_id: str
+    holder: str
+    token: int
+    acquired_at: float
+    expires_at: float
+    act_after: float
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What a fenced write presents: the holder and the token it holds the rollout under."""
+
+    holder: str
+    token: int
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """A live named lease (``try_lease``): who holds it and until when."""
+
+    name: str
+    holder: str
+    expires_at: float

@@ -61,21 +61,25 @@ async def submit(runner: Runner, name: str) -> str:
     return record.id
 
 
-async def test_apscheduler_drives_due_rollouts(
+async def test_the_loop_drives_due_rollouts_and_records_its_scans(
     sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, runner: Runner
 ) -> None:
     endpoint(sandbox_admin, "ep-a")
     rollout_id = await submit(runner, "ep-a")
     reconciler = Reconciler(runner, store, sandbox.clock, scan_interval=0.05)
-    reconciler.start()
+    stopping = asyncio.Event()
+    loop = asyncio.create_task(reconciler.run(stopping))
     try:
-        assert reconciler.running
         for _ in range(200):
             if store.get(rollout_id).phase == "progressing":
                 break
             await asyncio.sleep(0.05)
+        assert reconciler.running
+        assert reconciler.last_scan_at is not None
     finally:
         await reconciler.stop(grace=5)
+        stopping.set()
+        await asyncio.wait_for(loop, timeout=5)
     assert not reconciler.running
     assert store.get(rollout_id).phase == "progressing"
     kinds = [e.kind for e in store.events(rollout_id)]

@@ -44,6 +44,8 @@ from rollout.store import (
     ActiveRolloutExists,
     AlertNotFound,
     DuplicateRollout,
+    Fence,
+    LeaseLost,
     NewAlert,
     NewEvent,
     OutboxAlert,
@@ -806,6 +808,149 @@ def test_racing_for_a_free_lease_exactly_one_wins(backend: Backend) -> None:
     stores = [backend.open() for _ in range(4)]
     won = run_in_threads(len(stores), lambda i: stores[i].try_lease("x", f"h{i}", 30, T0))
     assert won.count(True) == 1
+
+
+def test_live_leases_lists_unexpired_leases_by_prefix(store: Store) -> None:
+    assert store.try_lease("replica:a", "a", 10, T0)
+    assert store.try_lease("replica:b", "b", 5, T0)
+    assert store.try_lease("driver", "a", 10, T0)
+    live = store.live_leases("replica:", T0 + 6)  # b's expired at T0 + 5
+    assert [(lease.name, lease.holder, lease.expires_at) for lease in live] == [
+        ("replica:a", "a", T0 + 10)
+    ]
+    assert [lease.name for lease in store.live_leases("", T0)] == [
+        "driver",
+        "replica:a",
+        "replica:b",
+    ]
+    with pytest.raises(ValueError, match="prefix"):
+        store.live_leases("replica%", T0)
+
+
+# --- rollout ownership and fencing ---------------------------------------------------------
+
+WIRE = 4.0  # seconds a config call may live: what a new owner waits past the old lease
+
+
+def test_claiming_a_rollout_gives_tokens_that_grow_with_every_change_of_holder(
+    store: Store,
+) -> None:
+    first = store.claim_rollout("r-1", "a", 10, T0, WIRE)
+    assert first is not None
+    assert (first.holder, first.token, first.expires_at) == ("a", 1, T0 + 10)
+    assert first.act_after == T0  # nobody held it before: nothing can be on the wire
+    assert store.claim_rollout("r-1", "b", 10, T0 + 5, WIRE) is None  # a's lease is live
+    renewed = store.claim_rollout("r-1", "a", 10, T0 + 5, WIRE)
+    assert renewed is not None
+    assert (renewed.token, renewed.expires_at, renewed.acquired_at) == (1, T0 + 15, T0)
+    assert store.claim_rollout("r-1", "b", 10, T0 + 14.9, WIRE) is None
+    taken = store.claim_rollout("r-1", "b", 10, T0 + 15, WIRE)  # expired: b takes over
+    assert taken is not None
+    assert (taken.holder, taken.token, taken.acquired_at) == ("b", 2, T0 + 15)
+    # What a sent before its lease ended may land until then: b must not act before.
+    assert taken.act_after == T0 + 15 + WIRE
+    back = store.claim_rollout("r-1", "a", 10, T0 + 30, WIRE)
+    assert back is not None
+    assert back.token == 3  # a again, but a new tenure: its old token is dead
+    assert store.claim_rollout("r-2", "b", 10, T0, WIRE) is not None  # rollouts independent
+    assert store.owner_of("r-1") == back
+    assert store.owner_of("r-9") is None
+    assert [o.rollout_id for o in store.owned_by("a", T0 + 31)] == ["r-1"]
+    assert [o.rollout_id for o in store.owned_by("b", T0 + 5)] == ["r-2"]
+    assert store.owned_by("b", T0 + 10) == []  # r-2's lease ran out
+
+
+def test_renewing_with_a_stale_token_or_after_expiry_is_lease_lost(store: Store) -> None:
+    first = store.claim_rollout("r-1", "a", 10, T0, WIRE)
+    assert first is not None
+    renewed = store.renew_rollout("r-1", "a", first.token, 10, T0 + 8)
+    assert renewed.expires_at == T0 + 18
+    assert renewed.token == first.token
+    with pytest.raises(LeaseLost):
+        store.renew_rollout("r-1", "a", first.token + 1, 10, T0 + 9)  # not its token
+    with pytest.raises(LeaseLost):
+        store.renew_rollout("r-1", "b", first.token, 10, T0 + 9)  # not its lease
+    with pytest.raises(LeaseLost):
+        store.renew_rollout("r-1", "a", first.token, 10, T0 + 18)  # expired
+    taken = store.claim_rollout("r-1", "b", 10, T0 + 18, WIRE)
+    assert taken is not None
+    with pytest.raises(LeaseLost) as lost:
+        store.renew_rollout("r-1", "a", first.token, 10, T0 + 19)
+    assert isinstance(lost.value, StaleVersion)  # handled like any stale write
+    with pytest.raises(LeaseLost):
+        store.renew_rollout("r-9", "a", 1, 10, T0)  # never claimed
+
+
+def test_a_quiet_release_lets_the_next_owner_act_at_once(store: Store) -> None:
+    first = store.claim_rollout("r-1", "a", 10, T0, WIRE)
+    assert first is not None
+    assert not store.release_rollout("r-1", "a", first.token + 1, T0 + 1, quiet=True)
+    assert store.release_rollout("r-1", "a", first.token, T0 + 2, quiet=True)
+    assert store.owned_by("a", T0 + 2) == []
+    taken = store.claim_rollout("r-1", "b", 10, T0 + 3, WIRE)
+    assert taken is not None
+    assert (taken.token, taken.act_after) == (2, T0 + 2)
+    # Released with a call possibly still out: the next owner waits out its life.
+    assert store.release_rollout("r-1", "b", taken.token, T0 + 4, quiet=False)
+    again = store.claim_rollout("r-1", "a", 10, T0 + 5, WIRE)
+    assert again is not None
+    assert (again.token, again.act_after) == (3, T0 + 4 + WIRE)
+
+
+def test_a_fenced_commit_needs_the_current_token(store: Store) -> None:
+    record = new_rollout(store, "r-1")
+    first = store.claim_rollout("r-1", "a", 10, T0, WIRE)
+    assert first is not None
+
+    def commit(version: int, fence: Fence, at: float) -> RolloutRecord:
+        return store.commit(
+            "r-1",
+            version,
+            phase="preparing",
+            state={"step": version},
+            due_at=None,
+            updated_at=at,
+            events=[event(at=at)],
+            alerts=[NewAlert(f"r-1:{version}", "webhook", {})],
+            consumed_commands=[],
+            fence=fence,
+        )
+
+    committed = commit(record.version, Fence("a", first.token), T0 + 1)
+    assert committed.version == 2
+    taken = store.claim_rollout("r-1", "b", 10, T0 + 10, WIRE)
+    assert taken is not None
+    with pytest.raises(LeaseLost):
+        commit(committed.version, Fence("a", first.token), T0 + 11)
+    with pytest.raises(StaleVersion):  # LeaseLost is one: callers need no new handler
+        commit(committed.version, Fence("a", first.token), T0 + 11)
+    assert store.get("r-1").version == 2  # nothing written, no event, no alert
+    assert [e.seq for e in store.events("r-1")] == [1, 2]
+    assert len(drain_alerts(store)) == 1
+    assert commit(committed.version, Fence("b", taken.token), T0 + 12).version == 3
+    with pytest.raises(LeaseLost):  # b's own lease, expired
+        commit(3, Fence("b", taken.token), T0 + 20)
+
+
+def test_racing_claimers_of_one_rollout_exactly_one_wins(backend: Backend) -> None:
+    stores = [backend.open() for _ in range(4)]
+    for round_ in range(3):
+        now = T0 + 100 * round_  # each round starts after the last winner's lease expired
+        won = run_in_threads(
+            len(stores),
+            lambda i, now=now: stores[i].claim_rollout("r-1", f"h{i}", 30, now, WIRE),
+        )
+        winners = [o for o in won if o is not None]
+        assert len(winners) == 1
+        assert winners[0].token == round_ + 1
+
+
+def test_count_active_counts_non_terminal_rollouts(store: Store) -> None:
+    assert store.count_active() == 0
+    new_rollout(store, "r-1", endpoint="e1")
+    new_rollout(store, "r-2", endpoint="e2", phase="succeeded")
+    new_rollout(store, "r-3", endpoint="e3", phase="paused")
+    assert store.count_active() == 2
 
 
 # --- schema, lifecycle ---------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from rollout.settings import Settings
+from rollout.settings import Settings, lease_problem
 
 
 @pytest.fixture(autouse=True)
@@ -69,3 +69,15 @@ def test_bad_values_are_refused_naming_the_field(
         Settings()
     field = variable.split("_", 2)[-1].lower() if variable.startswith("ROLLOUT") else "auth_type"
     assert field in str(caught.value)
+
+
+def test_the_put_deadline_must_fit_in_the_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert lease_problem(Settings()) is None, "the defaults keep replicas apart"
+    monkeypatch.setenv("ROLLOUT_ENGINE_LEASE_TTL", "10")
+    monkeypatch.setenv("ROLLOUT_SERVING_PUT_DEADLINE", "12.5")
+    problem = lease_problem(Settings())
+    assert problem is not None
+    assert "ROLLOUT_SERVING_PUT_DEADLINE (12.5 s)" in problem
+    assert "ROLLOUT_ENGINE_LEASE_TTL (10 s)" in problem
+    monkeypatch.setenv("ROLLOUT_SERVING_PUT_DEADLINE", "9.9")
+    assert lease_problem(Settings()) is None
