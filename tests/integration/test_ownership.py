@@ -277,7 +277,7 @@ async def test_readyz_fails_when_the_loop_stops_scanning(tmp_path: Path) -> None
     loop = asyncio.create_task(controller.reconciler.run(stopping))
     transport = httpx.ASGITransport(app=controller.server.config.app)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as api:
             for _ in range(100):
                 if controller.reconciler.last_scan_at is not None:
                     break
