@@ -319,7 +319,11 @@ class _Service:
             if exc.code != "rollout_not_found":
                 raise
         records = await self.in_thread(self.store.list, None, None, _SCAN)
-        return _one(ref, [r for r in records if r.id.startswith(ref)], "no rollout has this id")
+        return _one(
+            ref,
+            [r for r in records if r.id.startswith(ref)],
+            f"no rollout has the id {ref!r} or an id starting with it",
+        )
 
     def poke(self, rollout_id: str) -> None:
         if self.wake is None:
@@ -786,7 +790,7 @@ def _command_names(kinds: Iterable[str]) -> list[str]:
 
 def _checked_id(rollout_id: str) -> str:
     if not _ID.fullmatch(rollout_id):
-        raise ApiError(404, "rollout_not_found", "no rollout has this id")
+        raise ApiError(404, "rollout_not_found", f"no rollout has the id {rollout_id!r}")
     return rollout_id
 
 
