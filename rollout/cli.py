@@ -207,14 +207,18 @@ def _settings() -> Settings:
     """Settings from the environment; a bad variable is one clear line, not a traceback."""
     from pydantic import ValidationError  # noqa: PLC0415
 
-    from rollout.settings import Settings  # noqa: PLC0415
+    from rollout.settings import Settings, variable_of  # noqa: PLC0415
 
     try:
         return Settings()
     except ValidationError as exc:
         for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"])
-            typer.echo(f"error: setting {where}: {error['msg']}", err=True)
+            # Named as it is set: by its environment variable, with the value it has.
+            variable = variable_of(exc.title, tuple(error["loc"]))
+            value = str(error.get("input"))
+            if any(word in variable for word in ("TOKEN", "SECRET")) or len(value) > 80:
+                value = "…"  # a secret is never echoed; a long value says nothing more
+            typer.echo(f"error: {variable}={value}: {error['msg']}", err=True)
         raise typer.Exit(2) from None
 
 

@@ -38,7 +38,7 @@ from rollout.clock import Clock, SystemClock
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
 from rollout.engine.service import timing_from
-from rollout.errors import ConfigurationProblem
+from rollout.errors import ConfigurationProblem, with_sign_in_help
 from rollout.policies import PolicyLibrary
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import ServingError
@@ -82,14 +82,10 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         library = PolicyLibrary.from_path_list(settings.engine.policy_dirs)
     except ValueError as exc:
         raise ConfigurationProblem(str(exc)) from exc
-    try:
-        store = open_store(settings.store.url)
-        store.migrate()
-    except (StoreError, ValueError) as exc:
-        raise ConfigurationProblem(f"the store is unusable: {exc}") from exc
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)
-    registry.register(RolloutStateCollector(store, clock))
+    # The workspace's credentials first: a controller that cannot sign in creates nothing
+    # (no store file), and says what to set.
     try:
         client = ServingClient.from_settings(
             settings.databricks,
@@ -98,8 +94,13 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
             on_response=metrics.on_serving_response,
         )
     except ServingError as exc:
-        store.close()
-        raise ConfigurationProblem(str(exc)) from exc
+        raise ConfigurationProblem(with_sign_in_help(str(exc))) from exc
+    try:
+        store = open_store(settings.store.url)
+        store.migrate()
+    except (StoreError, ValueError) as exc:
+        raise ConfigurationProblem(f"the store is unusable: {exc}") from exc
+    registry.register(RolloutStateCollector(store, clock))
     runner = Runner(
         store,
         client,

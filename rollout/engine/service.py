@@ -19,7 +19,7 @@ from rollout.engine.decide import Timing
 from rollout.engine.model import TERMINAL_PHASES, Phase
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
-from rollout.errors import ConfigurationProblem
+from rollout.errors import ConfigurationProblem, with_sign_in_help
 from rollout.plan import AlertChannel
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import ServingError
@@ -57,17 +57,18 @@ async def run_engine(
     deliver them: a ``rollout serve`` on the same store does.
     """
     configure_logging(settings.log)
+    clock = SystemClock()
+    # Credentials first: nothing is created (no store file) for a process that cannot sign in.
+    try:
+        client = ServingClient.from_settings(settings.databricks, settings.serving, clock=clock)
+    except ServingError as exc:
+        raise ConfigurationProblem(with_sign_in_help(str(exc))) from exc
     try:
         store = open_store(settings.store.url)
         store.migrate()
     except (StoreError, ValueError) as exc:
+        await client.aclose()
         raise ConfigurationProblem(f"store {settings.store.url!r} unusable: {exc}") from exc
-    clock = SystemClock()
-    try:
-        client = ServingClient.from_settings(settings.databricks, settings.serving, clock=clock)
-    except ServingError as exc:
-        store.close()
-        raise ConfigurationProblem(str(exc)) from exc
     runner = Runner(
         store,
         client,
