@@ -25,4 +25,9 @@ def test_demo_promotes_one_rolls_back_the_other_and_shows_the_alert() -> None:
     assert "ALERT demo-endpoint: demo-model-3 rolled back" in output
     assert "/metrics" in output
     assert "demo passed" in output
+    # It ends by saying that everything stopped, and prints no URL that is already dead.
+    summary = output.split("summary", 1)[1]
+    assert "The sandbox and the controller stop now" in summary
+    assert "rollout demo --keep" in summary
+    assert "http://" not in summary
     assert "Traceback" not in output
