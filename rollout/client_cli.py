@@ -1,7 +1,7 @@
 """The CLI's side of the HTTP API: requests, error messages and what people see.
 
 Where this sits: users submit plans and steer rollouts through the controller's HTTP API; the
-engine acts on the stored rollouts and queued commands. ``rollout submit/get/list/events/
+engine acts on the stored rollouts and queued commands. ``rollout submit/get/wait/list/events/
 pause/resume/promote/abort`` (``rollout.cli`` maps their flags) call the functions at the end
 of this module, which talk to the API with ``ApiClient`` and render with rich: a table or a
 live view for people, JSON for scripts. Every failure (the API cannot be reached, it refused

@@ -4,8 +4,11 @@ Where this sits: users submit plans and steer rollouts through this API (directl
 ``rollout`` CLI); the engine acts on what it stores. ``POST /api/v1/rollouts`` validates a plan,
 checks that its endpoint exists in the workspace and is free, and stores the rollout in
 ``pending`` (``rollout.engine.runner.new_rollout``); the commands (pause, resume, promote,
-abort) are queued with ``store.add_command`` and applied, or recorded as not applicable, by the
-engine at its next look. ``wake(rollout_id)`` tells the daemon's scheduler to look at once.
+abort) are queued with ``store.add_command`` when the rollout's phase takes them
+(``rollout.engine.model.COMMANDS_BY_PHASE``, the table the engine takes them by; otherwise 409
+``command_not_allowed`` with the commands it takes) and applied by the engine at its next look.
+A rollout is named in a path by its id, a unique prefix of it, or ``endpoint/name``
+(``_Service.load``). ``wake(rollout_id)`` tells the daemon's scheduler to look at once.
 ``GET /api/v1/rollouts/{id}/series`` gives a rollout's metric windows per arm and its split
 changes (``rollout.api.series``) for the status page, which is served at ``/``
 (``rollout.api.page``) and reads the API like any other client; ``GET /api/v1/session`` tells
