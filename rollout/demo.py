@@ -68,6 +68,11 @@ DEMO_POLICY: dict[str, Any] = {
     "on_deadline": "rollback",
 }
 TERMINAL = {"succeeded", "rolled_back", "aborted", "failed"}
+# The last words without --keep: no URL, since nothing will answer at it.
+FAREWELL = (
+    "The sandbox and the controller stop now. To keep them running, with the status page, and "
+    "try the commands yourself: rollout demo --keep"
+)
 
 
 @dataclass
@@ -276,11 +281,7 @@ async def _tour(
             await task
             console.print("\nstopped: the controller and the sandbox are gone", highlight=False)
         else:
-            console.print(
-                "The sandbox and the controller stop now. To keep them running, with the status "
-                "page, and try the commands yourself: rollout demo --keep",
-                highlight=False,
-            )
+            console.print(FAREWELL, highlight=False)
         return ok
     finally:
         controller.stopping.set()
