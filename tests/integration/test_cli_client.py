@@ -21,6 +21,7 @@ import httpx
 import pytest
 import structlog
 import uvicorn
+import yaml
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from rich.console import Console
@@ -29,6 +30,8 @@ from typer.testing import CliRunner
 from rollout import client_cli
 from rollout.api import create_api
 from rollout.cli import app
+from rollout.engine.runner import new_rollout
+from rollout.plan import resolve_policy, validate_plan
 from rollout.policies import PolicyLibrary
 from rollout.sandbox.server import SandboxServer
 from rollout.serving.auth import PatAuth
@@ -372,25 +375,32 @@ def test_a_command_the_phase_does_not_take_is_refused_plainly(
     assert [c.kind for c in store.pending_commands(rollout_id)] == ["pause"]
 
 
+def _stored(store: Store, rollout_id: str, phase: str) -> None:
+    plan = validate_plan(yaml.safe_load(PLAN))
+    record, event = new_rollout(plan, resolve_policy(plan, PolicyLibrary()), 1.0e9, rollout_id)
+    store.create(record, event, [])
+    move(store, rollout_id, phase)
+
+
 def test_rollouts_are_named_by_prefix_or_endpoint_and_name_in_the_cli(
-    server: ApiServer, store: Store, plan_file: Path
+    server: ApiServer, store: Store
 ) -> None:
-    first = submitted(server, plan_file)
-    move(store, first, "rolled_back")
-    second = submitted(server, plan_file)
+    _stored(store, "cafe10000001", "rolled_back")
+    _stored(store, "cafe20000002", "progressing")
     by_name = cli("get", f"{ENDPOINT}/ads-v4", "--server", server.url, "-o", "json")
     assert by_name.exit_code == 0, by_name.output
-    assert json.loads(by_name.stdout)["id"] == second  # the active one of the two
-    events = cli("events", second[:8], "--server", server.url, "-o", "json")
+    assert json.loads(by_name.stdout)["id"] == "cafe20000002"  # the active one of the two
+    events = cli("events", "cafe10000001", "--server", server.url, "-o", "json")
     assert events.exit_code == 0, events.output
     assert json.loads(events.stdout)["events"]
-    common = next((n for n in range(12) if first[n] != second[n]), 12)
-    if common:
-        ambiguous = cli("get", first[:common], "--server", server.url)
-        assert_one_line_error(ambiguous, "names 2 rollouts", first, second)
-    move(store, second, "succeeded")
+    by_prefix = cli("get", "cafe1", "--server", server.url, "-o", "json")
+    assert json.loads(by_prefix.stdout)["id"] == "cafe10000001"
+    assert_one_line_error(cli("pause", "cafe", "--server", server.url), "'cafe' names 2 rollouts",
+                          "cafe10000001 (ads, rolled_back)", "cafe20000002 (ads, progressing)")
+    assert store.pending_commands("cafe20000002") == []
+    move(store, "cafe20000002", "succeeded")
     assert_one_line_error(cli("get", f"{ENDPOINT}/ads-v4", "--server", server.url),
-                          "names 2 rollouts", first, second)
+                          "names 2 rollouts", "cafe10000001", "cafe20000002")
     assert_one_line_error(cli("get", f"{ENDPOINT}/nope", "--server", server.url),
                           "no rollout named 'nope'")
 
