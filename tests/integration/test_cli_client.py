@@ -612,6 +612,13 @@ def test_wait_for_a_phase(
     assert result.stdout.strip() == f"{rollout_id} {stdout}"
 
 
+def test_wait_names_every_phase_in_its_help() -> None:
+    from rollout.store.model import PHASES  # noqa: PLC0415
+
+    shown = " ".join(cli("wait", "--help").stdout.split())
+    assert all(phase in shown for phase in PHASES), shown
+
+
 def test_wait_refuses_what_is_not_a_phase_or_a_duration() -> None:
     unknown = cli("wait", "abc", "--for", "done")
     assert unknown.exit_code == 2
