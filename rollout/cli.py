@@ -4,10 +4,10 @@ Each command maps its flags onto settings objects and calls into the package; no
 logic of its own. Errors print one clear line and exit non-zero, never a traceback.
 
 Users submit plans and steer rollouts through the controller's HTTP API; the engine acts on
-what is stored. ``submit``, ``get``, ``list``, ``events``, ``pause``, ``resume``, ``promote``
-and ``abort`` are that API's client: their requests and rendering live in
+what is stored. ``submit``, ``get``, ``wait``, ``list``, ``events``, ``pause``, ``resume``,
+``promote`` and ``abort`` are that API's client: their requests and rendering live in
 ``rollout.client_cli``, and each takes ``--server`` (``ROLLOUT_SERVER``), ``--token``
-(``ROLLOUT_TOKEN``) and ``--output table|json``.
+(``ROLLOUT_TOKEN``) and ``--output table|json``; ``wait`` waits for a phase, for scripts.
 """
 
 from __future__ import annotations
@@ -44,8 +44,12 @@ def sandbox(
     port: int = typer.Option(8765, min=0, max=65535, help="TCP port (0 picks a free one)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; keep it on loopback."),
     seed: int = typer.Option(0, help="Seed of the simulated traffic."),
-    window_seconds: float = typer.Option(
-        60.0, min=0.001, help="Length of an export-metrics window, in seconds."
+    window_seconds: float | None = typer.Option(
+        None,
+        min=0.001,
+        help="Length of an export-metrics window, in seconds: 60 as on Databricks, 10 with "
+        "--demo.",
+        show_default=False,
     ),
     update_seconds: float = typer.Option(
         10.0, min=0.0, help="How long a config update stays IN_PROGRESS, in seconds."
@@ -57,7 +61,7 @@ def sandbox(
         False, "--demo", help="Create demo-endpoint with one model under simulated load."
     ),
     demo_qps: float = typer.Option(
-        50.0, min=0.0, help="Simulated requests per second on demo-endpoint (with --demo)."
+        1000.0, min=0.0, help="Simulated requests per second on demo-endpoint (with --demo)."
     ),
 ) -> None:
     """Run a local Databricks serving workspace (REST API, simulated traffic, admin API)."""
@@ -69,7 +73,9 @@ def sandbox(
             host=host,
             port=port,
             seed=seed,
-            window_seconds=window_seconds,
+            # The demo plans (deploy/demo/) decide within minutes at 1000 requests/s in 10 s
+            # windows, as docker-compose.yml runs the sandbox.
+            window_seconds=window_seconds or (10.0 if demo else 60.0),
             update_seconds=update_seconds,
             token=token,
             demo=demo,
@@ -198,29 +204,42 @@ def serve(
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    *,
+    keep: bool = typer.Option(
+        False,
+        "--keep",
+        help="Keep the sandbox and the controller running afterwards (status page, a plan "
+        "to try) until Ctrl-C.",
+    ),
+) -> None:
     """Show the whole thing in under two minutes, on this machine, with no Databricks account.
 
     Starts a sandbox workspace and a controller on free loopback ports, runs a healthy canary
     (promoted) and a regressed one (rolled back, its alert shown). Exit 0 only if both happen.
+    Then everything stops, unless --keep: the status page's URL and commands to try follow.
     """
     from rollout.demo import main as run_demo  # noqa: PLC0415 -- keeps other commands light
 
-    raise typer.Exit(run_demo())
+    raise typer.Exit(run_demo(keep=keep))
 
 
 def _settings() -> Settings:
     """Settings from the environment; a bad variable is one clear line, not a traceback."""
     from pydantic import ValidationError  # noqa: PLC0415
 
-    from rollout.settings import Settings  # noqa: PLC0415
+    from rollout.settings import Settings, variable_of  # noqa: PLC0415
 
     try:
         return Settings()
     except ValidationError as exc:
         for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"])
-            typer.echo(f"error: setting {where}: {error['msg']}", err=True)
+            # Named as it is set: by its environment variable, with the value it has.
+            variable = variable_of(exc.title, tuple(error["loc"]))
+            value = str(error.get("input"))
+            if any(word in variable for word in ("TOKEN", "SECRET")) or len(value) > 80:
+                value = "…"  # a secret is never echoed; a long value says nothing more
+            typer.echo(f"error: {variable}={value}: {error['msg']}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -250,7 +269,24 @@ OutputOption = Annotated[
         "--output", "-o", help="table (for people) or json (for scripts).", metavar="table|json"
     ),
 ]
-IdArgument = Annotated[str, typer.Argument(help="The rollout's id.", show_default=False)]
+IdArgument = Annotated[
+    str,
+    typer.Argument(
+        help="The rollout: its id, a unique prefix of it, or endpoint/name (the plan's name).",
+        show_default=False,
+    ),
+]
+TimeoutOption = Annotated[
+    str | None,
+    typer.Option(
+        "--timeout",
+        help="Give up after this long (30m, 1h30m, 90s), exit 7. Default: no limit.",
+        show_default=False,
+    ),
+]
+IntervalOption = Annotated[
+    float, typer.Option(min=0.01, help="Seconds between two looks when watching.")
+]
 ReasonOption = Annotated[
     str | None, typer.Option("--reason", help="Why; kept in the event log and alerts.")
 ]
@@ -298,28 +334,101 @@ def get(
     *,
     rollout_id: IdArgument,
     watch: Annotated[
-        bool, typer.Option("--watch", "-w", help="Follow the rollout until it ends.")
+        bool,
+        typer.Option("--watch", "-w", help="Follow the rollout until it ends or pauses."),
     ] = False,
-    interval: Annotated[
-        float, typer.Option(min=0.01, help="Seconds between two looks when watching.")
-    ] = 2.0,
+    interval: IntervalOption = 2.0,
+    timeout: TimeoutOption = None,
     server: ServerOption = _DEFAULT_SERVER,
     token: TokenOption = None,
     output: OutputOption = "table",
 ) -> None:
     """Show a rollout: phase, progress through its steps, last verdict per check.
 
-    --watch follows it until it ends: a live view on a terminal, one line
-    per change otherwise (one JSON document per change with --output json).
+    --watch follows it until it ends or pauses: a live view on a terminal, one
+    line per change otherwise (one JSON document per change with --output json).
+    It rides out controller restarts and network blips (retrying with backoff
+    until --timeout), so it can gate a CI job.
 
-    Exit codes with --watch: 0 succeeded, 3 rolled_back, 4 failed, 5 aborted.
-    Always: 1 the request failed (API unreachable or refused), 2 bad usage.
+    Exit codes with --watch: 0 succeeded, 3 rolled_back, 4 failed, 5 aborted,
+    6 paused (waits for a person: resume, promote or abort), 7 --timeout passed.
+    Always: 1 the request failed (refused, or unreachable without --watch), 2 bad usage.
     """
     from rollout import client_cli  # noqa: PLC0415
 
     _done(
-        client_cli.get(_session(server, token, output), rollout_id, watch=watch, interval=interval)
+        client_cli.get(
+            _session(server, token, output),
+            rollout_id,
+            watch=watch,
+            interval=interval,
+            timeout=_seconds(timeout),
+        )
     )
+
+
+@app.command()
+def wait(
+    *,
+    rollout_id: IdArgument,
+    phase: Annotated[
+        str,
+        typer.Option(
+            "--for",
+            help="The phase to wait for: pending, preparing, progressing, paused, promoting, "
+            "succeeded, rolling_back, rolled_back, aborted or failed.",
+        ),
+    ] = "succeeded",
+    interval: IntervalOption = 2.0,
+    timeout: TimeoutOption = None,
+    server: ServerOption = _DEFAULT_SERVER,
+    token: TokenOption = None,
+    output: OutputOption = "table",
+) -> None:
+    """Wait, silently, until a rollout is in a phase (for scripts); prints its id and phase.
+
+    Rides out controller restarts and network blips like get --watch.
+
+    Exit codes: 0 the phase was reached; otherwise where the rollout stopped:
+    3 rolled_back, 4 failed, 5 aborted, 6 paused (waits for a person),
+    7 --timeout passed, 8 it succeeded without passing through the phase;
+    1 the request failed, 2 bad usage (an unknown phase).
+    """
+    from rollout import client_cli  # noqa: PLC0415
+    from rollout.store.model import PHASES  # noqa: PLC0415
+
+    if phase not in PHASES:
+        typer.echo(
+            f"error: --for {phase!r} is not a phase; use one of {', '.join(sorted(PHASES))}",
+            err=True,
+        )
+        raise typer.Exit(2)
+    _done(
+        client_cli.wait(
+            _session(server, token, output),
+            rollout_id,
+            phase,
+            interval=interval,
+            timeout=_seconds(timeout),
+        )
+    )
+
+
+def _seconds(value: str | None) -> float | None:
+    """``--timeout`` in seconds; a bad duration is a usage error (exit 2)."""
+    if value is None:
+        return None
+    from rollout.units import parse_duration  # noqa: PLC0415
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        typer.echo(f"error: --timeout: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if seconds <= 0:
+        typer.echo(f"error: --timeout must be longer than 0, not {value!r}", err=True)
+        raise typer.Exit(2)
+    return seconds
 
 
 @app.command("list")

@@ -1,7 +1,7 @@
 """The CLI's side of the HTTP API: requests, error messages and what people see.
 
 Where this sits: users submit plans and steer rollouts through the controller's HTTP API; the
-engine acts on the stored rollouts and queued commands. ``rollout submit/get/list/events/
+engine acts on the stored rollouts and queued commands. ``rollout submit/get/wait/list/events/
 pause/resume/promote/abort`` (``rollout.cli`` maps their flags) call the functions at the end
 of this module, which talk to the API with ``ApiClient`` and render with rich: a table or a
 live view for people, JSON for scripts. Every failure (the API cannot be reached, it refused
@@ -9,8 +9,21 @@ the request, the plan is invalid) becomes a ``CliError``: one clear line on stde
 invalid fields of a plan) and a non-zero exit code, never a traceback.
 
 Exit codes: 0 success (and, for ``get --watch``, ``succeeded``); 1 the request failed; 2 the
-command line or the plan file could not be used; with ``--watch``: 3 ``rolled_back``,
-4 ``failed``, 5 ``aborted``.
+command line or the plan file could not be used; with ``get --watch`` and ``wait``:
+3 ``rolled_back``, 4 ``failed``, 5 ``aborted``, 6 ``paused`` (waiting for a person to resume,
+promote or abort it), 7 ``--timeout`` passed first, 8 (``wait`` only) the rollout succeeded
+without passing through the phase waited for.
+
+A watch rides out a controller restart or a network blip: an unreachable API, a timeout or a
+5xx answer is retried with a growing delay (up to ``_MAX_BACKOFF``) until ``--timeout``, with
+no fixed count; any other answer (404, 401, 403) ends it at once with 1::
+
+    poll ──ok──> terminal? ─yes─> 0 / 3 / 4 / 5
+      │           paused?  ─yes─> 6
+      │           otherwise: sleep --interval, poll again
+      └─failed─> retryable (connect, timeout, 5xx)? ─no─> 1
+                   └─yes─> --timeout passed? ─yes─> 7
+                             └─no─> sleep interval x 2^(n-1) (at most 30 s), poll again
 """
 
 from __future__ import annotations
@@ -43,8 +56,13 @@ TERMINAL_EXIT_CODES: dict[str, int] = {
 }
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-# Consecutive failed polls a watch sits through (a daemon restarting) before giving up.
-_WATCH_RETRIES = 5
+EXIT_PAUSED = 6
+EXIT_TIMEOUT = 7
+EXIT_NOT_REACHED = 8
+PAUSED = "paused"
+# The longest wait between two polls while the API cannot be reached (a restart takes
+# seconds; a minute-long outage is still noticed within half a minute of its end).
+_MAX_BACKOFF = 30.0
 
 
 class Output(StrEnum):
@@ -198,6 +216,26 @@ def _list_of(answer: dict[str, Any], key: str) -> list[dict[str, Any]]:
     return [item for item in items if isinstance(item, dict)]
 
 
+# Refusals whose message is complete in itself: printed without their code.
+_PLAIN_CODES = frozenset(
+    {
+        "command_not_allowed",
+        "command_queued",
+        "rollout_finished",
+        "ambiguous_rollout",
+        "rollout_not_found",
+    }
+)
+# What a command does, in the words of the CLI (the API queues promote --full as promote_full).
+COMMAND_WORDS: dict[str, str] = {
+    "pause": "pause",
+    "resume": "resume",
+    "promote": "promote to the next step",
+    "promote_full": "promote to 100 %",
+    "abort": "abort",
+}
+
+
 def _api_error(response: httpx.Response, server: str) -> CliError:
     try:
         payload = response.json()
@@ -227,6 +265,9 @@ def _api_error(response: httpx.Response, server: str) -> CliError:
         )
     if code == "unauthenticated":
         message += " (set --token or ROLLOUT_TOKEN)"
+    if code in _PLAIN_CODES:
+        # These messages say it all (the phase, what the rollout takes, the candidates).
+        return CliError(message)
     # Other messages already summarise their details: one line.
     return CliError(f"{message} [{code}]", retryable=status >= 500)
 
@@ -514,11 +555,13 @@ def get(
     *,
     watch: bool = False,
     interval: float = 2.0,
+    timeout: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], float] = time.monotonic,
 ) -> int:
     def action(client: ApiClient) -> int:
         if watch:
-            return _watch(session, client, rollout_id, interval, sleep)
+            return _watch(session, client, rollout_id, Poll(interval, timeout, sleep, now))
         rollout = client.get(rollout_id)
         if session.output is Output.json:
             session.print_json(rollout)
@@ -529,47 +572,174 @@ def get(
     return session.run(action)
 
 
-def _watch(
+def wait(
+    session: Session,
+    rollout_id: str,
+    phase: str,
+    *,
+    interval: float = 2.0,
+    timeout: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], float] = time.monotonic,
+) -> int:
+    """Poll until the rollout is in ``phase``: 0; else the codes of ``get --watch`` (and 8).
+
+    Prints nothing but the rollout's id and phase when it stops (JSON: the rollout).
+    """
+
+    def action(client: ApiClient) -> int:
+        def look(rollout: dict[str, Any]) -> int | None:
+            code = _wait_code(str(rollout.get("phase")), phase)
+            if code is None:
+                return None
+            if session.output is Output.json:
+                session.print_json(rollout, compact=True)
+            else:
+                session.line(f"{rollout.get('id')} {rollout.get('phase')}")
+            if code == EXIT_PAUSED:
+                session.err.print(_paused_words(rollout), markup=False)
+            return code
+
+        return _follow(session, client, rollout_id, Poll(interval, timeout, sleep, now), look)
+
+    return session.run(action)
+
+
+def _wait_code(current: str, wanted: str) -> int | None:
+    """The exit code once the rollout is in ``current``, or None to keep waiting."""
+    if current == wanted:
+        return 0
+    if current == "succeeded":
+        return EXIT_NOT_REACHED
+    if current in TERMINAL_EXIT_CODES:
+        return TERMINAL_EXIT_CODES[current]
+    if current == PAUSED:
+        return EXIT_PAUSED
+    return None
+
+
+class Poll:
+    """How a watch paces itself: the interval, the optional timeout, and the injected
+    ``sleep`` and monotonic ``now``."""
+
+    def __init__(
+        self,
+        interval: float,
+        timeout: float | None,
+        sleep: Callable[[float], None],
+        now: Callable[[], float],
+    ) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.sleep = sleep
+        self.now = now
+
+    def deadline(self) -> float | None:
+        return None if self.timeout is None else self.now() + self.timeout
+
+    def wait(self, deadline: float | None, seconds: float | None = None) -> bool:
+        """Sleep ``seconds`` (the interval), cut short at the deadline; False once it passed."""
+        pause = self.interval if seconds is None else seconds
+        if deadline is not None:
+            left = deadline - self.now()
+            if left <= 0:
+                return False
+            pause = min(pause, left)
+        self.sleep(pause)
+        return True
+
+
+def _retry(
+    session: Session, error: CliError, failures: int, poll: Poll, deadline: float | None
+) -> int | None:
+    """After a failed poll: None to poll again (after a backoff), or the exit code."""
+    if not error.retryable:
+        raise error
+    delay = min(poll.interval * 2 ** (failures - 1), max(_MAX_BACKOFF, poll.interval))
+    if deadline is not None and poll.now() >= deadline:
+        session.err.print(f"timed out: {error.message}", markup=False)
+        return EXIT_TIMEOUT
+    until = "" if deadline is None else " (until --timeout)"
+    session.err.print(
+        f"warning: {error.message}; retrying in {delay:.3g} s{until}", markup=False
+    )
+    poll.wait(deadline, delay)
+    return None
+
+
+def _paused_words(rollout: Mapping[str, Any]) -> str:
+    why = rollout.get("pause_reason") or "paused"
+    ref = rollout.get("id")
+    return (
+        f"rollout {ref} is paused ({why}) and waits for a person: "
+        f"rollout resume {ref}, rollout promote {ref} or rollout abort {ref}"
+    )
+
+
+def _follow(
     session: Session,
     client: ApiClient,
     rollout_id: str,
-    interval: float,
-    sleep: Callable[[float], None],
+    poll: Poll,
+    look: Callable[[dict[str, Any]], int | None],
 ) -> int:
-    """Poll until the rollout ends; its terminal phase decides the exit code."""
-    interactive = session.output is Output.table and session.out.is_terminal
+    """Poll the rollout, riding out failures, until ``look`` gives an exit code or the
+    timeout passes (7)."""
     failures = 0
-    last_key: tuple[Any, ...] | None = None
+    deadline = poll.deadline()
+    while True:
+        try:
+            rollout = client.get(rollout_id)
+        except CliError as error:
+            failures += 1
+            code = _retry(session, error, failures, poll, deadline)
+            if code is not None:
+                return code
+            continue
+        if failures:
+            session.err.print("the API answers again", markup=False)
+            failures = 0
+        code = look(rollout)
+        if code is not None:
+            return code
+        if not poll.wait(deadline):
+            session.err.print(
+                f"timed out: rollout {rollout.get('id')} is still {rollout.get('phase')}",
+                markup=False,
+            )
+            return EXIT_TIMEOUT
+
+
+def _watch(session: Session, client: ApiClient, rollout_id: str, poll: Poll) -> int:
+    """Poll until the rollout ends or waits for a person; the phase decides the exit code."""
+    interactive = session.output is Output.table and session.out.is_terminal
     live = Live(console=session.out, auto_refresh=False) if interactive else None
+    last_key: list[tuple[Any, ...]] = []
+
+    def look(rollout: dict[str, Any]) -> int | None:
+        if live is not None:
+            live.update(rollout_view(rollout), refresh=True)
+        elif not last_key or last_key[0] != _change_key(rollout):
+            last_key[:] = [_change_key(rollout)]
+            if session.output is Output.json:
+                session.print_json(rollout, compact=True)
+            else:
+                stamp = datetime.now().astimezone().strftime("%H:%M:%S")
+                session.line(f"{stamp} {status_line(rollout)}")
+        phase = str(rollout.get("phase"))
+        if phase in TERMINAL_EXIT_CODES:
+            return TERMINAL_EXIT_CODES[phase]
+        if phase == PAUSED:
+            if live is not None:
+                live.stop()
+            session.err.print(_paused_words(rollout), markup=False)
+            return EXIT_PAUSED
+        return None
+
     if live is not None:
         live.start()
     try:
-        while True:
-            try:
-                rollout = client.get(rollout_id)
-            except CliError as error:
-                failures += 1
-                if not error.retryable or failures > _WATCH_RETRIES:
-                    raise
-                session.err.print(f"warning: {error.message}; retrying", markup=False)
-                sleep(interval)
-                continue
-            failures = 0
-            if live is not None:
-                live.update(rollout_view(rollout), refresh=True)
-            else:
-                key = _change_key(rollout)
-                if key != last_key:
-                    last_key = key
-                    if session.output is Output.json:
-                        session.print_json(rollout, compact=True)
-                    else:
-                        stamp = datetime.now().astimezone().strftime("%H:%M:%S")
-                        session.line(f"{stamp} {status_line(rollout)}")
-            phase = str(rollout.get("phase"))
-            if phase in TERMINAL_EXIT_CODES:
-                return TERMINAL_EXIT_CODES[phase]
-            sleep(interval)
+        return _follow(session, client, rollout_id, poll, look)
     finally:
         if live is not None:
             live.stop()
@@ -630,10 +800,11 @@ def command(
             return 0
         queued = _mapping(answer.get("command"))
         rollout = _mapping(answer.get("rollout"))
+        kind = str(queued.get("kind", action_name))
         session.out.print(
-            f"{queued.get('kind', action_name)} queued for rollout {rollout.get('id', rollout_id)}"
-            f" (command {queued.get('id', '?')}, now {rollout.get('phase', '?')}); "
-            "the engine applies it at its next look",
+            f"{COMMAND_WORDS.get(kind, kind)}: accepted for rollout "
+            f"{rollout.get('id', rollout_id)} ({rollout.get('phase', '?')}); the controller "
+            "applies it at its next look (see rollout get or rollout events)",
             markup=False,
         )
         return 0

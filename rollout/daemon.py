@@ -55,7 +55,7 @@ from rollout.engine.ownership import Owner
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
 from rollout.engine.service import open_owned_store, timing_from
-from rollout.errors import ConfigurationProblem
+from rollout.errors import ConfigurationProblem, with_sign_in_help
 from rollout.health import StoreWriteCheck, WorkspaceWatch
 from rollout.plan import AlertChannel
 from rollout.policies import PolicyLibrary
@@ -103,11 +103,8 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
     """Wire a controller from settings; raises ConfigurationProblem with what to fix."""
     clock = clock or SystemClock()
     default_channels, targets, library = _checked_settings(settings)
-    store, ownership = open_owned_store(settings, clock)
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)
-    registry.register(RolloutStateCollector(state_reader(store), clock))
-    registry.register(OwnershipCollector(lambda: ownership.owned, lambda: ownership.replicas))
     watch: WorkspaceWatch | None = None
 
     def on_response(call: str, status: int | None, seconds: float) -> None:
@@ -115,13 +112,17 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         if watch is not None:
             watch.on_response(call, status, seconds)
 
+    # The workspace's credentials first: a controller that cannot sign in creates nothing
+    # (no store file), and says what to set.
     try:
         client = ServingClient.from_settings(
             settings.databricks, settings.serving, clock=clock, on_response=on_response
         )
     except ServingError as exc:
-        store.close()
-        raise ConfigurationProblem(str(exc)) from exc
+        raise ConfigurationProblem(with_sign_in_help(str(exc))) from exc
+    store, ownership = open_owned_store(settings, clock)
+    registry.register(RolloutStateCollector(state_reader(store), clock))
+    registry.register(OwnershipCollector(lambda: ownership.owned, lambda: ownership.replicas))
     watch = WorkspaceWatch(
         store,
         clock,

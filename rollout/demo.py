@@ -5,8 +5,12 @@ Where this sits: beside ``rollout serve``, as a guided tour. It starts a sandbox
 controller (``rollout.daemon``) on free loopback ports; creates an endpoint whose baseline
 serves simulated traffic; then submits two canaries through the HTTP API, exactly as a user
 would: a healthy candidate, which is promoted, and a regressed one, which is rolled back by
-the analysis and alerted. It prints the progress as it happens and ends with a summary and the
-URLs to look at. Exit code 0 only if both outcomes happened.
+the analysis and alerted. It prints the progress as it happens and ends with a summary; then
+everything stops, and it says so. With ``keep`` (``rollout demo --keep``) the sandbox and the
+controller stay up until Ctrl-C or SIGTERM: it prints the status page's URL and a "try it
+yourself" block (a plan file written for the demo endpoint, and the commands to submit, watch
+and pause it and to make it regress through the sandbox's admin API). Exit code 0 only if both
+outcomes happened.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from rich.console import Console
 
 from rollout.clock import SystemClock
@@ -45,6 +50,7 @@ ENDPOINT = "demo-endpoint"
 BASELINE = "demo-model-1"
 HEALTHY = "demo-model-2"
 REGRESSED = "demo-model-3"
+TRY_IT = "demo-model-4"  # the candidate of the plan --keep leaves for people to submit
 WINDOW_SECONDS = 2.0
 # Short bakes for 2 s windows; the demo policy checks 5xx and p99 against the baseline.
 DEMO_POLICY: dict[str, Any] = {
@@ -62,6 +68,11 @@ DEMO_POLICY: dict[str, Any] = {
     "on_deadline": "rollback",
 }
 TERMINAL = {"succeeded", "rolled_back", "aborted", "failed"}
+# The last words without --keep: no URL, since nothing will answer at it.
+FAREWELL = (
+    "The sandbox and the controller stop now. To keep them running, with the status page, and "
+    "try the commands yourself: rollout demo --keep"
+)
 
 
 @dataclass
@@ -140,9 +151,9 @@ def _settings(sandbox: SandboxServer, store_path: Path, hook_url: str) -> Settin
     )
 
 
-def _plan(version: str, name: str) -> dict[str, Any]:
+def _plan(version: str, name: str, *, label: str | None = None) -> dict[str, Any]:
     return {
-        "name": f"demo {name}",
+        "name": label or f"demo {name}",
         "endpoint": ENDPOINT,
         "candidate": {
             "name": name,
@@ -195,8 +206,45 @@ async def _watch(
     return rollout
 
 
+def _try_it(console: Console, controller_url: str, sandbox: SandboxServer, plan: Path) -> None:
+    """What ``--keep`` prints: where to look, and commands to paste into another shell."""
+    ref = f"{ENDPOINT}/try-it"
+    profile = f"{sandbox.admin_url}/endpoints/{ENDPOINT}/profiles/{TRY_IT}"
+    console.rule("still running: try it yourself")
+    console.print(f"status page  {controller_url}/", highlight=False)
+    console.print(f"API          {controller_url}/api/v1/rollouts", highlight=False)
+    console.print(f"workspace    {sandbox.url} (sandbox, token {sandbox.token})", highlight=False)
+    console.print(
+        f"""
+In another shell (a canary of {TRY_IT}, 20 % then 50 %, 12 s each: about 30 seconds):
+
+  export ROLLOUT_SERVER={controller_url}
+  rollout submit {plan}
+  rollout get {ref} --watch        # exit 0 once promoted
+  rollout pause {ref}              # while it progresses; then: rollout resume {ref}
+  rollout events {ref}
+
+Make {TRY_IT} answer 20 % of its requests with a 5xx before you submit, and it is rolled
+back instead (rollout get --watch exits 3); the alert goes to the demo's webhook:
+
+  curl -X PUT -H 'Content-Type: application/json' -d '{{"error_rate": 0.2}}' \\
+    {profile}
+
+After a rollback the plan can be submitted again; once it is promoted, {TRY_IT} serves
+the endpoint alone. Press Ctrl-C here to stop everything.""",
+        highlight=False,
+        markup=False,
+    )
+
+
 async def _tour(
-    console: Console, sandbox: SandboxServer, hook_url: str, inbox: AlertInbox, workdir: Path
+    console: Console,
+    sandbox: SandboxServer,
+    hook_url: str,
+    inbox: AlertInbox,
+    workdir: Path,
+    *,
+    keep: bool = False,
 ) -> bool:
     settings = _settings(sandbox, workdir / "demo.db", hook_url)
     controller = build(settings, clock=SystemClock())
@@ -231,19 +279,25 @@ async def _tour(
             if not rollbacks:
                 console.print("[red]no rollback alert arrived at the webhook")
             console.rule("summary")
-            console.print(f"API       {controller.url}/api/v1/rollouts")
-            console.print(f"metrics   {controller.url}/metrics")
-            console.print(f"workspace {sandbox.url} (token {sandbox.token})")
             ok = outcomes == {HEALTHY: "succeeded", REGRESSED: "rolled_back"} and bool(rollbacks)
             console.print("[green]demo passed[/]" if ok else "[red]demo failed[/]")
-            return ok
+        if keep:
+            plan = workdir / "try-canary.yaml"
+            plan.write_text(yaml.safe_dump(_plan("4", TRY_IT, label="try-it"), sort_keys=False))
+            _try_it(console, controller.url, sandbox, plan)
+            # Until Ctrl-C or SIGTERM: the controller's own handlers end ``run``.
+            await task
+            console.print("\nstopped: the controller and the sandbox are gone", highlight=False)
+        else:
+            console.print(FAREWELL, highlight=False)
+        return ok
     finally:
         controller.stopping.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, timeout=30)
 
 
-def main(console: Console | None = None) -> int:
+def main(console: Console | None = None, *, keep: bool = False) -> int:
     console = console or Console()
     # The tour prints its own story; the controller's logs only speak up about problems.
     configure_logging(LogSettings(level="warning", format="console"))
@@ -273,6 +327,7 @@ def main(console: Console | None = None) -> int:
                     BASELINE: {"error_rate": 0.002, "latency_p50_ms": 40, "latency_p99_ms": 150},
                     HEALTHY: {"error_rate": 0.002, "latency_p50_ms": 38, "latency_p99_ms": 140},
                     REGRESSED: {"error_rate": 0.12, "latency_p50_ms": 45, "latency_p99_ms": 400},
+                    TRY_IT: {"error_rate": 0.002, "latency_p50_ms": 40, "latency_p99_ms": 150},
                 },
                 "qps": 600,
             },
@@ -284,5 +339,5 @@ def main(console: Console | None = None) -> int:
             f"sandbox workspace {sandbox.url}: {ENDPOINT} serves {BASELINE} "
             "at 600 req/s (simulated)"
         )
-        ok = asyncio.run(_tour(console, sandbox, hook_url, inbox, workdir))
+        ok = asyncio.run(_tour(console, sandbox, hook_url, inbox, workdir, keep=keep))
     return 0 if ok else 1

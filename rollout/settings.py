@@ -322,3 +322,33 @@ def lease_problem(settings: Settings) -> str | None:
         )
     return None
 
+
+_GROUPS: dict[str, type[BaseSettings]] = {
+    cls.__name__: cls
+    for cls in (
+        DatabricksSettings,
+        ServingSettings,
+        EngineSettings,
+        StoreSettings,
+        ApiSettings,
+        AlertSettings,
+        LogSettings,
+    )
+}
+
+
+def variable_of(model: str, loc: tuple[int | str, ...]) -> str:
+    """The environment variable behind an invalid setting, from a ``ValidationError``'s
+    ``title`` (the group's class, or ``Settings``) and an error's ``loc``:
+    ``variable_of("EngineSettings", ("look_interval",))`` is ``ROLLOUT_ENGINE_LOOK_INTERVAL``."""
+    parts = [str(part) for part in loc]
+    group = _GROUPS.get(model)
+    if group is None and len(parts) > 1:
+        field = Settings.model_fields.get(parts[0])
+        factory = getattr(field, "default_factory", None) if field is not None else None
+        if isinstance(factory, type) and issubclass(factory, BaseSettings):
+            group, parts = factory, parts[1:]
+    if group is None or not parts:
+        return "ROLLOUT_" + "_".join(parts).upper()
+    prefix = str(group.model_config.get("env_prefix") or "")
+    return (prefix + parts[0]).upper()

@@ -4,8 +4,11 @@ Where this sits: users submit plans and steer rollouts through this API (directl
 ``rollout`` CLI); the engine acts on what it stores. ``POST /api/v1/rollouts`` validates a plan,
 checks that its endpoint exists in the workspace and is free, and stores the rollout in
 ``pending`` (``rollout.engine.runner.new_rollout``); the commands (pause, resume, promote,
-abort) are queued with ``store.add_command`` and applied, or recorded as not applicable, by the
-engine at its next look; ``PUT /rollouts/{id}/alerts`` replaces a rollout's alert channels
+abort) are queued with ``store.add_command`` when the rollout's phase takes them
+(``rollout.engine.model.COMMANDS_BY_PHASE``, the table the engine takes them by; otherwise 409
+``command_not_allowed`` with the commands it takes) and applied by the engine at its next look.
+A rollout is named in a path by its id, a unique prefix of it, or ``endpoint/name``
+(``_Service.load``). ``PUT /rollouts/{id}/alerts`` replaces a rollout's alert channels
 (``rollout.api.channels``), which every read shows redacted. Requests pass ``BrowserGuard``
 (the Host check) and ``Guard`` (body limit, last-resort 500) first, and every state-changing
 route refuses what a page on another origin could send (``rollout.api.middleware``).
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any, TypeVar
 
 import structlog
@@ -81,6 +84,7 @@ from rollout.api.schemas import (
 from rollout.api.series import DEFAULT_WINDOWS, MAX_WINDOWS, RolloutSeries, series_view
 from rollout.clock import Clock
 from rollout.engine.decide import DEFAULT_TIMING, Timing
+from rollout.engine.model import Phase, allowed_commands
 from rollout.engine.runner import new_rollout
 from rollout.engine.traffic import DATABRICKS_WINDOW_SECONDS, low_traffic_warning, recent_traffic
 from rollout.metrics.model import Histogram
@@ -128,6 +132,10 @@ Wake = Callable[[str], object]  # what it returns is ignored
 # Ids are what ``new_rollout`` makes (hex); anything else cannot name a rollout.
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _READY_TIMEOUT = 5.0
+# Rollouts read, newest first, to resolve an id prefix or an endpoint/name.
+_SCAN = 10_000
+_CANDIDATES_SHOWN = 10
+_COMMANDS = frozenset({"pause", "resume", "promote", "abort"})
 # A submission waits at most this long (seconds) for the endpoint's metrics, which only
 # feed a warning.
 _TRAFFIC_TIMEOUT = 10.0
@@ -151,7 +159,9 @@ def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     own = {
         400: "The request cannot be read.",
         404: "No such rollout, or no such endpoint in the workspace.",
-        409: "The endpoint is held by an active rollout, or the rollout has finished.",
+        409: "The endpoint is held by an active rollout; the rollout's phase does not take "
+        "this command (allowed_commands lists those it takes) or has it queued already; or "
+        "the id prefix or endpoint/name fits several rollouts (candidates lists them).",
         415: "The body's content type is not accepted.",
         502: "The workspace answered with an error.",
     }
@@ -352,8 +362,32 @@ class _Service:
                 503, "store_unavailable", f"the store cannot be used now: {exc}"
             ) from exc
 
-    async def load(self, rollout_id: str) -> RolloutRecord:
-        return await self.in_thread(self.store.get, _checked_id(rollout_id))
+    async def load(self, ref: str) -> RolloutRecord:
+        """The rollout ``ref`` names: its id, a unique prefix of its id, or ``endpoint/name``.
+
+        ``endpoint/name`` names the rollout whose plan has that name on that endpoint: the
+        active one if there is one, else the only one. Several that fit are refused (409
+        ``ambiguous_rollout``, with the candidates); none is 404.
+        """
+        if "/" in ref:
+            endpoint, name = ref.split("/", 1)
+            records = await self.in_thread(self.store.list, endpoint, None, _SCAN)
+            found = [r for r in records if r.plan.get("name") == name]
+            active = [r for r in found if not r.terminal]
+            return _one(ref, active or found, f"no rollout named {name!r} on endpoint "
+                        f"{endpoint!r}")
+        _checked_id(ref)
+        try:
+            return await self.in_thread(self.store.get, ref)
+        except ApiError as exc:
+            if exc.code != "rollout_not_found":
+                raise
+        records = await self.in_thread(self.store.list, None, None, _SCAN)
+        return _one(
+            ref,
+            [r for r in records if r.id.startswith(ref)],
+            f"no rollout has the id {ref!r} or an id starting with it",
+        )
 
     def poke(self, rollout_id: str) -> None:
         if self.wake is None:
@@ -524,6 +558,31 @@ class _Service:
                 409,
                 "rollout_finished",
                 f"rollout {record.id} has finished ({record.phase}); it takes no commands",
+                phase=record.phase,
+                allowed_commands=[],
+            )
+        allowed = allowed_commands(Phase(record.phase))
+        offered = _command_names(allowed)
+        if kind not in allowed:
+            word = _command_names((kind,))[0] + (" --full" if kind == "promote_full" else "")
+            raise ApiError(
+                409,
+                "command_not_allowed",
+                f"rollout {record.id} is {record.phase}: {word} does not apply; "
+                + (f"it takes {', '.join(offered)}" if offered else "it takes no commands now"),
+                phase=record.phase,
+                allowed_commands=offered,
+            )
+        queued = await self.in_thread(self.store.pending_commands, record.id)
+        twin = next((c for c in queued if c.kind == kind), None)
+        if twin is not None:
+            raise ApiError(
+                409,
+                "command_queued",
+                f"rollout {record.id} already has this command queued (command {twin.id}); "
+                "the engine applies it at its next look",
+                phase=record.phase,
+                allowed_commands=offered,
             )
         command = await self.in_thread(
             self.store.add_command, record.id, kind, payload, self.clock.now()
@@ -601,17 +660,7 @@ def _rollout_routes(
         return RolloutList(rollouts=[rollout_view(r) for r in records])
 
     @router.get(
-        "/rollouts/{rollout_id}",
-        response_model=Rollout,
-        dependencies=read_deps,
-        summary="One rollout",
-        responses=_responses(404),
-    )
-    async def get_rollout(rollout_id: str) -> Rollout:
-        return rollout_view(await service.load(rollout_id))
-
-    @router.get(
-        "/rollouts/{rollout_id}/events",
+        "/rollouts/{rollout_id:path}/events",
         response_model=EventList,
         dependencies=read_deps,
         summary="A rollout's event log",
@@ -623,11 +672,12 @@ def _rollout_routes(
             int, Query(ge=0, le=2**53, description="Only events with a larger seq.")
         ] = 0,
     ) -> EventList:
-        events = await service.in_thread(service.store.events, _checked_id(rollout_id), after)
+        record = await service.load(rollout_id)
+        events = await service.in_thread(service.store.events, record.id, after)
         return EventList(events=[event_view(e) for e in events])
 
     @router.get(
-        "/rollouts/{rollout_id}/series",
+        "/rollouts/{rollout_id:path}/series",
         response_model=RolloutSeries,
         dependencies=read_deps,
         summary="A rollout's metric windows per arm and its split changes (for charts)",
@@ -645,6 +695,27 @@ def _rollout_routes(
         # Hours of windows with their histograms are read back from JSON: off the event loop.
         return await asyncio.to_thread(series_view, record, events, limit=limit)
 
+    # Last: an endpoint/name holds a slash, and "/events" or "/series" after it must
+    # reach their own routes first.
+    @router.get(
+        "/rollouts/{rollout_id:path}",
+        response_model=Rollout,
+        dependencies=read_deps,
+        summary="One rollout",
+        responses=_responses(404),
+    )
+    async def get_rollout(rollout_id: str) -> Rollout:
+        head, _, tail = rollout_id.rpartition("/")
+        if head and tail in _COMMANDS:
+            # A command's route read with GET, not a rollout named like a command.
+            raise ApiError(
+                405,
+                "method_not_allowed",
+                f"GET is not allowed on {PREFIX}/rollouts/{rollout_id}; allowed: POST",
+                headers={"Allow": "POST"},
+            )
+        return rollout_view(await service.load(rollout_id))
+
 
 def _command_routes(router: APIRouter, service: _Service, write_deps: list[Any]) -> None:
     common: dict[str, Any] = {
@@ -658,7 +729,7 @@ def _command_routes(router: APIRouter, service: _Service, write_deps: list[Any])
         return _body_doc(schema.__name__, media=("application/json",), required=False)
 
     @router.post(
-        "/rollouts/{rollout_id}/pause",
+        "/rollouts/{rollout_id:path}/pause",
         summary="Hold the rollout at its current step",
         openapi_extra=body(ReasonBody),
         **common,
@@ -667,7 +738,7 @@ def _command_routes(router: APIRouter, service: _Service, write_deps: list[Any])
         return await service.queue(request, rollout_id, ReasonBody, "pause")
 
     @router.post(
-        "/rollouts/{rollout_id}/resume",
+        "/rollouts/{rollout_id:path}/resume",
         summary="Resume a paused rollout (re-asserting its current step)",
         openapi_extra=body(EmptyBody),
         **common,
@@ -676,7 +747,7 @@ def _command_routes(router: APIRouter, service: _Service, write_deps: list[Any])
         return await service.queue(request, rollout_id, EmptyBody, "resume")
 
     @router.post(
-        "/rollouts/{rollout_id}/promote",
+        "/rollouts/{rollout_id:path}/promote",
         summary="Skip to the next step, or with full=true straight to 100 %",
         openapi_extra=body(PromoteBody),
         **common,
@@ -685,7 +756,7 @@ def _command_routes(router: APIRouter, service: _Service, write_deps: list[Any])
         return await service.queue(request, rollout_id, PromoteBody, "promote")
 
     @router.post(
-        "/rollouts/{rollout_id}/abort",
+        "/rollouts/{rollout_id:path}/abort",
         summary="Roll back to the baseline and end the rollout as aborted",
         openapi_extra=body(ReasonBody),
         **common,
@@ -805,9 +876,37 @@ def _session_route(router: APIRouter, tokens: TokenTable) -> None:
         return Session(role=role, auth=True)
 
 
+def _one(ref: str, found: list[RolloutRecord], none: str) -> RolloutRecord:
+    if not found:
+        raise ApiError(404, "rollout_not_found", none)
+    if len(found) > 1:
+        shown = found[:_CANDIDATES_SHOWN]
+        more = len(found) - len(shown)
+        listed = ", ".join(f"{r.id} ({r.endpoint}, {r.phase})" for r in shown)
+        raise ApiError(
+            409,
+            "ambiguous_rollout",
+            f"{ref!r} names {len(found)} rollouts: {listed}"
+            + (f" and {more} more" if more else "")
+            + "; give more of the id",
+            candidates=[r.id for r in found],
+        )
+    return found[0]
+
+
+def _command_names(kinds: Iterable[str]) -> list[str]:
+    """Commands as the API and CLI name them: ``promote_full`` is ``promote`` with full."""
+    names: list[str] = []
+    for kind in kinds:
+        name = "promote" if kind == "promote_full" else kind
+        if name not in names:
+            names.append(name)
+    return names
+
+
 def _checked_id(rollout_id: str) -> str:
     if not _ID.fullmatch(rollout_id):
-        raise ApiError(404, "rollout_not_found", "no rollout has this id")
+        raise ApiError(404, "rollout_not_found", f"no rollout has the id {rollout_id!r}")
     return rollout_id
 
 

@@ -46,7 +46,8 @@ class FieldIssue(BaseModel):
 class ErrorDetail(BaseModel):
     code: str = Field(
         description="Stable word: invalid_plan, invalid_request, rollout_active, "
-        "rollout_not_found, rollout_finished, endpoint_not_found, endpoint_permission, "
+        "rollout_not_found, ambiguous_rollout, rollout_finished, command_not_allowed, "
+        "command_queued, endpoint_not_found, endpoint_permission, "
         "workspace_unavailable, workspace_error, store_unavailable, unauthenticated, "
         "forbidden, body_too_large, plan_too_large, unsupported_media_type, cross_site, "
         "host_not_allowed, not_found, method_not_allowed, "
@@ -58,6 +59,18 @@ class ErrorDetail(BaseModel):
     )
     active_rollout: str | None = Field(
         default=None, description="rollout_active: the rollout holding the endpoint."
+    )
+    phase: str | None = Field(
+        default=None,
+        description="command_not_allowed, command_queued, rollout_finished: the rollout's phase.",
+    )
+    allowed_commands: list[str] | None = Field(
+        default=None,
+        description="command_not_allowed, command_queued, rollout_finished: the commands the "
+        "rollout takes in its phase (pause, resume, promote, abort).",
+    )
+    candidates: list[str] | None = Field(
+        default=None, description="ambiguous_rollout: the ids of every rollout that fits."
     )
 
 

@@ -60,6 +60,7 @@ from rollout.engine.model import (
     Severity,
     Target,
     TargetPurpose,
+    allowed_commands,
 )
 from rollout.metrics.model import ArmTotals, EntityWindow
 from rollout.metrics.windows import sum_windows, window_length_ms
@@ -265,7 +266,7 @@ def _take_abort(turn: _Turn) -> None:
         if command.kind != "abort":
             continue
         turn.consumed.append(command.id)
-        if turn.state.phase is Phase.ROLLING_BACK:
+        if "abort" not in allowed_commands(turn.state.phase):
             turn.note("command_ignored", "abort: already rolling back")
             continue
         reason = str(command.payload.get("reason") or "aborted by an operator")
@@ -279,12 +280,17 @@ def _leftover_commands(turn: _Turn) -> None:
     """Commands no handler took: consume those that cannot apply now, keep the rest queued.
 
     Commands wait while a config update is in flight (a pause between a PUT and its
-    confirmation would leave the rollout not knowing which split is live).
+    confirmation would leave the rollout not knowing which split is live). Before the first
+    step is live (pending, preparing) the commands the phase takes wait for it too: a pause
+    or promote sent just after a submission applies to the first step.
     """
     if turn.state.target is not None and not turn.state.phase.terminal:
         return
+    before_first_step = turn.state.phase in (Phase.PENDING, Phase.PREPARING)
     for command in turn.obs.commands:
         if command.id in turn.consumed:
+            continue
+        if before_first_step and command.kind in allowed_commands(turn.state.phase):
             continue
         turn.consumed.append(command.id)
         turn.note(
@@ -294,10 +300,13 @@ def _leftover_commands(turn: _Turn) -> None:
 
 
 def _take(turn: _Turn, *kinds: str) -> Command | None:
+    """The first queued command of ``kinds`` the current phase takes (``COMMANDS_BY_PHASE``,
+    the table the API refuses commands by)."""
     if turn.state.target is not None:
         return None
+    allowed = allowed_commands(turn.state.phase)
     for command in turn.obs.commands:
-        if command.kind in kinds and command.id not in turn.consumed:
+        if command.kind in kinds and command.kind in allowed and command.id not in turn.consumed:
             turn.consumed.append(command.id)
             return command
     return None
@@ -815,6 +824,11 @@ def _preparing(turn: _Turn) -> None:
         turn.again_in(turn.timing.update_poll)
         return
     if state.preflight_passed:
+        command = _take(turn, "pause")
+        if command is not None:
+            # Held at 0 %: a resume deploys the candidate again and repeats the checks.
+            _pause(turn, str(command.payload.get("reason") or "paused by an operator"))
+            return
         warmed = turn.now - (state.split_applied_at or turn.now)
         if warmed >= plan.warmup:
             turn.put(_new_target(turn, "switch", 100))

@@ -280,10 +280,38 @@ class PreflightOutcome:
     message: str = ""
 
 
+CommandKind = Literal["pause", "resume", "promote", "promote_full", "abort"]
+
+# Which commands each phase acts on: the one table the engine takes its commands by
+# (``rollout.engine.decide``) and the API refuses the others by, so that an accepted command
+# is one the engine will apply. ``promote_full`` is ``promote`` with ``full: true``. A command
+# queued while a config update is in flight waits for its confirmation; should the phase have
+# changed by then, the engine records it as ignored (``command_ignored``).
+# Before the first step is live (pending, preparing) pause and promote wait for it, except a
+# blue/green pause during the warm-up, which holds the candidate at 0 %.
+COMMANDS_BY_PHASE: dict[Phase, tuple[CommandKind, ...]] = {
+    Phase.PENDING: ("pause", "promote", "promote_full", "abort"),
+    Phase.PREPARING: ("pause", "promote", "promote_full", "abort"),
+    Phase.PROGRESSING: ("pause", "promote", "promote_full", "abort"),
+    Phase.PAUSED: ("resume", "promote", "promote_full", "abort"),
+    Phase.PROMOTING: ("abort",),
+    Phase.ROLLING_BACK: (),
+    Phase.SUCCEEDED: (),
+    Phase.ROLLED_BACK: (),
+    Phase.ABORTED: (),
+    Phase.FAILED: (),
+}
+
+
+def allowed_commands(phase: Phase) -> tuple[CommandKind, ...]:
+    """The commands a rollout in ``phase`` acts on (``promote_full`` included)."""
+    return COMMANDS_BY_PHASE[phase]
+
+
 @dataclass(frozen=True)
 class Command:
     id: int
-    kind: Literal["pause", "resume", "promote", "promote_full", "abort"]
+    kind: CommandKind
     payload: dict[str, Any] = field(default_factory=dict)
 
 

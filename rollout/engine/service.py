@@ -24,7 +24,7 @@ from rollout.engine.model import TERMINAL_PHASES, Phase
 from rollout.engine.ownership import Owner, new_holder_id
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
-from rollout.errors import ConfigurationProblem
+from rollout.errors import ConfigurationProblem, with_sign_in_help
 from rollout.plan import AlertChannel
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import ServingError
@@ -98,12 +98,16 @@ async def run_engine(
     if problem is not None:
         raise ConfigurationProblem(problem)
     clock = SystemClock()
-    store, ownership = open_owned_store(settings, clock)
+    # Credentials first: nothing is created (no store file) for a process that cannot sign in.
     try:
         client = ServingClient.from_settings(settings.databricks, settings.serving, clock=clock)
     except ServingError as exc:
-        store.close()
-        raise ConfigurationProblem(str(exc)) from exc
+        raise ConfigurationProblem(with_sign_in_help(str(exc))) from exc
+    try:
+        store, ownership = open_owned_store(settings, clock)
+    except ConfigurationProblem:
+        await client.aclose()
+        raise
     runner = Runner(
         store,
         client,

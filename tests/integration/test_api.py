@@ -672,24 +672,27 @@ async def test_events_in_order_with_iso_times_and_after(
 
 
 @pytest.mark.parametrize(
-    ("action", "body", "kind", "payload"),
+    ("phase", "action", "body", "kind", "payload"),
     [
-        ("pause", None, "pause", {}),
-        ("pause", {"reason": "looking at a dashboard"}, "pause",
+        ("progressing", "pause", None, "pause", {}),
+        ("progressing", "pause", {"reason": "looking at a dashboard"}, "pause",
          {"reason": "looking at a dashboard"}),
-        ("resume", None, "resume", {}),
-        ("resume", {}, "resume", {}),
-        ("promote", None, "promote", {}),
-        ("promote", {"full": False}, "promote", {}),
-        ("promote", {"full": True}, "promote_full", {}),
-        ("abort", {"reason": "wrong model"}, "abort", {"reason": "wrong model"}),
+        ("pending", "pause", None, "pause", {}),
+        ("paused", "resume", None, "resume", {}),
+        ("paused", "resume", {}, "resume", {}),
+        ("progressing", "promote", None, "promote", {}),
+        ("paused", "promote", {"full": False}, "promote", {}),
+        ("progressing", "promote", {"full": True}, "promote_full", {}),
+        ("pending", "abort", {"reason": "wrong model"}, "abort", {"reason": "wrong model"}),
+        ("promoting", "abort", None, "abort", {}),
     ],
 )
 async def test_commands_are_queued_for_the_engine(
-    api: httpx.AsyncClient, harness: Harness, *, action: str, body: dict[str, Any] | None,
-    kind: str, payload: dict[str, Any]
+    api: httpx.AsyncClient, harness: Harness, *, phase: str, action: str,
+    body: dict[str, Any] | None, kind: str, payload: dict[str, Any]
 ) -> None:
     created = (await submit_yaml(api)).json()
+    finish(harness.store, created["id"], phase)
     harness.woken.clear()
     # Without a body, the header the CLI sends says it is no page on another origin.
     headers = {"X-Rollout-Client": "test"} if body is None else {}
@@ -719,6 +722,89 @@ async def test_commands_on_finished_or_unknown_rollouts(
         assert_error(await api.post(f"/api/v1/rollouts/unknown/{action}", json={}), 404,
                      "rollout_not_found")
     assert harness.store.pending_commands(created["id"]) == []
+
+
+@pytest.mark.parametrize(
+    ("phase", "action", "body", "allowed"),
+    [
+        ("progressing", "resume", None, ["pause", "promote", "abort"]),
+        ("paused", "pause", None, ["resume", "promote", "abort"]),
+        ("promoting", "promote", {"full": True}, ["abort"]),
+        ("rolling_back", "abort", None, []),
+    ],
+)
+async def test_a_command_the_phase_does_not_take_is_refused(
+    api: httpx.AsyncClient, harness: Harness, *, phase: str, action: str,
+    body: dict[str, Any] | None, allowed: list[str]
+) -> None:
+    created = (await submit_yaml(api)).json()
+    finish(harness.store, created["id"], phase)
+    response = await api.post(f"/api/v1/rollouts/{created['id']}/{action}", json=body)
+    error = assert_error(response, 409, "command_not_allowed")
+    assert error["phase"] == phase
+    assert error["allowed_commands"] == allowed
+    assert f"is {phase}: {action}" in error["message"]
+    assert harness.store.pending_commands(created["id"]) == []
+
+
+async def test_a_command_already_queued_is_refused(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    created = (await submit_yaml(api)).json()
+    finish(harness.store, created["id"], "progressing")
+    first = await api.post(f"/api/v1/rollouts/{created['id']}/pause")
+    assert first.status_code == 202, first.text
+    error = assert_error(await api.post(f"/api/v1/rollouts/{created['id']}/pause"), 409,
+                         "command_queued")
+    assert f"command {first.json()['command']['id']}" in error["message"]
+    assert [c.kind for c in harness.store.pending_commands(created["id"])] == ["pause"]
+    # Another command is still taken.
+    assert (await api.post(f"/api/v1/rollouts/{created['id']}/abort")).status_code == 202
+
+
+def _stored(harness: Harness, rollout_id: str, name: str, phase: str, endpoint: str = ENDPOINT
+            ) -> None:
+    plan = validate_plan({**yaml.safe_load(CANARY_YAML), "name": name, "endpoint": endpoint})
+    record, event = new_rollout(plan, resolve_policy(plan, PolicyLibrary()), 1.0e9, rollout_id)
+    harness.store.create(record, event, [])
+    finish(harness.store, rollout_id, phase)
+
+
+async def test_rollouts_are_named_by_id_prefix_or_endpoint_and_name(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    _stored(harness, "abc111111111", "v1", "rolled_back")
+    _stored(harness, "abc222222222", "v1", "succeeded")
+    _stored(harness, "abd333333333", "v2", "progressing")
+    for ref, expected in [
+        ("abc1", "abc111111111"),
+        ("abd", "abd333333333"),
+        ("abc222222222", "abc222222222"),
+        (f"{ENDPOINT}/v2", "abd333333333"),
+    ]:
+        response = await api.get(f"/api/v1/rollouts/{ref}")
+        assert response.status_code == 200, (ref, response.text)
+        assert response.json()["id"] == expected
+    events = await api.get(f"/api/v1/rollouts/{ENDPOINT}/v2/events")
+    assert events.status_code == 200, events.text
+    assert events.json()["events"]
+    assert (await api.get(f"/api/v1/rollouts/{ENDPOINT}/v2/series")).status_code == 200
+    paused = await api.post(f"/api/v1/rollouts/{ENDPOINT}%2Fv2/pause")
+    assert paused.status_code == 202, paused.text
+    assert paused.json()["rollout"]["id"] == "abd333333333"
+
+    error = assert_error(await api.get("/api/v1/rollouts/abc"), 409, "ambiguous_rollout")
+    assert sorted(error["candidates"]) == ["abc111111111", "abc222222222"]
+    assert "abc111111111 (ads, rolled_back)" in error["message"]
+    # Two finished rollouts share the name and none is active: which one is meant is unclear.
+    error = assert_error(await api.get(f"/api/v1/rollouts/{ENDPOINT}/v1"), 409,
+                         "ambiguous_rollout")
+    assert sorted(error["candidates"]) == ["abc111111111", "abc222222222"]
+    assert_error(await api.post("/api/v1/rollouts/ab/abort"), 409, "ambiguous_rollout")
+    assert_error(await api.get("/api/v1/rollouts/fff"), 404, "rollout_not_found")
+    assert_error(await api.get(f"/api/v1/rollouts/{ENDPOINT}/v3"), 404, "rollout_not_found")
+    assert_error(await api.get("/api/v1/rollouts/other/v2"), 404, "rollout_not_found")
+    assert harness.store.pending_commands("abc111111111") == []
 
 
 @pytest.mark.parametrize(

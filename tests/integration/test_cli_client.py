@@ -21,6 +21,7 @@ import httpx
 import pytest
 import structlog
 import uvicorn
+import yaml
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from rich.console import Console
@@ -31,6 +32,8 @@ from rollout.alerts.targets import TargetPolicy
 from rollout.api import create_api
 from rollout.api.server import server_config
 from rollout.cli import app
+from rollout.engine.runner import new_rollout
+from rollout.plan import resolve_policy, validate_plan
 from rollout.policies import PolicyLibrary
 from rollout.sandbox.server import SandboxServer
 from rollout.serving.auth import PatAuth
@@ -324,9 +327,8 @@ def test_list_get_and_events(server: ApiServer, store: Store, plan_file: Path) -
                             "--after", "1").stdout)["events"]
     assert [(e["seq"], e["to_phase"]) for e in events] == [(2, "progressing")]
 
-    assert_one_line_error(cli("get", "nope", "--server", server.url), "no rollout",
-                          "[rollout_not_found]")
-    assert_one_line_error(cli("events", "nope", "--server", server.url), "[rollout_not_found]")
+    assert_one_line_error(cli("get", "nope", "--server", server.url), "no rollout has the id")
+    assert_one_line_error(cli("events", "nope", "--server", server.url), "'nope'")
 
 
 def test_steps_an_operator_skipped_are_shown_as_skipped(
@@ -353,26 +355,75 @@ def test_steps_an_operator_skipped_are_shown_as_skipped(
 
 def test_commands_are_queued(server: ApiServer, store: Store, plan_file: Path) -> None:
     rollout_id = submitted(server, plan_file)
-    paused = cli("pause", rollout_id, "--reason", "checking a dashboard", "--server", server.url)
+    move(store, rollout_id, "progressing", step=0, candidate_weight=5)
+    paused = cli("pause", rollout_id[:6], "--reason", "checking a dashboard", "--server",
+                 server.url)
     assert paused.exit_code == 0, paused.output
-    assert f"pause queued for rollout {rollout_id}" in paused.stdout
-    assert cli("resume", rollout_id, "--server", server.url).exit_code == 0
-    promoted = cli("promote", rollout_id, "--full", "--server", server.url, "-o", "json")
-    assert json.loads(promoted.stdout)["command"]["kind"] == "promote_full"
-    assert cli("promote", rollout_id, "--server", server.url).exit_code == 0
+    assert f"pause: accepted for rollout {rollout_id} (progressing)" in paused.stdout
+    promoted = cli("promote", rollout_id, "--full", "--server", server.url)
+    assert promoted.exit_code == 0, promoted.output
+    assert "promote to 100 %: accepted" in promoted.stdout
+    assert "promote_full" not in promoted.stdout
+    as_json = cli("promote", f"{ENDPOINT}/ads-v4", "--server", server.url, "-o", "json")
+    assert json.loads(as_json.stdout)["command"]["kind"] == "promote"
     assert cli("abort", rollout_id, "--reason", "wrong model", "--server", server.url
                ).exit_code == 0
     pending = store.pending_commands(rollout_id)
     assert [(c.kind, c.payload) for c in pending] == [
         ("pause", {"reason": "checking a dashboard"}),
-        ("resume", {}),
         ("promote_full", {}),
         ("promote", {}),
         ("abort", {"reason": "wrong model"}),
     ]
     move(store, rollout_id, "aborted")
     assert_one_line_error(cli("pause", rollout_id, "--server", server.url),
-                          "has finished (aborted)", "[rollout_finished]")
+                          "has finished (aborted)")
+
+
+def test_a_command_the_phase_does_not_take_is_refused_plainly(
+    server: ApiServer, store: Store, plan_file: Path
+) -> None:
+    rollout_id = submitted(server, plan_file)
+    move(store, rollout_id, "progressing", step=0, candidate_weight=5)
+    refused = cli("resume", rollout_id, "--server", server.url)
+    assert refused.exit_code == 1
+    assert_one_line_error(refused, f"rollout {rollout_id} is progressing: resume does not apply",
+                          "it takes pause, promote, abort")
+    assert "[" not in refused.stderr  # no internal code
+    assert cli("pause", rollout_id, "--server", server.url).exit_code == 0
+    twice = cli("pause", rollout_id, "--server", server.url)
+    assert_one_line_error(twice, "already has this command queued")
+    assert [c.kind for c in store.pending_commands(rollout_id)] == ["pause"]
+
+
+def _stored(store: Store, rollout_id: str, phase: str) -> None:
+    plan = validate_plan(yaml.safe_load(PLAN))
+    record, event = new_rollout(plan, resolve_policy(plan, PolicyLibrary()), 1.0e9, rollout_id)
+    store.create(record, event, [])
+    move(store, rollout_id, phase)
+
+
+def test_rollouts_are_named_by_prefix_or_endpoint_and_name_in_the_cli(
+    server: ApiServer, store: Store
+) -> None:
+    _stored(store, "cafe10000001", "rolled_back")
+    _stored(store, "cafe20000002", "progressing")
+    by_name = cli("get", f"{ENDPOINT}/ads-v4", "--server", server.url, "-o", "json")
+    assert by_name.exit_code == 0, by_name.output
+    assert json.loads(by_name.stdout)["id"] == "cafe20000002"  # the active one of the two
+    events = cli("events", "cafe10000001", "--server", server.url, "-o", "json")
+    assert events.exit_code == 0, events.output
+    assert json.loads(events.stdout)["events"]
+    by_prefix = cli("get", "cafe1", "--server", server.url, "-o", "json")
+    assert json.loads(by_prefix.stdout)["id"] == "cafe10000001"
+    assert_one_line_error(cli("pause", "cafe", "--server", server.url), "'cafe' names 2 rollouts",
+                          "cafe10000001 (ads, rolled_back)", "cafe20000002 (ads, progressing)")
+    assert store.pending_commands("cafe20000002") == []
+    move(store, "cafe20000002", "succeeded")
+    assert_one_line_error(cli("get", f"{ENDPOINT}/ads-v4", "--server", server.url),
+                          "names 2 rollouts", "cafe10000001", "cafe20000002")
+    assert_one_line_error(cli("get", f"{ENDPOINT}/nope", "--server", server.url),
+                          "no rollout named 'nope'")
 
 
 def test_tokens_from_the_flag_or_the_environment(
@@ -480,15 +531,123 @@ def test_watch_on_a_terminal_shows_a_live_view(
         assert expected in text, expected
 
 
-def test_watch_gives_up_after_the_api_stays_away(unused_tcp_port: int) -> None:
+class FakeTime:
+    """The watch's injected clock: sleeping moves it on, nothing waits."""
+
+    def __init__(self) -> None:
+        self.at = 1000.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.at
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.at += seconds
+
+
+def test_watch_retries_with_backoff_until_its_timeout(unused_tcp_port: int) -> None:
     session = client_cli.Session(f"http://127.0.0.1:{unused_tcp_port}", None,
                                  client_cli.Output.table)
     session.err = Console(file=io.StringIO(), width=200)
-    sleeps: list[float] = []
-    code = client_cli.get(session, "abc", watch=True, interval=0.5, sleep=sleeps.append)
+    clock = FakeTime()
+    code = client_cli.get(session, "abc", watch=True, interval=0.5, timeout=120.0,
+                          sleep=clock.sleep, now=clock.now)
+    assert code == client_cli.EXIT_TIMEOUT == 7
+    # Doubling from the interval, at most 30 s, the last sleep cut at the timeout.
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 28.5]
+    assert clock.at == 1120.0
+    text = session.err.file.getvalue()  # type: ignore[attr-defined]
+    assert text.count("retrying") == 9
+    assert "timed out: cannot reach the rollout API" in text
+
+
+def test_watch_without_a_timeout_keeps_retrying(unused_tcp_port: int) -> None:
+    session = client_cli.Session(f"http://127.0.0.1:{unused_tcp_port}", None,
+                                 client_cli.Output.table)
+    session.err = Console(file=io.StringIO(), width=200)
+    clock = FakeTime()
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if len(clock.sleeps) == 40:  # far more than any fixed count would allow
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        client_cli.get(session, "abc", watch=True, interval=1.0, sleep=sleep, now=clock.now)
+    assert clock.sleeps[-1] == 30.0
+
+
+def test_watch_stops_at_a_refusal_without_retrying(server: ApiServer) -> None:
+    clock = FakeTime()
+    session = client_cli.Session(server.url, None, client_cli.Output.table)
+    session.err = Console(file=io.StringIO(), width=200)
+    code = client_cli.get(session, "nosuchrollout", watch=True, sleep=clock.sleep,
+                          now=clock.now)
     assert code == 1
-    assert sleeps == [0.5] * 5  # retried five times, then stopped
-    assert session.err.file.getvalue().count("retrying") == 5  # type: ignore[attr-defined]
+    assert clock.sleeps == []
+
+
+def test_watch_and_wait_exit_6_on_a_paused_rollout(
+    server: ApiServer, store: Store, plan_file: Path
+) -> None:
+    rollout_id = submitted(server, plan_file)
+    move(store, rollout_id, "paused", pause_reason="drift: endpoint now ads-3=100%")
+    watched = cli("get", rollout_id, "--watch", "--server", server.url)
+    assert watched.exit_code == 6, watched.output
+    assert "waits for a person" in watched.stderr
+    assert f"rollout resume {rollout_id}" in watched.stderr
+    waited = cli("wait", rollout_id, "--for", "succeeded", "--server", server.url)
+    assert waited.exit_code == 6, waited.output
+    assert waited.stdout.strip() == f"{rollout_id} paused"
+    assert cli("wait", rollout_id, "--for", "paused", "--server", server.url).exit_code == 0
+
+
+def test_watch_and_wait_time_out_with_7(server: ApiServer, store: Store, plan_file: Path) -> None:
+    rollout_id = submitted(server, plan_file)
+    move(store, rollout_id, "progressing", step=0, candidate_weight=5)
+    for args in (("get", rollout_id, "--watch"), ("wait", rollout_id, "--for", "succeeded")):
+        result = cli(*args, "--timeout", "0.3s", "--interval", "0.05", "--server", server.url)
+        assert result.exit_code == 7, result.output
+        assert f"timed out: rollout {rollout_id} is still progressing" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("ending", "wanted", "code", "stdout"),
+    [
+        ("succeeded", "succeeded", 0, "succeeded"),
+        ("rolled_back", "succeeded", 3, "rolled_back"),
+        ("aborted", "rolled_back", 5, "aborted"),
+        ("succeeded", "rolling_back", 8, "succeeded"),
+        ("progressing", "progressing", 0, "progressing"),
+    ],
+)
+def test_wait_for_a_phase(
+    server: ApiServer, store: Store, plan_file: Path, *, ending: str, wanted: str, code: int,
+    stdout: str
+) -> None:
+    rollout_id = submitted(server, plan_file)
+    move(store, rollout_id, ending)
+    result = cli("wait", rollout_id[:7], "--for", wanted, "--server", server.url)
+    assert result.exit_code == code, result.output
+    assert result.stdout.strip() == f"{rollout_id} {stdout}"
+
+
+def test_wait_names_every_phase_in_its_help() -> None:
+    from rollout.store.model import PHASES  # noqa: PLC0415
+
+    shown = " ".join(cli("wait", "--help").stdout.split())
+    assert all(phase in shown for phase in PHASES), shown
+
+
+def test_wait_refuses_what_is_not_a_phase_or_a_duration() -> None:
+    unknown = cli("wait", "abc", "--for", "done")
+    assert unknown.exit_code == 2
+    assert "'done' is not a phase" in unknown.stderr
+    assert "rolled_back" in unknown.stderr
+    bad = cli("wait", "abc", "--timeout", "soon")
+    assert bad.exit_code == 2
+    assert "--timeout" in bad.stderr
 
 
 def test_uvicorn_serves_errors_in_the_common_shape(server: ApiServer) -> None:
