@@ -13,6 +13,7 @@ and ``abort`` are that API's client: their requests and rendering live in
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -83,7 +84,7 @@ def sandbox(
 
 @app.command()
 def validate(
-    plan_file: Annotated[Path, typer.Argument(help="The plan, YAML or JSON.")],
+    plan_file: Annotated[Path, typer.Argument(help="The plan, YAML or JSON; - reads stdin.")],
     policy_dir: Annotated[
         list[Path] | None,
         typer.Option(
@@ -109,14 +110,17 @@ def validate(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
 
+    stdin = str(plan_file) == "-"
+    source = "<stdin>" if stdin else str(plan_file)
     try:
-        text = plan_file.read_text(encoding="utf-8")
+        text = sys.stdin.read() if stdin else plan_file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        typer.echo(f"error: cannot read {plan_file}: {exc}", err=True)
+        typer.echo(f"error: cannot read {source}: {exc}", err=True)
         raise typer.Exit(2) from exc
     content_type = "application/json" if plan_file.suffix == ".json" else None
+    plan_file = Path(source)
     try:
-        plan, policy = load_plan(text, content_type=content_type, library=library)
+        plan, policy = load_plan(text, content_type=content_type, library=library, source=source)
     except PlanError as exc:
         typer.echo(f"{plan_file}: {exc}", err=True)
         raise typer.Exit(1) from exc

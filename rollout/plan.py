@@ -61,6 +61,15 @@ class FieldProblemError(ValueError):
         super().__init__(message)
 
 
+class FieldProblemsError(ValueError):
+    """Several problems one validator found at once (``(field, message)`` pairs), so a plan
+    with two badly ordered steps hears about both in one answer."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
+
+
 def _databricks_name(value: str, what: str) -> str:
     if not DATABRICKS_NAME.match(value):
         raise ValueError(
@@ -209,6 +218,36 @@ class CanaryPlan(_PlanBase):
         default=None, description="Warm-up per step (linear form); see steps[].warmup."
     )
 
+    @field_validator("steps")
+    @classmethod
+    def _step_weights(cls, steps: list[CanaryStep] | None) -> list[CanaryStep] | None:
+        # A field validator, not a model one: it runs even when other fields are invalid,
+        # so the weights' problems are listed with everything else in one answer.
+        if steps is None:
+            return None
+        if not steps:
+            raise FieldProblemError("", "a canary needs at least one step")
+        problems: list[tuple[str, str]] = []
+        previous = 0
+        for index, step in enumerate(steps):
+            if step.weight == 100:
+                problems.append((
+                    f"[{index}].weight",
+                    ("100 is the promotion, which follows the last step by itself; the "
+                    "steps are the judged weights below 100 (to bake with all traffic on "
+                    "the candidate and the baseline kept, use strategy: blue_green)"),
+                ))
+            elif step.weight <= previous:
+                problems.append((
+                    f"[{index}].weight",
+                    (f"{step.weight} must be greater than the previous step's weight "
+                    f"({previous}); weights strictly increase"),
+                ))
+            previous = max(previous, step.weight)
+        if problems:
+            raise FieldProblemsError(problems)
+        return steps
+
     @model_validator(mode="after")
     def _steps(self) -> CanaryPlan:
         linear = (self.step_weight, self.max_weight, self.bake, self.warmup)
@@ -219,24 +258,6 @@ class CanaryPlan(_PlanBase):
                     "give either steps or the linear form (step_weight, max_weight, bake, "
                     "warmup), not both",
                 )
-            if not self.steps:
-                raise FieldProblemError("steps", "a canary needs at least one step")
-            previous = 0
-            for index, step in enumerate(self.steps):
-                if step.weight == 100:
-                    raise FieldProblemError(
-                        f"steps[{index}].weight",
-                        "100 is the promotion, which follows the last step by itself; the "
-                        "steps are the judged weights below 100 (to bake with all traffic on "
-                        "the candidate and the baseline kept, use strategy: blue_green)",
-                    )
-                if step.weight <= previous:
-                    raise FieldProblemError(
-                        f"steps[{index}].weight",
-                        f"{step.weight} must be greater than the previous step's weight "
-                        f"({previous}); weights strictly increase",
-                    )
-                previous = step.weight
             return self
         if self.step_weight is None or self.bake is None:
             raise FieldProblemError(
@@ -389,37 +410,101 @@ def _strategy_misfit(data: Mapping[str, Any]) -> list[PlanIssue]:
     return issues
 
 
+def _pydantic_issues(exc: ValidationError, *, tagged: bool) -> list[PlanIssue]:
+    """One ``PlanIssue`` per pydantic error, with the plan's own field paths."""
+    issues: list[PlanIssue] = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])[1:]  # drop the wrapper's "plan"
+        if tagged and loc and loc[0] in _STRATEGY_FIELDS:
+            loc = loc[1:]  # drop the discriminator tag pydantic inserts
+        message = error["msg"]
+        problem = error.get("ctx", {}).get("error")
+        if isinstance(problem, FieldProblemsError):
+            issues.extend(
+                PlanIssue(field=_field_path((*loc, *_split_path(field))), message=text)
+                for field, text in problem.problems
+            )
+            continue
+        if isinstance(problem, FieldProblemError):
+            loc = (*loc, *_split_path(problem.field))
+            message = str(problem)
+        elif error["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        issues.append(PlanIssue(field=_field_path(loc), message=message))
+    return issues
+
+
+class _CommonDocument(BaseModel):
+    plan: _PlanBase
+
+
+def _plan_issues(data: Mapping[str, Any]) -> list[PlanIssue]:
+    """Every problem of a plan mapping, in one pass: the strategy, fields of another
+    strategy, then each field's own problems (the rest of the plan is still checked when
+    the strategy is missing or a field belongs elsewhere)."""
+    issues: list[PlanIssue] = []
+    strategy = data.get("strategy")
+    if strategy not in _STRATEGY_FIELDS:
+        got = "missing" if "strategy" not in data else f"{strategy!r} is not a strategy"
+        issues.append(PlanIssue(field="strategy", message=f"{got}: use canary, ab or blue_green"))
+        # Without a strategy only the fields every plan shares can be judged.
+        common = {k: v for k, v in data.items() if k in _PlanBase.model_fields}
+        try:
+            _CommonDocument.model_validate({"plan": common})
+        except ValidationError as exc:
+            issues.extend(_pydantic_issues(exc, tagged=False))
+        return issues
+    misfits = _strategy_misfit(data)
+    issues.extend(misfits)
+    rest = {k: v for k, v in data.items() if k not in {m.field for m in misfits}}
+    try:
+        _PlanDocument.model_validate({"plan": rest})
+    except ValidationError as exc:
+        issues.extend(_pydantic_issues(exc, tagged=True))
+    return issues
+
+
 def validate_plan(data: object) -> AnyPlan:
     """Validate a parsed plan mapping; raise ``PlanError`` naming every bad field."""
     if not isinstance(data, Mapping):
         raise PlanError([PlanIssue(field="(plan)", message="a plan must be a mapping")])
-    if data.get("strategy") not in _STRATEGY_FIELDS:
-        got = "missing" if "strategy" not in data else f"{data['strategy']!r} is not a strategy"
-        raise PlanError(
-            [PlanIssue(field="strategy", message=f"{got}: use canary, ab or blue_green")]
-        )
-    misfits = _strategy_misfit(data)
-    if misfits:
-        raise PlanError(misfits)
+    issues = _plan_issues(data)
+    if issues:
+        raise PlanError(issues)
+    return _PlanDocument.model_validate({"plan": dict(data)}).plan
+
+
+def _policy_issues(ref: object, library: PolicyLibrary) -> list[PlanIssue]:
+    if not isinstance(ref, str | Mapping):
+        return []  # the plan's own validation already names the field
     try:
-        return _PlanDocument.model_validate({"plan": dict(data)}).plan
+        library.resolve(ref)
+    except PolicyNotFoundError as exc:
+        return [PlanIssue(field="policy", message=str(exc))]
     except ValidationError as exc:
-        issues = []
-        for error in exc.errors():
-            loc = tuple(error["loc"])[1:]  # drop the wrapper's "plan"
-            if loc and loc[0] in _STRATEGY_FIELDS:
-                loc = loc[1:]  # drop the discriminator tag pydantic inserts
-            message = error["msg"]
-            problem = error.get("ctx", {}).get("error")
-            if isinstance(problem, FieldProblemError):
-                loc = (*loc, *_split_path(problem.field))
-                message = str(problem)
-            elif error["type"] == "extra_forbidden":
-                message = "unknown field"
-            elif message.startswith("Value error, "):
-                message = message.removeprefix("Value error, ")
-            issues.append(PlanIssue(field=_field_path(loc), message=message))
-        raise PlanError(issues) from None
+        return [PlanIssue(field=path, message=message) for path, message in policy_errors(exc)]
+    return []
+
+
+def check_plan(data: object, library: PolicyLibrary | None = None) -> tuple[AnyPlan, Policy]:
+    """Validate a parsed plan and resolve its policy in one pass: ``PlanError`` lists the
+    plan's problems and its policy's together (what ``rollout validate`` and the API's 422
+    report)."""
+    library = library if library is not None else PolicyLibrary()
+    try:
+        plan = validate_plan(data)
+    except PlanError as exc:
+        if isinstance(data, Mapping):
+            flagged = {i.field for i in exc.issues}
+            exc.issues.extend(
+                i for i in _policy_issues(data.get("policy", "default"), library)
+                if i.field not in flagged
+            )
+            raise PlanError(exc.issues) from None
+        raise
+    return plan, resolve_policy(plan, library)
 
 
 def resolve_policy(plan: AnyPlan, library: PolicyLibrary | None = None) -> Policy:
@@ -435,8 +520,11 @@ def resolve_policy(plan: AnyPlan, library: PolicyLibrary | None = None) -> Polic
         ) from None
 
 
-def parse_document(text: str, *, content_type: str | None = None) -> object:
-    """Parse YAML or JSON text (JSON is YAML, but JSON errors read better from ``json``)."""
+def parse_document(
+    text: str, *, content_type: str | None = None, source: str | None = None
+) -> object:
+    """Parse YAML or JSON text (JSON is YAML, but JSON errors read better from ``json``).
+    ``source`` names the text in YAML errors (a file name; default "the plan")."""
     kind = (content_type or "").split(";")[0].strip().lower()
     try:
         if kind == "application/json" or (not kind and text.lstrip().startswith("{")):
@@ -449,17 +537,24 @@ def parse_document(text: str, *, content_type: str | None = None) -> object:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
+        # PyYAML names the stream "<unicode string>"; say which document it is.
+        for mark in (where, getattr(exc, "context_mark", None)):
+            if mark is not None:
+                mark.name = source or "the plan"
         raise PlanError(
             [PlanIssue(field="(document)", message=f"invalid YAML{line}: {exc}")]
         ) from None
 
 
 def load_plan(
-    text: str, *, content_type: str | None = None, library: PolicyLibrary | None = None
+    text: str,
+    *,
+    content_type: str | None = None,
+    library: PolicyLibrary | None = None,
+    source: str | None = None,
 ) -> tuple[AnyPlan, Policy]:
-    """Parse and validate a plan document and resolve its policy."""
-    plan = validate_plan(parse_document(text, content_type=content_type))
-    return plan, resolve_policy(plan, library)
+    """Parse and validate a plan document and resolve its policy (every problem at once)."""
+    return check_plan(parse_document(text, content_type=content_type, source=source), library)
 
 
 def effective_ratio(ratio: float, quantile_ms: float,

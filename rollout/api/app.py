@@ -75,10 +75,9 @@ from rollout.plan import (
     AnyPlan,
     Plan,
     PlanError,
+    check_plan,
     plan_notes,
     resolution_notes,
-    resolve_policy,
-    validate_plan,
 )
 from rollout.policies import PolicyLibrary
 from rollout.serving.client import ServingClient
@@ -369,8 +368,7 @@ class _Service:
 
     async def submit(self, body: bytes, kind: str) -> tuple[RolloutRecord, list[str]]:
         try:
-            plan = validate_plan(parse_plan_body(body, kind))
-            policy = resolve_policy(plan, self.library)
+            plan, policy = check_plan(parse_plan_body(body, kind), self.library)
         except PlanError as exc:
             raise _invalid_plan(exc) from exc
         active = await self.in_thread(self.store.active_for_endpoint, plan.endpoint)
