@@ -290,6 +290,10 @@ class _Service:
                 503, "store_unavailable", f"the store cannot be used now: {exc}"
             ) from exc
 
+    def view(self, record: RolloutRecord) -> Rollout:
+        """The rollout's document, ``next`` computed on this service's clock and timing."""
+        return rollout_view(record, self.clock.now(), self.timing)
+
     async def load(self, rollout_id: str) -> RolloutRecord:
         return await self.in_thread(self.store.get, _checked_id(rollout_id))
 
@@ -427,7 +431,7 @@ class _Service:
         )
         log.info("api.command_queued", rollout=record.id, kind=kind, command=command.id)
         self.poke(record.id)
-        return CommandAccepted(command=command_view(command), rollout=rollout_view(record))
+        return CommandAccepted(command=command_view(command), rollout=self.view(record))
 
     async def readiness(self) -> Readiness:
         problems: dict[str, str] = {}
@@ -471,7 +475,7 @@ def _rollout_routes(
             )
         stored, warnings = await service.submit(await request.body(), kind)
         response.headers["Location"] = f"{PREFIX}/rollouts/{stored.id}"
-        return SubmittedRollout(**dict(rollout_view(stored)), warnings=warnings)
+        return SubmittedRollout(**dict(service.view(stored)), warnings=warnings)
 
     @router.get(
         "/rollouts",
@@ -491,7 +495,7 @@ def _rollout_routes(
         limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
     ) -> RolloutList:
         records = await service.in_thread(service.store.list, endpoint, phase, limit)
-        return RolloutList(rollouts=[rollout_view(r) for r in records])
+        return RolloutList(rollouts=[service.view(r) for r in records])
 
     @router.get(
         "/rollouts/{rollout_id}",
@@ -501,7 +505,7 @@ def _rollout_routes(
         responses=_responses(404),
     )
     async def get_rollout(rollout_id: str) -> Rollout:
-        return rollout_view(await service.load(rollout_id))
+        return service.view(await service.load(rollout_id))
 
     @router.get(
         "/rollouts/{rollout_id}/events",

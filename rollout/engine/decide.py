@@ -890,6 +890,16 @@ def _bake(plan: AnyPlan, step: int) -> float:
     return plan.bake
 
 
+def step_bake(plan: AnyPlan, step: int) -> float:
+    """Seconds the step (0-based) bakes before it may move on (A/B: the duration)."""
+    return _bake(plan, step)
+
+
+def step_warmup(plan: AnyPlan, step: int) -> float | None:
+    """The plan's own warm-up for a step (0-based), if it sets one."""
+    return _step_warmup(plan, step)
+
+
 def _step_warmup(plan: AnyPlan, step: int) -> float | None:
     """The plan's own warm-up for a step, if it sets one."""
     if isinstance(plan, CanaryPlan):
