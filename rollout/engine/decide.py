@@ -32,6 +32,7 @@ from rollout.analysis.ab import ab_report
 from rollout.analysis.control import against_control
 from rollout.analysis.judge import Look as JudgeInput
 from rollout.analysis.spec import Policy
+from rollout.analysis.wording import verdict_sentence
 from rollout.engine.judging import Look, judge_look
 from rollout.engine.model import (
     AlertOut,
@@ -749,7 +750,11 @@ def _progressing(turn: _Turn) -> None:
     last_step = state.step >= len(weights) - 1
     look = _look(turn, final=last_step)
     if look is not None and look.outcome == "fail":
-        _start_rollback(turn, f"analysis failed: {look.reason}", "analysis")
+        # The sentence first; the judge's reason (without its own "fail:") for the record.
+        summary = str((turn.state.last_verdict or {}).get("summary") or "")
+        why = look.reason.removeprefix("fail: ")
+        lead = f"{summary.rsplit(' -> ', 1)[0]}; judge: " if summary else ""
+        _start_rollback(turn, f"analysis failed: {lead}{why}", "analysis")
         return
 
     command = _take(turn, "pause", "promote", "promote_full")
@@ -1055,11 +1060,14 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
             "in_warmup": turn.now < turn.scored_from,
         }
     verdict["unpaired_windows"] = turn.unpaired
+    # The sentence a person reads first; the judge's reason (which names the outcome
+    # itself) follows in the event.
+    verdict["summary"] = verdict_sentence(verdict)
     turn.set(judge_state=look.state, last_verdict=verdict)
     if turn.arrived or turn.obs.metrics_error:
         turn.note(
             "verdict",
-            f"{look.outcome}: {look.reason}",
+            f"{verdict['summary']}; judge: {look.reason}",
             {"verdict": verdict, "step": state.step},
         )
     if turn.obs.metrics_error:
