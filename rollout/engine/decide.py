@@ -421,17 +421,17 @@ def _confirmed(turn: _Turn, target: Target) -> None:
         )
         if state.phase is not Phase.PROGRESSING:
             turn.move(Phase.PROGRESSING, f"split applied: {split_desc}", "progressing")
-        total = len(_weights(turn.plan))
         turn.note(
             "step_applied",
-            f"step {state.step + 1}/{total}: candidate at {weight} % ({split_desc})",
+            f"{_step_of(turn.plan, state.step)}: candidate at {weight} % ({split_desc})",
             {"step": state.step, "weight": weight, "split": target.split},
         )
         turn.alert(
             "step_advanced",
             "info",
-            f"{turn.plan.endpoint}: step {state.step + 1}/{total}, candidate at {weight} %",
-            {"step": state.step, "weight": weight},
+            f"{turn.plan.endpoint}: {_step_of(turn.plan, state.step)}, candidate at {weight} %",
+            # Alerts are read by people: the step counted from 1, as in the summary.
+            {"step": state.step + 1, "steps": len(_weights(turn.plan)), "weight": weight},
         )
         turn.again_in(turn.timing.look_interval)
         return
@@ -884,6 +884,16 @@ def _step_name(plan: AnyPlan, step: int) -> str:
     if isinstance(plan, BlueGreenPlan):
         return "the blue/green bake"
     return f"step {step + 1}"
+
+
+def _step_of(plan: AnyPlan, step: int) -> str:
+    """A step (0-based) as people number it: "step 2 of 3, then 100 %" (the A/B split and
+    the blue/green bake by name)."""
+    if not isinstance(plan, CanaryPlan):
+        return _step_name(plan, step)
+    weights = _weights(plan)
+    after = f"{weights[step + 1]} %" if step + 1 < len(weights) else "100 %"
+    return f"step {step + 1} of {len(weights)}, then {after}"
 
 
 def _bake(plan: AnyPlan, step: int) -> float:
