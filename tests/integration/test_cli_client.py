@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -509,6 +510,37 @@ def test_watch_on_a_terminal_shows_a_live_view(
     for expected in ("progressing", "failed", "baseline could not be restored", "0.213 %",
                      "81,234", "step 2 of 2, then 100 %"):
         assert expected in text, expected
+
+
+def test_watch_says_what_comes_next_during_a_warm_up(
+    server: ApiServer, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A blue/green warm-up at 0 % changes no phase, step, split or verdict for minutes: the
+    # watch still prints a line each minute of the countdown, each saying what comes next.
+    plan = tmp_path / "bg.yaml"
+    plan.write_text(PLAN.replace("strategy: canary", "strategy: blue_green\nbake: 10m\n"
+                                 "warmup: 5m").split("steps:")[0] + "policy: default\n")
+    rollout_id = submitted(server, plan)
+    clock = server.sandbox.clock
+    move(store, rollout_id, "preparing", baseline="ads-3", split_applied_at=clock.now(),
+         preflight_passed=True)
+    capsys.readouterr()
+    session = client_cli.Session(server.url, None, client_cli.Output.table)
+    sleeps = []
+
+    def sleep(_seconds: float) -> None:
+        sleeps.append(clock.now())
+        clock.advance(20)
+        if len(sleeps) == 12:
+            move(store, rollout_id, "succeeded", candidate_weight=100)
+
+    assert client_cli.get(session, rollout_id, watch=True, interval=20, sleep=sleep) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    left = [re.search(r"next: warm-up at 0 %: (\S+) left", line) for line in lines[:-1]]
+    assert [m.group(1) if m else line for m, line in zip(left, lines, strict=False)] == [
+        "5m", "4m40s", "3m40s", "2m40s", "1m40s"], lines
+    assert "succeeded" in lines[-1]
+    assert "next:" not in lines[-1]
 
 
 def test_watch_gives_up_after_the_api_stays_away(unused_tcp_port: int) -> None:
