@@ -344,8 +344,10 @@ def status_line(rollout: Mapping[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def verdict_table(verdict: Mapping[str, Any]) -> Table:
-    table = Table(title=f"last verdict: {verdict.get('outcome', '?')}", title_justify="left")
+def verdict_table(verdict: Mapping[str, Any], *, ab: bool = False) -> Table:
+    # An A/B split's verdicts are its guards: they can stop it, the report picks the winner.
+    what = "guard checks, last verdict" if ab else "last verdict"
+    table = Table(title=f"{what}: {verdict.get('outcome', '?')}", title_justify="left")
     table.add_column("check")
     table.add_column("outcome")
     table.add_column("candidate", justify="right")
@@ -422,7 +424,7 @@ def rollout_view(rollout: Mapping[str, Any]) -> RenderableType:
     if isinstance(verdict, dict):
         if verdict.get("summary"):
             parts.append(Text(f"verdict: {verdict['summary']}"))
-        parts.append(verdict_table(verdict))
+        parts.append(verdict_table(verdict, ab=rollout.get("strategy") == "ab"))
         if rollout.get("strategy") == "blue_green":
             parts.append(Text("baseline: the baseline's own windows over the warm-up at 0 % "
                               "(the control the bake is judged against)"))
@@ -431,6 +433,15 @@ def rollout_view(rollout: Mapping[str, Any]) -> RenderableType:
     report = rollout.get("report")
     if isinstance(report, dict):
         parts.append(ab_table(report))
+    elif rollout.get("strategy") == "ab" and phase not in TERMINAL_EXIT_CODES:
+        plan = _mapping(rollout.get("plan"))
+        objective = str(plan.get("objective") or "latency_p99_ms")
+        parts.append(Text(
+            f"A/B report: written when the duration is over; the candidate wins if its "
+            f"{metric_name(objective)} is clearly {plan.get('objective_direction') or 'lower'} "
+            "(the whole 95 % interval on that side) and no guard check failed or leaned "
+            "towards a regression"
+        ))
     return Group(*parts)
 
 
@@ -454,7 +465,7 @@ def ab_table(report: Mapping[str, Any]) -> RenderableType:
             metric_name(metric) + (" (objective)" if metric == objective else ""),
             metric_value(metric, row.get("candidate")),
             metric_value(metric, row.get("baseline")),
-            ab_interval(metric, row),
+            ab_interval(row),
         )
     problems = [str(p) for p in report.get("guard_problems") or []]
     lines: list[RenderableType] = [table, Text(f"A/B: {report.get('summary', '')}")]
@@ -465,7 +476,7 @@ def ab_table(report: Mapping[str, Any]) -> RenderableType:
     return Group(*lines)
 
 
-def ab_interval(metric: str, row: Mapping[str, Any]) -> str:
+def ab_interval(row: Mapping[str, Any]) -> str:
     """A rate's difference in points, a latency's ratio, each with its 95 % interval."""
     interval = row.get("ci95")
     if not isinstance(interval, list) or len(interval) != 2:
@@ -478,8 +489,8 @@ def ab_interval(metric: str, row: Mapping[str, Any]) -> str:
         shown = f"{ratio:.3g}x" if isinstance(ratio, int | float) else "-"
         return f"{shown} [{low:.3g}x, {high:.3g}x]"
     difference = row.get("difference")
-    shown = metric_value(metric, difference) if isinstance(difference, int | float) else "-"
-    return f"{shown} [{low * 100:+.3g}, {high * 100:+.3g} points]"
+    shown = f"{difference * 100:+.3g}" if isinstance(difference, int | float) else "-"
+    return f"{shown} points [{low * 100:+.3g}, {high * 100:+.3g}]"
 
 
 def rollouts_table(rollouts: Sequence[Mapping[str, Any]]) -> Table:

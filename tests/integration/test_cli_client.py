@@ -349,14 +349,20 @@ def test_get_shows_an_ab_rollout_as_ab(
     plan.write_text(PLAN.replace("strategy: canary", "strategy: ab\nsplit: 50\nduration: 30m")
                     .split("steps:")[0] + "policy: default\n")
     rollout_id = submitted(server, plan)
-    move(store, rollout_id, "promoting", step=0, candidate_weight=50, baseline="ads-3",
-         report=AB_REPORT)
+    move(store, rollout_id, "progressing", step=0, candidate_weight=50, baseline="ads-3",
+         step_started_at=server.sandbox.clock.now() - 600, last_verdict=VERDICT)
+    before = " ".join(cli("get", rollout_id, "--server", server.url).stdout.split())
+    for expected in ("A/B duration 20m left", "A/B report: written when the duration is over",
+                     "p99 latency is clearly lower"):
+        assert expected in before, (expected, before)
+    move(store, rollout_id, "promoting", report=AB_REPORT)
     shown = cli("get", rollout_id, "--server", server.url)
     assert shown.exit_code == 0, shown.output
     text = " ".join(shown.stdout.split())
     for expected in ("A/B report: objective p99 latency (lower is better); winner: candidate",
                      "p99 latency (objective)", "110 ms", "130 ms", "0.846x [0.8x, 0.95x]",
-                     "5xx rate", "0.2 %", "0.3 %", "-0.1 % [-0.25, +0.04 points]",
+                     "5xx rate", "0.2 %", "0.3 %", "-0.1 points [-0.25, +0.04]",
+                     "guard checks, last verdict",
                      "guards: none failed", "A/B split at 50 %"):
         assert expected in text, (expected, text)
 
