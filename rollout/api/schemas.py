@@ -91,7 +91,15 @@ class Verdict(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     outcome: str | None = Field(default=None, description="pass, fail or inconclusive.")
-    reason: str | None = None
+    summary: str | None = Field(
+        default=None,
+        description="The verdict in one plain sentence, values with units, then what it means "
+        "(absent from verdicts recorded before it existed).",
+    )
+    reason: str | None = Field(
+        default=None, description="The judge's reasoning, check by check (e-values are in each "
+        "check's detail.e_values)."
+    )
     may_advance: bool | None = None
     judge: str | None = None
     policy: str | None = None

@@ -38,6 +38,19 @@ AB = {"endpoint": "ab-ep", "candidate": CANDIDATE, "strategy": "ab", "split": 50
       "duration": "30m"}
 
 
+VERDICT = {
+    "outcome": "inconclusive", "may_advance": False, "look": 3,
+    "summary": "not decided yet, 0 of 1 checks passed; waiting on candidate 5xx rate 0.5 % vs "
+               "baseline 0.4 % (limit 2x baseline) -> hold for more data",
+    "reason": "inconclusive: error_rate vs baseline: not enough evidence yet",
+    "checks": [{"check": "error_rate vs baseline: max_ratio 2", "metric": "error_rate",
+                "outcome": "inconclusive", "candidate_value": 0.005, "baseline_value": 0.004,
+                "candidate_n": 1000.0, "baseline_n": 9000.0,
+                "detail": {"e_values": "e-values: fail e^0.10 (needs e^7.60), pass e^1.00 "
+                                       "(needs e^3.00)"}}],
+}
+
+
 def stored(store: Store, plan_data: dict[str, Any], phase: str, now: float,
            **fields: Any) -> str:
     plan = validate_plan(plan_data)
@@ -60,7 +73,7 @@ def test_the_page_says_what_happens_next_and_shows_ab_as_ab(
     require_chromium()
     now = sandbox.clock.now()
     canary = stored(store, CANARY, "progressing", now, candidate_weight=5,
-                    step_started_at=now - 240, split_applied_at=now - 240)
+                    step_started_at=now - 240, split_applied_at=now - 240, last_verdict=VERDICT)
     blue_green = stored(store, BLUE_GREEN, "preparing", now, candidate_weight=0,
                         split_applied_at=now - 60, preflight_passed=True)
     ab = stored(store, AB, "promoting", now, candidate_weight=50, step_started_at=now - 1800,
@@ -84,6 +97,15 @@ def test_the_page_says_what_happens_next_and_shows_ab_as_ab(
     assert [li.get_attribute("data-weight") for li in live] == ["5"]
     split = card_text(canary, ".split") or ""
     assert "step 1 of 2, then 25 %" in split
+
+    # The verdict leads with its sentence; the statistics wait behind the details toggle.
+    assert card_text(canary, "p.verdict-summary") == VERDICT["summary"]
+    toggle = browser.find_element(By.CSS_SELECTOR, f"#rollout-{canary} details.why")
+    assert toggle.get_attribute("open") is None
+    assert "e^" not in (card_text(canary, "section.verdict") or "")
+    toggle.find_element(By.TAG_NAME, "summary").click()
+    evidence = wait_for(browser, lambda: card_text(canary, "ul.evidence"), "the e-values")
+    assert "e-values: fail e^0.10 (needs e^7.60)" in evidence
 
     # Blue/green warming up at 0 %: the 100 % stage is next, not live; the countdown is shown.
     assert "warm-up at 0 %: 4m left" in (card_text(blue_green, "p.next") or "")
