@@ -13,6 +13,7 @@ what is stored. ``submit``, ``get``, ``wait``, ``list``, ``events``, ``pause``, 
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -89,7 +90,7 @@ def sandbox(
 
 @app.command()
 def validate(
-    plan_file: Annotated[Path, typer.Argument(help="The plan, YAML or JSON.")],
+    plan_file: Annotated[Path, typer.Argument(help="The plan, YAML or JSON; - reads stdin.")],
     policy_dir: Annotated[
         list[Path] | None,
         typer.Option(
@@ -116,14 +117,17 @@ def validate(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
 
+    stdin = str(plan_file) == "-"
+    source = "<stdin>" if stdin else str(plan_file)
     try:
-        text = plan_file.read_text(encoding="utf-8")
+        text = sys.stdin.read() if stdin else plan_file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        typer.echo(f"error: cannot read {plan_file}: {exc}", err=True)
+        typer.echo(f"error: cannot read {source}: {exc}", err=True)
         raise typer.Exit(2) from exc
     content_type = "application/json" if plan_file.suffix == ".json" else None
+    plan_file = Path(source)
     try:
-        plan, policy = load_plan(text, content_type=content_type, library=library)
+        plan, policy = load_plan(text, content_type=content_type, library=library, source=source)
     except PlanDocumentError as exc:
         # Not a plan at all (unreadable, too large, a list where a word belongs): one line.
         issue = exc.issues[0]

@@ -46,6 +46,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rollout import __version__
+from rollout.analysis.wording import metric_name, metric_value
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 TERMINAL_EXIT_CODES: dict[str, int] = {
@@ -338,18 +339,44 @@ def _progress(rollout: Mapping[str, Any]) -> tuple[int, int]:
     return min(int(step or 0), total), total
 
 
+def step_words(rollout: Mapping[str, Any]) -> str:
+    """Where the rollout is, numbered from 1 as everywhere: 'step 2 of 3, then 100 %'."""
+    weights = [w for w in rollout.get("steps") or [] if isinstance(w, int)] or [100]
+    phase = rollout.get("phase")
+    step = rollout.get("step") if isinstance(rollout.get("step"), int) else 0
+    step = min(int(step or 0), len(weights) - 1)
+    if rollout.get("strategy") == "ab":
+        return f"A/B split at {weights[0]} %"
+    if rollout.get("strategy") == "blue_green":
+        return "blue/green"
+    if phase == "succeeded":
+        return f"all {len(weights)} steps done, at 100 %"
+    if phase in ("pending", "preparing"):
+        return f"before step 1 of {len(weights)} ({weights[0]} %)"
+    after = f"{weights[step + 1]} %" if step + 1 < len(weights) else "100 %"
+    return f"step {step + 1} of {len(weights)}, then {after}"
+
+
+def next_summary(rollout: Mapping[str, Any]) -> str | None:
+    following = rollout.get("next")
+    if isinstance(following, dict) and following.get("summary"):
+        return str(following["summary"])
+    return None
+
+
 def status_line(rollout: Mapping[str, Any]) -> str:
-    """One line saying where a rollout is (the non-interactive watch prints these)."""
-    done, total = _progress(rollout)
+    """One line saying where a rollout is and what comes next (the non-interactive watch
+    prints these)."""
     parts = [
         f"{rollout.get('id')}",
         f"{rollout.get('phase')}",
-        f"stage {min(done + 1, total)} of {total}",
-        f"candidate {rollout.get('candidate_weight', 0)}%",
+        step_words(rollout),
+        f"candidate {rollout.get('candidate_weight', 0)} %",
     ]
     verdict = rollout.get("last_verdict")
     if isinstance(verdict, dict) and verdict.get("outcome"):
-        parts.append(f"verdict {verdict.get('outcome')}")
+        said = verdict.get("summary")
+        parts.append(f"verdict {verdict.get('outcome')}" + (f": {said}" if said else ""))
     skipped = skipped_text(rollout)
     if skipped:
         parts.append(skipped)
@@ -358,11 +385,16 @@ def status_line(rollout: Mapping[str, Any]) -> str:
         for key in ("pause_reason", "ending_reason")
         if rollout.get(key)
     )
+    following = next_summary(rollout)
+    if following and rollout.get("phase") not in TERMINAL_EXIT_CODES:
+        parts.append(f"next: {following}")
     return " | ".join(parts)
 
 
-def verdict_table(verdict: Mapping[str, Any]) -> Table:
-    table = Table(title=f"last verdict: {verdict.get('outcome', '?')}", title_justify="left")
+def verdict_table(verdict: Mapping[str, Any], *, ab: bool = False) -> Table:
+    # An A/B split's verdicts are its guards: they can stop it, the report picks the winner.
+    what = "guard checks, last verdict" if ab else "last verdict"
+    table = Table(title=f"{what}: {verdict.get('outcome', '?')}", title_justify="left")
     table.add_column("check")
     table.add_column("outcome")
     table.add_column("candidate", justify="right")
@@ -374,13 +406,14 @@ def verdict_table(verdict: Mapping[str, Any]) -> Table:
         if not isinstance(check, dict):
             continue
         outcome = str(check.get("outcome", "?"))
+        metric = str(check.get("metric") or "")
         style = {"pass": "green", "fail": "red"}.get(outcome, "yellow")
         table.add_row(
             str(check.get("check") or check.get("metric") or "?"),
             Text(outcome, style=style),
-            _number(check.get("candidate_value")),
+            metric_value(metric, check.get("candidate_value")),
             _count(check.get("candidate_n")),
-            _number(check.get("baseline_value")),
+            metric_value(metric, check.get("baseline_value")),
             _count(check.get("baseline_n")),
             str(check.get("limit") or ""),
         )
@@ -418,10 +451,13 @@ def rollout_view(rollout: Mapping[str, Any]) -> RenderableType:
     bar = Table.grid(padding=(0, 1))
     bar.add_row(
         ProgressBar(total=total, completed=done, width=30),
-        f"stage {min(done + 1, total)} of {total} ({weights}); candidate now at "
-        f"{rollout.get('candidate_weight')}%",
+        f"{step_words(rollout)} ({weights}); candidate now at "
+        f"{rollout.get('candidate_weight')} %",
     )
     summary.add_row("progress", bar)
+    following = next_summary(rollout)
+    if following and phase not in TERMINAL_EXIT_CODES:
+        summary.add_row("next", Text(following, style="cyan"))
     skipped_words = skipped_text(rollout)
     if skipped_words:
         summary.add_row("skipped", Text(skipped_words, style="yellow"))
@@ -433,10 +469,75 @@ def rollout_view(rollout: Mapping[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [summary]
     verdict = rollout.get("last_verdict")
     if isinstance(verdict, dict):
-        parts.append(verdict_table(verdict))
+        if verdict.get("summary"):
+            parts.append(Text(f"verdict: {verdict['summary']}"))
+        parts.append(verdict_table(verdict, ab=rollout.get("strategy") == "ab"))
+        if rollout.get("strategy") == "blue_green":
+            parts.append(Text("baseline: the baseline's own windows over the warm-up at 0 % "
+                              "(the control the bake is judged against)"))
         if verdict.get("reason"):
-            parts.append(Text(f"why: {verdict['reason']}"))
+            parts.append(Text(f"judge: {verdict['reason']}"))
+    report = rollout.get("report")
+    if isinstance(report, dict):
+        parts.append(ab_table(report))
+    elif rollout.get("strategy") == "ab" and phase not in TERMINAL_EXIT_CODES:
+        plan = _mapping(rollout.get("plan"))
+        objective = str(plan.get("objective") or "latency_p99_ms")
+        parts.append(Text(
+            f"A/B report: written when the duration is over; the candidate wins if its "
+            f"{metric_name(objective)} is clearly {plan.get('objective_direction') or 'lower'} "
+            "(the whole 95 % interval on that side) and no guard check failed or leaned "
+            "towards a regression"
+        ))
     return Group(*parts)
+
+
+def ab_table(report: Mapping[str, Any]) -> RenderableType:
+    """The A/B report: objective and winner, each metric per arm with its 95 % interval."""
+    objective = str(report.get("objective") or "?")
+    direction = str(report.get("direction") or "lower")
+    winner = str(report.get("winner") or "?")
+    table = Table(
+        title=f"A/B report: objective {metric_name(objective)} ({direction} is better); "
+        f"winner: {winner}",
+        title_justify="left",
+    )
+    for column in ("metric", "candidate", "baseline", "candidate vs baseline (95 % interval)"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in report.get("metrics") or []:
+        if not isinstance(row, dict):
+            continue
+        metric = str(row.get("metric") or "?")
+        table.add_row(
+            metric_name(metric) + (" (objective)" if metric == objective else ""),
+            metric_value(metric, row.get("candidate")),
+            metric_value(metric, row.get("baseline")),
+            ab_interval(row),
+        )
+    problems = [str(p) for p in report.get("guard_problems") or []]
+    lines: list[RenderableType] = [table, Text(f"A/B: {report.get('summary', '')}")]
+    if problems:
+        lines.append(Text("guards: " + "; ".join(problems), style="yellow"))
+    else:
+        lines.append(Text("guards: none failed or leaned towards a regression", style="green"))
+    return Group(*lines)
+
+
+def ab_interval(row: Mapping[str, Any]) -> str:
+    """A rate's difference in points, a latency's ratio, each with its 95 % interval."""
+    interval = row.get("ci95")
+    if not isinstance(interval, list) or len(interval) != 2:
+        return "-"
+    low, high = interval
+    if not all(isinstance(x, int | float) for x in (low, high)):
+        return "-"
+    if "ratio" in row:
+        ratio = row.get("ratio")
+        shown = f"{ratio:.3g}x" if isinstance(ratio, int | float) else "-"
+        return f"{shown} [{low:.3g}x, {high:.3g}x]"
+    difference = row.get("difference")
+    shown = f"{difference * 100:+.3g}" if isinstance(difference, int | float) else "-"
+    return f"{shown} points [{low * 100:+.3g}, {high * 100:+.3g}]"
 
 
 def rollouts_table(rollouts: Sequence[Mapping[str, Any]]) -> Table:
@@ -750,9 +851,20 @@ def _mapping(value: object) -> dict[str, Any]:
 
 
 def _change_key(rollout: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes the watch print a line: a change of phase, step, split, verdict or stage,
+    and each new minute of a countdown (bake, warm-up, A/B time), so a waiting rollout still
+    says something at least once a look."""
     verdict = rollout.get("last_verdict")
     outcome = verdict.get("outcome") if isinstance(verdict, dict) else None
+    following = _mapping(rollout.get("next"))
+    left = next(
+        (following[k] for k in ("warmup_left", "bake_left", "step_deadline_left")
+         if isinstance(following.get(k), int | float) and following[k] > 0),
+        None,
+    )
     return (
+        following.get("stage"),
+        None if left is None else int(left // 60),
         rollout.get("phase"),
         rollout.get("step"),
         rollout.get("candidate_weight"),

@@ -69,6 +69,15 @@ class FieldProblemError(ValueError):
         super().__init__(message)
 
 
+class FieldProblemsError(ValueError):
+    """Several problems one validator found at once (``(field, message)`` pairs), so a plan
+    with two badly ordered steps hears about both in one answer."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
+
+
 def _databricks_name(value: str, what: str) -> str:
     if not DATABRICKS_NAME.match(value):
         raise ValueError(
@@ -263,6 +272,36 @@ class CanaryPlan(_PlanBase):
         default=None, description="Warm-up per step (linear form); see steps[].warmup."
     )
 
+    @field_validator("steps")
+    @classmethod
+    def _step_weights(cls, steps: list[CanaryStep] | None) -> list[CanaryStep] | None:
+        # A field validator, not a model one: it runs even when other fields are invalid,
+        # so the weights' problems are listed with everything else in one answer.
+        if steps is None:
+            return None
+        if not steps:
+            raise FieldProblemError("", "a canary needs at least one step")
+        problems: list[tuple[str, str]] = []
+        previous = 0
+        for index, step in enumerate(steps):
+            if step.weight == 100:
+                problems.append((
+                    f"[{index}].weight",
+                    ("100 is the promotion, which follows the last step by itself; the "
+                    "steps are the judged weights below 100 (to bake with all traffic on "
+                    "the candidate and the baseline kept, use strategy: blue_green)"),
+                ))
+            elif step.weight <= previous:
+                problems.append((
+                    f"[{index}].weight",
+                    (f"{step.weight} must be greater than the previous step's weight "
+                    f"({previous}); weights strictly increase"),
+                ))
+            previous = max(previous, step.weight)
+        if problems:
+            raise FieldProblemsError(problems)
+        return steps
+
     @model_validator(mode="after")
     def _steps(self) -> CanaryPlan:
         linear = (self.step_weight, self.max_weight, self.bake, self.warmup)
@@ -273,24 +312,6 @@ class CanaryPlan(_PlanBase):
                     "give either steps or the linear form (step_weight, max_weight, bake, "
                     "warmup), not both",
                 )
-            if not self.steps:
-                raise FieldProblemError("steps", "a canary needs at least one step")
-            previous = 0
-            for index, step in enumerate(self.steps):
-                if step.weight == 100:
-                    raise FieldProblemError(
-                        f"steps[{index}].weight",
-                        "100 is the promotion, which follows the last step by itself; the "
-                        "steps are the judged weights below 100 (to bake with all traffic on "
-                        "the candidate and the baseline kept, use strategy: blue_green)",
-                    )
-                if step.weight <= previous:
-                    raise FieldProblemError(
-                        f"steps[{index}].weight",
-                        f"{step.weight} must be greater than the previous step's weight "
-                        f"({previous}); weights strictly increase",
-                    )
-                previous = step.weight
             return self
         if self.step_weight is None or self.bake is None:
             raise FieldProblemError(
@@ -470,43 +491,116 @@ def _check_selectors(data: Mapping[str, Any]) -> None:
             raise PlanDocumentError(
                 [PlanIssue(field=key, message=f"expected {expected}, got {_kind(value)}")]
             )
-    policy = data.get("policy", "default")
-    if not isinstance(policy, str | Mapping):
-        message = f"expected a policy name or an inline policy mapping, got {_kind(policy)}"
-        raise PlanError([PlanIssue(field="policy", message=message)])
+
+
+def _pydantic_issues(exc: ValidationError) -> tuple[list[PlanIssue], list[PlanIssue]]:
+    """One ``PlanIssue`` per pydantic error, with the plan's own field paths; and, apart, the
+    fields given a list or mapping where one value belongs."""
+    issues: list[PlanIssue] = []
+    shape: list[PlanIssue] = []
+    for error in exc.errors():
+        problem = error.get("ctx", {}).get("error")
+        if isinstance(problem, FieldProblemsError):
+            loc = tuple(error["loc"])[1:]  # drop the wrapper's "plan"
+            if loc and loc[0] in _STRATEGY_FIELDS:
+                loc = loc[1:]  # drop the discriminator tag pydantic inserts
+            issues.extend(
+                PlanIssue(field=_field_path((*loc, *_split_path(field))), message=text)
+                for field, text in problem.problems
+            )
+            continue
+        found = _issue_of(error)
+        if found is None:
+            continue
+        issue, misshapen = found
+        issues.append(issue)
+        if misshapen:
+            message = f"expected a single value, got {_kind(error['input'])}"
+            shape.append(PlanIssue(field=issue.field, message=message))
+    return issues, shape
+
+
+class _CommonDocument(BaseModel):
+    plan: _PlanBase
+
+
+def _validation_issues(model: type[BaseModel], data: Mapping[str, Any]) -> list[PlanIssue]:
+    try:
+        model.model_validate({"plan": dict(data)})
+    except ValidationError as exc:
+        issues, shape = _pydantic_issues(exc)
+        if shape:
+            raise PlanDocumentError(shape) from None
+        return issues
+    return []
+
+
+def _plan_issues(data: Mapping[str, Any]) -> list[PlanIssue]:
+    """Every problem of a plan mapping, in one pass: the strategy, fields of another
+    strategy, then each field's own problems (the rest of the plan is still checked when
+    the strategy is missing or a field belongs elsewhere). A list or mapping where one value
+    belongs is not a plan at all: ``PlanDocumentError`` naming those fields."""
+    issues: list[PlanIssue] = []
+    strategy = data.get("strategy")
+    if strategy not in _STRATEGY_FIELDS:
+        got = "missing" if "strategy" not in data else f"{strategy!r} is not a strategy"
+        issues.append(PlanIssue(field="strategy", message=f"{got}: use canary, ab or blue_green"))
+        # Without a strategy only the fields every plan shares can be judged.
+        common = {k: v for k, v in data.items() if k in _PlanBase.model_fields}
+        issues.extend(_validation_issues(_CommonDocument, common))
+        return issues
+    misfits = _strategy_misfit(data)
+    issues.extend(misfits)
+    rest = {k: v for k, v in data.items() if k not in {m.field for m in misfits}}
+    issues.extend(_validation_issues(_PlanDocument, rest))
+    return issues
 
 
 def validate_plan(data: object) -> AnyPlan:
-    """Validate a parsed plan mapping; raise ``PlanError`` naming every bad field."""
+    """Validate a parsed plan mapping; raise ``PlanError`` naming every bad field, or
+    ``PlanDocumentError`` for what is not a plan (not a mapping, too large, a list or mapping
+    where one value belongs)."""
     if not isinstance(data, Mapping):
         raise PlanDocumentError([PlanIssue(field="(plan)", message="a plan must be a mapping")])
     check_size(data)
     _check_selectors(data)
-    if data.get("strategy") not in _STRATEGY_FIELDS:
-        got = "missing" if "strategy" not in data else f"{data['strategy']!r} is not a strategy"
-        raise PlanError(
-            [PlanIssue(field="strategy", message=f"{got}: use canary, ab or blue_green")]
-        )
-    misfits = _strategy_misfit(data)
-    if misfits:
-        raise PlanError(misfits)
+    issues = _plan_issues(data)
+    if issues:
+        raise PlanError(issues)
+    return _PlanDocument.model_validate({"plan": dict(data)}).plan
+
+
+def _policy_issues(ref: object, library: PolicyLibrary) -> list[PlanIssue]:
+    if not isinstance(ref, str | Mapping):
+        return []  # the plan's own validation already names the field
     try:
-        return _PlanDocument.model_validate({"plan": dict(data)}).plan
+        library.resolve(ref)
+    except PolicyNotFoundError as exc:
+        return [PlanIssue(field="policy", message=str(exc))]
     except ValidationError as exc:
-        issues: list[PlanIssue] = []
-        shape: list[PlanIssue] = []
-        for error in exc.errors():
-            found = _issue_of(error)
-            if found is None:
-                continue
-            issue, misshapen = found
-            issues.append(issue)
-            if misshapen:
-                message = f"expected a single value, got {_kind(error['input'])}"
-                shape.append(PlanIssue(field=issue.field, message=message))
-        if shape:
-            raise PlanDocumentError(shape) from None
-        raise PlanError(issues) from None
+        return [PlanIssue(field=path, message=message) for path, message in policy_errors(exc)]
+    return []
+
+
+def check_plan(data: object, library: PolicyLibrary | None = None) -> tuple[AnyPlan, Policy]:
+    """Validate a parsed plan and resolve its policy in one pass: ``PlanError`` lists the
+    plan's problems and its policy's together (what ``rollout validate`` and the API's 422
+    report); ``PlanDocumentError`` as ``validate_plan``."""
+    library = library if library is not None else PolicyLibrary()
+    try:
+        plan = validate_plan(data)
+    except PlanDocumentError:
+        raise
+    except PlanError as exc:
+        if isinstance(data, Mapping):
+            flagged = {i.field for i in exc.issues}
+            exc.issues.extend(
+                i for i in _policy_issues(data.get("policy", "default"), library)
+                if i.field not in flagged
+            )
+            raise PlanError(exc.issues) from None
+        raise
+    return plan, resolve_policy(plan, library)
 
 
 def _issue_of(error: ErrorDetails) -> tuple[PlanIssue, bool] | None:
@@ -635,8 +729,11 @@ def resolve_policy(plan: AnyPlan, library: PolicyLibrary | None = None) -> Polic
         ) from None
 
 
-def parse_document(text: str, *, content_type: str | None = None) -> object:
-    """Parse YAML or JSON text (JSON is YAML, but JSON errors read better from ``json``)."""
+def parse_document(
+    text: str, *, content_type: str | None = None, source: str | None = None
+) -> object:
+    """Parse YAML or JSON text (JSON is YAML, but JSON errors read better from ``json``).
+    ``source`` names the text in YAML errors (a file name; default "the plan")."""
     kind = (content_type or "").split(";")[0].strip().lower()
     try:
         if kind == "application/json" or (not kind and text.lstrip().startswith("{")):
@@ -649,17 +746,24 @@ def parse_document(text: str, *, content_type: str | None = None) -> object:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
+        # PyYAML names the stream "<unicode string>"; say which document it is.
+        for mark in (where, getattr(exc, "context_mark", None)):
+            if mark is not None:
+                mark.name = source or "the plan"
         raise PlanDocumentError(
             [PlanIssue(field="(document)", message=f"invalid YAML{line}: {exc}")]
         ) from None
 
 
 def load_plan(
-    text: str, *, content_type: str | None = None, library: PolicyLibrary | None = None
+    text: str,
+    *,
+    content_type: str | None = None,
+    library: PolicyLibrary | None = None,
+    source: str | None = None,
 ) -> tuple[AnyPlan, Policy]:
-    """Parse and validate a plan document and resolve its policy."""
-    plan = validate_plan(parse_document(text, content_type=content_type))
-    return plan, resolve_policy(plan, library)
+    """Parse and validate a plan document and resolve its policy (every problem at once)."""
+    return check_plan(parse_document(text, content_type=content_type, source=source), library)
 
 
 def effective_ratio(ratio: float, quantile_ms: float,

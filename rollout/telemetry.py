@@ -249,7 +249,7 @@ class RolloutStateCollector(Collector):
         )
         step = GaugeMetricFamily(
             "rollout_step",
-            "Index (from 0) of the rollout's current step.",
+            "The rollout's current step, counted from 1 (as get, events and the page number it).",
             labels=["rollout", "endpoint"],
         )
         error_rate = GaugeMetricFamily(
@@ -308,7 +308,7 @@ class RolloutStateCollector(Collector):
             policy_deadline = (plan.get("policy") or {}).get("deadline")
             if isinstance(policy_deadline, int | float):
                 deadline.add_metric(labels, began + float(policy_deadline))
-            step.add_metric(labels, float(state.get("step", 0)))
+            step.add_metric(labels, float(state.get("step", 0)) + 1.0)
             for arm, key in (("candidate", "candidate"), ("baseline", "control")):
                 totals = state.get(key) or {}
                 requests = float(totals.get("requests", 0.0))

@@ -17,6 +17,7 @@ from statistics import NormalDist
 from typing import Any, Literal
 
 from rollout.analysis.spec import Metric
+from rollout.analysis.wording import metric_name, metric_value
 from rollout.metrics.model import ArmTotals, Histogram
 
 Z95 = NormalDist().inv_cdf(0.975)
@@ -138,17 +139,24 @@ def ab_report(
             if check.get("outcome") == "fail" or check.get("leans_bad")
         )
     winner = "candidate" if better and not guard_problems else "baseline"
+    name = metric_name(objective)
     if objective_row is None:
         summary = f"objective {objective} cannot be computed from export-metrics"
     elif objective_row["ci95"] is None:
-        summary = f"not enough data on {objective} to compare the arms"
+        summary = f"not enough data on the {name} ({objective}) to compare the arms"
     else:
+        # Plain words first: both arms with units, then the interval that decides.
         low, high = objective_row["ci95"]
-        measure = "ratio" if objective in _QUANTILES else "difference"
+        if objective in _QUANTILES:
+            measure = f"candidate/baseline {low:.3g}x to {high:.3g}x (95 % interval)"
+        else:
+            measure = (f"difference {low * 100:+.3g} to {high * 100:+.3g} points "
+                       "(95 % interval)")
+        verdict = "candidate wins" if winner == "candidate" else "no clear win for the candidate"
         summary = (
-            f"{objective}: candidate {_fmt(objective_row['candidate'])} vs baseline "
-            f"{_fmt(objective_row['baseline'])}, {measure} 95% CI [{low:.4g}, {high:.4g}]; "
-            + ("candidate wins" if winner == "candidate" else "no clear win for the candidate")
+            f"{name}: candidate {metric_value(objective, objective_row['candidate'])} vs "
+            f"baseline {metric_value(objective, objective_row['baseline'])}, {measure}, "
+            f"{direction} is better -> {verdict}"
         )
     if guard_problems and better:
         summary += " (" + "; ".join(guard_problems) + ")"
@@ -160,7 +168,3 @@ def ab_report(
         "metrics": rows,
         "guard_problems": guard_problems,
     }
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"

@@ -1049,7 +1049,9 @@ def _evaluate(
         "alternative_ratio": check.rho if spec.compare == "baseline" else None,
         "level": check.level if info.kind == "quantile" else None,
     }
-    evidence = (
+    # The e-values are for the curious: kept in the detail (and ``statistic``/``boundary``),
+    # not in the reason a person reads first.
+    detail["e_values"] = (
         f"e-values: fail e^{log_fail:.2f} (needs e^{fail_at:.2f}), "
         f"pass e^{log_pass:.2f} (needs e^{pass_at:.2f})"
     )
@@ -1070,7 +1072,7 @@ def _evaluate(
         outcome, why = Outcome.INCONCLUSIVE, "not enough evidence yet"
     return CheckResult(
         outcome=outcome,
-        reason=f"{check.key}: {why}; {shown}; {evidence}",
+        reason=f"{check.key}: {why}; {shown}",
         statistic=statistic,
         boundary=boundary,
         detail=detail,

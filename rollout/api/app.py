@@ -94,10 +94,9 @@ from rollout.plan import (
     Plan,
     PlanError,
     PlanTooLargeError,
+    check_plan,
     plan_notes,
     resolution_notes,
-    resolve_policy,
-    validate_plan,
 )
 from rollout.policies import PolicyLibrary
 from rollout.serving.client import ServingClient
@@ -389,6 +388,10 @@ class _Service:
             f"no rollout has the id {ref!r} or an id starting with it",
         )
 
+    def view(self, record: RolloutRecord) -> Rollout:
+        """The rollout's document, ``next`` computed on this service's clock and timing."""
+        return rollout_view(record, self.clock.now(), self.timing)
+
     def poke(self, rollout_id: str) -> None:
         if self.wake is None:
             return
@@ -500,8 +503,7 @@ class _Service:
 
     async def submit(self, body: bytes, kind: str) -> tuple[RolloutRecord, list[str]]:
         try:
-            plan = validate_plan(parse_plan_body(body, kind))
-            policy = resolve_policy(plan, self.library)
+            plan, policy = check_plan(parse_plan_body(body, kind), self.library)
         except PlanError as exc:
             raise _invalid_plan(exc) from exc
         refused = await target_issues(self.alert_targets, plan.alerts)
@@ -589,7 +591,7 @@ class _Service:
         )
         log.info("api.command_queued", rollout=record.id, kind=kind, command=command.id)
         self.poke(record.id)
-        return CommandAccepted(command=command_view(command), rollout=rollout_view(record))
+        return CommandAccepted(command=command_view(command), rollout=self.view(record))
 
     async def readiness(self) -> Readiness:
         problems: dict[str, str] = {}
@@ -637,7 +639,7 @@ def _rollout_routes(
             )
         stored, warnings = await service.submit(await request.body(), kind)
         response.headers["Location"] = f"{PREFIX}/rollouts/{stored.id}"
-        return SubmittedRollout(**dict(rollout_view(stored)), warnings=warnings)
+        return SubmittedRollout(**dict(service.view(stored)), warnings=warnings)
 
     @router.get(
         "/rollouts",
@@ -657,7 +659,7 @@ def _rollout_routes(
         limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
     ) -> RolloutList:
         records = await service.in_thread(service.store.list, endpoint, phase, limit)
-        return RolloutList(rollouts=[rollout_view(r) for r in records])
+        return RolloutList(rollouts=[service.view(r) for r in records])
 
     @router.get(
         "/rollouts/{rollout_id:path}/events",
@@ -714,7 +716,7 @@ def _rollout_routes(
                 f"GET is not allowed on {PREFIX}/rollouts/{rollout_id}; allowed: POST",
                 headers={"Allow": "POST"},
             )
-        return rollout_view(await service.load(rollout_id))
+        return service.view(await service.load(rollout_id))
 
 
 def _command_routes(router: APIRouter, service: _Service, write_deps: list[Any]) -> None:

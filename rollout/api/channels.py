@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 from rollout.alerts.targets import TargetPolicy
 from rollout.api.documents import JSON_TYPES, media_type, parse_json_object
 from rollout.api.errors import ApiError, field_issues
-from rollout.api.schemas import AlertsBody, Rollout, rollout_view
+from rollout.api.schemas import AlertsBody, Rollout
 from rollout.plan import AlertChannel, PlanError, validate_plan
 from rollout.redaction import redacted_channel
 from rollout.store.errors import StaleVersion
@@ -92,7 +92,7 @@ def channel_routes(
             channels=[redacted_channel(c.model_dump(mode="json")) for c in channels],
         )
         service.poke(record.id)
-        return rollout_view(record)
+        return service.view(record)
 
 
 async def _replace(

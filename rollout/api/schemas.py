@@ -13,8 +13,11 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rollout.analysis.spec import Policy
 from rollout.api.auth import Role
-from rollout.engine.model import RolloutState
+from rollout.engine.decide import DEFAULT_TIMING, Timing
+from rollout.engine.model import Phase, RolloutState
+from rollout.engine.progress import Progress, progress
 from rollout.plan import ABPlan, AlertChannel, AnyPlan, CanaryPlan, PlanError, validate_plan
 from rollout.redaction import redacted_plan
 from rollout.store.model import Command, EventRecord, RolloutRecord
@@ -103,7 +106,15 @@ class Verdict(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     outcome: str | None = Field(default=None, description="pass, fail or inconclusive.")
-    reason: str | None = None
+    summary: str | None = Field(
+        default=None,
+        description="The verdict in one plain sentence, values with units, then what it means "
+        "(absent from verdicts recorded before it existed).",
+    )
+    reason: str | None = Field(
+        default=None, description="The judge's reasoning, check by check (e-values are in each "
+        "check's detail.e_values)."
+    )
     may_advance: bool | None = None
     judge: str | None = None
     policy: str | None = None
@@ -147,6 +158,12 @@ class Rollout(BaseModel):
     pause_reason: str | None
     ending_reason: str | None
     report: dict[str, Any] | None = Field(description="The A/B report, once written.")
+    next: Progress | None = Field(
+        default=None,
+        description="What happens next: bake, warm-up and A/B time left, when the next step "
+        "may start and which checks it waits on, the deadlines (computed when the document "
+        "is served; null for a plan this version cannot read).",
+    )
     created_at: datetime
     updated_at: datetime
     started_at: datetime
@@ -318,8 +335,23 @@ def _verdict(value: dict[str, Any] | None) -> Verdict | None:
         )
 
 
-def rollout_view(record: RolloutRecord) -> Rollout:
-    """The public document of a stored rollout."""
+def _progress(
+    plan: AnyPlan | None, record: RolloutRecord, state: RolloutState, now: float | None,
+    timing: Timing,
+) -> Progress | None:
+    if plan is None or now is None:
+        return None
+    try:
+        policy = Policy.model_validate(record.plan.get("policy"))
+    except ValidationError:
+        return None
+    return progress(plan, policy, state, Phase(record.phase), now, timing=timing)
+
+
+def rollout_view(
+    record: RolloutRecord, now: float | None = None, timing: Timing = DEFAULT_TIMING
+) -> Rollout:
+    """The public document of a stored rollout; ``next`` is computed when ``now`` is given."""
     state = RolloutState.model_validate(record.state)
     plan: AnyPlan | None
     try:
@@ -352,6 +384,7 @@ def rollout_view(record: RolloutRecord) -> Rollout:
         pause_reason=state.pause_reason,
         ending_reason=state.ending_reason,
         report=state.report,
+        next=_progress(plan, record, state, now, timing),
         created_at=utc(record.created_at),
         updated_at=utc(record.updated_at),
         started_at=utc(state.started_at),

@@ -42,6 +42,7 @@ from rollout.analysis.ab import ab_report
 from rollout.analysis.control import against_control
 from rollout.analysis.judge import Look as JudgeInput
 from rollout.analysis.spec import Policy
+from rollout.analysis.wording import verdict_sentence
 from rollout.engine.judging import Look, judge_look
 from rollout.engine.model import (
     AlertOut,
@@ -529,17 +530,17 @@ def _confirmed(turn: _Turn, target: Target) -> None:
         )
         if state.phase is not Phase.PROGRESSING:
             turn.move(Phase.PROGRESSING, f"split applied: {split_desc}", "progressing")
-        total = len(_weights(turn.plan))
         turn.note(
             "step_applied",
-            f"step {state.step + 1}/{total}: candidate at {weight} % ({split_desc})",
+            f"{_step_of(turn.plan, state.step)}: candidate at {weight} % ({split_desc})",
             {"step": state.step, "weight": weight, "split": target.split},
         )
         turn.alert(
             "step_advanced",
             "info",
-            f"{turn.plan.endpoint}: step {state.step + 1}/{total}, candidate at {weight} %",
-            {"step": state.step, "weight": weight},
+            f"{turn.plan.endpoint}: {_step_of(turn.plan, state.step)}, candidate at {weight} %",
+            # Alerts are read by people: the step counted from 1, as in the summary.
+            {"step": state.step + 1, "steps": len(_weights(turn.plan)), "weight": weight},
         )
         turn.again_in(turn.timing.look_interval)
         return
@@ -901,7 +902,11 @@ def _progressing(turn: _Turn) -> None:
     last_step = state.step >= len(weights) - 1
     look = _look(turn, final=last_step)
     if look is not None and look.outcome == "fail":
-        _start_rollback(turn, f"analysis failed: {look.reason}", "analysis")
+        # The sentence first; the judge's reason (without its own "fail:") for the record.
+        summary = str((turn.state.last_verdict or {}).get("summary") or "")
+        why = look.reason.removeprefix("fail: ")
+        lead = f"{summary.rsplit(' -> ', 1)[0]}; judge: " if summary else ""
+        _start_rollback(turn, f"analysis failed: {lead}{why}", "analysis")
         return
 
     command = _take(turn, "pause", "promote", "promote_full")
@@ -1033,6 +1038,16 @@ def _step_name(plan: AnyPlan, step: int) -> str:
     return f"step {step + 1}"
 
 
+def _step_of(plan: AnyPlan, step: int) -> str:
+    """A step (0-based) as people number it: "step 2 of 3, then 100 %" (the A/B split and
+    the blue/green bake by name)."""
+    if not isinstance(plan, CanaryPlan):
+        return _step_name(plan, step)
+    weights = _weights(plan)
+    after = f"{weights[step + 1]} %" if step + 1 < len(weights) else "100 %"
+    return f"step {step + 1} of {len(weights)}, then {after}"
+
+
 def _bake(plan: AnyPlan, step: int) -> float:
     if isinstance(plan, CanaryPlan):
         steps = plan.canary_steps()
@@ -1040,6 +1055,16 @@ def _bake(plan: AnyPlan, step: int) -> float:
     if isinstance(plan, ABPlan):
         return plan.duration
     return plan.bake
+
+
+def step_bake(plan: AnyPlan, step: int) -> float:
+    """Seconds the step (0-based) bakes before it may move on (A/B: the duration)."""
+    return _bake(plan, step)
+
+
+def step_warmup(plan: AnyPlan, step: int) -> float | None:
+    """The plan's own warm-up for a step (0-based), if it sets one."""
+    return _step_warmup(plan, step)
 
 
 def _step_warmup(plan: AnyPlan, step: int) -> float | None:
@@ -1194,11 +1219,14 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
             "in_warmup": turn.now < turn.scored_from,
         }
     verdict["unpaired_windows"] = turn.unpaired
+    # The sentence a person reads first; the judge's reason (which names the outcome
+    # itself) follows in the event.
+    verdict["summary"] = verdict_sentence(verdict)
     turn.set(judge_state=look.state, last_verdict=verdict)
     if turn.arrived or turn.obs.metrics_error:
         turn.note(
             "verdict",
-            f"{look.outcome}: {look.reason}",
+            f"{verdict['summary']}; judge: {look.reason}",
             {"verdict": verdict, "step": state.step},
         )
     if turn.obs.metrics_error:

@@ -414,6 +414,38 @@ async def test_a_plan_with_three_bad_fields_gets_three_details(api: httpx.AsyncC
     assert "3 problems" in error["message"]
 
 
+SIX_PROBLEMS = {
+    "duration": "not a field of a canary plan",
+    "endpoint": "not a valid endpoint name",
+    "candidate.workload_sizee": "unknown field",
+    "steps[1].weight": "must be greater than the previous step's weight",
+    "alerts[0].url": "should match pattern",
+    "policy": "unknown policy 'nope'",
+}
+
+
+async def test_a_plan_with_six_problems_gets_all_six_in_one_answer(
+    api: httpx.AsyncClient,
+) -> None:
+    # A field of another strategy, a bad name, an unknown field, out-of-order steps, a bad
+    # alert URL and an unknown policy: none of them hides another.
+    data = plan_dict(
+        endpoint="bad name!",
+        steps=[{"weight": 50, "bake": "10m"}, {"weight": 20, "bake": "10m"}],
+        duration="10m",
+        policy="nope",
+        alerts=[{"type": "webhook", "url": "ftp://x"}],
+    )
+    data["candidate"] = {**data["candidate"], "workload_sizee": "Small"}
+    response = await submit_json(api, data)
+    error = assert_error(response, 422, "invalid_plan")
+    found = {d["field"]: d["message"] for d in error["details"]}
+    assert sorted(found) == sorted(SIX_PROBLEMS), error
+    for field, words in SIX_PROBLEMS.items():
+        assert words in found[field], (field, found[field])
+    assert "6 problems" in error["message"]
+
+
 @pytest.mark.parametrize(
     ("policy", "field"),
     [

@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -312,9 +313,10 @@ def test_list_get_and_events(server: ApiServer, store: Store, plan_file: Path) -
     shown = cli("get", rollout_id, "--server", server.url)
     assert shown.exit_code == 0, shown.output
     text = shown.stdout
-    for expected in ("progressing", "ads_model-4", "ads-3", "stage 2 of 3", "5% → 25% → 100%",
-                     "candidate now at 25%", "error_rate vs baseline", "0.00213", "0.00187",
-                     "4,321", "81,234", "131.5", "inconclusive", "fewer than 200 requests"):
+    for expected in ("progressing", "ads_model-4", "ads-3", "step 2 of 2, then 100 %",
+                     "5% → 25% → 100%", "candidate now at 25 %", "error_rate vs baseline",
+                     "0.213 %", "0.187 %", "4,321", "81,234", "132 ms", "inconclusive",
+                     "fewer than 200 requests"):
         assert expected in text, (expected, text)
     as_json = json.loads(cli("get", rollout_id, "--server", server.url, "-o", "json").stdout)
     assert as_json["last_verdict"]["checks"][1]["baseline_value"] == 120.25
@@ -329,6 +331,63 @@ def test_list_get_and_events(server: ApiServer, store: Store, plan_file: Path) -
 
     assert_one_line_error(cli("get", "nope", "--server", server.url), "no rollout has the id")
     assert_one_line_error(cli("events", "nope", "--server", server.url), "'nope'")
+
+
+AB_REPORT = {
+    "objective": "latency_p99_ms", "direction": "lower", "winner": "candidate",
+    "summary": "latency_p99_ms: candidate 110 vs baseline 130, ratio 95% CI [0.8, 0.95]; "
+               "candidate wins",
+    "metrics": [
+        {"metric": "latency_p99_ms", "candidate": 110.0, "baseline": 130.0, "ratio": 0.846,
+         "ci95": [0.8, 0.95], "candidate_n": 5000.0, "baseline_n": 5000.0},
+        {"metric": "error_rate", "candidate": 0.002, "baseline": 0.003, "difference": -0.001,
+         "ci95": [-0.0025, 0.0004], "candidate_n": 5000.0, "baseline_n": 5000.0},
+    ],
+    "guard_problems": [],
+}
+
+
+def test_get_says_what_happens_next_with_units(
+    server: ApiServer, store: Store, plan_file: Path
+) -> None:
+    rollout_id = submitted(server, plan_file)
+    now = server.sandbox.clock.now()
+    move(store, rollout_id, "progressing", step=0, candidate_weight=5, baseline="ads-3",
+         step_started_at=now - 240, split_applied_at=now - 240, last_verdict=VERDICT)
+    shown = cli("get", rollout_id, "--server", server.url)
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.stdout.split())
+    for expected in ("next step 1 of 2, candidate at 5 %: bake 6m left; then step 2 of 2: 25 %",
+                     "step 1 of 2, then 25 %", "0.213 %", "132 ms"):
+        assert expected in text, (expected, text)
+    as_json = json.loads(cli("get", rollout_id, "--server", server.url, "-o", "json").stdout)
+    assert as_json["next"]["bake_left"] == 360.0
+    assert as_json["next"]["step"] == 1
+
+
+def test_get_shows_an_ab_rollout_as_ab(
+    server: ApiServer, store: Store, tmp_path: Path
+) -> None:
+    plan = tmp_path / "ab.yaml"
+    plan.write_text(PLAN.replace("strategy: canary", "strategy: ab\nsplit: 50\nduration: 30m")
+                    .split("steps:")[0] + "policy: default\n")
+    rollout_id = submitted(server, plan)
+    move(store, rollout_id, "progressing", step=0, candidate_weight=50, baseline="ads-3",
+         step_started_at=server.sandbox.clock.now() - 600, last_verdict=VERDICT)
+    before = " ".join(cli("get", rollout_id, "--server", server.url).stdout.split())
+    for expected in ("A/B duration 20m left", "A/B report: written when the duration is over",
+                     "p99 latency is clearly lower"):
+        assert expected in before, (expected, before)
+    move(store, rollout_id, "promoting", report=AB_REPORT)
+    shown = cli("get", rollout_id, "--server", server.url)
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.stdout.split())
+    for expected in ("A/B report: objective p99 latency (lower is better); winner: candidate",
+                     "p99 latency (objective)", "110 ms", "130 ms", "0.846x [0.8x, 0.95x]",
+                     "5xx rate", "0.2 %", "0.3 %", "-0.1 points [-0.25, +0.04]",
+                     "guard checks, last verdict",
+                     "guards: none failed", "A/B split at 50 %"):
+        assert expected in text, (expected, text)
 
 
 def test_steps_an_operator_skipped_are_shown_as_skipped(
@@ -526,9 +585,40 @@ def test_watch_on_a_terminal_shows_a_live_view(
     assert client_cli.get(session, rollout_id, watch=True, interval=1.0, sleep=sleep) == 4
     assert looks == ["progressing"]
     text = screen.getvalue()
-    for expected in ("progressing", "failed", "baseline could not be restored", "0.00213",
-                     "81,234", "stage 2 of 3"):
+    for expected in ("progressing", "failed", "baseline could not be restored", "0.213 %",
+                     "81,234", "step 2 of 2, then 100 %"):
         assert expected in text, expected
+
+
+def test_watch_says_what_comes_next_during_a_warm_up(
+    server: ApiServer, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A blue/green warm-up at 0 % changes no phase, step, split or verdict for minutes: the
+    # watch still prints a line each minute of the countdown, each saying what comes next.
+    plan = tmp_path / "bg.yaml"
+    plan.write_text(PLAN.replace("strategy: canary", "strategy: blue_green\nbake: 10m\n"
+                                 "warmup: 5m").split("steps:")[0] + "policy: default\n")
+    rollout_id = submitted(server, plan)
+    clock = server.sandbox.clock
+    move(store, rollout_id, "preparing", baseline="ads-3", split_applied_at=clock.now(),
+         preflight_passed=True)
+    capsys.readouterr()
+    session = client_cli.Session(server.url, None, client_cli.Output.table)
+    sleeps = []
+
+    def sleep(_seconds: float) -> None:
+        sleeps.append(clock.now())
+        clock.advance(20)
+        if len(sleeps) == 12:
+            move(store, rollout_id, "succeeded", candidate_weight=100)
+
+    assert client_cli.get(session, rollout_id, watch=True, interval=20, sleep=sleep) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    left = [re.search(r"next: warm-up at 0 %: (\S+) left", line) for line in lines[:-1]]
+    assert [m.group(1) if m else line for m, line in zip(left, lines, strict=False)] == [
+        "5m", "4m40s", "3m40s", "2m40s", "1m40s"], lines
+    assert "succeeded" in lines[-1]
+    assert "next:" not in lines[-1]
 
 
 class FakeTime:

@@ -27,6 +27,7 @@ from rollout.analysis import (
     state_from_dict,
 )
 from rollout.analysis.judge import JudgeState
+from rollout.analysis.wording import metric_value, verdict_sentence
 from rollout.metrics.model import ArmTotals, EntityWindow, Histogram
 
 # Buckets 1.25x apart (from 10 ms), fine enough to resolve a 25 % change of p99.
@@ -396,3 +397,30 @@ def test_no_traffic_never_advances_even_without_min_requests() -> None:
     verdict = Run(policy(ERRORS, min_requests=0)).look(Arm(0), Arm(0), 3)
     assert verdict.outcome is Outcome.INCONCLUSIVE
     assert not verdict.may_advance
+
+
+def test_a_verdict_reads_as_one_plain_sentence_first() -> None:
+    verdict = Run(policy(ERRORS, LATENCY)).look(Arm(1_000, 0.05), Arm(9_000), 5).to_dict()
+    sentence = verdict_sentence(verdict)
+    assert sentence == (
+        "candidate 5xx rate 5 % vs baseline 1 % (limit max(2x baseline, baseline + 0.05%)) "
+        "-> rolling back"
+    ), sentence
+    assert "e^" not in sentence
+    assert "e^" not in verdict["reason"]  # the e-values moved to each check's detail
+    errors = verdict["checks"][0]
+    assert errors["detail"]["e_values"].startswith("e-values: fail e^")
+    assert errors["statistic"]["fail"] >= errors["boundary"]["fail"]
+    waiting = Run(policy(ERRORS, LATENCY)).look(Arm(1_000), Arm(9_000), 1).to_dict()
+    said = verdict_sentence(waiting)
+    assert said.endswith("-> hold for more data"), said
+    assert "inconclusive" not in said
+
+
+@pytest.mark.parametrize(("metric", "value", "text"), [
+    ("error_rate", 0.0055, "0.55 %"), ("error_rate", 0.0, "0 %"),
+    ("latency_p99_ms", 227.5, "228 ms"), ("cpu_usage_percentage", 41.0, "41 %"),
+    ("request_count", 81234.0, "81,234"), ("latency_p99_ms", None, "n/a"),
+])
+def test_values_carry_their_units(metric: str, value: float | None, text: str) -> None:
+    assert metric_value(metric, value) == text

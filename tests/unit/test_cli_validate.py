@@ -35,6 +35,55 @@ def test_invalid_plan_exits_1_naming_the_field(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
+SIX_PROBLEMS = """\
+strategy: canary
+endpoint: "bad name!"
+candidate: {entity_name: main.ml.m, entity_version: 1, workload_sizee: Small}
+steps: [{weight: 50, bake: 10m}, {weight: 20, bake: 10m}]
+duration: 10m
+policy: nope
+alerts: [{type: webhook, url: "ftp://x"}]
+"""
+
+SIX_FIELDS = [
+    "duration:", "endpoint:", "candidate.workload_sizee:", "steps[1].weight:",
+    "alerts[0].url:", "policy:",
+]
+
+
+def test_six_problems_are_listed_together(tmp_path: Path) -> None:
+    plan = tmp_path / "six.yaml"
+    plan.write_text(SIX_PROBLEMS)
+    result = CliRunner().invoke(app, ["validate", str(plan)])
+    assert result.exit_code == 1
+    problems = [line.strip() for line in result.output.splitlines() if line.startswith("  ")]
+    assert len(problems) == 6, result.output
+    for field in SIX_FIELDS:
+        assert sum(p.startswith(field) for p in problems) == 1, (field, result.output)
+
+
+def test_dash_reads_the_plan_from_stdin() -> None:
+    result = CliRunner().invoke(app, ["validate", "-"], input=SIX_PROBLEMS)
+    assert result.exit_code == 1
+    assert result.output.startswith("<stdin>: invalid plan")
+    assert "policy: unknown policy 'nope'" in result.output
+    valid = CliRunner().invoke(
+        app, ["validate", "-"], input=(Path(__file__).parents[2] / "examples/canary.yaml")
+        .read_text()
+    )
+    assert valid.exit_code == 0, valid.output
+    assert valid.output.startswith("<stdin>: valid canary plan")
+
+
+def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
+    plan = tmp_path / "broken.yaml"
+    plan.write_text("endpoint: [unclosed\n")
+    result = CliRunner().invoke(app, ["validate", str(plan)])
+    assert result.exit_code == 1
+    assert f'in "{plan}", line 2' in result.output, result.output
+    assert "<unicode string>" not in result.output
+
+
 def test_unreadable_file_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["validate", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2

@@ -117,7 +117,7 @@ def test_state_gauges_come_from_the_store(store: Store) -> None:
     }
     key = (("endpoint", "ads"), ("rollout", "r1"))
     assert got[("rollout_candidate_weight_percent", key)] == 50
-    assert got[("rollout_step", key)] == 1
+    assert got[("rollout_step", key)] == 2  # step index 1, counted from 1
     assert got[("rollout_observed_error_rate", (("arm", "candidate"), *key))] == 0.04
     assert got[("rollout_observed_error_rate", (("arm", "baseline"), *key))] == 0.01
     assert got[("rollout_observed_latency_p99_ms", (("arm", "candidate"), *key))] == 100.0

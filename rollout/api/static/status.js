@@ -399,7 +399,9 @@
       facts: el("dl", { class: "facts" }),
       progress: el("div", { class: "progress" }),
       note: el("p", { class: "note" }),
+      next: el("p", { class: "next", role: "status" }),
       verdict: el("section", { class: "verdict" }),
+      report: el("section", { class: "report", hidden: "" }),
       chart: el("figure", { class: "chart" }),
       signatures: {},
       buttons: new Map(), // data-action -> button
@@ -409,6 +411,7 @@
       outcome: null, // {text, state} of the last action
     };
     card.verdict.setAttribute("aria-label", "Last verdict");
+    card.report.setAttribute("aria-label", "A/B report");
     card.actions.addEventListener("click", (event) => {
       const button = event.target.closest("button[data-action]");
       if (button) {
@@ -421,7 +424,7 @@
       }
     });
     head.append(card.title, el("div", { class: "head-side" }, card.actions, card.phase));
-    details.append(card.facts, card.progress, card.note, card.verdict);
+    details.append(card.facts, card.progress, card.next, card.note, card.verdict, card.report);
     body.append(details, card.chart);
     root.append(head, card.actionStatus, body);
     return card;
@@ -455,9 +458,19 @@
       );
     });
     part(card, "facts", factsInputs(rollout), () => renderFacts(card.facts, rollout));
+    const following = rollout.next || {};
     part(card, "progress", [rollout.phase, rollout.step, rollout.steps, rollout.strategy,
-      rollout.candidate_weight, rollout.skipped_steps],
-    () => renderProgress(card.progress, rollout));
+      rollout.candidate_weight, rollout.skipped_steps, following.stage, following.live_step,
+      following.step], () => renderProgress(card.progress, rollout));
+    part(card, "next", [following.summary, rollout.phase], () => {
+      // What happens next, in the API's words: time left, what the next step waits on.
+      const text = TERMINAL.has(rollout.phase) ? "" : following.summary || "";
+      card.next.replaceChildren(el("strong", {}, "Next: "), text);
+      card.next.dataset.stage = following.stage || "";
+      card.next.hidden = !text;
+    });
+    part(card, "report", [rollout.report, rollout.strategy, rollout.plan && rollout.plan.objective],
+      () => renderReport(card.report, rollout));
     part(card, "note", [rollout.pause_reason, rollout.ending_reason], () => {
       const text = rollout.ending_reason
         ? (TERMINAL.has(rollout.phase) ? "Ended: " : "Ending: ") + rollout.ending_reason
@@ -515,22 +528,26 @@
     const weights = stages(rollout);
     const total = weights.length;
     const phase = rollout.phase;
+    const following = rollout.next || {};
     let current = Math.min(Number.isInteger(rollout.step) ? rollout.step : 0, total - 1);
     let done = current;
+    // Before the first split is live (pending, deploying, blue/green preflight and warm-up at
+    // 0 %) no stage is live: the first one is only next.
+    let before = phase === "pending" || phase === "preparing";
     if (phase === "succeeded") {
       current = -1;
       done = total;
     } else if (phase === "promoting") {
       current = total - 1;
       done = total - 1;
-    } else if (phase === "pending" || phase === "preparing") {
+    } else if (before) {
       current = 0;
       done = 0;
     }
     const stopped = ["rolling_back", "rolled_back", "aborted", "failed"].includes(phase);
     // Between deciding a step and the endpoint showing it, the step's weight is not live yet.
     const applying = phase === "progressing" && current >= 0 &&
-      weights[current] !== rollout.candidate_weight;
+      (following.stage === "applying" || weights[current] !== rollout.candidate_weight);
     // Steps an operator's promote skipped were never judged to the end: never shown as done.
     const skipped = new Set((rollout.skipped_steps || []).filter((s) => Number.isInteger(s)));
     const list = el("ol", { class: "steps" });
@@ -544,21 +561,24 @@
         mark = "\u21b7";
         said = "skipped by an operator, not judged";
       }
-      if (index === current) {
+      if (index === current && before) {
+        state = "todo next";
+        mark = "\u2192";
+        said = "next, not live yet";
+      } else if (index === current) {
         state = stopped ? "stopped" : phase === "paused" ? "current paused"
           : applying ? "current applying" : "current";
         mark = stopped ? "\u2717" : phase === "paused" ? "\u275a\u275a"
           : applying ? "\u2026" : "\u25b6";
         said = stopped ? "stopped here" : phase === "paused" ? "paused here"
-          : phase === "pending" || phase === "preparing" ? "next"
-            : applying ? "being applied" : "now";
+          : applying ? "being applied" : "now";
       }
       const item = el("li", { class: "step " + state });
       item.dataset.weight = String(weight);
       if (state === "skipped") {
         item.title = "Skipped by an operator: not judged";
       }
-      if (index === current && !stopped) {
+      if (index === current && !stopped && !before) {
         item.setAttribute("aria-current", "step");
       }
       item.append(
@@ -568,10 +588,8 @@
       );
       list.append(item);
     });
-    const stage = Math.min(done + 1, total);
     const skippedCount = weights.filter((_, index) => skipped.has(index)).length;
-    let words = phase === "succeeded" ? "all " + plural(total, "stage") + " done"
-      : "stage " + stage + " of " + total;
+    let words = stepWords(rollout, weights, done, before);
     if (skippedCount) {
       words += " (" + plural(skippedCount, "step") + " skipped by an operator)";
     }
@@ -586,6 +604,95 @@
     fill.style.width = Math.max(0, Math.min(100, weight)) + "%";
     bar.append(fill);
     box.replaceChildren(list, split, bar);
+  }
+
+  // Where the rollout is, numbered from 1 as in get, events and alerts:
+  // "step 2 of 3, then 100 %" (the weights after the judged steps end at 100 %).
+  function stepWords(rollout, weights, done, before) {
+    const judged = rollout.strategy === "canary" ? weights.length - 1 : weights.length;
+    if (rollout.phase === "succeeded") {
+      return "all " + plural(judged, "step") + " done";
+    }
+    if (rollout.strategy === "ab") {
+      return "A/B split";
+    }
+    if (rollout.strategy === "blue_green") {
+      return before ? "before the switch" : "blue/green bake";
+    }
+    if (before) {
+      return "before step 1 of " + judged;
+    }
+    const step = Math.min(done, judged - 1);
+    return "step " + (step + 1) + " of " + judged + ", then " + weights[step + 1] + " %";
+  }
+
+  // The A/B report once written (objective, winner, each metric per arm with its 95 %
+  // interval, the guards); before that, what the report will decide.
+  function renderReport(box, rollout) {
+    if (rollout.strategy !== "ab") {
+      box.hidden = true;
+      box.replaceChildren();
+      return;
+    }
+    box.hidden = false;
+    const report = rollout.report;
+    const plan = rollout.plan || {};
+    if (!report) {
+      box.replaceChildren(el("h3", {}, "A/B report"),
+        el("p", { class: "muted" }, "Written when the split's duration is over: the candidate " +
+          "wins if its " + metricName(plan.objective || "latency_p99_ms") + " is clearly " +
+          (plan.objective_direction || "lower") + " (the whole 95 % interval on that side) " +
+          "and no guard check failed or leaned towards a regression."));
+      return;
+    }
+    const objective = String(report.objective || "");
+    const winner = el("span", { class: "winner" }, String(report.winner || "?"));
+    winner.dataset.winner = String(report.winner || "");
+    const head = el("h3", {}, "A/B report: winner ", winner);
+    const about = el("p", { class: "objective" }, "Objective: " + metricName(objective) +
+      ", " + (report.direction || "lower") + " is better");
+    const table = el("table", { class: "checks ab" });
+    table.append(
+      el("caption", { class: "visually-hidden" }, "Each metric per arm with its interval"),
+      el("thead", {}, el("tr", {},
+        el("th", { scope: "col" }, "Metric"),
+        el("th", { scope: "col", class: "num" }, "Candidate"),
+        el("th", { scope: "col", class: "num" }, "Baseline"),
+        el("th", { scope: "col", class: "num" }, "Candidate vs baseline (95 % interval)"))));
+    const body = el("tbody");
+    for (const row of report.metrics || []) {
+      const metric = String(row.metric || "");
+      const tr = el("tr", {},
+        el("th", { scope: "row" }, metricName(metric),
+          metric === objective ? el("span", { class: "terms" }, "objective") : ""),
+        el("td", { class: "num" }, value(metric, row.candidate),
+          el("span", { class: "n" }, "n = " + count(row.candidate_n))),
+        el("td", { class: "num" }, value(metric, row.baseline),
+          el("span", { class: "n" }, "n = " + count(row.baseline_n))),
+        el("td", { class: "num interval" }, interval(metric, row)));
+      tr.dataset.metric = metric;
+      body.append(tr);
+    }
+    table.append(body);
+    const guards = (report.guard_problems || []).length
+      ? "Guards: " + report.guard_problems.join("; ")
+      : "Guards: none failed or leaned towards a regression";
+    box.replaceChildren(head, about, el("div", { class: "table-scroll" }, table),
+      el("p", { class: "guards" }, guards), el("p", { class: "muted" }, String(report.summary || "")));
+  }
+
+  function interval(metric, row) {
+    const ci = row.ci95;
+    if (!Array.isArray(ci) || ci.length !== 2 || typeof ci[0] !== "number") {
+      return "\u2013";
+    }
+    if ("ratio" in row) {
+      const ratio = typeof row.ratio === "number" ? significant(row.ratio) + "x" : "\u2013";
+      return ratio + " [" + significant(ci[0]) + "x, " + significant(ci[1]) + "x]";
+    }
+    const points = (x) => (x >= 0 ? "+" : "\u2212") + significant(Math.abs(x * 100));
+    const diff = typeof row.difference === "number" ? points(row.difference) + " points" : "\u2013";
+    return diff + " [" + points(ci[0]) + ", " + points(ci[1]) + "]";
   }
 
   function renderVerdict(box, rollout) {
@@ -608,6 +715,8 @@
     }
     const heading = el("h3", {}, "Last verdict: ", outcomeBadge(verdict.outcome),
       meta.length ? el("span", { class: "muted meta" }, " " + meta.join(" \u00b7 ")) : "");
+    // The blue/green bake is judged against the baseline's windows from the warm-up at 0 %.
+    const against = rollout.strategy === "blue_green" ? "Control" : "Baseline";
     const table = el("table", { class: "checks" });
     table.append(
       el("caption", { class: "visually-hidden" }, "Checks of the last verdict"),
@@ -615,7 +724,8 @@
         el("th", { scope: "col" }, "Check"),
         el("th", { scope: "col" }, "Outcome"),
         el("th", { scope: "col", class: "num" }, "Candidate"),
-        el("th", { scope: "col", class: "num" }, "Baseline"),
+        el("th", { scope: "col", class: "num",
+          title: against === "Control" ? "The baseline over the warm-up at 0 %" : "" }, against),
         el("th", { scope: "col" }, "Limit"))),
     );
     const body = el("tbody");
@@ -642,14 +752,23 @@
     }
     table.append(body);
     const parts = [heading];
+    if (verdict.summary) {
+      parts.push(el("p", { class: "verdict-summary" }, String(verdict.summary)));
+    }
     if ((verdict.checks || []).length) {
       parts.push(el("div", { class: "table-scroll" }, table));
     }
     if (verdict.reason) {
       // The full reasoning (with the evidence) is long: folded, and kept open across redraws.
       const previous = box.querySelector("details.why");
-      const why = el("details", { class: "why" }, el("summary", {}, "Why: " + verdict.outcome),
-        el("p", {}, verdict.reason));
+      // The statistics (each check's e-values against its boundaries) only here.
+      const evidence = (verdict.checks || [])
+        .filter((c) => c.detail && c.detail.e_values)
+        .map((c) => el("li", {}, String(c.check || c.metric) + ": " + c.detail.e_values));
+      const why = el("details", { class: "why" },
+        el("summary", {}, "Details: the judge's reasoning and evidence"),
+        el("p", {}, verdict.reason),
+        evidence.length ? el("ul", { class: "evidence" }, ...evidence) : "");
       why.open = Boolean(previous && previous.open);
       parts.push(why);
     }
