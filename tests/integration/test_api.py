@@ -146,6 +146,10 @@ class Harness:
             await client.aclose()
 
 
+# What the CLI sends with a bodiless command: no page on another origin can send it.
+CLI = {"X-Rollout-Client": "test"}
+
+
 def asgi(app: FastAPI, token: str | None = None) -> httpx.AsyncClient:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.AsyncClient(
@@ -771,7 +775,8 @@ async def test_a_command_the_phase_does_not_take_is_refused(
 ) -> None:
     created = (await submit_yaml(api)).json()
     finish(harness.store, created["id"], phase)
-    response = await api.post(f"/api/v1/rollouts/{created['id']}/{action}", json=body)
+    response = await api.post(f"/api/v1/rollouts/{created['id']}/{action}", json=body,
+                              headers=CLI)
     error = assert_error(response, 409, "command_not_allowed")
     assert error["phase"] == phase
     assert error["allowed_commands"] == allowed
@@ -784,14 +789,15 @@ async def test_a_command_already_queued_is_refused(
 ) -> None:
     created = (await submit_yaml(api)).json()
     finish(harness.store, created["id"], "progressing")
-    first = await api.post(f"/api/v1/rollouts/{created['id']}/pause")
+    first = await api.post(f"/api/v1/rollouts/{created['id']}/pause", headers=CLI)
     assert first.status_code == 202, first.text
-    error = assert_error(await api.post(f"/api/v1/rollouts/{created['id']}/pause"), 409,
-                         "command_queued")
+    again = await api.post(f"/api/v1/rollouts/{created['id']}/pause", headers=CLI)
+    error = assert_error(again, 409, "command_queued")
     assert f"command {first.json()['command']['id']}" in error["message"]
     assert [c.kind for c in harness.store.pending_commands(created["id"])] == ["pause"]
     # Another command is still taken.
-    assert (await api.post(f"/api/v1/rollouts/{created['id']}/abort")).status_code == 202
+    abort = await api.post(f"/api/v1/rollouts/{created['id']}/abort", headers=CLI)
+    assert abort.status_code == 202
 
 
 def _stored(harness: Harness, rollout_id: str, name: str, phase: str, endpoint: str = ENDPOINT
@@ -821,7 +827,7 @@ async def test_rollouts_are_named_by_id_prefix_or_endpoint_and_name(
     assert events.status_code == 200, events.text
     assert events.json()["events"]
     assert (await api.get(f"/api/v1/rollouts/{ENDPOINT}/v2/series")).status_code == 200
-    paused = await api.post(f"/api/v1/rollouts/{ENDPOINT}%2Fv2/pause")
+    paused = await api.post(f"/api/v1/rollouts/{ENDPOINT}%2Fv2/pause", headers=CLI)
     assert paused.status_code == 202, paused.text
     assert paused.json()["rollout"]["id"] == "abd333333333"
 
@@ -832,7 +838,7 @@ async def test_rollouts_are_named_by_id_prefix_or_endpoint_and_name(
     error = assert_error(await api.get(f"/api/v1/rollouts/{ENDPOINT}/v1"), 409,
                          "ambiguous_rollout")
     assert sorted(error["candidates"]) == ["abc111111111", "abc222222222"]
-    assert_error(await api.post("/api/v1/rollouts/ab/abort"), 409, "ambiguous_rollout")
+    assert_error(await api.post("/api/v1/rollouts/ab/abort", headers=CLI), 409, "ambiguous_rollout")
     assert_error(await api.get("/api/v1/rollouts/fff"), 404, "rollout_not_found")
     assert_error(await api.get(f"/api/v1/rollouts/{ENDPOINT}/v3"), 404, "rollout_not_found")
     assert_error(await api.get("/api/v1/rollouts/other/v2"), 404, "rollout_not_found")

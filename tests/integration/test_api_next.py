@@ -129,7 +129,7 @@ async def api(sandbox: SandboxServer, store: Store) -> AsyncIterator[
     app = create_api(store=store, client=client, clock=clock, library=PolicyLibrary(),
                      registry=CollectorRegistry(), settings=ApiSettings(tokens=None))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
-                                 base_url="http://api") as http:
+                                 base_url="http://127.0.0.1") as http:
         yield http, clock
     await client.aclose()
 

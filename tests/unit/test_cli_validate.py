@@ -79,7 +79,7 @@ def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
     plan = tmp_path / "broken.yaml"
     plan.write_text("endpoint: [unclosed\n")
     result = CliRunner().invoke(app, ["validate", str(plan)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2, "not a plan at all"
     assert f'in "{plan}", line 2' in result.output, result.output
     assert "<unicode string>" not in result.output
 
