@@ -42,6 +42,11 @@ from rollout.store.model import (
     NewEvent,
     OutboxAlert,
     RolloutRecord,
+    RolloutSummary,
+    StepSummary,
+    StoredWindow,
+    SummaryFields,
+    WindowChanges,
 )
 
 __all__ = [
@@ -70,10 +75,15 @@ __all__ = [
     "OutboxAlert",
     "RolloutNotFound",
     "RolloutRecord",
+    "RolloutSummary",
     "SchemaError",
     "StaleVersion",
+    "StepSummary",
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "StoredWindow",
+    "SummaryFields",
+    "WindowChanges",
     "open_store",
 ]

@@ -14,8 +14,9 @@ a non-terminal phase holds the endpoint (one active rollout per endpoint). Pure 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, get_args
 
 PENDING: Final = "pending"
 PREPARING: Final = "preparing"
@@ -50,9 +51,10 @@ TERMINAL: Final[frozenset[str]] = frozenset({SUCCEEDED, ROLLED_BACK, ABORTED, FA
 ACTIVE: Final[frozenset[str]] = PHASES - TERMINAL
 """Non-terminal phases: at most one rollout per endpoint may be in one of these."""
 
-COMMAND_KINDS: Final[frozenset[str]] = frozenset(
-    {"pause", "resume", "promote", "promote_full", "abort"}
-)
+CommandKind = Literal["pause", "resume", "promote", "promote_full", "abort"]
+"""A manual input a person can queue for a rollout (the one list; the engine reads it too)."""
+
+COMMAND_KINDS: Final[frozenset[str]] = frozenset(get_args(CommandKind))
 """Manual inputs a person can queue for a rollout."""
 
 JsonObject = dict[str, Any]
@@ -158,3 +160,78 @@ class Command:
     payload: JsonObject
     created_at: float
     consumed_at: float | None
+
+
+@dataclass(frozen=True)
+class StoredWindow:
+    """One metric window of one served entity, kept while the current step may judge it.
+
+    ``entity`` is ``None`` for endpoint totals (series without an entity label). A rollout has
+    at most one window per ``(entity, start_ms)``: writing one again replaces it (a revision).
+    ``data`` is the window's numbers, owned by the engine.
+    """
+
+    entity: str | None
+    start_ms: int
+    data: JsonObject
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    """What one finished step of a rollout came to, kept after its windows are dropped.
+
+    ``key`` names the step within the rollout (writing the same key again replaces the
+    row); ``at`` orders the summaries (when the step's split took effect). ``data`` is owned
+    by the engine (arms' sums, the last verdict...).
+    """
+
+    key: str
+    at: float
+    data: JsonObject
+
+
+@dataclass(frozen=True)
+class WindowChanges:
+    """The metric windows one commit adds, replaces and drops, with the decision they fed.
+
+    ``upsert``: windows to add or replace. ``drop_before_ms``: drop the rollout's windows that
+    began before this instant (epoch ms). ``summaries``: step summaries to add or replace.
+    Moving the rollout to a terminal phase drops all its windows whatever this says.
+    """
+
+    upsert: Sequence[StoredWindow] = ()
+    drop_before_ms: int | None = None
+    summaries: Sequence[StepSummary] = ()
+
+
+@dataclass(frozen=True)
+class SummaryFields:
+    """The few fields of a rollout's state kept in columns, so lists need not decode state.
+
+    Written by ``Store.create`` and ``Store.commit``; read back by ``Store.list_summaries``.
+    """
+
+    candidate: str | None = None
+    baseline: str | None = None
+    step: int = 0
+    candidate_weight: int = 0
+    verdict: str | None = None
+    """The last verdict's outcome (pass, fail, inconclusive), if any."""
+
+
+@dataclass(frozen=True)
+class RolloutSummary:
+    """A rollout as lists show it: its columns only, never its plan or state JSON."""
+
+    id: str
+    endpoint: str
+    phase: str
+    version: int
+    created_at: float
+    updated_at: float
+    due_at: float | None
+    fields: SummaryFields = field(default_factory=SummaryFields)
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL
