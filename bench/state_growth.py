@@ -133,6 +133,34 @@ def _stored_bytes(backend: str, where: str) -> int:
     return int(row[0]) if row else 0
 
 
+_TABLE_JSON = {"rollouts": "state", "events": "data", "metric_windows": "data",
+               "step_summaries": "data", "outbox": "payload"}
+
+
+def _json_by_table(backend: str, where: str) -> dict[str, int]:
+    """Bytes of JSON text per table (what each part of the state costs)."""
+    out: dict[str, int] = {}
+    for table, column in _TABLE_JSON.items():
+        try:
+            if backend == "sqlite":
+                with sqlite3.connect(where) as db:
+                    # Names from the constant table above, never from input.
+                    query = f"SELECT SUM(LENGTH({column})) FROM {table}"  # noqa: S608
+                    row = db.execute(query).fetchone()
+            else:
+                with psycopg.connect(POSTGRES_URL, autocommit=True) as db:
+                    db.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(where)))
+                    row = db.execute(
+                        sql.SQL("SELECT SUM(LENGTH({}::text)) FROM {}").format(
+                            sql.Identifier(column), sql.Identifier(table)
+                        )
+                    ).fetchone()
+        except (sqlite3.Error, psycopg.Error):
+            continue  # a table this version of the schema does not have
+        out[table] = int(row[0] or 0) if row else 0
+    return out
+
+
 def _state_bytes(backend: str, where: str) -> int:
     if backend == "sqlite":
         with sqlite3.connect(where) as db:
@@ -214,6 +242,7 @@ async def _run(store: Store, backend: str, where: str, rollouts: int, hours: flo
         sandbox_cpu = transport.cpu - sandbox_cpu_before
         final_bytes = _stored_bytes(backend, where)
         phases = sorted({store.get(i).phase for i in ids})
+    by_table = _json_by_table(backend, where)
     last_hour = (final_bytes - (bytes_at_mark or 0)) / rollouts / 1024
     whole = final_bytes / rollouts / hours / 1024
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -224,7 +253,9 @@ async def _run(store: Store, backend: str, where: str, rollouts: int, hours: flo
         f"          state JSON KB (largest): {_state_bytes(backend, where) / 1024:.1f}\n"
         f"          CPU ms/look (runner+store): {1000 * (cpu - sandbox_cpu) / max(looks, 1):.2f}"
         f"  (sandbox: {1000 * sandbox_cpu / max(looks, 1):.2f})\n"
-        f"          peak RSS MB (process): {rss:.0f}"
+        f"          peak RSS MB (process): {rss:.0f}\n"
+        f"          JSON KB per rollout by table: "
+        + ", ".join(f"{t} {b / rollouts / 1024:.1f}" for t, b in by_table.items())
     )
 
 

@@ -41,6 +41,7 @@ from rollout.engine.model import (
     Effect,
     EndpointSnapshot,
     EventOut,
+    Folded,
     Observation,
     Phase,
     PutConfig,
@@ -415,6 +416,7 @@ def _confirmed(turn: _Turn, target: Target) -> None:
             candidate=Arm(),
             served=Arm(),
             judged_windows=0,
+            folded=None,
             control=state.control if target.purpose == "switch" else Arm(),
             last_verdict=None,
         )
@@ -919,11 +921,14 @@ def _accumulate(turn: _Turn) -> None:
 
     The runner passes every window it keeps since the split took effect; summing them again
     at every look (never adding up what arrived) is what lets a revised window count in its
-    final version. Canary and A/B arms are summed over the minutes both arms reported, after
-    the split's warm-up; ``served`` keeps everything the candidate served in the split, warm-up
-    included, for the absolute ceiling. Each candidate window not judged yet becomes one unit
-    for the judge (the sums up to it), so evidence is counted window by window whether the
-    windows arrive one per look or several at once (a backlog after a restart).
+    final version. Windows past the runner's dedup horizon (``obs.fold_before_ms``) can no
+    longer change: they are folded into ``state.folded`` once and the sums start from there,
+    so the work per look stays bounded however long the split runs. Canary and A/B arms are
+    summed over the minutes both arms reported, after the split's warm-up; ``served`` keeps
+    everything the candidate served in the split, warm-up included, for the absolute
+    ceiling. Each candidate window not judged yet becomes one unit for the judge (the sums up
+    to it), so evidence is counted window by window whether the windows arrive one per look
+    or several at once (a backlog after a restart).
     """
     state = turn.state
     if state.split_applied_at is None:
@@ -948,42 +953,111 @@ def _accumulate(turn: _Turn) -> None:
     turn.scored_from = scored_from
     # After a blue/green switch the baseline serves nothing: its control is fixed.
     paired = not isinstance(turn.plan, BlueGreenPlan)
+    folded = current_fold(state)
+    if folded is not None:
+        windows = [w for w in windows if (w.start_ms or 0) >= folded.before_ms]
     mine = [w for w in windows if w.entity == candidate]
     theirs = {w.start_ms: w for w in windows if w.entity == state.baseline}
-    arm_c, arm_b, served = ArmTotals(), ArmTotals(), ArmTotals()
-    warm_c, warm_b = ArmTotals(), ArmTotals()
+    sums = _Sums.of(folded)
+    first = 0 if folded is None else folded.candidate_windows
+    fold_ms = turn.obs.fold_before_ms
+    if fold_ms is not None and fold_ms <= (since_ms if folded is None else folded.before_ms):
+        fold_ms = None  # nothing new to fold
+    new_fold: Folded | None = None
     units: list[_Unit] = []
-    for index, window in enumerate(mine):
-        served.add(window)
+    for index, window in enumerate(mine, start=first):
         start = window.start_ms or 0
-        partner = theirs.get(start)
-        if start >= scored_ms:
-            if not paired:
-                arm_c.add(window)
-            elif partner is not None:
-                arm_c.add(window)
-                arm_b.add(partner)
-        elif paired and partner is not None:
-            warm_c.add(window)
-            warm_b.add(partner)
+        if fold_ms is not None and new_fold is None and start >= fold_ms:
+            new_fold = sums.fold(state.split_applied_at, fold_ms, index)
+        sums.add(window, theirs.get(start), scored=start >= scored_ms, paired=paired)
         if index >= state.judged_windows:
-            units.append(_Unit(arm_c.copy(), arm_b.copy(), served.copy(),
-                               warm_c.copy(), warm_b.copy()))
-    mine_starts = {w.start_ms for w in mine}
-    turn.unpaired = 0 if not paired else sum(
-        1 for w in mine if (w.start_ms or 0) >= scored_ms and w.start_ms not in theirs
-    ) + sum(1 for start in theirs if (start or 0) >= scored_ms and start not in mine_starts)
-    changes: dict[str, Any] = {"candidate": Arm.of(arm_c), "served": Arm.of(served)}
+            units.append(sums.unit())
+    if fold_ms is not None and new_fold is None:
+        new_fold = sums.fold(state.split_applied_at, fold_ms, first + len(mine))
+    turn.unpaired = _unpaired(mine, theirs, scored_ms) if paired else 0
+    changes: dict[str, Any] = {"candidate": Arm.of(sums.arm_c), "served": Arm.of(sums.served)}
     if paired:
-        changes["control"] = Arm.of(arm_b)
+        changes["control"] = Arm.of(sums.arm_b)
     changed = any(getattr(state, name) != value for name, value in changes.items())
     if not units and changed:
         # A revised window, or a late partner of one judged before: one more unit.
-        units.append(_Unit(arm_c, arm_b if paired else state.control.totals(), served,
-                           warm_c, warm_b))
+        units.append(_Unit(sums.arm_c, sums.arm_b if paired else state.control.totals(),
+                           sums.served, sums.warm_c, sums.warm_b))
     turn.units = units
     turn.arrived = bool(units)
-    turn.set(judged_windows=len(mine), **changes)
+    if new_fold is not None:
+        changes["folded"] = new_fold
+    turn.set(judged_windows=first + len(mine), **changes)
+
+
+def current_fold(state: RolloutState) -> Folded | None:
+    """The state's folded sums if they are the current split's (None otherwise)."""
+    folded = state.folded
+    if folded is None or folded.split_applied_at != state.split_applied_at:
+        return None
+    return folded
+
+
+def _unpaired(
+    mine: list[EntityWindow], theirs: dict[int | None, EntityWindow], scored_ms: int
+) -> int:
+    mine_starts = {w.start_ms for w in mine}
+    return sum(
+        1 for w in mine if (w.start_ms or 0) >= scored_ms and w.start_ms not in theirs
+    ) + sum(1 for start in theirs if (start or 0) >= scored_ms and start not in mine_starts)
+
+
+@dataclass
+class _Sums:
+    """The split's running sums while ``_accumulate`` walks its candidate windows."""
+
+    arm_c: ArmTotals
+    arm_b: ArmTotals
+    served: ArmTotals
+    warm_c: ArmTotals
+    warm_b: ArmTotals
+
+    @classmethod
+    def of(cls, folded: Folded | None) -> _Sums:
+        if folded is None:
+            return cls(ArmTotals(), ArmTotals(), ArmTotals(), ArmTotals(), ArmTotals())
+        return cls(
+            folded.candidate.totals(),
+            folded.control.totals(),
+            folded.served.totals(),
+            folded.warm_candidate.totals(),
+            folded.warm_control.totals(),
+        )
+
+    def add(
+        self, window: EntityWindow, partner: EntityWindow | None, *, scored: bool, paired: bool
+    ) -> None:
+        self.served.add(window)
+        if scored:
+            if not paired:
+                self.arm_c.add(window)
+            elif partner is not None:
+                self.arm_c.add(window)
+                self.arm_b.add(partner)
+        elif paired and partner is not None:
+            self.warm_c.add(window)
+            self.warm_b.add(partner)
+
+    def unit(self) -> _Unit:
+        return _Unit(self.arm_c.copy(), self.arm_b.copy(), self.served.copy(),
+                     self.warm_c.copy(), self.warm_b.copy())
+
+    def fold(self, split_applied_at: float, before_ms: int, candidate_windows: int) -> Folded:
+        return Folded(
+            split_applied_at=split_applied_at,
+            before_ms=before_ms,
+            candidate_windows=candidate_windows,
+            candidate=Arm.of(self.arm_c),
+            control=Arm.of(self.arm_b),
+            served=Arm.of(self.served),
+            warm_candidate=Arm.of(self.warm_c),
+            warm_control=Arm.of(self.warm_b),
+        )
 
 
 def _warmup_text(turn: _Turn) -> str:
@@ -1046,7 +1120,7 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
         }
     verdict["unpaired_windows"] = turn.unpaired
     turn.set(judge_state=look.state, last_verdict=verdict)
-    if turn.arrived or turn.obs.metrics_error:
+    if turn.obs.metrics_error or (turn.arrived and _verdict_news(state.last_verdict, verdict)):
         turn.note(
             "verdict",
             f"{look.outcome}: {look.reason}",
@@ -1055,6 +1129,16 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
     if turn.obs.metrics_error:
         turn.alert("analysis_error", "warn", f"{turn.plan.endpoint}: {turn.obs.metrics_error}")
     return look
+
+
+def _verdict_news(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
+    """Whether a verdict goes into the event log: the first of a split, and every change of
+    outcome or of whether the step may advance. The same outcome again with more windows
+    only updates ``last_verdict`` (and, at the step's end, its step summary): a verdict per
+    window in the log would grow it by a few KB a minute for as long as the step runs."""
+    if before is None:
+        return True
+    return any(before.get(key) != after.get(key) for key in ("outcome", "may_advance"))
 
 
 def _advance(turn: _Turn) -> None:

@@ -142,6 +142,29 @@ class Arm(BaseModel):
         return Arm.of(totals)
 
 
+class Folded(BaseModel):
+    """The current split's windows that began before ``before_ms``, summed once for good.
+
+    ``decide`` re-sums the split's windows at every look (so a revised window counts in its
+    final form), but windows older than the runner's dedup horizon can no longer be revised
+    nor find a late partner: ``decide`` folds them into these sums when the runner says so
+    (``Observation.fold_before_ms``) and the runner stops keeping them. A look's cost and the
+    stored windows then stay bounded however long a step runs.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    split_applied_at: float
+    before_ms: int
+    # Candidate windows folded: the judge's window count goes on from there.
+    candidate_windows: int = 0
+    candidate: Arm = Field(default_factory=Arm)
+    control: Arm = Field(default_factory=Arm)
+    served: Arm = Field(default_factory=Arm)
+    warm_candidate: Arm = Field(default_factory=Arm)
+    warm_control: Arm = Field(default_factory=Arm)
+
+
 class RolloutState(BaseModel):
     """Everything the engine knows about one rollout between two ticks."""
 
@@ -165,6 +188,8 @@ class RolloutState(BaseModel):
     served: Arm = Field(default_factory=Arm)
     # The current split's candidate windows judged so far (each window is one unit of evidence).
     judged_windows: int = 0
+    # The current split's oldest windows, summed (None: every window is still passed in).
+    folded: Folded | None = None
     # Steps (from 0) that moved on at the end of their bake without a pass (advance: lean).
     leaned_steps: list[int] = Field(default_factory=list)
     judge_state: dict[str, Any] = Field(default_factory=dict)
@@ -256,8 +281,12 @@ class Observation:
     endpoint_error: str | None = None
     update: UpdateOutcome | None = None
     # Every window the runner's tracker keeps that began at or after the current split took
-    # effect, revisions applied: ``decide`` sums them afresh at every look.
+    # effect (and after ``state.folded.before_ms``), revisions applied: ``decide`` sums them
+    # afresh at every look, on top of the folded sums.
     windows: tuple[EntityWindow, ...] = ()
+    # Windows that began before this (epoch ms) will not change any more (the runner's dedup
+    # horizon): ``decide`` may fold them into ``state.folded``; None folds nothing.
+    fold_before_ms: int | None = None
     metrics_error: str | None = None
     entity_labels: bool = True
     commands: tuple[Command, ...] = ()

@@ -92,7 +92,12 @@ def test_a_late_partner_is_counted_when_it_arrives() -> None:
     assert early.state.control.requests == 900.0
     later = look(early.state, (*both(3), *both(4)), T0 + 330)
     assert (later.state.candidate.requests, later.state.control.requests) == (200.0, 1800.0)
-    assert [e.kind for e in later.events] == ["verdict"], "the completed pair is news"
+    assert early.state.last_verdict is not None
+    assert later.state.last_verdict is not None
+    assert later.state.last_verdict["at"] == T0 + 330, "the completed pair is judged"
+    # The same outcome again is not logged; a change of outcome would be.
+    same = later.state.last_verdict["outcome"] == early.state.last_verdict["outcome"]
+    assert [e.kind for e in later.events] == ([] if same else ["verdict"])
 
 
 def test_a_revised_window_counts_in_its_final_version() -> None:
@@ -212,3 +217,24 @@ def test_the_warm_up_is_judged_for_gross_regressions_only(
     fail = decision.state.judge_state["checks"][0]["fail"]
     assert (max(fail) > 1.0) is gains, (name, fail)
     assert decision.state.phase is Phase.PROGRESSING
+
+
+def test_only_a_changed_verdict_is_logged() -> None:
+    first = look(progressing(), both(3), T0 + 240)
+    assert [e.kind for e in first.events] == ["verdict"], "the split's first verdict"
+    assert first.state.last_verdict is not None
+    outcome = first.state.last_verdict["outcome"]
+    state, logged = first.state, 0
+    for minute in range(4, 8):
+        decision = look(state, tuple(w for m in range(3, minute + 1) for w in both(m)),
+                        T0 + 60 * minute + 30)
+        assert decision.state.last_verdict is not None
+        assert decision.state.last_verdict["at"] == T0 + 60 * minute + 30
+        changed = decision.state.last_verdict["outcome"] != state.last_verdict["outcome"]
+        assert [e.kind for e in decision.events if e.kind == "verdict"] == (
+            ["verdict"] if changed else []
+        )
+        logged += changed
+        state = decision.state
+    assert outcome == "inconclusive"
+    assert logged == 0, "healthy minutes keep one outcome: nothing more in the log"
