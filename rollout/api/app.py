@@ -537,8 +537,11 @@ def _rollout_routes(
     ) -> RolloutSeries:
         record = await service.load(rollout_id)
         events = await service.in_thread(service.store.events, record.id, 0)
-        # Hours of windows with their histograms are read back from JSON: off the event loop.
-        return await asyncio.to_thread(series_view, record, events, limit=limit)
+        stored = await service.in_thread(service.store.windows, record.id, None)
+        # Windows with their histograms are read back from JSON: off the event loop.
+        return await asyncio.to_thread(
+            series_view, record, events, limit=limit, windows=[w.data for w in stored]
+        )
 
 
 def _command_routes(router: APIRouter, service: _Service, write_deps: list[Any]) -> None:

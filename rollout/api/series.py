@@ -5,9 +5,11 @@ the same HTTP API as the ``rollout`` CLI. ``GET /api/v1/rollouts/{id}/series`` a
 document built here, from what the engine already stores: the rollout's ``WindowTracker`` state
 (every export-metrics window it kept, each counted once) reduced to the candidate's and the
 baseline's windows, and the event log reduced to the changes of the candidate's weight (a step
-applied, the promotion to 100 %, the start of a rollback, the baseline restored). The page
-draws error rate and p99 latency per window for both arms and marks those changes, so a person
-sees what the judge saw and when the traffic moved.
+applied, the promotion to 100 %, the start of a rollback, the baseline restored). The windows
+are the ones the store still keeps (``Store.windows``: the current split's unfolded windows and
+the last hour's); a state saved before windows had a table of their own carries them inside.
+The page draws error rate and p99 latency per window for both arms and marks those changes, so
+a person sees what the judge saw and when the traffic moved.
 
 Nothing here is judged or recomputed for the engine: a window's numbers are the per-window
 counts export-metrics reported, the error rate is 5xx over requests, and p99 is read from the
@@ -19,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -100,17 +102,25 @@ class RolloutSeries(BaseModel):
 
 
 def series_view(
-    record: RolloutRecord, events: Sequence[EventRecord], *, limit: int = DEFAULT_WINDOWS
+    record: RolloutRecord,
+    events: Sequence[EventRecord],
+    *,
+    limit: int = DEFAULT_WINDOWS,
+    windows: Sequence[dict[str, Any]] = (),
 ) -> RolloutSeries:
-    """The chart's document for a stored rollout and its event log."""
+    """The chart's document for a stored rollout, its event log and its stored windows
+    (``StoredWindow.data``)."""
     view = rollout_view(record)
     state = RolloutState.model_validate(record.state)
     note = None
     kept: list[EntityWindow] = []
-    if state.tracker:
+    if state.tracker or windows:
         try:
-            kept = WindowTracker.from_state(state.tracker).windows()
-        except MetricsStateError as exc:
+            kept = WindowTracker.from_state(
+                state.tracker or WindowTracker().to_state(),
+                [EntityWindow.from_dict(data) for data in windows],
+            ).windows()
+        except (MetricsStateError, KeyError, TypeError, ValueError) as exc:
             # Stored by code whose tracker format has since changed: the rest still shows.
             note = f"the stored metric windows cannot be read: {exc}"
     arms = {view.candidate: "candidate"}
