@@ -238,3 +238,58 @@ def test_only_a_changed_verdict_is_logged() -> None:
         state = decision.state
     assert outcome == "inconclusive"
     assert logged == 0, "healthy minutes keep one outcome: nothing more in the log"
+
+
+def _minutes(first: int, last: int) -> tuple[EntityWindow, ...]:
+    # Varying numbers, an unpaired candidate minute and a warm-up at the start.
+    out: list[EntityWindow] = []
+    for minute in range(first, last + 1):
+        cand = window(CAND, minute, 100.0 + minute, float(minute % 3 == 0), 40.0)
+        if minute == 7:
+            out.append(cand)  # the baseline never reports minute 7
+            continue
+        out.extend((cand, window(BASE, minute, 900.0 + 2 * minute, 1.0)))
+    return tuple(out)
+
+
+def test_folding_old_windows_changes_nothing_the_judge_sees() -> None:
+    # Once per look: one run is handed every window of the split; the other only the windows
+    # since its fold, and told to fold what is older than 5 minutes (a short dedup horizon).
+    # The sums, the number of windows judged and the verdicts must be the same.
+    plan = plan_of(steps=[{"weight": 10, "bake": "1h"}, {"weight": 50, "bake": "10m"}])
+    whole = folded = progressing()
+    folds = 0
+    for minute in range(1, 30):
+        now = T0 + 60 * minute + 30
+        windows = _minutes(0, minute - 1)
+        a = look(whole, windows, now, plan=plan)
+        assert a.state.phase is Phase.PROGRESSING
+        assert a.effect is None
+        since = folded.folded.before_ms if folded.folded is not None else 0
+        kept = tuple(w for w in windows if (w.start_ms or 0) >= since)
+        b = decide(plan, folded, Observation(endpoint=live(10), windows=kept,
+                   fold_before_ms=int((now - 300) * 1000)), now, policy=policy(), timing=TIMING)
+        for name in ("candidate", "control", "served", "judged_windows"):
+            assert getattr(a.state, name) == getattr(b.state, name), (minute, name)
+        assert a.state.last_verdict is not None
+        assert b.state.last_verdict is not None
+        assert a.state.last_verdict["outcome"] == b.state.last_verdict["outcome"], minute
+        assert a.state.last_verdict["checks"] == b.state.last_verdict["checks"], minute
+        assert a.state.judge_state == b.state.judge_state, minute
+        folds += b.state.folded != folded.folded
+        whole, folded = a.state, b.state
+        assert len(kept) <= 2 * 7, "only the last few minutes are handed in"
+    assert folds >= 20, "the fold moved on at (almost) every look"
+    assert folded.folded is not None
+    assert folded.folded.candidate_windows >= 20
+
+
+def test_a_fold_of_another_split_is_ignored() -> None:
+    first = decide(plan_of(), progressing(), Observation(endpoint=live(10),
+                   windows=_minutes(0, 9), fold_before_ms=int((T0 + 300) * 1000)),
+                   T0 + 630, policy=policy(), timing=TIMING)
+    assert first.state.folded is not None
+    moved = first.state.model_copy(update={"split_applied_at": T0 + 60})
+    again = look(moved, _minutes(1, 9), T0 + 630)
+    # Summed from the windows handed in, from the new split on: nothing from the old fold.
+    assert again.state.served.requests == sum(100.0 + m for m in range(1, 10))
