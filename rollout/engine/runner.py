@@ -169,17 +169,20 @@ def keep_windows_from_ms(state: RolloutState, now: float) -> int:
 
 
 def step_summary(before: RolloutState, after: RolloutState, now: float) -> StepSummary | None:
-    """The summary of the split ``before`` was judging, if ``after`` no longer judges it."""
+    """The summary of the step ``before`` was in, if this decision ended it: the rollout moved
+    to another step, or finished. (Written again under the same key is harmless: a replace.)"""
     if before.split_applied_at is None:
         return None
-    if after.split_applied_at == before.split_applied_at and not after.phase.terminal:
+    if after.phase.terminal and not before.phase.terminal:
+        source = after  # the end: the last sums are the final ones
+    elif after.step != before.step:
+        source = before  # moving on: the step's sums before the next split resets them
+    else:
         return None
-    # A new split resets the arms: the sums are the ones before it; at the end the last ones.
-    source = before if after.split_applied_at != before.split_applied_at else after
     verdict = source.last_verdict or {}
     return StepSummary(
         key=f"{source.step}@{source.split_applied_at}",
-        at=float(before.split_applied_at),
+        at=float(source.split_applied_at or now),
         data={
             "step": source.step,
             "candidate_weight": source.candidate_weight,
