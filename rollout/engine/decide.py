@@ -68,6 +68,9 @@ class Timing:
     max_put_attempts: int = 3  # PUTs of one target before giving up on it
     step_deadline_factor: float = 3.0  # a step with no conclusive verdict after bake x this
     metrics_window: float = 60.0  # seconds per export-metrics window (a policy's warm-up unit)
+    # A verdict that changed is logged at most this often (a first verdict of a split and a
+    # fail always are): a judge hovering at a boundary must not fill the log.
+    verdict_log_interval: float = 900.0
 
 
 DEFAULT_TIMING = Timing()
@@ -417,6 +420,7 @@ def _confirmed(turn: _Turn, target: Target) -> None:
             served=Arm(),
             judged_windows=0,
             folded=None,
+            verdict_logged=None,
             control=state.control if target.purpose == "switch" else Arm(),
             last_verdict=None,
         )
@@ -1055,9 +1059,14 @@ class _Sums:
             candidate=Arm.of(self.arm_c),
             control=Arm.of(self.arm_b),
             served=Arm.of(self.served),
-            warm_candidate=Arm.of(self.warm_c),
-            warm_control=Arm.of(self.warm_b),
+            # The warm-up is judged on counts and latency only: its gauges are not kept.
+            warm_candidate=_without_gauges(Arm.of(self.warm_c)),
+            warm_control=_without_gauges(Arm.of(self.warm_b)),
         )
+
+
+def _without_gauges(arm: Arm) -> Arm:
+    return arm.model_copy(update={"cpu_percent": [], "mem_percent": [], "gauges_dropped": {}})
 
 
 def _warmup_text(turn: _Turn) -> str:
@@ -1120,25 +1129,36 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
         }
     verdict["unpaired_windows"] = turn.unpaired
     turn.set(judge_state=look.state, last_verdict=verdict)
-    if turn.obs.metrics_error or (turn.arrived and _verdict_news(state.last_verdict, verdict)):
+    if turn.obs.metrics_error or (turn.arrived and _verdict_news(turn, verdict)):
         turn.note(
             "verdict",
             f"{look.outcome}: {look.reason}",
             {"verdict": verdict, "step": state.step},
         )
+        turn.set(verdict_logged=_verdict_key(verdict), verdict_logged_at=turn.now)
     if turn.obs.metrics_error:
         turn.alert("analysis_error", "warn", f"{turn.plan.endpoint}: {turn.obs.metrics_error}")
     return look
 
 
-def _verdict_news(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
-    """Whether a verdict goes into the event log: the first of a split, and every change of
-    outcome or of whether the step may advance. The same outcome again with more windows
-    only updates ``last_verdict`` (and, at the step's end, its step summary): a verdict per
-    window in the log would grow it by a few KB a minute for as long as the step runs."""
-    if before is None:
+def _verdict_key(verdict: dict[str, Any]) -> str:
+    return f"{verdict.get('outcome')}/{verdict.get('may_advance')}"
+
+
+def _verdict_news(turn: _Turn, verdict: dict[str, Any]) -> bool:
+    """Whether a verdict goes into the event log: the first of a split, a fail, and a change
+    of outcome (or of whether the step may advance) since the last one logged, at most once
+    per ``verdict_log_interval``. Otherwise it only updates ``last_verdict`` (and, at the
+    step's end, its step summary): a verdict per window in the log would grow it by a few KB
+    a minute for as long as the step runs, and a judge hovering between pass and
+    inconclusive would do nearly as much."""
+    state = turn.state
+    if state.verdict_logged is None or verdict.get("outcome") == "fail":
         return True
-    return any(before.get(key) != after.get(key) for key in ("outcome", "may_advance"))
+    if _verdict_key(verdict) == state.verdict_logged:
+        return False
+    logged_at = state.verdict_logged_at
+    return logged_at is None or turn.now - logged_at >= turn.timing.verdict_log_interval
 
 
 def _advance(turn: _Turn) -> None:

@@ -194,6 +194,10 @@ class RolloutState(BaseModel):
     leaned_steps: list[int] = Field(default_factory=list)
     judge_state: dict[str, Any] = Field(default_factory=dict)
     last_verdict: dict[str, Any] | None = None
+    # The current split's last verdict written to the event log ("outcome/may_advance") and
+    # when: a verdict is logged when it differs, not at every look.
+    verdict_logged: str | None = None
+    verdict_logged_at: float | None = None
     preflight_pending: bool = False
     preflight_passed: bool = False
     paused_from: Phase | None = None

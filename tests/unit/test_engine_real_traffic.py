@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from rollout.engine.decide import Timing, decide
+from rollout.engine.decide import Timing, _Turn, _verdict_news, decide
 from rollout.engine.model import Decision, Observation, Phase, RolloutState
 from rollout.metrics.model import EntityWindow, Histogram
 from tests.unit.test_engine_decide import (
@@ -293,3 +293,24 @@ def test_a_fold_of_another_split_is_ignored() -> None:
     again = look(moved, _minutes(1, 9), T0 + 630)
     # Summed from the windows handed in, from the new split on: nothing from the old fold.
     assert again.state.served.requests == sum(100.0 + m for m in range(1, 10))
+
+
+@pytest.mark.parametrize(
+    ("logged", "logged_at", "verdict", "news"),
+    [
+        (None, None, {"outcome": "inconclusive", "may_advance": False}, True),  # first
+        ("inconclusive/False", T0, {"outcome": "inconclusive", "may_advance": False}, False),
+        ("inconclusive/False", T0, {"outcome": "pass", "may_advance": True}, False),  # too soon
+        ("inconclusive/False", T0 - 900, {"outcome": "pass", "may_advance": True}, True),
+        ("inconclusive/False", T0 - 60, {"outcome": "inconclusive", "may_advance": True}, False),
+        ("pass/True", T0, {"outcome": "fail", "may_advance": False}, True),  # a fail, always
+    ],
+)
+def test_a_changed_verdict_is_logged_at_most_once_per_interval(
+    logged: str | None, logged_at: float | None, verdict: dict[str, Any], news: bool
+) -> None:
+    state = progressing().model_copy(
+        update={"verdict_logged": logged, "verdict_logged_at": logged_at}
+    )
+    turn = _Turn(plan_of(), policy(), Observation(), T0, TIMING, state)
+    assert _verdict_news(turn, verdict) is news
