@@ -39,6 +39,7 @@ from rollout.settings import (
     Settings,
     StoreSettings,
 )
+from rollout.store.model import TERMINAL
 from rollout.telemetry import configure_logging
 
 ENDPOINT = "demo-endpoint"
@@ -61,7 +62,6 @@ DEMO_POLICY: dict[str, Any] = {
     "deadline": "5m",
     "on_deadline": "rollback",
 }
-TERMINAL = {"succeeded", "rolled_back", "aborted", "failed"}
 
 
 @dataclass

@@ -48,13 +48,19 @@ from rollout.engine.model import (
     RollbackCause,
     RolloutState,
     RunPreflight,
-    Severity,
     Target,
     TargetPurpose,
 )
 from rollout.metrics.model import ArmTotals, EntityWindow
 from rollout.metrics.windows import sum_windows, window_length_ms
-from rollout.plan import ABPlan, AnyPlan, BlueGreenPlan, CanaryPlan
+from rollout.plan import (
+    ABPlan,
+    AnyPlan,
+    BlueGreenPlan,
+    CanaryPlan,
+    Severity,
+    judged_weights,
+)
 from rollout.units import format_duration
 
 
@@ -408,7 +414,7 @@ def _confirmed(turn: _Turn, target: Target) -> None:
             turn.again_in(turn.timing.update_poll)
             return
         turn.move(Phase.PROGRESSING, "candidate deployed; first step", "progressing")
-        turn.put(_new_target(turn, "step", _weights(turn.plan)[0]))
+        turn.put(_new_target(turn, "step", judged_weights(turn.plan)[0]))
         return
     if target.purpose in ("step", "switch"):
         weight = target.split.get(turn.plan.candidate.served_name, 0)
@@ -426,7 +432,7 @@ def _confirmed(turn: _Turn, target: Target) -> None:
         )
         if state.phase is not Phase.PROGRESSING:
             turn.move(Phase.PROGRESSING, f"split applied: {split_desc}", "progressing")
-        total = len(_weights(turn.plan))
+        total = len(judged_weights(turn.plan))
         turn.note(
             "step_applied",
             f"step {state.step + 1}/{total}: candidate at {weight} % ({split_desc})",
@@ -745,7 +751,7 @@ def _progressing(turn: _Turn) -> None:
     state, plan, policy = turn.state, turn.plan, turn.policy
     _accumulate(turn)
     state = turn.state
-    weights = _weights(plan)
+    weights = judged_weights(plan)
     # An advance from the last judged split promotes the candidate, so it needs a pass: the
     # last canary step, and a blue/green bake too. After the switch the baseline still sits
     # at 0 %, ready to take the traffic back at once; removing it is what cannot be undone
@@ -829,7 +835,7 @@ def _paused(turn: _Turn) -> None:
         # Re-assert the current step's split: a no-op if it is live, a fix if it drifted.
         # Windows are judged afresh from the moment it is confirmed.
         purpose: TargetPurpose = "switch" if isinstance(turn.plan, BlueGreenPlan) else "step"
-        turn.put(_new_target(turn, purpose, _weights(turn.plan)[state.step]))
+        turn.put(_new_target(turn, purpose, judged_weights(turn.plan)[state.step]))
 
 
 def _promoting(turn: _Turn) -> None:
@@ -867,15 +873,6 @@ _PHASES = {
 
 
 # ---- progressing helpers --------------------------------------------------------------------
-
-
-def _weights(plan: AnyPlan) -> list[int]:
-    """The judged candidate weights in order (100 % is the promotion, not a judged step)."""
-    if isinstance(plan, CanaryPlan):
-        return [step.weight for step in plan.canary_steps()] or [100]
-    if isinstance(plan, ABPlan):
-        return [plan.split]
-    return [100]
 
 
 def _step_name(plan: AnyPlan, step: int) -> str:
@@ -1164,7 +1161,7 @@ def _verdict_news(turn: _Turn, verdict: dict[str, Any]) -> bool:
 def _advance(turn: _Turn) -> None:
     """The judge let the current step go: the next step, or after the last one promotion."""
     state, plan = turn.state, turn.plan
-    weights = _weights(plan)
+    weights = judged_weights(plan)
     if state.step < len(weights) - 1:
         _next_step(turn)
         return
@@ -1193,7 +1190,7 @@ def _operator_promotes(turn: _Turn, *, full: bool) -> None:
     passed, and the promotion says whose it was.
     """
     state, plan = turn.state, turn.plan
-    weights = _weights(plan)
+    weights = judged_weights(plan)
     last = len(weights) - 1
     step = min(state.step, last)
     skipped = list(range(step, last + 1)) if full else [step]
@@ -1215,7 +1212,7 @@ def _operator_promotes(turn: _Turn, *, full: bool) -> None:
 def _next_step(turn: _Turn) -> None:
     step = turn.state.step + 1
     turn.set(step=step)
-    turn.put(_new_target(turn, "step", _weights(turn.plan)[step]))
+    turn.put(_new_target(turn, "step", judged_weights(turn.plan)[step]))
 
 
 def _promote(turn: _Turn, reason: str, *, by: Literal["judge", "operator"]) -> None:
@@ -1240,7 +1237,7 @@ def _skipped_text(plan: AnyPlan, steps: list[int]) -> str:
         f"{run[0] + 1}" if len(run) == 1 else f"{run[0] + 1}-{run[-1] + 1}" for run in runs
     )
     word = "step" if len(steps) == 1 else "steps"
-    return f"{word} {numbers} of {len(_weights(plan))} skipped"
+    return f"{word} {numbers} of {len(judged_weights(plan))} skipped"
 
 
 def _ab_report(turn: _Turn) -> None:

@@ -17,26 +17,31 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rollout.metrics.model import ArmTotals, EntityWindow, Histogram
+from rollout.plan import Severity
+from rollout.store import model as stored
+from rollout.store.model import CommandKind
 
 
 class Phase(StrEnum):
-    PENDING = "pending"
-    PREPARING = "preparing"
-    PROGRESSING = "progressing"
-    PAUSED = "paused"
-    PROMOTING = "promoting"
-    SUCCEEDED = "succeeded"
-    ROLLING_BACK = "rolling_back"
-    ROLLED_BACK = "rolled_back"
-    ABORTED = "aborted"
-    FAILED = "failed"
+    """A rollout's phase; the names are the store's (``rollout.store.model``), spelled once."""
+
+    PENDING = stored.PENDING
+    PREPARING = stored.PREPARING
+    PROGRESSING = stored.PROGRESSING
+    PAUSED = stored.PAUSED
+    PROMOTING = stored.PROMOTING
+    SUCCEEDED = stored.SUCCEEDED
+    ROLLING_BACK = stored.ROLLING_BACK
+    ROLLED_BACK = stored.ROLLED_BACK
+    ABORTED = stored.ABORTED
+    FAILED = stored.FAILED
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL_PHASES
 
 
-TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED})
+TERMINAL_PHASES = frozenset(Phase(name) for name in stored.TERMINAL)
 
 TargetPurpose = Literal[
     "deploy",  # add the candidate at 0 % so it builds with no traffic on it
@@ -272,7 +277,7 @@ class PreflightOutcome:
 @dataclass(frozen=True)
 class Command:
     id: int
-    kind: Literal["pause", "resume", "promote", "promote_full", "abort"]
+    kind: CommandKind
     payload: dict[str, Any] = field(default_factory=dict)
 
 
@@ -316,7 +321,6 @@ class RunPreflight:
 
 Effect = PutConfig | RunPreflight
 
-Severity = Literal["info", "warn", "error"]
 
 
 @dataclass(frozen=True)

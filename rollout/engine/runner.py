@@ -32,7 +32,7 @@ import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 
@@ -56,7 +56,7 @@ from rollout.engine.schema import entity_input_schema, input_compatible
 from rollout.metrics.model import EntityWindow
 from rollout.metrics.parse import MetricsError, parse_export_metrics
 from rollout.metrics.windows import WindowTracker
-from rollout.plan import AlertChannel, AnyPlan, resolve_policy, validate_plan
+from rollout.plan import SEVERITY_ORDER, AlertChannel, AnyPlan, resolve_policy, validate_plan
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import (
     ConfigMismatch,
@@ -71,6 +71,8 @@ from rollout.serving.models import ConfigSpec, Endpoint, ServedEntity, traffic_s
 from rollout.store.base import Store
 from rollout.store.errors import StaleVersion
 from rollout.store.model import (
+    COMMAND_KINDS,
+    CommandKind,
     NewAlert,
     NewEvent,
     RolloutRecord,
@@ -82,7 +84,6 @@ from rollout.store.model import (
 
 log = structlog.get_logger("rollout.engine")
 
-_SEVERITY_ORDER = {"info": 0, "warn": 1, "error": 2}
 # Effects carried out within one reconcile before handing back to the scheduler: a rollback is
 # two updates, a step is one; more than this means something loops.
 _MAX_EFFECTS_PER_RECONCILE = 6
@@ -434,7 +435,7 @@ class Runner:
         rows = []
         for alert in decision.alerts:
             for index, channel in enumerate(self._channels(plan)):
-                if _SEVERITY_ORDER[alert.severity] < _SEVERITY_ORDER[channel.severity]:
+                if SEVERITY_ORDER[alert.severity] < SEVERITY_ORDER[channel.severity]:
                     continue
                 rows.append(
                     NewAlert(
@@ -467,9 +468,10 @@ class Runner:
         changed: dict[tuple[str | None, int], EntityWindow],
     ) -> Observation:
         commands = tuple(
-            Command(c.id, c.kind, c.payload)  # type: ignore[arg-type]
+            Command(c.id, cast(CommandKind, c.kind), c.payload)
             for c in await asyncio.to_thread(self.store.pending_commands, rollout_id)
-            if c.kind in ("pause", "resume", "promote", "promote_full", "abort")
+            # The store refuses any other kind; an older row with one is not ours to act on.
+            if c.kind in COMMAND_KINDS
         )
         observation = await self._read_endpoint(plan.endpoint)
         observation = replace(observation, commands=commands)

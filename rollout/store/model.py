@@ -29,20 +29,21 @@ ROLLED_BACK: Final = "rolled_back"
 ABORTED: Final = "aborted"
 FAILED: Final = "failed"
 
-PHASES: Final[frozenset[str]] = frozenset(
-    {
-        PENDING,
-        PREPARING,
-        PROGRESSING,
-        PAUSED,
-        PROMOTING,
-        SUCCEEDED,
-        ROLLING_BACK,
-        ROLLED_BACK,
-        ABORTED,
-        FAILED,
-    }
-)
+PhaseName = Literal[
+    "pending",
+    "preparing",
+    "progressing",
+    "paused",
+    "promoting",
+    "succeeded",
+    "rolling_back",
+    "rolled_back",
+    "aborted",
+    "failed",
+]
+"""A phase's name, as a type (the API's documents use it); the constants above spell it."""
+
+PHASES: Final[frozenset[str]] = frozenset(get_args(PhaseName))
 """Every phase a rollout can be in (see DESIGN.md, "States")."""
 
 TERMINAL: Final[frozenset[str]] = frozenset({SUCCEEDED, ROLLED_BACK, ABORTED, FAILED})
