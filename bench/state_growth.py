@@ -115,7 +115,9 @@ def _postgres_schema() -> Iterator[tuple[str, str]]:
             admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
-def _stored_bytes(backend: str, where: str) -> int:
+def _stored_bytes(backend: str, where: str, *, live: bool = False) -> int:
+    """Bytes on disk: SQLite's used pages; PostgreSQL's tables with TOAST and indexes, or,
+    with ``live``, the rows that are live (dead versions waiting for vacuum left out)."""
     if backend == "sqlite":
         with sqlite3.connect(where) as db:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
@@ -123,6 +125,21 @@ def _stored_bytes(backend: str, where: str) -> int:
             free = db.execute("PRAGMA freelist_count").fetchone()[0]
             size = db.execute("PRAGMA page_size").fetchone()[0]
         return int((pages - free) * size)
+    if live:
+        total = 0
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as db:
+            db.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(where)))
+            for table in _TABLE_JSON:
+                try:
+                    found = db.execute(
+                        sql.SQL("SELECT COALESCE(SUM(pg_column_size(t.*)), 0) FROM {} t").format(
+                            sql.Identifier(table)
+                        )
+                    ).fetchone()
+                except psycopg.Error:
+                    continue  # a table this version of the schema does not have
+                total += int(found[0]) if found else 0
+        return total
     with psycopg.connect(POSTGRES_URL, autocommit=True) as db:
         row = db.execute(
             "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
@@ -224,6 +241,7 @@ async def _run(store: Store, backend: str, where: str, rollouts: int, hours: flo
         sandbox_cpu_before = transport.cpu
         mark = start + max(0.0, hours - 1.0) * HOUR
         bytes_at_mark: int | None = None
+        live_at_mark = 0
         while clock.now() < end:
             due = store.due(clock.now(), limit=rollouts)
             if not due:
@@ -233,6 +251,7 @@ async def _run(store: Store, backend: str, where: str, rollouts: int, hours: flo
                 clock.advance(max(0.0, min(upcoming) - clock.now()))
                 if bytes_at_mark is None and clock.now() >= mark:
                     bytes_at_mark = _stored_bytes(backend, where)
+                    live_at_mark = _stored_bytes(backend, where, live=True)
                 continue
             began = time.process_time()
             for record in due:
@@ -241,15 +260,19 @@ async def _run(store: Store, backend: str, where: str, rollouts: int, hours: flo
             cpu += time.process_time() - began
         sandbox_cpu = transport.cpu - sandbox_cpu_before
         final_bytes = _stored_bytes(backend, where)
+        final_live = _stored_bytes(backend, where, live=True)
         phases = sorted({store.get(i).phase for i in ids})
     by_table = _json_by_table(backend, where)
     last_hour = (final_bytes - (bytes_at_mark or 0)) / rollouts / 1024
     whole = final_bytes / rollouts / hours / 1024
+    live_last = (final_live - live_at_mark) / rollouts / 1024
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"{backend:9} rollouts={rollouts} hours={hours:g} looks={looks} phases={phases}\n"
         f"          stored KB/rollout-hour: last hour {last_hour:.1f}, whole run {whole:.1f}"
         f" (total {final_bytes / 1024 / 1024:.1f} MB)\n"
+        f"          live rows KB/rollout-hour, last hour: {live_last:.1f}"
+        f" (total {final_live / 1024 / 1024:.1f} MB)\n"
         f"          state JSON KB (largest): {_state_bytes(backend, where) / 1024:.1f}\n"
         f"          CPU ms/look (runner+store): {1000 * (cpu - sandbox_cpu) / max(looks, 1):.2f}"
         f"  (sandbox: {1000 * sandbox_cpu / max(looks, 1):.2f})\n"

@@ -7,9 +7,15 @@ records, the engine decides, and the runner commits the new phase and state toge
 (the outbox the alert dispatcher drains). ``Command`` rows are the manual inputs (pause,
 promote, abort...) the API queues and the runner consumes in the commit that acts on them.
 
-The store does not interpret ``plan``, ``state``, event ``data`` or alert ``payload``: they are
-JSON objects owned by the engine and the notifiers. Only ``phase`` matters to the store, because
-a non-terminal phase holds the endpoint (one active rollout per endpoint). Pure data, no I/O.
+The runner also commits, with each decision, the metric windows it judged (``StoredWindow``
+rows, kept apart from the small state and dropped as they stop mattering, ``WindowChanges``),
+a ``StepSummary`` when a step ends, and the ``SummaryFields`` lists show
+(``RolloutSummary``, read without decoding any state).
+
+The store does not interpret ``plan``, ``state``, event ``data``, window and summary ``data``
+or alert ``payload``: they are JSON objects owned by the engine and the notifiers. Only
+``phase`` matters to the store, because a non-terminal phase holds the endpoint (one active
+rollout per endpoint) and a terminal one drops the rollout's windows. Pure data, no I/O.
 """
 
 from __future__ import annotations
