@@ -87,10 +87,12 @@ log = structlog.get_logger("rollout.engine")
 # Effects carried out within one reconcile before handing back to the scheduler: a rollback is
 # two updates, a step is one; more than this means something loops.
 _MAX_EFFECTS_PER_RECONCILE = 6
-# Windows that began before the current split are never judged again; they are kept this
-# long only so that export-metrics showing one again is recognised (Databricks shows the last
-# closed window; an hour is many times what any exporter repeats) and for the chart.
-_DEDUP_HORIZON_MS = 3600 * 1000
+DEFAULT_DEDUP_HORIZON = 1800.0
+"""Seconds a window stays revisable: export-metrics showing it again within this is the same
+window (a revision), and the current split's windows older than this are folded into the
+state's sums. Databricks shows the last closed window, so 30 windows of 60 s are many times
+what an exporter repeats or delivers late; it is also how far back the chart shows windows,
+and what each active rollout keeps in memory (about 2.6 KB a window, two windows a minute)."""
 
 
 class DecisionObserver(Protocol):
@@ -156,10 +158,12 @@ def summary_of(plan: AnyPlan, state: RolloutState) -> SummaryFields:
     )
 
 
-def keep_windows_from_ms(state: RolloutState, now: float) -> int:
+def keep_windows_from_ms(
+    state: RolloutState, now: float, horizon_seconds: float = DEFAULT_DEDUP_HORIZON
+) -> int:
     """The oldest window start still needed: the current split's first window not folded
     into the state's sums, or the dedup horizon, whichever is older."""
-    horizon = int(now * 1000) - _DEDUP_HORIZON_MS
+    horizon = int((now - horizon_seconds) * 1000)
     if state.split_applied_at is None or state.phase.terminal:
         return horizon
     start = int(state.split_applied_at * 1000)
@@ -260,7 +264,11 @@ class Runner:
         timing: Timing = DEFAULT_TIMING,
         default_channels: Sequence[AlertChannel] = (),
         observer: DecisionObserver | None = None,
+        dedup_horizon: float = DEFAULT_DEDUP_HORIZON,
     ) -> None:
+        if not dedup_horizon > 0:
+            raise ValueError(f"dedup_horizon must be positive seconds, got {dedup_horizon!r}")
+        self.dedup_horizon = dedup_horizon
         self.store = store
         self.client = client
         self.clock = clock
@@ -307,7 +315,7 @@ class Runner:
                 plan, state, observation, self.clock.now(), policy=policy, timing=self.timing
             )
             decisions += 1
-            keep_from = keep_windows_from_ms(decision.state, self.clock.now())
+            keep_from = keep_windows_from_ms(decision.state, self.clock.now(), self.dedup_horizon)
             tracker.prune(keep_from)
             windows = WindowChanges(
                 upsert=[
@@ -518,7 +526,7 @@ class Runner:
             windows=windows,
             entity_labels=scrape.has_entity_labels or not scrape.windows,
             # Past the dedup horizon a window is never revised again: decide may fold it.
-            fold_before_ms=int(self.clock.now() * 1000) - _DEDUP_HORIZON_MS,
+            fold_before_ms=int((self.clock.now() - self.dedup_horizon) * 1000),
         )
 
     # ---- effects ------------------------------------------------------------------------

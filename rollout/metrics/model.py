@@ -38,7 +38,7 @@ EXPORTED_BOUNDS: tuple[float, ...] = (*EXPORTED_LATENCY_BOUNDS_MS, math.inf)
 """The exported bucket bounds with +Inf: the layout a stored histogram may leave unsaid."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Histogram:
     """A latency (or queue-time) histogram with per-bucket, non-cumulative counts.
 
@@ -187,7 +187,7 @@ def _add_opt(a: float | None, b: float | None) -> float | None:
     return a + b
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EntityWindow:
     """What export-metrics says about one served entity during one window.
 

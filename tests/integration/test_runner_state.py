@@ -16,7 +16,7 @@ import pytest
 
 from rollout.clock import FakeClock
 from rollout.engine.model import Phase, RolloutState
-from rollout.engine.runner import _DEDUP_HORIZON_MS, Runner
+from rollout.engine.runner import DEFAULT_DEDUP_HORIZON, Runner
 from rollout.plan import resolve_policy
 from rollout.sandbox.server import SandboxServer
 from rollout.serving.auth import PatAuth
@@ -86,11 +86,11 @@ async def test_an_aging_rollout_keeps_a_small_state_and_bounded_windows(
     # The first fold (after the dedup horizon) adds the folded sums once; then nothing grows.
     assert sizes[2] < sizes[1] * 1.1, f"the state does not grow with age: {sizes}"
     # Two entities, one window a minute, kept for the dedup horizon (plus a few in flight).
-    horizon_windows = 2 * _DEDUP_HORIZON_MS // 60_000
+    horizon_windows = 2 * int(DEFAULT_DEDUP_HORIZON) // 60
     assert all(n <= horizon_windows + 6 for n in window_counts), window_counts
     assert window_counts[2] >= horizon_windows - 6, "the horizon's windows are kept"
     oldest = min(w.start_ms for w in store.windows(record.id))
-    assert oldest >= (clock.now() - 3600) * 1000 - 2 * 60_000
+    assert oldest >= (clock.now() - DEFAULT_DEDUP_HORIZON) * 1000 - 2 * 60_000
     # Every window judged: one per minute since the split, warm-up included.
     assert state.split_applied_at is not None
     minutes = (clock.now() - state.split_applied_at) / 60
