@@ -15,7 +15,8 @@ verdict it fed, so no window is judged twice. The store's version check makes a 
 working on the same rollout fail its commit instead of double-acting.
 
 What a look costs does not grow with the rollout's age. The rollout row keeps the small state
-(phase, step, the arms' sums, the judge's state, the tracker's counter baselines: a few KB);
+(phase, step, the arms' sums, the judge's state, the tracker's counter baselines: 10-20 KB,
+bounded);
 the metric windows are rows of their own (``Store.windows``), and a look commits only the
 windows it saw for the first time or revised, drops those no longer needed (older than the
 current split and than the dedup horizon), and, when a split ends, one step summary. Between
@@ -299,11 +300,11 @@ class Runner:
 
     async def _reconcile(self, rollout_id: str) -> ReconcileResult:
         record = await asyncio.to_thread(self.store.get, rollout_id)
+        # Popped: a reconcile that fails half way leaves nothing behind that could be stale.
         kept = self._kept.pop(rollout_id, None)
         state = RolloutState.model_validate(record.state)
         if state.phase.terminal:
             return ReconcileResult(rollout_id, state.phase, 0)
-        # Popped: a reconcile that fails half way leaves nothing behind that could be stale.
         changed: dict[tuple[str | None, int], EntityWindow] = {}
         if kept is None or kept.version != record.version:
             kept = await self._load(record, state, changed)
