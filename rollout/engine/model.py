@@ -84,7 +84,7 @@ class Target(BaseModel):
         return sorted(str(e["name"]) for e in self.entities)
 
 
-GAUGES_KEPT = 60  # gauge values kept per arm (one per window)
+GAUGES_KEPT = 15  # gauge values kept per arm (one per window): levels, not evidence
 
 
 def _dropped(totals: ArmTotals) -> dict[str, int]:
@@ -133,7 +133,7 @@ class Arm(BaseModel):
             errors_5xx=totals.errors_5xx,
             latency=None if totals.latency is None else totals.latency.to_dict(),
             queue_time=None if totals.queue_time is None else totals.queue_time.to_dict(),
-            # Gauges are levels; the last hour of windows is plenty for an average.
+            # Gauges are levels; the last quarter hour of windows is plenty for an average.
             cpu_percent=totals.cpu_percent[-GAUGES_KEPT:],
             mem_percent=totals.mem_percent[-GAUGES_KEPT:],
             missing=dict(totals.missing),
