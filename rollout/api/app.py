@@ -21,6 +21,7 @@ store call runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -538,9 +539,17 @@ def _rollout_routes(
         record = await service.load(rollout_id)
         events = await service.in_thread(service.store.events, record.id, 0)
         stored = await service.in_thread(service.store.windows, record.id, None)
+        steps = await service.in_thread(service.store.step_summaries, record.id)
         # Windows with their histograms are read back from JSON: off the event loop.
         return await asyncio.to_thread(
-            series_view, record, events, limit=limit, windows=[w.data for w in stored]
+            functools.partial(
+                series_view,
+                record,
+                events,
+                limit=limit,
+                windows=[w.data for w in stored],
+                steps=[s.data for s in steps],
+            )
         )
 
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from rollout.api.schemas import PhaseName, rollout_view, utc
-from rollout.engine.model import RolloutState
+from rollout.engine.model import Arm, RolloutState
 from rollout.metrics.model import EntityWindow
 from rollout.metrics.windows import MetricsStateError, WindowTracker
 from rollout.store.model import EventRecord, RolloutRecord
@@ -107,9 +107,12 @@ def series_view(
     *,
     limit: int = DEFAULT_WINDOWS,
     windows: Sequence[dict[str, Any]] = (),
+    steps: Sequence[dict[str, Any]] = (),
 ) -> RolloutSeries:
-    """The chart's document for a stored rollout, its event log and its stored windows
-    (``StoredWindow.data``)."""
+    """The chart's document for a stored rollout, its event log, its stored windows
+    (``StoredWindow.data``) and its step summaries (``StepSummary.data``): a step whose
+    windows are gone (an earlier step, or a finished rollout) is one point at its start,
+    its sums over the whole step."""
     view = rollout_view(record)
     state = RolloutState.model_validate(record.state)
     note = None
@@ -132,6 +135,19 @@ def series_view(
         if arm is None or window.start_ms is None:
             continue
         by_start.setdefault(window.start_ms, {})[arm] = _arm(window)
+    oldest = min(by_start, default=None)
+    for step in steps:
+        at = step.get("split_applied_at")
+        if not isinstance(at, int | float):
+            continue
+        start = round(at * 1000)
+        if oldest is not None and start >= oldest:
+            continue  # its windows are still shown one by one
+        point = {
+            arm: _arm_of_sums(step.get(key))
+            for arm, key in (("candidate", "candidate"), ("baseline", "control"))
+        }
+        by_start[start] = {arm: value for arm, value in point.items() if value is not None}
     starts = sorted(by_start)
     shown = starts[-limit:]
     return RolloutSeries(
@@ -168,6 +184,28 @@ def _arm(window: EntityWindow) -> ArmWindow:
     if "latency" not in window.missing and window.latency is not None:
         p99 = _finite(window.latency.quantile(0.99))
     return ArmWindow(requests=requests, errors_5xx=errors, error_rate=rate, p99_ms=p99)
+
+
+def _arm_of_sums(data: object) -> ArmWindow | None:
+    """One arm's numbers from a step summary's sums (``engine.model.Arm``'s JSON)."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        totals = Arm.model_validate(data).totals()
+    except ValueError:
+        return None
+    if totals.windows == 0:
+        return None
+    return _arm(
+        EntityWindow(
+            entity=None,
+            start_ms=None,
+            requests=totals.requests,
+            errors_5xx=totals.errors_5xx,
+            latency=totals.latency,
+            missing=frozenset({"latency"}) if totals.latency is None else frozenset(),
+        )
+    )
 
 
 def _finite(value: float | None) -> float | None:

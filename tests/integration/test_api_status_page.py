@@ -34,7 +34,7 @@ from rollout.serving.client import ServingClient
 from rollout.serving.retry import RetryPolicy
 from rollout.settings import ApiSettings
 from rollout.store.base import Store
-from rollout.store.model import NewEvent, RolloutRecord, WindowChanges
+from rollout.store.model import NewEvent, RolloutRecord, StepSummary, WindowChanges
 
 VIEWER = "view-secret-token-2"
 TOKENS = f"op-secret-token-1:operator,{VIEWER}:viewer"
@@ -217,6 +217,31 @@ async def test_series_reads_the_windows_the_runner_stored_apart(app: Any, store:
     assert body["windows"][0]["baseline"]["requests"] == 950
     assert body["windows"][1]["baseline"] is None
     assert body["note"] is None
+
+
+async def test_a_finished_step_without_windows_is_one_point_of_its_sums(
+    app: Any, store: Store
+) -> None:
+    record = stored_rollout(store)
+    sums = {"windows": 10, "requests": 1000.0, "errors_5xx": 20.0, "latency": LATENCY.to_dict()}
+    summary = StepSummary("0@1", T0 / 1000 + 50, {
+        "step": 0, "candidate_weight": 5, "split_applied_at": T0 / 1000 + 50,
+        "candidate": sums, "control": {**sums, "requests": 9000.0, "errors_5xx": 9.0},
+    })
+    record = store.commit(
+        record.id, record.version, phase="rolled_back",
+        state={**record.state, "phase": "rolled_back", "baseline": BASELINE},
+        due_at=None, updated_at=record.updated_at + 300,
+        events=[event("rolled_back", 220, to="rolled_back", frm="rolling_back")], alerts=[],
+        consumed_commands=[], windows=WindowChanges(summaries=[summary]),
+    )
+    async with asgi(app()) as api:
+        body = (await api.get(f"/api/v1/rollouts/{record.id}/series")).json()
+    (point,) = body["windows"]
+    assert point["start_ms"] == T0 + 50_000
+    assert point["candidate"] == {"requests": 1000, "errors_5xx": 20, "error_rate": 0.02,
+                                  "p99_ms": pytest.approx(P99)}
+    assert point["baseline"]["error_rate"] == pytest.approx(0.001)
 
 
 async def test_series_limit_keeps_the_newest_windows(app: Any, store: Store) -> None:
