@@ -44,6 +44,7 @@ from rollout.settings import (
     Settings,
     StoreSettings,
 )
+from rollout.store.model import TERMINAL
 from rollout.telemetry import configure_logging
 
 ENDPOINT = "demo-endpoint"
@@ -67,7 +68,6 @@ DEMO_POLICY: dict[str, Any] = {
     "deadline": "5m",
     "on_deadline": "rollback",
 }
-TERMINAL = {"succeeded", "rolled_back", "aborted", "failed"}
 # The last words without --keep: no URL, since nothing will answer at it.
 FAREWELL = (
     "The sandbox and the controller stop now. To keep them running, with the status page, and "

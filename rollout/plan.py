@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import (
@@ -60,6 +60,13 @@ Duration = Annotated[
     ),
 ]
 
+
+
+Severity = Literal["info", "warn", "error"]
+"""How loud an alert is; a channel takes alerts from its own ``severity`` up."""
+
+SEVERITY_ORDER: Final[Mapping[str, int]] = {"info": 0, "warn": 1, "error": 2}
+"""Severities from the quietest, for ``channel.severity <= alert.severity`` comparisons."""
 
 class FieldProblemError(ValueError):
     """A validation error found above the field level that still belongs to one field."""
@@ -201,7 +208,7 @@ class AlertChannel(_Strict):
         description="Where to deliver (http or https). Never shown: reads give scheme and "
         "host only.",
     )
-    severity: Literal["info", "warn", "error"] = Field(
+    severity: Severity = Field(
         default="info", description="Lowest severity delivered to this channel."
     )
     secret: str | None = Field(
@@ -847,3 +854,13 @@ def describe_steps(plan: CanaryPlan) -> str:
     """One line for logs and the CLI: '5% for 10m, 25% for 10m, then 100%'."""
     steps = ", ".join(f"{s.weight}% for {format_duration(s.bake)}" for s in plan.canary_steps())
     return f"{steps}, then 100%"
+
+
+def judged_weights(plan: AnyPlan) -> list[int]:
+    """The candidate weights the engine judges, in order (100 % is the promotion, not a
+    judged step): the one list ``decide`` steps through and the API shows."""
+    if isinstance(plan, CanaryPlan):
+        return [step.weight for step in plan.canary_steps()] or [100]
+    if isinstance(plan, ABPlan):
+        return [plan.split]
+    return [100]

@@ -17,21 +17,17 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, cast
 
 from pydantic import ValidationError
 
 from rollout.alerts.errors import MalformedAlert
-from rollout.plan import AlertChannel
-from rollout.store.model import OutboxAlert
+from rollout.plan import SEVERITY_ORDER, AlertChannel, Severity
+from rollout.store.model import TERMINAL, OutboxAlert
 
-Severity = Literal["info", "warn", "error"]
+__all__ = ["SEVERITY_ORDER", "Severity"]  # re-exported: the alert side's names for them
 
-SEVERITY_ORDER: Final[Mapping[str, int]] = {"info": 0, "warn": 1, "error": 2}
-
-TERMINAL_EVENTS: Final[frozenset[str]] = frozenset(
-    {"succeeded", "rolled_back", "aborted", "failed"}
-)
+TERMINAL_EVENTS: Final[frozenset[str]] = TERMINAL
 """Events that end a rollout (each one is also the name of the terminal phase it moves to)."""
 
 NON_TERMINAL_EVENTS: Final[tuple[str, ...]] = (

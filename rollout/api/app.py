@@ -29,6 +29,7 @@ store call runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any, TypeVar
@@ -694,8 +695,19 @@ def _rollout_routes(
     ) -> RolloutSeries:
         record = await service.load(rollout_id)
         events = await service.in_thread(service.store.events, record.id, 0)
-        # Hours of windows with their histograms are read back from JSON: off the event loop.
-        return await asyncio.to_thread(series_view, record, events, limit=limit)
+        stored = await service.in_thread(service.store.windows, record.id, None)
+        steps = await service.in_thread(service.store.step_summaries, record.id)
+        # Windows with their histograms are read back from JSON: off the event loop.
+        return await asyncio.to_thread(
+            functools.partial(
+                series_view,
+                record,
+                events,
+                limit=limit,
+                windows=[w.data for w in stored],
+                steps=[s.data for s in steps],
+            )
+        )
 
     # Last: an endpoint/name holds a slash, and "/events" or "/series" after it must
     # reach their own routes first.

@@ -18,23 +18,17 @@ from rollout.api.auth import Role
 from rollout.engine.decide import DEFAULT_TIMING, Timing
 from rollout.engine.model import Phase, RolloutState
 from rollout.engine.progress import Progress, progress
-from rollout.plan import ABPlan, AlertChannel, AnyPlan, CanaryPlan, PlanError, validate_plan
+from rollout.plan import (
+    AlertChannel,
+    AnyPlan,
+    PlanError,
+    judged_weights,
+    validate_plan,
+)
 from rollout.redaction import redacted_plan
-from rollout.store.model import Command, EventRecord, RolloutRecord
+from rollout.store.model import Command, CommandKind, EventRecord, PhaseName, RolloutRecord
 
-PhaseName = Literal[
-    "pending",
-    "preparing",
-    "progressing",
-    "paused",
-    "promoting",
-    "succeeded",
-    "rolling_back",
-    "rolled_back",
-    "aborted",
-    "failed",
-]
-CommandKind = Literal["pause", "resume", "promote", "promote_full", "abort"]
+__all__ = ["CommandKind", "PhaseName"]  # the store's vocabularies, re-exported for the API
 Number = float | str | None  # verdict numbers: "+Inf"/"-Inf" where infinite, null where NaN
 
 
@@ -298,13 +292,6 @@ def utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
 
 
-def judged_weights(plan: AnyPlan) -> list[int]:
-    """The candidate weights the engine judges in order (as ``decide`` steps through them)."""
-    if isinstance(plan, CanaryPlan):
-        return [step.weight for step in plan.canary_steps()] or [100]
-    if isinstance(plan, ABPlan):
-        return [plan.split]
-    return [100]
 
 
 def _candidate_name(plan: AnyPlan | None, raw: dict[str, Any]) -> str:

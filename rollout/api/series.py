@@ -5,9 +5,11 @@ the same HTTP API as the ``rollout`` CLI. ``GET /api/v1/rollouts/{id}/series`` a
 document built here, from what the engine already stores: the rollout's ``WindowTracker`` state
 (every export-metrics window it kept, each counted once) reduced to the candidate's and the
 baseline's windows, and the event log reduced to the changes of the candidate's weight (a step
-applied, the promotion to 100 %, the start of a rollback, the baseline restored). The page
-draws error rate and p99 latency per window for both arms and marks those changes, so a person
-sees what the judge saw and when the traffic moved.
+applied, the promotion to 100 %, the start of a rollback, the baseline restored). The windows
+are the ones the store still keeps (``Store.windows``: the current split's unfolded windows and
+the last hour's); a state saved before windows had a table of their own carries them inside.
+The page draws error rate and p99 latency per window for both arms and marks those changes, so
+a person sees what the judge saw and when the traffic moved.
 
 Nothing here is judged or recomputed for the engine: a window's numbers are the per-window
 counts export-metrics reported, the error rate is 5xx over requests, and p99 is read from the
@@ -19,12 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from rollout.api.schemas import PhaseName, rollout_view, utc
-from rollout.engine.model import RolloutState
+from rollout.engine.model import Arm, RolloutState
 from rollout.metrics.model import EntityWindow
 from rollout.metrics.windows import MetricsStateError, WindowTracker
 from rollout.store.model import EventRecord, RolloutRecord
@@ -100,17 +102,28 @@ class RolloutSeries(BaseModel):
 
 
 def series_view(
-    record: RolloutRecord, events: Sequence[EventRecord], *, limit: int = DEFAULT_WINDOWS
+    record: RolloutRecord,
+    events: Sequence[EventRecord],
+    *,
+    limit: int = DEFAULT_WINDOWS,
+    windows: Sequence[dict[str, Any]] = (),
+    steps: Sequence[dict[str, Any]] = (),
 ) -> RolloutSeries:
-    """The chart's document for a stored rollout and its event log."""
+    """The chart's document for a stored rollout, its event log, its stored windows
+    (``StoredWindow.data``) and its step summaries (``StepSummary.data``): a step whose
+    windows are gone (an earlier step, or a finished rollout) is one point at its start,
+    its sums over the whole step."""
     view = rollout_view(record)
     state = RolloutState.model_validate(record.state)
     note = None
     kept: list[EntityWindow] = []
-    if state.tracker:
+    if state.tracker or windows:
         try:
-            kept = WindowTracker.from_state(state.tracker).windows()
-        except MetricsStateError as exc:
+            kept = WindowTracker.from_state(
+                state.tracker or WindowTracker().to_state(),
+                [EntityWindow.from_dict(data) for data in windows],
+            ).windows()
+        except (MetricsStateError, KeyError, TypeError, ValueError) as exc:
             # Stored by code whose tracker format has since changed: the rest still shows.
             note = f"the stored metric windows cannot be read: {exc}"
     arms = {view.candidate: "candidate"}
@@ -122,6 +135,19 @@ def series_view(
         if arm is None or window.start_ms is None:
             continue
         by_start.setdefault(window.start_ms, {})[arm] = _arm(window)
+    oldest = min(by_start, default=None)
+    for step in steps:
+        at = step.get("split_applied_at")
+        if not isinstance(at, int | float):
+            continue
+        start = round(at * 1000)
+        if oldest is not None and start >= oldest:
+            continue  # its windows are still shown one by one
+        point = {
+            arm: _arm_of_sums(step.get(key))
+            for arm, key in (("candidate", "candidate"), ("baseline", "control"))
+        }
+        by_start[start] = {arm: value for arm, value in point.items() if value is not None}
     starts = sorted(by_start)
     shown = starts[-limit:]
     return RolloutSeries(
@@ -158,6 +184,28 @@ def _arm(window: EntityWindow) -> ArmWindow:
     if "latency" not in window.missing and window.latency is not None:
         p99 = _finite(window.latency.quantile(0.99))
     return ArmWindow(requests=requests, errors_5xx=errors, error_rate=rate, p99_ms=p99)
+
+
+def _arm_of_sums(data: object) -> ArmWindow | None:
+    """One arm's numbers from a step summary's sums (``engine.model.Arm``'s JSON)."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        totals = Arm.model_validate(data).totals()
+    except ValueError:
+        return None
+    if totals.windows == 0:
+        return None
+    return _arm(
+        EntityWindow(
+            entity=None,
+            start_ms=None,
+            requests=totals.requests,
+            errors_5xx=totals.errors_5xx,
+            latency=totals.latency,
+            missing=frozenset({"latency"}) if totals.latency is None else frozenset(),
+        )
+    )
 
 
 def _finite(value: float | None) -> float | None:

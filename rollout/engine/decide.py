@@ -52,20 +52,27 @@ from rollout.engine.model import (
     Effect,
     EndpointSnapshot,
     EventOut,
+    Folded,
     Observation,
     Phase,
     PutConfig,
     RollbackCause,
     RolloutState,
     RunPreflight,
-    Severity,
     Target,
     TargetPurpose,
     allowed_commands,
 )
 from rollout.metrics.model import ArmTotals, EntityWindow
 from rollout.metrics.windows import sum_windows, window_length_ms
-from rollout.plan import ABPlan, AnyPlan, BlueGreenPlan, CanaryPlan
+from rollout.plan import (
+    ABPlan,
+    AnyPlan,
+    BlueGreenPlan,
+    CanaryPlan,
+    Severity,
+    judged_weights,
+)
 from rollout.units import format_duration
 
 
@@ -79,6 +86,9 @@ class Timing:
     max_put_attempts: int = 3  # PUTs of one target before giving up on it
     step_deadline_factor: float = 3.0  # a step with no conclusive verdict after bake x this
     metrics_window: float = 60.0  # seconds per export-metrics window (a policy's warm-up unit)
+    # A verdict that changed is logged at most this often (a first verdict of a split and a
+    # fail always are): a judge hovering at a boundary must not fill the log.
+    verdict_log_interval: float = 900.0
 
 
 DEFAULT_TIMING = Timing()
@@ -514,7 +524,7 @@ def _confirmed(turn: _Turn, target: Target) -> None:
             turn.again_in(turn.timing.update_poll)
             return
         turn.move(Phase.PROGRESSING, "candidate deployed; first step", "progressing")
-        turn.put(_new_target(turn, "step", _weights(turn.plan)[0]))
+        turn.put(_new_target(turn, "step", judged_weights(turn.plan)[0]))
         return
     if target.purpose in ("step", "switch"):
         weight = target.split.get(turn.plan.candidate.served_name, 0)
@@ -525,6 +535,8 @@ def _confirmed(turn: _Turn, target: Target) -> None:
             candidate=Arm(),
             served=Arm(),
             judged_windows=0,
+            folded=None,
+            verdict_logged=None,
             control=state.control if target.purpose == "switch" else Arm(),
             last_verdict=None,
         )
@@ -540,7 +552,7 @@ def _confirmed(turn: _Turn, target: Target) -> None:
             "info",
             f"{turn.plan.endpoint}: {_step_of(turn.plan, state.step)}, candidate at {weight} %",
             # Alerts are read by people: the step counted from 1, as in the summary.
-            {"step": state.step + 1, "steps": len(_weights(turn.plan)), "weight": weight},
+            {"step": state.step + 1, "steps": len(judged_weights(turn.plan)), "weight": weight},
         )
         turn.again_in(turn.timing.look_interval)
         return
@@ -892,7 +904,7 @@ def _progressing(turn: _Turn) -> None:
         return
     _accumulate(turn)
     state = turn.state
-    weights = _weights(plan)
+    weights = judged_weights(plan)
     # An advance from the last judged split promotes the candidate, so it needs a pass: the
     # last canary step, and a blue/green bake too. After the switch the baseline still sits
     # at 0 %, ready to take the traffic back at once; removing it is what cannot be undone
@@ -980,7 +992,7 @@ def _paused(turn: _Turn) -> None:
         # Re-assert the current step's split: a no-op if it is live, a fix if it drifted.
         # Windows are judged afresh from the moment it is confirmed.
         purpose: TargetPurpose = "switch" if isinstance(turn.plan, BlueGreenPlan) else "step"
-        turn.put(_new_target(turn, purpose, _weights(turn.plan)[state.step]))
+        turn.put(_new_target(turn, purpose, judged_weights(turn.plan)[state.step]))
 
 
 def _promoting(turn: _Turn) -> None:
@@ -1020,15 +1032,6 @@ _PHASES = {
 # ---- progressing helpers --------------------------------------------------------------------
 
 
-def _weights(plan: AnyPlan) -> list[int]:
-    """The judged candidate weights in order (100 % is the promotion, not a judged step)."""
-    if isinstance(plan, CanaryPlan):
-        return [step.weight for step in plan.canary_steps()] or [100]
-    if isinstance(plan, ABPlan):
-        return [plan.split]
-    return [100]
-
-
 def _step_name(plan: AnyPlan, step: int) -> str:
     """A judged step as people call it: a canary's step k, the A/B split, the bake."""
     if isinstance(plan, ABPlan):
@@ -1043,7 +1046,7 @@ def _step_of(plan: AnyPlan, step: int) -> str:
     the blue/green bake by name)."""
     if not isinstance(plan, CanaryPlan):
         return _step_name(plan, step)
-    weights = _weights(plan)
+    weights = judged_weights(plan)
     after = f"{weights[step + 1]} %" if step + 1 < len(weights) else "100 %"
     return f"step {step + 1} of {len(weights)}, then {after}"
 
@@ -1096,11 +1099,14 @@ def _accumulate(turn: _Turn) -> None:
 
     The runner passes every window it keeps since the split took effect; summing them again
     at every look (never adding up what arrived) is what lets a revised window count in its
-    final version. Canary and A/B arms are summed over the minutes both arms reported, after
-    the split's warm-up; ``served`` keeps everything the candidate served in the split, warm-up
-    included, for the absolute ceiling. Each candidate window not judged yet becomes one unit
-    for the judge (the sums up to it), so evidence is counted window by window whether the
-    windows arrive one per look or several at once (a backlog after a restart).
+    final version. Windows past the runner's dedup horizon (``obs.fold_before_ms``) can no
+    longer change: they are folded into ``state.folded`` once and the sums start from there,
+    so the work per look stays bounded however long the split runs. Canary and A/B arms are
+    summed over the minutes both arms reported, after the split's warm-up; ``served`` keeps
+    everything the candidate served in the split, warm-up included, for the absolute
+    ceiling. Each candidate window not judged yet becomes one unit for the judge (the sums up
+    to it), so evidence is counted window by window whether the windows arrive one per look
+    or several at once (a backlog after a restart).
     """
     state = turn.state
     if state.split_applied_at is None:
@@ -1125,42 +1131,116 @@ def _accumulate(turn: _Turn) -> None:
     turn.scored_from = scored_from
     # After a blue/green switch the baseline serves nothing: its control is fixed.
     paired = not isinstance(turn.plan, BlueGreenPlan)
+    folded = current_fold(state)
+    if folded is not None:
+        windows = [w for w in windows if (w.start_ms or 0) >= folded.before_ms]
     mine = [w for w in windows if w.entity == candidate]
     theirs = {w.start_ms: w for w in windows if w.entity == state.baseline}
-    arm_c, arm_b, served = ArmTotals(), ArmTotals(), ArmTotals()
-    warm_c, warm_b = ArmTotals(), ArmTotals()
+    sums = _Sums.of(folded)
+    first = 0 if folded is None else folded.candidate_windows
+    fold_ms = turn.obs.fold_before_ms
+    if fold_ms is not None and fold_ms <= (since_ms if folded is None else folded.before_ms):
+        fold_ms = None  # nothing new to fold
+    new_fold: Folded | None = None
     units: list[_Unit] = []
-    for index, window in enumerate(mine):
-        served.add(window)
+    for index, window in enumerate(mine, start=first):
         start = window.start_ms or 0
-        partner = theirs.get(start)
-        if start >= scored_ms:
-            if not paired:
-                arm_c.add(window)
-            elif partner is not None:
-                arm_c.add(window)
-                arm_b.add(partner)
-        elif paired and partner is not None:
-            warm_c.add(window)
-            warm_b.add(partner)
+        if fold_ms is not None and new_fold is None and start >= fold_ms:
+            new_fold = sums.fold(state.split_applied_at, fold_ms, index)
+        sums.add(window, theirs.get(start), scored=start >= scored_ms, paired=paired)
         if index >= state.judged_windows:
-            units.append(_Unit(arm_c.copy(), arm_b.copy(), served.copy(),
-                               warm_c.copy(), warm_b.copy()))
-    mine_starts = {w.start_ms for w in mine}
-    turn.unpaired = 0 if not paired else sum(
-        1 for w in mine if (w.start_ms or 0) >= scored_ms and w.start_ms not in theirs
-    ) + sum(1 for start in theirs if (start or 0) >= scored_ms and start not in mine_starts)
-    changes: dict[str, Any] = {"candidate": Arm.of(arm_c), "served": Arm.of(served)}
+            units.append(sums.unit())
+    if fold_ms is not None and new_fold is None:
+        new_fold = sums.fold(state.split_applied_at, fold_ms, first + len(mine))
+    turn.unpaired = _unpaired(mine, theirs, scored_ms) if paired else 0
+    changes: dict[str, Any] = {"candidate": Arm.of(sums.arm_c), "served": Arm.of(sums.served)}
     if paired:
-        changes["control"] = Arm.of(arm_b)
+        changes["control"] = Arm.of(sums.arm_b)
     changed = any(getattr(state, name) != value for name, value in changes.items())
     if not units and changed:
         # A revised window, or a late partner of one judged before: one more unit.
-        units.append(_Unit(arm_c, arm_b if paired else state.control.totals(), served,
-                           warm_c, warm_b))
+        units.append(_Unit(sums.arm_c, sums.arm_b if paired else state.control.totals(),
+                           sums.served, sums.warm_c, sums.warm_b))
     turn.units = units
     turn.arrived = bool(units)
-    turn.set(judged_windows=len(mine), **changes)
+    if new_fold is not None:
+        changes["folded"] = new_fold
+    turn.set(judged_windows=first + len(mine), **changes)
+
+
+def current_fold(state: RolloutState) -> Folded | None:
+    """The state's folded sums if they are the current split's (None otherwise)."""
+    folded = state.folded
+    if folded is None or folded.split_applied_at != state.split_applied_at:
+        return None
+    return folded
+
+
+def _unpaired(
+    mine: list[EntityWindow], theirs: dict[int | None, EntityWindow], scored_ms: int
+) -> int:
+    mine_starts = {w.start_ms for w in mine}
+    return sum(
+        1 for w in mine if (w.start_ms or 0) >= scored_ms and w.start_ms not in theirs
+    ) + sum(1 for start in theirs if (start or 0) >= scored_ms and start not in mine_starts)
+
+
+@dataclass
+class _Sums:
+    """The split's running sums while ``_accumulate`` walks its candidate windows."""
+
+    arm_c: ArmTotals
+    arm_b: ArmTotals
+    served: ArmTotals
+    warm_c: ArmTotals
+    warm_b: ArmTotals
+
+    @classmethod
+    def of(cls, folded: Folded | None) -> _Sums:
+        if folded is None:
+            return cls(ArmTotals(), ArmTotals(), ArmTotals(), ArmTotals(), ArmTotals())
+        return cls(
+            folded.candidate.totals(),
+            folded.control.totals(),
+            folded.served.totals(),
+            folded.warm_candidate.totals(),
+            folded.warm_control.totals(),
+        )
+
+    def add(
+        self, window: EntityWindow, partner: EntityWindow | None, *, scored: bool, paired: bool
+    ) -> None:
+        self.served.add(window)
+        if scored:
+            if not paired:
+                self.arm_c.add(window)
+            elif partner is not None:
+                self.arm_c.add(window)
+                self.arm_b.add(partner)
+        elif paired and partner is not None:
+            self.warm_c.add(window)
+            self.warm_b.add(partner)
+
+    def unit(self) -> _Unit:
+        return _Unit(self.arm_c.copy(), self.arm_b.copy(), self.served.copy(),
+                     self.warm_c.copy(), self.warm_b.copy())
+
+    def fold(self, split_applied_at: float, before_ms: int, candidate_windows: int) -> Folded:
+        return Folded(
+            split_applied_at=split_applied_at,
+            before_ms=before_ms,
+            candidate_windows=candidate_windows,
+            candidate=Arm.of(self.arm_c),
+            control=Arm.of(self.arm_b),
+            served=Arm.of(self.served),
+            # The warm-up is judged on counts and latency only: its gauges are not kept.
+            warm_candidate=_without_gauges(Arm.of(self.warm_c)),
+            warm_control=_without_gauges(Arm.of(self.warm_b)),
+        )
+
+
+def _without_gauges(arm: Arm) -> Arm:
+    return arm.model_copy(update={"cpu_percent": [], "mem_percent": [], "gauges_dropped": {}})
 
 
 def _warmup_text(turn: _Turn) -> str:
@@ -1223,21 +1303,42 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
     # itself) follows in the event.
     verdict["summary"] = verdict_sentence(verdict)
     turn.set(judge_state=look.state, last_verdict=verdict)
-    if turn.arrived or turn.obs.metrics_error:
+    if turn.obs.metrics_error or (turn.arrived and _verdict_news(turn, verdict)):
         turn.note(
             "verdict",
             f"{verdict['summary']}; judge: {look.reason}",
             {"verdict": verdict, "step": state.step},
         )
+        turn.set(verdict_logged=_verdict_key(verdict), verdict_logged_at=turn.now)
     if turn.obs.metrics_error:
         turn.alert("analysis_error", "warn", f"{turn.plan.endpoint}: {turn.obs.metrics_error}")
     return look
 
 
+def _verdict_key(verdict: dict[str, Any]) -> str:
+    return f"{verdict.get('outcome')}/{verdict.get('may_advance')}"
+
+
+def _verdict_news(turn: _Turn, verdict: dict[str, Any]) -> bool:
+    """Whether a verdict goes into the event log: the first of a split, a fail, and a change
+    of outcome (or of whether the step may advance) since the last one logged, at most once
+    per ``verdict_log_interval``. Otherwise it only updates ``last_verdict`` (and, at the
+    step's end, its step summary): a verdict per window in the log would grow it by a few KB
+    a minute for as long as the step runs, and a judge hovering between pass and
+    inconclusive would do nearly as much."""
+    state = turn.state
+    if state.verdict_logged is None or verdict.get("outcome") == "fail":
+        return True
+    if _verdict_key(verdict) == state.verdict_logged:
+        return False
+    logged_at = state.verdict_logged_at
+    return logged_at is None or turn.now - logged_at >= turn.timing.verdict_log_interval
+
+
 def _advance(turn: _Turn) -> None:
     """The judge let the current step go: the next step, or after the last one promotion."""
     state, plan = turn.state, turn.plan
-    weights = _weights(plan)
+    weights = judged_weights(plan)
     if state.step < len(weights) - 1:
         _next_step(turn)
         return
@@ -1266,7 +1367,7 @@ def _operator_promotes(turn: _Turn, *, full: bool) -> None:
     passed, and the promotion says whose it was.
     """
     state, plan = turn.state, turn.plan
-    weights = _weights(plan)
+    weights = judged_weights(plan)
     last = len(weights) - 1
     step = min(state.step, last)
     skipped = list(range(step, last + 1)) if full else [step]
@@ -1288,7 +1389,7 @@ def _operator_promotes(turn: _Turn, *, full: bool) -> None:
 def _next_step(turn: _Turn) -> None:
     step = turn.state.step + 1
     turn.set(step=step)
-    turn.put(_new_target(turn, "step", _weights(turn.plan)[step]))
+    turn.put(_new_target(turn, "step", judged_weights(turn.plan)[step]))
 
 
 def _promote(turn: _Turn, reason: str, *, by: Literal["judge", "operator"]) -> None:
@@ -1313,7 +1414,7 @@ def _skipped_text(plan: AnyPlan, steps: list[int]) -> str:
         f"{run[0] + 1}" if len(run) == 1 else f"{run[0] + 1}-{run[-1] + 1}" for run in runs
     )
     word = "step" if len(steps) == 1 else "steps"
-    return f"{word} {numbers} of {len(_weights(plan))} skipped"
+    return f"{word} {numbers} of {len(judged_weights(plan))} skipped"
 
 
 def _ab_report(turn: _Turn) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rollout import vocabulary as stored
 from rollout.metrics.model import (
     GAUGE_FIELDS,
     ArmTotals,
@@ -23,26 +24,30 @@ from rollout.metrics.model import (
     Histogram,
     UnattributableScrape,
 )
+from rollout.plan import Severity
+from rollout.vocabulary import CommandKind
 
 
 class Phase(StrEnum):
-    PENDING = "pending"
-    PREPARING = "preparing"
-    PROGRESSING = "progressing"
-    PAUSED = "paused"
-    PROMOTING = "promoting"
-    SUCCEEDED = "succeeded"
-    ROLLING_BACK = "rolling_back"
-    ROLLED_BACK = "rolled_back"
-    ABORTED = "aborted"
-    FAILED = "failed"
+    """A rollout's phase; the names are the store's (``rollout.store.model``), spelled once."""
+
+    PENDING = stored.PENDING
+    PREPARING = stored.PREPARING
+    PROGRESSING = stored.PROGRESSING
+    PAUSED = stored.PAUSED
+    PROMOTING = stored.PROMOTING
+    SUCCEEDED = stored.SUCCEEDED
+    ROLLING_BACK = stored.ROLLING_BACK
+    ROLLED_BACK = stored.ROLLED_BACK
+    ABORTED = stored.ABORTED
+    FAILED = stored.FAILED
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL_PHASES
 
 
-TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED})
+TERMINAL_PHASES = frozenset(Phase(name) for name in stored.TERMINAL)
 
 TargetPurpose = Literal[
     "deploy",  # add the candidate at 0 % so it builds with no traffic on it
@@ -91,7 +96,7 @@ class Target(BaseModel):
         return sorted(str(e["name"]) for e in self.entities)
 
 
-GAUGES_KEPT = 60  # gauge values kept per arm (one per window)
+GAUGES_KEPT = 15  # gauge values kept per arm (one per window): levels, not evidence
 
 
 def _dropped(totals: ArmTotals) -> dict[str, int]:
@@ -149,7 +154,7 @@ class Arm(BaseModel):
             errors_5xx=totals.errors_5xx,
             latency=None if totals.latency is None else totals.latency.to_dict(),
             queue_time=None if totals.queue_time is None else totals.queue_time.to_dict(),
-            # Gauges are levels; the last hour of windows is plenty for an average.
+            # Gauges are levels; the last quarter hour of windows is plenty for an average.
             cpu_percent=totals.cpu_percent[-GAUGES_KEPT:],
             mem_percent=totals.mem_percent[-GAUGES_KEPT:],
             gpu_percent=totals.gpu_percent[-GAUGES_KEPT:],
@@ -166,6 +171,29 @@ class Arm(BaseModel):
         for window in windows:
             totals.add(window)
         return Arm.of(totals)
+
+
+class Folded(BaseModel):
+    """The current split's windows that began before ``before_ms``, summed once for good.
+
+    ``decide`` re-sums the split's windows at every look (so a revised window counts in its
+    final form), but windows older than the runner's dedup horizon can no longer be revised
+    nor find a late partner: ``decide`` folds them into these sums when the runner says so
+    (``Observation.fold_before_ms``) and the runner stops keeping them. A look's cost and the
+    stored windows then stay bounded however long a step runs.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    split_applied_at: float
+    before_ms: int
+    # Candidate windows folded: the judge's window count goes on from there.
+    candidate_windows: int = 0
+    candidate: Arm = Field(default_factory=Arm)
+    control: Arm = Field(default_factory=Arm)
+    served: Arm = Field(default_factory=Arm)
+    warm_candidate: Arm = Field(default_factory=Arm)
+    warm_control: Arm = Field(default_factory=Arm)
 
 
 class RolloutState(BaseModel):
@@ -193,10 +221,16 @@ class RolloutState(BaseModel):
     served: Arm = Field(default_factory=Arm)
     # The current split's candidate windows judged so far (each window is one unit of evidence).
     judged_windows: int = 0
+    # The current split's oldest windows, summed (None: every window is still passed in).
+    folded: Folded | None = None
     # Steps (from 0) that moved on at the end of their bake without a pass (advance: lean).
     leaned_steps: list[int] = Field(default_factory=list)
     judge_state: dict[str, Any] = Field(default_factory=dict)
     last_verdict: dict[str, Any] | None = None
+    # The current split's last verdict written to the event log ("outcome/may_advance") and
+    # when: a verdict is logged when it differs, not at every look.
+    verdict_logged: str | None = None
+    verdict_logged_at: float | None = None
     preflight_pending: bool = False
     preflight_passed: bool = False
     paused_from: Phase | None = None
@@ -280,8 +314,6 @@ class PreflightOutcome:
     message: str = ""
 
 
-CommandKind = Literal["pause", "resume", "promote", "promote_full", "abort"]
-
 # Which commands each phase acts on: the one table the engine takes its commands by
 # (``rollout.engine.decide``) and the API refuses the others by, so that an accepted command
 # is one the engine will apply. ``promote_full`` is ``promote`` with ``full: true``. A command
@@ -324,8 +356,12 @@ class Observation:
     endpoint_error: str | None = None
     update: UpdateOutcome | None = None
     # Every window the runner's tracker keeps that began at or after the current split took
-    # effect, revisions applied: ``decide`` sums them afresh at every look.
+    # effect (and after ``state.folded.before_ms``), revisions applied: ``decide`` sums them
+    # afresh at every look, on top of the folded sums.
     windows: tuple[EntityWindow, ...] = ()
+    # Windows that began before this (epoch ms) will not change any more (the runner's dedup
+    # horizon): ``decide`` may fold them into ``state.folded``; None folds nothing.
+    fold_before_ms: int | None = None
     metrics_error: str | None = None
     # Set when the scrape had windows but none named a served entity (endpoint totals only).
     unattributable: UnattributableScrape | None = None
@@ -352,7 +388,6 @@ class RunPreflight:
 
 Effect = PutConfig | RunPreflight
 
-Severity = Literal["info", "warn", "error"]
 
 
 @dataclass(frozen=True)

@@ -36,21 +36,33 @@ extends this replica's lease on the rollout (``LeaseLost`` if another replica ho
 the reconcile stops before touching the endpoint), and every commit carries the lease's
 fencing token, so a replica that lost the rollout can neither PUT nor write. The reconcile
 loop decides when a rollout may be reconciled at all (see ``rollout.engine.ownership``).
+
+What a look costs does not grow with the rollout's age. The rollout row keeps the small state
+(phase, step, the arms' sums, the judge's state, the tracker's counter baselines: 10-20 KB,
+bounded);
+the metric windows are rows of their own (``Store.windows``), and a look commits only the
+windows it saw for the first time or revised, drops those no longer needed (older than the
+current split and than the dedup horizon), and, when a split ends, one step summary. Between
+looks the runner keeps each rollout's tracker (its windows) and parsed plan in memory, keyed
+by the version it committed: the next look of the same rollout reads only the small row, and
+any other version (another controller committed, a restart, a failed commit) reloads the
+windows from the store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 
 from rollout.analysis.spec import Policy
 from rollout.clock import Clock
-from rollout.engine.decide import DEFAULT_TIMING, Timing, decide, update_failure
+from rollout.engine.decide import DEFAULT_TIMING, Timing, current_fold, decide, update_failure
 from rollout.engine.model import (
     Command,
     Decision,
@@ -66,9 +78,10 @@ from rollout.engine.model import (
 )
 from rollout.engine.ownership import Owner
 from rollout.engine.schema import entity_input_schema, input_compatible
+from rollout.metrics.model import EntityWindow
 from rollout.metrics.parse import MetricsError, parse_export_metrics
 from rollout.metrics.windows import WindowTracker
-from rollout.plan import AlertChannel, AnyPlan, resolve_policy, validate_plan
+from rollout.plan import SEVERITY_ORDER, AlertChannel, AnyPlan, resolve_policy, validate_plan
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import (
     ConfigMismatch,
@@ -82,16 +95,29 @@ from rollout.serving.errors import (
 from rollout.serving.models import ConfigSpec, Endpoint, ServedEntity, traffic_split
 from rollout.store.base import Store
 from rollout.store.errors import StaleVersion
-from rollout.store.model import NewAlert, NewEvent, RolloutRecord
+from rollout.store.model import (
+    COMMAND_KINDS,
+    CommandKind,
+    NewAlert,
+    NewEvent,
+    RolloutRecord,
+    StepSummary,
+    StoredWindow,
+    SummaryFields,
+    WindowChanges,
+)
 
 log = structlog.get_logger("rollout.engine")
 
-_SEVERITY_ORDER = {"info": 0, "warn": 1, "error": 2}
 # Effects carried out within one reconcile before handing back to the scheduler: a rollback is
 # two updates, a step is one; more than this means something loops.
 _MAX_EFFECTS_PER_RECONCILE = 6
-# Windows older than this are dropped from the persisted dedup state.
-_TRACKER_HORIZON_MS = 6 * 3600 * 1000
+DEFAULT_DEDUP_HORIZON = 1800.0
+"""Seconds a window stays revisable: export-metrics showing it again within this is the same
+window (a revision), and the current split's windows older than this are folded into the
+state's sums. Databricks shows the last closed window, so 30 windows of 60 s are many times
+what an exporter repeats or delivers late; it is also how far back the chart shows windows,
+and what each active rollout keeps in memory (about 2.6 KB a window, two windows a minute)."""
 
 
 class DecisionObserver(Protocol):
@@ -148,6 +174,79 @@ def load_stored_plan(data: dict[str, Any]) -> tuple[AnyPlan, Policy]:
     return plan, resolve_policy(plan)
 
 
+def summary_of(plan: AnyPlan, state: RolloutState) -> SummaryFields:
+    """The columns lists read (``Store.list_summaries``), from the plan and the state."""
+    verdict = state.last_verdict.get("outcome") if state.last_verdict else None
+    return SummaryFields(
+        candidate=plan.candidate.served_name,
+        baseline=state.baseline,
+        step=state.step,
+        candidate_weight=state.candidate_weight,
+        verdict=None if verdict is None else str(verdict),
+    )
+
+
+def keep_windows_from_ms(
+    state: RolloutState, now: float, horizon_seconds: float = DEFAULT_DEDUP_HORIZON
+) -> int:
+    """The oldest window start still needed: the current split's first window not folded
+    into the state's sums, or the dedup horizon, whichever is older."""
+    horizon = int((now - horizon_seconds) * 1000)
+    if state.split_applied_at is None or state.phase.terminal:
+        return horizon
+    start = int(state.split_applied_at * 1000)
+    folded = current_fold(state)
+    if folded is not None:
+        start = max(start, folded.before_ms)
+    return min(horizon, start)
+
+
+def step_summary(before: RolloutState, after: RolloutState, now: float) -> StepSummary | None:
+    """The summary of the step ``before`` was in, if this decision ended it: the rollout moved
+    to another step, or finished. (Written again under the same key is harmless: a replace.)"""
+    if before.split_applied_at is None:
+        return None
+    if after.phase.terminal and not before.phase.terminal:
+        source = after  # the end: the last sums are the final ones
+    elif after.step != before.step:
+        source = before  # moving on: the step's sums before the next split resets them
+    else:
+        return None
+    verdict = source.last_verdict or {}
+    return StepSummary(
+        key=f"{source.step}@{source.split_applied_at}",
+        at=float(source.split_applied_at or now),
+        data={
+            "step": source.step,
+            "candidate_weight": source.candidate_weight,
+            "split_applied_at": source.split_applied_at,
+            "ended_at": now,
+            "judged_windows": source.judged_windows,
+            "candidate": source.candidate.model_dump(mode="json"),
+            "control": source.control.model_dump(mode="json"),
+            "served": source.served.model_dump(mode="json"),
+            "verdict": verdict.get("outcome"),
+            "reason": verdict.get("reason"),
+        },
+    )
+
+
+def stored_window(window: EntityWindow) -> StoredWindow:
+    if window.start_ms is None:
+        raise ValueError("only windows with a start time are stored")
+    return StoredWindow(window.entity, window.start_ms, window.to_dict())
+
+
+@dataclass
+class _Kept:
+    """A rollout's parsed plan and tracker, as of the version the runner last committed."""
+
+    version: int
+    plan: AnyPlan
+    policy: Policy
+    tracker: WindowTracker
+
+
 def new_rollout(
     plan: AnyPlan, policy: Policy, now: float, rollout_id: str | None = None
 ) -> tuple[RolloutRecord, NewEvent]:
@@ -194,7 +293,11 @@ class Runner:
         default_channels: Sequence[AlertChannel] = (),
         observer: DecisionObserver | None = None,
         ownership: Owner | None = None,
+        dedup_horizon: float = DEFAULT_DEDUP_HORIZON,
     ) -> None:
+        if not dedup_horizon > 0:
+            raise ValueError(f"dedup_horizon must be positive seconds, got {dedup_horizon!r}")
+        self.dedup_horizon = dedup_horizon
         self.store = store
         self.ownership = ownership
         self.client = client
@@ -203,6 +306,7 @@ class Runner:
         self.default_channels = list(default_channels)
         self.observer = observer
         self._locks: dict[str, asyncio.Lock] = {}
+        self._kept: dict[str, _Kept] = {}
 
     # ---- submission ---------------------------------------------------------------------
 
@@ -211,7 +315,10 @@ class Runner:
     ) -> RolloutRecord:
         """Store a new rollout in ``pending``; the next reconcile starts it."""
         record, event = new_rollout(plan, policy, self.clock.now(), rollout_id)
-        return await asyncio.to_thread(self.store.create, record, event, [])
+        summary = summary_of(plan, RolloutState.model_validate(record.state))
+        return await asyncio.to_thread(
+            functools.partial(self.store.create, record, event, [], summary=summary)
+        )
 
     # ---- one reconcile ------------------------------------------------------------------
 
@@ -222,27 +329,81 @@ class Runner:
 
     async def _reconcile(self, rollout_id: str) -> ReconcileResult:
         record = await asyncio.to_thread(self.store.get, rollout_id)
-        plan, policy = load_stored_plan(record.plan)
+        # Popped: a reconcile that fails half way leaves nothing behind that could be stale.
+        kept = self._kept.pop(rollout_id, None)
         state = RolloutState.model_validate(record.state)
         if state.phase.terminal:
             return ReconcileResult(rollout_id, state.phase, 0)
-        tracker = WindowTracker.from_state(state.tracker) if state.tracker else WindowTracker()
-        observation = await self._observe(plan, state, tracker, record.id)
+        changed: dict[tuple[str | None, int], EntityWindow] = {}
+        if kept is None or kept.version != record.version:
+            kept = await self._load(record, state, changed)
+        plan, policy, tracker = kept.plan, kept.policy, kept.tracker
+        observation = await self._observe(plan, state, tracker, record.id, changed)
         decisions = 0
         while True:
             decision = decide(
                 plan, state, observation, self.clock.now(), policy=policy, timing=self.timing
             )
             decisions += 1
-            tracker.prune(int(self.clock.now() * 1000) - _TRACKER_HORIZON_MS)
-            state = decision.state.model_copy(update={"tracker": tracker.to_state()})
-            record = await self._commit(record, plan, state, decision)
+            keep_from = keep_windows_from_ms(decision.state, self.clock.now(), self.dedup_horizon)
+            tracker.prune(keep_from)
+            windows = WindowChanges(
+                upsert=[
+                    stored_window(w)
+                    for key, w in sorted(changed.items(), key=lambda item: item[0][1])
+                    if key[1] >= keep_from
+                ],
+                drop_before_ms=keep_from,
+                summaries=[
+                    s for s in [step_summary(state, decision.state, self.clock.now())] if s
+                ],
+            )
+            new_state = decision.state.model_copy(
+                update={"tracker": tracker.to_state(windows=False)}
+            )
+            verdict = decision.state.last_verdict
+            judged = verdict if verdict is not None and verdict != state.last_verdict else None
+            record = await self._commit(
+                record, plan, new_state, decision, windows=windows, judged=judged
+            )
+            state = new_state
+            changed.clear()
             if decision.effect is None or decisions > _MAX_EFFECTS_PER_RECONCILE:
+                if not state.phase.terminal:
+                    self._kept[rollout_id] = _Kept(record.version, plan, policy, tracker)
                 return ReconcileResult(rollout_id, state.phase, decisions)
             observation = await self._carry_out(record.id, plan, decision)
 
+    async def _load(
+        self,
+        record: RolloutRecord,
+        state: RolloutState,
+        changed: dict[tuple[str | None, int], EntityWindow],
+    ) -> _Kept:
+        """Parse the plan and rebuild the tracker from the small state and the stored windows."""
+        plan, policy = load_stored_plan(record.plan)
+        if not state.tracker:
+            return _Kept(record.version, plan, policy, WindowTracker())
+        stored = await asyncio.to_thread(self.store.windows, record.id)
+        tracker = WindowTracker.from_state(
+            state.tracker, [EntityWindow.from_dict(w.data) for w in stored]
+        )
+        if state.tracker.get("windows"):
+            # Saved by a version that kept the windows inside the state: move them out.
+            for window in tracker.windows():
+                if window.start_ms is not None:
+                    changed[(window.entity, window.start_ms)] = window
+        return _Kept(record.version, plan, policy, tracker)
+
     async def _commit(
-        self, record: RolloutRecord, plan: AnyPlan, state: RolloutState, decision: Decision
+        self,
+        record: RolloutRecord,
+        plan: AnyPlan,
+        state: RolloutState,
+        decision: Decision,
+        *,
+        windows: WindowChanges,
+        judged: dict[str, Any] | None = None,
     ) -> RolloutRecord:
         now = self.clock.now()
         events = [
@@ -288,17 +449,19 @@ class Runner:
                 alerts=alerts,
                 consumed_commands=list(decision.consumed_commands),
                 fence=None if self.ownership is None else self.ownership.fence(record.id),
+                windows=windows,
+                summary=summary_of(plan, state),
             )
         except StaleVersion:
             log.warning("rollout.stale", rollout=record.id, version=record.version)
             raise
         if self.observer is not None:
+            observed = [(e.kind, e.to_phase, e.data) for e in events]
+            if judged and not any(e.kind == "verdict" for e in events):
+                # The log keeps only verdicts that changed; the metrics count every look.
+                observed.append(("verdict", state.phase.value, {"verdict": judged}))
             self.observer(
-                record.endpoint,
-                record.created_at,
-                now,
-                [(e.kind, e.to_phase, e.data) for e in events],
-                state.ending_cause,
+                record.endpoint, record.created_at, now, observed, state.ending_cause
             )
         return committed
 
@@ -311,7 +474,7 @@ class Runner:
         rows = []
         for alert in decision.alerts:
             for index, channel in enumerate(self._channels(plan)):
-                if _SEVERITY_ORDER[alert.severity] < _SEVERITY_ORDER[channel.severity]:
+                if SEVERITY_ORDER[alert.severity] < SEVERITY_ORDER[channel.severity]:
                     continue
                 rows.append(
                     NewAlert(
@@ -336,12 +499,18 @@ class Runner:
     # ---- observing ----------------------------------------------------------------------
 
     async def _observe(
-        self, plan: AnyPlan, state: RolloutState, tracker: WindowTracker, rollout_id: str
+        self,
+        plan: AnyPlan,
+        state: RolloutState,
+        tracker: WindowTracker,
+        rollout_id: str,
+        changed: dict[tuple[str | None, int], EntityWindow],
     ) -> Observation:
         commands = tuple(
-            Command(c.id, c.kind, c.payload)  # type: ignore[arg-type]
+            Command(c.id, cast(CommandKind, c.kind), c.payload)
             for c in await asyncio.to_thread(self.store.pending_commands, rollout_id)
-            if c.kind in ("pause", "resume", "promote", "promote_full", "abort")
+            # The store refuses any other kind; an older row with one is not ours to act on.
+            if c.kind in COMMAND_KINDS
         )
         observation = await self._read_endpoint(plan.endpoint)
         observation = replace(observation, commands=commands)
@@ -353,7 +522,7 @@ class Runner:
             Phase.PREPARING,
             Phase.PROGRESSING,
         ):
-            observation = await self._scrape(plan.endpoint, tracker, state, observation)
+            observation = await self._scrape(plan.endpoint, tracker, state, observation, changed)
         return observation
 
     async def _read_endpoint(self, endpoint: str) -> Observation:
@@ -370,13 +539,18 @@ class Runner:
         tracker: WindowTracker,
         state: RolloutState,
         observation: Observation,
+        changed: dict[tuple[str | None, int], EntityWindow],
     ) -> Observation:
         try:
             text = await self.client.export_metrics(endpoint)
             scrape = parse_export_metrics(text)
         except (ServingError, MetricsError) as exc:
             return replace(observation, metrics_error=f"export-metrics unusable: {exc}")
-        tracker.observe(scrape, int(self.clock.now() * 1000))
+        # New and revised windows are what this look adds to the store.
+        for window in [*tracker.observe(scrape, int(self.clock.now() * 1000)),
+                       *tracker.last_revised]:
+            if window.start_ms is not None:
+                changed[(window.entity, window.start_ms)] = window
         # Every window of the current split, revisions applied: decide sums them afresh.
         since_ms = (state.split_applied_at or 0.0) * 1000.0
         windows = tuple(
@@ -386,6 +560,8 @@ class Runner:
             observation,
             windows=windows,
             unattributable=scrape.unattributable(),
+            # Past the dedup horizon a window is never revised again: decide may fold it.
+            fold_before_ms=int((self.clock.now() - self.dedup_horizon) * 1000),
         )
 
     # ---- effects ------------------------------------------------------------------------

@@ -61,7 +61,11 @@ class UnattributableScrape:
         )
 
 
-@dataclass(frozen=True)
+EXPORTED_BOUNDS: tuple[float, ...] = (*EXPORTED_LATENCY_BOUNDS_MS, math.inf)
+"""The exported bucket bounds with +Inf: the layout a stored histogram may leave unsaid."""
+
+
+@dataclass(frozen=True, slots=True)
 class Histogram:
     """A latency (or queue-time) histogram with per-bucket, non-cumulative counts.
 
@@ -160,19 +164,36 @@ class Histogram:
         return above
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe form: an infinite bound is written as ``"+Inf"`` (strict JSON has none)."""
-        return {
-            "bounds": [_float_to_json(b) for b in self.bounds],
-            "counts": list(self.counts),
-            "sum": self.sum,
-        }
+        """A JSON-safe form: an infinite bound is written as ``"+Inf"`` (strict JSON has none).
+
+        Compact, because windows and sums are stored by the thousand: the bounds are left out
+        when they are Databricks' exported ones (``EXPORTED_BOUNDS``), and trailing empty
+        buckets are left out of the counts. ``from_dict`` reads both forms.
+        """
+        counts = list(self.counts)
+        while counts and counts[-1] == 0.0:
+            counts.pop()
+        data: dict[str, Any] = {"counts": counts, "sum": self.sum}
+        if self.bounds != EXPORTED_BOUNDS:
+            data["bounds"] = [_float_to_json(b) for b in self.bounds]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Histogram:
         total_sum = data.get("sum")
+        raw_bounds = data.get("bounds")
+        bounds = (
+            EXPORTED_BOUNDS
+            if raw_bounds is None
+            else tuple(_float_from_json(b) for b in raw_bounds)
+        )
+        counts = [float(c) for c in data["counts"]]
+        if len(counts) > len(bounds):
+            raise ValueError("a histogram needs one count per bucket bound")
+        counts.extend([0.0] * (len(bounds) - len(counts)))
         return cls(
-            bounds=tuple(_float_from_json(b) for b in data["bounds"]),
-            counts=tuple(float(c) for c in data["counts"]),
+            bounds=bounds,
+            counts=tuple(counts),
             sum=None if total_sum is None else float(total_sum),
         )
 
@@ -193,7 +214,7 @@ def _add_opt(a: float | None, b: float | None) -> float | None:
     return a + b
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EntityWindow:
     """What export-metrics says about one served entity during one window.
 

@@ -286,8 +286,13 @@ class WindowTracker:
 
     # -- persistence --------------------------------------------------------------------------
 
-    def to_state(self) -> dict[str, Any]:
-        """A JSON-safe snapshot; ``from_state`` of it continues exactly where this one is."""
+    def to_state(self, *, windows: bool = True) -> dict[str, Any]:
+        """A JSON-safe snapshot; ``from_state`` of it continues exactly where this one is.
+
+        ``windows=False`` leaves the kept windows out (their list is empty): for a caller that
+        stores them apart and hands them back to ``from_state``. The rest is small and does not
+        grow with the number of windows (counter baselines, one untimed snapshot per entity).
+        """
         return {
             "version": STATE_VERSION,
             "window_ms": self.window_ms,
@@ -297,7 +302,7 @@ class WindowTracker:
             "revisions": self.revisions,
             "too_old": self.too_old,
             "latest_ms": self._latest_ms,
-            "windows": [w.to_dict() for w in self.windows()],
+            "windows": [w.to_dict() for w in self.windows()] if windows else [],
             "untimed": [
                 {"entity": entity, "first_seen_ms": first, "window": window.to_dict()}
                 for entity, (first, window) in self._untimed.items()
@@ -318,8 +323,11 @@ class WindowTracker:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> WindowTracker:
-        """Rebuild a tracker from ``to_state`` output; ``MetricsStateError`` if unreadable."""
+    def from_state(
+        cls, state: dict[str, Any], windows: Iterable[EntityWindow] = ()
+    ) -> WindowTracker:
+        """Rebuild a tracker from ``to_state`` output plus ``windows`` kept apart (each with
+        its start time); ``MetricsStateError`` if unreadable."""
         if state.get("version") != STATE_VERSION:
             raise MetricsStateError(
                 f"tracker state version {state.get('version')!r} is not {STATE_VERSION}"
@@ -334,8 +342,8 @@ class WindowTracker:
             tracker.revisions = int(state["revisions"])
             tracker.too_old = int(state["too_old"])
             tracker._latest_ms = state["latest_ms"]
-            for data in state["windows"]:
-                window = EntityWindow.from_dict(data)
+            kept = [EntityWindow.from_dict(data) for data in state["windows"]]
+            for window in itertools.chain(kept, windows):
                 if window.start_ms is None:
                     raise MetricsStateError("a kept window has no start time")
                 tracker._windows[(window.entity, window.start_ms)] = window

@@ -46,6 +46,11 @@ from rollout.store.model import (
     OutboxAlert,
     Ownership,
     RolloutRecord,
+    RolloutSummary,
+    StepSummary,
+    StoredWindow,
+    SummaryFields,
+    WindowChanges,
 )
 
 __all__ = [
@@ -78,10 +83,15 @@ __all__ = [
     "Ownership",
     "RolloutNotFound",
     "RolloutRecord",
+    "RolloutSummary",
     "SchemaError",
     "StaleVersion",
+    "StepSummary",
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "StoredWindow",
+    "SummaryFields",
+    "WindowChanges",
     "open_store",
 ]

@@ -42,6 +42,7 @@ from rollout.store.migrations import MIGRATIONS, SCHEMA_MIGRATIONS_DDL, Dialect
 from rollout.store.model import (
     COMMAND_KINDS,
     PHASES,
+    TERMINAL,
     Command,
     EventRecord,
     Fence,
@@ -52,6 +53,11 @@ from rollout.store.model import (
     OutboxAlert,
     Ownership,
     RolloutRecord,
+    RolloutSummary,
+    StepSummary,
+    StoredWindow,
+    SummaryFields,
+    WindowChanges,
 )
 
 Params = Mapping[str, object]
@@ -84,14 +90,21 @@ class Tx(Protocol):
 
 
 _INSERT_ROLLOUT: Final = """
-INSERT INTO rollouts (id, endpoint, phase, version, plan, state, created_at, updated_at, due_at)
-VALUES (:id, :endpoint, :phase, 1, :plan, :state, :created_at, :updated_at, :due_at)
+INSERT INTO rollouts (id, endpoint, phase, version, plan, state, created_at, updated_at, due_at,
+                      candidate, baseline, step, candidate_weight, verdict)
+VALUES (:id, :endpoint, :phase, 1, :plan, :state, :created_at, :updated_at, :due_at,
+        :candidate, :baseline, :step, :candidate_weight, :verdict)
 RETURNING id, endpoint, phase, version, plan, state, created_at, updated_at, due_at
 """
 _UPDATE_ROLLOUT: Final = """
 UPDATE rollouts
 SET phase = :phase, state = :state, due_at = :due_at, updated_at = :updated_at,
-    version = version + 1
+    version = version + 1,
+    candidate = CASE WHEN :set_summary THEN :candidate ELSE candidate END,
+    baseline = CASE WHEN :set_summary THEN :baseline ELSE baseline END,
+    step = CASE WHEN :set_summary THEN :step ELSE step END,
+    candidate_weight = CASE WHEN :set_summary THEN :candidate_weight ELSE candidate_weight END,
+    verdict = CASE WHEN :set_summary THEN :verdict ELSE verdict END
 WHERE id = :id AND version = :expected_version
 RETURNING id, endpoint, phase, version, plan, state, created_at, updated_at, due_at
 """
@@ -120,6 +133,34 @@ WHERE due_at IS NOT NULL AND due_at <= :now
   AND phase NOT IN ('succeeded', 'rolled_back', 'aborted', 'failed')
 ORDER BY due_at, created_at, id
 LIMIT :limit
+"""
+
+SUMMARY_COLUMNS: Final = """
+id, endpoint, phase, version, created_at, updated_at, due_at, candidate, baseline, step,
+candidate_weight, verdict
+"""
+
+# Windows: one row per (rollout, entity, start); a revision replaces the row.
+_UPSERT_WINDOW: Final = """
+INSERT INTO metric_windows (rollout_id, entity, start_ms, data)
+VALUES (:rollout_id, :entity, :start_ms, :data)
+ON CONFLICT (rollout_id, entity, start_ms) DO UPDATE SET data = excluded.data
+"""
+_DROP_WINDOWS_BEFORE: Final = """
+DELETE FROM metric_windows WHERE rollout_id = :rollout_id AND start_ms < :before_ms
+"""
+_DROP_ALL_WINDOWS: Final = "DELETE FROM metric_windows WHERE rollout_id = :rollout_id"
+_WINDOWS: Final = """
+SELECT entity, start_ms, data FROM metric_windows
+WHERE rollout_id = :rollout_id AND start_ms >= :since_ms
+ORDER BY start_ms, entity
+"""
+_UPSERT_SUMMARY: Final = """
+INSERT INTO step_summaries (rollout_id, key, at, data) VALUES (:rollout_id, :key, :at, :data)
+ON CONFLICT (rollout_id, key) DO UPDATE SET at = excluded.at, data = excluded.data
+"""
+_SUMMARIES: Final = """
+SELECT key, at, data FROM step_summaries WHERE rollout_id = :rollout_id ORDER BY at, key
 """
 
 _LAST_SEQ: Final = "SELECT COALESCE(MAX(seq), 0) FROM events WHERE rollout_id = :rollout_id"
@@ -288,6 +329,66 @@ def dump_json(value: object, what: str) -> str:
     return text
 
 
+def _entity_key(entity: str | None) -> str:
+    # Endpoint totals (no entity label) are kept under '': key columns cannot be NULL.
+    return "" if entity is None else entity
+
+
+def _summary_params(summary: SummaryFields | None) -> dict[str, object]:
+    fields = summary or SummaryFields()
+    return {
+        "set_summary": summary is not None,
+        "candidate": fields.candidate,
+        "baseline": fields.baseline,
+        "step": fields.step,
+        "candidate_weight": fields.candidate_weight,
+        "verdict": fields.verdict,
+    }
+
+
+def _write_windows(
+    tx: Tx,
+    *,
+    rollout_id: str,
+    phase: str,
+    changes: WindowChanges,
+    windows: Sequence[Params],
+    summaries: Sequence[Params],
+) -> None:
+    if phase in TERMINAL:
+        # A finished rollout judges nothing more: its windows go, its step summaries stay.
+        tx.run(_DROP_ALL_WINDOWS, {"rollout_id": rollout_id})
+    else:
+        if changes.drop_before_ms is not None:
+            tx.run(
+                _DROP_WINDOWS_BEFORE,
+                {"rollout_id": rollout_id, "before_ms": int(changes.drop_before_ms)},
+            )
+        for params in windows:
+            tx.run(_UPSERT_WINDOW, params)
+    for params in summaries:
+        tx.run(_UPSERT_SUMMARY, params)
+
+
+def _summary(row: Row) -> RolloutSummary:
+    return RolloutSummary(
+        id=str(row[0]),
+        endpoint=str(row[1]),
+        phase=str(row[2]),
+        version=int(row[3]),
+        created_at=float(row[4]),
+        updated_at=float(row[5]),
+        due_at=None if row[6] is None else float(row[6]),
+        fields=SummaryFields(
+            candidate=row[7],
+            baseline=row[8],
+            step=int(row[9]),
+            candidate_weight=int(row[10]),
+            verdict=row[11],
+        ),
+    )
+
+
 def _check_time(value: float | None, what: str) -> None:
     # SQLite would store NaN as NULL and PostgreSQL as NaN: refuse it for both.
     if value is not None and not math.isfinite(value):
@@ -317,6 +418,11 @@ class SqlStore(Store, ABC):
     """``list``: parameters ``endpoint`` (or NULL), ``phases`` (array param or NULL), ``limit``."""
     CLAIM_SQL: ClassVar[str]
     """``claim_alerts``: parameters ``now``, ``limit``, ``lease_until``; returns outbox rows."""
+    LIST_SUMMARIES_SQL: ClassVar[str]
+    """``list_summaries``: ``LIST_SQL``'s parameters; returns ``SUMMARY_COLUMNS`` rows."""
+    concurrent_reads: bool = False
+    """Whether reads may run beside a write (and each other) without the store's lock: the
+    backend gives each reading thread a connection of its own."""
 
     def __init__(self, description: str) -> None:
         self._description = description
@@ -360,6 +466,14 @@ class SqlStore(Store, ABC):
 
     @contextmanager
     def _tx(self, *, write: bool) -> Iterator[Tx]:
+        if not write and self.concurrent_reads:
+            # Reads on their own connection: an API read or a /metrics scrape never waits
+            # behind the runner's commits.
+            if self._closed:
+                raise StoreUnavailable(f"the store ({self._description}) is closed")
+            with self._transaction(write=False) as tx:
+                yield tx
+            return
         with self._lock:
             if self._closed:
                 raise StoreUnavailable(f"the store ({self._description}) is closed")
@@ -509,7 +623,12 @@ class SqlStore(Store, ABC):
     # --- rollouts ----------------------------------------------------------------------------
 
     def create(
-        self, record: RolloutRecord, event: NewEvent, alerts: Sequence[NewAlert]
+        self,
+        record: RolloutRecord,
+        event: NewEvent,
+        alerts: Sequence[NewAlert],
+        *,
+        summary: SummaryFields | None = None,
     ) -> RolloutRecord:
         _check_phase(record.phase)
         for value, what in (
@@ -527,6 +646,7 @@ class SqlStore(Store, ABC):
             "created_at": record.created_at,
             "updated_at": record.updated_at,
             "due_at": record.due_at,
+            **_summary_params(summary or SummaryFields()),
         }
         (event_params,) = self._event_params(record.id, [event])
         alert_params = self._alert_params(record.id, alerts, record.created_at)
@@ -558,6 +678,17 @@ class SqlStore(Store, ABC):
         phases: Iterable[str] | None = None,
         limit: int = 100,
     ) -> builtins.list[RolloutRecord]:
+        params = self._list_params(endpoint, phases, limit)
+        if params is None:
+            return []
+        with self._tx(write=False) as tx:
+            rows = tx.rows(self.LIST_SQL, params)
+        return [self._rollout(row) for row in rows]
+
+    def _list_params(
+        self, endpoint: str | None, phases: Iterable[str] | None, limit: int
+    ) -> dict[str, object] | None:
+        """``LIST_SQL``'s parameters; None when no phase is wanted (nothing matches)."""
         _check_limit(limit)
         if isinstance(phases, str):
             raise TypeError(f"phases is a collection of phase names, not one string: {phases!r}")
@@ -567,13 +698,9 @@ class SqlStore(Store, ABC):
             for phase in wanted:
                 _check_phase(phase)
             if not wanted:
-                return []
+                return None
             phase_param = self._array_param(wanted)
-        with self._tx(write=False) as tx:
-            rows = tx.rows(
-                self.LIST_SQL, {"endpoint": endpoint, "phases": phase_param, "limit": limit}
-            )
-        return [self._rollout(row) for row in rows]
+        return {"endpoint": endpoint, "phases": phase_param, "limit": limit}
 
     def active_for_endpoint(self, endpoint: str) -> RolloutRecord | None:
         with self._tx(write=False) as tx:
@@ -600,6 +727,8 @@ class SqlStore(Store, ABC):
         alerts: Sequence[NewAlert],
         consumed_commands: Sequence[int],
         fence: Fence | None = None,
+        windows: WindowChanges | None = None,
+        summary: SummaryFields | None = None,
     ) -> RolloutRecord:
         _check_phase(phase)
         _check_time(updated_at, "updated_at")
@@ -613,7 +742,10 @@ class SqlStore(Store, ABC):
             "state": self._json(state, "state"),
             "due_at": due_at,
             "updated_at": updated_at,
+            **_summary_params(summary),
         }
+        changes = windows or WindowChanges()
+        window_params, summary_params = self._window_params(rollout_id, changes)
         event_params = self._event_params(rollout_id, events)
         alert_params = self._alert_params(rollout_id, alerts, updated_at)
         # The same id twice would look like a command consumed by someone else.
@@ -658,6 +790,16 @@ class SqlStore(Store, ABC):
                         raise ValueError(f"command {command_id} is not a command of {rollout_id!r}")
                     # Consumed already: the input this decision acted on was acted on before.
                     raise StaleVersion(rollout_id, expected_version, None)
+                # The windows this decision judged land with it: no window is judged twice
+                # after a crash, and none is lost.
+                _write_windows(
+                    tx,
+                    rollout_id=rollout_id,
+                    phase=phase,
+                    changes=changes,
+                    windows=window_params,
+                    summaries=summary_params,
+                )
         except UniqueViolationError as exc:
             if exc.constraint == ACTIVE_PER_ENDPOINT:
                 endpoint = self._endpoint_of(rollout_id)
@@ -696,6 +838,67 @@ class SqlStore(Store, ABC):
     def count_active(self) -> int:
         with self._tx(write=False) as tx:
             return int(tx.rows(_COUNT_ACTIVE)[0][0])
+
+    # --- windows and step summaries ----------------------------------------------------------
+
+    def windows(self, rollout_id: str, since_ms: int | None = None) -> builtins.list[StoredWindow]:
+        with self._tx(write=False) as tx:
+            rows = tx.rows(
+                _WINDOWS,
+                {"rollout_id": rollout_id, "since_ms": -(2**62) if since_ms is None else since_ms},
+            )
+            if not rows and not tx.rows(_ROLLOUT_VERSION, {"id": rollout_id}):
+                raise RolloutNotFound(rollout_id)
+        return [
+            StoredWindow(entity=row[0] or None, start_ms=int(row[1]), data=self._object(row[2]))
+            for row in rows
+        ]
+
+    def step_summaries(self, rollout_id: str) -> builtins.list[StepSummary]:
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_SUMMARIES, {"rollout_id": rollout_id})
+            if not rows and not tx.rows(_ROLLOUT_VERSION, {"id": rollout_id}):
+                raise RolloutNotFound(rollout_id)
+        return [StepSummary(key=str(r[0]), at=float(r[1]), data=self._object(r[2])) for r in rows]
+
+    def list_summaries(
+        self,
+        endpoint: str | None = None,
+        phases: Iterable[str] | None = None,
+        limit: int = 100,
+    ) -> builtins.list[RolloutSummary]:
+        params = self._list_params(endpoint, phases, limit)
+        if params is None:
+            return []
+        with self._tx(write=False) as tx:
+            rows = tx.rows(self.LIST_SUMMARIES_SQL, params)
+        return [_summary(row) for row in rows]
+
+    def _window_params(
+        self, rollout_id: str, changes: WindowChanges
+    ) -> tuple[builtins.list[dict[str, object]], builtins.list[dict[str, object]]]:
+        # Serialized before the transaction opens, so a bad value raises before any write.
+        windows: builtins.list[dict[str, object]] = [
+            {
+                "rollout_id": rollout_id,
+                "entity": _entity_key(window.entity),
+                "start_ms": int(window.start_ms),
+                "data": self._json(window.data, f"window {window.entity!r}@{window.start_ms}"),
+            }
+            for window in changes.upsert
+        ]
+        summaries: builtins.list[dict[str, object]] = []
+        for step in changes.summaries:
+            _check_time(step.at, "step summary time")
+            summaries.append(
+                {
+                    "rollout_id": rollout_id,
+                    "key": step.key,
+                    "at": step.at,
+                    "data": self._json(step.data, f"step summary {step.key!r}"),
+                }
+            )
+        return windows, summaries
 
     def _endpoint_of(self, rollout_id: str) -> str:
         try:

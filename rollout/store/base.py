@@ -4,14 +4,23 @@ In the path of a rollout the store sits at three places. The API calls ``create`
 rollout in phase ``pending`` (with its first event) and ``add_command`` for manual inputs. Each
 scheduler tick the runner reads the ``due`` rollouts and their ``pending_commands``, the pure
 engine decides, and the runner calls ``commit`` with the new phase and state, the events of the
-transition, the alert-outbox rows and the consumed commands: ONE transaction, guarded by the
-version it read. The alert dispatcher takes alerts with ``claim_alerts`` under a lease and
-reports each with ``mark_delivered`` or ``mark_failed``.
+transition, the alert-outbox rows, the consumed commands and the metric windows the decision
+judged: ONE transaction, guarded by the version it read. Lists (the API, the status page,
+``/metrics``) read ``list_summaries``: a few columns per rollout, never the plan or state JSON.
+The alert dispatcher takes alerts with ``claim_alerts`` under a lease and reports each with
+``mark_delivered`` or ``mark_failed``.
+
+What stays small: the rollout row's state JSON is the engine's small state (a few KB,
+whatever the rollout's age). Metric windows live in their own table, one row per entity and
+window, bounded to what the current step may judge (``WindowChanges.drop_before_ms``) and
+dropped when the rollout ends; a finished step leaves one ``StepSummary`` row.
 
 Two backends implement it (``rollout.store.sqlite``, the embedded default, and
 ``rollout.store.postgres``, for replicas) and share one contract test suite; ``open_store``
 picks one from a URL. Every method is synchronous and thread-safe: the async runner calls them
-through ``asyncio.to_thread``. Errors are the ``rollout.store.errors`` tree only.
+through ``asyncio.to_thread``. Reads do not wait behind writes (SQLite: WAL with a read
+connection per thread; PostgreSQL: a connection pool). Errors are the ``rollout.store.errors``
+tree only.
 """
 
 from __future__ import annotations
@@ -42,6 +51,11 @@ from rollout.store.model import (
     OutboxAlert,
     Ownership,
     RolloutRecord,
+    RolloutSummary,
+    StepSummary,
+    StoredWindow,
+    SummaryFields,
+    WindowChanges,
 )
 
 # The lease name ``probe_write`` writes under; not for ``try_lease``.
@@ -85,10 +99,16 @@ class Store(Protocol):
         ...
 
     def create(
-        self, record: RolloutRecord, event: NewEvent, alerts: Sequence[NewAlert]
+        self,
+        record: RolloutRecord,
+        event: NewEvent,
+        alerts: Sequence[NewAlert],
+        *,
+        summary: SummaryFields | None = None,
     ) -> RolloutRecord:
         """Insert a new rollout with its first event (seq 1) and that event's alerts.
 
+        ``summary`` fills the columns ``list_summaries`` reads (empty values without it).
         The stored rollout starts at version 1 whatever ``record.version`` says. Raises
         ``DuplicateRollout`` if the id exists and ``ActiveRolloutExists`` if the record is
         non-terminal and another non-terminal rollout holds the endpoint (enforced by the
@@ -107,6 +127,21 @@ class Store(Protocol):
         limit: int = 100,
     ) -> builtins.list[RolloutRecord]:
         """Rollouts, newest first, optionally only one endpoint's and only in some phases."""
+        ...
+
+    def list_summaries(
+        self,
+        endpoint: str | None = None,
+        phases: Iterable[str] | None = None,
+        limit: int = 100,
+    ) -> builtins.list[RolloutSummary]:
+        """``list``'s rollouts (same filters, same order) as summaries: id, endpoint, phase,
+        version, times, and the ``SummaryFields`` the last ``create``/``commit`` wrote
+        (candidate, baseline, step, candidate weight, last verdict outcome).
+
+        Costs a few columns per row: no plan or state JSON is read or decoded. For the API's
+        lists and ``/metrics``.
+        """
         ...
 
     def active_for_endpoint(self, endpoint: str) -> RolloutRecord | None:
@@ -130,14 +165,20 @@ class Store(Protocol):
         alerts: Sequence[NewAlert],
         consumed_commands: Sequence[int],
         fence: Fence | None = None,
+        windows: WindowChanges | None = None,
+        summary: SummaryFields | None = None,
     ) -> RolloutRecord:
         """Persist one decision atomically and return the rollout at its new version.
 
         In one transaction: update the rollout if it is still at ``expected_version`` (and bump
         it), append ``events`` with the next sequence numbers, insert ``alerts`` tied to the
-        last of those events (a ``dedup_key`` already in the outbox is skipped), and mark
-        ``consumed_commands`` consumed. Alerts need at least one event in the same commit
-        (``ValueError``). Moving to a terminal phase frees the endpoint.
+        last of those events (a ``dedup_key`` already in the outbox is skipped), mark
+        ``consumed_commands`` consumed, drop the windows that began before
+        ``windows.drop_before_ms``, write ``windows.upsert`` (a window already stored under
+        the same entity and start is replaced) and ``windows.summaries``, and, with
+        ``summary``, set the summary columns (kept as they were without it). Alerts need at
+        least one event in the same commit (``ValueError``). Moving to a terminal phase frees
+        the endpoint and drops every window of the rollout (its step summaries stay).
 
         Raises ``RolloutNotFound``; ``StaleVersion`` if the version moved on or a command was
         already consumed; ``ActiveRolloutExists`` if a terminal rollout is moved back to an
@@ -170,6 +211,15 @@ class Store(Protocol):
 
     def count_active(self) -> int:
         """How many rollouts are in a non-terminal phase (what replicas share)."""
+        ...
+
+    def windows(self, rollout_id: str, since_ms: int | None = None) -> builtins.list[StoredWindow]:
+        """The rollout's stored windows that began at or after ``since_ms``, oldest first
+        (then by entity); ``RolloutNotFound``."""
+        ...
+
+    def step_summaries(self, rollout_id: str) -> builtins.list[StepSummary]:
+        """The rollout's step summaries ordered by ``at``; ``RolloutNotFound``."""
         ...
 
     def events(self, rollout_id: str, after_seq: int = 0) -> builtins.list[EventRecord]:

@@ -200,6 +200,40 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX ownership_by_holder ON ownership (holder, expires_at)",
         ),
     ),
+    Migration(
+        version=4,
+        name="metric windows and step summaries in their own tables, summary columns",
+        statements=(
+            # The windows the current step may still judge, one row per entity and window
+            # start: a look appends its new windows instead of rewriting the rollout's state.
+            # entity '' stands for endpoint totals (a key column cannot be NULL everywhere).
+            """
+            CREATE TABLE metric_windows (
+                rollout_id TEXT NOT NULL REFERENCES rollouts (id),
+                entity TEXT NOT NULL,
+                start_ms BIGINT NOT NULL,
+                data {json} NOT NULL,
+                PRIMARY KEY (rollout_id, entity, start_ms)
+            )
+            """,
+            # A finished step's sums, kept for the history once its windows are dropped.
+            """
+            CREATE TABLE step_summaries (
+                rollout_id TEXT NOT NULL REFERENCES rollouts (id),
+                key TEXT NOT NULL,
+                at {time} NOT NULL,
+                data {json} NOT NULL,
+                PRIMARY KEY (rollout_id, key)
+            )
+            """,
+            # What lists show, readable without decoding the state JSON.
+            "ALTER TABLE rollouts ADD COLUMN candidate TEXT",
+            "ALTER TABLE rollouts ADD COLUMN baseline TEXT",
+            "ALTER TABLE rollouts ADD COLUMN step INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE rollouts ADD COLUMN candidate_weight INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE rollouts ADD COLUMN verdict TEXT",
+        ),
+    ),
     # Alerts of the controller itself (a workspace that cannot be reached) belong to no
     # rollout: their outbox rows have neither rollout_id nor event_seq (a foreign key with a
     # NULL column is not checked), and a row has both or neither.

@@ -7,53 +7,76 @@ records, the engine decides, and the runner commits the new phase and state toge
 (the outbox the alert dispatcher drains). ``Command`` rows are the manual inputs (pause,
 promote, abort...) the API queues and the runner consumes in the commit that acts on them.
 
-The store does not interpret ``plan``, ``state``, event ``data`` or alert ``payload``: they are
-JSON objects owned by the engine and the notifiers. Only ``phase`` matters to the store, because
-a non-terminal phase holds the endpoint (one active rollout per endpoint). Pure data, no I/O.
+The runner also commits, with each decision, the metric windows it judged (``StoredWindow``
+rows, kept apart from the small state and dropped as they stop mattering, ``WindowChanges``),
+a ``StepSummary`` when a step ends, and the ``SummaryFields`` lists show
+(``RolloutSummary``, read without decoding any state).
+
+The store does not interpret ``plan``, ``state``, event ``data``, window and summary ``data``
+or alert ``payload``: they are JSON objects owned by the engine and the notifiers. Only
+``phase`` matters to the store, because a non-terminal phase holds the endpoint (one active
+rollout per endpoint) and a terminal one drops the rollout's windows. Pure data, no I/O.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-PENDING: Final = "pending"
-PREPARING: Final = "preparing"
-PROGRESSING: Final = "progressing"
-PAUSED: Final = "paused"
-PROMOTING: Final = "promoting"
-SUCCEEDED: Final = "succeeded"
-ROLLING_BACK: Final = "rolling_back"
-ROLLED_BACK: Final = "rolled_back"
-ABORTED: Final = "aborted"
-FAILED: Final = "failed"
-
-PHASES: Final[frozenset[str]] = frozenset(
-    {
-        PENDING,
-        PREPARING,
-        PROGRESSING,
-        PAUSED,
-        PROMOTING,
-        SUCCEEDED,
-        ROLLING_BACK,
-        ROLLED_BACK,
-        ABORTED,
-        FAILED,
-    }
+# The store keeps phases and commands by these words (rollout.vocabulary); re-exported.
+from rollout.vocabulary import (
+    ABORTED,
+    ACTIVE,
+    COMMAND_KINDS,
+    FAILED,
+    PAUSED,
+    PENDING,
+    PHASES,
+    PREPARING,
+    PROGRESSING,
+    PROMOTING,
+    ROLLED_BACK,
+    ROLLING_BACK,
+    SUCCEEDED,
+    TERMINAL,
+    CommandKind,
+    PhaseName,
 )
-"""Every phase a rollout can be in (see DESIGN.md, "States")."""
 
-TERMINAL: Final[frozenset[str]] = frozenset({SUCCEEDED, ROLLED_BACK, ABORTED, FAILED})
-"""Phases a rollout never leaves; a rollout in one of them no longer holds its endpoint."""
-
-ACTIVE: Final[frozenset[str]] = PHASES - TERMINAL
-"""Non-terminal phases: at most one rollout per endpoint may be in one of these."""
-
-COMMAND_KINDS: Final[frozenset[str]] = frozenset(
-    {"pause", "resume", "promote", "promote_full", "abort"}
-)
-"""Manual inputs a person can queue for a rollout."""
+__all__ = [
+    "ABORTED",
+    "ACTIVE",
+    "COMMAND_KINDS",
+    "FAILED",
+    "PAUSED",
+    "PENDING",
+    "PHASES",
+    "PREPARING",
+    "PROGRESSING",
+    "PROMOTING",
+    "ROLLED_BACK",
+    "ROLLING_BACK",
+    "SUCCEEDED",
+    "TERMINAL",
+    "Command",
+    "CommandKind",
+    "EventRecord",
+    "Fence",
+    "JsonObject",
+    "LeaseInfo",
+    "NewAlert",
+    "NewEvent",
+    "OutboxAlert",
+    "Ownership",
+    "PhaseName",
+    "RolloutRecord",
+    "RolloutSummary",
+    "StepSummary",
+    "StoredWindow",
+    "SummaryFields",
+    "WindowChanges",
+]
 
 JsonObject = dict[str, Any]
 """A JSON object: what ``json.loads`` returns for ``{...}``; nested values are JSON values."""
@@ -193,3 +216,78 @@ class LeaseInfo:
     name: str
     holder: str
     expires_at: float
+
+
+@dataclass(frozen=True)
+class StoredWindow:
+    """One metric window of one served entity, kept while the current step may judge it.
+
+    ``entity`` is ``None`` for endpoint totals (series without an entity label). A rollout has
+    at most one window per ``(entity, start_ms)``: writing one again replaces it (a revision).
+    ``data`` is the window's numbers, owned by the engine.
+    """
+
+    entity: str | None
+    start_ms: int
+    data: JsonObject
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    """What one finished step of a rollout came to, kept after its windows are dropped.
+
+    ``key`` names the step within the rollout (writing the same key again replaces the
+    row); ``at`` orders the summaries (when the step's split took effect). ``data`` is owned
+    by the engine (arms' sums, the last verdict...).
+    """
+
+    key: str
+    at: float
+    data: JsonObject
+
+
+@dataclass(frozen=True)
+class WindowChanges:
+    """The metric windows one commit adds, replaces and drops, with the decision they fed.
+
+    ``upsert``: windows to add or replace. ``drop_before_ms``: drop the rollout's windows that
+    began before this instant (epoch ms). ``summaries``: step summaries to add or replace.
+    Moving the rollout to a terminal phase drops all its windows whatever this says.
+    """
+
+    upsert: Sequence[StoredWindow] = ()
+    drop_before_ms: int | None = None
+    summaries: Sequence[StepSummary] = ()
+
+
+@dataclass(frozen=True)
+class SummaryFields:
+    """The few fields of a rollout's state kept in columns, so lists need not decode state.
+
+    Written by ``Store.create`` and ``Store.commit``; read back by ``Store.list_summaries``.
+    """
+
+    candidate: str | None = None
+    baseline: str | None = None
+    step: int = 0
+    candidate_weight: int = 0
+    verdict: str | None = None
+    """The last verdict's outcome (pass, fail, inconclusive), if any."""
+
+
+@dataclass(frozen=True)
+class RolloutSummary:
+    """A rollout as lists show it: its columns only, never its plan or state JSON."""
+
+    id: str
+    endpoint: str
+    phase: str
+    version: int
+    created_at: float
+    updated_at: float
+    due_at: float | None
+    fields: SummaryFields = field(default_factory=SummaryFields)
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL

@@ -19,8 +19,12 @@ Choices, and why:
   alerts without waiting on each other.
 - ``migrate()`` takes a transaction-scoped advisory lock, so replicas starting together apply
   each migration once.
-- One connection per store, shared by threads under the store's lock; a broken connection is
-  dropped and the next call reconnects (the failed call raises ``StoreUnavailable``).
+- A connection pool (``psycopg_pool``, up to ``pool_size`` connections, opened lazily on the
+  first call): reads and writes from different threads run side by side, so an API read or a
+  ``/metrics`` scrape never waits behind the runner's commits; PostgreSQL's row locks, not a
+  Python lock, order concurrent writers. A connection found broken is discarded by the pool
+  and the next call gets a fresh one (the failed call raises ``StoreUnavailable``); no free
+  connection within the connect timeout is ``StoreUnavailable`` too.
 """
 
 from __future__ import annotations
@@ -28,17 +32,19 @@ from __future__ import annotations
 import builtins
 import functools
 import re
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from decimal import Decimal
 from typing import Any, Final
 
 import psycopg
+import psycopg_pool
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
-from rollout.store._sql import Params, Row, SqlStore, Tx, UniqueViolationError
+from rollout.store._sql import SUMMARY_COLUMNS, Params, Row, SqlStore, Tx, UniqueViolationError
 from rollout.store.errors import SchemaError, StoreError, StoreUnavailable
 from rollout.store.migrations import POSTGRES
 
@@ -53,14 +59,21 @@ _SET_STATEMENT_TIMEOUT: Final = "SET statement_timeout = 30000"
 # Any constant works; it only has to be the same for every replica of this program.
 _MIGRATION_LOCK_SQL: Final = "SELECT pg_advisory_xact_lock(7236845502371266304)"
 
-_LIST_SQL: Final = """
-SELECT id, endpoint, phase, version, plan, state, created_at, updated_at, due_at
+DEFAULT_POOL_SIZE: Final = 8
+"""Connections a store keeps at most (the runner's threads, the API's and the dispatcher's)."""
+
+_LIST_WHERE: Final = """
 FROM rollouts
 WHERE (CAST(:endpoint AS TEXT) IS NULL OR endpoint = :endpoint)
   AND (CAST(:phases AS TEXT[]) IS NULL OR phase = ANY (CAST(:phases AS TEXT[])))
 ORDER BY created_at DESC, id DESC
 LIMIT :limit
 """
+_LIST_SQL: Final = (
+    "SELECT id, endpoint, phase, version, plan, state, created_at, updated_at, due_at"
+    + _LIST_WHERE
+)
+_LIST_SUMMARIES_SQL: Final = "SELECT " + SUMMARY_COLUMNS + _LIST_WHERE
 
 # SKIP LOCKED: rows another dispatcher is claiming right now are left to it. Rows it claimed
 # and committed since our snapshot are re-checked against the WHERE on their new version
@@ -168,9 +181,11 @@ class PostgresStore(SqlStore):
 
     dialect = POSTGRES
     LIST_SQL = _LIST_SQL
+    LIST_SUMMARIES_SQL = _LIST_SUMMARIES_SQL
     CLAIM_SQL = _CLAIM_SQL
+    concurrent_reads = True
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         super().__init__(describe(url))
         self._url = url
         given = conninfo_to_dict(url)
@@ -180,43 +195,71 @@ class PostgresStore(SqlStore):
         if "application_name" not in given:
             self._connect_options["application_name"] = "rollout"
         self._set_statement_timeout = "statement_timeout" not in str(given.get("options", ""))
-        self._connection: psycopg.Connection[Row] | None = None
+        self._wait = float(given.get("connect_timeout") or DEFAULT_CONNECT_TIMEOUT)
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, got {pool_size}")
+        self._pool_size = pool_size
+        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]] | None = None
+        self._pool_lock = threading.Lock()
 
-    def _connect(self) -> psycopg.Connection[Row]:
-        connection = self._connection
-        if connection is not None and not connection.closed and not connection.broken:
-            return connection
-        self._disconnect()
-        connection = psycopg.connect(self._url, autocommit=True, **self._connect_options)
-        try:
-            if self._set_statement_timeout:
-                connection.execute(_SET_STATEMENT_TIMEOUT)
-        except BaseException:
-            connection.close()
-            raise
-        self._connection = connection
-        return connection
+    def _configure(self, connection: psycopg.Connection[Row]) -> None:
+        if self._set_statement_timeout:
+            connection.execute(_SET_STATEMENT_TIMEOUT)
+
+    def _connections(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[Row]]:
+        with self._pool_lock:
+            if self._closed:
+                raise StoreUnavailable(f"the store ({self._description}) is closed")
+            if self._pool is None:
+                pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]] = (
+                    psycopg_pool.ConnectionPool(
+                        self._url,
+                        min_size=1,
+                        max_size=self._pool_size,
+                        kwargs={"autocommit": True, **self._connect_options},
+                        configure=self._configure,
+                        open=False,
+                        name="rollout-store",
+                    )
+                )
+                # Not waiting here: the first connection is awaited by the first call, with
+                # the connect timeout, so a database that is down makes calls fail, not start.
+                pool.open(wait=False)
+                self._pool = pool
+            return self._pool
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Tx]:
         try:
-            connection = self._connect()
-            if write:
-                with connection.transaction(), connection.cursor() as cursor:
-                    yield _PostgresTx(cursor)
-            else:
-                with connection.cursor() as cursor:
-                    yield _PostgresTx(cursor)
+            with self._connections().connection(timeout=self._wait) as connection:
+                if write:
+                    with connection.transaction(), connection.cursor() as cursor:
+                        yield _PostgresTx(cursor)
+                else:
+                    with connection.cursor() as cursor:
+                        yield _PostgresTx(cursor)
+        except psycopg_pool.PoolTimeout as exc:
+            raise StoreUnavailable(f"{self._description}: no connection: {exc}") from exc
         except psycopg.Error as exc:
-            if self._connection is not None and self._connection.broken:
-                # Drop it now: the next call reconnects instead of failing on a dead socket.
-                self._disconnect()
-            raise translate(exc, self._description) from exc
+            error = translate(exc, self._description)
+            if isinstance(error, StoreUnavailable):
+                # The broken connection goes back to the pool, which discards it; its idle
+                # siblings were likely cut by the same event (a restart, a failover): check
+                # them now, so the next call does not fail on another dead socket.
+                self._check_idle()
+            raise error from exc
+
+    def _check_idle(self) -> None:
+        pool = self._pool
+        if pool is not None:
+            with suppress(psycopg.Error, psycopg_pool.PoolClosed):
+                pool.check()
 
     def _disconnect(self) -> None:
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
-            connection.close()
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(timeout=self._wait)
 
     def _lock_migrations(self, tx: Tx) -> None:
         tx.rows(_MIGRATION_LOCK_SQL)

@@ -17,8 +17,12 @@ Choices, and why:
   once without waiting. It is also what makes ``claim_alerts`` exclusive.
 - Reads run outside explicit transactions (autocommit): each statement sees a consistent
   snapshot and no read ever holds a lock between calls.
-- One connection per store, shared by threads under the store's lock
-  (``check_same_thread=False`` is safe because of that lock).
+- One writer connection, shared by threads under the store's lock (``check_same_thread=False``
+  is safe because of that lock), and one read connection per reading thread, outside that
+  lock: WAL lets readers run beside the writer, so the API, the status page and ``/metrics``
+  never queue behind the runner's commits. A multi-statement read (``events`` checking the
+  rollout exists) runs in a read transaction, one snapshot. ``:memory:`` databases are
+  private to a connection, so there reads share the writer connection and its lock.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import builtins
 import json
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -36,6 +41,7 @@ from typing import Any, Final
 from rollout.store._sql import (
     ACTIVE_PER_ENDPOINT,
     ROLLOUT_PKEY,
+    SUMMARY_COLUMNS,
     Params,
     Row,
     SqlStore,
@@ -72,14 +78,18 @@ _CONSTRAINT_BY_COLUMNS: Final = {
     "rollouts.id": ROLLOUT_PKEY,
 }
 
-_LIST_SQL: Final = """
-SELECT id, endpoint, phase, version, plan, state, created_at, updated_at, due_at
+_LIST_WHERE: Final = """
 FROM rollouts
 WHERE (:endpoint IS NULL OR endpoint = :endpoint)
   AND (:phases IS NULL OR phase IN (SELECT value FROM json_each(:phases)))
 ORDER BY created_at DESC, id DESC
 LIMIT :limit
 """
+_LIST_SQL: Final = (
+    "SELECT id, endpoint, phase, version, plan, state, created_at, updated_at, due_at"
+    + _LIST_WHERE
+)
+_LIST_SUMMARIES_SQL: Final = "SELECT " + SUMMARY_COLUMNS + _LIST_WHERE
 
 # Runs inside BEGIN IMMEDIATE, which already excludes every other writer, so selecting and
 # extending the lease in one statement is enough for two dispatchers never to share an alert.
@@ -141,6 +151,7 @@ class SqliteStore(SqlStore):
 
     dialect = SQLITE
     LIST_SQL = _LIST_SQL
+    LIST_SUMMARIES_SQL = _LIST_SUMMARIES_SQL
     CLAIM_SQL = _CLAIM_SQL
 
     def __init__(
@@ -157,6 +168,11 @@ class SqliteStore(SqlStore):
         self._busy_timeout = busy_timeout
         self._read_only = read_only
         self._connection: sqlite3.Connection | None = None
+        self.concurrent_reads = path != ":memory:"
+        self._readers = threading.local()
+        # Every read connection opened, so close() can close them from any thread.
+        self._reader_connections: builtins.list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
 
     @property
     def path(self) -> str:
@@ -166,6 +182,33 @@ class SqliteStore(SqlStore):
     def _connect(self) -> sqlite3.Connection:
         if self._connection is not None:
             return self._connection
+        connection = self._open()
+        self._connection = connection
+        return connection
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection (opened on first use)."""
+        connection: sqlite3.Connection | None = getattr(self._readers, "connection", None)
+        if connection is not None:
+            return connection
+        if self._connection is None:
+            # The writer switches the file to WAL (and creates it) before anyone reads.
+            with self._lock:
+                self._connect()
+        connection = sqlite3.connect(
+            self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            connection.execute("PRAGMA query_only = ON").close()
+        except BaseException:
+            connection.close()
+            raise
+        with self._readers_lock:
+            self._reader_connections.append(connection)
+        self._readers.connection = connection
+        return connection
+
+    def _open(self) -> sqlite3.Connection:
         target, uri = self._path, False
         if self._read_only and self._path != ":memory:":
             target, uri = f"{Path(self._path).as_uri()}?mode=ro", True
@@ -184,7 +227,6 @@ class SqliteStore(SqlStore):
         except BaseException:
             connection.close()
             raise
-        self._connection = connection
         return connection
 
     def _enable_wal(self, connection: sqlite3.Connection) -> None:
@@ -211,6 +253,16 @@ class SqliteStore(SqlStore):
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[_SqliteTx]:
         try:
+            if not write and self.concurrent_reads:
+                reader = self._reader()
+                # One snapshot for every statement of the read.
+                reader.execute("BEGIN").close()
+                try:
+                    yield _SqliteTx(reader)
+                finally:
+                    if reader.in_transaction:
+                        reader.execute("COMMIT").close()
+                return
             connection = self._connect()
             if not write:
                 yield _SqliteTx(connection)
@@ -230,6 +282,12 @@ class SqliteStore(SqlStore):
             raise translate(exc, self._description) from exc
 
     def _disconnect(self) -> None:
+        with self._readers_lock:
+            readers, self._reader_connections = self._reader_connections, []
+        for reader in readers:
+            # A reader another thread is using right now fails its read (closed store).
+            with suppress(sqlite3.Error):
+                reader.close()
         if self._connection is not None:
             connection, self._connection = self._connection, None
             connection.close()

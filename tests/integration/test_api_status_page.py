@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from rollout.api import create_api
 from rollout.api.page import ASSETS
-from rollout.engine.runner import new_rollout
+from rollout.engine.runner import new_rollout, stored_window
 from rollout.metrics.model import EntityWindow, Histogram
 from rollout.metrics.parse import Scrape
 from rollout.metrics.windows import WindowTracker
@@ -34,7 +34,7 @@ from rollout.serving.client import ServingClient
 from rollout.serving.retry import RetryPolicy
 from rollout.settings import ApiSettings
 from rollout.store.base import Store
-from rollout.store.model import NewEvent, RolloutRecord
+from rollout.store.model import NewEvent, RolloutRecord, StepSummary, WindowChanges
 
 VIEWER = "view-secret-token-2"
 TOKENS = f"op-secret-token-1:operator,{VIEWER}:viewer"
@@ -194,6 +194,54 @@ async def test_series_gives_each_arm_per_window_and_the_split_changes(
     assert [iso_ms(m["at"]) for m in marks] == [m["at_ms"] for m in marks]
     assert marks[0]["reason"] == "step 1/2: candidate at 5 %"
     assert marks[2]["reason"] == "analysis failed"
+
+
+async def test_series_reads_the_windows_the_runner_stored_apart(app: Any, store: Store) -> None:
+    # The runner keeps windows in their own table and a tracker state without them.
+    record = stored_rollout(store)
+    windows = [window(CANDIDATE, 1, 50, 1), window(BASELINE, 1, 950, 1),
+               window(CANDIDATE, 2, 60, 0)]
+    tracker = WindowTracker()
+    record = store.commit(
+        record.id, record.version, phase="progressing",
+        state={**record.state, "phase": "progressing", "baseline": BASELINE,
+               "tracker": tracker.to_state(windows=False)},
+        due_at=None, updated_at=record.updated_at + 300, events=[], alerts=[],
+        consumed_commands=[],
+        windows=WindowChanges(upsert=[stored_window(w) for w in windows]),
+    )
+    async with asgi(app()) as api:
+        body = (await api.get(f"/api/v1/rollouts/{record.id}/series")).json()
+    assert [w["start_ms"] for w in body["windows"]] == [T0 + MINUTE, T0 + 2 * MINUTE]
+    assert body["windows"][0]["candidate"]["requests"] == 50
+    assert body["windows"][0]["baseline"]["requests"] == 950
+    assert body["windows"][1]["baseline"] is None
+    assert body["note"] is None
+
+
+async def test_a_finished_step_without_windows_is_one_point_of_its_sums(
+    app: Any, store: Store
+) -> None:
+    record = stored_rollout(store)
+    sums = {"windows": 10, "requests": 1000.0, "errors_5xx": 20.0, "latency": LATENCY.to_dict()}
+    summary = StepSummary("0@1", T0 / 1000 + 50, {
+        "step": 0, "candidate_weight": 5, "split_applied_at": T0 / 1000 + 50,
+        "candidate": sums, "control": {**sums, "requests": 9000.0, "errors_5xx": 9.0},
+    })
+    record = store.commit(
+        record.id, record.version, phase="rolled_back",
+        state={**record.state, "phase": "rolled_back", "baseline": BASELINE},
+        due_at=None, updated_at=record.updated_at + 300,
+        events=[event("rolled_back", 220, to="rolled_back", frm="rolling_back")], alerts=[],
+        consumed_commands=[], windows=WindowChanges(summaries=[summary]),
+    )
+    async with asgi(app()) as api:
+        body = (await api.get(f"/api/v1/rollouts/{record.id}/series")).json()
+    (point,) = body["windows"]
+    assert point["start_ms"] == T0 + 50_000
+    assert point["candidate"] == {"requests": 1000, "errors_5xx": 20, "error_rate": 0.02,
+                                  "p99_ms": pytest.approx(P99)}
+    assert point["baseline"]["error_rate"] == pytest.approx(0.001)
 
 
 async def test_series_limit_keeps_the_newest_windows(app: Any, store: Store) -> None:

@@ -53,9 +53,13 @@ from rollout.store import (
     RolloutRecord,
     SchemaError,
     StaleVersion,
+    StepSummary,
     Store,
+    StoredWindow,
     StoreError,
     StoreUnavailable,
+    SummaryFields,
+    WindowChanges,
     open_store,
 )
 from rollout.store.base import WRITE_PROBE_LEASE
@@ -951,6 +955,155 @@ def test_count_active_counts_non_terminal_rollouts(store: Store) -> None:
     new_rollout(store, "r-2", endpoint="e2", phase="succeeded")
     new_rollout(store, "r-3", endpoint="e3", phase="paused")
     assert store.count_active() == 2
+# --- metric windows, step summaries, summaries ---------------------------------------------
+
+
+def window(entity: str | None, start_ms: int, requests: float = 100.0) -> StoredWindow:
+    return StoredWindow(entity, start_ms, {"requests": requests, "latency": [1, 2.5, None]})
+
+
+def commit_windows(
+    store: Store,
+    record: RolloutRecord,
+    changes: WindowChanges,
+    *,
+    phase: str | None = None,
+    summary: SummaryFields | None = None,
+) -> RolloutRecord:
+    return store.commit(
+        record.id,
+        record.version,
+        phase=phase or record.phase,
+        state=record.state,
+        due_at=None,
+        updated_at=record.updated_at + 1,
+        events=[],
+        alerts=[],
+        consumed_commands=[],
+        windows=changes,
+        summary=summary,
+    )
+
+
+def test_windows_are_upserted_dropped_before_an_instant_and_read_in_order(store: Store) -> None:
+    record = new_rollout(store, "r-1", phase="progressing")
+    other = new_rollout(store, "r-2", endpoint="other", phase="progressing")
+    assert store.windows("r-1") == []
+    record = commit_windows(
+        store,
+        record,
+        WindowChanges(upsert=[window("cand", 120_000), window("base", 60_000), window(None, 0)]),
+    )
+    commit_windows(store, other, WindowChanges(upsert=[window("cand", 0)]))
+    assert store.windows("r-1") == [
+        window(None, 0),
+        window("base", 60_000),
+        window("cand", 120_000),
+    ]
+    later = store.windows("r-1", since_ms=60_000)
+    assert later == [window("base", 60_000), window("cand", 120_000)]
+    # A revision replaces its window; windows before the instant go, in the same commit.
+    record = commit_windows(
+        store,
+        record,
+        WindowChanges(upsert=[window("cand", 120_000, requests=7.0)], drop_before_ms=60_000),
+    )
+    assert store.windows("r-1") == [window("base", 60_000), window("cand", 120_000, 7.0)]
+    assert store.windows("r-2") == [window("cand", 0)]  # another rollout's are untouched
+    with pytest.raises(RolloutNotFound):
+        store.windows("nope")
+
+
+def test_a_terminal_phase_drops_the_windows_and_keeps_the_step_summaries(store: Store) -> None:
+    record = new_rollout(store, "r-1", phase="progressing")
+    first = StepSummary("0@1", T0, {"step": 0, "requests": 1200})
+    record = commit_windows(
+        store, record, WindowChanges(upsert=[window("cand", 0)], summaries=[first])
+    )
+    assert store.step_summaries("r-1") == [first]
+    last = StepSummary("1@2", T0 + 600, {"step": 1, "requests": 2400})
+    commit_windows(
+        store,
+        record,
+        WindowChanges(upsert=[window("cand", 60_000)], summaries=[last]),
+        phase="succeeded",
+    )
+    assert store.windows("r-1") == []
+    assert store.step_summaries("r-1") == [first, last]
+    with pytest.raises(RolloutNotFound):
+        store.step_summaries("nope")
+
+
+def test_windows_are_written_with_their_decision_or_not_at_all(store: Store) -> None:
+    record = new_rollout(store, "r-1", phase="progressing")
+    current = commit_windows(store, record, WindowChanges(upsert=[window("cand", 0)]))
+    with pytest.raises(StaleVersion):
+        commit_windows(
+            store,
+            record,  # version 1: stale
+            WindowChanges(
+                upsert=[window("cand", 60_000)],
+                drop_before_ms=10**12,
+                summaries=[StepSummary("0@1", T0, {})],
+            ),
+        )
+    assert store.windows("r-1") == [window("cand", 0)]
+    assert store.step_summaries("r-1") == []
+    with pytest.raises(ValueError, match="window"):
+        commit_windows(
+            store,
+            current,
+            WindowChanges(upsert=[window("cand", 60_000), StoredWindow("x", 1, {"v": math.nan})]),
+        )
+    assert store.windows("r-1") == [window("cand", 0)]
+    assert store.get("r-1") == current
+
+
+def test_summaries_list_like_list_and_carry_the_committed_summary(store: Store) -> None:
+    old = new_rollout(store, "r-old", endpoint="a", phase="succeeded", created_at=T0)
+    record = store.create(
+        RolloutRecord("r-new", "b", "pending", 1, {}, {}, T0 + 5, T0 + 5, T0 + 5),
+        event("created", at=T0 + 5, to="pending"),
+        [],
+        summary=SummaryFields(candidate="m-4", baseline=None, step=0, candidate_weight=0),
+    )
+    summaries = store.list_summaries()
+    assert [s.id for s in summaries] == [r.id for r in store.list()] == ["r-new", "r-old"]
+    assert summaries[0].fields == SummaryFields(candidate="m-4")
+    assert summaries[1].fields == SummaryFields()  # created without one: empty values
+    assert (summaries[1].phase, summaries[1].version, summaries[1].terminal) == (
+        "succeeded",
+        1,
+        True,
+    )
+    assert summaries[1].created_at == old.created_at
+
+    fields = SummaryFields("m-4", "m-3", step=2, candidate_weight=25, verdict="inconclusive")
+    record = commit_windows(store, record, WindowChanges(), phase="progressing", summary=fields)
+    record = commit_windows(store, record, WindowChanges())  # no summary: columns kept
+    (summary,) = store.list_summaries(endpoint="b", phases=["progressing"])
+    assert (summary.id, summary.phase, summary.version) == ("r-new", "progressing", 3)
+    assert (summary.updated_at, summary.due_at) == (record.updated_at, None)
+    assert summary.fields == fields
+    assert store.list_summaries(phases=[]) == []
+    assert [s.id for s in store.list_summaries(limit=1)] == ["r-new"]
+    assert store.list_summaries(endpoint="c") == []
+
+
+def test_reads_do_not_wait_behind_the_store_lock(store: Store) -> None:
+    # The lock writers take: a read must not queue behind a commit in progress.
+    if isinstance(store, SqliteStore | PostgresStore):
+        record = new_rollout(store, "r-1")
+        with store._lock:
+            result: list[Any] = []
+            reader = threading.Thread(
+                target=lambda: result.extend([store.get("r-1"), store.list_summaries()])
+            )
+            reader.start()
+            reader.join(timeout=10)
+            assert not reader.is_alive(), "a read waited for the writers' lock"
+        assert result[0] == record
+        assert [s.id for s in result[1]] == ["r-1"]
 
 
 # --- schema, lifecycle ---------------------------------------------------------------------
@@ -962,6 +1115,10 @@ def test_migrations_are_ordered_applied_once_and_keep_data(backend: Backend) -> 
     # it is on its way from another branch (they are numbered when planned).
     assert versions[0] == 1
     assert versions == sorted(set(versions))
+    # Increasing and unique; a number may be missing while the branch that adds it is not
+    # merged (applied in order, each once, whichever lands first).
+    assert versions == sorted(set(versions))
+    assert versions[0] == 1
 
     store = backend.open(migrate=False)
     with pytest.raises(SchemaError, match="migrate"):

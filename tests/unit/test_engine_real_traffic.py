@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from rollout.engine.decide import Timing, decide
+from rollout.engine.decide import Timing, _Turn, _verdict_news, decide
 from rollout.engine.model import Decision, Observation, Phase, RolloutState
 from rollout.metrics.model import EntityWindow, Histogram
 from tests.unit.test_engine_decide import (
@@ -92,7 +92,12 @@ def test_a_late_partner_is_counted_when_it_arrives() -> None:
     assert early.state.control.requests == 900.0
     later = look(early.state, (*both(3), *both(4)), T0 + 330)
     assert (later.state.candidate.requests, later.state.control.requests) == (200.0, 1800.0)
-    assert [e.kind for e in later.events] == ["verdict"], "the completed pair is news"
+    assert early.state.last_verdict is not None
+    assert later.state.last_verdict is not None
+    assert later.state.last_verdict["at"] == T0 + 330, "the completed pair is judged"
+    # The same outcome again is not logged; a change of outcome would be.
+    same = later.state.last_verdict["outcome"] == early.state.last_verdict["outcome"]
+    assert [e.kind for e in later.events] == ([] if same else ["verdict"])
 
 
 def test_a_revised_window_counts_in_its_final_version() -> None:
@@ -241,3 +246,98 @@ def test_the_warm_up_judges_nothing_where_the_cold_allowance_dwarfs_the_toleranc
         minute, cand=(3000.0, 15.0), base=(57000.0, 57.0)))
     decision = look(progressing(weight=5), windows, T0 + 180)
     assert decision.state.judge_state["checks"][0]["fail"] == [0.0, 0.0, 0.0, 0.0]
+def test_only_a_changed_verdict_is_logged() -> None:
+    first = look(progressing(), both(3), T0 + 240)
+    assert [e.kind for e in first.events] == ["verdict"], "the split's first verdict"
+    assert first.state.last_verdict is not None
+    outcome = first.state.last_verdict["outcome"]
+    state, logged = first.state, 0
+    for minute in range(4, 8):
+        decision = look(state, tuple(w for m in range(3, minute + 1) for w in both(m)),
+                        T0 + 60 * minute + 30)
+        assert decision.state.last_verdict is not None
+        assert decision.state.last_verdict["at"] == T0 + 60 * minute + 30
+        changed = decision.state.last_verdict["outcome"] != state.last_verdict["outcome"]
+        assert [e.kind for e in decision.events if e.kind == "verdict"] == (
+            ["verdict"] if changed else []
+        )
+        logged += changed
+        state = decision.state
+    assert outcome == "inconclusive"
+    assert logged == 0, "healthy minutes keep one outcome: nothing more in the log"
+
+
+def _minutes(first: int, last: int) -> tuple[EntityWindow, ...]:
+    # Varying numbers, an unpaired candidate minute and a warm-up at the start.
+    out: list[EntityWindow] = []
+    for minute in range(first, last + 1):
+        cand = window(CAND, minute, 100.0 + minute, float(minute % 3 == 0), 40.0)
+        if minute == 7:
+            out.append(cand)  # the baseline never reports minute 7
+            continue
+        out.extend((cand, window(BASE, minute, 900.0 + 2 * minute, 1.0)))
+    return tuple(out)
+
+
+def test_folding_old_windows_changes_nothing_the_judge_sees() -> None:
+    # Once per look: one run is handed every window of the split; the other only the windows
+    # since its fold, and told to fold what is older than 5 minutes (a short dedup horizon).
+    # The sums, the number of windows judged and the verdicts must be the same.
+    plan = plan_of(steps=[{"weight": 10, "bake": "1h"}, {"weight": 50, "bake": "10m"}])
+    whole = folded = progressing()
+    folds = 0
+    for minute in range(1, 30):
+        now = T0 + 60 * minute + 30
+        windows = _minutes(0, minute - 1)
+        a = look(whole, windows, now, plan=plan)
+        assert a.state.phase is Phase.PROGRESSING
+        assert a.effect is None
+        since = folded.folded.before_ms if folded.folded is not None else 0
+        kept = tuple(w for w in windows if (w.start_ms or 0) >= since)
+        b = decide(plan, folded, Observation(endpoint=live(10), windows=kept,
+                   fold_before_ms=int((now - 300) * 1000)), now, policy=policy(), timing=TIMING)
+        for name in ("candidate", "control", "served", "judged_windows"):
+            assert getattr(a.state, name) == getattr(b.state, name), (minute, name)
+        assert a.state.last_verdict is not None
+        assert b.state.last_verdict is not None
+        assert a.state.last_verdict["outcome"] == b.state.last_verdict["outcome"], minute
+        assert a.state.last_verdict["checks"] == b.state.last_verdict["checks"], minute
+        assert a.state.judge_state == b.state.judge_state, minute
+        folds += b.state.folded != folded.folded
+        whole, folded = a.state, b.state
+        assert len(kept) <= 2 * 7, "only the last few minutes are handed in"
+    assert folds >= 20, "the fold moved on at (almost) every look"
+    assert folded.folded is not None
+    assert folded.folded.candidate_windows >= 20
+
+
+def test_a_fold_of_another_split_is_ignored() -> None:
+    first = decide(plan_of(), progressing(), Observation(endpoint=live(10),
+                   windows=_minutes(0, 9), fold_before_ms=int((T0 + 300) * 1000)),
+                   T0 + 630, policy=policy(), timing=TIMING)
+    assert first.state.folded is not None
+    moved = first.state.model_copy(update={"split_applied_at": T0 + 60})
+    again = look(moved, _minutes(1, 9), T0 + 630)
+    # Summed from the windows handed in, from the new split on: nothing from the old fold.
+    assert again.state.served.requests == sum(100.0 + m for m in range(1, 10))
+
+
+@pytest.mark.parametrize(
+    ("logged", "logged_at", "verdict", "news"),
+    [
+        (None, None, {"outcome": "inconclusive", "may_advance": False}, True),  # first
+        ("inconclusive/False", T0, {"outcome": "inconclusive", "may_advance": False}, False),
+        ("inconclusive/False", T0, {"outcome": "pass", "may_advance": True}, False),  # too soon
+        ("inconclusive/False", T0 - 900, {"outcome": "pass", "may_advance": True}, True),
+        ("inconclusive/False", T0 - 60, {"outcome": "inconclusive", "may_advance": True}, False),
+        ("pass/True", T0, {"outcome": "fail", "may_advance": False}, True),  # a fail, always
+    ],
+)
+def test_a_changed_verdict_is_logged_at_most_once_per_interval(
+    logged: str | None, logged_at: float | None, verdict: dict[str, Any], news: bool
+) -> None:
+    state = progressing().model_copy(
+        update={"verdict_logged": logged, "verdict_logged_at": logged_at}
+    )
+    turn = _Turn(plan_of(), policy(), Observation(), T0, TIMING, state)
+    assert _verdict_news(turn, verdict) is news
