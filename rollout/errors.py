@@ -14,13 +14,14 @@ SIGN_IN_HELP = (
     "set DATABRICKS_HOST (the workspace URL) and DATABRICKS_TOKEN (a personal access token), "
     "or DATABRICKS_HOST with DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (OAuth M2M), "
     "or a profile: DATABRICKS_CONFIG_PROFILE names one in DATABRICKS_CONFIG_FILE "
-    "(default ~/.databrickscfg, profile DEFAULT); to try rollout without a workspace, run "
+    "(default ~/.databrickscfg, profile DEFAULT), such as one `databricks auth login` writes "
+    "(with rollout[databricks]); to try rollout without a workspace, run "
     "rollout demo --keep"
 )
 
 
 def with_sign_in_help(message: str) -> str:
-    """A sign-in problem with the variables to set, unless the message already names them."""
-    if "DATABRICKS_HOST" in message:
+    """A sign-in problem with the variables and profile options to set (once)."""
+    if SIGN_IN_HELP in message:
         return message
     return f"{message}\n  {SIGN_IN_HELP}"

@@ -1320,8 +1320,8 @@ def _verdict_key(verdict: dict[str, Any]) -> str:
 
 
 def _verdict_news(turn: _Turn, verdict: dict[str, Any]) -> bool:
-    """Whether a verdict goes into the event log: the first of a split, a fail, and a change
-    of outcome (or of whether the step may advance) since the last one logged, at most once
+    """Whether a verdict goes into the event log: the first of a split, a fail, one that lets
+    the step advance, and any other change of outcome since the last one logged, at most once
     per ``verdict_log_interval``. Otherwise it only updates ``last_verdict`` (and, at the
     step's end, its step summary): a verdict per window in the log would grow it by a few KB
     a minute for as long as the step runs, and a judge hovering between pass and
@@ -1331,6 +1331,8 @@ def _verdict_news(turn: _Turn, verdict: dict[str, Any]) -> bool:
         return True
     if _verdict_key(verdict) == state.verdict_logged:
         return False
+    if verdict.get("may_advance"):
+        return True  # the verdict that moves the rollout on is always in the log
     logged_at = state.verdict_logged_at
     return logged_at is None or turn.now - logged_at >= turn.timing.verdict_log_interval
 

@@ -308,6 +308,8 @@ def test_replicas_share_rollouts_and_never_double_drive(
             "DATABRICKS_HOST": f"http://127.0.0.1:{proxy.port}",
             "DATABRICKS_TOKEN": sandbox_token,
             "ROLLOUT_STORE_URL": store_url,
+            # The alert receiver listens on loopback: opened on purpose.
+            "ROLLOUT_ALERTS_ALLOWED_HOSTS": "127.0.0.1",
             "ROLLOUT_API_PORT": "0",
             "ROLLOUT_ENGINE_LOOK_INTERVAL": str(LOOK),
             "ROLLOUT_ENGINE_UPDATE_POLL": "0.25",

@@ -389,10 +389,13 @@ async def test_a_cross_origin_simple_post_is_refused_on_the_open_api(
     assert_error(refused, 415, "unsupported_media_type")
     assert store.pending_commands(rollout_id) == []
     assert len(store.list()) == 1
-    # What the CLI and the page send is accepted.
+    # What the CLI and the page send is accepted (three commands: the same one twice is
+    # refused as already queued).
     assert (await api.post(pause, json={})).status_code == 202
-    assert (await api.post(pause, headers={"X-Rollout-Client": "cli"})).status_code == 202
-    same_site = await api.post(pause, json={}, headers={"Sec-Fetch-Site": "same-origin"})
+    promote = f"/api/v1/rollouts/{rollout_id}/promote"
+    assert (await api.post(promote, headers={"X-Rollout-Client": "cli"})).status_code == 202
+    abort = f"/api/v1/rollouts/{rollout_id}/abort"
+    same_site = await api.post(abort, json={}, headers={"Sec-Fetch-Site": "same-origin"})
     assert same_site.status_code == 202
     assert len(store.pending_commands(rollout_id)) == 3
 

@@ -42,7 +42,7 @@ def test_no_credentials_names_what_to_set_and_creates_nothing(
     [
         ("ROLLOUT_ENGINE_LOOK_INTERVAL", "often", "valid number"),
         ("ROLLOUT_API_PORT", "-5", "greater than or equal to 0"),
-        ("DATABRICKS_AUTH_TYPE", "magic", "'pat' or 'oauth-m2m'"),
+        ("DATABRICKS_AUTH_TYPE", "magic", "'databricks-cli'"),
     ],
 )
 def test_a_bad_setting_is_named_by_its_variable(

@@ -573,4 +573,7 @@ async def test_a_gpu_usage_check_judges_a_gpu_candidate(
         assert gpu[-1]["candidate_value"] > 80.0
     else:
         assert all(c["outcome"] != "fail" for c in gpu)
-        assert gpu[-1]["candidate_value"] < 80.0
+        # Only verdicts that changed are logged: the first may predate any GPU reading.
+        values = [c["candidate_value"] for c in gpu if c["candidate_value"] is not None]
+        assert values, gpu
+        assert max(values) < 80.0

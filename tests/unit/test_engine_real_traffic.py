@@ -327,9 +327,11 @@ def test_a_fold_of_another_split_is_ignored() -> None:
     [
         (None, None, {"outcome": "inconclusive", "may_advance": False}, True),  # first
         ("inconclusive/False", T0, {"outcome": "inconclusive", "may_advance": False}, False),
-        ("inconclusive/False", T0, {"outcome": "pass", "may_advance": True}, False),  # too soon
-        ("inconclusive/False", T0 - 900, {"outcome": "pass", "may_advance": True}, True),
-        ("inconclusive/False", T0 - 60, {"outcome": "inconclusive", "may_advance": True}, False),
+        # The verdict that lets the step go is always logged: the reason the rollout moved on.
+        ("inconclusive/False", T0, {"outcome": "pass", "may_advance": True}, True),
+        ("inconclusive/False", T0, {"outcome": "pass", "may_advance": False}, False),  # too soon
+        ("inconclusive/False", T0 - 900, {"outcome": "pass", "may_advance": False}, True),
+        ("pass/False", T0 - 60, {"outcome": "inconclusive", "may_advance": False}, False),
         ("pass/True", T0, {"outcome": "fail", "may_advance": False}, True),  # a fail, always
     ],
 )
