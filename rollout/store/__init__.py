@@ -35,6 +35,7 @@ from rollout.store.model import (
     ROLLING_BACK,
     SUCCEEDED,
     TERMINAL,
+    ArmSummary,
     Command,
     EventRecord,
     JsonObject,
@@ -42,6 +43,8 @@ from rollout.store.model import (
     NewEvent,
     OutboxAlert,
     RolloutRecord,
+    RolloutSummary,
+    SummaryCursor,
 )
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "TERMINAL",
     "ActiveRolloutExists",
     "AlertNotFound",
+    "ArmSummary",
     "Command",
     "DuplicateRollout",
     "EventRecord",
@@ -70,10 +74,12 @@ __all__ = [
     "OutboxAlert",
     "RolloutNotFound",
     "RolloutRecord",
+    "RolloutSummary",
     "SchemaError",
     "StaleVersion",
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "SummaryCursor",
     "open_store",
 ]

@@ -24,6 +24,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from decimal import Decimal
 from typing import Any, ClassVar, Final, Protocol
 
 from rollout.store.base import Store
@@ -41,6 +42,8 @@ from rollout.store.migrations import MIGRATIONS, SCHEMA_MIGRATIONS_DDL, Dialect
 from rollout.store.model import (
     COMMAND_KINDS,
     PHASES,
+    SUMMARY_REASON_CHARS,
+    ArmSummary,
     Command,
     EventRecord,
     JsonObject,
@@ -48,6 +51,8 @@ from rollout.store.model import (
     NewEvent,
     OutboxAlert,
     RolloutRecord,
+    RolloutSummary,
+    SummaryCursor,
 )
 
 Params = Mapping[str, object]
@@ -111,6 +116,196 @@ WHERE due_at IS NOT NULL AND due_at <= :now
 ORDER BY due_at, created_at, id
 LIMIT :limit
 """
+
+# --- summaries: the one place that says where each summary field is read from ------------------
+#
+# (kind, column, JSON path). Kinds: "col" a plain column; "text", "num" a scalar at a JSON path;
+# "json" an object at a JSON path, as JSON text; "len" the length of an array at a JSON path.
+# The database extracts each one (json_extract in SQLite, #>> in PostgreSQL), so a summary
+# never carries a whole plan or state into Python. Stored summary columns maintained at commit
+# would replace entries here without changing anything else.
+SummaryField = tuple[str, str, tuple[str, ...]]
+SUMMARY_FIELDS: Final[tuple[SummaryField, ...]] = (
+    ("col", "id", ()),
+    ("col", "endpoint", ()),
+    ("col", "phase", ()),
+    ("col", "version", ()),
+    ("col", "created_at", ()),
+    ("col", "updated_at", ()),
+    ("col", "due_at", ()),
+    ("text", "plan", ("name",)),
+    ("text", "plan", ("strategy",)),
+    ("text", "plan", ("candidate", "name")),
+    ("text", "plan", ("candidate", "entity_name")),
+    ("text", "plan", ("candidate", "entity_version")),
+    ("len", "plan", ("steps",)),
+    ("num", "plan", ("step_weight",)),
+    ("num", "plan", ("max_weight",)),
+    ("num", "plan", ("policy", "deadline")),
+    ("num", "state", ("step",)),
+    ("num", "state", ("candidate_weight",)),
+    ("text", "state", ("baseline",)),
+    ("num", "state", ("started_at",)),
+    ("text", "state", ("last_verdict", "outcome")),
+    ("text", "state", ("last_verdict", "reason")),
+    ("num", "state", ("candidate", "requests")),
+    ("num", "state", ("candidate", "errors_5xx")),
+    ("json", "state", ("candidate", "latency")),
+    ("num", "state", ("control", "requests")),
+    ("num", "state", ("control", "errors_5xx")),
+    ("json", "state", ("control", "latency")),
+)
+
+_SAFE_KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def _summary_expression(dialect: str, kind: str, column: str, path: tuple[str, ...]) -> str:
+    if kind == "col":
+        return column
+    if not all(_SAFE_KEY.match(key) for key in path):  # constants, but never quote-breaking
+        raise ValueError(f"bad summary path {path!r}")
+    if dialect == "sqlite":
+        where = "$." + ".".join(path)
+        if kind == "len":
+            return f"json_array_length({column}, '{where}')"
+        # json_extract gives scalars as SQL values and objects as JSON text.
+        return f"json_extract({column}, '{where}')"
+    where = "{" + ",".join(path) + "}"
+    if kind == "len":
+        return (
+            f"CASE WHEN jsonb_typeof({column} #> '{where}') = 'array' "
+            f"THEN jsonb_array_length({column} #> '{where}') END"
+        )
+    if kind == "num":
+        # A cast of a non-number would fail the whole query: only numbers are cast.
+        return (
+            f"CASE WHEN jsonb_typeof({column} #> '{where}') = 'number' "
+            f"THEN CAST({column} #>> '{where}' AS DOUBLE PRECISION) END"
+        )
+    return f"{column} #>> '{where}'"
+
+
+def summary_sql(dialect: str) -> str:
+    """``list_summaries``' query for ``"sqlite"`` or ``"postgresql"``.
+
+    Parameters: ``endpoint`` (or NULL), ``phases`` (the backend's array parameter or NULL),
+    ``after_created`` and ``after_id`` (the cursor, or NULL), ``limit``.
+    """
+    columns = ",\n       ".join(
+        _summary_expression(dialect, kind, column, path) for kind, column, path in SUMMARY_FIELDS
+    )
+    if dialect == "sqlite":
+        filters = """(:endpoint IS NULL OR endpoint = :endpoint)
+  AND (:phases IS NULL OR phase IN (SELECT value FROM json_each(:phases)))
+  AND (:after_created IS NULL OR created_at < :after_created
+       OR (created_at = :after_created AND id < :after_id))"""
+    else:
+        filters = """(CAST(:endpoint AS TEXT) IS NULL OR endpoint = :endpoint)
+  AND (CAST(:phases AS TEXT[]) IS NULL OR phase = ANY (CAST(:phases AS TEXT[])))
+  AND (CAST(:after_created AS DOUBLE PRECISION) IS NULL
+       OR created_at < :after_created
+       OR (created_at = :after_created AND id < CAST(:after_id AS TEXT)))"""
+    # Built from the constant field table above: no value ever reaches this text.
+    return f"""
+SELECT {columns}
+FROM rollouts
+WHERE {filters}
+ORDER BY created_at DESC, id DESC
+LIMIT :limit
+"""  # noqa: S608
+
+
+def _num(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return None
+    return float(value)
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _json_text(value: object) -> JsonObject | None:
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str):
+        return None
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return None
+    return decoded if isinstance(decoded, dict) else None
+
+
+def _step_count(
+    strategy: str, steps: float | None, step_weight: float | None, max_weight: float | None
+) -> int:
+    """Judged steps, as the API's ``steps``: canary steps without the implied 100 %, else 1."""
+    if strategy != "canary":
+        return 1
+    if steps is not None:
+        return max(1, int(steps))
+    if step_weight is None or step_weight < 1:
+        return 1
+    ceiling = min(int(max_weight) if max_weight is not None else 100, 99)
+    return max(1, len(range(int(step_weight), ceiling + 1, int(step_weight))))
+
+
+def _served_name(name: str | None, entity: str | None, version: str | None) -> str:
+    # As rollout.plan.CandidateEntity.served_name (the store does not import the plan).
+    if name:
+        return name
+    if not entity:
+        return "unknown"
+    derived = f"{entity.rsplit('.', 1)[-1]}-{version or ''}"
+    return re.sub(r"[^A-Za-z0-9_-]", "-", derived)[:63]
+
+
+def summary_of(row: Row) -> RolloutSummary:
+    """A ``RolloutSummary`` from one row of ``summary_sql`` (columns as ``SUMMARY_FIELDS``)."""
+    (
+        rollout_id, endpoint, phase, version, created_at, updated_at, due_at,
+        name, strategy, cand_name, cand_entity, cand_version, steps, step_weight, max_weight,
+        deadline, step, weight, baseline, started_at, outcome, reason,
+        cand_requests, cand_5xx, cand_latency, ctl_requests, ctl_5xx, ctl_latency,
+    ) = row  # fmt: skip
+    strategy_text = _text(strategy) or "canary"
+    reason_text = _text(reason)
+    if reason_text is not None and len(reason_text) > SUMMARY_REASON_CHARS:
+        reason_text = reason_text[: SUMMARY_REASON_CHARS - 1] + "\u2026"
+    return RolloutSummary(
+        id=str(rollout_id),
+        name=_text(name),
+        endpoint=str(endpoint),
+        phase=str(phase),
+        strategy=strategy_text,
+        candidate=_served_name(_text(cand_name), _text(cand_entity), _text(cand_version)),
+        candidate_entity=_text(cand_entity),
+        candidate_version=_text(cand_version),
+        baseline=_text(baseline),
+        step=int(_num(step) or 0),
+        step_count=_step_count(strategy_text, _num(steps), _num(step_weight), _num(max_weight)),
+        candidate_weight=int(_num(weight) or 0),
+        verdict_outcome=_text(outcome),
+        verdict_reason=reason_text,
+        created_at=float(created_at),
+        updated_at=float(updated_at),
+        due_at=None if due_at is None else float(due_at),
+        version=int(version),
+        started_at=_num(started_at) or float(created_at),
+        deadline_seconds=_num(deadline),
+        candidate_arm=ArmSummary(
+            requests=_num(cand_requests) or 0.0,
+            errors_5xx=_num(cand_5xx) or 0.0,
+            latency=_json_text(cand_latency),
+        ),
+        control_arm=ArmSummary(
+            requests=_num(ctl_requests) or 0.0,
+            errors_5xx=_num(ctl_5xx) or 0.0,
+            latency=_json_text(ctl_latency),
+        ),
+    )
+
 
 _LAST_SEQ: Final = "SELECT COALESCE(MAX(seq), 0) FROM events WHERE rollout_id = :rollout_id"
 _INSERT_EVENT: Final = """
@@ -215,6 +410,9 @@ def _check_phase(phase: str) -> None:
         raise ValueError(f"unknown phase {phase!r}; expected one of {sorted(PHASES)}")
 
 
+_NOTHING: Final = object()
+
+
 def _check_limit(limit: int) -> None:
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
@@ -227,6 +425,8 @@ class SqlStore(Store, ABC):
     LIST_SQL: ClassVar[str]
     """``list``: parameters ``endpoint`` (or NULL), ``phases`` (array param or NULL), ``limit``."""
     CLAIM_SQL: ClassVar[str]
+    SUMMARY_SQL: ClassVar[str]
+    """``list_summaries``: ``summary_sql`` rendered for the backend's dialect."""
     """``claim_alerts``: parameters ``now``, ``limit``, ``lease_until``; returns outbox rows."""
 
     def __init__(self, description: str) -> None:
@@ -470,21 +670,54 @@ class SqlStore(Store, ABC):
         limit: int = 100,
     ) -> builtins.list[RolloutRecord]:
         _check_limit(limit)
-        if isinstance(phases, str):
-            raise TypeError(f"phases is a collection of phase names, not one string: {phases!r}")
-        phase_param: object = None
-        if phases is not None:
-            wanted = sorted(set(phases))
-            for phase in wanted:
-                _check_phase(phase)
-            if not wanted:
-                return []
-            phase_param = self._array_param(wanted)
+        phase_param = self._phases_param(phases)
+        if phase_param is _NOTHING:
+            return []
         with self._tx(write=False) as tx:
             rows = tx.rows(
                 self.LIST_SQL, {"endpoint": endpoint, "phases": phase_param, "limit": limit}
             )
         return [self._rollout(row) for row in rows]
+
+    def _phases_param(self, phases: Iterable[str] | None) -> object:
+        """The phase filter as a query parameter: None for all, ``_NOTHING`` for none."""
+        if isinstance(phases, str):
+            raise TypeError(f"phases is a collection of phase names, not one string: {phases!r}")
+        if phases is None:
+            return None
+        wanted = sorted(set(phases))
+        for phase in wanted:
+            _check_phase(phase)
+        if not wanted:
+            return _NOTHING
+        return self._array_param(wanted)
+
+    def list_summaries(
+        self,
+        phases: Iterable[str] | None = None,
+        endpoint: str | None = None,
+        limit: int = 100,
+        cursor: SummaryCursor | None = None,
+    ) -> builtins.list[RolloutSummary]:
+        _check_limit(limit)
+        after_created: float | None = None
+        after_id: str | None = None
+        if cursor is not None:
+            after_created, after_id = float(cursor[0]), str(cursor[1])
+            _check_time(after_created, "cursor time")
+        phase_param = self._phases_param(phases)
+        if phase_param is _NOTHING:
+            return []
+        params = {
+            "endpoint": endpoint,
+            "phases": phase_param,
+            "after_created": after_created,
+            "after_id": after_id,
+            "limit": limit,
+        }
+        with self._tx(write=False) as tx:
+            rows = tx.rows(self.SUMMARY_SQL, params)
+        return [summary_of(row) for row in rows]
 
     def active_for_endpoint(self, endpoint: str) -> RolloutRecord | None:
         with self._tx(write=False) as tx:

@@ -38,6 +38,8 @@ from rollout.store.model import (
     NewEvent,
     OutboxAlert,
     RolloutRecord,
+    RolloutSummary,
+    SummaryCursor,
 )
 
 __all__ = [
@@ -98,6 +100,23 @@ class Store(Protocol):
         limit: int = 100,
     ) -> builtins.list[RolloutRecord]:
         """Rollouts, newest first, optionally only one endpoint's and only in some phases."""
+        ...
+
+    def list_summaries(
+        self,
+        phases: Iterable[str] | None = None,
+        endpoint: str | None = None,
+        limit: int = 100,
+        cursor: SummaryCursor | None = None,
+    ) -> builtins.list[RolloutSummary]:
+        """One page of rollout summaries, newest first by ``(created_at, id)``.
+
+        Reads only the summary's fields, never whole plans and states: what ``/metrics`` and
+        the lists use, at a cost that does not grow with a rollout's history. ``cursor`` is the
+        ``cursor`` of the last summary of the previous page; the page then holds the rollouts
+        after it in that order (``[]`` past the end). A rollout created while a client pages
+        sorts before the cursor, so paging never repeats nor skips one. Filters as ``list``.
+        """
         ...
 
     def active_for_endpoint(self, endpoint: str) -> RolloutRecord | None:

@@ -158,3 +158,70 @@ class Command:
     payload: JsonObject
     created_at: float
     consumed_at: float | None
+
+
+SummaryCursor = tuple[float, str]
+"""Where a page of summaries ended: the ``(created_at, id)`` of its last rollout.
+
+Pages run newest first by ``(created_at, id)``; the next page holds the rollouts strictly
+after this pair in that order, so rollouts created meanwhile (newer) never shift a page.
+"""
+
+
+@dataclass(frozen=True)
+class ArmSummary:
+    """One arm's sums over the current split's scored windows (what ``/metrics`` exports)."""
+
+    requests: float
+    errors_5xx: float
+    latency: JsonObject | None
+    """The summed latency histogram (``rollout.metrics.model.Histogram.to_dict``), if any."""
+
+
+@dataclass(frozen=True)
+class RolloutSummary:
+    """The few fields of a rollout that lists and gauges show, read without its whole state.
+
+    The store builds it from single fields of the stored plan and state (never by decoding
+    them whole), so its cost stays the same however long the rollout's history grows.
+    ``step`` is 0-based and ``step_count`` counts the judged steps (canary steps without the
+    implied 100 %, 1 for A/B and blue/green), as ``step`` and ``steps`` of the API's rollout.
+    ``verdict_reason`` is cut to ``SUMMARY_REASON_CHARS`` characters.
+    """
+
+    id: str
+    name: str | None
+    endpoint: str
+    phase: str
+    strategy: str
+    candidate: str
+    """The candidate's served entity name (explicit, or derived as Databricks derives it)."""
+    candidate_entity: str | None
+    candidate_version: str | None
+    baseline: str | None
+    step: int
+    step_count: int
+    candidate_weight: int
+    verdict_outcome: str | None
+    verdict_reason: str | None
+    created_at: float
+    updated_at: float
+    due_at: float | None
+    version: int
+    started_at: float
+    deadline_seconds: float | None
+    """The policy's rollout deadline, counted from ``started_at`` (``None``: no deadline)."""
+    candidate_arm: ArmSummary
+    control_arm: ArmSummary
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL
+
+    @property
+    def cursor(self) -> SummaryCursor:
+        """The cursor of a page that ends with this rollout."""
+        return (self.created_at, self.id)
+
+
+SUMMARY_REASON_CHARS: Final = 200

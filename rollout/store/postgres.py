@@ -38,7 +38,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
-from rollout.store._sql import Params, Row, SqlStore, Tx, UniqueViolationError
+from rollout.store._sql import Params, Row, SqlStore, Tx, UniqueViolationError, summary_sql
 from rollout.store.errors import SchemaError, StoreError, StoreUnavailable
 from rollout.store.migrations import POSTGRES
 
@@ -165,6 +165,7 @@ class PostgresStore(SqlStore):
     dialect = POSTGRES
     LIST_SQL = _LIST_SQL
     CLAIM_SQL = _CLAIM_SQL
+    SUMMARY_SQL = summary_sql("postgresql")
 
     def __init__(self, url: str) -> None:
         super().__init__(describe(url))

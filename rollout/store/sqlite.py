@@ -40,6 +40,7 @@ from rollout.store._sql import (
     Row,
     SqlStore,
     UniqueViolationError,
+    summary_sql,
 )
 from rollout.store.errors import SchemaError, StoreError, StoreUnavailable
 from rollout.store.migrations import SQLITE
@@ -142,6 +143,7 @@ class SqliteStore(SqlStore):
     dialect = SQLITE
     LIST_SQL = _LIST_SQL
     CLAIM_SQL = _CLAIM_SQL
+    SUMMARY_SQL = summary_sql("sqlite")
 
     def __init__(self, path: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
         if path != ":memory:":
