@@ -6,7 +6,7 @@ pairs, one line per decision with its numbers. JSON lines when the output is not
 (what log shippers want), a readable console otherwise. The daemon builds one
 ``CollectorRegistry`` with ``ControllerMetrics`` (counters fed by the runner, the serving
 client, the alert dispatcher and the scheduler) and ``RolloutStateCollector`` (per-rollout
-gauges read from the store when Prometheus scrapes ``/metrics``).
+gauges read from the store's rollout summaries when Prometheus scrapes ``/metrics``).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from prometheus_client.registry import Collector
 
 from rollout.clock import Clock
 from rollout.metrics.model import Histogram as HistogramData
-from rollout.plan import CandidateEntity
 from rollout.settings import LogSettings
 from rollout.store.base import Store
 from rollout.store.errors import StoreError
+from rollout.store.model import ACTIVE, TERMINAL, RolloutSummary, SummaryCursor
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -65,6 +65,12 @@ def configure_logging(settings: LogSettings, *, stream: Any = None) -> None:
 
 # Rollouts that ended longer ago than this no longer appear in the per-rollout gauges.
 FINISHED_VISIBLE_SECONDS = 24 * 3600.0
+# Of the finished rollouts, at most this many (the newest created) appear in the gauges.
+FINISHED_SHOWN = 200
+# Active rollouts are read a page at a time; there is one per endpoint at most, so this bound
+# only protects a scrape from a runaway store.
+ACTIVE_PAGE = 500
+MAX_ACTIVE_SERIES = 20_000
 DURATION_BUCKETS = (60, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 
 
@@ -161,7 +167,14 @@ class ControllerMetrics:
 
 
 class RolloutStateCollector(Collector):
-    """Per-rollout gauges read from the store at scrape time."""
+    """Per-rollout gauges read from the store at scrape time, from summaries only.
+
+    Every active rollout is exported, however many there are (read a page of
+    ``ACTIVE_PAGE`` at a time, up to ``MAX_ACTIVE_SERIES``), plus the newest
+    ``FINISHED_SHOWN`` finished rollouts that ended within ``FINISHED_VISIBLE_SECONDS``.
+    Only ``Store.list_summaries`` is read: a scrape never decodes a rollout's plan or state,
+    so its cost grows with the number of rollouts shown, not with their history.
+    """
 
     def __init__(self, store: Store, clock: Clock) -> None:
         self.store = store
@@ -170,6 +183,21 @@ class RolloutStateCollector(Collector):
     def describe(self) -> Iterable[Metric]:
         # Describing without collecting keeps registration free of store reads.
         return []
+
+    def summaries(self) -> list[RolloutSummary]:
+        """The rollouts a scrape shows: every active one, then the recently finished."""
+        shown: list[RolloutSummary] = []
+        cursor: SummaryCursor | None = None
+        while len(shown) < MAX_ACTIVE_SERIES:
+            page = self.store.list_summaries(phases=ACTIVE, limit=ACTIVE_PAGE, cursor=cursor)
+            shown.extend(page)
+            if len(page) < ACTIVE_PAGE:
+                break
+            cursor = page[-1].cursor
+        now = self.clock.now()
+        finished = self.store.list_summaries(phases=TERMINAL, limit=FINISHED_SHOWN)
+        shown.extend(s for s in finished if now - s.updated_at <= FINISHED_VISIBLE_SECONDS)
+        return shown
 
     def collect(self) -> Iterable[Metric]:
         info = GaugeMetricFamily(
@@ -211,53 +239,45 @@ class RolloutStateCollector(Collector):
             "rollout_alerts_pending", "Alerts in the outbox not yet delivered."
         )
         try:
-            records = self.store.list(limit=500)
+            summaries = self.summaries()
             pending.add_metric([], float(self.store.pending_alert_count()))
         except StoreError:
             # A scrape must not fail because the store blinked; the gauges are just absent.
             return
-        now = self.clock.now()
-        for record in records:
-            state = record.state
-            phase = record.phase
-            if phase in ("succeeded", "rolled_back", "aborted", "failed") and (
-                now - record.updated_at > FINISHED_VISIBLE_SECONDS
-            ):
-                continue
-            plan = record.plan
-            candidate = _served_name(plan)
-            labels = [record.id, record.endpoint]
+        for summary in summaries:
+            labels = [summary.id, summary.endpoint]
             info.add_metric(
                 [
                     *labels,
-                    candidate,
-                    str(state.get("baseline") or ""),
-                    str(plan.get("strategy", "")),
-                    phase,
+                    summary.candidate,
+                    summary.baseline or "",
+                    summary.strategy,
+                    summary.phase,
                 ],
                 1.0,
             )
-            weight.add_metric(labels, float(state.get("candidate_weight", 0)))
-            began = float(state.get("started_at") or record.created_at)
-            started.add_metric(labels, began)
-            policy_deadline = (plan.get("policy") or {}).get("deadline")
-            if isinstance(policy_deadline, int | float):
-                deadline.add_metric(labels, began + float(policy_deadline))
-            step.add_metric(labels, float(state.get("step", 0)))
-            for arm, key in (("candidate", "candidate"), ("baseline", "control")):
-                totals = state.get(key) or {}
-                requests = float(totals.get("requests", 0.0))
-                if requests > 0:
-                    error_rate.add_metric([*labels, arm], float(totals["errors_5xx"]) / requests)
-                hist = totals.get("latency")
-                p99 = HistogramData.from_dict(hist).quantile(0.99) if hist else None
+            weight.add_metric(labels, float(summary.candidate_weight))
+            started.add_metric(labels, summary.started_at)
+            if summary.deadline_seconds is not None:
+                deadline.add_metric(labels, summary.started_at + summary.deadline_seconds)
+            step.add_metric(labels, float(summary.step))
+            for arm, totals in (
+                ("candidate", summary.candidate_arm),
+                ("baseline", summary.control_arm),
+            ):
+                if totals.requests > 0:
+                    error_rate.add_metric([*labels, arm], totals.errors_5xx / totals.requests)
+                p99 = _p99(totals.latency)
                 if p99 is not None:
                     latency.add_metric([*labels, arm], p99)
         yield from (info, weight, step, error_rate, latency, started, deadline, pending)
 
 
-def _served_name(plan: dict[str, Any]) -> str:
+def _p99(histogram: dict[str, Any] | None) -> float | None:
+    if not histogram:
+        return None
     try:
-        return CandidateEntity.model_validate(plan.get("candidate", {})).served_name
-    except ValueError:
-        return "unknown"
+        return HistogramData.from_dict(histogram).quantile(0.99)
+    except (KeyError, TypeError, ValueError):
+        # A histogram of a shape this code does not read: the gauge is absent, not the scrape.
+        return None
