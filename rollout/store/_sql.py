@@ -24,7 +24,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from decimal import Decimal
 from typing import Any, ClassVar, Final, Protocol
 
 from rollout.store.base import Store
@@ -119,122 +118,127 @@ LIMIT :limit
 
 # --- summaries: the one place that says where each summary field is read from ------------------
 #
-# (kind, column, JSON path). Kinds: "col" a plain column; "text", "num" a scalar at a JSON path;
-# "json" an object at a JSON path, as JSON text; "len" the length of an array at a JSON path.
-# The database extracts each one (json_extract in SQLite, #>> in PostgreSQL), so a summary
-# never carries a whole plan or state into Python. Stored summary columns maintained at commit
-# would replace entries here without changing anything else.
-SummaryField = tuple[str, str, tuple[str, ...]]
-SUMMARY_FIELDS: Final[tuple[SummaryField, ...]] = (
-    ("col", "id", ()),
-    ("col", "endpoint", ()),
-    ("col", "phase", ()),
-    ("col", "version", ()),
-    ("col", "created_at", ()),
-    ("col", "updated_at", ()),
-    ("col", "due_at", ()),
-    ("text", "plan", ("name",)),
-    ("text", "plan", ("strategy",)),
-    ("text", "plan", ("candidate", "name")),
-    ("text", "plan", ("candidate", "entity_name")),
-    ("text", "plan", ("candidate", "entity_version")),
-    ("len", "plan", ("steps",)),
-    ("num", "plan", ("step_weight",)),
-    ("num", "plan", ("max_weight",)),
-    ("num", "plan", ("policy", "deadline")),
-    ("num", "state", ("step",)),
-    ("num", "state", ("candidate_weight",)),
-    ("text", "state", ("baseline",)),
-    ("num", "state", ("started_at",)),
-    ("text", "state", ("last_verdict", "outcome")),
-    ("text", "state", ("last_verdict", "reason")),
-    ("num", "state", ("candidate", "requests")),
-    ("num", "state", ("candidate", "errors_5xx")),
-    ("json", "state", ("candidate", "latency")),
-    ("num", "state", ("control", "requests")),
-    ("num", "state", ("control", "errors_5xx")),
-    ("json", "state", ("control", "latency")),
+# The rollout's own columns, then JSON paths into its plan and its state. The database pulls
+# the paths out of each document in ONE pass per document (SQLite: json_extract with several
+# paths; PostgreSQL: jsonb_to_record, which detoasts the value once) and hands back a short
+# JSON array, so neither a whole state nor one parse per field ever reaches Python. Stored
+# summary columns maintained at commit would replace entries here and nothing else.
+SUMMARY_COLUMNS: Final = (
+    "id",
+    "endpoint",
+    "phase",
+    "version",
+    "created_at",
+    "updated_at",
+    "due_at",
+)
+SUMMARY_PLAN_PATHS: Final[tuple[tuple[str, ...], ...]] = (
+    ("name",),
+    ("strategy",),
+    ("candidate", "name"),
+    ("candidate", "entity_name"),
+    ("candidate", "entity_version"),
+    ("steps",),
+    ("step_weight",),
+    ("max_weight",),
+    ("policy", "deadline"),
+)
+SUMMARY_STATE_PATHS: Final[tuple[tuple[str, ...], ...]] = (
+    ("step",),
+    ("candidate_weight",),
+    ("baseline",),
+    ("started_at",),
+    ("last_verdict", "outcome"),
+    ("last_verdict", "reason"),
+    ("candidate", "requests"),
+    ("candidate", "errors_5xx"),
+    ("candidate", "latency"),
+    ("control", "requests"),
+    ("control", "errors_5xx"),
+    ("control", "latency"),
 )
 
 _SAFE_KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
-def _summary_expression(dialect: str, kind: str, column: str, path: tuple[str, ...]) -> str:
-    if kind == "col":
-        return column
-    if not all(_SAFE_KEY.match(key) for key in path):  # constants, but never quote-breaking
-        raise ValueError(f"bad summary path {path!r}")
-    if dialect == "sqlite":
-        where = "$." + ".".join(path)
-        if kind == "len":
-            return f"json_array_length({column}, '{where}')"
-        # json_extract gives scalars as SQL values and objects as JSON text.
-        return f"json_extract({column}, '{where}')"
-    where = "{" + ",".join(path) + "}"
-    if kind == "len":
-        return (
-            f"CASE WHEN jsonb_typeof({column} #> '{where}') = 'array' "
-            f"THEN jsonb_array_length({column} #> '{where}') END"
-        )
-    if kind == "num":
-        # A cast of a non-number would fail the whole query: only numbers are cast.
-        return (
-            f"CASE WHEN jsonb_typeof({column} #> '{where}') = 'number' "
-            f"THEN CAST({column} #>> '{where}' AS DOUBLE PRECISION) END"
-        )
-    return f"{column} #>> '{where}'"
+def _checked(paths: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
+    # Constants, but they are spliced into SQL text: never anything that could quote out.
+    if not all(_SAFE_KEY.match(key) for path in paths for key in path):
+        raise ValueError(f"bad summary paths {paths!r}")
+    return paths
+
+
+def _sqlite_values(column: str, paths: tuple[tuple[str, ...], ...]) -> str:
+    # With two paths or more json_extract returns one JSON array: one parse of the document.
+    where = ", ".join("'$." + ".".join(path) + "'" for path in _checked(paths))
+    return f"json_extract(r.{column}, {where})"
+
+
+def _postgres_values(alias: str, paths: tuple[tuple[str, ...], ...]) -> tuple[str, str]:
+    """(the jsonb_build_array over the record's columns, the record's column list)."""
+    tops = list(dict.fromkeys(path[0] for path in _checked(paths)))
+    items = []
+    for path in paths:
+        top = f'{alias}."{path[0]}"'
+        items.append(top if len(path) == 1 else f"{top} #> '{{{','.join(path[1:])}}}'")
+    record = ", ".join(f'"{top}" JSONB' for top in tops)
+    return f"CAST(jsonb_build_array({', '.join(items)}) AS TEXT)", record
 
 
 def summary_sql(dialect: str) -> str:
     """``list_summaries``' query for ``"sqlite"`` or ``"postgresql"``.
 
     Parameters: ``endpoint`` (or NULL), ``phases`` (the backend's array parameter or NULL),
-    ``after_created`` and ``after_id`` (the cursor, or NULL), ``limit``.
+    ``after_created`` and ``after_id`` (the cursor, or NULL), ``limit``. Columns:
+    ``SUMMARY_COLUMNS``, then the plan's and the state's values as JSON array text. The page
+    is chosen first (inner query) so that only its rows are ever read into.
     """
-    columns = ",\n       ".join(
-        _summary_expression(dialect, kind, column, path) for kind, column, path in SUMMARY_FIELDS
-    )
+    columns = ", ".join(SUMMARY_COLUMNS)
+    outer_columns = ", ".join(f"r.{name}" for name in SUMMARY_COLUMNS)
     if dialect == "sqlite":
         filters = """(:endpoint IS NULL OR endpoint = :endpoint)
   AND (:phases IS NULL OR phase IN (SELECT value FROM json_each(:phases)))
   AND (:after_created IS NULL OR created_at < :after_created
        OR (created_at = :after_created AND id < :after_id))"""
+        values = (
+            f"{_sqlite_values('plan', SUMMARY_PLAN_PATHS)}, "
+            f"{_sqlite_values('state', SUMMARY_STATE_PATHS)}"
+        )
+        joins = ""
     else:
         filters = """(CAST(:endpoint AS TEXT) IS NULL OR endpoint = :endpoint)
   AND (CAST(:phases AS TEXT[]) IS NULL OR phase = ANY (CAST(:phases AS TEXT[])))
   AND (CAST(:after_created AS DOUBLE PRECISION) IS NULL
        OR created_at < :after_created
        OR (created_at = :after_created AND id < CAST(:after_id AS TEXT)))"""
-    # Built from the constant field table above: no value ever reaches this text.
+        plan_values, plan_record = _postgres_values("p", SUMMARY_PLAN_PATHS)
+        state_values, state_record = _postgres_values("s", SUMMARY_STATE_PATHS)
+        values = f"{plan_values}, {state_values}"
+        joins = (
+            f"\nCROSS JOIN LATERAL jsonb_to_record(r.plan) AS p({plan_record})"
+            f"\nCROSS JOIN LATERAL jsonb_to_record(r.state) AS s({state_record})"
+        )
+    # Built from the constant tables above: no value ever reaches this text.
     return f"""
-SELECT {columns}
-FROM rollouts
-WHERE {filters}
-ORDER BY created_at DESC, id DESC
-LIMIT :limit
+SELECT {outer_columns}, {values}
+FROM (
+    SELECT {columns}, plan, state FROM rollouts
+    WHERE {filters}
+    ORDER BY created_at DESC, id DESC
+    LIMIT :limit
+) AS r{joins}
+ORDER BY r.created_at DESC, r.id DESC
 """  # noqa: S608
 
 
 def _num(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
 
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
-
-
-def _json_text(value: object) -> JsonObject | None:
-    if isinstance(value, dict):
-        return value
-    if not isinstance(value, str):
-        return None
-    try:
-        decoded = json.loads(value)
-    except ValueError:
-        return None
-    return decoded if isinstance(decoded, dict) else None
 
 
 def _step_count(
@@ -261,18 +265,29 @@ def _served_name(name: str | None, entity: str | None, version: str | None) -> s
     return re.sub(r"[^A-Za-z0-9_-]", "-", derived)[:63]
 
 
+def _values(raw: object, count: int) -> builtins.list[Any]:
+    values = json.loads(raw) if isinstance(raw, str | bytes) else raw
+    if not isinstance(values, builtins.list) or len(values) != count:
+        raise StoreError(f"a summary's values are not a list of {count}: {raw!r:.200}")
+    return values
+
+
 def summary_of(row: Row) -> RolloutSummary:
-    """A ``RolloutSummary`` from one row of ``summary_sql`` (columns as ``SUMMARY_FIELDS``)."""
+    """A ``RolloutSummary`` from one row of ``summary_sql``."""
+    rollout_id, endpoint, phase, version, created_at, updated_at, due_at = row[:7]
     (
-        rollout_id, endpoint, phase, version, created_at, updated_at, due_at,
         name, strategy, cand_name, cand_entity, cand_version, steps, step_weight, max_weight,
-        deadline, step, weight, baseline, started_at, outcome, reason,
+        deadline,
+    ) = _values(row[7], len(SUMMARY_PLAN_PATHS))  # fmt: skip
+    (
+        step, weight, baseline, started_at, outcome, reason,
         cand_requests, cand_5xx, cand_latency, ctl_requests, ctl_5xx, ctl_latency,
-    ) = row  # fmt: skip
+    ) = _values(row[8], len(SUMMARY_STATE_PATHS))  # fmt: skip
     strategy_text = _text(strategy) or "canary"
     reason_text = _text(reason)
     if reason_text is not None and len(reason_text) > SUMMARY_REASON_CHARS:
         reason_text = reason_text[: SUMMARY_REASON_CHARS - 1] + "\u2026"
+    step_total = float(len(steps)) if isinstance(steps, builtins.list) else None
     return RolloutSummary(
         id=str(rollout_id),
         name=_text(name),
@@ -284,7 +299,7 @@ def summary_of(row: Row) -> RolloutSummary:
         candidate_version=_text(cand_version),
         baseline=_text(baseline),
         step=int(_num(step) or 0),
-        step_count=_step_count(strategy_text, _num(steps), _num(step_weight), _num(max_weight)),
+        step_count=_step_count(strategy_text, step_total, _num(step_weight), _num(max_weight)),
         candidate_weight=int(_num(weight) or 0),
         verdict_outcome=_text(outcome),
         verdict_reason=reason_text,
@@ -297,12 +312,12 @@ def summary_of(row: Row) -> RolloutSummary:
         candidate_arm=ArmSummary(
             requests=_num(cand_requests) or 0.0,
             errors_5xx=_num(cand_5xx) or 0.0,
-            latency=_json_text(cand_latency),
+            latency=cand_latency if isinstance(cand_latency, dict) else None,
         ),
         control_arm=ArmSummary(
             requests=_num(ctl_requests) or 0.0,
             errors_5xx=_num(ctl_5xx) or 0.0,
-            latency=_json_text(ctl_latency),
+            latency=ctl_latency if isinstance(ctl_latency, dict) else None,
         ),
     )
 
