@@ -11,8 +11,9 @@ and measures, per cell (backend x N x age x replicas):
   look scrapes export-metrics once: ``rollout_serving_requests_total{call="export_metrics"}``);
 - look lateness p50/p99/max: for every look, when its commit landed (the rollout's
   ``updated_at``) minus when it was due (the ``due_at`` the previous look set), read from the
-  store's plain columns every second; the controller's ``rollout_reconcile_lag_seconds`` is
-  reported beside it (its largest value seen);
+  store's plain columns every second (seeded rollouts are due from the moment they are
+  seeded, so a controller that cannot catch up shows the whole backlog); the controller's
+  ``rollout_reconcile_lag_seconds`` is reported beside it (its largest value seen);
 - ``/metrics``, the list (``GET /api/v1/rollouts?limit=1000``: one summary page of up to
   1,000) and the detail (``GET /api/v1/rollouts/{id}``) latency, p50/p99 of sequential
   requests, measured after the CPU window so that they do not count as look CPU;
@@ -42,8 +43,9 @@ that costs as measured.
 
 Run: ``python -m bench.scale`` (the target configuration: N = 10, 100, 1,000; SQLite and
 PostgreSQL; fresh and aged 6 h; one replica, and three on PostgreSQL; 60 s windows, 30 s
-looks; a 60 s CPU window per cell after the first round of looks; about 45 minutes on 2
-cores); ``--quick`` is a smoke run (N = 10, 100; 10 s windows, 5 s looks, 30 minutes of
+looks; a 60 s CPU window per cell after the first round of looks; over 70 minutes on 2 cores,
+most of it in the aged cells of 1,000 rollouts: seeding them, and a controller that cannot
+keep up with them); ``--quick`` is a smoke run (N = 10, 100; 10 s windows, 5 s looks, 30 minutes of
 history for "aged", 15 s windows of measurement); ``--sizes``, ``--backends``, ``--ages``,
 ``--replicas``, ``--measure``, ``--requests`` narrow or lengthen it. PostgreSQL is
 ``ROLLOUT_BENCH_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``); each
