@@ -445,7 +445,12 @@ def list_rollouts(
         list[str] | None,
         typer.Option("--phase", help="Only rollouts in this phase (repeatable)."),
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")] = 50,
+    limit: Annotated[
+        int,
+        typer.Option(
+            min=1, max=100_000, help="At most this many (read from the API page by page)."
+        ),
+    ] = 50,
     server: ServerOption = _DEFAULT_SERVER,
     token: TokenOption = None,
     output: OutputOption = "table",

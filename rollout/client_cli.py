@@ -64,6 +64,7 @@ PAUSED = "paused"
 # The longest wait between two polls while the API cannot be reached (a restart takes
 # seconds; a minute-long outage is still noticed within half a minute of its end).
 _MAX_BACKOFF = 30.0
+PAGE = 500  # rollouts asked for per list request; ``rollout list`` follows next_cursor
 
 
 class Output(StrEnum):
@@ -139,12 +140,23 @@ class ApiClient:
     def rollouts(
         self, endpoint: str | None = None, phases: Sequence[str] = (), limit: int = 100
     ) -> list[dict[str, Any]]:
-        params: list[tuple[str, str | int]] = [("limit", limit)]
-        if endpoint:
-            params.append(("endpoint", endpoint))
-        params.extend(("phase", phase) for phase in phases)
-        answer = self._object("GET", "/api/v1/rollouts", params=params)
-        return _list_of(answer, "rollouts")
+        """Up to ``limit`` rollout summaries, newest first, following the list's cursor."""
+        found: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while len(found) < limit:
+            params: list[tuple[str, str | int]] = [("limit", min(limit - len(found), PAGE))]
+            if endpoint:
+                params.append(("endpoint", endpoint))
+            params.extend(("phase", phase) for phase in phases)
+            if cursor is not None:
+                params.append(("cursor", cursor))
+            answer = self._object("GET", "/api/v1/rollouts", params=params)
+            found.extend(_list_of(answer, "rollouts"))
+            following = answer.get("next_cursor")
+            if not isinstance(following, str) or not following:
+                break
+            cursor = following
+        return found[:limit]
 
     def events(self, rollout_id: str, after: int = 0) -> list[dict[str, Any]]:
         answer = self._object(
@@ -302,7 +314,14 @@ def _count(value: object) -> str:
 
 
 def stages(rollout: Mapping[str, Any]) -> list[int]:
-    """The candidate weights a rollout goes through, ending at 100 %."""
+    """The candidate weights a rollout goes through, ending at 100 %.
+
+    A summary (what ``rollout list`` reads) has only ``step_count``: its weights are unknown
+    (0 stands in) but their number, which is all the progress column needs, is right.
+    """
+    if "steps" not in rollout and isinstance(rollout.get("step_count"), int):
+        count = max(1, int(rollout["step_count"]))
+        return [0] * count + ([100] if rollout.get("strategy") == "canary" else [])
     steps = [w for w in rollout.get("steps") or [] if isinstance(w, int)]
     if rollout.get("strategy") == "canary" and (not steps or steps[-1] != 100):
         steps.append(100)

@@ -64,7 +64,12 @@ from rollout.serving.errors import ServingError
 from rollout.settings import Settings, lease_problem
 from rollout.store.base import Store
 from rollout.store.errors import StoreError
+from rollout.store.model import ACTIVE, TERMINAL, RolloutSummary, SummaryCursor
 from rollout.telemetry import (
+    ACTIVE_PAGE,
+    FINISHED_SHOWN,
+    FINISHED_VISIBLE_SECONDS,
+    MAX_ACTIVE_SERIES,
     ControllerMetrics,
     OwnershipCollector,
     RolloutStateCollector,
@@ -121,7 +126,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
     except ServingError as exc:
         raise ConfigurationProblem(with_sign_in_help(str(exc))) from exc
     store, ownership = open_owned_store(settings, clock)
-    registry.register(RolloutStateCollector(state_reader(store), clock))
+    registry.register(RolloutStateCollector(state_reader(store, clock), clock))
     registry.register(OwnershipCollector(lambda: ownership.owned, lambda: ownership.replicas))
     watch = WorkspaceWatch(
         store,
@@ -229,13 +234,25 @@ def _checked_settings(
     return default_channels, targets, library
 
 
-def state_reader(store: Store) -> StateReader:
-    """What ``/metrics`` reads from ``store`` at scrape time (None when the store cannot be
+def state_reader(store: Store, clock: Clock) -> StateReader:
+    """What ``/metrics`` reads from ``store`` at scrape time: summaries of every active rollout
+    and of the recently finished, and the outbox backlog (None when the store cannot be
     read: a scrape must not fail because the store blinked)."""
 
     def read() -> StateReading | None:
         try:
-            return StateReading(store.list(limit=500), store.pending_alert_count())
+            shown: list[RolloutSummary] = []
+            cursor: SummaryCursor | None = None
+            while len(shown) < MAX_ACTIVE_SERIES:
+                page = store.list_summaries(phases=ACTIVE, limit=ACTIVE_PAGE, cursor=cursor)
+                shown.extend(page)
+                if len(page) < ACTIVE_PAGE:
+                    break
+                cursor = page[-1].cursor
+            now = clock.now()
+            finished = store.list_summaries(phases=TERMINAL, limit=FINISHED_SHOWN)
+            shown.extend(s for s in finished if now - s.updated_at <= FINISHED_VISIBLE_SECONDS)
+            return StateReading(shown, store.pending_alert_count())
         except StoreError:
             return None
 

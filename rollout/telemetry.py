@@ -25,7 +25,6 @@ from prometheus_client.registry import Collector
 
 from rollout.clock import Clock
 from rollout.metrics.model import Histogram as HistogramData
-from rollout.plan import CandidateEntity
 from rollout.settings import LogSettings
 
 _LEVELS = {
@@ -65,6 +64,12 @@ def configure_logging(settings: LogSettings, *, stream: Any = None) -> None:
 
 # Rollouts that ended longer ago than this no longer appear in the per-rollout gauges.
 FINISHED_VISIBLE_SECONDS = 24 * 3600.0
+# Of the finished rollouts, at most this many (the newest created) appear in the gauges.
+FINISHED_SHOWN = 200
+# Active rollouts are read a page at a time; there is one per endpoint at most, so this bound
+# only protects a scrape from a runaway store.
+ACTIVE_PAGE = 500
+MAX_ACTIVE_SERIES = 20_000
 DURATION_BUCKETS = (60, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 
 
@@ -160,8 +165,20 @@ class ControllerMetrics:
                 self.rollbacks.labels(endpoint, cause or "unknown").inc()
 
 
+class ArmRow(Protocol):
+    """One arm's sums over the current split (``rollout.store.model.ArmSummary`` is one)."""
+
+    @property
+    def requests(self) -> float: ...
+    @property
+    def errors_5xx(self) -> float: ...
+    @property
+    def latency(self) -> dict[str, Any] | None: ...
+
+
 class RolloutRow(Protocol):
-    """A stored rollout as the gauges read it (``rollout.store.model.RolloutRecord`` is one)."""
+    """A rollout as the gauges read it (``rollout.store.model.RolloutSummary`` is one): a few
+    fields, never the plan or the state, so a scrape's cost does not grow with history."""
 
     @property
     def id(self) -> str: ...
@@ -170,18 +187,29 @@ class RolloutRow(Protocol):
     @property
     def phase(self) -> str: ...
     @property
-    def plan(self) -> dict[str, Any]: ...
+    def strategy(self) -> str: ...
     @property
-    def state(self) -> dict[str, Any]: ...
+    def candidate(self) -> str: ...
     @property
-    def created_at(self) -> float: ...
+    def baseline(self) -> str | None: ...
     @property
-    def updated_at(self) -> float: ...
+    def step(self) -> int: ...
+    @property
+    def candidate_weight(self) -> int: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def deadline_seconds(self) -> float | None: ...
+    @property
+    def candidate_arm(self) -> ArmRow: ...
+    @property
+    def control_arm(self) -> ArmRow: ...
 
 
 @dataclass(frozen=True)
 class StateReading:
-    """What one scrape reads from the store: recent rollouts and the outbox backlog."""
+    """What one scrape reads from the store: the rollouts shown (every active one and the
+    recently finished) and the outbox backlog."""
 
     rollouts: Sequence[RolloutRow]
     pending_alerts: int
@@ -226,7 +254,14 @@ class OwnershipCollector(Collector):
 
 
 class RolloutStateCollector(Collector):
-    """Per-rollout gauges read from the store at scrape time."""
+    """Per-rollout gauges read from the store at scrape time, from summaries only.
+
+    The reader (``rollout.daemon.state_reader``) hands every active rollout, however many
+    there are (a page of ``ACTIVE_PAGE`` at a time, up to ``MAX_ACTIVE_SERIES``), plus the
+    newest ``FINISHED_SHOWN`` finished rollouts that ended within ``FINISHED_VISIBLE_SECONDS``,
+    as summaries: a scrape never decodes a rollout's plan or state, so its cost grows with
+    the number of rollouts shown, not with their history.
+    """
 
     def __init__(self, read: StateReader, clock: Clock) -> None:
         self.read = read
@@ -279,50 +314,41 @@ class RolloutStateCollector(Collector):
         if reading is None:
             # A scrape must not fail because the store blinked; the gauges are just absent.
             return
-        records = reading.rollouts
         pending.add_metric([], float(reading.pending_alerts))
-        now = self.clock.now()
-        for record in records:
-            state = record.state
-            phase = record.phase
-            if phase in ("succeeded", "rolled_back", "aborted", "failed") and (
-                now - record.updated_at > FINISHED_VISIBLE_SECONDS
-            ):
-                continue
-            plan = record.plan
-            candidate = _served_name(plan)
-            labels = [record.id, record.endpoint]
+        for summary in reading.rollouts:
+            labels = [summary.id, summary.endpoint]
             info.add_metric(
                 [
                     *labels,
-                    candidate,
-                    str(state.get("baseline") or ""),
-                    str(plan.get("strategy", "")),
-                    phase,
+                    summary.candidate,
+                    summary.baseline or "",
+                    summary.strategy,
+                    summary.phase,
                 ],
                 1.0,
             )
-            weight.add_metric(labels, float(state.get("candidate_weight", 0)))
-            began = float(state.get("started_at") or record.created_at)
-            started.add_metric(labels, began)
-            policy_deadline = (plan.get("policy") or {}).get("deadline")
-            if isinstance(policy_deadline, int | float):
-                deadline.add_metric(labels, began + float(policy_deadline))
-            step.add_metric(labels, float(state.get("step", 0)) + 1.0)
-            for arm, key in (("candidate", "candidate"), ("baseline", "control")):
-                totals = state.get(key) or {}
-                requests = float(totals.get("requests", 0.0))
-                if requests > 0:
-                    error_rate.add_metric([*labels, arm], float(totals["errors_5xx"]) / requests)
-                hist = totals.get("latency")
-                p99 = HistogramData.from_dict(hist).quantile(0.99) if hist else None
+            weight.add_metric(labels, float(summary.candidate_weight))
+            started.add_metric(labels, summary.started_at)
+            if summary.deadline_seconds is not None:
+                deadline.add_metric(labels, summary.started_at + summary.deadline_seconds)
+            step.add_metric(labels, float(summary.step) + 1.0)
+            for arm, totals in (
+                ("candidate", summary.candidate_arm),
+                ("baseline", summary.control_arm),
+            ):
+                if totals.requests > 0:
+                    error_rate.add_metric([*labels, arm], totals.errors_5xx / totals.requests)
+                p99 = _p99(totals.latency)
                 if p99 is not None:
                     latency.add_metric([*labels, arm], p99)
         yield from (info, weight, step, error_rate, latency, started, deadline, pending)
 
 
-def _served_name(plan: dict[str, Any]) -> str:
+def _p99(histogram: dict[str, Any] | None) -> float | None:
+    if not histogram:
+        return None
     try:
-        return CandidateEntity.model_validate(plan.get("candidate", {})).served_name
-    except ValueError:
-        return "unknown"
+        return HistogramData.from_dict(histogram).quantile(0.99)
+    except (KeyError, TypeError, ValueError):
+        # A histogram of a shape this code does not read: the gauge is absent, not the scrape.
+        return None

@@ -32,7 +32,7 @@ import asyncio
 import functools
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -49,7 +49,10 @@ from rollout.api.auth import Role, TokenTable, allows, parse_tokens
 from rollout.api.channels import channel_routes, refused_targets, target_issues
 from rollout.api.documents import (
     JSON_TYPES,
+    MAX_CURSOR_CHARS,
     YAML_TYPES,
+    decode_cursor,
+    encode_cursor,
     media_type,
     parse_json_object,
     parse_plan_body,
@@ -75,12 +78,13 @@ from rollout.api.schemas import (
     Readiness,
     ReasonBody,
     Rollout,
-    RolloutList,
+    RolloutPage,
     Session,
     SubmittedRollout,
     command_view,
     event_view,
     rollout_view,
+    summary_view,
 )
 from rollout.api.series import DEFAULT_WINDOWS, MAX_WINDOWS, RolloutSeries, series_view
 from rollout.clock import Clock
@@ -123,6 +127,8 @@ from rollout.store.model import RolloutRecord
 log = structlog.get_logger("rollout.api")
 
 PREFIX = "/api/v1"
+MAX_PAGE = 1000
+"""The most rollouts one page of a list holds."""
 T = TypeVar("T")
 ReadyCheck = Callable[[], Awaitable[dict[str, str]]]
 Owned = Callable[[], list[str]]
@@ -644,9 +650,13 @@ def _rollout_routes(
 
     @router.get(
         "/rollouts",
-        response_model=RolloutList,
+        response_model=RolloutPage,
         dependencies=read_deps,
-        summary="List rollouts, newest first",
+        summary="List rollouts, newest first, a page at a time",
+        description="Summaries by default (view=summary: read without the rollouts' history, "
+        "cheap however long they ran); view=full gives whole rollout documents. When "
+        "next_cursor is not null, pass it back as cursor (with the same filters) for the "
+        "next page.",
         responses=_responses(),
     )
     async def list_rollouts(
@@ -657,10 +667,51 @@ def _rollout_routes(
             list[PhaseName] | None,
             Query(description="Only rollouts in these phases (repeat the parameter)."),
         ] = None,
-        limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
-    ) -> RolloutList:
-        records = await service.in_thread(service.store.list, endpoint, phase, limit)
-        return RolloutList(rollouts=[service.view(r) for r in records])
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_PAGE, description="At most this many on the page.")
+        ] = 100,
+        cursor: Annotated[
+            str | None,
+            Query(
+                max_length=MAX_CURSOR_CHARS,
+                description="next_cursor of the previous page (opaque); absent for the first.",
+            ),
+        ] = None,
+        view: Annotated[
+            Literal["summary", "full"],
+            Query(description="summary (default): brief rollouts; full: whole documents."),
+        ] = "summary",
+    ) -> Response:
+        after = None
+        if cursor is not None:
+            try:
+                after = decode_cursor(cursor)
+            except ValueError as exc:
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    str(exc),
+                    details=[{"field": "cursor", "message": str(exc)}],
+                ) from exc
+        # One more than asked says whether a next page exists without a second query.
+        summaries = await service.in_thread(
+            service.store.list_summaries, phase, endpoint, limit + 1, after
+        )
+        more = len(summaries) > limit
+        summaries = summaries[:limit]
+        next_cursor = encode_cursor(summaries[-1].cursor) if more and summaries else None
+        page: RolloutPage
+        if view == "full":
+            records = await service.in_thread(_records, service.store, [s.id for s in summaries])
+            page = RolloutPage(
+                rollouts=[service.view(r) for r in records], next_cursor=next_cursor
+            )
+        else:
+            page = RolloutPage(
+                rollouts=[summary_view(s) for s in summaries], next_cursor=next_cursor
+            )
+        # Built from typed models already: no second validation pass on the way out.
+        return Response(page.model_dump_json(), media_type="application/json")
 
     @router.get(
         "/rollouts/{rollout_id:path}/events",
@@ -729,6 +780,11 @@ def _rollout_routes(
                 headers={"Allow": "POST"},
             )
         return service.view(await service.load(rollout_id))
+
+
+def _records(store: Store, ids: list[str]) -> list[RolloutRecord]:
+    """The whole records of a page, in its order (one store call per rollout, one thread)."""
+    return [store.get(rollout_id) for rollout_id in ids]
 
 
 def _command_routes(router: APIRouter, service: _Service, write_deps: list[Any]) -> None:

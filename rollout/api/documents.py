@@ -1,4 +1,4 @@
-"""Request bodies to values: a plan in JSON or YAML, a command's small JSON object.
+"""Request bodies to values: a plan in JSON or YAML, a command's small JSON object, a cursor.
 
 Where this sits: users submit plans and steer rollouts through the HTTP API, and the plan is
 stored as JSON for the engine to act on. A body from the network may be anything, so before
@@ -6,16 +6,20 @@ stored as JSON for the engine to act on. A body from the network may be anything
 store can keep: no NaN or infinity, no NUL character, no YAML date or binary, string keys
 only, and a bounded size once YAML aliases are expanded (a few hundred bytes of anchors can
 otherwise stand for gigabytes, or for a cycle). Every problem is a ``PlanError`` naming where
-it is, so the API answers 422 with details, never 500.
+it is, so the API answers 422 with details, never 500. A list's ``cursor`` travels as an
+opaque token; ``encode_cursor`` and ``decode_cursor`` are its two ends.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from typing import Any
 
 from rollout.plan import PlanError, PlanIssue, parse_document
+from rollout.store.model import SummaryCursor
 
 JSON_TYPES = frozenset({"application/json"})
 YAML_TYPES = frozenset({"application/yaml", "text/yaml", "application/x-yaml", "text/x-yaml"})
@@ -172,3 +176,33 @@ def _kind(value: object) -> str:
 
 def _document_error(message: str) -> PlanError:
     return PlanError([PlanIssue(field="(document)", message=message)])
+
+
+MAX_CURSOR_CHARS = 400
+
+
+def encode_cursor(cursor: SummaryCursor) -> str:
+    """The opaque token of a list position (URL-safe base64 of ``[created_at, id]``)."""
+    text = json.dumps([cursor[0], cursor[1]], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def decode_cursor(token: str) -> SummaryCursor:
+    """A list position from its token; ``ValueError`` for anything ``encode_cursor`` never made."""
+    if len(token) > MAX_CURSOR_CHARS:
+        raise ValueError("the cursor is too long")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError("the cursor is not one this API gave out") from exc
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or isinstance(value[0], bool)
+        or not isinstance(value[0], int | float)
+        or not math.isfinite(value[0])
+        or not isinstance(value[1], str)
+    ):
+        raise ValueError("the cursor is not one this API gave out")
+    return (float(value[0]), value[1])

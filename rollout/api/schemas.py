@@ -27,6 +27,7 @@ from rollout.plan import (
 )
 from rollout.redaction import redacted_plan
 from rollout.store.model import Command, CommandKind, EventRecord, PhaseName, RolloutRecord
+from rollout.store.model import RolloutSummary as StoredSummary
 
 __all__ = ["CommandKind", "PhaseName"]  # the store's vocabularies, re-exported for the API
 Number = float | str | None  # verdict numbers: "+Inf"/"-Inf" where infinite, null where NaN
@@ -183,6 +184,51 @@ class SubmittedRollout(Rollout):
 
 class RolloutList(BaseModel):
     rollouts: list[Rollout] = Field(description="Newest first.")
+
+
+class VerdictSummary(BaseModel):
+    """The judge's last answer in brief; the rollout's own document has the numbers."""
+
+    outcome: str | None = Field(description="pass, fail or inconclusive.")
+    reason: str | None = Field(description="Why, cut to 200 characters.")
+
+
+class RolloutSummary(BaseModel):
+    """A rollout in brief: what a list shows, read without the rollout's history."""
+
+    id: str
+    name: str | None = Field(description="The plan's optional label.")
+    endpoint: str
+    phase: PhaseName
+    strategy: Literal["canary", "ab", "blue_green"]
+    candidate: str = Field(description="The candidate's served entity name.")
+    candidate_entity: str | None = Field(description="The candidate's entity_name.")
+    candidate_version: str | None = Field(description="The candidate's entity_version.")
+    baseline: str | None = Field(description="The baseline's served entity name, once known.")
+    step: int = Field(description="Index (0-based) of the current step, as in a Rollout.")
+    step_count: int = Field(
+        description="How many judged steps there are: len(steps) of the Rollout document."
+    )
+    candidate_weight: int = Field(description="Candidate traffic percentage now (live split).")
+    last_verdict: VerdictSummary | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime
+    due_at: datetime | None = Field(description="When the controller looks at it next.")
+    version: int = Field(description="Grows by one with every decision stored.")
+
+
+class RolloutPage(BaseModel):
+    """One page of a list; follow next_cursor for the next."""
+
+    rollouts: list[RolloutSummary] | list[Rollout] = Field(
+        description="Newest first: summaries (view=summary) or whole rollouts (view=full)."
+    )
+    next_cursor: str | None = Field(
+        description="Pass as cursor to get the next page; null on the last page. Opaque. "
+        "Rollouts created after the first page sort before it, so paging never repeats nor "
+        "skips one."
+    )
 
 
 class Event(BaseModel):
@@ -379,6 +425,34 @@ def rollout_view(
     )
 
 
+def summary_view(summary: StoredSummary) -> RolloutSummary:
+    """The public document of a stored summary."""
+    verdict = None
+    if summary.verdict_outcome is not None or summary.verdict_reason is not None:
+        verdict = VerdictSummary(outcome=summary.verdict_outcome, reason=summary.verdict_reason)
+    strategy = summary.strategy if summary.strategy in ("ab", "blue_green") else "canary"
+    return RolloutSummary(
+        id=summary.id,
+        name=summary.name,
+        endpoint=summary.endpoint,
+        phase=cast(PhaseName, summary.phase),  # the store keeps known phases only
+        strategy=cast(Literal["canary", "ab", "blue_green"], strategy),
+        candidate=summary.candidate,
+        candidate_entity=summary.candidate_entity,
+        candidate_version=summary.candidate_version,
+        baseline=summary.baseline,
+        step=summary.step,
+        step_count=summary.step_count,
+        candidate_weight=summary.candidate_weight,
+        last_verdict=verdict,
+        created_at=utc(summary.created_at),
+        updated_at=utc(summary.updated_at),
+        started_at=utc(summary.started_at),
+        due_at=None if summary.due_at is None else utc(summary.due_at),
+        version=summary.version,
+    )
+
+
 def event_view(event: EventRecord) -> Event:
     return Event(
         seq=event.seq,
@@ -393,4 +467,3 @@ def event_view(event: EventRecord) -> Event:
 
 def command_view(command: Command) -> QueuedCommand:
     return QueuedCommand(id=command.id, kind=cast(CommandKind, command.kind))
-

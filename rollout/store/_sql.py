@@ -42,7 +42,9 @@ from rollout.store.migrations import MIGRATIONS, SCHEMA_MIGRATIONS_DDL, Dialect
 from rollout.store.model import (
     COMMAND_KINDS,
     PHASES,
+    SUMMARY_REASON_CHARS,
     TERMINAL,
+    ArmSummary,
     Command,
     EventRecord,
     Fence,
@@ -56,6 +58,7 @@ from rollout.store.model import (
     RolloutSummary,
     StepSummary,
     StoredWindow,
+    SummaryCursor,
     SummaryFields,
     WindowChanges,
 )
@@ -135,11 +138,6 @@ ORDER BY due_at, created_at, id
 LIMIT :limit
 """
 
-SUMMARY_COLUMNS: Final = """
-id, endpoint, phase, version, created_at, updated_at, due_at, candidate, baseline, step,
-candidate_weight, verdict
-"""
-
 # Windows: one row per (rollout, entity, start); a revision replaces the row.
 _UPSERT_WINDOW: Final = """
 INSERT INTO metric_windows (rollout_id, entity, start_ms, data)
@@ -162,6 +160,211 @@ ON CONFLICT (rollout_id, key) DO UPDATE SET at = excluded.at, data = excluded.da
 _SUMMARIES: Final = """
 SELECT key, at, data FROM step_summaries WHERE rollout_id = :rollout_id ORDER BY at, key
 """
+# --- summaries: the one place that says where each summary field is read from ------------------
+#
+# The rollout's own columns, then JSON paths into its plan and its state. The database pulls
+# the paths out of each document in ONE pass per document (SQLite: json_extract with several
+# paths; PostgreSQL: jsonb_to_record, which detoasts the value once) and hands back a short
+# JSON array, so neither a whole state nor one parse per field ever reaches Python. Stored
+# summary columns maintained at commit would replace entries here and nothing else.
+SUMMARY_COLUMNS: Final = (
+    "id",
+    "endpoint",
+    "phase",
+    "version",
+    "created_at",
+    "updated_at",
+    "due_at",
+)
+SUMMARY_PLAN_PATHS: Final[tuple[tuple[str, ...], ...]] = (
+    ("name",),
+    ("strategy",),
+    ("candidate", "name"),
+    ("candidate", "entity_name"),
+    ("candidate", "entity_version"),
+    ("steps",),
+    ("step_weight",),
+    ("max_weight",),
+    ("policy", "deadline"),
+)
+SUMMARY_STATE_PATHS: Final[tuple[tuple[str, ...], ...]] = (
+    ("step",),
+    ("candidate_weight",),
+    ("baseline",),
+    ("started_at",),
+    ("last_verdict", "outcome"),
+    ("last_verdict", "reason"),
+    ("candidate", "requests"),
+    ("candidate", "errors_5xx"),
+    ("candidate", "latency"),
+    ("control", "requests"),
+    ("control", "errors_5xx"),
+    ("control", "latency"),
+)
+
+_SAFE_KEY = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def _checked(paths: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
+    # Constants, but they are spliced into SQL text: never anything that could quote out.
+    if not all(_SAFE_KEY.match(key) for path in paths for key in path):
+        raise ValueError(f"bad summary paths {paths!r}")
+    return paths
+
+
+def _sqlite_values(column: str, paths: tuple[tuple[str, ...], ...]) -> str:
+    # With two paths or more json_extract returns one JSON array: one parse of the document.
+    where = ", ".join("'$." + ".".join(path) + "'" for path in _checked(paths))
+    return f"json_extract(r.{column}, {where})"
+
+
+def _postgres_values(alias: str, paths: tuple[tuple[str, ...], ...]) -> tuple[str, str]:
+    """(the jsonb_build_array over the record's columns, the record's column list)."""
+    tops = list(dict.fromkeys(path[0] for path in _checked(paths)))
+    items = []
+    for path in paths:
+        top = f'{alias}."{path[0]}"'
+        items.append(top if len(path) == 1 else f"{top} #> '{{{','.join(path[1:])}}}'")
+    record = ", ".join(f'"{top}" JSONB' for top in tops)
+    return f"CAST(jsonb_build_array({', '.join(items)}) AS TEXT)", record
+
+
+def summary_sql(dialect: str) -> str:
+    """``list_summaries``' query for ``"sqlite"`` or ``"postgresql"``.
+
+    Parameters: ``endpoint`` (or NULL), ``phases`` (the backend's array parameter or NULL),
+    ``after_created`` and ``after_id`` (the cursor, or NULL), ``limit``. Columns:
+    ``SUMMARY_COLUMNS``, then the plan's and the state's values as JSON array text. The page
+    is chosen first (inner query) so that only its rows are ever read into.
+    """
+    columns = ", ".join(SUMMARY_COLUMNS)
+    outer_columns = ", ".join(f"r.{name}" for name in SUMMARY_COLUMNS)
+    if dialect == "sqlite":
+        filters = """(:endpoint IS NULL OR endpoint = :endpoint)
+  AND (:phases IS NULL OR phase IN (SELECT value FROM json_each(:phases)))
+  AND (:after_created IS NULL OR created_at < :after_created
+       OR (created_at = :after_created AND id < :after_id))"""
+        values = (
+            f"{_sqlite_values('plan', SUMMARY_PLAN_PATHS)}, "
+            f"{_sqlite_values('state', SUMMARY_STATE_PATHS)}"
+        )
+        joins = ""
+    else:
+        filters = """(CAST(:endpoint AS TEXT) IS NULL OR endpoint = :endpoint)
+  AND (CAST(:phases AS TEXT[]) IS NULL OR phase = ANY (CAST(:phases AS TEXT[])))
+  AND (CAST(:after_created AS DOUBLE PRECISION) IS NULL
+       OR created_at < :after_created
+       OR (created_at = :after_created AND id < CAST(:after_id AS TEXT)))"""
+        plan_values, plan_record = _postgres_values("p", SUMMARY_PLAN_PATHS)
+        state_values, state_record = _postgres_values("s", SUMMARY_STATE_PATHS)
+        values = f"{plan_values}, {state_values}"
+        joins = (
+            f"\nCROSS JOIN LATERAL jsonb_to_record(r.plan) AS p({plan_record})"
+            f"\nCROSS JOIN LATERAL jsonb_to_record(r.state) AS s({state_record})"
+        )
+    # Built from the constant tables above: no value ever reaches this text.
+    return f"""
+SELECT {outer_columns}, {values}
+FROM (
+    SELECT {columns}, plan, state FROM rollouts
+    WHERE {filters}
+    ORDER BY created_at DESC, id DESC
+    LIMIT :limit
+) AS r{joins}
+ORDER BY r.created_at DESC, r.id DESC
+"""  # noqa: S608
+
+
+def _num(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _step_count(
+    strategy: str, steps: float | None, step_weight: float | None, max_weight: float | None
+) -> int:
+    """Judged steps, as the API's ``steps``: canary steps without the implied 100 %, else 1."""
+    if strategy != "canary":
+        return 1
+    if steps is not None:
+        return max(1, int(steps))
+    if step_weight is None or step_weight < 1:
+        return 1
+    ceiling = min(int(max_weight) if max_weight is not None else 100, 99)
+    return max(1, len(range(int(step_weight), ceiling + 1, int(step_weight))))
+
+
+def _served_name(name: str | None, entity: str | None, version: str | None) -> str:
+    # As rollout.plan.CandidateEntity.served_name (the store does not import the plan).
+    if name:
+        return name
+    if not entity:
+        return "unknown"
+    derived = f"{entity.rsplit('.', 1)[-1]}-{version or ''}"
+    return re.sub(r"[^A-Za-z0-9_-]", "-", derived)[:63]
+
+
+def _values(raw: object, count: int) -> builtins.list[Any]:
+    values = json.loads(raw) if isinstance(raw, str | bytes) else raw
+    if not isinstance(values, builtins.list) or len(values) != count:
+        raise StoreError(f"a summary's values are not a list of {count}: {raw!r:.200}")
+    return values
+
+
+def summary_of(row: Row) -> RolloutSummary:
+    """A ``RolloutSummary`` from one row of ``summary_sql``."""
+    rollout_id, endpoint, phase, version, created_at, updated_at, due_at = row[:7]
+    (
+        name, strategy, cand_name, cand_entity, cand_version, steps, step_weight, max_weight,
+        deadline,
+    ) = _values(row[7], len(SUMMARY_PLAN_PATHS))  # fmt: skip
+    (
+        step, weight, baseline, started_at, outcome, reason,
+        cand_requests, cand_5xx, cand_latency, ctl_requests, ctl_5xx, ctl_latency,
+    ) = _values(row[8], len(SUMMARY_STATE_PATHS))  # fmt: skip
+    strategy_text = _text(strategy) or "canary"
+    reason_text = _text(reason)
+    if reason_text is not None and len(reason_text) > SUMMARY_REASON_CHARS:
+        reason_text = reason_text[: SUMMARY_REASON_CHARS - 1] + "\u2026"
+    step_total = float(len(steps)) if isinstance(steps, builtins.list) else None
+    return RolloutSummary(
+        id=str(rollout_id),
+        name=_text(name),
+        endpoint=str(endpoint),
+        phase=str(phase),
+        strategy=strategy_text,
+        candidate=_served_name(_text(cand_name), _text(cand_entity), _text(cand_version)),
+        candidate_entity=_text(cand_entity),
+        candidate_version=_text(cand_version),
+        baseline=_text(baseline),
+        step=int(_num(step) or 0),
+        step_count=_step_count(strategy_text, step_total, _num(step_weight), _num(max_weight)),
+        candidate_weight=int(_num(weight) or 0),
+        verdict_outcome=_text(outcome),
+        verdict_reason=reason_text,
+        created_at=float(created_at),
+        updated_at=float(updated_at),
+        due_at=None if due_at is None else float(due_at),
+        version=int(version),
+        started_at=_num(started_at) or float(created_at),
+        deadline_seconds=_num(deadline),
+        candidate_arm=ArmSummary(
+            requests=_num(cand_requests) or 0.0,
+            errors_5xx=_num(cand_5xx) or 0.0,
+            latency=cand_latency if isinstance(cand_latency, dict) else None,
+        ),
+        control_arm=ArmSummary(
+            requests=_num(ctl_requests) or 0.0,
+            errors_5xx=_num(ctl_5xx) or 0.0,
+            latency=ctl_latency if isinstance(ctl_latency, dict) else None,
+        ),
+    )
+
 
 _LAST_SEQ: Final = "SELECT COALESCE(MAX(seq), 0) FROM events WHERE rollout_id = :rollout_id"
 _INSERT_EVENT: Final = """
@@ -370,25 +573,6 @@ def _write_windows(
         tx.run(_UPSERT_SUMMARY, params)
 
 
-def _summary(row: Row) -> RolloutSummary:
-    return RolloutSummary(
-        id=str(row[0]),
-        endpoint=str(row[1]),
-        phase=str(row[2]),
-        version=int(row[3]),
-        created_at=float(row[4]),
-        updated_at=float(row[5]),
-        due_at=None if row[6] is None else float(row[6]),
-        fields=SummaryFields(
-            candidate=row[7],
-            baseline=row[8],
-            step=int(row[9]),
-            candidate_weight=int(row[10]),
-            verdict=row[11],
-        ),
-    )
-
-
 def _check_time(value: float | None, what: str) -> None:
     # SQLite would store NaN as NULL and PostgreSQL as NaN: refuse it for both.
     if value is not None and not math.isfinite(value):
@@ -403,6 +587,7 @@ def _check_phase(phase: str) -> None:
 def _check_positive(value: float, what: str) -> None:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{what} must be positive, got {value!r}")
+_NOTHING: Final = object()
 
 
 def _check_limit(limit: int) -> None:
@@ -417,8 +602,9 @@ class SqlStore(Store, ABC):
     LIST_SQL: ClassVar[str]
     """``list``: parameters ``endpoint`` (or NULL), ``phases`` (array param or NULL), ``limit``."""
     CLAIM_SQL: ClassVar[str]
+    SUMMARY_SQL: ClassVar[str]
+    """``list_summaries``: ``summary_sql`` rendered for the backend's dialect."""
     """``claim_alerts``: parameters ``now``, ``limit``, ``lease_until``; returns outbox rows."""
-    LIST_SUMMARIES_SQL: ClassVar[str]
     """``list_summaries``: ``LIST_SQL``'s parameters; returns ``SUMMARY_COLUMNS`` rows."""
     concurrent_reads: bool = False
     """Whether reads may run beside a write (and each other) without the store's lock: the
@@ -690,17 +876,50 @@ class SqlStore(Store, ABC):
     ) -> dict[str, object] | None:
         """``LIST_SQL``'s parameters; None when no phase is wanted (nothing matches)."""
         _check_limit(limit)
+        phase_param = self._phases_param(phases)
+        if phase_param is _NOTHING:
+            return None
+        return {"endpoint": endpoint, "phases": phase_param, "limit": limit}
+
+    def _phases_param(self, phases: Iterable[str] | None) -> object:
+        """The phase filter as a query parameter: None for all, ``_NOTHING`` for none."""
         if isinstance(phases, str):
             raise TypeError(f"phases is a collection of phase names, not one string: {phases!r}")
-        phase_param: object = None
-        if phases is not None:
-            wanted = sorted(set(phases))
-            for phase in wanted:
-                _check_phase(phase)
-            if not wanted:
-                return None
-            phase_param = self._array_param(wanted)
-        return {"endpoint": endpoint, "phases": phase_param, "limit": limit}
+        if phases is None:
+            return None
+        wanted = sorted(set(phases))
+        for phase in wanted:
+            _check_phase(phase)
+        if not wanted:
+            return _NOTHING
+        return self._array_param(wanted)
+
+    def list_summaries(
+        self,
+        phases: Iterable[str] | None = None,
+        endpoint: str | None = None,
+        limit: int = 100,
+        cursor: SummaryCursor | None = None,
+    ) -> builtins.list[RolloutSummary]:
+        _check_limit(limit)
+        after_created: float | None = None
+        after_id: str | None = None
+        if cursor is not None:
+            after_created, after_id = float(cursor[0]), str(cursor[1])
+            _check_time(after_created, "cursor time")
+        phase_param = self._phases_param(phases)
+        if phase_param is _NOTHING:
+            return []
+        params = {
+            "endpoint": endpoint,
+            "phases": phase_param,
+            "after_created": after_created,
+            "after_id": after_id,
+            "limit": limit,
+        }
+        with self._tx(write=False) as tx:
+            rows = tx.rows(self.SUMMARY_SQL, params)
+        return [summary_of(row) for row in rows]
 
     def active_for_endpoint(self, endpoint: str) -> RolloutRecord | None:
         with self._tx(write=False) as tx:
@@ -861,18 +1080,6 @@ class SqlStore(Store, ABC):
                 raise RolloutNotFound(rollout_id)
         return [StepSummary(key=str(r[0]), at=float(r[1]), data=self._object(r[2])) for r in rows]
 
-    def list_summaries(
-        self,
-        endpoint: str | None = None,
-        phases: Iterable[str] | None = None,
-        limit: int = 100,
-    ) -> builtins.list[RolloutSummary]:
-        params = self._list_params(endpoint, phases, limit)
-        if params is None:
-            return []
-        with self._tx(write=False) as tx:
-            rows = tx.rows(self.LIST_SUMMARIES_SQL, params)
-        return [_summary(row) for row in rows]
 
     def _window_params(
         self, rollout_id: str, changes: WindowChanges

@@ -54,6 +54,7 @@ from rollout.store.model import (
     RolloutSummary,
     StepSummary,
     StoredWindow,
+    SummaryCursor,
     SummaryFields,
     WindowChanges,
 )
@@ -131,16 +132,18 @@ class Store(Protocol):
 
     def list_summaries(
         self,
-        endpoint: str | None = None,
         phases: Iterable[str] | None = None,
+        endpoint: str | None = None,
         limit: int = 100,
+        cursor: SummaryCursor | None = None,
     ) -> builtins.list[RolloutSummary]:
-        """``list``'s rollouts (same filters, same order) as summaries: id, endpoint, phase,
-        version, times, and the ``SummaryFields`` the last ``create``/``commit`` wrote
-        (candidate, baseline, step, candidate weight, last verdict outcome).
+        """One page of rollout summaries, newest first by ``(created_at, id)``.
 
-        Costs a few columns per row: no plan or state JSON is read or decoded. For the API's
-        lists and ``/metrics``.
+        Reads only the summary's fields, never whole plans and states: what ``/metrics`` and
+        the lists use, at a cost that does not grow with a rollout's history. ``cursor`` is the
+        ``cursor`` of the last summary of the previous page; the page then holds the rollouts
+        after it in that order (``[]`` past the end). A rollout created while a client pages
+        sorts before the cursor, so paging never repeats nor skips one. Filters as ``list``.
         """
         ...
 

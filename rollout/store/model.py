@@ -21,8 +21,8 @@ rollout per endpoint) and a terminal one drops the rollout's windows. Pure data,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 # The store keeps phases and commands by these words (rollout.vocabulary); re-exported.
 from rollout.vocabulary import (
@@ -58,7 +58,9 @@ __all__ = [
     "ROLLED_BACK",
     "ROLLING_BACK",
     "SUCCEEDED",
+    "SUMMARY_REASON_CHARS",
     "TERMINAL",
+    "ArmSummary",
     "Command",
     "CommandKind",
     "EventRecord",
@@ -74,6 +76,7 @@ __all__ = [
     "RolloutSummary",
     "StepSummary",
     "StoredWindow",
+    "SummaryCursor",
     "SummaryFields",
     "WindowChanges",
 ]
@@ -275,19 +278,68 @@ class SummaryFields:
     """The last verdict's outcome (pass, fail, inconclusive), if any."""
 
 
+SummaryCursor = tuple[float, str]
+"""Where a page of summaries ended: the ``(created_at, id)`` of its last rollout.
+
+Pages run newest first by ``(created_at, id)``; the next page holds the rollouts strictly
+after this pair in that order, so rollouts created meanwhile (newer) never shift a page.
+"""
+
+
+@dataclass(frozen=True)
+class ArmSummary:
+    """One arm's sums over the current split's scored windows (what ``/metrics`` exports)."""
+
+    requests: float
+    errors_5xx: float
+    latency: JsonObject | None
+    """The summed latency histogram (``rollout.metrics.model.Histogram.to_dict``), if any."""
+
+
 @dataclass(frozen=True)
 class RolloutSummary:
-    """A rollout as lists show it: its columns only, never its plan or state JSON."""
+    """The few fields of a rollout that lists and gauges show, read without its whole state.
+
+    The store builds it from single fields of the stored plan and state (never by decoding
+    them whole), so its cost stays the same however long the rollout's history grows.
+    ``step`` is 0-based and ``step_count`` counts the judged steps (canary steps without the
+    implied 100 %, 1 for A/B and blue/green), as ``step`` and ``steps`` of the API's rollout.
+    ``verdict_reason`` is cut to ``SUMMARY_REASON_CHARS`` characters.
+    """
 
     id: str
+    name: str | None
     endpoint: str
     phase: str
-    version: int
+    strategy: str
+    candidate: str
+    """The candidate's served entity name (explicit, or derived as Databricks derives it)."""
+    candidate_entity: str | None
+    candidate_version: str | None
+    baseline: str | None
+    step: int
+    step_count: int
+    candidate_weight: int
+    verdict_outcome: str | None
+    verdict_reason: str | None
     created_at: float
     updated_at: float
     due_at: float | None
-    fields: SummaryFields = field(default_factory=SummaryFields)
+    version: int
+    started_at: float
+    deadline_seconds: float | None
+    """The policy's rollout deadline, counted from ``started_at`` (``None``: no deadline)."""
+    candidate_arm: ArmSummary
+    control_arm: ArmSummary
 
     @property
     def terminal(self) -> bool:
         return self.phase in TERMINAL
+
+    @property
+    def cursor(self) -> SummaryCursor:
+        """The cursor of a page that ends with this rollout."""
+        return (self.created_at, self.id)
+
+
+SUMMARY_REASON_CHARS: Final = 200

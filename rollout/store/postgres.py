@@ -44,7 +44,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
-from rollout.store._sql import SUMMARY_COLUMNS, Params, Row, SqlStore, Tx, UniqueViolationError
+from rollout.store._sql import Params, Row, SqlStore, Tx, UniqueViolationError, summary_sql
 from rollout.store.errors import SchemaError, StoreError, StoreUnavailable
 from rollout.store.migrations import POSTGRES
 
@@ -73,7 +73,6 @@ _LIST_SQL: Final = (
     "SELECT id, endpoint, phase, version, plan, state, created_at, updated_at, due_at"
     + _LIST_WHERE
 )
-_LIST_SUMMARIES_SQL: Final = "SELECT " + SUMMARY_COLUMNS + _LIST_WHERE
 
 # SKIP LOCKED: rows another dispatcher is claiming right now are left to it. Rows it claimed
 # and committed since our snapshot are re-checked against the WHERE on their new version
@@ -181,9 +180,9 @@ class PostgresStore(SqlStore):
 
     dialect = POSTGRES
     LIST_SQL = _LIST_SQL
-    LIST_SUMMARIES_SQL = _LIST_SUMMARIES_SQL
     CLAIM_SQL = _CLAIM_SQL
     concurrent_reads = True
+    SUMMARY_SQL = summary_sql("postgresql")
 
     def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         super().__init__(describe(url))

@@ -41,11 +41,11 @@ from typing import Any, Final
 from rollout.store._sql import (
     ACTIVE_PER_ENDPOINT,
     ROLLOUT_PKEY,
-    SUMMARY_COLUMNS,
     Params,
     Row,
     SqlStore,
     UniqueViolationError,
+    summary_sql,
 )
 from rollout.store.errors import SchemaError, StoreError, StoreUnavailable
 from rollout.store.migrations import SQLITE
@@ -89,7 +89,6 @@ _LIST_SQL: Final = (
     "SELECT id, endpoint, phase, version, plan, state, created_at, updated_at, due_at"
     + _LIST_WHERE
 )
-_LIST_SUMMARIES_SQL: Final = "SELECT " + SUMMARY_COLUMNS + _LIST_WHERE
 
 # Runs inside BEGIN IMMEDIATE, which already excludes every other writer, so selecting and
 # extending the lease in one statement is enough for two dispatchers never to share an alert.
@@ -151,8 +150,8 @@ class SqliteStore(SqlStore):
 
     dialect = SQLITE
     LIST_SQL = _LIST_SQL
-    LIST_SUMMARIES_SQL = _LIST_SUMMARIES_SQL
     CLAIM_SQL = _CLAIM_SQL
+    SUMMARY_SQL = summary_sql("sqlite")
 
     def __init__(
         self, path: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, read_only: bool = False

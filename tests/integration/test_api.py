@@ -595,6 +595,7 @@ async def test_list_is_newest_first_and_filters(
         ({"limit": 0}, "limit"),
         ({"limit": "many"}, "limit"),
         ({"limit": 100_000}, "limit"),
+        ({"view": "everything"}, "view"),
     ],
 )
 async def test_bad_list_parameters_are_422(
@@ -603,6 +604,115 @@ async def test_bad_list_parameters_are_422(
     error = assert_error(await api.get("/api/v1/rollouts", params=params), 422,
                          "invalid_request")
     assert [d["field"] for d in error["details"]] == [field]
+
+
+def seed_rollouts(store: Store, count: int, *, start: float, prefix: str = "e") -> list[str]:
+    """``count`` pending rollouts created one second apart; their ids, newest first."""
+    plan = validate_plan(plan_dict("x"))
+    policy = resolve_policy(plan)
+    ids = []
+    for index in range(count):
+        endpoint_plan = plan.model_copy(update={"endpoint": f"{prefix}{index}"})
+        record, event = new_rollout(endpoint_plan, policy, start + index)
+        ids.append(store.create(record, event, []).id)
+    return ids[::-1]
+
+
+async def all_pages(
+    api: httpx.AsyncClient, params: dict[str, Any], between: Callable[[], None] | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    rollouts: list[dict[str, Any]] = []
+    pages = 0
+    cursor = None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        response = await api.get("/api/v1/rollouts", params=query)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        rollouts.extend(body["rollouts"])
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return rollouts, pages
+        if between is not None:
+            between()
+
+
+async def test_pages_cover_more_rollouts_than_a_page_once_each(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    ids = seed_rollouts(harness.store, 23, start=1_700_000_000.0)
+    rollouts, pages = await all_pages(api, {"limit": 5})
+    assert [r["id"] for r in rollouts] == ids
+    assert pages == 5  # 5 + 5 + 5 + 5 + 3, and the last page says so with no cursor
+    exact, exact_pages = await all_pages(api, {"limit": 23})
+    assert ([r["id"] for r in exact], exact_pages) == (ids, 1)
+    full, _ = await all_pages(api, {"limit": 10, "view": "full"})
+    assert [r["id"] for r in full] == ids
+    assert all(r["plan"]["endpoint"] == r["endpoint"] for r in full)
+    assert "plan" not in rollouts[0]  # a summary carries no plan
+
+
+async def test_a_cursor_is_stable_while_new_rollouts_arrive(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    ids = seed_rollouts(harness.store, 12, start=1_700_000_000.0)
+    arrivals = iter(range(100))
+
+    def arrive() -> None:
+        # Newer than every rollout listed so far: sorts before the first page.
+        n = next(arrivals)
+        seed_rollouts(harness.store, 1, start=1_800_000_000.0 + n, prefix=f"new{n}-")
+
+    rollouts, pages = await all_pages(api, {"limit": 4}, between=arrive)
+    assert [r["id"] for r in rollouts] == ids
+    assert pages == 3
+    first = (await api.get("/api/v1/rollouts", params={"limit": 2})).json()
+    assert [r["endpoint"] for r in first["rollouts"]] == ["new1-0", "new0-0"]
+
+
+async def test_summaries_say_where_each_rollout_is(
+    api: httpx.AsyncClient, harness: Harness
+) -> None:
+    created = (await submit_yaml(api)).json()
+    record = harness.store.get(created["id"])
+    verdict = {"outcome": "fail", "reason": "error_rate +2.1% over the baseline", "look": 4}
+    harness.store.commit(
+        record.id,
+        record.version,
+        phase="progressing",
+        state={**record.state, "step": 1, "candidate_weight": 25, "baseline": "ads-model-3",
+               "last_verdict": verdict},
+        due_at=record.created_at + 30,
+        updated_at=record.created_at + 20,
+        events=[],
+        alerts=[],
+        consumed_commands=[],
+    )  # fmt: skip
+    (summary,) = (await api.get("/api/v1/rollouts")).json()["rollouts"]
+    full = (await api.get(f"/api/v1/rollouts/{record.id}")).json()
+    for key in ("id", "name", "endpoint", "phase", "strategy", "candidate", "baseline", "step",
+                "candidate_weight", "created_at", "updated_at", "started_at"):
+        assert summary[key] == full[key], key
+    assert (summary["phase"], summary["step"], summary["candidate_weight"]) == (
+        "progressing", 1, 25)  # fmt: skip
+    assert summary["step_count"] == len(full["steps"]) == 3
+    assert summary["candidate"] == "ads_model-4"
+    assert (summary["candidate_entity"], summary["candidate_version"]) == (
+        "main.ml.ads_model", "4")  # fmt: skip
+    assert summary["last_verdict"] == {"outcome": "fail", "reason": verdict["reason"]}
+    assert summary["version"] == 2
+    assert datetime.fromisoformat(summary["due_at"]).timestamp() == record.created_at + 30
+
+
+@pytest.mark.parametrize(
+    "cursor", ["nonsense", "WzEsMl0", "W251bGwsImEiXQ", "x" * 401, "WyJhIiwiYiJd"]
+)
+async def test_a_cursor_the_api_never_gave_is_422(api: httpx.AsyncClient, cursor: str) -> None:
+    error = assert_error(
+        await api.get("/api/v1/rollouts", params={"cursor": cursor}), 422, "invalid_request"
+    )
+    assert [d["field"] for d in error["details"]] in (["cursor"], ["query.cursor"])
 
 
 async def test_get_one_rollout_and_unknown_ids(api: httpx.AsyncClient) -> None:

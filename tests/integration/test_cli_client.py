@@ -816,3 +816,30 @@ def test_a_server_that_is_not_the_api(sandbox: SandboxServer) -> None:
     # The sandbox answers JSON errors of another shape: the message still says what happened.
     result = cli("list", "--server", sandbox.url)
     assert_one_line_error(result, "HTTP 404")
+
+
+def test_list_follows_the_cursor_past_one_page(server: ApiServer, store: Store) -> None:
+    plan = validate_plan(
+        {
+            "endpoint": "x",
+            "candidate": {"entity_name": "main.ml.ads_model", "entity_version": "4"},
+            "strategy": "canary",
+            "steps": [{"weight": 5, "bake": "10m"}],
+        }
+    )
+    policy = resolve_policy(plan)
+    count = client_cli.PAGE + 30
+    for index in range(count):
+        record, event = new_rollout(
+            plan.model_copy(update={"endpoint": f"e{index}"}), policy, 1_700_000_000.0 + index
+        )
+        store.create(record, event, [])
+    listed = cli("list", "--server", server.url, "--limit", str(count + 10), "-o", "json")
+    assert listed.exit_code == 0, listed.output
+    endpoints = [r["endpoint"] for r in json.loads(listed.stdout)["rollouts"]]
+    assert endpoints == [f"e{index}" for index in range(count - 1, -1, -1)]
+    some = cli("list", "--server", server.url, "--limit", str(client_cli.PAGE + 3), "-o", "json")
+    assert len(json.loads(some.stdout)["rollouts"]) == client_cli.PAGE + 3
+    table = cli("list", "--server", server.url, "--limit", "3")
+    assert table.exit_code == 0, table.output
+    assert "1 of 2" in table.stdout  # a summary's step_count gives the stages

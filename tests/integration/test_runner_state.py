@@ -97,8 +97,8 @@ async def test_an_aging_rollout_keeps_a_small_state_and_bounded_windows(
     assert minutes - 3 <= state.judged_windows <= minutes + 1
     (summary,) = store.list_summaries()
     assert (summary.id, summary.phase) == (record.id, "progressing")
-    assert (summary.fields.candidate, summary.fields.candidate_weight) == (CANDIDATE, 10)
-    assert summary.fields.verdict == (state.last_verdict or {}).get("outcome")
+    assert (summary.candidate, summary.candidate_weight) == (CANDIDATE, 10)
+    assert summary.verdict_outcome == (state.last_verdict or {}).get("outcome")
 
     phase = await _look_until(runner, store, clock, record.id, start + 5 * 3600)
     assert phase is Phase.SUCCEEDED

@@ -396,6 +396,171 @@ def test_list_is_newest_first_and_filters(store: Store) -> None:
         store.list(phases="paused")
 
 
+def _summary_state(**changes: Any) -> dict[str, Any]:
+    latency = {"bounds": [5.0, 10.0, 25.0], "counts": [10, 80, 10], "overflow": 0}
+    state: dict[str, Any] = {
+        "phase": "progressing",
+        "started_at": T0 + 5,
+        "step": 1,
+        "candidate_weight": 25,
+        "baseline": "ads-model-3",
+        "candidate": {"requests": 400.0, "errors_5xx": 4.0, "latency": latency},
+        "control": {"requests": 1200.0, "errors_5xx": 6.0, "latency": None},
+        "last_verdict": {"outcome": "inconclusive", "reason": "x" * 500, "look": 3},
+        # History that a summary must not need: windows and judge bookkeeping.
+        "tracker": {"windows": [{"start": T0 + i, "requests": i} for i in range(200)]},
+    }
+    return {**state, **changes}
+
+
+def test_summaries_read_the_listed_fields_from_plan_and_state(store: Store) -> None:
+    plan = {
+        "name": "ads-v4",
+        "endpoint": "ads",
+        "strategy": "canary",
+        "candidate": {"entity_name": "main.ml.ads_model", "entity_version": "4"},
+        "steps": [{"weight": 5, "bake": 600}, {"weight": 25, "bake": 600}, {"weight": 50}],
+        "policy": {"name": "default", "deadline": 7200.0},
+    }
+    record = RolloutRecord(
+        id="s1",
+        endpoint="ads",
+        phase="pending",
+        version=1,
+        plan=plan,
+        state={"started_at": T0},
+        created_at=T0,
+        updated_at=T0,
+        due_at=T0,
+    )
+    created = store.create(record, event("created", to="pending"), [])
+    (fresh,) = store.list_summaries()
+    assert (fresh.step, fresh.candidate_weight, fresh.verdict_outcome) == (0, 0, None)
+    assert (fresh.candidate_arm.requests, fresh.candidate_arm.latency) == (0.0, None)
+    assert fresh.started_at == T0
+    assert fresh.baseline is None
+    moved = store.commit(
+        created.id,
+        created.version,
+        phase="progressing",
+        state=_summary_state(),
+        due_at=T0 + 30,
+        updated_at=T0 + 20,
+        events=[event(at=T0 + 20)],
+        alerts=[],
+        consumed_commands=[],
+    )
+    (summary,) = store.list_summaries()
+    assert summary.id == "s1"
+    assert summary.name == "ads-v4"
+    assert summary.endpoint == "ads"
+    assert (summary.phase, summary.strategy, summary.version) == ("progressing", "canary", 2)
+    # The derived served name, as Databricks derives it (no explicit name in the plan).
+    assert summary.candidate == "ads_model-4"
+    assert (summary.candidate_entity, summary.candidate_version) == ("main.ml.ads_model", "4")
+    assert (summary.step, summary.step_count, summary.candidate_weight) == (1, 3, 25)
+    assert summary.baseline == "ads-model-3"
+    assert summary.verdict_outcome == "inconclusive"
+    assert summary.verdict_reason is not None
+    assert 0 < len(summary.verdict_reason) <= 200
+    assert (summary.created_at, summary.updated_at, summary.due_at) == (T0, T0 + 20, T0 + 30)
+    assert summary.updated_at == moved.updated_at
+    assert (summary.started_at, summary.deadline_seconds) == (T0 + 5, 7200.0)
+    assert summary.candidate_arm.requests == 400.0
+    assert summary.candidate_arm.errors_5xx == 4.0
+    assert summary.candidate_arm.latency == _summary_state()["candidate"]["latency"]
+    assert summary.control_arm.requests == 1200.0
+    assert summary.control_arm.latency is None
+    assert summary.cursor == (T0, "s1")
+
+
+def test_summaries_of_linear_ab_and_named_plans(store: Store) -> None:
+    plans = {
+        "lin": {"strategy": "canary", "step_weight": 20, "bake": 60,
+                "candidate": {"name": "explicit", "entity_name": "m", "entity_version": "2"}},
+        "cap": {"strategy": "canary", "step_weight": 10, "max_weight": 30, "bake": 60,
+                "candidate": {"entity_name": "m.x", "entity_version": "7"}},
+        "ab": {"strategy": "ab", "split": 50,
+               "candidate": {"entity_name": "m", "entity_version": "1"}},
+        "bg": {"strategy": "blue_green",
+               "candidate": {"entity_name": "m", "entity_version": "1"}},
+    }  # fmt: skip
+    for index, (rollout_id, plan) in enumerate(plans.items()):
+        record = RolloutRecord(
+            id=rollout_id,
+            endpoint=f"e-{rollout_id}",
+            phase="pending",
+            version=1,
+            plan={"endpoint": f"e-{rollout_id}", **plan},
+            state={"started_at": T0},
+            created_at=T0 + index,
+            updated_at=T0 + index,
+            due_at=None,
+        )
+        store.create(record, event("created", to="pending"), [])
+    by_id = {summary.id: summary for summary in store.list_summaries()}
+    # 20, 40, 60, 80 (100 is implied); 10, 20, 30; one judged step for A/B and blue/green.
+    assert {key: value.step_count for key, value in by_id.items()} == {
+        "lin": 4,
+        "cap": 3,
+        "ab": 1,
+        "bg": 1,
+    }
+    assert by_id["lin"].candidate == "explicit"
+    assert by_id["cap"].candidate == "x-7"
+    assert by_id["ab"].strategy == "ab"
+    assert by_id["bg"].strategy == "blue_green"
+    assert by_id["bg"].due_at is None
+    assert by_id["bg"].deadline_seconds is None
+
+
+def test_summaries_page_newest_first_with_a_cursor_and_filters(store: Store) -> None:
+    for index in range(7):
+        # Two rollouts share each creation time: the id breaks the tie.
+        new_rollout(store, f"p{index}", endpoint=f"e{index}", created_at=T0 + index // 2)
+    advance(store, store.get("p3"), phase="succeeded")
+    every = [summary.id for summary in store.list_summaries(limit=100)]
+    assert every == ["p6", "p5", "p4", "p3", "p2", "p1", "p0"]
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        page = store.list_summaries(limit=3, cursor=cursor)
+        if not page:
+            break
+        pages.append([summary.id for summary in page])
+        cursor = page[-1].cursor
+    assert pages == [["p6", "p5", "p4"], ["p3", "p2", "p1"], ["p0"]]
+    active = store.list_summaries(phases=ACTIVE, limit=2)
+    assert [s.id for s in active] == ["p6", "p5"]
+    assert [s.id for s in store.list_summaries(phases=ACTIVE, cursor=active[-1].cursor)] == [
+        "p4",
+        "p2",
+        "p1",
+        "p0",
+    ]
+    assert [s.id for s in store.list_summaries(phases=TERMINAL)] == ["p3"]
+    assert [s.id for s in store.list_summaries(endpoint="e2")] == ["p2"]
+    assert store.list_summaries(phases=[]) == []
+    with pytest.raises(ValueError, match="unknown phase"):
+        store.list_summaries(phases=["bogus"])
+    with pytest.raises(ValueError, match="limit"):
+        store.list_summaries(limit=0)
+    with pytest.raises(TypeError, match="not one string"):
+        store.list_summaries(phases="paused")
+
+
+def test_a_cursor_is_stable_while_new_rollouts_arrive(store: Store) -> None:
+    for index in range(6):
+        new_rollout(store, f"old{index}", endpoint=f"o{index}", created_at=T0 + index)
+    first = store.list_summaries(limit=4)
+    for index in range(3):
+        new_rollout(store, f"new{index}", endpoint=f"n{index}", created_at=T0 + 100 + index)
+    rest = store.list_summaries(limit=4, cursor=first[-1].cursor)
+    seen = [s.id for s in first] + [s.id for s in rest]
+    assert seen == [f"old{index}" for index in range(5, -1, -1)]
+    assert [s.id for s in store.list_summaries(limit=3)] == ["new2", "new1", "new0"]
+
+
 def test_due_returns_active_overdue_rollouts_oldest_due_first(store: Store) -> None:
     new_rollout(store, "late", endpoint="e1", due_at=T0 + 30)
     new_rollout(store, "early", endpoint="e2", due_at=T0 + 10)
@@ -1057,37 +1222,6 @@ def test_windows_are_written_with_their_decision_or_not_at_all(store: Store) -> 
         )
     assert store.windows("r-1") == [window("cand", 0)]
     assert store.get("r-1") == current
-
-
-def test_summaries_list_like_list_and_carry_the_committed_summary(store: Store) -> None:
-    old = new_rollout(store, "r-old", endpoint="a", phase="succeeded", created_at=T0)
-    record = store.create(
-        RolloutRecord("r-new", "b", "pending", 1, {}, {}, T0 + 5, T0 + 5, T0 + 5),
-        event("created", at=T0 + 5, to="pending"),
-        [],
-        summary=SummaryFields(candidate="m-4", baseline=None, step=0, candidate_weight=0),
-    )
-    summaries = store.list_summaries()
-    assert [s.id for s in summaries] == [r.id for r in store.list()] == ["r-new", "r-old"]
-    assert summaries[0].fields == SummaryFields(candidate="m-4")
-    assert summaries[1].fields == SummaryFields()  # created without one: empty values
-    assert (summaries[1].phase, summaries[1].version, summaries[1].terminal) == (
-        "succeeded",
-        1,
-        True,
-    )
-    assert summaries[1].created_at == old.created_at
-
-    fields = SummaryFields("m-4", "m-3", step=2, candidate_weight=25, verdict="inconclusive")
-    record = commit_windows(store, record, WindowChanges(), phase="progressing", summary=fields)
-    record = commit_windows(store, record, WindowChanges())  # no summary: columns kept
-    (summary,) = store.list_summaries(endpoint="b", phases=["progressing"])
-    assert (summary.id, summary.phase, summary.version) == ("r-new", "progressing", 3)
-    assert (summary.updated_at, summary.due_at) == (record.updated_at, None)
-    assert summary.fields == fields
-    assert store.list_summaries(phases=[]) == []
-    assert [s.id for s in store.list_summaries(limit=1)] == ["r-new"]
-    assert store.list_summaries(endpoint="c") == []
 
 
 def test_reads_do_not_wait_behind_the_store_lock(store: Store) -> None:

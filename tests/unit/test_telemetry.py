@@ -157,3 +157,46 @@ def test_logs_are_json_lines_off_a_terminal() -> None:
     assert lines[0]["event"] == "rollout.decision"
     assert lines[0]["weight"] == 10
     assert lines[0]["level"] == "info"
+
+
+def test_every_active_rollout_has_its_series_beyond_one_page(store: Store) -> None:
+    clock = FakeClock()
+    plan = validate_plan(
+        {
+            "endpoint": "e",
+            "candidate": {"entity_name": "main.ml.m", "entity_version": "4"},
+            "strategy": "canary",
+            "steps": [{"weight": 10, "bake": "1m"}],
+        }
+    )
+    policy = resolve_policy(plan)
+    count = 620  # more than one page of ACTIVE_PAGE (500)
+    for index in range(count):
+        endpoint_plan = plan.model_copy(update={"endpoint": f"e{index}"})
+        record, event = new_rollout(endpoint_plan, policy, clock.now() + index, f"r{index}")
+        store.create(record, event, [])
+    # A finished rollout of the last day is shown too; the history of none is read.
+    finished, event = new_rollout(plan.model_copy(update={"endpoint": "done"}), policy, 0.5, "f")
+    store.create(finished, event, [])
+    store.commit(
+        "f",
+        1,
+        phase="succeeded",
+        state={**finished.state, "candidate_weight": 100},
+        due_at=None,
+        updated_at=clock.now(),
+        events=[NewEvent("succeeded", "pending", "succeeded", "x", {}, 1.0)],
+        alerts=[],
+        consumed_commands=[],
+    )
+    registry = CollectorRegistry()
+    registry.register(RolloutStateCollector(store, clock))
+    got = samples(registry)
+    info = {dict(k[1])["rollout"] for k in got if k[0] == "rollout_info"}
+    assert info == {f"r{index}" for index in range(count)} | {"f"}
+    weights = {dict(k[1])["rollout"]: v for k, v in got.items() if k[0].endswith("weight_percent")}
+    assert len(weights) == count + 1
+    assert weights["f"] == 100
+    assert weights["r619"] == 0
+    started = [k for k in got if k[0] == "rollout_started_timestamp_seconds"]
+    assert len(started) == count + 1

@@ -2,7 +2,9 @@
 //
 // People watch rollouts here; the page reads the same HTTP API as the `rollout` CLI
 // (GET /api/v1/rollouts, GET /api/v1/rollouts/{id}/series) and redraws in place every few
-// seconds. Only parts whose data changed are rebuilt, so nothing flickers and the reading
+// seconds. The list comes as summaries, page by page (cheap however many rollouts there are
+// and however long they ran); a rollout's whole document and chart are fetched only for the
+// cards shown in detail: the first DETAILED ones (active on top) and any a person opens. Only parts whose data changed are rebuilt, so nothing flickers and the reading
 // position stays put. Every string from the API goes into the page as text, never as markup.
 // Nothing here loads from anywhere but the controller that served the page.
 //
@@ -19,6 +21,9 @@
   const REQUEST_TIMEOUT_MS = 8000;
   const SERIES_WINDOWS = 240;
   const RECENT = 100; // finished rollouts shown: the newest ones
+  const DETAILED = 12; // cards shown in detail without being opened: the first ones
+  const PAGE = 1000; // summaries per list request (the API's most)
+  const MAX_PAGES = 50; // a bound on one refresh's list requests
   const ACTIVE_QUERY = ["pending", "preparing", "progressing", "paused", "promoting",
     "rolling_back"].map((phase) => "phase=" + phase).join("&");
   const TOKEN_KEY = "rollout.api-token";
@@ -83,6 +88,8 @@
   const LOGIN_MESSAGE = byId("login-message").textContent;
   const cards = new Map(); // rollout id -> card
   const seriesCache = new Map(); // rollout id -> {key, data}
+  const detailCache = new Map(); // rollout id -> {key, data}: whole documents of detailed cards
+  const opened = new Set(); // ids of the cards a person opened beyond the first DETAILED
   let token = readToken();
   let timer = null;
   let busy = false;
@@ -168,6 +175,41 @@
     return response.json();
   }
 
+  async function listAll(query) {
+    // Every page of a list: follow next_cursor until the API says there is no more.
+    let rollouts = [];
+    let cursor = null;
+    for (let pages = 0; pages < MAX_PAGES; pages += 1) {
+      const answer = await api("/api/v1/rollouts?view=summary&limit=" + PAGE + "&" + query +
+        (cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
+      rollouts = rollouts.concat(answer.rollouts || []);
+      cursor = answer.next_cursor;
+      if (!cursor) {
+        break;
+      }
+    }
+    return rollouts;
+  }
+
+  async function loadDetail(summary) {
+    // The whole document of one rollout, fetched again only when the rollout changed.
+    const key = summary.updated_at + "|" + summary.phase;
+    const cached = detailCache.get(summary.id);
+    if (cached && cached.key === key) {
+      return cached.data;
+    }
+    try {
+      const data = await api("/api/v1/rollouts/" + encodeURIComponent(summary.id));
+      detailCache.set(summary.id, { key, data });
+      return data;
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) {
+        throw error;
+      }
+      return cached ? cached.data : null;
+    }
+  }
+
   async function loadSeries(rollout) {
     // A rollout changes its updated_at with every decision; until then its series is the same.
     const key = rollout.updated_at + "|" + rollout.phase;
@@ -240,22 +282,33 @@
     }
     busy = true;
     try {
-      // Every active rollout, however old, and the newest others.
+      // Every active rollout, however old, and the newest others: summaries only.
       const [active, recent] = await Promise.all([
-        api("/api/v1/rollouts?limit=1000&" + ACTIVE_QUERY),
-        api("/api/v1/rollouts?limit=" + RECENT),
+        listAll(ACTIVE_QUERY),
+        api("/api/v1/rollouts?view=summary&limit=" + RECENT),
       ]);
       const byRollout = new Map();
-      for (const rollout of (recent.rollouts || []).concat(active.rollouts || [])) {
+      for (const rollout of (recent.rollouts || []).concat(active)) {
         byRollout.set(rollout.id, rollout); // the later answer wins
       }
-      const rollouts = ordered([...byRollout.values()]);
-      const series = await Promise.all(rollouts.map(loadSeries));
+      const summaries = ordered([...byRollout.values()]);
+      const detailed = summaries.map((rollout, index) => index < DETAILED ||
+        opened.has(rollout.id));
+      // Details and charts for the cards shown in detail only, each cached until it changes.
+      const [details, series] = await Promise.all([
+        Promise.all(summaries.map((rollout, index) => detailed[index] ? loadDetail(rollout)
+          : null)),
+        Promise.all(summaries.map((rollout, index) => detailed[index] ? loadSeries(rollout)
+          : null)),
+      ]);
       if (!session) {
         await loadSession();
       }
       byId("login").hidden = true;
-      render(rollouts, series, (recent.rollouts || []).length >= RECENT);
+      const rollouts = summaries.map((rollout, index) => details[index]
+        ? Object.assign({}, details[index], { phase: rollout.phase }) : rollout);
+      const shown = summaries.map((rollout, index) => Boolean(details[index]));
+      render(rollouts, series, shown, (recent.rollouts || []).length >= RECENT);
       lastSuccess = new Date();
       failingSince = null;
       setConnection("live", "Live", "updated " + clock(lastSuccess) + ", every " +
@@ -311,6 +364,7 @@
     }
     cards.clear();
     seriesCache.clear();
+    detailCache.clear();
     setConnection("auth", "Token needed", "the API answered 401 Unauthorized");
     byId("token-input").focus();
   }
@@ -329,7 +383,7 @@
 
   // ---- rendering ---------------------------------------------------------------------------
 
-  function render(rollouts, series, truncated) {
+  function render(rollouts, series, shown, truncated) {
     const container = byId("rollouts");
     const seen = new Set();
     rollouts.forEach((rollout, index) => {
@@ -338,7 +392,7 @@
         card = createCard(rollout);
         cards.set(rollout.id, card);
       }
-      updateCard(card, rollout, series[index]);
+      updateCard(card, rollout, series[index], shown[index], index < DETAILED);
       // Move a card only when its place changed: nodes left alone do not repaint.
       const here = container.children[index];
       if (here !== card.root) {
@@ -352,6 +406,8 @@
         card.root.remove();
         cards.delete(id);
         seriesCache.delete(id);
+        detailCache.delete(id);
+        opened.delete(id);
       }
     }
     renderSummary(rollouts, truncated);
@@ -402,6 +458,10 @@
       next: el("p", { class: "next", role: "status" }),
       verdict: el("section", { class: "verdict" }),
       report: el("section", { class: "report", hidden: "" }),
+      body,
+      brief: el("p", { class: "brief", hidden: "" }),
+      toggle: el("button", { type: "button", class: "details-toggle", hidden: "" },
+        "Show details"),
       chart: el("figure", { class: "chart" }),
       signatures: {},
       buttons: new Map(), // data-action -> button
@@ -412,6 +472,16 @@
     };
     card.verdict.setAttribute("aria-label", "Last verdict");
     card.report.setAttribute("aria-label", "A/B report");
+    card.toggle.addEventListener("click", () => {
+      // Opening fetches the rollout's document and chart at once; closing forgets them.
+      if (opened.has(card.rollout.id)) {
+        opened.delete(card.rollout.id);
+      } else {
+        opened.add(card.rollout.id);
+      }
+      again = true;
+      schedule();
+    });
     card.actions.addEventListener("click", (event) => {
       const button = event.target.closest("button[data-action]");
       if (button) {
@@ -426,7 +496,7 @@
     head.append(card.title, el("div", { class: "head-side" }, card.actions, card.phase));
     details.append(card.facts, card.progress, card.next, card.note, card.verdict, card.report);
     body.append(details, card.chart);
-    root.append(head, card.actionStatus, body);
+    root.append(head, card.actionStatus, card.brief, card.toggle, body);
     return card;
   }
 
@@ -440,8 +510,13 @@
     build();
   }
 
-  function updateCard(card, rollout, series) {
+  function updateCard(card, rollout, series, detailed, always) {
     card.rollout = rollout;
+    card.body.hidden = !detailed;
+    card.brief.hidden = detailed;
+    card.toggle.hidden = always;
+    card.toggle.textContent = detailed ? "Hide details" : "Show details";
+    card.toggle.setAttribute("aria-expanded", detailed ? "true" : "false");
     card.root.dataset.phase = rollout.phase;
     part(card, "title", [rollout.endpoint, rollout.name], () => {
       card.title.replaceChildren(
@@ -457,6 +532,15 @@
         el("span", { class: "word" }, phaseWord(rollout.phase)),
       );
     });
+    if (!detailed) {
+      // A summary: one line, and the commands; the rest waits until the card is opened.
+      part(card, "brief", briefInputs(rollout), () => {
+        card.brief.textContent = briefText(rollout);
+      });
+      part(card, "actions", [session && session.role, rollout.phase, rollout.endpoint,
+        rollout.name], () => renderActions(card, rollout));
+      return;
+    }
     part(card, "facts", factsInputs(rollout), () => renderFacts(card.facts, rollout));
     const following = rollout.next || {};
     part(card, "progress", [rollout.phase, rollout.step, rollout.steps, rollout.strategy,
@@ -482,6 +566,28 @@
     part(card, "chart", [series, rollout.phase], () => renderChart(card.chart, rollout, series));
     part(card, "actions", [session && session.role, rollout.phase, rollout.endpoint,
       rollout.name], () => renderActions(card, rollout));
+  }
+
+  function briefInputs(rollout) {
+    const verdict = rollout.last_verdict || {};
+    return [rollout.candidate, rollout.strategy, rollout.candidate_weight, rollout.step,
+      rollout.step_count, verdict.outcome, verdict.reason];
+  }
+
+  function briefText(rollout) {
+    // From a summary: candidate, strategy, where it is and the judge's last word.
+    const parts = [rollout.candidate + " (" + (STRATEGIES[rollout.strategy] ||
+      rollout.strategy) + ")", "candidate at " + rollout.candidate_weight + "%"];
+    if (Number.isInteger(rollout.step_count) && !TERMINAL.has(rollout.phase)) {
+      parts.push("step " + (Math.min(rollout.step, rollout.step_count - 1) + 1) + " of " +
+        rollout.step_count);
+    }
+    const verdict = rollout.last_verdict;
+    if (verdict && verdict.outcome) {
+      parts.push("last verdict " + verdict.outcome + (verdict.reason ? ": " +
+        verdict.reason : ""));
+    }
+    return parts.join(", ");
   }
 
   function factsInputs(rollout) {
