@@ -102,7 +102,7 @@ def test_state_gauges_come_from_the_store(store: Store) -> None:
         consumed_commands=[],
     )
     registry = CollectorRegistry()
-    registry.register(RolloutStateCollector(state_reader(store), clock))
+    registry.register(RolloutStateCollector(state_reader(store, clock), clock))
     got = samples(registry)
     info = [k for k in got if k[0] == "rollout_info"]
     assert len(info) == 1
@@ -190,7 +190,7 @@ def test_every_active_rollout_has_its_series_beyond_one_page(store: Store) -> No
         consumed_commands=[],
     )
     registry = CollectorRegistry()
-    registry.register(RolloutStateCollector(store, clock))
+    registry.register(RolloutStateCollector(state_reader(store, clock), clock))
     got = samples(registry)
     info = {dict(k[1])["rollout"] for k in got if k[0] == "rollout_info"}
     assert info == {f"r{index}" for index in range(count)} | {"f"}
