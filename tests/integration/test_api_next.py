@@ -172,5 +172,5 @@ async def test_next_counts_down_as_the_clock_moves(
         clock.advance(100)
         seen.append((await http.get(f"/api/v1/rollouts/{rollout_id}")).json()["next"])
     assert [n["bake_left"] for n in seen] == [500.0, 400.0, 300.0]
-    listed = (await http.get("/api/v1/rollouts")).json()["rollouts"]
+    listed = (await http.get("/api/v1/rollouts?view=full")).json()["rollouts"]
     assert listed[0]["next"]["bake_left"] == 300.0
