@@ -36,10 +36,8 @@ candidate, so every rollout stays active through the measurement. Copying one dr
 is what makes 1,000 aged rollouts affordable; every copy holds exactly what the engine
 writes after 6 hours (window tracker, judge state, verdicts, events).
 
-Three replicas (PostgreSQL only) are three serve processes on one store. This controller
-has no leases yet: each replica scans every due rollout, so replicas race for the same
-looks and all but one commit of each race fail with a stale version; the cell reports what
-that costs as measured.
+Three replicas (PostgreSQL only) are three serve processes on one store; they share the
+rollouts through per-rollout leases (README "Running replicas"), each driving its share.
 
 Run: ``python -m bench.scale`` (the target configuration: N = 10, 100, 1,000; SQLite and
 PostgreSQL; fresh and aged 6 h; one replica, and three on PostgreSQL; 60 s windows, 30 s
@@ -788,8 +786,8 @@ def run(config: Config, out: Path) -> dict[str, Any]:
         "cells": [],
         "notes": [
             (
-                "Three replicas: three serve processes on one PostgreSQL store, without leases "
-                "(each scans every due rollout, so they race for the same looks)."
+                "Three replicas: three serve processes on one PostgreSQL store, sharing the "
+                "rollouts through per-rollout leases."
             ),
             (
                 "Lateness: commit time of a look minus its due time, from the store's columns "
