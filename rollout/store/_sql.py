@@ -275,6 +275,14 @@ ORDER BY r.created_at DESC, r.id DESC
 """  # noqa: S608
 
 
+def _missed_update(tx: Tx, rollout_id: str, expected_version: int) -> StoreError:
+    """Why a version-guarded UPDATE changed no row: the rollout is gone, or moved on."""
+    current = tx.rows(_ROLLOUT_VERSION, {"id": rollout_id})
+    if not current:
+        return RolloutNotFound(rollout_id)
+    return StaleVersion(rollout_id, expected_version, int(current[0][0]))
+
+
 def _num(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -987,10 +995,7 @@ class SqlStore(Store, ABC):
                 # race another commit's events.
                 rows = tx.rows(_UPDATE_ROLLOUT, update_params)
                 if not rows:
-                    current = tx.rows(_ROLLOUT_VERSION, {"id": rollout_id})
-                    if not current:
-                        raise RolloutNotFound(rollout_id)
-                    raise StaleVersion(rollout_id, expected_version, int(current[0][0]))
+                    raise _missed_update(tx, rollout_id, expected_version)
                 seq = int(tx.rows(_LAST_SEQ, {"rollout_id": rollout_id})[0][0])
                 for params in event_params:
                     seq += 1
@@ -1046,10 +1051,7 @@ class SqlStore(Store, ABC):
         with self._tx(write=True) as tx:
             rows = tx.rows(_REPLACE_PLAN, params)
             if not rows:
-                current = tx.rows(_ROLLOUT_VERSION, {"id": rollout_id})
-                if not current:
-                    raise RolloutNotFound(rollout_id)
-                raise StaleVersion(rollout_id, expected_version, int(current[0][0]))
+                raise _missed_update(tx, rollout_id, expected_version)
             seq = int(tx.rows(_LAST_SEQ, {"rollout_id": rollout_id})[0][0])
             tx.run(_INSERT_EVENT, {**event_params, "seq": seq + 1})
         return self._rollout(rows[0])
