@@ -25,6 +25,7 @@ from rollout.engine.ownership import Owner, new_holder_id
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
 from rollout.errors import ConfigurationProblem, with_sign_in_help
+from rollout.health import WorkspaceWatch
 from rollout.plan import AlertChannel
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import ServingError
@@ -90,17 +91,26 @@ async def run_engine(
     """Reconcile every active rollout until SIGTERM/SIGINT (or, ``until_idle``, none is left).
 
     Alerts go to the outbox with the plan's channels and ``default_channels`` (the caller
-    parses ``ROLLOUT_ALERTS_CHANNELS``), as under ``rollout serve``; this process does not
-    deliver them: a ``rollout serve`` on the same store does.
+    parses ``ROLLOUT_ALERTS_CHANNELS``), as under ``rollout serve``, the workspace-outage
+    alert included (``rollout.health.WorkspaceWatch``); this process does not deliver them:
+    a ``rollout serve`` on the same store does.
     """
     configure_logging(settings.log)
     problem = lease_problem(settings)
     if problem is not None:
         raise ConfigurationProblem(problem)
     clock = SystemClock()
+    watch: WorkspaceWatch | None = None
+
+    def on_response(call: str, status: int | None, seconds: float) -> None:
+        if watch is not None:
+            watch.on_response(call, status, seconds)
+
     # Credentials first: nothing is created (no store file) for a process that cannot sign in.
     try:
-        client = ServingClient.from_settings(settings.databricks, settings.serving, clock=clock)
+        client = ServingClient.from_settings(
+            settings.databricks, settings.serving, clock=clock, on_response=on_response
+        )
     except ServingError as exc:
         raise ConfigurationProblem(with_sign_in_help(str(exc))) from exc
     try:
@@ -108,6 +118,15 @@ async def run_engine(
     except ConfigurationProblem:
         await client.aclose()
         raise
+    # A workspace that stops answering raises one alert here too: a deployment of engines
+    # beside an API-only ``serve`` must not go silent (the serve process delivers it).
+    watch = WorkspaceWatch(
+        store,
+        clock,
+        workspace=client.host,
+        outage_after=settings.alerts.workspace_outage_after,
+        channels=default_channels,
+    )
     runner = Runner(
         store,
         client,
@@ -148,6 +167,7 @@ async def run_engine(
         await reconciler.stop(grace=settings.engine.update_poll * 12)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await loop_task
+        await watch.drain()
         await client.aclose()
         store.close()
         log.info("engine.stopped")
