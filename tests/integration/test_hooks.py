@@ -37,9 +37,11 @@ from tests.integration.test_engine_sandbox import (
     ENDPOINT,
     HEALTHY,
     TIMING,
-    client,  # noqa: F401 -- the fixture
     drive,
     make_endpoint,
+)
+from tests.integration.test_engine_sandbox import (
+    client as client,  # noqa: PLC0414 - the fixture, re-exported for this module
 )
 
 SECRET = "gate-s3cr3t"
@@ -138,7 +140,8 @@ async def deliver(store: Store, clock: FakeClock) -> int:
 
 
 async def test_pre_rollout_no_pauses_before_any_put_and_a_resume_asks_again(
-    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient,
+    *, sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store,
+    client: ServingClient,
     hook_http: httpx.AsyncClient, gates: Receiver,
 ) -> None:
     make_endpoint(sandbox_admin, HEALTHY)
@@ -182,7 +185,8 @@ async def test_pre_rollout_no_pauses_before_any_put_and_a_resume_asks_again(
 
 
 async def test_pre_rollout_that_does_not_answer_pauses_saying_it_timed_out(
-    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient,
+    *, sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store,
+    client: ServingClient,
     hook_http: httpx.AsyncClient, gates: Receiver,
 ) -> None:
     make_endpoint(sandbox_admin, HEALTHY)
@@ -192,7 +196,8 @@ async def test_pre_rollout_that_does_not_answer_pauses_saying_it_timed_out(
     assert (await runner.reconcile(rollout_id)).phase is Phase.PAUSED
 
     reason = state_of(store, rollout_id).pause_reason or ""
-    assert "timed out" in reason and "2 attempts" in reason, reason
+    assert "timed out" in reason, reason
+    assert "2 attempts" in reason, reason
     calls = gate_calls(gates, "pre_rollout")
     assert [c.json()["attempt"] for c in calls] == [1, 2], "one retry, the same call"
     assert {c.headers["x-rollout-hook-id"] for c in calls} == {f"{rollout_id}:pre_rollout:1"}
@@ -203,7 +208,8 @@ async def test_pre_rollout_that_does_not_answer_pauses_saying_it_timed_out(
 
 
 async def test_confirm_promotion_waits_and_a_regression_meanwhile_rolls_back(
-    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient,
+    *, sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store,
+    client: ServingClient,
     hook_http: httpx.AsyncClient, gates: Receiver, notes: Receiver,
 ) -> None:
     make_endpoint(sandbox_admin, HEALTHY)
@@ -259,7 +265,8 @@ async def test_confirm_promotion_waits_and_a_regression_meanwhile_rolls_back(
 
 
 async def test_confirm_promotion_yes_promotes_and_post_rollout_is_told(
-    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient,
+    *, sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store,
+    client: ServingClient,
     hook_http: httpx.AsyncClient, gates: Receiver, notes: Receiver,
 ) -> None:
     make_endpoint(sandbox_admin, HEALTHY)
@@ -296,7 +303,8 @@ async def test_confirm_promotion_yes_promotes_and_post_rollout_is_told(
 
 
 async def test_a_notification_refused_by_its_receiver_is_sent_again(
-    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient,
+    *, sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store,
+    client: ServingClient,
     hook_http: httpx.AsyncClient, notes: Receiver,
 ) -> None:
     make_endpoint(sandbox_admin, {**HEALTHY, "fail_build": True})

@@ -37,7 +37,8 @@ def test_every_hook_with_its_defaults() -> None:
         "on_rollback": {"url": URL, "retries": 5},
     }))
     pre, confirm = plan.hooks.pre_rollout, plan.hooks.confirm_promotion
-    assert pre is not None and confirm is not None
+    assert pre is not None
+    assert confirm is not None
     assert (pre.timeout, pre.retries, pre.interval, pre.limit, pre.on_limit) == (
         10.0, 2, 60.0, 3600.0, "pause")
     assert (confirm.timeout, confirm.interval, confirm.limit, confirm.on_limit) == (
