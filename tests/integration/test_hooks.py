@@ -277,9 +277,16 @@ async def test_confirm_promotion_yes_promotes_and_post_rollout_is_told(
         steps=[{"weight": 20, "bake": "5m"}],
     )
     runner, rollout_id = await start(sandbox, store, client, hook_http, plan)
-    phase = await drive(runner, store, sandbox.clock, rollout_id)  # type: ignore[arg-type]
+    await runner.reconcile(rollout_id)
+    assert state_of(store, rollout_id).gates_passed == ["pre_rollout"]
+    # A controller restarted from the store goes on from there: pre_rollout is never asked
+    # again, and it waits at confirm_promotion as the first would have.
+    restarted = Runner(store, client, clock=sandbox.clock, timing=TIMING, hook_http=hook_http,
+                       hook_targets=LOOPBACK)
+    phase = await drive(restarted, store, sandbox.clock, rollout_id)  # type: ignore[arg-type]
     events = store.events(rollout_id)
     assert phase is Phase.SUCCEEDED, [(e.kind, e.reason) for e in events][-6:]
+    assert len(gate_calls(gates, "pre_rollout")) == 1
     # pre_rollout: 204 is a yes. confirm_promotion: wait, then a 503 retried into a yes (a
     # 200 whose body is not a JSON object).
     answers = [(e.data["gate"], e.data["answer"]) for e in events if e.kind == "gate_answered"]
