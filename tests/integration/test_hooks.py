@@ -20,6 +20,7 @@ import pytest
 
 from rollout.alerts import AlertDispatcher
 from rollout.alerts.targets import TargetPolicy, guarded_client
+from rollout.api.schemas import rollout_view
 from rollout.clock import FakeClock
 from rollout.engine.model import Phase, RolloutState
 from rollout.engine.runner import Runner
@@ -171,6 +172,13 @@ async def test_pre_rollout_no_pauses_before_any_put_and_a_resume_asks_again(
                       calls[0].headers["x-rollout-signature"])
     answered = [e for e in store.events(rollout_id) if e.kind == "gate_answered"]
     assert len(answered) == 1
+    # What a person reading the rollout sees: the gate, its answer, the hook redacted.
+    shown = rollout_view(store.get(rollout_id))
+    assert shown.gate is not None
+    assert (shown.gate.name, shown.gate.last_answer, shown.gate.held) == (
+        "pre_rollout", "refused", True)
+    assert shown.plan["hooks"]["pre_rollout"]["secret"] == "(redacted)"
+    assert SECRET not in shown.model_dump_json()
     assert answered[0].data["answer"] == "refused"
     assert answered[0].data["status"] == 200
 
