@@ -1,17 +1,19 @@
 """``decide``: the rollout state machine as one pure function.
 
 Where this sits: at every tick the runner calls ``decide(plan, state, observation, now)`` and
-gets back a ``Decision``: the next state, the events and alerts to persist with it, the one
-effect to carry out afterwards (a config PUT or blue/green preflight checks), and when to look
-again. Nothing here does I/O or reads a clock; the same inputs always give the same decision,
+gets back a ``Decision``: the next state, the events, alerts and notification hooks to persist
+with it, the one effect to carry out afterwards (a config PUT, blue/green preflight checks, or
+a call of one of the plan's gate hooks), and when to look again. Nothing here does I/O or reads a clock; the same inputs always give the same decision,
 which is what makes replay after a crash safe and the table-driven tests possible.
 
 The life of a canary::
 
-    pending --deploy candidate at 0 %--> preparing --step 1 split--> progressing(step k)
-      progressing: judge each new window; fail -> rolling_back; bake done and judge allows
-      -> next step, after the last step (only on a pass) -> promoting (candidate alone at
-      100 %) -> succeeded; an operator's promote skips steps, recorded as skipped
+    pending [pre_rollout says yes] --deploy candidate at 0 %--> preparing --step 1 split-->
+      progressing(step k): judge each new window; fail -> rolling_back; bake done and judge
+      allows -> next step, after the last step (only on a pass) [confirm_promotion says yes,
+      the judge still looking] -> promoting (candidate alone at 100 %) -> succeeded; an
+      operator's promote skips steps, recorded as skipped
+    every end: post_rollout; a rollback applied: on_rollback (see "gates" below)
     rolling_back: restore baseline at 100 % -> remove candidate -> rolled_back (or aborted)
     could not restore -> failed (a human must act)
 
@@ -665,7 +667,9 @@ def _drift(turn: _Turn, snapshot: EndpointSnapshot) -> None:
     if state.phase is Phase.ROLLING_BACK:
         _fail(turn, "the endpoint was changed by hand during the rollback")
         return
-    turn.set(target=None, paused_from=state.phase, pause_reason=f"drift: endpoint now {live}")
+    # A gate being waited at is asked afresh once the step has run again after a resume.
+    turn.set(target=None, paused_from=state.phase, pause_reason=f"drift: endpoint now {live}",
+             gate=None)
     turn.move(
         Phase.PAUSED,
         f"the endpoint was changed outside the rollout (now {live}); paused, not fighting it",

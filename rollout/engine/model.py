@@ -3,9 +3,10 @@
 Where this sits: the runner builds an ``Observation`` (the endpoint as Databricks reports it,
 new metric windows, the outcome of the last config update, manual commands), calls
 ``rollout.engine.decide.decide(plan, state, observation, now)``, persists the returned
-``Decision`` (new state, events, alerts) in one store transaction, and only then carries out its
-``effect`` (a config PUT, blue/green preflight checks). Everything here is plain data that
-round-trips through JSON, because the state is what a restarted controller resumes from.
+``Decision`` (new state, events, alerts, notification hooks) in one store transaction, and only
+then carries out its ``effect`` (a config PUT, blue/green preflight checks, a gate hook call).
+Everything here is plain data that round-trips through JSON, because the state is what a
+restarted controller resumes from.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ Where this sits: the scheduler calls ``Runner.reconcile(rollout_id)`` when a rol
 One reconcile is: read the rollout from the store; observe (GET the endpoint, scrape
 export-metrics into new windows, read queued commands); ``decide``; commit the decision (new
 state, events, alert-outbox rows, consumed commands) in one transaction; then carry out the
-decision's effect (PUT the config and wait until it is applied, or run the blue/green
-preflight) and feed its outcome straight back into ``decide``.
+decision's effect (PUT the config and wait until it is applied, run the blue/green
+preflight, or call a gate hook of the plan) and feed its outcome straight back into
+``decide``. The plan's notification hooks are outbox rows (channel ``hook``) of the same
+transaction, delivered by the alert dispatcher (``rollout.alerts.hooks``).
 
 Crash safety comes from that order. The intent (a ``Target``) is committed before the PUT, and
 the confirmation (the ``step_applied`` event) only after the endpoint shows the config, so a

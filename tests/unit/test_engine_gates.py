@@ -191,6 +191,11 @@ CASES = [
                                promote_reason="all steps passed")}),
          Observation(endpoint=live(50), commands=(Command(4, "resume"),)),
          T0 + 900, Phase.PROGRESSING, gate={"calls": 0, "held": False}),
+    Case("waiting at confirm_promotion, someone changes the split: paused, gate dropped",
+         gated(), at_confirm(next_call_at=T0 + 660).model_copy(update={"live_key": key(
+             {BASE: 50, CAND: 50})}),
+         Observation(endpoint=live(30)), T0 + 630, Phase.PAUSED, pause="drift",
+         extra={"gate_none": True}),
     Case("no confirm_promotion hook: promoted as before", gated(pre_rollout=GATE),
          progressing(step=1, weight=50, last_verdict=PASSED), Observation(endpoint=live(50)),
          T0 + 601, Phase.PROMOTING, effect="put:promote"),
