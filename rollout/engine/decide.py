@@ -3,8 +3,9 @@
 Where this sits: at every tick the runner calls ``decide(plan, state, observation, now)`` and
 gets back a ``Decision``: the next state, the events, alerts and notification hooks to persist
 with it, the one effect to carry out afterwards (a config PUT, blue/green preflight checks, or
-a call of one of the plan's gate hooks), and when to look again. Nothing here does I/O or reads a clock; the same inputs always give the same decision,
-which is what makes replay after a crash safe and the table-driven tests possible.
+a call of one of the plan's gate hooks), and when to look again. Nothing here does I/O or
+reads a clock; the same inputs always give the same decision, which is what makes replay
+after a crash safe and the table-driven tests possible.
 
 The life of a canary::
 
