@@ -335,3 +335,26 @@ async def test_a_notification_refused_by_its_receiver_is_sent_again(
     answered = [r.answered for r in notes.requests]
     assert answered == [500, 500, 200], "retried until delivered, once delivered"
     assert len({r.headers["x-rollout-hook-id"] for r in notes.requests}) == 1
+
+
+async def test_a_gate_where_hooks_may_not_go_is_never_called_and_pauses(
+    *, sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store,
+    client: ServingClient, gates: Receiver,
+) -> None:
+    """Checked again at call time (a plan stored before the policy changed, a name
+    re-pointed): refused before any connection, the rollout paused saying why."""
+    make_endpoint(sandbox_admin, HEALTHY)
+    clock = sandbox.clock
+    assert isinstance(clock, FakeClock)
+    runner = Runner(store, client, clock=clock, timing=TIMING)  # default: public only
+    record = await runner.submit(hooked_plan({"pre_rollout": gate(gates)}),
+                                 PolicyLibrary().get("default"))
+    try:
+        assert (await runner.reconcile(record.id)).phase is Phase.PAUSED
+    finally:
+        await runner.aclose()
+    reason = state_of(store, record.id).pause_reason or ""
+    assert "loopback" in reason, reason
+    assert "ROLLOUT_ALERTS_ALLOWED_HOSTS" in reason, reason
+    assert gates.requests == [], "no request left the controller"
+    assert puts(sandbox_admin) == []
