@@ -135,6 +135,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         outage_after=settings.alerts.workspace_outage_after,
         channels=default_channels,
     )
+    alerts_http = guarded_client(targets, timeout=settings.alerts.timeout)
     runner = Runner(
         store,
         client,
@@ -143,6 +144,9 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         default_channels=default_channels,
         observer=metrics.on_decision,
         ownership=ownership,
+        # Gate hooks go where alerts may go, through the same pinned client.
+        hook_http=alerts_http,
+        hook_targets=targets,
     )
     reconciler = Reconciler(
         runner,
@@ -153,7 +157,6 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         on_lag=metrics.on_lag,
         ownership=ownership,
     )
-    alerts_http = guarded_client(targets, timeout=settings.alerts.timeout)
     try:
         dispatcher = AlertDispatcher(
             store, alerts_http, clock, settings.alerts, on_delivery=metrics.on_alert,

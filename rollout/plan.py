@@ -218,6 +218,106 @@ class AlertChannel(_Strict):
     )
 
 
+HookName = Literal["pre_rollout", "confirm_promotion", "post_rollout", "on_rollback"]
+"""A webhook a plan may name (``hooks:``); the README's "Gates and hooks" has the contract."""
+
+GateName = Literal["pre_rollout", "confirm_promotion"]
+"""The hooks whose answer the rollout waits for."""
+
+NotificationName = Literal["post_rollout", "on_rollback"]
+"""The hooks that only tell: delivered at least once through the alert outbox."""
+
+MAX_HOOK_TIMEOUT: Final = 60.0
+"""Longest ``timeout`` of one hook request: a gate call holds its rollout's reconcile."""
+MAX_HOOK_RETRIES: Final = 10
+
+
+class HookCall(_Strict):
+    """One webhook of a plan: where it is, how it is signed, how long one call may take."""
+
+    # Never shown, like an alert channel's (rollout.redaction): its path may be a credential.
+    url: str = Field(
+        pattern=r"^https?://",
+        repr=False,
+        description="Where to POST (http or https); checked like an alert URL. Never shown: "
+        "reads give scheme and host only.",
+    )
+    secret: str | None = Field(
+        default=None,
+        repr=False,
+        description="HMAC-SHA256 key for X-Rollout-Signature, as for webhook alerts. Never "
+        "shown.",
+    )
+    timeout: Duration = Field(
+        default=10.0, le=MAX_HOOK_TIMEOUT, description="Seconds one request may take."
+    )
+    retries: int = Field(
+        default=2,
+        ge=0,
+        le=MAX_HOOK_RETRIES,
+        description="Gates: further attempts of one call after a timeout, a connection failure, "
+        "408, 429 or 5xx. Notifications: attempts at the outbox's short backoff before it "
+        "retries at its longest (they are never dropped).",
+    )
+
+
+class GateHook(HookCall):
+    """A hook the rollout waits for: it may answer yes, no, or not yet (``wait``)."""
+
+    interval: Duration = Field(
+        default=60.0, description="Seconds between calls while the gate answers 'wait'."
+    )
+    limit: Duration = Field(
+        default=3600.0,
+        description="How long the gate may keep the rollout waiting (answers 'wait', or does "
+        "not answer) before on_limit applies.",
+    )
+    on_limit: Literal["pause", "rollback"] = Field(
+        default="pause",
+        description="At the limit: pause for a person, or roll back (pre_rollout: end without "
+        "touching the endpoint).",
+    )
+
+    @model_validator(mode="after")
+    def _interval(self) -> GateHook:
+        if self.interval > self.limit:
+            raise FieldProblemError("interval", "must not be longer than limit")
+        return self
+
+
+class Hooks(_Strict):
+    """The plan's webhooks; each may be left out. An unknown name is refused."""
+
+    pre_rollout: GateHook | None = Field(
+        default=None, description="Must answer yes before the endpoint is touched."
+    )
+    confirm_promotion: GateHook | None = Field(
+        default=None,
+        description="Polled once the judge would promote, before the candidate goes to 100 %; "
+        "the checks keep running (and may roll back) while it waits.",
+    )
+    post_rollout: HookCall | None = Field(
+        default=None, description="Told once the rollout ends, with its outcome (every end)."
+    )
+    on_rollback: HookCall | None = Field(
+        default=None, description="Told once a rollback is applied (baseline alone again)."
+    )
+
+    def gate(self, name: GateName) -> GateHook | None:
+        return self.pre_rollout if name == "pre_rollout" else self.confirm_promotion
+
+    def notification(self, name: NotificationName) -> HookCall | None:
+        return self.post_rollout if name == "post_rollout" else self.on_rollback
+
+    def named(self) -> list[tuple[str, HookCall]]:
+        """``(name, hook)`` for every hook the plan sets."""
+        return [
+            (name, hook)
+            for name in ("pre_rollout", "confirm_promotion", "post_rollout", "on_rollback")
+            if (hook := getattr(self, name)) is not None
+        ]
+
+
 class _PlanBase(_Strict):
     name: str | None = Field(default=None, max_length=100, description="Optional label.")
     endpoint: str = Field(description="The Databricks serving endpoint.")
@@ -229,6 +329,10 @@ class _PlanBase(_Strict):
         default="default", description="A built-in policy name or an inline policy mapping."
     )
     alerts: list[AlertChannel] = Field(default_factory=list)
+    hooks: Hooks = Field(
+        default_factory=Hooks,
+        description="Webhooks: gates the rollout waits for, notifications it sends.",
+    )
     entity_settings: dict[str, EntitySettings] = Field(
         default_factory=dict,
         description="Per served entity already on the endpoint (the baseline, others): "
@@ -627,6 +731,8 @@ def _issue_of(error: ErrorDetails) -> tuple[PlanIssue, bool] | None:
     if isinstance(problem, FieldProblemError):
         loc = (*loc, *_split_path(problem.field))
         message = str(problem)
+    elif error["type"] == "extra_forbidden" and len(loc) == 2 and loc[0] == "hooks":
+        message = f"not a hook: use {', '.join(Hooks.model_fields)}"
     elif error["type"] == "extra_forbidden":
         message = "unknown field"
     elif message.startswith("Value error, "):

@@ -53,13 +53,19 @@ def redacted_channel(channel: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def redacted_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored plan as shown: every alert channel redacted, the rest as it is."""
+    """A stored plan as shown: every alert channel and hook redacted, the rest as it is."""
     shown = dict(plan)
     alerts = shown.get("alerts")
     if isinstance(alerts, list):
         shown["alerts"] = [
             redacted_channel(item) if isinstance(item, Mapping) else item for item in alerts
         ]
+    hooks = shown.get("hooks")
+    if isinstance(hooks, Mapping):
+        shown["hooks"] = {
+            name: redacted_channel(hook) if isinstance(hook, Mapping) else hook
+            for name, hook in hooks.items()
+        }
     return shown
 
 

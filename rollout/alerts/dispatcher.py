@@ -50,6 +50,7 @@ from rollout.alerts.errors import (
     MalformedAlert,
     ReceiverUnreachable,
 )
+from rollout.alerts.hooks import HookNotifier
 from rollout.alerts.notifier import MAX_RETRY_AFTER, Notifier, SendContext, redact_url
 from rollout.alerts.payload import AlertPayload
 from rollout.alerts.slack import SlackNotifier
@@ -171,6 +172,7 @@ def default_notifiers(http: httpx.AsyncClient, settings: AlertSettings) -> dict[
         WebhookNotifier(http, timeout=settings.timeout),
         SlackNotifier(http, timeout=settings.timeout),
         AlertmanagerNotifier(http, timeout=settings.timeout),
+        HookNotifier(http, timeout=settings.timeout),
     ]
     return {notifier.channel_type: notifier for notifier in notifiers}
 
@@ -312,7 +314,7 @@ class AlertDispatcher:
                     alert=alert.dedup_key,
                     channel=alert.channel,
                     severity=payload.severity,
-                    channel_severity=payload.channel.severity,
+                    channel_severity=payload.channel_severity,
                 )
                 await self._mark_delivered(alert)
                 return

@@ -13,6 +13,7 @@ The tree::
     ├── ChannelConfigError      the default channels setting is not a valid list of channels
     └── DeliveryError           retryable, status, retry_after
         ├── ReceiverUnreachable connection refused/reset, DNS, timeouts            retryable
+        │   ├── ReceiverTimeout     no answer within the request's timeout        retryable
         │   ├── TargetUnresolvable  the URL's host does not resolve               retryable
         │   └── TargetRefused       it resolves to an address alerts may not go to
         │                           (loopback, private, metadata: targets.py)     not retryable
@@ -70,6 +71,10 @@ class ReceiverUnreachable(DeliveryError):
 
     def __init__(self, message: str, *, retryable: bool = True) -> None:
         super().__init__(message, retryable=retryable)
+
+
+class ReceiverTimeout(ReceiverUnreachable):
+    """The receiver did not answer within the request's timeout (a gate says so)."""
 
 
 class ReceiverRejected(DeliveryError):

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 
 from rollout import __version__
-from rollout.alerts.errors import ReceiverRejected, ReceiverUnreachable
+from rollout.alerts.errors import ReceiverRejected, ReceiverTimeout, ReceiverUnreachable
 from rollout.alerts.payload import AlertPayload
 from rollout.redaction import excerpt, redact_url
 
@@ -118,7 +118,7 @@ async def post(
             url, content=content, headers=all_headers, timeout=request_timeout
         )
     except httpx.TimeoutException as exc:
-        raise ReceiverUnreachable(f"{where}: no answer within {request_timeout:g} s") from exc
+        raise ReceiverTimeout(f"{where}: no answer within {request_timeout:g} s") from exc
     except httpx.UnsupportedProtocol as exc:
         # A URL httpx cannot speak to will not improve by waiting: someone must fix it.
         raise ReceiverUnreachable(f"{where}: {exc}", retryable=False) from exc

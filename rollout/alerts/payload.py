@@ -22,7 +22,7 @@ from typing import Any, Final, cast
 from pydantic import ValidationError
 
 from rollout.alerts.errors import MalformedAlert
-from rollout.plan import SEVERITY_ORDER, AlertChannel, Severity
+from rollout.plan import SEVERITY_ORDER, AlertChannel, HookCall, Severity
 from rollout.store.model import TERMINAL, OutboxAlert
 
 __all__ = ["SEVERITY_ORDER", "Severity"]  # re-exported: the alert side's names for them
@@ -55,6 +55,10 @@ EVENT_TITLES: Final[Mapping[str, str]] = {
     "workspace_reachable": "Workspace reachable again",
 }
 
+HOOK_CHANNEL: Final = "hook"
+"""The outbox channel of a plan's notification hooks (``post_rollout``, ``on_rollback``):
+their rows carry the hook (a ``HookCall``) where an alert's carry its channel."""
+
 _REQUIRED_TEXT = ("rollout", "endpoint", "event", "severity", "summary", "phase")
 
 
@@ -78,7 +82,7 @@ class AlertPayload:
     summary: str
     phase: str
     details: dict[str, Any]
-    channel: AlertChannel
+    channel: AlertChannel | HookCall
     occurred_at: float
     attempt: int
 
@@ -95,15 +99,19 @@ class AlertPayload:
         details = data.get("details") or {}
         if not isinstance(details, dict):
             raise MalformedAlert(f"alert {alert.dedup_key!r}: 'details' is not an object")
+        channel: AlertChannel | HookCall
         try:
-            channel = AlertChannel.model_validate(data.get("channel"))
+            if alert.channel == HOOK_CHANNEL:
+                channel = HookCall.model_validate(data.get("channel"))
+            else:
+                channel = AlertChannel.model_validate(data.get("channel"))
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "channel"
             raise MalformedAlert(
                 f"alert {alert.dedup_key!r}: bad channel ({where}: {first['msg']})"
             ) from exc
-        if channel.type != alert.channel:
+        if isinstance(channel, AlertChannel) and channel.type != alert.channel:
             raise MalformedAlert(
                 f"alert {alert.dedup_key!r}: row is for {alert.channel!r} but its payload "
                 f"names a {channel.type!r} channel"
@@ -133,7 +141,12 @@ class AlertPayload:
     @property
     def passes_channel_filter(self) -> bool:
         """Whether the alert is at least as severe as the lowest severity its channel takes."""
-        return SEVERITY_ORDER[self.severity] >= SEVERITY_ORDER[self.channel.severity]
+        return SEVERITY_ORDER[self.severity] >= SEVERITY_ORDER[self.channel_severity]
+
+    @property
+    def channel_severity(self) -> Severity:
+        """The lowest severity the channel takes (a hook takes every notification)."""
+        return self.channel.severity if isinstance(self.channel, AlertChannel) else "info"
 
     @property
     def title(self) -> str:

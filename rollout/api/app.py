@@ -46,7 +46,7 @@ from rollout import __version__
 from rollout.alerts.targets import TargetPolicy
 from rollout.analysis.spec import Policy
 from rollout.api.auth import Role, TokenTable, allows, parse_tokens
-from rollout.api.channels import channel_routes, refused_targets, target_issues
+from rollout.api.channels import channel_routes, hook_issues, refused_targets, target_issues
 from rollout.api.documents import (
     JSON_TYPES,
     MAX_CURSOR_CHARS,
@@ -513,7 +513,10 @@ class _Service:
             plan, policy = check_plan(parse_plan_body(body, kind), self.library)
         except PlanError as exc:
             raise _invalid_plan(exc) from exc
-        refused = await target_issues(self.alert_targets, plan.alerts)
+        refused = [
+            *await target_issues(self.alert_targets, plan.alerts),
+            *await hook_issues(self.alert_targets, plan.hooks),
+        ]
         if refused:
             raise refused_targets(refused)
         active = await self.in_thread(self.store.active_for_endpoint, plan.endpoint)

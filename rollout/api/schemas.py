@@ -16,11 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rollout.analysis.spec import Policy
 from rollout.api.auth import Role
 from rollout.engine.decide import DEFAULT_TIMING, Timing
-from rollout.engine.model import Phase, RolloutState
+from rollout.engine.model import GateState, Phase, RolloutState
 from rollout.engine.progress import Progress, progress
 from rollout.plan import (
     AlertChannel,
     AnyPlan,
+    GateName,
     PlanError,
     judged_weights,
     validate_plan,
@@ -28,6 +29,7 @@ from rollout.plan import (
 from rollout.redaction import redacted_plan
 from rollout.store.model import Command, CommandKind, EventRecord, PhaseName, RolloutRecord
 from rollout.store.model import RolloutSummary as StoredSummary
+from rollout.vocabulary import GateAnswer
 
 __all__ = ["CommandKind", "PhaseName"]  # the store's vocabularies, re-exported for the API
 Number = float | str | None  # verdict numbers: "+Inf"/"-Inf" where infinite, null where NaN
@@ -120,6 +122,21 @@ class Verdict(BaseModel):
     missing: list[str] = Field(default_factory=list)
 
 
+class Gate(BaseModel):
+    """A gate hook the rollout is waiting at (README, "Gates and hooks")."""
+
+    name: GateName
+    waiting_since: datetime = Field(description="When the wait (and its limit) began.")
+    calls: int = Field(description="Calls made so far in this wait, each with its retries.")
+    next_call_at: datetime | None = Field(
+        description="When the gate is asked again; null: at the next look."
+    )
+    last_answer: GateAnswer | None
+    last_reason: str | None = Field(description="The gate's reason, or what failed.")
+    last_status: int | None = Field(description="The HTTP status of the last answer, if any.")
+    held: bool = Field(description="The rollout is paused on this gate's answer.")
+
+
 class Rollout(BaseModel):
     """A rollout: its plan, where it is, and why."""
 
@@ -152,6 +169,12 @@ class Rollout(BaseModel):
     last_verdict: Verdict | None
     pause_reason: str | None
     ending_reason: str | None
+    gate: Gate | None = Field(
+        default=None, description="The gate hook the rollout is waiting at, if any."
+    )
+    gates_passed: list[GateName] = Field(
+        default_factory=list, description="Gate hooks that said yes (never asked again)."
+    )
     report: dict[str, Any] | None = Field(description="The A/B report, once written.")
     next: Progress | None = Field(
         default=None,
@@ -163,8 +186,8 @@ class Rollout(BaseModel):
     updated_at: datetime
     started_at: datetime
     plan: dict[str, Any] = Field(
-        description="The validated plan with its policy inlined; alert channels show the "
-        "scheme and host of their url only, and a secret as '(redacted)'."
+        description="The validated plan with its policy inlined; alert channels and hooks "
+        "show the scheme and host of their url only, and a secret as '(redacted)'."
     )
 
 
@@ -416,12 +439,29 @@ def rollout_view(
         last_verdict=_verdict(state.last_verdict),
         pause_reason=state.pause_reason,
         ending_reason=state.ending_reason,
+        gate=_gate(state.gate),
+        gates_passed=list(state.gates_passed),
         report=state.report,
         next=_progress(plan, record, state, now, timing),
         created_at=utc(record.created_at),
         updated_at=utc(record.updated_at),
         started_at=utc(state.started_at),
         plan=redacted_plan(record.plan),
+    )
+
+
+def _gate(gate: GateState | None) -> Gate | None:
+    if gate is None:
+        return None
+    return Gate(
+        name=gate.name,
+        waiting_since=utc(gate.started_at),
+        calls=gate.calls,
+        next_call_at=None if gate.next_call_at is None else utc(gate.next_call_at),
+        last_answer=gate.last_answer,
+        last_reason=gate.last_reason,
+        last_status=gate.last_status,
+        held=gate.held,
     )
 
 

@@ -4,8 +4,10 @@ Where this sits: the scheduler calls ``Runner.reconcile(rollout_id)`` when a rol
 One reconcile is: read the rollout from the store; observe (GET the endpoint, scrape
 export-metrics into new windows, read queued commands); ``decide``; commit the decision (new
 state, events, alert-outbox rows, consumed commands) in one transaction; then carry out the
-decision's effect (PUT the config and wait until it is applied, or run the blue/green
-preflight) and feed its outcome straight back into ``decide``.
+decision's effect (PUT the config and wait until it is applied, run the blue/green
+preflight, or call a gate hook of the plan) and feed its outcome straight back into
+``decide``. The plan's notification hooks are outbox rows (channel ``hook``) of the same
+transaction, delivered by the alert dispatcher (``rollout.alerts.hooks``).
 
 Crash safety comes from that order. The intent (a ``Target``) is committed before the PUT, and
 the confirmation (the ``step_applied`` event) only after the endpoint shows the config, so a
@@ -58,15 +60,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
+import httpx
 import structlog
 
+from rollout.alerts.hooks import HookMessage, call_gate
+from rollout.alerts.payload import HOOK_CHANNEL
+from rollout.alerts.targets import TargetPolicy, guarded_client
 from rollout.analysis.spec import Policy
 from rollout.clock import Clock
 from rollout.engine.decide import DEFAULT_TIMING, Timing, current_fold, decide, update_failure
 from rollout.engine.model import (
+    CallGate,
     Command,
     Decision,
     EndpointSnapshot,
+    GateOutcome,
     Observation,
     Phase,
     PreflightOutcome,
@@ -81,7 +89,14 @@ from rollout.engine.schema import entity_input_schema, input_compatible
 from rollout.metrics.model import EntityWindow
 from rollout.metrics.parse import MetricsError, parse_export_metrics
 from rollout.metrics.windows import WindowTracker
-from rollout.plan import SEVERITY_ORDER, AlertChannel, AnyPlan, resolve_policy, validate_plan
+from rollout.plan import (
+    MAX_HOOK_TIMEOUT,
+    SEVERITY_ORDER,
+    AlertChannel,
+    AnyPlan,
+    resolve_policy,
+    validate_plan,
+)
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import (
     ConfigMismatch,
@@ -294,6 +309,8 @@ class Runner:
         observer: DecisionObserver | None = None,
         ownership: Owner | None = None,
         dedup_horizon: float = DEFAULT_DEDUP_HORIZON,
+        hook_http: httpx.AsyncClient | None = None,
+        hook_targets: TargetPolicy | None = None,
     ) -> None:
         if not dedup_horizon > 0:
             raise ValueError(f"dedup_horizon must be positive seconds, got {dedup_horizon!r}")
@@ -305,8 +322,20 @@ class Runner:
         self.timing = timing
         self.default_channels = list(default_channels)
         self.observer = observer
+        # Gate hooks go where alerts may go (``hook_targets``, checked before every call),
+        # through a client that connects only to checked addresses; one is made on the first
+        # gate call when none is given (``aclose`` closes it then).
+        self.hook_targets = hook_targets if hook_targets is not None else TargetPolicy()
+        self._hook_http = hook_http
+        self._own_hook_http = False
         self._locks: dict[str, asyncio.Lock] = {}
         self._kept: dict[str, _Kept] = {}
+
+    async def aclose(self) -> None:
+        """Close what the runner opened itself (the gate hooks' HTTP client)."""
+        if self._own_hook_http and self._hook_http is not None:
+            await self._hook_http.aclose()
+            self._hook_http, self._own_hook_http = None, False
 
     # ---- submission ---------------------------------------------------------------------
 
@@ -494,6 +523,29 @@ class Runner:
                         },
                     )
                 )
+        for note in decision.hooks:
+            hook = plan.hooks.notification(note.hook)
+            if hook is None:  # pragma: no cover - decide names only the plan's hooks
+                continue
+            rows.append(
+                NewAlert(
+                    # Each notification happens once per rollout: its name is its key.
+                    dedup_key=f"{record.id}:{note.hook}",
+                    channel=HOOK_CHANNEL,
+                    payload={
+                        "rollout": record.id,
+                        "endpoint": record.endpoint,
+                        "candidate": plan.candidate.served_name,
+                        "baseline": state.baseline,
+                        "event": note.hook,
+                        "severity": "info",
+                        "summary": note.summary,
+                        "phase": state.phase.value,
+                        "details": note.details,
+                        "channel": hook.model_dump(mode="json"),
+                    },
+                )
+            )
         return rows
 
     # ---- observing ----------------------------------------------------------------------
@@ -575,7 +627,52 @@ class Runner:
             return await self._apply(plan, effect.target)
         if isinstance(effect, RunPreflight):
             return await self._preflight(plan.endpoint, effect)
+        if isinstance(effect, CallGate):
+            return await self._call_gate(rollout_id, plan, decision.state, effect)
         return Observation()  # pragma: no cover - decide returns only these effects
+
+    async def _call_gate(
+        self, rollout_id: str, plan: AnyPlan, state: RolloutState, effect: CallGate
+    ) -> Observation:
+        """Ask the plan's gate, then read the endpoint: ``decide`` gets the answer with it."""
+        hook = plan.hooks.gate(effect.gate)
+        if hook is None:  # pragma: no cover - decide calls only the plan's gates
+            raise ValueError(f"the plan has no {effect.gate} hook")
+        baseline = state.baseline or effect.details.get("baseline")
+        message = HookMessage(
+            id=f"{rollout_id}:{effect.gate}:{effect.call}",
+            hook=effect.gate,
+            rollout=rollout_id,
+            endpoint=plan.endpoint,
+            candidate=plan.candidate.served_name,
+            baseline=None if baseline is None else str(baseline),
+            phase=state.phase.value,
+            summary=effect.summary,
+            details=effect.details,
+            occurred_at=self.clock.now(),
+        )
+        if self._hook_http is None:
+            self._hook_http = guarded_client(self.hook_targets, timeout=MAX_HOOK_TIMEOUT)
+            self._own_hook_http = True
+        reply = await call_gate(
+            self._hook_http, self.hook_targets, hook, message, clock=self.clock
+        )
+        log.info(
+            "rollout.gate",
+            rollout=rollout_id,
+            endpoint=plan.endpoint,
+            gate=effect.gate,
+            call=effect.call,
+            answer=reply.answer,
+            status=reply.status,
+            attempts=reply.attempts,
+            reason=reply.reason,
+        )
+        outcome = GateOutcome(
+            effect.gate, effect.call, reply.answer, reply.reason, reply.status, reply.attempts
+        )
+        observation = await self._read_endpoint(plan.endpoint)
+        return replace(observation, gate=outcome)
 
     async def _apply(self, plan: AnyPlan, target: Target) -> Observation:
         endpoint = plan.endpoint

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import structlog
 
+from rollout.alerts.dispatcher import target_policy
 from rollout.clock import Clock, SystemClock
 from rollout.engine.decide import Timing
 from rollout.engine.model import TERMINAL_PHASES, Phase
@@ -100,6 +101,10 @@ async def run_engine(
     if problem is not None:
         raise ConfigurationProblem(problem)
     clock = SystemClock()
+    try:
+        targets = target_policy(settings.alerts)
+    except ValueError as exc:
+        raise ConfigurationProblem(f"alert settings: {exc}") from exc
     watch: WorkspaceWatch | None = None
 
     def on_response(call: str, status: int | None, seconds: float) -> None:
@@ -134,6 +139,8 @@ async def run_engine(
         timing=timing_from(settings.engine, metrics_window=settings.serving.metrics_window),
         default_channels=default_channels,
         ownership=ownership,
+        # Gate hooks go where alerts may go (the runner makes its pinned client).
+        hook_targets=targets,
     )
     reconciler = Reconciler(
         runner,
@@ -168,6 +175,7 @@ async def run_engine(
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await loop_task
         await watch.drain()
+        await runner.aclose()
         await client.aclose()
         store.close()
         log.info("engine.stopped")
