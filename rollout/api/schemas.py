@@ -388,7 +388,7 @@ def rollout_view(
     state = RolloutState.model_validate(record.state)
     plan: AnyPlan | None
     try:
-        plan = validate_plan(record.plan)
+        plan = validate_plan(record.plan, stored=True)
     except PlanError:
         # Stored by code whose plan format has since changed: show what can be read.
         plan = None

@@ -170,7 +170,7 @@ def stored_plan(plan: AnyPlan, policy: Policy) -> dict[str, Any]:
 
 
 def load_stored_plan(data: dict[str, Any]) -> tuple[AnyPlan, Policy]:
-    plan = validate_plan(data)
+    plan = validate_plan(data, stored=True)
     return plan, resolve_policy(plan)
 
 
