@@ -174,6 +174,57 @@ def engine(
         raise typer.Exit(2) from exc
 
 
+@app.command("watch-alias")
+def watch_alias(
+    alias: Annotated[
+        str,
+        typer.Argument(help="The alias to watch: catalog.schema.model@alias.", show_default=False),
+    ],
+    *,
+    endpoint: Annotated[
+        str, typer.Option("--endpoint", help="The serving endpoint to roll out on.")
+    ],
+    plan_template: Annotated[
+        Path,
+        typer.Option(
+            "--plan-template",
+            help="A plan file (YAML or JSON); the watch sets its candidate's alias and version.",
+        ),
+    ],
+    interval: float | None = typer.Option(
+        None, min=0.01, help="Seconds between two looks (ROLLOUT_ALIASES_POLL_INTERVAL; 60)."
+    ),
+    once: bool = typer.Option(False, "--once", help="Look once, print what it came to, exit."),
+) -> None:
+    """Start a rollout whenever a Unity Catalog alias moves to a new version.
+
+    Polls the alias; when it names a version the endpoint neither serves nor has in flight,
+    stores a rollout of that version from the plan template (one per alias move, however
+    many watchers share the store). A controller on the same store drives it. Configured by
+    the environment as `rollout engine` (ROLLOUT_STORE_URL, DATABRICKS_*). The same watch
+    inside `rollout serve`: ROLLOUT_ALIASES_WATCHES.
+    """
+    from rollout.engine.service import run_alias_watch  # noqa: PLC0415
+    from rollout.settings import AliasWatchSetting  # noqa: PLC0415
+
+    settings = _settings()
+    if interval is not None:
+        settings.aliases.poll_interval = interval
+    watch = AliasWatchSetting(alias=alias, endpoint=endpoint, plan_template=plan_template)
+    try:
+        outcome = asyncio.run(
+            run_alias_watch(
+                settings, watch, once=once, on_pass=lambda o: typer.echo(f"{alias}: {o}")
+            )
+        )
+    except ConfigurationProblem as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if outcome is not None:
+        typer.echo(f"{alias}: {outcome}")
+    raise typer.Exit(1 if outcome in ("unavailable", "invalid") else 0)
+
+
 @app.command()
 def serve(
     *,

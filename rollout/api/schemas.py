@@ -128,6 +128,11 @@ class Rollout(BaseModel):
     endpoint: str
     strategy: Literal["canary", "ab", "blue_green"]
     candidate: str = Field(description="The candidate's served entity name.")
+    candidate_source: str | None = Field(
+        default=None,
+        description="For a candidate given by Unity Catalog alias: the alias and the version "
+        "it named at submission, e.g. 'main.ml.ads_model@challenger = version 7'.",
+    )
     baseline: str | None = Field(
         description="The baseline's served entity name (known once the rollout prepared)."
     )
@@ -405,6 +410,11 @@ def rollout_view(
         endpoint=record.endpoint,
         strategy=strategy if strategy in ("ab", "blue_green") else "canary",
         candidate=_candidate_name(plan, record.plan),
+        candidate_source=(
+            plan.candidate.describe()
+            if plan is not None and plan.candidate.alias is not None
+            else None
+        ),
         baseline=baseline,
         policy=_policy_name(record.plan),
         phase=cast(PhaseName, record.phase),  # the store keeps known phases only

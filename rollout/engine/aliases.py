@@ -277,7 +277,7 @@ class AliasWatcher:
         *,
         library: PolicyLibrary | None = None,
         poll_interval: float = 60.0,
-        wake: Callable[[str], None] | None = None,
+        wake: Callable[[str], object] | None = None,
     ) -> None:
         self.store = store
         self.client = client
