@@ -4,10 +4,10 @@ Where this sits: ``rollout engine`` calls ``run_engine`` (and ``rollout watch-al
 ``run_alias_watch``, the alias watcher alone: ``rollout.engine.aliases``); it builds every
 I/O handle from the settings, runs the reconcile loop, and on SIGTERM/SIGINT stops taking
 work, lets the reconciles in flight finish and releases its leases before closing the
-client and the store. It takes part in rollout ownership like a ``rollout serve`` replica (``rollout.engine
-.ownership``): beside other controllers on PostgreSQL it drives only its share, and on SQLite
-it refuses to start while another process drives the same file. If the loop dies the
-process ends with the loop's error.
+client and the store. It takes part in rollout ownership like a ``rollout serve`` replica
+(``rollout.engine.ownership``): beside other controllers on PostgreSQL it drives only its
+share, and on SQLite it refuses to start while another process drives the same file. If the
+loop dies the process ends with the loop's error.
 """
 
 from __future__ import annotations
