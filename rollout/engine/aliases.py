@@ -354,6 +354,10 @@ class AliasWatcher:
             log.info("aliases.taken", watch=watch.key, version=version)
             return "taken"
         except ActiveRolloutExists as exc:
+            # Another watcher's rollout of this very move may be what holds the endpoint.
+            if await asyncio.to_thread(self.store.alias_trigger, watch.key, version):
+                log.info("aliases.taken", watch=watch.key, version=version)
+                return "taken"
             log.info("aliases.endpoint_busy", watch=watch.key, version=version,
                      active=exc.active_id)
             return "busy"

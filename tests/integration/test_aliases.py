@@ -5,18 +5,35 @@ calls against the sandbox, alias plans through the API, the alias watcher, and t
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
-from rollout.clock import Clock
+from rollout.api import create_api
+from rollout.clock import Clock, FakeClock
+from rollout.engine.aliases import AliasMover, AliasWatch, AliasWatcher
+from rollout.engine.decide import Timing
+from rollout.engine.model import Phase
+from rollout.engine.runner import Runner
+from rollout.policies import PolicyLibrary
+from rollout.sandbox.server import SandboxServer
 from rollout.serving.auth import PatAuth
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import InvalidRequest, NotFound, PermissionDenied
 from rollout.serving.retry import RetryPolicy
+from rollout.settings import ApiSettings
+from rollout.store import open_store
+from rollout.store.base import Store
+from rollout.store.model import RolloutRecord
 
 MODEL = "main.ml.ads_model"
 
@@ -115,3 +132,248 @@ async def test_client_alias_calls_share_auth_and_retries(
         assert (await reader.get_registered_model(MODEL)).alias_version("challenger") == "1"
         with pytest.raises(PermissionDenied):
             await reader.set_alias(MODEL, "champion", "1")
+
+
+# ---- plans naming an alias, through the API -------------------------------------------------
+
+ENDPOINT = "ads"
+BASELINE = "ads-3"
+HEALTHY = {"error_rate": 0.002, "latency_p50_ms": 40, "latency_p99_ms": 120}
+BROKEN = {**HEALTHY, "error_rate": 0.08}
+TIMING = Timing(look_interval=30, update_poll=5, update_deadline=600)
+TEMPLATE = {
+    "endpoint": ENDPOINT,
+    "candidate": {"entity_name": MODEL, "workload_size": "Small"},
+    "strategy": "canary",
+    "steps": [{"weight": 10, "bake": "5m"}, {"weight": 50, "bake": "5m"}],
+    "on_success": {"set_alias": "champion"},
+    "alerts": [{"type": "webhook", "url": "http://127.0.0.1:9/hook"}],
+}
+
+
+def make_endpoint(admin: httpx.Client, profiles: dict[str, dict[str, Any]]) -> None:
+    response = admin.post(
+        "/endpoints",
+        json={
+            "name": ENDPOINT,
+            "served_entities": [
+                {
+                    "name": BASELINE,
+                    "entity_name": MODEL,
+                    "entity_version": "3",
+                    "workload_size": "Small",
+                    "scale_to_zero_enabled": False,
+                }
+            ],
+            "profiles": {BASELINE: HEALTHY, **profiles},
+            "qps": 1000,
+        },
+    )
+    assert response.status_code == 201, response.text
+
+
+def registry_at_three(admin: httpx.Client) -> None:
+    """Versions 1-3 of the model; @champion and @challenger both on 3, which ads serves."""
+    register(admin)
+    register(admin)
+    register(admin, "champion", "challenger")
+
+
+def api_app(sandbox: SandboxServer, store: Store, client: ServingClient) -> FastAPI:
+    return create_api(
+        store=store,
+        client=client,
+        clock=sandbox.clock,
+        library=PolicyLibrary(),
+        registry=CollectorRegistry(),
+        settings=ApiSettings(),
+    )
+
+
+async def test_api_resolves_the_alias_at_submission(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, client: ServingClient
+) -> None:
+    make_endpoint(sandbox_admin, {})
+    registry_at_three(sandbox_admin)
+    seven = [register(sandbox_admin) for _ in range(4)][-1]
+    move(sandbox_admin, "challenger", seven)
+    move(sandbox_admin, "champion", 6)
+    plan = json.loads(json.dumps(TEMPLATE))
+    plan["candidate"]["alias"] = "challenger"
+    plan.pop("alerts")
+    transport = httpx.ASGITransport(api_app(sandbox, store, client))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as api:
+        response = await api.post("/api/v1/rollouts", json=plan)
+        assert response.status_code == 201, response.text
+        rollout = response.json()
+        assert rollout["candidate"] == "ads_model-7"
+        assert rollout["candidate_source"] == "main.ml.ads_model@challenger = version 7"
+        stored = store.get(rollout["id"]).plan
+        assert stored["candidate"]["entity_version"] == "7"
+        assert stored["candidate"]["alias"] == "challenger"
+        assert stored["on_success"] == {"set_alias": "champion", "previous_version": "6"}
+        (submitted,) = store.events(rollout["id"])
+        assert "candidate main.ml.ads_model@challenger = version 7" in submitted.reason
+        assert submitted.data["candidate_version"] == "7"
+        # Moving the alias later changes nothing in the stored rollout.
+        move(sandbox_admin, "challenger", 5)
+        again = await api.get(f"/api/v1/rollouts/{rollout['id']}")
+        assert again.json()["candidate_source"] == "main.ml.ads_model@challenger = version 7"
+        finish(store, rollout["id"], "aborted")
+
+        plan["candidate"]["alias"] = "nightly"
+        response = await api.post("/api/v1/rollouts", json=plan)
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["code"] == "unknown_alias"
+        assert error["details"] == [
+            {
+                "field": "candidate.alias",
+                "message": "main.ml.ads_model has no alias @nightly (its aliases: "
+                "@challenger = version 5, @champion = version 6)",
+            }
+        ]
+        plan["candidate"].update(entity_name="main.ml.nothing", alias="challenger")
+        response = await api.post("/api/v1/rollouts", json=plan)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["details"] == [
+            {
+                "field": "candidate.entity_name",
+                "message": "registered model 'main.ml.nothing' does not exist",
+            }
+        ]
+        plan["candidate"].update(entity_name=MODEL, entity_version="7")
+        response = await api.post("/api/v1/rollouts", json=plan)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["details"][0]["field"] == "candidate.alias"
+    assert [r.id for r in store.list(ENDPOINT, None, 10)] == [rollout["id"]]
+
+
+def finish(store: Store, rollout_id: str, phase: str) -> None:
+    record = store.get(rollout_id)
+    store.commit(
+        rollout_id, record.version, phase=phase, state={**record.state, "phase": phase},
+        due_at=None, updated_at=record.updated_at + 1, events=[], alerts=[],
+        consumed_commands=[],
+    )
+
+
+# ---- the watcher, the mover ----------------------------------------------------------------
+
+
+@pytest.fixture
+def template(tmp_path: Path) -> Path:
+    path = tmp_path / "canary.yaml"
+    path.write_text(yaml.safe_dump(TEMPLATE), encoding="utf-8")
+    return path
+
+
+def watcher(store: Store, client: ServingClient, clock: Clock, template: Path) -> AliasWatcher:
+    library = PolicyLibrary()
+    watch = AliasWatch.load(f"{MODEL}@challenger", ENDPOINT, template, library)
+    return AliasWatcher(store, client, clock, [watch], library=library, poll_interval=60)
+
+
+async def drive(runner: Runner, store: Store, clock: FakeClock, rollout_id: str) -> Phase:
+    start = clock.now()
+    while clock.now() - start < 4 * 3600:
+        result = await runner.reconcile(rollout_id)
+        if result.phase.terminal:
+            return result.phase
+        due = store.get(rollout_id).due_at
+        assert due is not None
+        clock.advance(max(0.0, due - clock.now()))
+    return Phase(store.get(rollout_id).phase)
+
+
+def rollouts(store: Store) -> list[RolloutRecord]:
+    return store.list(ENDPOINT, None, 100)
+
+
+def alert_summaries(store: Store, clock: Clock, event: str) -> list[str]:
+    alerts = store.claim_alerts(now=clock.now() + 1, limit=100, lease_seconds=60)
+    return [a.payload["summary"] for a in alerts if a.payload["event"] == event]
+
+
+async def test_an_alias_move_starts_one_rollout_and_success_moves_champion(
+    sandbox: SandboxServer,
+    sandbox_admin: httpx.Client,
+    store: Store,
+    client: ServingClient,
+    template: Path,
+    tmp_path: Path,
+) -> None:
+    clock = sandbox.clock
+    assert isinstance(clock, FakeClock)
+    make_endpoint(sandbox_admin, {"ads_model-4": HEALTHY})
+    registry_at_three(sandbox_admin)
+    first = watcher(store, client, clock, template)
+    # The endpoint serves what the alias names: nothing to do, and that is remembered.
+    assert await first.check_all() == {f"{MODEL}@challenger -> {ENDPOINT}": "serving"}
+    assert rollouts(store) == []
+
+    register(sandbox_admin, "challenger")  # version 4
+    # A second controller on the same database, watching the same alias at the same time.
+    other_store = open_store(f"sqlite:///{tmp_path / 'rollout.db'}")
+    try:
+        second = watcher(other_store, client, clock, template)
+        outcomes = await asyncio.gather(first.check_all(), second.check_all())
+        seen = [o for result in outcomes for o in result.values()]
+        assert seen.count("started") == 1, seen
+        assert set(seen) - {"started"} <= {"taken", "in_flight", "seen"}, seen
+        (record,) = rollouts(store)
+        # Another pass, and a restarted watcher, find the version taken up.
+        assert set((await first.check_all()).values()) == {"seen"}
+        restarted = watcher(other_store, client, clock, template)
+        assert set((await restarted.check_all()).values()) == {"seen"}
+    finally:
+        other_store.close()
+    assert len(rollouts(store)) == 1
+    assert record.plan["candidate"]["entity_version"] == "4"
+    assert record.plan["on_success"]["previous_version"] == "3"
+    (submitted,) = store.events(record.id)
+    assert "alias watch main.ml.ads_model@challenger -> ads" in submitted.reason
+
+    runner = Runner(store, client, clock=clock, timing=TIMING)
+    mover = AliasMover(store, client, clock)
+    assert await mover.move_once() == [], "nothing moves before the promotion"
+    assert await drive(runner, store, clock, record.id) is Phase.SUCCEEDED
+    assert aliases_of(sandbox_admin)["champion"] == 3, "moved after the commit, by the mover"
+    assert await mover.move_once() == [record.id]
+    assert aliases_of(sandbox_admin) == {"challenger": 4, "champion": 4}
+    assert await mover.move_once() == [], "done once"
+    move_row = store.alias_move(record.id)
+    assert move_row is not None
+    assert move_row.done_at is not None
+    (summary,) = alert_summaries(store, clock, "succeeded")
+    assert summary.endswith("; main.ml.ads_model@champion moves to version 4")
+    # Promoted: the endpoint serves version 4 now; the watch has nothing more to do.
+    assert set((await first.check_all()).values()) == {"seen"}
+
+
+async def test_a_rolled_back_alias_move_leaves_the_aliases_alone(
+    sandbox: SandboxServer,
+    sandbox_admin: httpx.Client,
+    store: Store,
+    client: ServingClient,
+    template: Path,
+) -> None:
+    clock = sandbox.clock
+    assert isinstance(clock, FakeClock)
+    make_endpoint(sandbox_admin, {"ads_model-4": BROKEN})
+    registry_at_three(sandbox_admin)
+    register(sandbox_admin, "challenger")  # version 4, broken
+    watching = watcher(store, client, clock, template)
+    assert set((await watching.check_all()).values()) == {"started"}
+    (record,) = rollouts(store)
+    runner = Runner(store, client, clock=clock, timing=TIMING)
+    assert await drive(runner, store, clock, record.id) is Phase.ROLLED_BACK
+    mover = AliasMover(store, client, clock)
+    clock.advance(3600)
+    assert await mover.move_once() == []
+    assert aliases_of(sandbox_admin) == {"challenger": 4, "champion": 3}
+    (summary,) = alert_summaries(store, clock, "rolled_back")
+    assert "aliases left unchanged: @champion stays at version 3" in summary
+    # The alias still names version 4, which was rolled back: it is not tried again.
+    assert set((await watching.check_all()).values()) == {"seen"}
+    assert len(rollouts(store)) == 1
