@@ -296,6 +296,7 @@ def alert_summaries(store: Store, clock: Clock, event: str) -> list[str]:
 
 
 async def test_an_alias_move_starts_one_rollout_and_success_moves_champion(
+    *,
     sandbox: SandboxServer,
     sandbox_admin: httpx.Client,
     store: Store,
