@@ -17,13 +17,16 @@ import pytest
 import yaml
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from typer.testing import CliRunner
 
 from rollout.api import create_api
+from rollout.cli import app as cli_app
 from rollout.clock import Clock, FakeClock
 from rollout.engine.aliases import AliasMover, AliasWatch, AliasWatcher
 from rollout.engine.decide import Timing
 from rollout.engine.model import Phase
 from rollout.engine.runner import Runner
+from rollout.errors import ConfigurationProblem
 from rollout.policies import PolicyLibrary
 from rollout.sandbox.server import SandboxServer
 from rollout.serving.auth import PatAuth
@@ -378,3 +381,53 @@ async def test_a_rolled_back_alias_move_leaves_the_aliases_alone(
     # The alias still names version 4, which was rolled back: it is not tried again.
     assert set((await watching.check_all()).values()) == {"seen"}
     assert len(rollouts(store)) == 1
+
+
+# ---- the command and the watch's checks -----------------------------------------------------
+
+
+def test_watch_alias_command_starts_the_rollout_once(
+    sandbox: SandboxServer,
+    sandbox_admin: httpx.Client,
+    template: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_endpoint(sandbox_admin, {})
+    registry_at_three(sandbox_admin)
+    register(sandbox_admin, "challenger")
+    database = tmp_path / "watch.db"
+    for name, value in {
+        "DATABRICKS_HOST": sandbox.url,
+        "DATABRICKS_TOKEN": sandbox.token,
+        "ROLLOUT_SERVING_AUTH_RESOLVER": "builtin",
+        "ROLLOUT_STORE_URL": f"sqlite:///{database}",
+        "ROLLOUT_LOG_LEVEL": "warning",
+    }.items():
+        monkeypatch.setenv(name, value)
+    args = ["watch-alias", f"{MODEL}@challenger", "--endpoint", ENDPOINT,
+            "--plan-template", str(template), "--once"]
+    first = CliRunner().invoke(cli_app, args)
+    assert first.exit_code == 0, first.output
+    assert first.output.strip().endswith(f"{MODEL}@challenger: started")
+    again = CliRunner().invoke(cli_app, args)
+    assert again.output.strip().endswith(f"{MODEL}@challenger: seen"), again.output
+    store = open_store(f"sqlite:///{database}")
+    try:
+        (record,) = rollouts(store)
+        assert record.plan["candidate"]["entity_version"] == "4"
+    finally:
+        store.close()
+    broken = CliRunner().invoke(cli_app, [*args[:2], "--endpoint", "other", *args[4:]])
+    assert broken.exit_code == 2
+    assert "endpoint is 'ads', the watch's is 'other'" in broken.output
+
+
+def test_a_template_for_another_model_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.yaml"
+    other = {**TEMPLATE, "candidate": {"entity_name": "main.ml.other", "entity_version": "2"}}
+    path.write_text(yaml.safe_dump(other), encoding="utf-8")
+    with pytest.raises(ConfigurationProblem, match=r"the watch's model is 'main\.ml\.ads_model'"):
+        AliasWatch.load(f"{MODEL}@challenger", ENDPOINT, path, PolicyLibrary())
+    with pytest.raises(ConfigurationProblem, match=r"catalog\.schema\.model@alias"):
+        AliasWatch.load(MODEL, ENDPOINT, path, PolicyLibrary())

@@ -364,3 +364,16 @@ def test_on_success_set_alias() -> None:
     legacy = with_(on_success={"set_alias": "champion"})
     legacy["candidate"]["entity_name"] = "ads_model"
     assert "not a Unity Catalog model" in _issues(legacy)["on_success.set_alias"]
+
+
+def test_readme_alias_plan_is_valid() -> None:
+    """The plan template of the README's "Rollouts from Unity Catalog aliases" validates
+    as written (the controller fills in the version at submission)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Rollouts from Unity Catalog aliases", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    plan, policy = load_plan(block)
+    assert plan.candidate.describe() == "main.ml.ads_model@challenger (resolved at submission)"
+    assert plan.on_success is not None
+    assert plan.on_success.set_alias == "champion"
+    assert policy.name == "default"
