@@ -116,6 +116,10 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
     """Wire a controller from settings; raises ConfigurationProblem with what to fix."""
     clock = clock or SystemClock()
     default_channels, targets, library = _checked_settings(settings)
+    try:
+        watches = [AliasWatch.from_setting(w, library) for w in settings.aliases.watches]
+    except ConfigurationProblem as exc:
+        raise ConfigurationProblem(f"ROLLOUT_ALIASES_WATCHES: {exc}") from exc
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)
     watch: WorkspaceWatch | None = None
@@ -171,11 +175,6 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         store.close()
         raise ConfigurationProblem(f"alert settings: {exc}") from exc
 
-    try:
-        watches = [AliasWatch.from_setting(w, library) for w in settings.aliases.watches]
-    except ConfigurationProblem as exc:
-        store.close()
-        raise ConfigurationProblem(f"ROLLOUT_ALIASES_WATCHES: {exc}") from exc
     watcher = AliasWatcher(
         store,
         client,

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from rollout.api import create_api
 from rollout.cli import app as cli_app
 from rollout.clock import Clock, FakeClock
+from rollout.daemon import build, run
 from rollout.engine.aliases import AliasMover, AliasWatch, AliasWatcher
 from rollout.engine.decide import Timing
 from rollout.engine.model import Phase
@@ -33,7 +34,7 @@ from rollout.serving.auth import PatAuth
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import InvalidRequest, NotFound, PermissionDenied
 from rollout.serving.retry import RetryPolicy
-from rollout.settings import ApiSettings
+from rollout.settings import ApiSettings, Settings
 from rollout.store import open_store
 from rollout.store.base import Store
 from rollout.store.model import RolloutRecord
@@ -431,3 +432,49 @@ def test_a_template_for_another_model_is_refused(tmp_path: Path) -> None:
         AliasWatch.load(f"{MODEL}@challenger", ENDPOINT, path, PolicyLibrary())
     with pytest.raises(ConfigurationProblem, match=r"catalog\.schema\.model@alias"):
         AliasWatch.load(MODEL, ENDPOINT, path, PolicyLibrary())
+
+
+async def test_the_daemon_runs_the_watches_of_its_settings(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, template: Path, tmp_path: Path
+) -> None:
+    make_endpoint(sandbox_admin, {})
+    registry_at_three(sandbox_admin)
+    register(sandbox_admin, "challenger")
+    database = tmp_path / "daemon.db"
+    settings = Settings.model_validate(
+        {
+            "databricks": {"host": sandbox.url, "token": sandbox.token},
+            "serving": {"auth_resolver": "builtin"},
+            "store": {"url": f"sqlite:///{database}"},
+            "api": {"port": 0},
+            "engine": {"update_poll": 0.1, "scan_interval": 0.2},
+            "aliases": {
+                "watches": [{"alias": f"{MODEL}@challenger", "endpoint": ENDPOINT,
+                             "plan_template": str(template)}],
+                "poll_interval": 0.05,
+            },
+        }
+    )
+    controller = build(settings)
+    running = asyncio.create_task(run(controller))
+    reader = open_store(f"sqlite:///{database}")
+    try:
+        for _ in range(200):
+            if rollouts(reader):
+                break
+            await asyncio.sleep(0.05)
+        # Many looks later, still the one rollout.
+        await asyncio.sleep(0.3)
+        (record,) = rollouts(reader)
+        assert record.plan["candidate"]["entity_version"] == "4"
+    finally:
+        controller.stopping.set()
+        code = await asyncio.wait_for(running, timeout=30)
+        reader.close()
+    assert code == 0
+    bad = settings.model_copy(deep=True)
+    bad.aliases.watches[0] = bad.aliases.watches[0].model_copy(
+        update={"plan_template": tmp_path / "missing.yaml"}
+    )
+    with pytest.raises(ConfigurationProblem, match="ROLLOUT_ALIASES_WATCHES: plan template"):
+        build(bad)
