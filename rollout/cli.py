@@ -137,9 +137,11 @@ def validate(
         typer.echo(f"{plan_file}: {exc}", err=True)
         raise typer.Exit(1) from exc
     steps = describe_steps(plan) if isinstance(plan, CanaryPlan) else plan.strategy
+    # An alias is resolved at submission: until then the candidate is its alias.
+    candidate = plan.candidate.describe() if plan.candidate.alias else plan.candidate.served_name
     typer.echo(
         f"{plan_file}: valid {plan.strategy} plan for endpoint {plan.endpoint}: "
-        f"{plan.candidate.served_name} ({steps}); policy {policy.describe()}"
+        f"{candidate} ({steps}); policy {policy.describe()}"
     )
     for note in plan_notes(plan, policy, metrics_window=_settings().serving.metrics_window):
         typer.echo(f"note: {note}")

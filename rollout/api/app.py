@@ -81,6 +81,7 @@ from rollout.api.schemas import (
     RolloutPage,
     Session,
     SubmittedRollout,
+    alias_move_view,
     command_view,
     event_view,
     rollout_view,
@@ -812,7 +813,12 @@ def _rollout_routes(
                 f"GET is not allowed on {PREFIX}/rollouts/{rollout_id}; allowed: POST",
                 headers={"Allow": "POST"},
             )
-        return service.view(await service.load(rollout_id))
+        record = await service.load(rollout_id)
+        view = service.view(record)
+        if view.on_success is not None:
+            move = await service.in_thread(service.store.alias_move, record.id)
+            view = view.model_copy(update={"alias_move": alias_move_view(record, move)})
+        return view
 
 
 def _records(store: Store, ids: list[str]) -> list[RolloutRecord]:

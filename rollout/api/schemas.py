@@ -26,7 +26,16 @@ from rollout.plan import (
     validate_plan,
 )
 from rollout.redaction import redacted_plan
-from rollout.store.model import Command, CommandKind, EventRecord, PhaseName, RolloutRecord
+from rollout.store.model import (
+    SUCCEEDED,
+    TERMINAL,
+    Command,
+    CommandKind,
+    EventRecord,
+    PhaseName,
+    RolloutRecord,
+)
+from rollout.store.model import AliasMove as StoredAliasMove
 from rollout.store.model import RolloutSummary as StoredSummary
 
 __all__ = ["CommandKind", "PhaseName"]  # the store's vocabularies, re-exported for the API
@@ -120,6 +129,24 @@ class Verdict(BaseModel):
     missing: list[str] = Field(default_factory=list)
 
 
+class AliasMove(BaseModel):
+    """What a promotion does to the plan's ``on_success.set_alias``, and how far it got."""
+
+    alias: str = Field(description="The alias moved on success, e.g. main.ml.ads_model@champion.")
+    version: str = Field(description="The candidate's version, where the alias moves.")
+    status: Literal["waiting", "done", "retrying", "not_made"] = Field(
+        description="waiting (the rollout runs, or the move is being made), done, retrying "
+        "(the workspace refused it so far: last_error), not_made (the rollout ended without "
+        "a promotion; the alias stays where it was)."
+    )
+    previous_version: str | None = Field(
+        description="The version the alias named at submission (null: it was not set)."
+    )
+    attempts: int = Field(description="Tries so far.")
+    done_at: datetime | None
+    last_error: str | None
+
+
 class Rollout(BaseModel):
     """A rollout: its plan, where it is, and why."""
 
@@ -128,6 +155,14 @@ class Rollout(BaseModel):
     endpoint: str
     strategy: Literal["canary", "ab", "blue_green"]
     candidate: str = Field(description="The candidate's served entity name.")
+    on_success: str | None = Field(
+        default=None,
+        description="The alias a promotion moves (on_success.set_alias), if any.",
+    )
+    alias_move: AliasMove | None = Field(
+        default=None,
+        description="With on_success: what became of the alias move (GET of one rollout only).",
+    )
     candidate_source: str | None = Field(
         default=None,
         description="For a candidate given by Unity Catalog alias: the alias and the version "
@@ -415,6 +450,11 @@ def rollout_view(
             if plan is not None and plan.candidate.alias is not None
             else None
         ),
+        on_success=(
+            plan.on_success.set_alias
+            if plan is not None and plan.on_success is not None
+            else None
+        ),
         baseline=baseline,
         policy=_policy_name(record.plan),
         phase=cast(PhaseName, record.phase),  # the store keeps known phases only
@@ -432,6 +472,32 @@ def rollout_view(
         updated_at=utc(record.updated_at),
         started_at=utc(state.started_at),
         plan=redacted_plan(record.plan),
+    )
+
+
+def alias_move_view(record: RolloutRecord, move: StoredAliasMove | None) -> AliasMove | None:
+    """The rollout's alias move as its document shows it (None: the rollout has none)."""
+    if move is None:
+        return None
+    phase = record.phase
+    on_success = record.plan.get("on_success")
+    previous = on_success.get("previous_version") if isinstance(on_success, dict) else None
+    if move.done_at is not None:
+        status: Literal["waiting", "done", "retrying", "not_made"] = "done"
+    elif phase in TERMINAL and phase != SUCCEEDED:
+        status = "not_made"
+    elif move.last_error is not None:
+        status = "retrying"
+    else:
+        status = "waiting"
+    return AliasMove(
+        alias=f"{move.model}@{move.alias}",
+        version=move.version,
+        status=status,
+        previous_version=None if previous is None else str(previous),
+        attempts=move.attempts,
+        done_at=None if move.done_at is None else utc(move.done_at),
+        last_error=move.last_error,
     )
 
 

@@ -290,6 +290,19 @@ async def drive(runner: Runner, store: Store, clock: FakeClock, rollout_id: str)
     return Phase(store.get(rollout_id).phase)
 
 
+async def alias_move_doc(
+    sandbox: SandboxServer, store: Store, client: ServingClient, rollout_id: str
+) -> dict[str, Any]:
+    """The rollout's ``alias_move``, as ``GET /api/v1/rollouts/{id}`` shows it."""
+    transport = httpx.ASGITransport(api_app(sandbox, store, client))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as api:
+        response = await api.get(f"/api/v1/rollouts/{rollout_id}")
+    assert response.status_code == 200, response.text
+    assert response.json()["on_success"] == "champion"
+    document: dict[str, Any] = response.json()["alias_move"]
+    return document
+
+
 def rollouts(store: Store) -> list[RolloutRecord]:
     return store.list(ENDPOINT, None, 100)
 
@@ -344,12 +357,14 @@ async def test_an_alias_move_starts_one_rollout_and_success_moves_champion(
     assert await mover.move_once() == [], "nothing moves before the promotion"
     assert await drive(runner, store, clock, record.id) is Phase.SUCCEEDED
     assert aliases_of(sandbox_admin)["champion"] == 3, "moved after the commit, by the mover"
+    assert (await alias_move_doc(sandbox, store, client, record.id))["status"] == "waiting"
     assert await mover.move_once() == [record.id]
     assert aliases_of(sandbox_admin) == {"challenger": 4, "champion": 4}
     assert await mover.move_once() == [], "done once"
-    move_row = store.alias_move(record.id)
-    assert move_row is not None
-    assert move_row.done_at is not None
+    document = await alias_move_doc(sandbox, store, client, record.id)
+    assert document["alias"] == "main.ml.ads_model@champion"
+    assert (document["version"], document["previous_version"]) == ("4", "3")
+    assert (document["status"], document["attempts"]) == ("done", 1)
     (summary,) = alert_summaries(store, clock, "succeeded")
     assert summary.endswith("; main.ml.ads_model@champion moves to version 4")
     # Promoted: the endpoint serves version 4 now; the watch has nothing more to do.
@@ -377,6 +392,8 @@ async def test_a_rolled_back_alias_move_leaves_the_aliases_alone(
     clock.advance(3600)
     assert await mover.move_once() == []
     assert aliases_of(sandbox_admin) == {"challenger": 4, "champion": 3}
+    document = await alias_move_doc(sandbox, store, client, record.id)
+    assert (document["status"], document["attempts"]) == ("not_made", 0)
     (summary,) = alert_summaries(store, clock, "rolled_back")
     assert "aliases left unchanged: @champion stays at version 3" in summary
     # The alias still names version 4, which was rolled back: it is not tried again.
