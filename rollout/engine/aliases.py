@@ -404,7 +404,7 @@ class AliasMover:
         settings: AliasSettings | None = None,
         *,
         batch: int = 8,
-        poll_interval: float = 1.0,
+        poll_interval: float = 2.0,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
