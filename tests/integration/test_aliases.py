@@ -34,7 +34,7 @@ from rollout.serving.auth import PatAuth
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import InvalidRequest, NotFound, PermissionDenied
 from rollout.serving.retry import RetryPolicy
-from rollout.settings import ApiSettings, Settings
+from rollout.settings import AliasSettings, ApiSettings, Settings
 from rollout.store import open_store
 from rollout.store.base import Store
 from rollout.store.model import RolloutRecord
@@ -358,13 +358,28 @@ async def test_an_alias_move_starts_one_rollout_and_success_moves_champion(
     assert await drive(runner, store, clock, record.id) is Phase.SUCCEEDED
     assert aliases_of(sandbox_admin)["champion"] == 3, "moved after the commit, by the mover"
     assert (await alias_move_doc(sandbox, store, client, record.id))["status"] == "waiting"
+    # The workspace refuses the move for a while: retried later, never dropped.
+    fault = sandbox_admin.post("/faults", json={
+        "path_pattern": "unity-catalog", "methods": ["PUT"], "status": 503, "count": 1000,
+    })
+    assert fault.status_code == 201, fault.text
+    try:
+        assert await mover.move_once() == []
+    finally:
+        sandbox_admin.delete("/faults")
+    retrying = await alias_move_doc(sandbox, store, client, record.id)
+    assert retrying["status"] == "retrying"
+    assert "503" in retrying["last_error"]
+    assert aliases_of(sandbox_admin)["champion"] == 3
+    assert await mover.move_once() == [], "not before its backoff"
+    clock.advance(AliasSettings().move_max_backoff)
     assert await mover.move_once() == [record.id]
     assert aliases_of(sandbox_admin) == {"challenger": 4, "champion": 4}
     assert await mover.move_once() == [], "done once"
     document = await alias_move_doc(sandbox, store, client, record.id)
     assert document["alias"] == "main.ml.ads_model@champion"
     assert (document["version"], document["previous_version"]) == ("4", "3")
-    assert (document["status"], document["attempts"]) == ("done", 1)
+    assert (document["status"], document["attempts"], document["last_error"]) == ("done", 2, None)
     (summary,) = alert_summaries(store, clock, "succeeded")
     assert summary.endswith("; main.ml.ads_model@champion moves to version 4")
     # Promoted: the endpoint serves version 4 now; the watch has nothing more to do.
