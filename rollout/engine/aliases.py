@@ -111,11 +111,8 @@ async def _alias_version(
             field, f"cannot read {model}: {exc}", retryable=exc.retryable
         ) from exc
     known = ", ".join(f"@{a.alias_name} = version {a.version_num}" for a in info.aliases)
-    raise UnknownAlias(
-        field,
-        f"{model} has no alias @{alias}" + (f" (its aliases: {known})" if known else
-                                             " (it has no aliases)"),
-    )
+    which = f"its aliases: {known}" if known else "it has no aliases"
+    raise UnknownAlias(field, f"{model} has no alias @{alias} ({which})")
 
 
 async def resolve_aliases(
@@ -198,8 +195,7 @@ class AliasWatch:
         if not isinstance(data, Mapping):
             raise ConfigurationProblem(f"plan template {template}: a plan must be a mapping")
         watch = cls(model, alias, endpoint, data, str(template))
-        watch.plan_data()  # the template and the watch agree
-        try:
+        try:  # plan_data() checks that the template and the watch agree
             check_plan(watch.plan_data(), library)
         except PlanError as exc:
             raise ConfigurationProblem(f"plan template {template}: {exc}") from exc
@@ -293,7 +289,7 @@ class AliasWatcher:
 
     async def check(self, watch: AliasWatch) -> WatchOutcome:
         try:
-            version = (await self.client.get_model_version_by_alias(watch.model, watch.alias))
+            named = await self.client.get_model_version_by_alias(watch.model, watch.alias)
         except NotFound:
             log.info("aliases.not_set", watch=watch.key)
             return "no_alias"
@@ -301,7 +297,7 @@ class AliasWatcher:
             log.warning("aliases.unavailable", watch=watch.key, error=str(exc))
             return "unavailable"
         try:
-            return await self._take_up(watch, version.version)
+            return await self._take_up(watch, named.version)
         except (ServingError, StoreError) as exc:
             log.warning("aliases.unavailable", watch=watch.key, error=str(exc))
             return "unavailable"
