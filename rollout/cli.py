@@ -213,12 +213,16 @@ def watch_alias(
     if interval is not None:
         settings.aliases.poll_interval = interval
     watch = AliasWatchSetting(alias=alias, endpoint=endpoint, plan_template=plan_template)
+    last: list[str] = []
+
+    def on_pass(outcome: str) -> None:
+        # A line when what the looks find changes, not one a minute.
+        if last[-1:] != [outcome]:
+            typer.echo(f"{alias}: {outcome}")
+            last[:] = [outcome]
+
     try:
-        outcome = asyncio.run(
-            run_alias_watch(
-                settings, watch, once=once, on_pass=lambda o: typer.echo(f"{alias}: {o}")
-            )
-        )
+        outcome = asyncio.run(run_alias_watch(settings, watch, once=once, on_pass=on_pass))
     except ConfigurationProblem as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
