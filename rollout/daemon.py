@@ -6,6 +6,11 @@ dispatcher and the HTTP API, and runs them:
 
 - ``api``: uvicorn serving ``rollout.api`` (plans in, rollouts and metrics out), a root task;
 - ``outbox``: the alert dispatcher delivering what the engine wrote to the outbox, a root task;
+- ``aliases``: the alias watcher (``rollout.engine.aliases``), a root task: it polls the
+  Unity Catalog aliases listed in ``ROLLOUT_ALIASES_WATCHES`` and starts one rollout per
+  alias move (exactly one between replicas: the store keys it);
+- ``alias_moves``: the alias mover, a root task: it moves ``on_success.set_alias`` to the
+  candidate's version once a rollout is promoted (retried until done, at least once);
 - ``reconcile``: the loop that drives the active rollouts this replica owns
   (``rollout.engine.scheduler``), a root task; it catches every reconcile's failure itself, so
   its end means the loop itself broke. ``/readyz`` fails when no scan has completed within
@@ -51,6 +56,7 @@ from rollout.alerts.targets import TargetPolicy
 from rollout.api import check_bind, create_api
 from rollout.api.server import server_config
 from rollout.clock import Clock, SystemClock
+from rollout.engine.aliases import AliasMover, AliasWatch, AliasWatcher
 from rollout.engine.ownership import Owner
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
@@ -94,6 +100,8 @@ class Controller:
     reconciler: Reconciler
     ownership: Owner
     dispatcher: AlertDispatcher
+    watcher: AliasWatcher
+    mover: AliasMover
     server: uvicorn.Server
     sock: socket.socket
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -108,6 +116,10 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
     """Wire a controller from settings; raises ConfigurationProblem with what to fix."""
     clock = clock or SystemClock()
     default_channels, targets, library = _checked_settings(settings)
+    try:
+        watches = [AliasWatch.from_setting(w, library) for w in settings.aliases.watches]
+    except ConfigurationProblem as exc:
+        raise ConfigurationProblem(f"ROLLOUT_ALIASES_WATCHES: {exc}") from exc
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)
     watch: WorkspaceWatch | None = None
@@ -166,6 +178,17 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         store.close()
         raise ConfigurationProblem(f"alert settings: {exc}") from exc
 
+    watcher = AliasWatcher(
+        store,
+        client,
+        clock,
+        watches,
+        library=library,
+        poll_interval=settings.aliases.poll_interval,
+        wake=reconciler.poke,
+    )
+    mover = AliasMover(store, client, clock, settings.aliases)
+
     store_write = StoreWriteCheck(store, clock)
 
     async def ready() -> dict[str, str]:
@@ -206,6 +229,8 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         reconciler=reconciler,
         ownership=ownership,
         dispatcher=dispatcher,
+        watcher=watcher,
+        mover=mover,
         server=uvicorn.Server(config),
         sock=sock,
     )
@@ -292,6 +317,12 @@ async def run(controller: Controller, *, on_listening: Callable[[str], None] | N
         "outbox": asyncio.create_task(
             controller.dispatcher.run(controller.stopping), name="outbox"
         ),
+        "aliases": asyncio.create_task(
+            controller.watcher.run(controller.stopping), name="aliases"
+        ),
+        "alias_moves": asyncio.create_task(
+            controller.mover.run(controller.stopping), name="alias_moves"
+        ),
         "stopping": asyncio.create_task(controller.stopping.wait(), name="stopping"),
     }
     # uvicorn reports being up only through its ``started`` flag.
@@ -351,7 +382,7 @@ async def shutdown(controller: Controller, tasks: dict[str, asyncio.Task[Any]]) 
         await controller.dispatcher.flush(timeout=settings.alerts.timeout)
     # 3. Stop serving the API.
     controller.server.should_exit = True
-    for name in ("outbox", "api"):
+    for name in ("outbox", "api", "aliases", "alias_moves"):
         task = tasks.get(name)
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):

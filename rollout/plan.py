@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -42,6 +43,14 @@ MAX_STRING_CHARS = 16 * 1024
 
 DATABRICKS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 ENTITY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# Unity Catalog aliases: letters, digits and underscores, not starting with a digit (a
+# number would read as a version: models:/m@7 is ambiguous), at most 255 characters.
+ALIAS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+UC_MODEL_NAME = re.compile(r"^[^.\s]+\.[^.\s]+\.[^.\s]+$")
+
+STORED: Final = "stored"
+"""Validation context key: the plan is one the controller stored (aliases resolved), not a
+user's; it may carry the fields the controller fills at submission."""
 
 # The JSON schema (the API's OpenAPI document) says what the validator accepts, not the float
 # it produces: plans are written with durations like "10m".
@@ -97,15 +106,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+def _is_stored(info: ValidationInfo) -> bool:
+    return isinstance(info.context, Mapping) and bool(info.context.get(STORED))
+
+
+def _alias_name(value: str | None) -> str | None:
+    if value is not None and not ALIAS_NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid alias: use letters, digits and '_', not starting "
+            "with a digit"
+        )
+    return value
+
+
 class CandidateEntity(_Strict):
-    """The candidate, shaped exactly like a Databricks ``served_entities[]`` item."""
+    """The candidate, shaped exactly like a Databricks ``served_entities[]`` item.
+
+    The version is given outright (``entity_version``) or as a Unity Catalog alias of the
+    registered model (``alias``), exactly one of the two. The controller resolves an alias at
+    submission and stores the plan with both: ``entity_version`` is then the version the
+    alias named, and ``alias`` says where it came from (only a stored plan may carry both).
+    """
 
     name: str | None = Field(
         default=None,
         description="Served entity name; default <last part of entity_name>-<entity_version>.",
     )
     entity_name: str = Field(description="Registered model, e.g. main.ml.ads_model.")
-    entity_version: str = Field(description="Model version to serve.")
+    entity_version: str | None = Field(
+        default=None, description="Model version to serve (or give alias instead)."
+    )
+    alias: str | None = Field(
+        default=None,
+        description="Unity Catalog alias of entity_name (e.g. challenger) whose version to "
+        "serve, resolved by the controller at submission; instead of entity_version.",
+    )
     workload_size: str | None = None
     workload_type: str | None = None
     scale_to_zero_enabled: bool = False
@@ -133,10 +168,36 @@ class CandidateEntity(_Strict):
             raise ValueError(f"{value!r} is not a valid registered model name")
         return value
 
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, value: str | None) -> str | None:
+        return _alias_name(value)
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
         return None if value is None else _databricks_name(value, "served entity")
+
+    @model_validator(mode="after")
+    def _version_or_alias(self, info: ValidationInfo) -> CandidateEntity:
+        if self.alias is None and self.entity_version is None:
+            raise FieldProblemError(
+                "entity_version", "give the model version to serve, or alias to resolve one"
+            )
+        if self.alias is not None:
+            if self.entity_version is not None and not _is_stored(info):
+                raise FieldProblemError(
+                    "alias",
+                    "give entity_version or alias, not both: the controller resolves the "
+                    "alias to a version at submission",
+                )
+            if not UC_MODEL_NAME.match(self.entity_name):
+                raise FieldProblemError(
+                    "entity_name",
+                    f"{self.entity_name!r} is not a Unity Catalog model "
+                    "(catalog.schema.model): only those have aliases",
+                )
+        return self
 
     @model_validator(mode="after")
     def _sizing(self) -> CandidateEntity:
@@ -159,18 +220,68 @@ class CandidateEntity(_Strict):
         return self
 
     @property
+    def resolved(self) -> bool:
+        """The version is known: given, or resolved from the alias at submission."""
+        return self.entity_version is not None
+
+    @property
     def served_name(self) -> str:
-        """The explicit name used in every ``traffic_config`` route for the candidate."""
+        """The explicit name used in every ``traffic_config`` route for the candidate (before
+        an alias is resolved and without an explicit name: ``<model>-<alias>``, a label)."""
         if self.name is not None:
             return self.name
-        derived = f"{self.entity_name.rsplit('.', 1)[-1]}-{self.entity_version}"
+        version = self.entity_version if self.entity_version is not None else self.alias
+        derived = f"{self.entity_name.rsplit('.', 1)[-1]}-{version}"
         return re.sub(r"[^A-Za-z0-9_-]", "-", derived)[:63]
+
+    def describe(self) -> str:
+        """'main.ml.ads_model@challenger = version 7', 'main.ml.ads_model version 4', or
+        'main.ml.ads_model@challenger (resolved at submission)'."""
+        if self.alias is None:
+            return f"{self.entity_name} version {self.entity_version}"
+        if self.entity_version is None:
+            return f"{self.entity_name}@{self.alias} (resolved at submission)"
+        return f"{self.entity_name}@{self.alias} = version {self.entity_version}"
+
+    def with_version(self, version: str) -> CandidateEntity:
+        """This candidate with ``entity_version`` set (the alias, if any, kept as its source)."""
+        return self.model_copy(update={"entity_version": version})
 
     def as_served_entity(self) -> dict[str, Any]:
         """The ``served_entities[]`` item to PUT, with the name always explicit."""
-        body = self.model_dump(exclude_none=True)
+        if self.entity_version is None:
+            raise ValueError(f"{self.describe()}: the alias was never resolved to a version")
+        body = self.model_dump(exclude_none=True, exclude={"alias"})
         body["name"] = self.served_name
         return body
+
+
+class OnSuccess(_Strict):
+    """What the controller does once the rollout ends promoted."""
+
+    set_alias: str | None = Field(
+        default=None,
+        description="Move this Unity Catalog alias of the candidate's model (e.g. champion) "
+        "to the candidate's version, retried until the workspace takes it.",
+    )
+    previous_version: str | None = Field(
+        default=None,
+        description="Filled by the controller at submission: the version set_alias named "
+        "then (none when it was not set). Not given in a plan.",
+    )
+
+    @field_validator("set_alias")
+    @classmethod
+    def _alias(cls, value: str | None) -> str | None:
+        return _alias_name(value)
+
+    @model_validator(mode="after")
+    def _controller_fields(self, info: ValidationInfo) -> OnSuccess:
+        if self.previous_version is not None and not _is_stored(info):
+            raise FieldProblemError(
+                "previous_version", "filled by the controller at submission; leave it out"
+            )
+        return self
 
 
 class EntitySettings(_Strict):
@@ -338,6 +449,9 @@ class _PlanBase(_Strict):
         description="Per served entity already on the endpoint (the baseline, others): "
         "settings its GET does not show, sent with it on every PUT of the rollout.",
     )
+    on_success: OnSuccess | None = Field(
+        default=None, description="What to do once the rollout ends promoted."
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -367,6 +481,25 @@ class _PlanBase(_Strict):
                 "entity_settings",
                 f"{self.candidate.served_name!r} is the candidate: state its settings in "
                 "candidate",
+            )
+        if (
+            self.on_success is not None
+            and self.on_success.set_alias is not None
+            and not UC_MODEL_NAME.match(self.candidate.entity_name)
+        ):
+            raise FieldProblemError(
+                "on_success.set_alias",
+                f"{self.candidate.entity_name!r} is not a Unity Catalog model "
+                "(catalog.schema.model): only those have aliases",
+            )
+        if (
+            self.on_success is not None
+            and self.on_success.set_alias is not None
+            and self.on_success.set_alias == self.candidate.alias
+        ):
+            raise FieldProblemError(
+                "on_success.set_alias",
+                f"@{self.candidate.alias} already names the candidate; set another alias",
             )
         return self
 
@@ -635,9 +768,11 @@ class _CommonDocument(BaseModel):
     plan: _PlanBase
 
 
-def _validation_issues(model: type[BaseModel], data: Mapping[str, Any]) -> list[PlanIssue]:
+def _validation_issues(
+    model: type[BaseModel], data: Mapping[str, Any], context: Mapping[str, Any]
+) -> list[PlanIssue]:
     try:
-        model.model_validate({"plan": dict(data)})
+        model.model_validate({"plan": dict(data)}, context=dict(context))
     except ValidationError as exc:
         issues, shape = _pydantic_issues(exc)
         if shape:
@@ -646,7 +781,7 @@ def _validation_issues(model: type[BaseModel], data: Mapping[str, Any]) -> list[
     return []
 
 
-def _plan_issues(data: Mapping[str, Any]) -> list[PlanIssue]:
+def _plan_issues(data: Mapping[str, Any], context: Mapping[str, Any]) -> list[PlanIssue]:
     """Every problem of a plan mapping, in one pass: the strategy, fields of another
     strategy, then each field's own problems (the rest of the plan is still checked when
     the strategy is missing or a field belongs elsewhere). A list or mapping where one value
@@ -658,27 +793,29 @@ def _plan_issues(data: Mapping[str, Any]) -> list[PlanIssue]:
         issues.append(PlanIssue(field="strategy", message=f"{got}: use canary, ab or blue_green"))
         # Without a strategy only the fields every plan shares can be judged.
         common = {k: v for k, v in data.items() if k in _PlanBase.model_fields}
-        issues.extend(_validation_issues(_CommonDocument, common))
+        issues.extend(_validation_issues(_CommonDocument, common, context))
         return issues
     misfits = _strategy_misfit(data)
     issues.extend(misfits)
     rest = {k: v for k, v in data.items() if k not in {m.field for m in misfits}}
-    issues.extend(_validation_issues(_PlanDocument, rest))
+    issues.extend(_validation_issues(_PlanDocument, rest, context))
     return issues
 
 
-def validate_plan(data: object) -> AnyPlan:
+def validate_plan(data: object, *, stored: bool = False) -> AnyPlan:
     """Validate a parsed plan mapping; raise ``PlanError`` naming every bad field, or
     ``PlanDocumentError`` for what is not a plan (not a mapping, too large, a list or mapping
-    where one value belongs)."""
+    where one value belongs). ``stored``: a plan as the controller stored it, which may carry
+    the fields it fills at submission (a resolved alias beside its version)."""
+    context = {STORED: stored}
     if not isinstance(data, Mapping):
         raise PlanDocumentError([PlanIssue(field="(plan)", message="a plan must be a mapping")])
     check_size(data)
     _check_selectors(data)
-    issues = _plan_issues(data)
+    issues = _plan_issues(data, context)
     if issues:
         raise PlanError(issues)
-    return _PlanDocument.model_validate({"plan": dict(data)}).plan
+    return _PlanDocument.model_validate({"plan": dict(data)}, context=context).plan
 
 
 def _policy_issues(ref: object, library: PolicyLibrary) -> list[PlanIssue]:

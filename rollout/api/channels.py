@@ -123,7 +123,7 @@ async def _replace(
             )
         plan = {**record.plan, "alerts": dumped}
         try:
-            validate_plan(plan)  # the stored plan stays one the engine can read
+            validate_plan(plan, stored=True)  # the stored plan stays one the engine can read
         except PlanError as exc:
             raise ApiError(
                 422, "invalid_request", f"the channels do not fit the plan: {exc}"

@@ -27,7 +27,16 @@ from rollout.plan import (
     validate_plan,
 )
 from rollout.redaction import redacted_plan
-from rollout.store.model import Command, CommandKind, EventRecord, PhaseName, RolloutRecord
+from rollout.store.model import (
+    SUCCEEDED,
+    TERMINAL,
+    Command,
+    CommandKind,
+    EventRecord,
+    PhaseName,
+    RolloutRecord,
+)
+from rollout.store.model import AliasMove as StoredAliasMove
 from rollout.store.model import RolloutSummary as StoredSummary
 from rollout.vocabulary import GateAnswer
 
@@ -137,6 +146,24 @@ class Gate(BaseModel):
     held: bool = Field(description="The rollout is paused on this gate's answer.")
 
 
+class AliasMove(BaseModel):
+    """What a promotion does to the plan's ``on_success.set_alias``, and how far it got."""
+
+    alias: str = Field(description="The alias moved on success, e.g. main.ml.ads_model@champion.")
+    version: str = Field(description="The candidate's version, where the alias moves.")
+    status: Literal["waiting", "done", "retrying", "not_made"] = Field(
+        description="waiting (the rollout runs, or the move is being made), done, retrying "
+        "(the workspace refused it so far: last_error), not_made (the rollout ended without "
+        "a promotion; the alias stays where it was)."
+    )
+    previous_version: str | None = Field(
+        description="The version the alias named at submission (null: it was not set)."
+    )
+    attempts: int = Field(description="Tries so far.")
+    done_at: datetime | None
+    last_error: str | None
+
+
 class Rollout(BaseModel):
     """A rollout: its plan, where it is, and why."""
 
@@ -145,6 +172,19 @@ class Rollout(BaseModel):
     endpoint: str
     strategy: Literal["canary", "ab", "blue_green"]
     candidate: str = Field(description="The candidate's served entity name.")
+    on_success: str | None = Field(
+        default=None,
+        description="The alias a promotion moves (on_success.set_alias), if any.",
+    )
+    alias_move: AliasMove | None = Field(
+        default=None,
+        description="With on_success: what became of the alias move (GET of one rollout only).",
+    )
+    candidate_source: str | None = Field(
+        default=None,
+        description="For a candidate given by Unity Catalog alias: the alias and the version "
+        "it named at submission, e.g. 'main.ml.ads_model@challenger = version 7'.",
+    )
     baseline: str | None = Field(
         description="The baseline's served entity name (known once the rollout prepared)."
     )
@@ -411,7 +451,7 @@ def rollout_view(
     state = RolloutState.model_validate(record.state)
     plan: AnyPlan | None
     try:
-        plan = validate_plan(record.plan)
+        plan = validate_plan(record.plan, stored=True)
     except PlanError:
         # Stored by code whose plan format has since changed: show what can be read.
         plan = None
@@ -428,6 +468,16 @@ def rollout_view(
         endpoint=record.endpoint,
         strategy=strategy if strategy in ("ab", "blue_green") else "canary",
         candidate=_candidate_name(plan, record.plan),
+        candidate_source=(
+            plan.candidate.describe()
+            if plan is not None and plan.candidate.alias is not None
+            else None
+        ),
+        on_success=(
+            plan.on_success.set_alias
+            if plan is not None and plan.on_success is not None
+            else None
+        ),
         baseline=baseline,
         policy=_policy_name(record.plan),
         phase=cast(PhaseName, record.phase),  # the store keeps known phases only
@@ -462,6 +512,32 @@ def _gate(gate: GateState | None) -> Gate | None:
         last_reason=gate.last_reason,
         last_status=gate.last_status,
         held=gate.held,
+    )
+
+
+def alias_move_view(record: RolloutRecord, move: StoredAliasMove | None) -> AliasMove | None:
+    """The rollout's alias move as its document shows it (None: the rollout has none)."""
+    if move is None:
+        return None
+    phase = record.phase
+    on_success = record.plan.get("on_success")
+    previous = on_success.get("previous_version") if isinstance(on_success, dict) else None
+    if move.done_at is not None:
+        status: Literal["waiting", "done", "retrying", "not_made"] = "done"
+    elif phase in TERMINAL and phase != SUCCEEDED:
+        status = "not_made"
+    elif move.last_error is not None:
+        status = "retrying"
+    else:
+        status = "waiting"
+    return AliasMove(
+        alias=f"{move.model}@{move.alias}",
+        version=move.version,
+        status=status,
+        previous_version=None if previous is None else str(previous),
+        attempts=move.attempts,
+        done_at=None if move.done_at is None else utc(move.done_at),
+        last_error=move.last_error,
     )
 
 

@@ -609,11 +609,14 @@ def _confirmed(turn: _Turn, target: Target) -> None:
             "succeeded",
             {"skipped_steps": skipped},
         )
+        aliases = alias_note(turn.plan, promoted=True)
         turn.alert(
             "succeeded",
             "info",
-            f"{turn.plan.endpoint}: {turn.plan.candidate.served_name} promoted to 100 %{unjudged}",
-            {"verdict": state.last_verdict, "report": state.report, "skipped_steps": skipped},
+            f"{turn.plan.endpoint}: {turn.plan.candidate.served_name} promoted to 100 %{unjudged}"
+            + (f"; {aliases}" if aliases else ""),
+            {"verdict": state.last_verdict, "report": state.report, "skipped_steps": skipped}
+            | ({"aliases": aliases} if aliases else {}),
         )
         return
     if target.purpose == "restore":
@@ -627,19 +630,37 @@ def _confirmed(turn: _Turn, target: Target) -> None:
     turn.set(candidate_weight=0)
     turn.move(ending, f"{reason}; candidate removed ({split_desc})", ending.value)
     if ending is Phase.ROLLED_BACK:
+        aliases = alias_note(turn.plan, promoted=False)
         turn.alert(
             "rolled_back",
             "error",
-            f"{turn.plan.endpoint}: {turn.plan.candidate.served_name} rolled back: {reason}",
+            f"{turn.plan.endpoint}: {turn.plan.candidate.served_name} rolled back: {reason}"
+            + (f"; {aliases}" if aliases else ""),
             {
                 "reason": reason,
                 "verdict": state.last_verdict,
                 "build_logs_tail": state.build_logs,
                 "report": state.report,
-            },
+            }
+            | ({"aliases": aliases} if aliases else {}),
         )
     else:
         turn.alert("aborted", "warn", f"{turn.plan.endpoint}: rollout aborted: {reason}")
+
+
+def alias_note(plan: AnyPlan, *, promoted: bool) -> str | None:
+    """What a finished rollout does to its plan's ``on_success.set_alias``: after a promotion
+    the alias moves to the candidate's version (done after the commit, retried until the
+    workspace takes it); otherwise it is left alone, and the alert says where it stays."""
+    target = plan.on_success.set_alias if plan.on_success is not None else None
+    if target is None:
+        return None
+    model = plan.candidate.entity_name
+    if promoted:
+        return f"{model}@{target} moves to version {plan.candidate.entity_version}"
+    previous = plan.on_success.previous_version if plan.on_success is not None else None
+    stays = f"stays at version {previous}" if previous is not None else "stays unset"
+    return f"aliases left unchanged: @{target} {stays}"
 
 
 def _held_by_someone_else(turn: _Turn) -> bool:

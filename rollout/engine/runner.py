@@ -114,6 +114,7 @@ from rollout.store.model import (
     COMMAND_KINDS,
     CommandKind,
     NewAlert,
+    NewAliasMove,
     NewEvent,
     RolloutRecord,
     StepSummary,
@@ -185,7 +186,7 @@ def stored_plan(plan: AnyPlan, policy: Policy) -> dict[str, Any]:
 
 
 def load_stored_plan(data: dict[str, Any]) -> tuple[AnyPlan, Policy]:
-    plan = validate_plan(data)
+    plan = validate_plan(data, stored=True)
     return plan, resolve_policy(plan)
 
 
@@ -263,9 +264,16 @@ class _Kept:
 
 
 def new_rollout(
-    plan: AnyPlan, policy: Policy, now: float, rollout_id: str | None = None
+    plan: AnyPlan,
+    policy: Policy,
+    now: float,
+    rollout_id: str | None = None,
+    *,
+    origin: str | None = None,
 ) -> tuple[RolloutRecord, NewEvent]:
-    """The record and first event of a newly submitted rollout, in ``pending``."""
+    """The record and first event of a newly submitted rollout, in ``pending``. ``origin``
+    says who started it when not a person (an alias watch); the event names a candidate
+    given by alias with the version it was resolved to."""
     record = RolloutRecord(
         id=rollout_id or uuid.uuid4().hex[:12],
         endpoint=plan.endpoint,
@@ -281,11 +289,34 @@ def new_rollout(
         kind="submitted",
         from_phase=None,
         to_phase=Phase.PENDING.value,
-        reason=f"{plan.strategy} plan for {plan.endpoint} with policy {policy.name}",
-        data={"candidate": plan.candidate.served_name},
+        reason=f"{plan.strategy} plan for {plan.endpoint} with policy {policy.name}"
+        + (f"; candidate {plan.candidate.describe()}" if plan.candidate.alias else "")
+        + (f" ({origin})" if origin else ""),
+        data={"candidate": plan.candidate.served_name} | _alias_data(plan),
         at=now,
     )
     return record, event
+
+
+def _alias_data(plan: AnyPlan) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if plan.candidate.alias is not None:
+        data["candidate_alias"] = f"{plan.candidate.entity_name}@{plan.candidate.alias}"
+        data["candidate_version"] = plan.candidate.entity_version
+    if plan.on_success is not None and plan.on_success.set_alias is not None:
+        data["on_success_set_alias"] = plan.on_success.set_alias
+    return data
+
+
+def alias_move_of(plan: AnyPlan) -> NewAliasMove | None:
+    """The alias a promotion of ``plan`` moves (``on_success.set_alias``), kept with the
+    rollout from its creation."""
+    if plan.on_success is None or plan.on_success.set_alias is None:
+        return None
+    version = plan.candidate.entity_version
+    if version is None:
+        raise ValueError(f"{plan.candidate.describe()}: the candidate's version is not known")
+    return NewAliasMove(plan.candidate.entity_name, plan.on_success.set_alias, version)
 
 
 @dataclass(frozen=True)
@@ -346,7 +377,10 @@ class Runner:
         record, event = new_rollout(plan, policy, self.clock.now(), rollout_id)
         summary = summary_of(plan, RolloutState.model_validate(record.state))
         return await asyncio.to_thread(
-            functools.partial(self.store.create, record, event, [], summary=summary)
+            functools.partial(
+                self.store.create, record, event, [], summary=summary,
+                alias_move=alias_move_of(plan),
+            )
         )
 
     # ---- one reconcile ------------------------------------------------------------------
