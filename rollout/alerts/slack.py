@@ -18,6 +18,7 @@ import httpx
 
 from rollout.alerts.notifier import SendContext, post
 from rollout.alerts.payload import (
+    EXPLAINED_EVENTS,
     AlertPayload,
     check_line,
     failing_checks,
@@ -30,9 +31,6 @@ HEADER_LIMIT: Final = 150
 SECTION_LIMIT: Final = 3000
 FIELD_LIMIT: Final = 2000
 MAX_FIELDS: Final = 10
-
-# Events after which people want to see why: the numbers behind the verdict and the build log.
-_EXPLAINED_EVENTS: Final = frozenset({"rolling_back", "rolled_back", "failed"})
 
 _EMOJI: Final = {"info": ":large_blue_circle:", "warn": ":warning:", "error": ":rotating_light:"}
 
@@ -110,7 +108,7 @@ def slack_message(payload: AlertPayload) -> dict[str, Any]:
     ]
     if payload.reason and payload.reason not in payload.summary:
         blocks.append(_section(f"*Reason*\n{escape(payload.reason)}"))
-    if payload.event in _EXPLAINED_EVENTS:
+    if payload.event in EXPLAINED_EVENTS:
         checks = _checks_section(payload)
         if checks is not None:
             blocks.append(checks)

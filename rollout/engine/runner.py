@@ -81,7 +81,7 @@ from rollout.engine.schema import entity_input_schema, input_compatible
 from rollout.metrics.model import EntityWindow
 from rollout.metrics.parse import MetricsError, parse_export_metrics
 from rollout.metrics.windows import WindowTracker
-from rollout.plan import SEVERITY_ORDER, AlertChannel, AnyPlan, resolve_policy, validate_plan
+from rollout.plan import AlertChannel, AnyPlan, resolve_policy, validate_plan
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import (
     ConfigMismatch,
@@ -474,7 +474,7 @@ class Runner:
         rows = []
         for alert in decision.alerts:
             for index, channel in enumerate(self._channels(plan)):
-                if SEVERITY_ORDER[alert.severity] < SEVERITY_ORDER[channel.severity]:
+                if not channel.takes(alert.severity, alert.event):
                     continue
                 rows.append(
                     NewAlert(
