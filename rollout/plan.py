@@ -76,6 +76,10 @@ class FieldProblemError(ValueError):
         self.field = field
         super().__init__(message)
 
+    def parts(self) -> tuple[int | str, ...]:
+        """``field`` as location parts (``steps[1].weight`` -> ``("steps", 1, "weight")``)."""
+        return _split_path(self.field)
+
 
 class FieldProblemsError(ValueError):
     """Several problems one validator found at once (``(field, message)`` pairs), so a plan
@@ -694,7 +698,7 @@ def _issue_of(error: ErrorDetails) -> tuple[PlanIssue, bool] | None:
     message = error["msg"]
     problem = error.get("ctx", {}).get("error")
     if isinstance(problem, FieldProblemError):
-        loc = (*loc, *_split_path(problem.field))
+        loc = (*loc, *problem.parts())
         message = str(problem)
     elif error["type"] == "extra_forbidden":
         message = "unknown field"

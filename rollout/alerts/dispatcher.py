@@ -384,16 +384,19 @@ class AlertDispatcher:
         return record.terminal
 
     async def _failed(self, alert: OutboxAlert, exc: DeliveryError) -> None:
+        facts = {
+            "alert": alert.dedup_key,
+            "channel": alert.channel,
+            "rollout": alert.rollout_id,
+            "attempt": alert.attempts,
+            "status": exc.status,
+            "error": str(exc),
+        }
         if exc.permanent:
             # The receiver's API says this request will never be accepted: kept, not resent.
             log.error(
                 "alerts.delivery_refused",
-                alert=alert.dedup_key,
-                channel=alert.channel,
-                rollout=alert.rollout_id,
-                attempt=alert.attempts,
-                status=exc.status,
-                error=str(exc),
+                **facts,
                 consequence="not sent again; the alert stays undelivered in the outbox",
             )
             next_attempt = NEVER
@@ -409,14 +412,9 @@ class AlertDispatcher:
             )
             log.warning(
                 "alerts.delivery_failed",
-                alert=alert.dedup_key,
-                channel=alert.channel,
-                rollout=alert.rollout_id,
-                attempt=alert.attempts,
-                status=exc.status,
+                **facts,
                 retryable=exc.retryable,
                 retry_in=round(delay, 3),
-                error=str(exc),
             )
             next_attempt = self.clock.now() + delay
             error = str(exc)

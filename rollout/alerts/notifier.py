@@ -11,9 +11,10 @@ and sends it with ``post``, which is the only place ``httpx`` results and except
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -31,6 +32,7 @@ __all__ = [
     "header_value",
     "parse_retry_after",
     "post",
+    "post_json",
     "redact_url",
 ]
 
@@ -138,3 +140,24 @@ async def post(
     body = excerpt(response.text)
     message = f"{where} answered {status}" + (f": {body}" if body else "")
     raise ReceiverRejected(message, retryable=retryable, status=status, retry_after=retry_after)
+
+
+async def post_json(
+    http: httpx.AsyncClient,
+    url: str,
+    body: Any,
+    *,
+    request_timeout: float,
+    now: float,
+    what: str,
+) -> httpx.Response:
+    """``post`` of ``body`` as UTF-8 JSON, with no header of the channel's own."""
+    return await post(
+        http,
+        url,
+        content=json.dumps(body, ensure_ascii=False).encode(),
+        headers={},
+        request_timeout=request_timeout,
+        now=now,
+        what=what,
+    )

@@ -39,13 +39,12 @@ dispatcher's backoff, honouring ``Retry-After`` (``notifier.post``).
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any, Final
 
 import httpx
 
 from rollout.alerts.errors import EventRefused, MalformedAlert, ReceiverRejected
-from rollout.alerts.notifier import SendContext, post
+from rollout.alerts.notifier import SendContext, post_json
 from rollout.alerts.payload import (
     NON_TERMINAL_EVENTS,
     SEVERITY_ORDER,
@@ -193,11 +192,10 @@ class PagerDutyNotifier:
     async def send(self, payload: AlertPayload, context: SendContext) -> None:
         for event in pagerduty_events(payload, context, public_url=self.public_url):
             try:
-                await post(
+                await post_json(
                     self.http,
                     payload.channel.url,
-                    content=json.dumps(event, ensure_ascii=False).encode(),
-                    headers={},
+                    event,
                     request_timeout=self.timeout,
                     now=context.now,
                     what=self.channel_type,

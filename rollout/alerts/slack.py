@@ -11,12 +11,11 @@ the error is.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 import httpx
 
-from rollout.alerts.notifier import SendContext, post
+from rollout.alerts.notifier import SendContext, post_json
 from rollout.alerts.payload import (
     EXPLAINED_EVENTS,
     AlertPayload,
@@ -141,12 +140,10 @@ class SlackNotifier:
         self.timeout = timeout
 
     async def send(self, payload: AlertPayload, context: SendContext) -> None:
-        body = json.dumps(slack_message(payload), ensure_ascii=False).encode()
-        await post(
+        await post_json(
             self.http,
             payload.channel.url,
-            content=body,
-            headers={},
+            slack_message(payload),
             request_timeout=self.timeout,
             now=context.now,
             what=self.channel_type,

@@ -23,12 +23,11 @@ after a crash the card shows twice, with the same alert id.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 import httpx
 
-from rollout.alerts.notifier import SendContext, post
+from rollout.alerts.notifier import SendContext, post_json
 from rollout.alerts.payload import (
     EXPLAINED_EVENTS,
     AlertPayload,
@@ -158,12 +157,10 @@ class TeamsNotifier:
         self.public_url = public_url
 
     async def send(self, payload: AlertPayload, context: SendContext) -> None:
-        body = teams_message(payload, public_url=self.public_url)
-        await post(
+        await post_json(
             self.http,
             payload.channel.url,
-            content=json.dumps(body, ensure_ascii=False).encode(),
-            headers={},
+            teams_message(payload, public_url=self.public_url),
             request_timeout=self.timeout,
             now=context.now,
             what=self.channel_type,

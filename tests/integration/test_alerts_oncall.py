@@ -16,10 +16,7 @@ way the runner writes them (``Outbox`` of ``test_alerts_delivery``), and retries
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +28,20 @@ from rollout.alerts.dispatcher import NEVER, PERMANENT_PREFIX
 from rollout.alerts.payload import NON_TERMINAL_EVENTS
 from rollout.clock import FakeClock
 from rollout.plan import AlertChannel
+from rollout.sandbox.server import SandboxServer
+from rollout.serving.auth import PatAuth
+from rollout.serving.client import ServingClient
 from rollout.store import Store, open_store
-from tests.integration.test_alerts_delivery import SETTINGS, T0, Outbox, Outcomes
+from tests.integration.test_alerts_delivery import (
+    SETTINGS,
+    T0,
+    Outbox,
+    Outcomes,
+    Received,
+    Receiver,
+    Reply,
+)
+from tests.integration.test_engine_sandbox import HEALTHY, make_endpoint, plan, run_plan
 from tests.postgres import fresh_schema
 
 ROUTING_KEY = "0123456789abcdef0123456789ABCDEF"
@@ -108,73 +117,47 @@ def teams_problems(body: Any) -> list[str]:
     return problems
 
 
-@dataclass(frozen=True)
-class Forced:
-    status: int
-    headers: dict[str, str]
-    body: dict[str, Any]
+def json_reply(status: int, body: dict[str, Any], **headers: str) -> Reply:
+    return Reply(status, {"Content-Type": "application/json", **headers}, json.dumps(body).encode())
 
 
 class Service:
-    """A loopback HTTP service that records each JSON POST and answers through ``handle``."""
+    """A loopback ``Receiver`` whose answers come from ``answer`` (the service's own rules),
+    unless ``force`` scripted the next one."""
 
     def __init__(self) -> None:
-        self.requests: list[tuple[str, Any, int]] = []  # path, parsed body, status answered
-        self.forced: list[Forced] = []
-        self.lock = threading.Lock()
-        service = self
+        self.receiver = Receiver(answer=self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                try:
-                    body = json.loads(raw)
-                except ValueError:
-                    body = None
-                with service.lock:
-                    if service.forced:
-                        forced = service.forced.pop(0)
-                        status, headers, answer = forced.status, forced.headers, forced.body
-                    else:
-                        status, answer = service.handle(body)
-                        headers = {}
-                    service.requests.append((self.path, body, status))
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 -- the base's name
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._thread.start()
+    def answer(self, body: bytes) -> Reply:
+        raise NotImplementedError
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self.receiver.url
 
-    def force(
-        self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None
-    ) -> None:
-        """Answer the next request with ``code`` and ``body``, whatever it holds."""
-        with self.lock:
-            self.forced.append(Forced(code, headers or {}, body))
+    @property
+    def requests(self) -> list[Received]:
+        return self.receiver.requests
 
-    def handle(self, body: Any) -> tuple[int, dict[str, Any]]:
-        raise NotImplementedError
+    def statuses(self) -> list[int]:
+        return [request.answered for request in self.requests]
+
+    def bodies(self) -> list[Any]:
+        return [request.json() for request in self.requests]
+
+    def force(self, status: int, body: dict[str, Any], **headers: str) -> None:
+        """Answer the next request with ``status`` and ``body``, whatever it holds."""
+        self.receiver.script(json_reply(status, body, **headers))
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self.receiver.close()
+
+
+def parsed(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
 
 
 class PagerDutyApi(Service):
@@ -189,30 +172,35 @@ class PagerDutyApi(Service):
     def url(self) -> str:
         return self.base + "/v2/enqueue"
 
-    def handle(self, body: Any) -> tuple[int, dict[str, Any]]:
-        problems = pagerduty_problems(body)
+    def answer(self, body: bytes) -> Reply:
+        event = parsed(body)
+        problems = pagerduty_problems(event)
         if problems:
-            return 400, {"status": "invalid event", "message": "Event object is invalid",
-                         "errors": problems}
-        key = body["dedup_key"]
-        if body["event_action"] == "trigger":
+            return json_reply(
+                400,
+                {"status": "invalid event", "message": "Event object is invalid",
+                 "errors": problems},
+            )
+        key = event["dedup_key"]
+        if event["event_action"] == "trigger":
             self.alerts[key] = "triggered"
             self.triggers[key] = self.triggers.get(key, 0) + 1
         elif self.alerts.get(key) == "triggered":
             self.alerts[key] = "resolved"
         # A resolve of an alert that is not open is accepted and dropped.
-        return 202, {"status": "success", "message": "Event processed", "dedup_key": key}
-
-    def bodies(self) -> list[dict[str, Any]]:
-        return [body for _, body, _ in self.requests]
+        return json_reply(
+            202, {"status": "success", "message": "Event processed", "dedup_key": key}
+        )
 
 
 class TeamsWorkflow(Service):
-    def handle(self, body: Any) -> tuple[int, dict[str, Any]]:
-        problems = teams_problems(body)
+    def answer(self, body: bytes) -> Reply:
+        problems = teams_problems(parsed(body))
         if problems:
-            return 400, {"error": {"code": "InvalidRequestContent", "message": problems[0]}}
-        return 202, {}
+            return json_reply(
+                400, {"error": {"code": "InvalidRequestContent", "message": problems[0]}}
+            )
+        return Reply(202, body=b"")
 
 
 @pytest.fixture
@@ -288,7 +276,7 @@ async def test_one_rollouts_incidents_open_and_close_by_the_same_dedup_keys(
     }
     resolves = [b for b in pagerduty.bodies() if b["event_action"] == "resolve"]
     assert {b["dedup_key"] for b in resolves} == {key("r1", e) for e in NON_TERMINAL_EVENTS}
-    assert all(status == 202 for _, _, status in pagerduty.requests)
+    assert set(pagerduty.statuses()) == {202}
     assert store.pending_alert_count() == 0
 
     # Another rollout rolls back: its pause is closed and the rollback stays open for people.
@@ -309,7 +297,7 @@ async def test_one_rollouts_incidents_open_and_close_by_the_same_dedup_keys(
     outbox.emit("r3", "aborted", "warn", [channel], phase="aborted")
     await dispatcher.run_once()
     assert not any(k.startswith("rollout/r3/") for k in pagerduty.alerts)
-    assert all(status == 202 for _, _, status in pagerduty.requests)
+    assert set(pagerduty.statuses()) == {202}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -361,7 +349,7 @@ async def test_a_429_is_retried_after_its_retry_after_and_lands_once(
     outbox.start("r1")
     outbox.emit("r1", "paused", "warn", [pager(pagerduty)], phase="paused")
     pagerduty.force(429, {"status": "throttled", "message": "Too many requests"},
-                    {"Retry-After": "5"})
+                    **{"Retry-After": "5"})
     outcomes = Outcomes()
     dispatcher = AlertDispatcher(store, http, clock, ONCALL, on_delivery=outcomes)
 
@@ -371,7 +359,7 @@ async def test_a_429_is_retried_after_its_retry_after_and_lands_once(
     clock.advance(4)
     assert await dispatcher.run_once() == 1
     assert outcomes.seen == [("pagerduty", RETRY), ("pagerduty", DELIVERED)]
-    assert [status for _, _, status in pagerduty.requests] == [429, 202]
+    assert pagerduty.statuses() == [429, 202]
     first, second = pagerduty.bodies()
     assert first == second  # the same event, the same dedup key
     assert pagerduty.triggers == {key("r1", "paused"): 1}
@@ -390,6 +378,34 @@ async def test_a_pagerduty_url_on_loopback_is_refused_at_delivery_unless_allowed
     assert await dispatcher.run_once() == 1
     assert outcomes.seen == [("pagerduty", FAILED)]
     assert pagerduty.requests == []
+
+
+async def test_a_pager_set_to_error_hears_of_a_successful_rollout_only_as_resolves(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, pagerduty: PagerDutyApi,
+    http: httpx.AsyncClient,
+) -> None:
+    """The runner writes the rollout's end to a pager whatever the pager's severity, and only
+    to a pager: a webhook set to ``error`` hears nothing of a rollout that went well."""
+    make_endpoint(sandbox_admin, HEALTHY)
+    channels = [
+        {"type": "pagerduty", "url": pagerduty.url, "routing_key": ROUTING_KEY,
+         "severity": "error"},
+        {"type": "webhook", "url": "http://127.0.0.1:9/hook", "severity": "error"},
+    ]
+    async with ServingClient(sandbox.url, PatAuth(sandbox.token), clock=sandbox.clock) as client:
+        rollout_id, phase = await run_plan(sandbox, store, client, plan(alerts=channels))
+    assert phase.value == "succeeded"
+    assert isinstance(sandbox.clock, FakeClock)
+    dispatcher = AlertDispatcher(store, http, sandbox.clock, ONCALL)
+    assert await dispatcher.run_once() == 1  # the succeeded alert, to the pager only
+    assert store.pending_alert_count() == 0
+    assert actions_of(pagerduty) == [
+        ("resolve", f"rollout/{rollout_id}/ads/{event}") for event in NON_TERMINAL_EVENTS
+    ]
+
+
+def actions_of(service: PagerDutyApi) -> list[tuple[str, str]]:
+    return [(body["event_action"], body["dedup_key"]) for body in service.bodies()]
 
 
 # --- Teams -----------------------------------------------------------------------------------
@@ -419,9 +435,10 @@ async def test_a_teams_workflow_gets_an_adaptive_card_with_the_reason_and_number
 
     assert await dispatcher.run_once() == 1
     assert outcomes.seen == [("teams", DELIVERED)]
-    [(path, body, status)] = teams.requests
-    assert status == 202
-    assert path == "/workflows/abc/triggers/manual/paths/invoke?sig=WorkflowSig0042"
+    [request] = teams.requests
+    assert request.answered == 202
+    body = request.json()
+    assert request.path == "/workflows/abc/triggers/manual/paths/invoke?sig=WorkflowSig0042"
     card = body["attachments"][0]["content"]
     text = json.dumps(card)
     assert "Rolled back: ads-endpoint" in card["body"][0]["text"]
@@ -445,4 +462,4 @@ async def test_a_workflow_refusing_the_card_is_retried_not_dropped(
     clock.advance(ONCALL.max_backoff)
     assert await dispatcher.run_once() == 1
     assert outcomes.seen == [("teams", FAILED), ("teams", DELIVERED)]
-    assert [status for _, _, status in teams.requests] == [400, 202]
+    assert teams.statuses() == [400, 202]
