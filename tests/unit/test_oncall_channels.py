@@ -8,9 +8,12 @@ The same bodies go over real HTTP, to receivers that check them as the real serv
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from rollout.alerts import SendContext, pagerduty_events, teams_message
 from rollout.alerts.pagerduty import DEDUP_KEY_LIMIT, SUMMARY_LIMIT, dedup_key
@@ -267,3 +270,17 @@ def test_a_teams_card_without_a_public_url_has_no_action_and_stays_small() -> No
     assert "actions" not in message["attachments"][0]["content"]
     assert len(json.dumps(message).encode()) < 28 * 1024  # Teams' message limit
     assert "and 30 more" in json.dumps(message)
+
+
+# --- the documented plan ---------------------------------------------------------------------
+
+
+def test_the_readmes_oncall_plan_is_valid() -> None:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text[text.index("### Alerts where on-call lives") :]
+    block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert block is not None
+    plan = validate_plan(yaml.safe_load(block.group(1)))
+    teams, pd = plan.alerts
+    assert (teams.type, teams.severity) == ("teams", "info")
+    assert (pd.type, pd.severity, pd.url) == ("pagerduty", "warn", PAGERDUTY_EVENTS_URL)
