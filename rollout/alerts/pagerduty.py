@@ -38,6 +38,7 @@ dispatcher's backoff, honouring ``Retry-After`` (``notifier.post``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any, Final
 
@@ -172,11 +173,13 @@ def pagerduty_events(
 
 
 class PagerDutyNotifier:
-    """POSTs each of ``pagerduty_events`` to the channel's Events API URL, in order.
+    """POSTs ``pagerduty_events`` to the channel's Events API URL: the trigger first, then the
+    resolves together (independent keys; one slow answer must not make seven).
 
     ``public_url``: the controller's status page as people reach it, linked from incidents.
-    A failed request ends the attempt; the retry sends every event again, which PagerDuty
-    deduplicates (a trigger on an open alert only adds to its log; a resolve is idempotent).
+    A failed request fails the attempt (a permanent refusal first among several failures); the
+    retry sends every event again, which PagerDuty deduplicates (a trigger on an open alert only
+    adds to its log; a resolve is idempotent).
     """
 
     channel_type: Final = "pagerduty"
@@ -190,20 +193,34 @@ class PagerDutyNotifier:
         self.public_url = public_url
 
     async def send(self, payload: AlertPayload, context: SendContext) -> None:
-        for event in pagerduty_events(payload, context, public_url=self.public_url):
-            try:
-                await post_json(
-                    self.http,
-                    payload.channel.url,
-                    event,
-                    request_timeout=self.timeout,
-                    now=context.now,
-                    what=self.channel_type,
-                )
-            except ReceiverRejected as exc:
-                if exc.status == 400:
-                    raise EventRefused(
-                        f"{exc} (PagerDuty will never accept this event: not sent again)",
-                        status=400,
-                    ) from exc
-                raise
+        events = pagerduty_events(payload, context, public_url=self.public_url)
+        triggers = [e for e in events if e["event_action"] == TRIGGER]
+        resolves = [e for e in events if e["event_action"] != TRIGGER]
+        for event in triggers:
+            await self._post(payload, event, context)
+        results = await asyncio.gather(
+            *(self._post(payload, event, context) for event in resolves), return_exceptions=True
+        )
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            raise min(failures, key=lambda f: not getattr(f, "permanent", False))
+
+    async def _post(
+        self, payload: AlertPayload, event: dict[str, Any], context: SendContext
+    ) -> None:
+        try:
+            await post_json(
+                self.http,
+                payload.channel.url,
+                event,
+                request_timeout=self.timeout,
+                now=context.now,
+                what=self.channel_type,
+            )
+        except ReceiverRejected as exc:
+            if exc.status == 400:
+                raise EventRefused(
+                    f"{exc} (PagerDuty will never accept this event: not sent again)",
+                    status=400,
+                ) from exc
+            raise

@@ -166,6 +166,7 @@ class PagerDutyApi(Service):
     def __init__(self) -> None:
         self.alerts: dict[str, str] = {}  # "triggered" / "resolved"
         self.triggers: dict[str, int] = {}
+        self.throttled_resolves = 0  # how many resolves to come are answered 429
         super().__init__()
 
     @property
@@ -182,6 +183,9 @@ class PagerDutyApi(Service):
                  "errors": problems},
             )
         key = event["dedup_key"]
+        if event["event_action"] == "resolve" and self.throttled_resolves > 0:
+            self.throttled_resolves -= 1
+            return json_reply(429, {"status": "throttled", "message": "Too many requests"})
         if event["event_action"] == "trigger":
             self.alerts[key] = "triggered"
             self.triggers[key] = self.triggers.get(key, 0) + 1
@@ -366,7 +370,34 @@ async def test_a_429_is_retried_after_its_retry_after_and_lands_once(
     assert store.pending_alert_count() == 0
 
 
-async def test_a_pagerduty_url_on_loopback_is_refused_at_delivery_unless_allowed(
+async def test_a_throttled_resolve_retries_the_whole_alert_and_pagerduty_dedupes_it(
+    store: Store, outbox: Outbox, clock: FakeClock, pagerduty: PagerDutyApi,
+    http: httpx.AsyncClient,
+) -> None:
+    channel = pager(pagerduty)
+    outcomes = Outcomes()
+    dispatcher = AlertDispatcher(store, http, clock, ONCALL, on_delivery=outcomes)
+    outbox.start("r1")
+    outbox.emit("r1", "paused", "warn", [channel], phase="paused")
+    await dispatcher.run_once()
+    outbox.emit("r1", "rolled_back", "error", [channel], phase="rolled_back")
+    pagerduty.throttled_resolves = 1
+
+    assert await dispatcher.run_once() == 1
+    clock.advance(ONCALL.initial_backoff)
+    assert await dispatcher.run_once() == 1
+    assert outcomes.seen == [
+        ("pagerduty", DELIVERED), ("pagerduty", RETRY), ("pagerduty", DELIVERED)
+    ]
+    assert pagerduty.statuses().count(429) == 1
+    assert pagerduty.triggers[key("r1", "rolled_back")] == 2  # sent twice, one PagerDuty alert
+    assert pagerduty.alerts == {
+        key("r1", "paused"): "resolved", key("r1", "rolled_back"): "triggered"
+    }
+    assert store.pending_alert_count() == 0
+
+
+async def test_a_pagerduty_url_on_loopback_is_refused_at_delivery(
     store: Store, outbox: Outbox, clock: FakeClock, pagerduty: PagerDutyApi,
     http: httpx.AsyncClient,
 ) -> None:
