@@ -207,7 +207,7 @@ PAGERDUTY_EVENTS_URL: Final = "https://events.pagerduty.com/v2/enqueue"
 """PagerDuty's Events API v2, where a ``pagerduty`` channel sends unless its ``url`` says
 otherwise (``https://events.eu.pagerduty.com/v2/enqueue`` for an EU account)."""
 
-ROUTING_KEY = re.compile(r"^[A-Za-z0-9]{32}$")
+ROUTING_KEY: Final = re.compile(r"^[A-Za-z0-9]{32}$")
 """A PagerDuty integration key: 32 letters and digits."""
 
 _CHANNEL_DEFAULT_SEVERITY: Final[Mapping[str, Severity]] = {"pagerduty": "warn"}
