@@ -27,6 +27,7 @@ from rollout.redaction import excerpt, redact_url
 __all__ = [
     "MAX_RETRY_AFTER",
     "USER_AGENT",
+    "LinkingNotifier",
     "Notifier",
     "SendContext",
     "header_value",
@@ -70,6 +71,19 @@ class Notifier(Protocol):
     def wants_rollout_state(self) -> bool: ...
 
     async def send(self, payload: AlertPayload, context: SendContext) -> None: ...
+
+
+class LinkingNotifier:
+    """The state of a notifier whose messages link to the status page (Teams, PagerDuty): the
+    shared HTTP client, the per-request timeout, and ``public_url``, the status page as people
+    reach it ("" for no link)."""
+
+    def __init__(
+        self, http: httpx.AsyncClient, *, timeout: float = 10.0, public_url: str = ""
+    ) -> None:
+        self.http = http
+        self.timeout = timeout
+        self.public_url = public_url
 
 
 def header_value(text: str) -> str:

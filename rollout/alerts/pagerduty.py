@@ -42,10 +42,8 @@ import asyncio
 import hashlib
 from typing import Any, Final
 
-import httpx
-
 from rollout.alerts.errors import EventRefused, MalformedAlert, ReceiverRejected
-from rollout.alerts.notifier import SendContext, post_json
+from rollout.alerts.notifier import LinkingNotifier, SendContext, post_json
 from rollout.alerts.payload import (
     NON_TERMINAL_EVENTS,
     SEVERITY_ORDER,
@@ -172,7 +170,7 @@ def pagerduty_events(
     return events
 
 
-class PagerDutyNotifier:
+class PagerDutyNotifier(LinkingNotifier):
     """POSTs ``pagerduty_events`` to the channel's Events API URL: the trigger first, then the
     resolves together (independent keys; one slow answer must not make seven).
 
@@ -184,13 +182,6 @@ class PagerDutyNotifier:
 
     channel_type: Final = "pagerduty"
     wants_rollout_state: Final = True
-
-    def __init__(
-        self, http: httpx.AsyncClient, *, timeout: float = 10.0, public_url: str = ""
-    ) -> None:
-        self.http = http
-        self.timeout = timeout
-        self.public_url = public_url
 
     async def send(self, payload: AlertPayload, context: SendContext) -> None:
         events = pagerduty_events(payload, context, public_url=self.public_url)

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-import httpx
-
-from rollout.alerts.notifier import SendContext, post_json
+from rollout.alerts.notifier import LinkingNotifier, SendContext, post_json
 from rollout.alerts.payload import (
     EXPLAINED_EVENTS,
     AlertPayload,
@@ -143,18 +141,11 @@ def teams_message(payload: AlertPayload, *, public_url: str = "") -> dict[str, A
     }
 
 
-class TeamsNotifier:
+class TeamsNotifier(LinkingNotifier):
     """POSTs ``teams_message`` to the channel's Workflows webhook URL."""
 
     channel_type: Final = "teams"
     wants_rollout_state: Final = False
-
-    def __init__(
-        self, http: httpx.AsyncClient, *, timeout: float = 10.0, public_url: str = ""
-    ) -> None:
-        self.http = http
-        self.timeout = timeout
-        self.public_url = public_url
 
     async def send(self, payload: AlertPayload, context: SendContext) -> None:
         await post_json(

@@ -16,7 +16,7 @@ way the runner writes them (``Outbox`` of ``test_alerts_delivery``), and retries
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,9 @@ from rollout.sandbox.server import SandboxServer
 from rollout.serving.auth import PatAuth
 from rollout.serving.client import ServingClient
 from rollout.store import Store, open_store
+from tests.integration import test_alerts_delivery as delivery
 from tests.integration.test_alerts_delivery import (
     SETTINGS,
-    T0,
     Outbox,
     Outcomes,
     Received,
@@ -221,20 +221,10 @@ def teams() -> Iterator[TeamsWorkflow]:
     service.close()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(T0)
-
-
-@pytest.fixture
-def outbox(store: Store, clock: FakeClock) -> Outbox:
-    return Outbox(store, clock)
+# The delivery tests' fixtures: a plain client, a fake clock at T0, the runner-shaped outbox.
+http = delivery.http
+clock = delivery.clock
+outbox = delivery.outbox
 
 
 ONCALL = SETTINGS.model_copy(update={"public_url": STATUS_PAGE})
