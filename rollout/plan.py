@@ -33,6 +33,7 @@ from rollout.analysis.spec import Policy
 from rollout.metrics.model import EXPORTED_LATENCY_BOUNDS_MS, Histogram
 from rollout.policies import PolicyLibrary, PolicyNotFoundError, policy_errors
 from rollout.units import format_duration, parse_duration
+from rollout.vocabulary import TERMINAL
 
 # A plan is a few kilobytes; these bound what one can cost the store, the workspace (the
 # candidate's fields go into a PUT) and every reader, whatever YAML aliases make of the text.
@@ -83,6 +84,10 @@ class FieldProblemError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(message)
+
+    def parts(self) -> tuple[int | str, ...]:
+        """``field`` as location parts (``steps[1].weight`` -> ``("steps", 1, "weight")``)."""
+        return _split_path(self.field)
 
 
 class FieldProblemsError(ValueError):
@@ -309,24 +314,92 @@ class CanaryStep(_Strict):
     )
 
 
+PAGERDUTY_EVENTS_URL: Final = "https://events.pagerduty.com/v2/enqueue"
+"""PagerDuty's Events API v2, where a ``pagerduty`` channel sends unless its ``url`` says
+otherwise (``https://events.eu.pagerduty.com/v2/enqueue`` for an EU account)."""
+
+ROUTING_KEY: Final = re.compile(r"^[A-Za-z0-9]{32}$")
+"""A PagerDuty integration key: 32 letters and digits."""
+
+_CHANNEL_DEFAULT_SEVERITY: Final[Mapping[str, Severity]] = {"pagerduty": "warn"}
+"""A channel's ``severity`` when its plan gives none: ``info`` but for a pager, where an
+incident for every step of every rollout would teach people to ignore it."""
+
+
 class AlertChannel(_Strict):
-    type: Literal["webhook", "slack", "alertmanager"]
-    # Neither is ever shown (repr=False keeps them out of tracebacks and logged reprs; the
-    # API shows them through rollout.redaction): a Slack URL's path is its credential.
+    type: Literal["webhook", "slack", "alertmanager", "teams", "pagerduty"]
+    # None of url, secret, routing_key is ever shown (repr=False keeps them out of tracebacks
+    # and logged reprs; the API shows them through rollout.redaction): a Slack or Teams URL's
+    # path and query are its credential, a routing key lets anyone page the service.
     url: str = Field(
         pattern=r"^https?://",
         repr=False,
-        description="Where to deliver (http or https). Never shown: reads give scheme and "
-        "host only.",
+        description="Where to deliver (http or https); pagerduty: default "
+        f"{PAGERDUTY_EVENTS_URL}. Never shown: reads give scheme and host only.",
     )
     severity: Severity = Field(
-        default="info", description="Lowest severity delivered to this channel."
+        default="info",
+        description="Lowest severity delivered to this channel (default info; pagerduty: "
+        "warn).",
     )
     secret: str | None = Field(
         default=None,
         repr=False,
         description="webhook only: HMAC-SHA256 key for the signature header. Never shown.",
     )
+    routing_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="pagerduty only, required: the 32-character integration key of an Events "
+        "API v2 integration. Never shown.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        kind = data.get("type")
+        filled = dict(data)
+        if kind == "pagerduty" and filled.get("url") is None:
+            filled["url"] = PAGERDUTY_EVENTS_URL
+        if isinstance(kind, str) and kind in _CHANNEL_DEFAULT_SEVERITY:
+            filled.setdefault("severity", _CHANNEL_DEFAULT_SEVERITY[kind])
+        return filled
+
+    @model_validator(mode="after")
+    def _type_fields(self) -> AlertChannel:
+        if self.type == "pagerduty":
+            if self.secret is not None:
+                raise FieldProblemError(
+                    "secret", "a pagerduty channel has no secret; its key is routing_key"
+                )
+            if not self.routing_key:
+                raise FieldProblemError(
+                    "routing_key",
+                    "a pagerduty channel needs routing_key: the 32-character integration key "
+                    "of the service's Events API v2 integration",
+                )
+            if not ROUTING_KEY.match(self.routing_key):
+                # The key itself is never echoed: the message may be logged or shown.
+                odd = "" if self.routing_key.isalnum() else ", not all letters and digits"
+                raise FieldProblemError(
+                    "routing_key",
+                    "a PagerDuty integration key is 32 letters and digits; this one has "
+                    f"{len(self.routing_key)} characters{odd}",
+                )
+        elif self.routing_key is not None:
+            raise FieldProblemError("routing_key", "only a pagerduty channel takes routing_key")
+        return self
+
+    def takes(self, severity: Severity, event: str) -> bool:
+        """Whether an alert goes to this channel: at or above the channel's ``severity``;
+        a pagerduty channel also takes every alert that ends a rollout, whatever its
+        severity, because only such an alert resolves the incidents the rollout opened
+        (sent then as the resolves alone: see ``rollout.alerts.pagerduty``)."""
+        if SEVERITY_ORDER[severity] >= SEVERITY_ORDER[self.severity]:
+            return True
+        return self.type == "pagerduty" and event in TERMINAL
 
 
 HookName = Literal["pre_rollout", "confirm_promotion", "post_rollout", "on_rollback"]
@@ -866,7 +939,7 @@ def _issue_of(error: ErrorDetails) -> tuple[PlanIssue, bool] | None:
     message = error["msg"]
     problem = error.get("ctx", {}).get("error")
     if isinstance(problem, FieldProblemError):
-        loc = (*loc, *_split_path(problem.field))
+        loc = (*loc, *problem.parts())
         message = str(problem)
     elif error["type"] == "extra_forbidden" and len(loc) == 2 and loc[0] == "hooks":
         message = f"not a hook: use {', '.join(Hooks.model_fields)}"

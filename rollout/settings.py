@@ -245,7 +245,14 @@ class AlertSettings(BaseSettings):
     channels: str = Field(
         default="[]",
         description="Channels every rollout alerts besides its plan's own: a JSON list of "
-        '{"type": "webhook"|"slack"|"alertmanager", "url", "severity"?, "secret"?}.',
+        '{"type": "webhook"|"slack"|"alertmanager"|"teams"|"pagerduty", "url", "severity"?, '
+        '"secret"?, "routing_key"?} (pagerduty: routing_key required, url optional).',
+    )
+    public_url: str = Field(
+        default="",
+        pattern=r"^(https?://\S+)?$",
+        description="The status page as people reach it (e.g. https://rollout.internal): "
+        "Teams cards link to it and PagerDuty incidents carry it as a link. Empty: no link.",
     )
     allowed_hosts: str = Field(
         default="",

@@ -40,6 +40,9 @@ NON_TERMINAL_EVENTS: Final[tuple[str, ...]] = (
 )
 """Events that leave the rollout running; a terminal event supersedes them."""
 
+EXPLAINED_EVENTS: Final[frozenset[str]] = frozenset({"rolling_back", "rolled_back", "failed"})
+"""Events after which people want to see why: the numbers behind the verdict, the build log."""
+
 EVENT_TITLES: Final[Mapping[str, str]] = {
     "started": "Rollout started",
     "step_advanced": "Rollout advanced",
@@ -140,8 +143,12 @@ class AlertPayload:
 
     @property
     def passes_channel_filter(self) -> bool:
-        """Whether the alert is at least as severe as the lowest severity its channel takes."""
-        return SEVERITY_ORDER[self.severity] >= SEVERITY_ORDER[self.channel_severity]
+        """Whether the alert's channel takes it (``AlertChannel.takes``): at least as severe
+        as the channel's severity, or a rollout's end on a channel that resolves by it; a
+        hook takes every notification."""
+        if not isinstance(self.channel, AlertChannel):
+            return True
+        return self.channel.takes(self.severity, self.event)
 
     @property
     def channel_severity(self) -> Severity:

@@ -227,7 +227,8 @@ class Rollout(BaseModel):
     started_at: datetime
     plan: dict[str, Any] = Field(
         description="The validated plan with its policy inlined; alert channels and hooks "
-        "show the scheme and host of their url only, and a secret as '(redacted)'."
+        "show the scheme and host of their url only, and a secret or routing_key as "
+        "'(redacted)'."
     )
 
 
@@ -355,8 +356,8 @@ class AlertsBody(_CommandBody):
 
     alerts: list[AlertChannel] = Field(
         max_length=20,
-        description="Replaces the plan's channels (an empty list removes them); the secrets "
-        "and URLs given here are stored and used, never shown again.",
+        description="Replaces the plan's channels (an empty list removes them); the secrets, "
+        "routing keys and URLs given here are stored and used, never shown again.",
     )
 
 

@@ -91,7 +91,6 @@ from rollout.metrics.parse import MetricsError, parse_export_metrics
 from rollout.metrics.windows import WindowTracker
 from rollout.plan import (
     MAX_HOOK_TIMEOUT,
-    SEVERITY_ORDER,
     AlertChannel,
     AnyPlan,
     resolve_policy,
@@ -537,7 +536,7 @@ class Runner:
         rows = []
         for alert in decision.alerts:
             for index, channel in enumerate(self._channels(plan)):
-                if SEVERITY_ORDER[alert.severity] < SEVERITY_ORDER[channel.severity]:
+                if not channel.takes(alert.severity, alert.event):
                     continue
                 rows.append(
                     NewAlert(
