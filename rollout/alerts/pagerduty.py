@@ -54,6 +54,7 @@ from rollout.alerts.payload import (
     tail,
     truncate,
 )
+from rollout.plan import AlertChannel
 
 SEVERITIES: Final[dict[str, str]] = {"info": "info", "warn": "warning", "error": "error"}
 """The Events API's ``payload.severity`` for each of ours (``failed`` is ``critical``)."""
@@ -90,7 +91,7 @@ def opens_incident(payload: AlertPayload, context: SendContext) -> bool:
     """Whether ``payload`` is sent as a ``trigger`` (see the module's docstring)."""
     if payload.resolves is not None:
         return False
-    if SEVERITY_ORDER[payload.severity] < SEVERITY_ORDER[payload.channel.severity]:
+    if SEVERITY_ORDER[payload.severity] < SEVERITY_ORDER[payload.channel_severity]:
         return False  # a terminal alert below the channel's severity: its resolves only
     if payload.terminal:
         return payload.severity == "error"
@@ -128,7 +129,8 @@ def pagerduty_events(
 ) -> list[dict[str, Any]]:
     """The Events API v2 bodies for ``payload``, in the order they are sent: its trigger (if
     it opens an incident), then the resolves it carries."""
-    routing_key = payload.channel.routing_key
+    channel = payload.channel
+    routing_key = channel.routing_key if isinstance(channel, AlertChannel) else None
     if not routing_key:
         raise MalformedAlert(f"alert {payload.id!r}: pagerduty channel without routing_key")
 
