@@ -53,6 +53,8 @@ EVENT_TITLES: Final[Mapping[str, str]] = {
     "analysis_error": "Analysis error",
     "workspace_unreachable": "Workspace unreachable",
     "workspace_reachable": "Workspace reachable again",
+    "metrics_source_unreachable": "Metrics source unreachable",
+    "metrics_source_reachable": "Metrics source reachable again",
 }
 
 _REQUIRED_TEXT = ("rollout", "endpoint", "event", "severity", "summary", "phase")

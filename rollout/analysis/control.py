@@ -114,5 +114,8 @@ def against_control(policy: Policy, control: ArmTotals) -> Policy:
         checks.append(check if fixed is None else fixed)
     unique = list({c.describe(): c for c in checks}.values())
     return policy.model_copy(
-        update={"checks": (*unique, *policy.query_checks), "name": f"{policy.name} (against the warm-up control)"}
+        update={
+            "checks": (*unique, *policy.query_checks),
+            "name": f"{policy.name} (against the warm-up control)",
+        }
     )

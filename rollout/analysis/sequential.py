@@ -1252,7 +1252,8 @@ def _decide(
         outcome = Outcome.INCONCLUSIVE
         reason = f"inconclusive: below min_requests in this split ({', '.join(short)})"
     elif not blocking:
-        outcome, reason = Outcome.PASS, f"pass: all {len(policy.metric_checks)} checks within tolerance"
+        count = len(policy.metric_checks)
+        outcome, reason = Outcome.PASS, f"pass: all {count} checks within tolerance"
     else:
         outcome = Outcome.INCONCLUSIVE
         reason = "inconclusive: " + "; ".join(r.reason for r in blocking)

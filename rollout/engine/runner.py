@@ -60,6 +60,7 @@ from typing import Any, Protocol, cast
 
 import structlog
 
+from rollout.analysis.queries import ArmReading, QueryReading, promql_duration
 from rollout.analysis.spec import Policy
 from rollout.clock import Clock
 from rollout.engine.decide import DEFAULT_TIMING, Timing, current_fold, decide, update_failure
@@ -80,6 +81,7 @@ from rollout.engine.ownership import Owner
 from rollout.engine.schema import entity_input_schema, input_compatible
 from rollout.metrics.model import EntityWindow
 from rollout.metrics.parse import MetricsError, parse_export_metrics
+from rollout.metrics.prometheus import NOT_CONFIGURED, OwnMetrics
 from rollout.metrics.windows import WindowTracker
 from rollout.plan import SEVERITY_ORDER, AlertChannel, AnyPlan, resolve_policy, validate_plan
 from rollout.serving.client import ServingClient
@@ -294,10 +296,12 @@ class Runner:
         observer: DecisionObserver | None = None,
         ownership: Owner | None = None,
         dedup_horizon: float = DEFAULT_DEDUP_HORIZON,
+        own_metrics: OwnMetrics | None = None,
     ) -> None:
         if not dedup_horizon > 0:
             raise ValueError(f"dedup_horizon must be positive seconds, got {dedup_horizon!r}")
         self.dedup_horizon = dedup_horizon
+        self.own_metrics = own_metrics
         self.store = store
         self.ownership = ownership
         self.client = client
@@ -338,7 +342,7 @@ class Runner:
         if kept is None or kept.version != record.version:
             kept = await self._load(record, state, changed)
         plan, policy, tracker = kept.plan, kept.policy, kept.tracker
-        observation = await self._observe(plan, state, tracker, record.id, changed)
+        observation = await self._observe(plan, policy, state, tracker, record.id, changed=changed)
         decisions = 0
         while True:
             decision = decide(
@@ -501,9 +505,11 @@ class Runner:
     async def _observe(
         self,
         plan: AnyPlan,
+        policy: Policy,
         state: RolloutState,
         tracker: WindowTracker,
         rollout_id: str,
+        *,
         changed: dict[tuple[str | None, int], EntityWindow],
     ) -> Observation:
         commands = tuple(
@@ -523,7 +529,40 @@ class Runner:
             Phase.PROGRESSING,
         ):
             observation = await self._scrape(plan.endpoint, tracker, state, observation, changed)
+        if (
+            state.split_applied_at is not None
+            and state.phase is Phase.PROGRESSING
+            and state.baseline is not None
+            and policy.query_checks
+        ):
+            observation = replace(
+                observation, readings=await self._query(plan, policy, state.baseline)
+            )
         return observation
+
+    async def _query(
+        self, plan: AnyPlan, policy: Policy, baseline: str
+    ) -> tuple[QueryReading, ...]:
+        """The policy's query checks, run once per arm (``rollout.metrics.prometheus``);
+        ``{{ window }}`` is the look interval."""
+        window = promql_duration(self.timing.look_interval)
+        if self.own_metrics is None:
+            return tuple(
+                QueryReading(
+                    check.describe(),
+                    check.source,
+                    ArmReading(check.template, outage=NOT_CONFIGURED),
+                    ArmReading(check.template, outage=NOT_CONFIGURED),
+                )
+                for check in policy.query_checks
+            )
+        return await self.own_metrics.readings(
+            policy,
+            endpoint=plan.endpoint,
+            candidate=plan.candidate.served_name,
+            baseline=baseline,
+            window=window,
+        )
 
     async def _read_endpoint(self, endpoint: str) -> Observation:
         try:
