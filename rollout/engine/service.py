@@ -25,6 +25,7 @@ from rollout.engine.ownership import Owner, new_holder_id
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
 from rollout.errors import ConfigurationProblem, with_sign_in_help
+from rollout.metrics.prometheus import OwnMetrics
 from rollout.plan import AlertChannel
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import ServingError
@@ -108,6 +109,7 @@ async def run_engine(
     except ConfigurationProblem:
         await client.aclose()
         raise
+    own_metrics = OwnMetrics(settings.prometheus)
     runner = Runner(
         store,
         client,
@@ -115,6 +117,7 @@ async def run_engine(
         timing=timing_from(settings.engine, metrics_window=settings.serving.metrics_window),
         default_channels=default_channels,
         ownership=ownership,
+        own_metrics=own_metrics,
     )
     reconciler = Reconciler(
         runner,
@@ -149,5 +152,6 @@ async def run_engine(
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await loop_task
         await client.aclose()
+        await own_metrics.aclose()
         store.close()
         log.info("engine.stopped")
