@@ -160,8 +160,8 @@ async def submit(
         ("sum(rate(up{served_entity_name={{ candidate }}}[{{ window }}])",
          {"max": 1}, "prometheus refused the query: bad_data"),
         ("up{served_entity_name={{ candidate }}, job=\"nope\"}", {"max": 1},
-         "returns no series for the baseline 'ads-3' (up{served_entity_name=\"ads-3\", "
-         "job=\"nope\"})"),
+         'returns no series for the baseline \'ads-3\' (up{served_entity_name="ads-3", '
+         'job="nope"})'),
         ("vector(1) or label_replace(vector(2), \"a\", \"b\", \"\", \"\")",
          {"max": 1}, "returns 2 series, not one"),
     ],
@@ -216,9 +216,9 @@ def _plan_file(tmp_path: Path, query: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("env", "query", "code", "output"),
+    "case",
     [
-        ({}, UP, 1, "policy.checks[0].query: no Prometheus is configured"),
+        ("", UP, 1, "policy.checks[0].query: no Prometheus is configured"),
         ("prometheus", "sum(up", 1, "policy.checks[0].query: prometheus refused the query"),
         ("prometheus", UP, 0, "valid canary plan"),
         ("closed", UP, 2, "prometheus unreachable"),
@@ -226,9 +226,12 @@ def _plan_file(tmp_path: Path, query: str) -> Path:
     ids=["not configured", "parse error", "valid", "unreachable"],
 )
 def test_validate_asks_prometheus(
-    tmp_path: Path, prometheus: str, monkeypatch: pytest.MonkeyPatch,
-    env: Any, query: str, code: int, output: str,
+    tmp_path: Path,
+    prometheus: str,
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[str, str, int, str],
 ) -> None:
+    env, query, code, output = case
     monkeypatch.delenv("ROLLOUT_PROMETHEUS_URL", raising=False)
     if env:
         url = prometheus if env == "prometheus" else closed_port_url()
