@@ -160,8 +160,8 @@ async def submit(
         ("sum(rate(up{served_entity_name={{ candidate }}}[{{ window }}])",
          {"max": 1}, "prometheus refused the query: bad_data"),
         ("up{served_entity_name={{ candidate }}, job=\"nope\"}", {"max": 1},
-         'returns no series for the baseline \'ads-3\' (up{served_entity_name="ads-3", '
-         'job="nope"})'),
+         ('returns no series for the baseline \'ads-3\' (up{served_entity_name="ads-3", '
+          'job="nope"})')),
         ("vector(1) or label_replace(vector(2), \"a\", \"b\", \"\", \"\")",
          {"max": 1}, "returns 2 series, not one"),
     ],
