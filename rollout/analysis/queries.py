@@ -29,10 +29,11 @@ ratio, a score), so this rule is Flagger's, made safe for missing data:
   single spike does not roll back), and **passes** after as many consecutive passing looks
   (one good sample does not promote). Anything in between is inconclusive, leaning towards a
   regression while the current run is of failing looks. A fail is final for the rollout.
-* A look without a number (no series yet, NaN, the baseline arm missing for a comparison) is
-  inconclusive and counts neither way: the runs continue across it.
+* A look without a number (no series yet, NaN, the baseline arm missing for a comparison)
+  makes the check inconclusive at that look, whatever it was before, and counts neither way:
+  the runs continue across it (a check that had passed passes again at its next number).
 * A source that cannot be asked (Prometheus unreachable, an error answer, a web endpoint
-  down) is never a failure: the look is inconclusive with its own reason
+  down) is never a failure: the check is inconclusive with its own reason
   (``prometheus unreachable: ...``), counts neither way, and the engine raises one alert
   for the outage (``rollout.engine.decide``).
 * The runs restart when the split changes: each step earns its own pass.
@@ -350,7 +351,7 @@ def _result(
         outcome = Outcome.FAIL
         last = kept.get("fail_reason", look.reason)
         reason = f"{spec.describe()}: {threshold} failing looks in a row; last: {last}"
-    elif passes >= threshold:
+    elif passes >= threshold and (reading is None or look.verdict is not None):
         outcome, reason = Outcome.PASS, f"{spec.describe()}: {look.reason} ({runs})"
     else:
         outcome = Outcome.INCONCLUSIVE
