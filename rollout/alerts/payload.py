@@ -37,6 +37,7 @@ NON_TERMINAL_EVENTS: Final[tuple[str, ...]] = (
     "rolling_back",
     "deadline_passed",
     "analysis_error",
+    "metrics_source_unreachable",
 )
 """Events that leave the rollout running; a terminal event supersedes them."""
 
