@@ -38,7 +38,7 @@ import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     BaseModel,
@@ -183,6 +183,41 @@ _LEVEL_PARSERS = {
 }
 
 
+class _Tolerances(Protocol):
+    @property
+    def compare(self) -> Literal["baseline"] | None: ...
+    @property
+    def max_ratio(self) -> float | None: ...
+    @property
+    def max_increase(self) -> float | None: ...
+    @property
+    def max_level(self) -> float | None: ...
+    @property
+    def min_level(self) -> float | None: ...
+
+
+def _tolerance_shape(check: _Tolerances, name: str) -> None:
+    """A check is relative (``compare: baseline`` with ``max_ratio`` and/or
+    ``max_increase``) or absolute (one of ``max``, ``min``): ``ValueError`` otherwise."""
+    relative = check.max_ratio is not None or check.max_increase is not None
+    absolute = check.max_level is not None or check.min_level is not None
+    if check.compare == "baseline":
+        if not relative:
+            raise ValueError("compare: baseline needs max_ratio and/or max_increase")
+        if absolute:
+            raise ValueError(
+                "a check is either relative (compare: baseline) or absolute (max/min): "
+                "write two checks"
+            )
+        return
+    if relative:
+        raise ValueError("max_ratio and max_increase need compare: baseline")
+    if not absolute:
+        raise ValueError(f"{name} needs max or min (or compare: baseline)")
+    if check.max_level is not None and check.min_level is not None:
+        raise ValueError("give max or min, not both: write two checks")
+
+
 class CheckSpec(BaseModel):
     """One check of a policy, e.g. ``{metric: error_rate, compare: baseline, max_ratio: 2}``.
 
@@ -223,28 +258,13 @@ class CheckSpec(BaseModel):
     @model_validator(mode="after")
     def _shape(self) -> CheckSpec:
         info = METRICS[self.metric]
-        relative = self.max_ratio is not None or self.max_increase is not None
-        absolute = self.max_level is not None or self.min_level is not None
-        if self.compare == "baseline":
-            if not info.relative:
-                raise ValueError(
-                    f"{self.metric} cannot be compared with the baseline: give it an absolute "
-                    "max or min"
-                )
-            if not relative:
-                raise ValueError("compare: baseline needs max_ratio and/or max_increase")
-            if absolute:
-                raise ValueError(
-                    "a check is either relative (compare: baseline) or absolute (max/min): "
-                    "write two checks"
-                )
-        else:
-            if relative:
-                raise ValueError("max_ratio and max_increase need compare: baseline")
-            if not absolute:
-                raise ValueError(f"the {self.metric} check needs max or min (or compare: baseline)")
-            if self.max_level is not None and self.min_level is not None:
-                raise ValueError("give max or min, not both: write two checks")
+        if self.compare == "baseline" and not info.relative:
+            raise ValueError(
+                f"{self.metric} cannot be compared with the baseline: give it an absolute "
+                "max or min"
+            )
+        _tolerance_shape(self, f"the {self.metric} check")
+        if self.compare != "baseline":
             if self.min_level is not None and info.kind in ("rate", "quantile"):
                 raise ValueError(
                     f"min on {self.metric} is not a regression check: use max, or a "
@@ -432,23 +452,7 @@ class QueryCheck(BaseModel):
     def _shape(self) -> QueryCheck:
         if (self.query is None) == (self.web is None):
             raise ValueError("a check on your own metric takes query (PromQL) or web, not both")
-        relative = self.max_ratio is not None or self.max_increase is not None
-        absolute = self.max_level is not None or self.min_level is not None
-        if self.compare == "baseline":
-            if not relative:
-                raise ValueError("compare: baseline needs max_ratio and/or max_increase")
-            if absolute:
-                raise ValueError(
-                    "a check is either relative (compare: baseline) or absolute (max/min): "
-                    "write two checks"
-                )
-        else:
-            if relative:
-                raise ValueError("max_ratio and max_increase need compare: baseline")
-            if not absolute:
-                raise ValueError("the check needs max or min (or compare: baseline)")
-            if self.max_level is not None and self.min_level is not None:
-                raise ValueError("give max or min, not both: write two checks")
+        _tolerance_shape(self, "the check")
         return self
 
     @property

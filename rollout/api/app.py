@@ -100,6 +100,7 @@ from rollout.plan import (
     AnyPlan,
     Plan,
     PlanError,
+    PlanIssue,
     PlanTooLargeError,
     check_plan,
     plan_notes,
@@ -523,16 +524,9 @@ class _Service:
                     "the source of a check on your own metrics cannot be asked now; try "
                     f"again later: {exc or 'no answer in time'}",
                 ) from exc
-        if not issues:
-            return
-        details = [{"field": issue.field, "message": issue.message} for issue in issues]
-        raise ApiError(
-            422,
-            "invalid_plan",
-            "the plan is invalid: "
-            + "; ".join(f"{d['field']}: {d['message']}" for d in details),
-            details=details,
-        )
+        if issues:
+            raise _invalid_plan(PlanError([PlanIssue(field=i.field, message=i.message)
+                                           for i in issues]))
 
     async def traffic_warnings(self, plan: AnyPlan, policy: Policy) -> list[str]:
         """A warning when the endpoint's recent traffic cannot give the first step a verdict,

@@ -11,21 +11,21 @@ exactly one alert says so at the plan's webhook.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
+from tests.e2e.test_daemon import create_endpoint
+from tests.e2e.test_daemon import plan as daemon_plan
+from tests.e2e.test_replicas import Receiver, receiver  # noqa: F401 -- the webhook fixture
 from tests.prometheus import running_prometheus
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
@@ -48,31 +48,6 @@ POLICY = {
 TERMINAL = {"succeeded", "rolled_back", "aborted", "failed"}
 
 
-@pytest.fixture
-def hook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """A webhook receiver on loopback; yields its URL and the bodies it accepted."""
-    bodies: list[dict[str, Any]] = []
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            with lock:
-                bodies.append(json.loads(body))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002, ARG002
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", bodies
-    server.shutdown()
-    server.server_close()
-
-
 def wait_for(what: str, check: Callable[[], T | None], timeout: float, log: Path) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -83,36 +58,18 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float, log: Path
     raise AssertionError(f"timed out waiting for {what}\n{log.read_text()[-3000:]}")
 
 
-def create_endpoint(admin: httpx.Client, name: str, candidate_error_rate: float) -> None:
-    response = admin.post("/endpoints", json={
-        "name": name,
-        "served_entities": [{"name": "model-1", "entity_name": "main.ml.model",
-                             "entity_version": "1", "workload_size": "Small",
-                             "scale_to_zero_enabled": False}],
-        "profiles": {"model-1": {"error_rate": 0.002},
-                     "model-2": {"error_rate": candidate_error_rate}},
-        "qps": 400,
-    })
-    assert response.status_code == 201, response.text
-
-
 def plan(endpoint: str, bake: str = "3s", **extra: Any) -> dict[str, Any]:
-    return {
-        "endpoint": endpoint,
-        "candidate": {"name": "model-2", "entity_name": "main.ml.model", "entity_version": "2",
-                      "workload_size": "Small"},
-        "strategy": "canary",
-        "steps": [{"weight": 20, "bake": bake}, {"weight": 50, "bake": bake}],
-        "policy": POLICY,
-        **extra,
-    }
+    """test_daemon's canary (20 %, 50 %) with short bakes, judged by the PromQL check."""
+    steps = [{"weight": 20, "bake": bake}, {"weight": 50, "bake": bake}]
+    return {**daemon_plan(endpoint), "steps": steps, "policy": POLICY, **extra}
 
 
 def test_a_promql_check_promotes_rolls_back_and_survives_an_outage(
-    sandbox_process: str, sandbox_token: str, hook: tuple[str, list[dict[str, Any]]],
+    sandbox_process: str,
+    sandbox_token: str,
+    receiver: Receiver,  # noqa: F811 -- the fixture imported above
     tmp_path: Path,
 ) -> None:
-    hook_url, bodies = hook
     endpoints = {"good-ep": 0.002, "bad-ep": 0.10, "down-ep": 0.002}
     with httpx.Client(base_url=f"{sandbox_process}/_sandbox/v1", timeout=10) as admin:
         for name, rate in endpoints.items():
@@ -151,7 +108,7 @@ def test_a_promql_check_promotes_rolls_back_and_survives_an_outage(
         for name in endpoints:
             body = plan(name) if name != "down-ep" else plan(
                 name, bake="5m",
-                alerts=[{"type": "webhook", "url": hook_url, "severity": "warn"}],
+                alerts=[{"type": "webhook", "url": receiver.url, "severity": "warn"}],
             )
             response = httpx.post(f"{url}/api/v1/rollouts", json=body, timeout=30)
             assert response.status_code == 201, response.text
@@ -203,7 +160,9 @@ def test_a_promql_check_promotes_rolls_back_and_survives_an_outage(
             "prometheus unreachable: ")
 
         def alerted() -> list[dict[str, Any]]:
-            return [b for b in list(bodies) if b["event"] == "metrics_source_unreachable"]
+            with receiver.lock:
+                bodies = list(receiver.bodies.values())
+            return [b for b in bodies if b["event"] == "metrics_source_unreachable"]
 
         (alert,) = wait_for("the outage alert at the webhook", alerted, 20, log)
         assert alert["rollout"] == ids["down-ep"]
@@ -211,10 +170,12 @@ def test_a_promql_check_promotes_rolls_back_and_survives_an_outage(
         # More looks with Prometheus still down: no second alert, and no rollback.
         wait_for("more looks", lambda: (rollout("down-ep").get("last_verdict") or {}).get(
             "at", 0) > verdict["at"] + 1.5, 20, log)
-        assert len(alerted()) == 1, bodies
+        with receiver.lock:
+            assert [b["event"] for b in receiver.bodies.values()] == [
+                "metrics_source_unreachable"], receiver.bodies
+            assert list(receiver.deliveries.values()) == [1]
         down = rollout("down-ep")
         assert down["phase"] == "progressing", down
-        assert [b["event"] for b in bodies] == ["metrics_source_unreachable"], bodies
 
 
 def own_check(rollout: dict[str, Any]) -> dict[str, Any]:

@@ -154,26 +154,37 @@ PLAN = {
 }
 
 
-def test_decide_alerts_once_per_outage_and_never_rolls_back_for_it() -> None:
+def play(looks: list[QueryReading]) -> tuple[RolloutState, list[str], list[str]]:
+    """decide at one look per reading, 30 s apart, on a 10 % step with its windows in;
+    returns the last state, and the kinds of the events and alerts on the way."""
     plan, pol = check_plan(PLAN)
-    (spec,) = pol.query_checks
     st = RolloutState(phase=Phase.PROGRESSING, started_at=0.0, step=0, candidate_weight=10,
                       baseline="ads-3", split_applied_at=0.0, step_started_at=0.0)
     win = (EntityWindow("ads-4", 0, requests=100), EntityWindow("ads-3", 0, requests=900))
-    timing = Timing(look_interval=30)
     events: list[str] = []
     alerts: list[str] = []
-    down = reading(spec, None, None, outage="prometheus unreachable: ConnectError")
-    looks = [down] * 5 + [reading(spec, 1.0, 1.0)] * 2
     for now, one in enumerate(looks, start=1):
         obs = Observation(windows=win, readings=(one,))
-        decision = decide(plan, st, obs, now * 30.0, policy=pol, timing=timing)
+        decision = decide(plan, st, obs, now * 30.0, policy=pol, timing=Timing(look_interval=30))
         st = decision.state
         events += [e.kind for e in decision.events]
         alerts += [a.event for a in decision.alerts]
-        assert st.phase is Phase.PROGRESSING
-    assert alerts == ["metrics_source_unreachable", "metrics_source_reachable"]
+    return st, events, alerts
+
+
+SPEC = QueryCheck.model_validate(PLAN["policy"]["checks"][0])
+
+
+def test_decide_alerts_once_per_outage_and_never_rolls_back_for_it() -> None:
+    down = reading(SPEC, None, None, outage="prometheus unreachable: ConnectError")
+    st, events, alerts = play([down] * 5)
+    assert st.phase is Phase.PROGRESSING
+    assert alerts == ["metrics_source_unreachable"]
     assert events.count("metrics_source_unreachable") == 1
+    assert "prometheus unreachable: ConnectError" in (st.last_verdict or {})["reason"]
+    st, events, alerts = play([down] * 5 + [reading(SPEC, 1.0, 1.0)] * 2)
+    assert st.phase is Phase.PROGRESSING
+    assert alerts == ["metrics_source_unreachable", "metrics_source_reachable"]
     verdict = st.last_verdict or {}
     assert verdict["outcome"] == "pass"
     (own,) = [c for c in verdict["checks"] if c["metric"] == "prometheus"]
@@ -182,14 +193,7 @@ def test_decide_alerts_once_per_outage_and_never_rolls_back_for_it() -> None:
 
 
 def test_decide_rolls_back_on_a_failing_query_check() -> None:
-    plan, pol = check_plan(PLAN)
-    (spec,) = pol.query_checks
-    st = RolloutState(phase=Phase.PROGRESSING, started_at=0.0, step=0, candidate_weight=10,
-                      baseline="ads-3", split_applied_at=0.0, step_started_at=0.0)
-    win = (EntityWindow("ads-4", 0, requests=100), EntityWindow("ads-3", 0, requests=900))
-    for now in (1, 2):
-        obs = Observation(windows=win, readings=(reading(spec, 3.0, 1.0),))
-        st = decide(plan, st, obs, now * 30.0, policy=pol, timing=Timing()).state
+    st, _, _ = play([reading(SPEC, 3.0, 1.0)] * 2)
     assert st.phase is Phase.ROLLING_BACK
     assert st.ending_reason is not None
     assert "2 failing looks in a row" in st.ending_reason
