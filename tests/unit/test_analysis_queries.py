@@ -4,9 +4,11 @@ selector, the plan's validation messages, and decide acting on them. Pure, table
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from rollout.analysis.queries import (
     ArmReading,
@@ -355,3 +357,25 @@ def test_a_policy_of_both_kinds_round_trips_as_stored() -> None:
     again = Policy.model_validate(pol.model_dump(mode="json", exclude_none=True))
     assert again == pol
     assert validate_plan(plan.model_dump(mode="json", exclude_none=True)) == plan
+
+
+def test_the_readme_example_is_a_valid_plan() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Checks on your own metrics", 1)[1]
+    text = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    plan, pol = check_plan(yaml.safe_load(text))
+    assert plan.endpoint == "checkout"
+    assert [c.describe() for c in pol.query_checks] == [
+        "payment failures vs baseline: max_ratio 1.5, max_increase 0.002",
+        "conversion vs baseline: max_increase 0.01, higher is better",
+        "relevance min 0.8",
+    ]
+    (conversion,) = [c for c in pol.query_checks if c.name == "conversion"]
+    assert conversion.tolerated(0.05) == pytest.approx(0.04)
+    cand, _ = arm_names(endpoint="checkout", candidate="checkout-8", baseline="checkout-7",
+                        window="30s")
+    (payments,) = [c for c in pol.query_checks if c.name == "payment failures"]
+    assert render(payments.template, cand, kind="promql") == (
+        'sum(rate(payments_failed_total{model="checkout-8"}[30s])) / '
+        'sum(rate(payments_total{model="checkout-8"}[30s]))'
+    )
