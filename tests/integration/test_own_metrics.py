@@ -136,8 +136,9 @@ async def submit(
             sandbox.url, PatAuth(sandbox.token), clock=sandbox.clock,
             retry=RetryPolicy(initial_backoff=0.1, max_backoff=1, budget_seconds=5),
         )
-        own = None if url is None else OwnMetrics(PrometheusSettings(url=url, timeout=2))
-        opened.extend([client, *([own] if own else [])])
+        # As the daemon wires it: a client even without a Prometheus (for web checks).
+        own = OwnMetrics(PrometheusSettings(url=url, timeout=2))
+        opened.extend([client, own])
         api = create_api(
             store=store, client=client, clock=sandbox.clock, library=PolicyLibrary(),
             registry=CollectorRegistry(), settings=ApiSettings(tokens=SecretStr("t:operator")),
@@ -176,6 +177,34 @@ async def test_submission_refuses_a_query_that_cannot_run(
     assert error["code"] == "invalid_plan"
     (detail,) = error["details"]
     assert detail["field"] == "policy.checks[1].query"
+    assert message in detail["message"]
+
+
+@pytest.mark.parametrize(
+    ("selector", "field", "message"),
+    [
+        ("$.data.result[0].value[1]", None, None),
+        ("$.data.result[0].values", "policy.checks[1].web.selector",
+         "$.data.result[0] has no member 'values'"),
+    ],
+)
+async def test_submission_asks_a_web_check_for_the_baselines_number(
+    submit: Any, prometheus: str, selector: str, field: str | None, message: str | None
+) -> None:
+    plan = _plan(UP)
+    plan["policy"]["checks"][1] = {
+        "web": {"url": prometheus + "/api/v1/query?query=up%7Bserved_entity_name%3D%22"
+                "{{ candidate }}%22%7D", "selector": selector},
+        "min": 1,
+    }
+    response = await submit(plan, None)
+    if field is None:
+        assert response.status_code == 201, response.text
+        return
+    assert response.status_code == 422, response.text
+    (detail,) = response.json()["error"]["details"]
+    assert detail["field"] == field
+    assert message is not None
     assert message in detail["message"]
 
 
