@@ -2,7 +2,8 @@
 
 Where this sits: the scheduler calls ``Runner.reconcile(rollout_id)`` when a rollout is due.
 One reconcile is: read the rollout from the store; observe (GET the endpoint, scrape
-export-metrics into new windows, read queued commands); ``decide``; commit the decision (new
+export-metrics into new windows, run the policy's checks on own metrics once per arm through
+``rollout.metrics.prometheus``, read queued commands); ``decide``; commit the decision (new
 state, events, alert-outbox rows, consumed commands) in one transaction; then carry out the
 decision's effect (PUT the config and wait until it is applied, or run the blue/green
 preflight) and feed its outcome straight back into ``decide``.
@@ -81,7 +82,7 @@ from rollout.engine.ownership import Owner
 from rollout.engine.schema import entity_input_schema, input_compatible
 from rollout.metrics.model import EntityWindow
 from rollout.metrics.parse import MetricsError, parse_export_metrics
-from rollout.metrics.prometheus import NOT_CONFIGURED, OwnMetrics
+from rollout.metrics.prometheus import OwnMetrics
 from rollout.metrics.windows import WindowTracker
 from rollout.plan import SEVERITY_ORDER, AlertChannel, AnyPlan, resolve_policy, validate_plan
 from rollout.serving.client import ServingClient
@@ -114,6 +115,7 @@ log = structlog.get_logger("rollout.engine")
 # Effects carried out within one reconcile before handing back to the scheduler: a rollback is
 # two updates, a step is one; more than this means something loops.
 _MAX_EFFECTS_PER_RECONCILE = 6
+NOT_WIRED = "no source client: this runner was built without one (own_metrics)"
 DEFAULT_DEDUP_HORIZON = 1800.0
 """Seconds a window stays revisable: export-metrics showing it again within this is the same
 window (a revision), and the current split's windows older than this are folded into the
@@ -547,12 +549,13 @@ class Runner:
         ``{{ window }}`` is the look interval."""
         window = promql_duration(self.timing.look_interval)
         if self.own_metrics is None:
+            # A runner built without a client (tests, tools) asks no source: an outage.
             return tuple(
                 QueryReading(
                     check.describe(),
                     check.source,
-                    ArmReading(check.template, outage=NOT_CONFIGURED),
-                    ArmReading(check.template, outage=NOT_CONFIGURED),
+                    ArmReading(check.template, outage=NOT_WIRED),
+                    ArmReading(check.template, outage=NOT_WIRED),
                 )
                 for check in policy.query_checks
             )
