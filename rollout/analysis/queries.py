@@ -50,13 +50,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from rollout.analysis.spec import Policy, QueryCheck
+from rollout.analysis.spec import PLACEHOLDER_PATTERN, Policy, QueryCheck
 from rollout.analysis.verdict import CheckResult, Outcome, Verdict
 
 # ---- rendering ----------------------------------------------------------------------------
 
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-_NAMES = ("endpoint", "candidate", "baseline")
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ def render(template: str, names: Names, *, kind: Literal["promql", "url"]) -> st
     }
     out: list[str] = []
     last = 0
-    for match in _PLACEHOLDER.finditer(template):
+    for match in PLACEHOLDER_PATTERN.finditer(template):
         name = match.group(1)
         if name not in values:
             raise ValueError(f"unknown placeholder {{{{ {name} }}}}")

@@ -368,13 +368,14 @@ def _describe(spec: CheckSpec) -> str:
 PLACEHOLDERS = ("endpoint", "candidate", "baseline", "window")
 """The names a query or a web URL may hold as ``{{ name }}`` (``rollout.analysis.queries``)."""
 
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+PLACEHOLDER_PATTERN = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+"""``{{ name }}`` in a query or URL; group 1 is the name."""
 _SELECTOR = re.compile(r"^\$((\.[A-Za-z_][A-Za-z0-9_-]*)|(\[\d+\]))+$")
 
 
 def placeholders_in(text: str) -> list[str]:
     """The ``{{ name }}`` placeholders ``text`` holds, in order."""
-    return [match.group(1) for match in _PLACEHOLDER.finditer(text)]
+    return [match.group(1) for match in PLACEHOLDER_PATTERN.finditer(text)]
 
 
 def _known_placeholders(text: str, what: str) -> str:
