@@ -145,9 +145,11 @@ def validate(
         )
         raise typer.Exit(1)
     steps = describe_steps(plan) if isinstance(plan, CanaryPlan) else plan.strategy
+    # An alias is resolved at submission: until then the candidate is its alias.
+    candidate = plan.candidate.describe() if plan.candidate.alias else plan.candidate.served_name
     typer.echo(
         f"{plan_file}: valid {plan.strategy} plan for endpoint {plan.endpoint}: "
-        f"{plan.candidate.served_name} ({steps}); policy {policy.describe()}"
+        f"{candidate} ({steps}); policy {policy.describe()}"
     )
     for note in plan_notes(plan, policy, metrics_window=_settings().serving.metrics_window):
         typer.echo(f"note: {note}")
@@ -211,6 +213,61 @@ def engine(
     except ConfigurationProblem as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+
+
+@app.command("watch-alias")
+def watch_alias(
+    alias: Annotated[
+        str,
+        typer.Argument(help="The alias to watch: catalog.schema.model@alias.", show_default=False),
+    ],
+    *,
+    endpoint: Annotated[
+        str, typer.Option("--endpoint", help="The serving endpoint to roll out on.")
+    ],
+    plan_template: Annotated[
+        Path,
+        typer.Option(
+            "--plan-template",
+            help="A plan file (YAML or JSON); the watch sets its candidate's alias and version.",
+        ),
+    ],
+    interval: float | None = typer.Option(
+        None, min=0.01, help="Seconds between two looks (ROLLOUT_ALIASES_POLL_INTERVAL; 60)."
+    ),
+    once: bool = typer.Option(False, "--once", help="Look once, print what it came to, exit."),
+) -> None:
+    """Start a rollout whenever a Unity Catalog alias moves to a new version.
+
+    Polls the alias; when it names a version the endpoint neither serves nor has in flight,
+    stores a rollout of that version from the plan template (one per alias move, however
+    many watchers share the store). A controller on the same store drives it. Configured by
+    the environment as `rollout engine` (ROLLOUT_STORE_URL, DATABRICKS_*). The same watch
+    inside `rollout serve`: ROLLOUT_ALIASES_WATCHES.
+    """
+    from rollout.engine.service import run_alias_watch  # noqa: PLC0415
+    from rollout.settings import AliasWatchSetting  # noqa: PLC0415
+
+    settings = _settings()
+    if interval is not None:
+        settings.aliases.poll_interval = interval
+    watch = AliasWatchSetting(alias=alias, endpoint=endpoint, plan_template=plan_template)
+    last: list[str] = []
+
+    def on_pass(outcome: str) -> None:
+        # A line when what the looks find changes, not one a minute.
+        if last[-1:] != [outcome]:
+            typer.echo(f"{alias}: {outcome}")
+            last[:] = [outcome]
+
+    try:
+        outcome = asyncio.run(run_alias_watch(settings, watch, once=once, on_pass=on_pass))
+    except ConfigurationProblem as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if outcome is not None:
+        typer.echo(f"{alias}: {outcome}")
+    raise typer.Exit(1 if outcome in ("unavailable", "invalid") else 0)
 
 
 @app.command()

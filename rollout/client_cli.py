@@ -453,6 +453,8 @@ def rollout_view(rollout: Mapping[str, Any]) -> RenderableType:
     summary.add_row(
         "candidate", f"{rollout.get('candidate')} vs baseline {rollout.get('baseline') or '-'}"
     )
+    if rollout.get("candidate_source"):
+        summary.add_row("from alias", f"candidate {rollout['candidate_source']}")
     phase = str(rollout.get("phase"))
     phase_style = {
         "succeeded": "bold green",

@@ -6,6 +6,11 @@ dispatcher and the HTTP API, and runs them:
 
 - ``api``: uvicorn serving ``rollout.api`` (plans in, rollouts and metrics out), a root task;
 - ``outbox``: the alert dispatcher delivering what the engine wrote to the outbox, a root task;
+- ``aliases``: the alias watcher (``rollout.engine.aliases``), a root task: it polls the
+  Unity Catalog aliases listed in ``ROLLOUT_ALIASES_WATCHES`` and starts one rollout per
+  alias move (exactly one between replicas: the store keys it);
+- ``alias_moves``: the alias mover, a root task: it moves ``on_success.set_alias`` to the
+  candidate's version once a rollout is promoted (retried until done, at least once);
 - ``reconcile``: the loop that drives the active rollouts this replica owns
   (``rollout.engine.scheduler``), a root task; it catches every reconcile's failure itself, so
   its end means the loop itself broke. ``/readyz`` fails when no scan has completed within
@@ -51,6 +56,7 @@ from rollout.alerts.targets import TargetPolicy
 from rollout.api import check_bind, create_api
 from rollout.api.server import server_config
 from rollout.clock import Clock, SystemClock
+from rollout.engine.aliases import AliasMover, AliasWatch, AliasWatcher
 from rollout.engine.ownership import Owner
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
@@ -95,6 +101,8 @@ class Controller:
     reconciler: Reconciler
     ownership: Owner
     dispatcher: AlertDispatcher
+    watcher: AliasWatcher
+    mover: AliasMover
     server: uvicorn.Server
     sock: socket.socket
     own_metrics: OwnMetrics | None = None
@@ -110,6 +118,10 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
     """Wire a controller from settings; raises ConfigurationProblem with what to fix."""
     clock = clock or SystemClock()
     default_channels, targets, library = _checked_settings(settings)
+    try:
+        watches = [AliasWatch.from_setting(w, library) for w in settings.aliases.watches]
+    except ConfigurationProblem as exc:
+        raise ConfigurationProblem(f"ROLLOUT_ALIASES_WATCHES: {exc}") from exc
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)
     watch: WorkspaceWatch | None = None
@@ -139,6 +151,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
     )
     # The sources of the policies' checks on a team's own metrics (Prometheus, web JSON).
     own_metrics = OwnMetrics(settings.prometheus)
+    alerts_http = guarded_client(targets, timeout=settings.alerts.timeout)
     runner = Runner(
         store,
         client,
@@ -148,6 +161,9 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         observer=metrics.on_decision,
         ownership=ownership,
         own_metrics=own_metrics,
+        # Gate hooks go where alerts may go, through the same pinned client.
+        hook_http=alerts_http,
+        hook_targets=targets,
     )
     reconciler = Reconciler(
         runner,
@@ -158,7 +174,6 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         on_lag=metrics.on_lag,
         ownership=ownership,
     )
-    alerts_http = guarded_client(targets, timeout=settings.alerts.timeout)
     try:
         dispatcher = AlertDispatcher(
             store, alerts_http, clock, settings.alerts, on_delivery=metrics.on_alert,
@@ -167,6 +182,17 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
     except ValueError as exc:
         store.close()
         raise ConfigurationProblem(f"alert settings: {exc}") from exc
+
+    watcher = AliasWatcher(
+        store,
+        client,
+        clock,
+        watches,
+        library=library,
+        poll_interval=settings.aliases.poll_interval,
+        wake=reconciler.poke,
+    )
+    mover = AliasMover(store, client, clock, settings.aliases)
 
     store_write = StoreWriteCheck(store, clock)
 
@@ -209,6 +235,8 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         reconciler=reconciler,
         ownership=ownership,
         dispatcher=dispatcher,
+        watcher=watcher,
+        mover=mover,
         server=uvicorn.Server(config),
         sock=sock,
         own_metrics=own_metrics,
@@ -296,6 +324,12 @@ async def run(controller: Controller, *, on_listening: Callable[[str], None] | N
         "outbox": asyncio.create_task(
             controller.dispatcher.run(controller.stopping), name="outbox"
         ),
+        "aliases": asyncio.create_task(
+            controller.watcher.run(controller.stopping), name="aliases"
+        ),
+        "alias_moves": asyncio.create_task(
+            controller.mover.run(controller.stopping), name="alias_moves"
+        ),
         "stopping": asyncio.create_task(controller.stopping.wait(), name="stopping"),
     }
     # uvicorn reports being up only through its ``started`` flag.
@@ -355,7 +389,7 @@ async def shutdown(controller: Controller, tasks: dict[str, asyncio.Task[Any]]) 
         await controller.dispatcher.flush(timeout=settings.alerts.timeout)
     # 3. Stop serving the API.
     controller.server.should_exit = True
-    for name in ("outbox", "api"):
+    for name in ("outbox", "api", "aliases", "alias_moves"):
         task = tasks.get(name)
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):

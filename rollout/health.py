@@ -25,7 +25,7 @@ import structlog
 from pydantic import ValidationError
 
 from rollout.clock import Clock
-from rollout.plan import AlertChannel
+from rollout.plan import AlertChannel, Severity
 from rollout.store.base import Store
 from rollout.store.errors import StoreError
 from rollout.store.model import ACTIVE, NewAlert
@@ -74,7 +74,6 @@ Transition = Literal["raise", "resolve"]
 
 UNREACHABLE = "workspace_unreachable"
 REACHABLE = "workspace_reachable"
-_SEVERITY_ORDER = {"info": 0, "warn": 1, "error": 2}
 
 
 @dataclass
@@ -232,9 +231,9 @@ class WorkspaceWatch:
 
     def _rows(self, alert: dict[str, Any], since: float) -> list[NewAlert]:
         rows = []
-        severity = "error"  # the resolve too: every channel that took the alert takes it
+        severity: Severity = "error"  # the resolve too: every channel that took the alert takes it
         for channel in self._all_channels():
-            if _SEVERITY_ORDER[severity] < _SEVERITY_ORDER[channel.severity]:
+            if not channel.takes(severity, alert["event"]):
                 continue
             spec = channel.model_dump(mode="json")
             digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]

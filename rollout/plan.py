@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -32,6 +33,7 @@ from rollout.analysis.spec import Policy
 from rollout.metrics.model import EXPORTED_LATENCY_BOUNDS_MS, Histogram
 from rollout.policies import PolicyLibrary, PolicyNotFoundError, policy_errors
 from rollout.units import format_duration, parse_duration
+from rollout.vocabulary import TERMINAL
 
 # A plan is a few kilobytes; these bound what one can cost the store, the workspace (the
 # candidate's fields go into a PUT) and every reader, whatever YAML aliases make of the text.
@@ -42,6 +44,14 @@ MAX_STRING_CHARS = 16 * 1024
 
 DATABRICKS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 ENTITY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# Unity Catalog aliases: letters, digits and underscores, not starting with a digit (a
+# number would read as a version: models:/m@7 is ambiguous), at most 255 characters.
+ALIAS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+UC_MODEL_NAME = re.compile(r"^[^.\s]+\.[^.\s]+\.[^.\s]+$")
+
+STORED: Final = "stored"
+"""Validation context key: the plan is one the controller stored (aliases resolved), not a
+user's; it may carry the fields the controller fills at submission."""
 
 # The JSON schema (the API's OpenAPI document) says what the validator accepts, not the float
 # it produces: plans are written with durations like "10m".
@@ -75,6 +85,10 @@ class FieldProblemError(ValueError):
         self.field = field
         super().__init__(message)
 
+    def parts(self) -> tuple[int | str, ...]:
+        """``field`` as location parts (``steps[1].weight`` -> ``("steps", 1, "weight")``)."""
+        return _split_path(self.field)
+
 
 class FieldProblemsError(ValueError):
     """Several problems one validator found at once (``(field, message)`` pairs), so a plan
@@ -97,15 +111,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+def _is_stored(info: ValidationInfo) -> bool:
+    return isinstance(info.context, Mapping) and bool(info.context.get(STORED))
+
+
+def _alias_name(value: str | None) -> str | None:
+    if value is not None and not ALIAS_NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid alias: use letters, digits and '_', not starting "
+            "with a digit"
+        )
+    return value
+
+
 class CandidateEntity(_Strict):
-    """The candidate, shaped exactly like a Databricks ``served_entities[]`` item."""
+    """The candidate, shaped exactly like a Databricks ``served_entities[]`` item.
+
+    The version is given outright (``entity_version``) or as a Unity Catalog alias of the
+    registered model (``alias``), exactly one of the two. The controller resolves an alias at
+    submission and stores the plan with both: ``entity_version`` is then the version the
+    alias named, and ``alias`` says where it came from (only a stored plan may carry both).
+    """
 
     name: str | None = Field(
         default=None,
         description="Served entity name; default <last part of entity_name>-<entity_version>.",
     )
     entity_name: str = Field(description="Registered model, e.g. main.ml.ads_model.")
-    entity_version: str = Field(description="Model version to serve.")
+    entity_version: str | None = Field(
+        default=None, description="Model version to serve (or give alias instead)."
+    )
+    alias: str | None = Field(
+        default=None,
+        description="Unity Catalog alias of entity_name (e.g. challenger) whose version to "
+        "serve, resolved by the controller at submission; instead of entity_version.",
+    )
     workload_size: str | None = None
     workload_type: str | None = None
     scale_to_zero_enabled: bool = False
@@ -133,10 +173,36 @@ class CandidateEntity(_Strict):
             raise ValueError(f"{value!r} is not a valid registered model name")
         return value
 
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, value: str | None) -> str | None:
+        return _alias_name(value)
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str | None) -> str | None:
         return None if value is None else _databricks_name(value, "served entity")
+
+    @model_validator(mode="after")
+    def _version_or_alias(self, info: ValidationInfo) -> CandidateEntity:
+        if self.alias is None and self.entity_version is None:
+            raise FieldProblemError(
+                "entity_version", "give the model version to serve, or alias to resolve one"
+            )
+        if self.alias is not None:
+            if self.entity_version is not None and not _is_stored(info):
+                raise FieldProblemError(
+                    "alias",
+                    "give entity_version or alias, not both: the controller resolves the "
+                    "alias to a version at submission",
+                )
+            if not UC_MODEL_NAME.match(self.entity_name):
+                raise FieldProblemError(
+                    "entity_name",
+                    f"{self.entity_name!r} is not a Unity Catalog model "
+                    "(catalog.schema.model): only those have aliases",
+                )
+        return self
 
     @model_validator(mode="after")
     def _sizing(self) -> CandidateEntity:
@@ -159,18 +225,68 @@ class CandidateEntity(_Strict):
         return self
 
     @property
+    def resolved(self) -> bool:
+        """The version is known: given, or resolved from the alias at submission."""
+        return self.entity_version is not None
+
+    @property
     def served_name(self) -> str:
-        """The explicit name used in every ``traffic_config`` route for the candidate."""
+        """The explicit name used in every ``traffic_config`` route for the candidate (before
+        an alias is resolved and without an explicit name: ``<model>-<alias>``, a label)."""
         if self.name is not None:
             return self.name
-        derived = f"{self.entity_name.rsplit('.', 1)[-1]}-{self.entity_version}"
+        version = self.entity_version if self.entity_version is not None else self.alias
+        derived = f"{self.entity_name.rsplit('.', 1)[-1]}-{version}"
         return re.sub(r"[^A-Za-z0-9_-]", "-", derived)[:63]
+
+    def describe(self) -> str:
+        """'main.ml.ads_model@challenger = version 7', 'main.ml.ads_model version 4', or
+        'main.ml.ads_model@challenger (resolved at submission)'."""
+        if self.alias is None:
+            return f"{self.entity_name} version {self.entity_version}"
+        if self.entity_version is None:
+            return f"{self.entity_name}@{self.alias} (resolved at submission)"
+        return f"{self.entity_name}@{self.alias} = version {self.entity_version}"
+
+    def with_version(self, version: str) -> CandidateEntity:
+        """This candidate with ``entity_version`` set (the alias, if any, kept as its source)."""
+        return self.model_copy(update={"entity_version": version})
 
     def as_served_entity(self) -> dict[str, Any]:
         """The ``served_entities[]`` item to PUT, with the name always explicit."""
-        body = self.model_dump(exclude_none=True)
+        if self.entity_version is None:
+            raise ValueError(f"{self.describe()}: the alias was never resolved to a version")
+        body = self.model_dump(exclude_none=True, exclude={"alias"})
         body["name"] = self.served_name
         return body
+
+
+class OnSuccess(_Strict):
+    """What the controller does once the rollout ends promoted."""
+
+    set_alias: str | None = Field(
+        default=None,
+        description="Move this Unity Catalog alias of the candidate's model (e.g. champion) "
+        "to the candidate's version, retried until the workspace takes it.",
+    )
+    previous_version: str | None = Field(
+        default=None,
+        description="Filled by the controller at submission: the version set_alias named "
+        "then (none when it was not set). Not given in a plan.",
+    )
+
+    @field_validator("set_alias")
+    @classmethod
+    def _alias(cls, value: str | None) -> str | None:
+        return _alias_name(value)
+
+    @model_validator(mode="after")
+    def _controller_fields(self, info: ValidationInfo) -> OnSuccess:
+        if self.previous_version is not None and not _is_stored(info):
+            raise FieldProblemError(
+                "previous_version", "filled by the controller at submission; leave it out"
+            )
+        return self
 
 
 class EntitySettings(_Strict):
@@ -198,24 +314,192 @@ class CanaryStep(_Strict):
     )
 
 
+PAGERDUTY_EVENTS_URL: Final = "https://events.pagerduty.com/v2/enqueue"
+"""PagerDuty's Events API v2, where a ``pagerduty`` channel sends unless its ``url`` says
+otherwise (``https://events.eu.pagerduty.com/v2/enqueue`` for an EU account)."""
+
+ROUTING_KEY: Final = re.compile(r"^[A-Za-z0-9]{32}$")
+"""A PagerDuty integration key: 32 letters and digits."""
+
+_CHANNEL_DEFAULT_SEVERITY: Final[Mapping[str, Severity]] = {"pagerduty": "warn"}
+"""A channel's ``severity`` when its plan gives none: ``info`` but for a pager, where an
+incident for every step of every rollout would teach people to ignore it."""
+
+
 class AlertChannel(_Strict):
-    type: Literal["webhook", "slack", "alertmanager"]
-    # Neither is ever shown (repr=False keeps them out of tracebacks and logged reprs; the
-    # API shows them through rollout.redaction): a Slack URL's path is its credential.
+    type: Literal["webhook", "slack", "alertmanager", "teams", "pagerduty"]
+    # None of url, secret, routing_key is ever shown (repr=False keeps them out of tracebacks
+    # and logged reprs; the API shows them through rollout.redaction): a Slack or Teams URL's
+    # path and query are its credential, a routing key lets anyone page the service.
     url: str = Field(
         pattern=r"^https?://",
         repr=False,
-        description="Where to deliver (http or https). Never shown: reads give scheme and "
-        "host only.",
+        description="Where to deliver (http or https); pagerduty: default "
+        f"{PAGERDUTY_EVENTS_URL}. Never shown: reads give scheme and host only.",
     )
     severity: Severity = Field(
-        default="info", description="Lowest severity delivered to this channel."
+        default="info",
+        description="Lowest severity delivered to this channel (default info; pagerduty: "
+        "warn).",
     )
     secret: str | None = Field(
         default=None,
         repr=False,
         description="webhook only: HMAC-SHA256 key for the signature header. Never shown.",
     )
+    routing_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="pagerduty only, required: the 32-character integration key of an Events "
+        "API v2 integration. Never shown.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        kind = data.get("type")
+        filled = dict(data)
+        if kind == "pagerduty" and filled.get("url") is None:
+            filled["url"] = PAGERDUTY_EVENTS_URL
+        if isinstance(kind, str) and kind in _CHANNEL_DEFAULT_SEVERITY:
+            filled.setdefault("severity", _CHANNEL_DEFAULT_SEVERITY[kind])
+        return filled
+
+    @model_validator(mode="after")
+    def _type_fields(self) -> AlertChannel:
+        if self.type == "pagerduty":
+            if self.secret is not None:
+                raise FieldProblemError(
+                    "secret", "a pagerduty channel has no secret; its key is routing_key"
+                )
+            if not self.routing_key:
+                raise FieldProblemError(
+                    "routing_key",
+                    "a pagerduty channel needs routing_key: the 32-character integration key "
+                    "of the service's Events API v2 integration",
+                )
+            if not ROUTING_KEY.match(self.routing_key):
+                # The key itself is never echoed: the message may be logged or shown.
+                odd = "" if self.routing_key.isalnum() else ", not all letters and digits"
+                raise FieldProblemError(
+                    "routing_key",
+                    "a PagerDuty integration key is 32 letters and digits; this one has "
+                    f"{len(self.routing_key)} characters{odd}",
+                )
+        elif self.routing_key is not None:
+            raise FieldProblemError("routing_key", "only a pagerduty channel takes routing_key")
+        return self
+
+    def takes(self, severity: Severity, event: str) -> bool:
+        """Whether an alert goes to this channel: at or above the channel's ``severity``;
+        a pagerduty channel also takes every alert that ends a rollout, whatever its
+        severity, because only such an alert resolves the incidents the rollout opened
+        (sent then as the resolves alone: see ``rollout.alerts.pagerduty``)."""
+        if SEVERITY_ORDER[severity] >= SEVERITY_ORDER[self.severity]:
+            return True
+        return self.type == "pagerduty" and event in TERMINAL
+
+
+HookName = Literal["pre_rollout", "confirm_promotion", "post_rollout", "on_rollback"]
+"""A webhook a plan may name (``hooks:``); the README's "Gates and hooks" has the contract."""
+
+GateName = Literal["pre_rollout", "confirm_promotion"]
+"""The hooks whose answer the rollout waits for."""
+
+NotificationName = Literal["post_rollout", "on_rollback"]
+"""The hooks that only tell: delivered at least once through the alert outbox."""
+
+MAX_HOOK_TIMEOUT: Final = 60.0
+"""Longest ``timeout`` of one hook request: a gate call holds its rollout's reconcile."""
+MAX_HOOK_RETRIES: Final = 10
+
+
+class HookCall(_Strict):
+    """One webhook of a plan: where it is, how it is signed, how long one call may take."""
+
+    # Never shown, like an alert channel's (rollout.redaction): its path may be a credential.
+    url: str = Field(
+        pattern=r"^https?://",
+        repr=False,
+        description="Where to POST (http or https); checked like an alert URL. Never shown: "
+        "reads give scheme and host only.",
+    )
+    secret: str | None = Field(
+        default=None,
+        repr=False,
+        description="HMAC-SHA256 key for X-Rollout-Signature, as for webhook alerts. Never "
+        "shown.",
+    )
+    timeout: Duration = Field(
+        default=10.0, le=MAX_HOOK_TIMEOUT, description="Seconds one request may take."
+    )
+    retries: int = Field(
+        default=2,
+        ge=0,
+        le=MAX_HOOK_RETRIES,
+        description="Gates: further attempts of one call after a timeout, a connection failure, "
+        "408, 429 or 5xx. Notifications: attempts at the outbox's short backoff before it "
+        "retries at its longest (they are never dropped).",
+    )
+
+
+class GateHook(HookCall):
+    """A hook the rollout waits for: it may answer yes, no, or not yet (``wait``)."""
+
+    interval: Duration = Field(
+        default=60.0, description="Seconds between calls while the gate answers 'wait'."
+    )
+    limit: Duration = Field(
+        default=3600.0,
+        description="How long the gate may keep the rollout waiting (answers 'wait', or does "
+        "not answer) before on_limit applies.",
+    )
+    on_limit: Literal["pause", "rollback"] = Field(
+        default="pause",
+        description="At the limit: pause for a person, or roll back (pre_rollout: end without "
+        "touching the endpoint).",
+    )
+
+    @model_validator(mode="after")
+    def _interval(self) -> GateHook:
+        if self.interval > self.limit:
+            raise FieldProblemError("interval", "must not be longer than limit")
+        return self
+
+
+class Hooks(_Strict):
+    """The plan's webhooks; each may be left out. An unknown name is refused."""
+
+    pre_rollout: GateHook | None = Field(
+        default=None, description="Must answer yes before the endpoint is touched."
+    )
+    confirm_promotion: GateHook | None = Field(
+        default=None,
+        description="Polled once the judge would promote, before the candidate goes to 100 %; "
+        "the checks keep running (and may roll back) while it waits.",
+    )
+    post_rollout: HookCall | None = Field(
+        default=None, description="Told once the rollout ends, with its outcome (every end)."
+    )
+    on_rollback: HookCall | None = Field(
+        default=None, description="Told once a rollback is applied (baseline alone again)."
+    )
+
+    def gate(self, name: GateName) -> GateHook | None:
+        return self.pre_rollout if name == "pre_rollout" else self.confirm_promotion
+
+    def notification(self, name: NotificationName) -> HookCall | None:
+        return self.post_rollout if name == "post_rollout" else self.on_rollback
+
+    def named(self) -> list[tuple[str, HookCall]]:
+        """``(name, hook)`` for every hook the plan sets."""
+        return [
+            (name, hook)
+            for name in ("pre_rollout", "confirm_promotion", "post_rollout", "on_rollback")
+            if (hook := getattr(self, name)) is not None
+        ]
 
 
 class _PlanBase(_Strict):
@@ -229,10 +513,17 @@ class _PlanBase(_Strict):
         default="default", description="A built-in policy name or an inline policy mapping."
     )
     alerts: list[AlertChannel] = Field(default_factory=list)
+    hooks: Hooks = Field(
+        default_factory=Hooks,
+        description="Webhooks: gates the rollout waits for, notifications it sends.",
+    )
     entity_settings: dict[str, EntitySettings] = Field(
         default_factory=dict,
         description="Per served entity already on the endpoint (the baseline, others): "
         "settings its GET does not show, sent with it on every PUT of the rollout.",
+    )
+    on_success: OnSuccess | None = Field(
+        default=None, description="What to do once the rollout ends promoted."
     )
 
     @field_validator("endpoint")
@@ -263,6 +554,25 @@ class _PlanBase(_Strict):
                 "entity_settings",
                 f"{self.candidate.served_name!r} is the candidate: state its settings in "
                 "candidate",
+            )
+        if (
+            self.on_success is not None
+            and self.on_success.set_alias is not None
+            and not UC_MODEL_NAME.match(self.candidate.entity_name)
+        ):
+            raise FieldProblemError(
+                "on_success.set_alias",
+                f"{self.candidate.entity_name!r} is not a Unity Catalog model "
+                "(catalog.schema.model): only those have aliases",
+            )
+        if (
+            self.on_success is not None
+            and self.on_success.set_alias is not None
+            and self.on_success.set_alias == self.candidate.alias
+        ):
+            raise FieldProblemError(
+                "on_success.set_alias",
+                f"@{self.candidate.alias} already names the candidate; set another alias",
             )
         return self
 
@@ -531,9 +841,11 @@ class _CommonDocument(BaseModel):
     plan: _PlanBase
 
 
-def _validation_issues(model: type[BaseModel], data: Mapping[str, Any]) -> list[PlanIssue]:
+def _validation_issues(
+    model: type[BaseModel], data: Mapping[str, Any], context: Mapping[str, Any]
+) -> list[PlanIssue]:
     try:
-        model.model_validate({"plan": dict(data)})
+        model.model_validate({"plan": dict(data)}, context=dict(context))
     except ValidationError as exc:
         issues, shape = _pydantic_issues(exc)
         if shape:
@@ -542,7 +854,7 @@ def _validation_issues(model: type[BaseModel], data: Mapping[str, Any]) -> list[
     return []
 
 
-def _plan_issues(data: Mapping[str, Any]) -> list[PlanIssue]:
+def _plan_issues(data: Mapping[str, Any], context: Mapping[str, Any]) -> list[PlanIssue]:
     """Every problem of a plan mapping, in one pass: the strategy, fields of another
     strategy, then each field's own problems (the rest of the plan is still checked when
     the strategy is missing or a field belongs elsewhere). A list or mapping where one value
@@ -554,27 +866,29 @@ def _plan_issues(data: Mapping[str, Any]) -> list[PlanIssue]:
         issues.append(PlanIssue(field="strategy", message=f"{got}: use canary, ab or blue_green"))
         # Without a strategy only the fields every plan shares can be judged.
         common = {k: v for k, v in data.items() if k in _PlanBase.model_fields}
-        issues.extend(_validation_issues(_CommonDocument, common))
+        issues.extend(_validation_issues(_CommonDocument, common, context))
         return issues
     misfits = _strategy_misfit(data)
     issues.extend(misfits)
     rest = {k: v for k, v in data.items() if k not in {m.field for m in misfits}}
-    issues.extend(_validation_issues(_PlanDocument, rest))
+    issues.extend(_validation_issues(_PlanDocument, rest, context))
     return issues
 
 
-def validate_plan(data: object) -> AnyPlan:
+def validate_plan(data: object, *, stored: bool = False) -> AnyPlan:
     """Validate a parsed plan mapping; raise ``PlanError`` naming every bad field, or
     ``PlanDocumentError`` for what is not a plan (not a mapping, too large, a list or mapping
-    where one value belongs)."""
+    where one value belongs). ``stored``: a plan as the controller stored it, which may carry
+    the fields it fills at submission (a resolved alias beside its version)."""
+    context = {STORED: stored}
     if not isinstance(data, Mapping):
         raise PlanDocumentError([PlanIssue(field="(plan)", message="a plan must be a mapping")])
     check_size(data)
     _check_selectors(data)
-    issues = _plan_issues(data)
+    issues = _plan_issues(data, context)
     if issues:
         raise PlanError(issues)
-    return _PlanDocument.model_validate({"plan": dict(data)}).plan
+    return _PlanDocument.model_validate({"plan": dict(data)}, context=context).plan
 
 
 def _policy_issues(ref: object, library: PolicyLibrary) -> list[PlanIssue]:
@@ -625,8 +939,10 @@ def _issue_of(error: ErrorDetails) -> tuple[PlanIssue, bool] | None:
     message = error["msg"]
     problem = error.get("ctx", {}).get("error")
     if isinstance(problem, FieldProblemError):
-        loc = (*loc, *_split_path(problem.field))
+        loc = (*loc, *problem.parts())
         message = str(problem)
+    elif error["type"] == "extra_forbidden" and len(loc) == 2 and loc[0] == "hooks":
+        message = f"not a hook: use {', '.join(Hooks.model_fields)}"
     elif error["type"] == "extra_forbidden":
         message = "unknown field"
     elif message.startswith("Value error, "):

@@ -1,10 +1,11 @@
 """What secrets look like when shown: alert channel URLs and secrets, receivers' answers.
 
 Where this sits in the path of a rollout: a plan's alert channels carry secrets (a webhook's
-HMAC key; a Slack incoming-webhook URL, whose path is the credential). They are stored with
-the plan and used by the alert dispatcher, and nowhere else: everything that shows a plan or
-talks about a channel (the API and so the CLI and the status page, events, logs, the outbox's
-``last_error``) goes through these functions first. Pure.
+HMAC key; a PagerDuty routing key; a Slack or Teams webhook URL, whose path and query are the
+credential). They are stored with the plan and used by the alert dispatcher, and nowhere
+else: everything that shows a plan or talks about a channel (the API and so the CLI and the
+status page, events, logs, the outbox's ``last_error``) goes through these functions first.
+Pure.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from urllib.parse import urlsplit
 
 REDACTED: Final = "(redacted)"
 """What replaces a secret that is set."""
+
+SECRET_FIELDS: Final = ("secret", "routing_key")
+"""A channel's fields that are credentials: a webhook's HMAC key, a PagerDuty integration key."""
 
 EXCERPT_CHARS: Final = 120
 """Longest excerpt of a receiver's answer kept in logs and errors."""
@@ -42,24 +46,31 @@ def redact_url(url: str) -> str:
 
 
 def redacted_channel(channel: Mapping[str, Any]) -> dict[str, Any]:
-    """An alert channel as shown: URL reduced to scheme and host, secret replaced."""
+    """An alert channel as shown: URL reduced to scheme and host, secrets replaced."""
     shown = dict(channel)
     url = shown.get("url")
     if isinstance(url, str):
         shown["url"] = redact_url(url)
-    if shown.get("secret"):
-        shown["secret"] = REDACTED
+    for key in SECRET_FIELDS:
+        if shown.get(key):
+            shown[key] = REDACTED
     return shown
 
 
 def redacted_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored plan as shown: every alert channel redacted, the rest as it is."""
+    """A stored plan as shown: every alert channel and hook redacted, the rest as it is."""
     shown = dict(plan)
     alerts = shown.get("alerts")
     if isinstance(alerts, list):
         shown["alerts"] = [
             redacted_channel(item) if isinstance(item, Mapping) else item for item in alerts
         ]
+    hooks = shown.get("hooks")
+    if isinstance(hooks, Mapping):
+        shown["hooks"] = {
+            name: redacted_channel(hook) if isinstance(hook, Mapping) else hook
+            for name, hook in hooks.items()
+        }
     return shown
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Every auth_type databricks-sdk's unified authentication knows (its DefaultCredentials chain).
@@ -245,7 +245,14 @@ class AlertSettings(BaseSettings):
     channels: str = Field(
         default="[]",
         description="Channels every rollout alerts besides its plan's own: a JSON list of "
-        '{"type": "webhook"|"slack"|"alertmanager", "url", "severity"?, "secret"?}.',
+        '{"type": "webhook"|"slack"|"alertmanager"|"teams"|"pagerduty", "url", "severity"?, '
+        '"secret"?, "routing_key"?} (pagerduty: routing_key required, url optional).',
+    )
+    public_url: str = Field(
+        default="",
+        pattern=r"^(https?://\S+)?$",
+        description="The status page as people reach it (e.g. https://rollout.internal): "
+        "Teams cards link to it and PagerDuty incidents carry it as a link. Empty: no link.",
     )
     allowed_hosts: str = Field(
         default="",
@@ -304,6 +311,45 @@ class PrometheusSettings(BaseSettings):
     )
 
 
+class AliasWatchSetting(BaseModel):
+    """One alias to watch: whenever ``alias`` moves to a version the endpoint does not serve
+    yet, a rollout of that version starts from ``plan_template``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alias: str = Field(description="The alias, as catalog.schema.model@alias.")
+    endpoint: str = Field(description="The serving endpoint to roll it out on.")
+    plan_template: Path = Field(
+        description="A plan file (YAML or JSON) whose candidate names the model; the watch "
+        "sets the candidate's alias and version."
+    )
+
+
+class AliasSettings(BaseSettings):
+    """Rollouts from Unity Catalog aliases: what to watch, and moving aliases after success."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLOUT_ALIASES_", extra="ignore")
+
+    watches: list[AliasWatchSetting] = Field(
+        default_factory=list,
+        description='Aliases to watch, a JSON list of {"alias": "main.ml.m@challenger", '
+        '"endpoint", "plan_template"}; the controller polls each and starts a rollout when '
+        "it moves.",
+    )
+    poll_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between two looks at each watched alias."
+    )
+    move_lease: float = Field(
+        default=60.0, gt=0, description="Seconds an alias move being made is hidden from others."
+    )
+    move_initial_backoff: float = Field(
+        default=5.0, gt=0, description="Seconds before a failed alias move is tried again."
+    )
+    move_max_backoff: float = Field(
+        default=600.0, gt=0, description="Upper bound, in seconds, between two alias-move tries."
+    )
+
+
 class LogSettings(BaseSettings):
     """Structured logging."""
 
@@ -329,6 +375,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
+    aliases: AliasSettings = Field(default_factory=AliasSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
 
@@ -358,6 +405,7 @@ _GROUPS: dict[str, type[BaseSettings]] = {
         ApiSettings,
         AlertSettings,
         PrometheusSettings,
+        AliasSettings,
         LogSettings,
     )
 }

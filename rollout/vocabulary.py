@@ -49,3 +49,9 @@ CommandKind = Literal["pause", "resume", "promote", "promote_full", "abort"]
 
 COMMAND_KINDS: Final[frozenset[str]] = frozenset(get_args(CommandKind))
 """Manual inputs a person can queue for a rollout."""
+
+GateAnswer = Literal["proceed", "refused", "wait", "timeout", "unreachable"]
+"""What one call of a rollout's gate hook came to: yes; no (a non-2xx answer, or ``proceed:
+false``); not yet (``wait: true``); no answer within its timeout, retries included; no answer
+at all (the connection failed, or the URL points where hooks may not go). The hook caller
+(``rollout.alerts.hooks``) answers in these words and the engine decides on them."""

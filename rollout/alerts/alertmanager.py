@@ -29,12 +29,11 @@ workspace answers again (``details.resolves``) is sent as the resolve of the fir
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 import httpx
 
-from rollout.alerts.notifier import SendContext, post
+from rollout.alerts.notifier import SendContext, post_json
 from rollout.alerts.payload import NON_TERMINAL_EVENTS, AlertPayload, description, rfc3339
 
 ALERTNAMES: Final[dict[str, str]] = {
@@ -172,11 +171,10 @@ class AlertmanagerNotifier:
         alerts = alertmanager_alerts(
             payload, context, hold=self.hold, generator_url=self.generator_url
         )
-        await post(
+        await post_json(
             self.http,
             alerts_url(payload.channel.url),
-            content=json.dumps(alerts, ensure_ascii=False).encode(),
-            headers={},
+            alerts,
             request_timeout=self.timeout,
             now=context.now,
             what=self.channel_type,

@@ -23,12 +23,17 @@ Guarantees, and where each comes from:
   least wait); a non-retryable one (a 400 from a misconfigured receiver, a row that cannot be
   rendered) is retried too, at ``max_backoff``, so a receiver fixed later still gets the alert.
   Every failure is logged with the receiver's answer and kept in the row's ``last_error``.
+  The one exception is a ``permanent`` failure (PagerDuty's 400: its API says the event will
+  never be accepted, and the row would send the same bytes again): the row stays in the
+  outbox undelivered (counted by ``rollout_alerts_pending``), its ``last_error`` starting with
+  ``PERMANENT_PREFIX``, never claimed again (``next_attempt_at`` = ``NEVER``), logged as an
+  error (``alerts.delivery_refused``).
 - Never in the way: one bad row, a notifier bug or a store outage is logged and the loop goes
   on; ``run`` returns only when asked to stop.
 
 ``on_delivery(channel_type, outcome)`` reports each attempt for the controller's metrics
 (``rollout_alerts_total{channel,outcome}``): ``delivered``; ``retry`` (a retryable failure);
-``failed`` (a non-retryable one, retried later all the same).
+``failed`` (a non-retryable one, retried later all the same unless permanent).
 """
 
 from __future__ import annotations
@@ -50,10 +55,13 @@ from rollout.alerts.errors import (
     MalformedAlert,
     ReceiverUnreachable,
 )
+from rollout.alerts.hooks import HookNotifier
 from rollout.alerts.notifier import MAX_RETRY_AFTER, Notifier, SendContext, redact_url
+from rollout.alerts.pagerduty import PagerDutyNotifier
 from rollout.alerts.payload import AlertPayload
 from rollout.alerts.slack import SlackNotifier
 from rollout.alerts.targets import TargetPolicy
+from rollout.alerts.teams import TeamsNotifier
 from rollout.alerts.webhook import WebhookNotifier
 from rollout.clock import Clock
 from rollout.plan import AlertChannel
@@ -72,6 +80,12 @@ FAILED: Final = "failed"
 
 DEFAULT_CONCURRENCY: Final = 8
 
+NEVER: Final = 253_402_300_799.0
+"""``next_attempt_at`` of an alert refused for good (9999-12-31T23:59:59Z): never claimed."""
+
+PERMANENT_PREFIX: Final = "refused for good, not sent again: "
+"""How the outbox's ``last_error`` of such an alert starts."""
+
 # Longest error text kept in the outbox row: enough for the receiver's answer, not a whole page.
 _MAX_STORED_ERROR = 1000
 
@@ -81,7 +95,8 @@ def parse_channels(text: str) -> list[AlertChannel]:
 
     An empty setting means no default channel. Every bad item is reported at once, by index,
     type and redacted URL (a Slack URL is a secret), in one ``ChannelConfigError``; a channel
-    listed twice is refused too, since every rollout would alert there twice.
+    listed twice (same type, URL and routing key) is refused too, since every rollout would
+    alert there twice.
     """
     if not text.strip():
         return []
@@ -97,7 +112,7 @@ def parse_channels(text: str) -> list[AlertChannel]:
         )
     channels: list[AlertChannel] = []
     problems: list[str] = []
-    seen: dict[tuple[str, str], int] = {}
+    seen: dict[tuple[str, str, str | None], int] = {}
     for index, item in enumerate(data):
         name = f"channel {index} ({_describe(item)})"
         try:
@@ -107,9 +122,10 @@ def parse_channels(text: str) -> list[AlertChannel]:
                 where = ".".join(str(part) for part in error["loc"]) or "item"
                 problems.append(f"{name}: {where}: {error['msg']}")
             continue
-        key = (channel.type, channel.url)
+        key = (channel.type, channel.url, channel.routing_key)
         if key in seen:
-            problems.append(f"{name}: same type and url as channel {seen[key]}")
+            same = "type, url and routing_key" if channel.routing_key else "type and url"
+            problems.append(f"{name}: same {same} as channel {seen[key]}")
             continue
         seen[key] = index
         channels.append(channel)
@@ -171,6 +187,9 @@ def default_notifiers(http: httpx.AsyncClient, settings: AlertSettings) -> dict[
         WebhookNotifier(http, timeout=settings.timeout),
         SlackNotifier(http, timeout=settings.timeout),
         AlertmanagerNotifier(http, timeout=settings.timeout),
+        HookNotifier(http, timeout=settings.timeout),
+        TeamsNotifier(http, timeout=settings.timeout, public_url=settings.public_url),
+        PagerDutyNotifier(http, timeout=settings.timeout, public_url=settings.public_url),
     ]
     return {notifier.channel_type: notifier for notifier in notifiers}
 
@@ -312,7 +331,7 @@ class AlertDispatcher:
                     alert=alert.dedup_key,
                     channel=alert.channel,
                     severity=payload.severity,
-                    channel_severity=payload.channel.severity,
+                    channel_severity=payload.channel_severity,
                 )
                 await self._mark_delivered(alert)
                 return
@@ -367,31 +386,43 @@ class AlertDispatcher:
         return record.terminal
 
     async def _failed(self, alert: OutboxAlert, exc: DeliveryError) -> None:
-        delay = retry_delay(
-            alert.attempts,
-            initial=self.settings.initial_backoff,
-            maximum=self.settings.max_backoff,
-            rng=self._rng,
-            retryable=exc.retryable,
-            retry_after=exc.retry_after,
-        )
-        log.warning(
-            "alerts.delivery_failed",
-            alert=alert.dedup_key,
-            channel=alert.channel,
-            rollout=alert.rollout_id,
-            attempt=alert.attempts,
-            status=exc.status,
-            retryable=exc.retryable,
-            retry_in=round(delay, 3),
-            error=str(exc),
-        )
+        facts = {
+            "alert": alert.dedup_key,
+            "channel": alert.channel,
+            "rollout": alert.rollout_id,
+            "attempt": alert.attempts,
+            "status": exc.status,
+            "error": str(exc),
+        }
+        if exc.permanent:
+            # The receiver's API says this request will never be accepted: kept, not resent.
+            log.error(
+                "alerts.delivery_refused",
+                **facts,
+                consequence="not sent again; the alert stays undelivered in the outbox",
+            )
+            next_attempt = NEVER
+            error = PERMANENT_PREFIX + str(exc)
+        else:
+            delay = retry_delay(
+                alert.attempts,
+                initial=self.settings.initial_backoff,
+                maximum=self.settings.max_backoff,
+                rng=self._rng,
+                retryable=exc.retryable,
+                retry_after=exc.retry_after,
+            )
+            log.warning(
+                "alerts.delivery_failed",
+                **facts,
+                retryable=exc.retryable,
+                retry_in=round(delay, 3),
+            )
+            next_attempt = self.clock.now() + delay
+            error = str(exc)
         try:
             await asyncio.to_thread(
-                self.store.mark_failed,
-                alert.id,
-                str(exc)[:_MAX_STORED_ERROR],
-                self.clock.now() + delay,
+                self.store.mark_failed, alert.id, error[:_MAX_STORED_ERROR], next_attempt
             )
         except Exception as store_exc:  # the lease runs out and the alert is retried anyway
             log.exception("alerts.mark_failed_failed", alert=alert.dedup_key, error=str(store_exc))

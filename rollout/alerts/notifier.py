@@ -11,26 +11,29 @@ and sends it with ``post``, which is the only place ``httpx`` results and except
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
 
 from rollout import __version__
-from rollout.alerts.errors import ReceiverRejected, ReceiverUnreachable
+from rollout.alerts.errors import ReceiverRejected, ReceiverTimeout, ReceiverUnreachable
 from rollout.alerts.payload import AlertPayload
 from rollout.redaction import excerpt, redact_url
 
 __all__ = [
     "MAX_RETRY_AFTER",
     "USER_AGENT",
+    "LinkingNotifier",
     "Notifier",
     "SendContext",
     "header_value",
     "parse_retry_after",
     "post",
+    "post_json",
     "redact_url",
 ]
 
@@ -68,6 +71,19 @@ class Notifier(Protocol):
     def wants_rollout_state(self) -> bool: ...
 
     async def send(self, payload: AlertPayload, context: SendContext) -> None: ...
+
+
+class LinkingNotifier:
+    """The state of a notifier whose messages link to the status page (Teams, PagerDuty): the
+    shared HTTP client, the per-request timeout, and ``public_url``, the status page as people
+    reach it ("" for no link)."""
+
+    def __init__(
+        self, http: httpx.AsyncClient, *, timeout: float = 10.0, public_url: str = ""
+    ) -> None:
+        self.http = http
+        self.timeout = timeout
+        self.public_url = public_url
 
 
 def header_value(text: str) -> str:
@@ -118,7 +134,7 @@ async def post(
             url, content=content, headers=all_headers, timeout=request_timeout
         )
     except httpx.TimeoutException as exc:
-        raise ReceiverUnreachable(f"{where}: no answer within {request_timeout:g} s") from exc
+        raise ReceiverTimeout(f"{where}: no answer within {request_timeout:g} s") from exc
     except httpx.UnsupportedProtocol as exc:
         # A URL httpx cannot speak to will not improve by waiting: someone must fix it.
         raise ReceiverUnreachable(f"{where}: {exc}", retryable=False) from exc
@@ -138,3 +154,24 @@ async def post(
     body = excerpt(response.text)
     message = f"{where} answered {status}" + (f": {body}" if body else "")
     raise ReceiverRejected(message, retryable=retryable, status=status, retry_after=retry_after)
+
+
+async def post_json(
+    http: httpx.AsyncClient,
+    url: str,
+    body: Any,
+    *,
+    request_timeout: float,
+    now: float,
+    what: str,
+) -> httpx.Response:
+    """``post`` of ``body`` as UTF-8 JSON, with no header of the channel's own."""
+    return await post(
+        http,
+        url,
+        content=json.dumps(body, ensure_ascii=False).encode(),
+        headers={},
+        request_timeout=request_timeout,
+        now=now,
+        what=what,
+    )

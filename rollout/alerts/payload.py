@@ -22,7 +22,7 @@ from typing import Any, Final, cast
 from pydantic import ValidationError
 
 from rollout.alerts.errors import MalformedAlert
-from rollout.plan import SEVERITY_ORDER, AlertChannel, Severity
+from rollout.plan import SEVERITY_ORDER, AlertChannel, HookCall, Severity
 from rollout.store.model import TERMINAL, OutboxAlert
 
 __all__ = ["SEVERITY_ORDER", "Severity"]  # re-exported: the alert side's names for them
@@ -41,6 +41,9 @@ NON_TERMINAL_EVENTS: Final[tuple[str, ...]] = (
 )
 """Events that leave the rollout running; a terminal event supersedes them."""
 
+EXPLAINED_EVENTS: Final[frozenset[str]] = frozenset({"rolling_back", "rolled_back", "failed"})
+"""Events after which people want to see why: the numbers behind the verdict, the build log."""
+
 EVENT_TITLES: Final[Mapping[str, str]] = {
     "started": "Rollout started",
     "step_advanced": "Rollout advanced",
@@ -57,6 +60,10 @@ EVENT_TITLES: Final[Mapping[str, str]] = {
     "metrics_source_unreachable": "Metrics source unreachable",
     "metrics_source_reachable": "Metrics source reachable again",
 }
+
+HOOK_CHANNEL: Final = "hook"
+"""The outbox channel of a plan's notification hooks (``post_rollout``, ``on_rollback``):
+their rows carry the hook (a ``HookCall``) where an alert's carry its channel."""
 
 _REQUIRED_TEXT = ("rollout", "endpoint", "event", "severity", "summary", "phase")
 
@@ -81,7 +88,7 @@ class AlertPayload:
     summary: str
     phase: str
     details: dict[str, Any]
-    channel: AlertChannel
+    channel: AlertChannel | HookCall
     occurred_at: float
     attempt: int
 
@@ -98,15 +105,19 @@ class AlertPayload:
         details = data.get("details") or {}
         if not isinstance(details, dict):
             raise MalformedAlert(f"alert {alert.dedup_key!r}: 'details' is not an object")
+        channel: AlertChannel | HookCall
         try:
-            channel = AlertChannel.model_validate(data.get("channel"))
+            if alert.channel == HOOK_CHANNEL:
+                channel = HookCall.model_validate(data.get("channel"))
+            else:
+                channel = AlertChannel.model_validate(data.get("channel"))
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "channel"
             raise MalformedAlert(
                 f"alert {alert.dedup_key!r}: bad channel ({where}: {first['msg']})"
             ) from exc
-        if channel.type != alert.channel:
+        if isinstance(channel, AlertChannel) and channel.type != alert.channel:
             raise MalformedAlert(
                 f"alert {alert.dedup_key!r}: row is for {alert.channel!r} but its payload "
                 f"names a {channel.type!r} channel"
@@ -135,8 +146,17 @@ class AlertPayload:
 
     @property
     def passes_channel_filter(self) -> bool:
-        """Whether the alert is at least as severe as the lowest severity its channel takes."""
-        return SEVERITY_ORDER[self.severity] >= SEVERITY_ORDER[self.channel.severity]
+        """Whether the alert's channel takes it (``AlertChannel.takes``): at least as severe
+        as the channel's severity, or a rollout's end on a channel that resolves by it; a
+        hook takes every notification."""
+        if not isinstance(self.channel, AlertChannel):
+            return True
+        return self.channel.takes(self.severity, self.event)
+
+    @property
+    def channel_severity(self) -> Severity:
+        """The lowest severity the channel takes (a hook takes every notification)."""
+        return self.channel.severity if isinstance(self.channel, AlertChannel) else "info"
 
     @property
     def title(self) -> str:

@@ -11,13 +11,13 @@ the error is.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 import httpx
 
-from rollout.alerts.notifier import SendContext, post
+from rollout.alerts.notifier import SendContext, post_json
 from rollout.alerts.payload import (
+    EXPLAINED_EVENTS,
     AlertPayload,
     check_line,
     failing_checks,
@@ -30,9 +30,6 @@ HEADER_LIMIT: Final = 150
 SECTION_LIMIT: Final = 3000
 FIELD_LIMIT: Final = 2000
 MAX_FIELDS: Final = 10
-
-# Events after which people want to see why: the numbers behind the verdict and the build log.
-_EXPLAINED_EVENTS: Final = frozenset({"rolling_back", "rolled_back", "failed"})
 
 _EMOJI: Final = {"info": ":large_blue_circle:", "warn": ":warning:", "error": ":rotating_light:"}
 
@@ -110,7 +107,7 @@ def slack_message(payload: AlertPayload) -> dict[str, Any]:
     ]
     if payload.reason and payload.reason not in payload.summary:
         blocks.append(_section(f"*Reason*\n{escape(payload.reason)}"))
-    if payload.event in _EXPLAINED_EVENTS:
+    if payload.event in EXPLAINED_EVENTS:
         checks = _checks_section(payload)
         if checks is not None:
             blocks.append(checks)
@@ -143,12 +140,10 @@ class SlackNotifier:
         self.timeout = timeout
 
     async def send(self, payload: AlertPayload, context: SendContext) -> None:
-        body = json.dumps(slack_message(payload), ensure_ascii=False).encode()
-        await post(
+        await post_json(
             self.http,
             payload.channel.url,
-            content=body,
-            headers={},
+            slack_message(payload),
             request_timeout=self.timeout,
             now=context.now,
             what=self.channel_type,

@@ -8,22 +8,36 @@ in ``rollout/alerts/README.md``, with the way to verify the signature. Receivers
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 from typing import Any, Final
 
 import httpx
 
 from rollout.alerts.notifier import SendContext, header_value, post
 from rollout.alerts.payload import AlertPayload, rfc3339
+from rollout.signing import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    encode_body,
+    sign,
+    signature_headers,
+)
+
+__all__ = [
+    "EVENT_HEADER",
+    "ID_HEADER",
+    "SCHEMA",
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "WebhookNotifier",
+    "encode_body",
+    "sign",
+    "webhook_body",
+]
 
 SCHEMA: Final = "rollout.alert/v1"
 """The body's ``schema``; a change that could break a receiver gets a new version."""
 
 ID_HEADER: Final = "X-Rollout-Alert-Id"
-SIGNATURE_HEADER: Final = "X-Rollout-Signature"
-TIMESTAMP_HEADER: Final = "X-Rollout-Timestamp"
 EVENT_HEADER: Final = "X-Rollout-Event"
 
 
@@ -47,21 +61,6 @@ def webhook_body(payload: AlertPayload, now: float) -> dict[str, Any]:
     }
 
 
-def encode_body(body: dict[str, Any]) -> bytes:
-    """The exact bytes sent and signed: compact UTF-8 JSON."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """``sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" keyed with the secret>``.
-
-    The timestamp is inside the signed text so that a captured request cannot be replayed
-    later with a fresh timestamp; receivers also refuse old timestamps (README).
-    """
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
-
-
 class WebhookNotifier:
     """POSTs ``webhook_body`` as JSON, signed when the channel has a ``secret``."""
 
@@ -78,11 +77,7 @@ class WebhookNotifier:
         """The body bytes and the headers of the request for ``payload``."""
         body = encode_body(webhook_body(payload, context.now))
         headers = {ID_HEADER: header_value(payload.id), EVENT_HEADER: payload.event}
-        secret = payload.channel.secret
-        if secret:
-            timestamp = str(int(context.now))
-            headers[TIMESTAMP_HEADER] = timestamp
-            headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
+        headers.update(signature_headers(payload.channel.secret, context.now, body))
         return body, headers
 
     async def send(self, payload: AlertPayload, context: SendContext) -> None:

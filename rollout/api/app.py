@@ -47,7 +47,7 @@ from rollout.alerts.targets import TargetPolicy
 from rollout.analysis.queries import promql_duration
 from rollout.analysis.spec import Policy, QueryCheck
 from rollout.api.auth import Role, TokenTable, allows, parse_tokens
-from rollout.api.channels import channel_routes, refused_targets, target_issues
+from rollout.api.channels import channel_routes, hook_issues, refused_targets, target_issues
 from rollout.api.documents import (
     JSON_TYPES,
     MAX_CURSOR_CHARS,
@@ -82,6 +82,7 @@ from rollout.api.schemas import (
     RolloutPage,
     Session,
     SubmittedRollout,
+    alias_move_view,
     command_view,
     event_view,
     rollout_view,
@@ -89,9 +90,10 @@ from rollout.api.schemas import (
 )
 from rollout.api.series import DEFAULT_WINDOWS, MAX_WINDOWS, RolloutSeries, series_view
 from rollout.clock import Clock
+from rollout.engine.aliases import RegistryUnavailable, UnknownAlias, resolve_aliases
 from rollout.engine.decide import DEFAULT_TIMING, Timing
 from rollout.engine.model import Phase, allowed_commands
-from rollout.engine.runner import new_rollout
+from rollout.engine.runner import alias_move_of, new_rollout
 from rollout.engine.traffic import DATABRICKS_WINDOW_SECONDS, low_traffic_warning, recent_traffic
 from rollout.metrics.model import Histogram
 from rollout.metrics.parse import MetricsError, Scrape, parse_export_metrics
@@ -528,6 +530,34 @@ class _Service:
             raise _invalid_plan(PlanError([PlanIssue(field=i.field, message=i.message)
                                            for i in issues]))
 
+    async def resolve_aliases(self, plan: AnyPlan) -> AnyPlan:
+        """The plan with its Unity Catalog aliases resolved (``rollout.engine.aliases``), or
+        an answer saying why not: 422 for an unknown model or alias, 503/502 when the
+        workspace could not say."""
+        try:
+            async with asyncio.timeout(self.endpoint_check_timeout):
+                return await resolve_aliases(plan, self.client)
+        except TimeoutError as exc:
+            raise ApiError(
+                503,
+                "workspace_unavailable",
+                f"the workspace did not answer within {self.endpoint_check_timeout:g} s while "
+                "resolving the plan's aliases; try again later",
+            ) from exc
+        except UnknownAlias as exc:
+            raise ApiError(
+                422,
+                "unknown_alias",
+                f"{exc.field}: {exc.message}",
+                details=[{"field": exc.field, "message": exc.message}],
+            ) from exc
+        except RegistryUnavailable as exc:
+            if exc.retryable:
+                raise ApiError(503, "workspace_unavailable", exc.message) from exc
+            raise ApiError(502, "workspace_error", exc.message) from exc
+        except PlanError as exc:
+            raise _invalid_plan(exc) from exc
+
     async def traffic_warnings(self, plan: AnyPlan, policy: Policy) -> list[str]:
         """A warning when the endpoint's recent traffic cannot give the first step a verdict,
         or when its export names no served entity (the rollout would pause at its first look).
@@ -558,13 +588,17 @@ class _Service:
             plan, policy = check_plan(parse_plan_body(body, kind), self.library)
         except PlanError as exc:
             raise _invalid_plan(exc) from exc
-        refused = await target_issues(self.alert_targets, plan.alerts)
+        refused = [
+            *await target_issues(self.alert_targets, plan.alerts),
+            *await hook_issues(self.alert_targets, plan.hooks),
+        ]
         if refused:
             raise refused_targets(refused)
         active = await self.in_thread(self.store.active_for_endpoint, plan.endpoint)
         if active is not None:
             raise _rollout_active(plan.endpoint, active.id)
         endpoint = await self.check_endpoint(plan.endpoint)
+        plan = await self.resolve_aliases(plan)
         await self.check_sign_in(plan, endpoint)
         await self.check_own_metrics(plan, policy, endpoint)
         warnings = [
@@ -572,8 +606,11 @@ class _Service:
             *plan_notes(plan, policy, metrics_window=self.metrics_window, buckets=False),
         ]
         record, event = new_rollout(plan, policy, self.clock.now())
+        create = functools.partial(
+            self.store.create, record, event, [], alias_move=alias_move_of(plan)
+        )
         try:
-            stored = await self.in_thread(self.store.create, record, event, [])
+            stored = await self.in_thread(create)
         except ActiveRolloutExists as exc:
             # Another submission for the endpoint won the race since the check above.
             raise _rollout_active(plan.endpoint, exc.active_id) from exc
@@ -825,7 +862,12 @@ def _rollout_routes(
                 f"GET is not allowed on {PREFIX}/rollouts/{rollout_id}; allowed: POST",
                 headers={"Allow": "POST"},
             )
-        return service.view(await service.load(rollout_id))
+        record = await service.load(rollout_id)
+        view = service.view(record)
+        if view.on_success is not None:
+            move = await service.in_thread(service.store.alias_move, record.id)
+            view = view.model_copy(update={"alias_move": alias_move_view(record, move)})
+        return view
 
 
 def _records(store: Store, ids: list[str]) -> list[RolloutRecord]:

@@ -24,7 +24,7 @@ from rollout.alerts.targets import TargetPolicy
 from rollout.api.documents import JSON_TYPES, media_type, parse_json_object
 from rollout.api.errors import ApiError, field_issues
 from rollout.api.schemas import AlertsBody, Rollout
-from rollout.plan import AlertChannel, PlanError, validate_plan
+from rollout.plan import AlertChannel, Hooks, PlanError, validate_plan
 from rollout.redaction import redacted_channel
 from rollout.store.errors import StaleVersion
 from rollout.store.model import NewEvent, RolloutRecord
@@ -42,11 +42,25 @@ async def target_issues(
     targets: TargetPolicy, channels: Sequence[AlertChannel], prefix: str = "alerts"
 ) -> list[dict[str, str]]:
     """One detail per channel whose URL is refused, naming ``alerts[i].url``."""
+    return await _url_issues(
+        targets, [(f"{prefix}[{index}].url", c.url) for index, c in enumerate(channels)]
+    )
+
+
+async def hook_issues(targets: TargetPolicy, hooks: Hooks) -> list[dict[str, str]]:
+    """One detail per plan hook whose URL is refused, naming ``hooks.<name>.url``: hooks go
+    only where alerts may go."""
+    return await _url_issues(targets, [(f"hooks.{name}.url", h.url) for name, h in hooks.named()])
+
+
+async def _url_issues(
+    targets: TargetPolicy, urls: Sequence[tuple[str, str]]
+) -> list[dict[str, str]]:
     issues = []
-    for index, channel in enumerate(channels):
-        refusal = await targets.refusal(channel.url)
+    for field, url in urls:
+        refusal = await targets.refusal(url)
         if refusal is not None:
-            issues.append({"field": f"{prefix}[{index}].url", "message": refusal})
+            issues.append({"field": field, "message": refusal})
     return issues
 
 
@@ -109,7 +123,7 @@ async def _replace(
             )
         plan = {**record.plan, "alerts": dumped}
         try:
-            validate_plan(plan)  # the stored plan stays one the engine can read
+            validate_plan(plan, stored=True)  # the stored plan stays one the engine can read
         except PlanError as exc:
             raise ApiError(
                 422, "invalid_request", f"the channels do not fit the plan: {exc}"

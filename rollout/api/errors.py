@@ -22,6 +22,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
 
+from rollout.plan import FieldProblemError
+
 log = structlog.get_logger("rollout.api")
 
 
@@ -68,6 +70,9 @@ def field_issues(errors: Sequence[Any]) -> list[dict[str, str]]:
         # "query"/"path"/"body" say where FastAPI found the value; the name is what matters.
         if loc and loc[0] in ("query", "path", "header", "body"):
             loc = loc[1:]
+        problem = (error.get("ctx") or {}).get("error")
+        if isinstance(problem, FieldProblemError):
+            loc.extend(problem.parts())  # a model's own check that names its field
         field = ""
         for part in loc:
             field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))

@@ -16,18 +16,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rollout.analysis.spec import Policy
 from rollout.api.auth import Role
 from rollout.engine.decide import DEFAULT_TIMING, Timing
-from rollout.engine.model import Phase, RolloutState
+from rollout.engine.model import GateState, Phase, RolloutState
 from rollout.engine.progress import Progress, progress
 from rollout.plan import (
     AlertChannel,
     AnyPlan,
+    GateName,
     PlanError,
     judged_weights,
     validate_plan,
 )
 from rollout.redaction import redacted_plan
-from rollout.store.model import Command, CommandKind, EventRecord, PhaseName, RolloutRecord
+from rollout.store.model import (
+    SUCCEEDED,
+    TERMINAL,
+    Command,
+    CommandKind,
+    EventRecord,
+    PhaseName,
+    RolloutRecord,
+)
+from rollout.store.model import AliasMove as StoredAliasMove
 from rollout.store.model import RolloutSummary as StoredSummary
+from rollout.vocabulary import GateAnswer
 
 __all__ = ["CommandKind", "PhaseName"]  # the store's vocabularies, re-exported for the API
 Number = float | str | None  # verdict numbers: "+Inf"/"-Inf" where infinite, null where NaN
@@ -120,6 +131,39 @@ class Verdict(BaseModel):
     missing: list[str] = Field(default_factory=list)
 
 
+class Gate(BaseModel):
+    """A gate hook the rollout is waiting at (README, "Gates and hooks")."""
+
+    name: GateName
+    waiting_since: datetime = Field(description="When the wait (and its limit) began.")
+    calls: int = Field(description="Calls made so far in this wait, each with its retries.")
+    next_call_at: datetime | None = Field(
+        description="When the gate is asked again; null: at the next look."
+    )
+    last_answer: GateAnswer | None
+    last_reason: str | None = Field(description="The gate's reason, or what failed.")
+    last_status: int | None = Field(description="The HTTP status of the last answer, if any.")
+    held: bool = Field(description="The rollout is paused on this gate's answer.")
+
+
+class AliasMove(BaseModel):
+    """What a promotion does to the plan's ``on_success.set_alias``, and how far it got."""
+
+    alias: str = Field(description="The alias moved on success, e.g. main.ml.ads_model@champion.")
+    version: str = Field(description="The candidate's version, where the alias moves.")
+    status: Literal["waiting", "done", "retrying", "not_made"] = Field(
+        description="waiting (the rollout runs, or the move is being made), done, retrying "
+        "(the workspace refused it so far: last_error), not_made (the rollout ended without "
+        "a promotion; the alias stays where it was)."
+    )
+    previous_version: str | None = Field(
+        description="The version the alias named at submission (null: it was not set)."
+    )
+    attempts: int = Field(description="Tries so far.")
+    done_at: datetime | None
+    last_error: str | None
+
+
 class Rollout(BaseModel):
     """A rollout: its plan, where it is, and why."""
 
@@ -128,6 +172,19 @@ class Rollout(BaseModel):
     endpoint: str
     strategy: Literal["canary", "ab", "blue_green"]
     candidate: str = Field(description="The candidate's served entity name.")
+    on_success: str | None = Field(
+        default=None,
+        description="The alias a promotion moves (on_success.set_alias), if any.",
+    )
+    alias_move: AliasMove | None = Field(
+        default=None,
+        description="With on_success: what became of the alias move (GET of one rollout only).",
+    )
+    candidate_source: str | None = Field(
+        default=None,
+        description="For a candidate given by Unity Catalog alias: the alias and the version "
+        "it named at submission, e.g. 'main.ml.ads_model@challenger = version 7'.",
+    )
     baseline: str | None = Field(
         description="The baseline's served entity name (known once the rollout prepared)."
     )
@@ -152,6 +209,12 @@ class Rollout(BaseModel):
     last_verdict: Verdict | None
     pause_reason: str | None
     ending_reason: str | None
+    gate: Gate | None = Field(
+        default=None, description="The gate hook the rollout is waiting at, if any."
+    )
+    gates_passed: list[GateName] = Field(
+        default_factory=list, description="Gate hooks that said yes (never asked again)."
+    )
     report: dict[str, Any] | None = Field(description="The A/B report, once written.")
     next: Progress | None = Field(
         default=None,
@@ -163,8 +226,9 @@ class Rollout(BaseModel):
     updated_at: datetime
     started_at: datetime
     plan: dict[str, Any] = Field(
-        description="The validated plan with its policy inlined; alert channels show the "
-        "scheme and host of their url only, and a secret as '(redacted)'."
+        description="The validated plan with its policy inlined; alert channels and hooks "
+        "show the scheme and host of their url only, and a secret or routing_key as "
+        "'(redacted)'."
     )
 
 
@@ -292,8 +356,8 @@ class AlertsBody(_CommandBody):
 
     alerts: list[AlertChannel] = Field(
         max_length=20,
-        description="Replaces the plan's channels (an empty list removes them); the secrets "
-        "and URLs given here are stored and used, never shown again.",
+        description="Replaces the plan's channels (an empty list removes them); the secrets, "
+        "routing keys and URLs given here are stored and used, never shown again.",
     )
 
 
@@ -388,7 +452,7 @@ def rollout_view(
     state = RolloutState.model_validate(record.state)
     plan: AnyPlan | None
     try:
-        plan = validate_plan(record.plan)
+        plan = validate_plan(record.plan, stored=True)
     except PlanError:
         # Stored by code whose plan format has since changed: show what can be read.
         plan = None
@@ -405,6 +469,16 @@ def rollout_view(
         endpoint=record.endpoint,
         strategy=strategy if strategy in ("ab", "blue_green") else "canary",
         candidate=_candidate_name(plan, record.plan),
+        candidate_source=(
+            plan.candidate.describe()
+            if plan is not None and plan.candidate.alias is not None
+            else None
+        ),
+        on_success=(
+            plan.on_success.set_alias
+            if plan is not None and plan.on_success is not None
+            else None
+        ),
         baseline=baseline,
         policy=_policy_name(record.plan),
         phase=cast(PhaseName, record.phase),  # the store keeps known phases only
@@ -416,12 +490,55 @@ def rollout_view(
         last_verdict=_verdict(state.last_verdict),
         pause_reason=state.pause_reason,
         ending_reason=state.ending_reason,
+        gate=_gate(state.gate),
+        gates_passed=list(state.gates_passed),
         report=state.report,
         next=_progress(plan, record, state, now, timing),
         created_at=utc(record.created_at),
         updated_at=utc(record.updated_at),
         started_at=utc(state.started_at),
         plan=redacted_plan(record.plan),
+    )
+
+
+def _gate(gate: GateState | None) -> Gate | None:
+    if gate is None:
+        return None
+    return Gate(
+        name=gate.name,
+        waiting_since=utc(gate.started_at),
+        calls=gate.calls,
+        next_call_at=None if gate.next_call_at is None else utc(gate.next_call_at),
+        last_answer=gate.last_answer,
+        last_reason=gate.last_reason,
+        last_status=gate.last_status,
+        held=gate.held,
+    )
+
+
+def alias_move_view(record: RolloutRecord, move: StoredAliasMove | None) -> AliasMove | None:
+    """The rollout's alias move as its document shows it (None: the rollout has none)."""
+    if move is None:
+        return None
+    phase = record.phase
+    on_success = record.plan.get("on_success")
+    previous = on_success.get("previous_version") if isinstance(on_success, dict) else None
+    if move.done_at is not None:
+        status: Literal["waiting", "done", "retrying", "not_made"] = "done"
+    elif phase in TERMINAL and phase != SUCCEEDED:
+        status = "not_made"
+    elif move.last_error is not None:
+        status = "retrying"
+    else:
+        status = "waiting"
+    return AliasMove(
+        alias=f"{move.model}@{move.alias}",
+        version=move.version,
+        status=status,
+        previous_version=None if previous is None else str(previous),
+        attempts=move.attempts,
+        done_at=None if move.done_at is None else utc(move.done_at),
+        last_error=move.last_error,
     )
 
 

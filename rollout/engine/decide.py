@@ -1,17 +1,20 @@
 """``decide``: the rollout state machine as one pure function.
 
 Where this sits: at every tick the runner calls ``decide(plan, state, observation, now)`` and
-gets back a ``Decision``: the next state, the events and alerts to persist with it, the one
-effect to carry out afterwards (a config PUT or blue/green preflight checks), and when to look
-again. Nothing here does I/O or reads a clock; the same inputs always give the same decision,
-which is what makes replay after a crash safe and the table-driven tests possible.
+gets back a ``Decision``: the next state, the events, alerts and notification hooks to persist
+with it, the one effect to carry out afterwards (a config PUT, blue/green preflight checks, or
+a call of one of the plan's gate hooks), and when to look again. Nothing here does I/O or
+reads a clock; the same inputs always give the same decision, which is what makes replay
+after a crash safe and the table-driven tests possible.
 
 The life of a canary::
 
-    pending --deploy candidate at 0 %--> preparing --step 1 split--> progressing(step k)
-      progressing: judge each new window; fail -> rolling_back; bake done and judge allows
-      -> next step, after the last step (only on a pass) -> promoting (candidate alone at
-      100 %) -> succeeded; an operator's promote skips steps, recorded as skipped
+    pending [pre_rollout says yes] --deploy candidate at 0 %--> preparing --step 1 split-->
+      progressing(step k): judge each new window; fail -> rolling_back; bake done and judge
+      allows -> next step, after the last step (only on a pass) [confirm_promotion says yes,
+      the judge still looking] -> promoting (candidate alone at 100 %) -> succeeded; an
+      operator's promote skips steps, recorded as skipped
+    every end: post_rollout; a rollback applied: on_rollback (see "gates" below)
     rolling_back: restore baseline at 100 % -> remove candidate -> rolled_back (or aborted)
     could not restore -> failed (a human must act)
 
@@ -47,12 +50,16 @@ from rollout.engine.judging import Look, judge_look
 from rollout.engine.model import (
     AlertOut,
     Arm,
+    CallGate,
     Command,
     Decision,
     Effect,
     EndpointSnapshot,
     EventOut,
     Folded,
+    GateOutcome,
+    GateState,
+    HookOut,
     Observation,
     Phase,
     PutConfig,
@@ -70,6 +77,8 @@ from rollout.plan import (
     AnyPlan,
     BlueGreenPlan,
     CanaryPlan,
+    GateHook,
+    GateName,
     Severity,
     judged_weights,
 )
@@ -183,6 +192,7 @@ class _Turn:
     events: list[EventOut] = field(default_factory=list)
     alerts: list[AlertOut] = field(default_factory=list)
     consumed: list[int] = field(default_factory=list)
+    hooks: list[HookOut] = field(default_factory=list)
     effect: Effect | None = None
     next_check_in: float | None = None
     # Set by ``_accumulate``: whether this observation changed what the arms sum to, and the
@@ -196,8 +206,40 @@ class _Turn:
         self.state = self.state.model_copy(update=changes)
 
     def move(self, to: Phase, reason: str, kind: str, data: dict[str, Any] | None = None) -> None:
-        self.events.append(EventOut(kind, reason, self.state.phase, to, data or {}))
+        before = self.state.phase
+        self.events.append(EventOut(kind, reason, before, to, data or {}))
         self.set(phase=to)
+        if to.terminal and not before.terminal:
+            self._ended(before, to, reason)
+
+    def _ended(self, before: Phase, to: Phase, reason: str) -> None:
+        """The notification hooks of an end: ``post_rollout`` at every end, with the
+        outcome; ``on_rollback`` when a rollback was applied (rolled back or aborted after
+        the baseline was restored and the candidate removed)."""
+        hooks, state, plan = self.plan.hooks, self.state, self.plan
+        details: dict[str, Any] = {
+            "outcome": to.value,
+            "reason": reason,
+            "cause": state.ending_cause,
+            "verdict": state.last_verdict,
+            "skipped_steps": list(state.skipped_steps),
+        }
+        if hooks.on_rollback is not None and before is Phase.ROLLING_BACK and to in (
+            Phase.ROLLED_BACK,
+            Phase.ABORTED,
+        ):
+            self.hooks.append(HookOut(
+                "on_rollback",
+                f"{plan.endpoint}: rollback of {plan.candidate.served_name} applied: "
+                f"{state.ending_reason or reason}",
+                details,
+            ))
+        if hooks.post_rollout is not None:
+            self.hooks.append(HookOut(
+                "post_rollout",
+                f"{plan.endpoint}: rollout of {plan.candidate.served_name} ended {to.value}",
+                details,
+            ))
 
     def note(self, kind: str, reason: str, data: dict[str, Any] | None = None) -> None:
         phase = self.state.phase
@@ -234,6 +276,7 @@ class _Turn:
             effect=self.effect,
             next_check_in=self.next_check_in,
             consumed_commands=tuple(self.consumed),
+            hooks=tuple(self.hooks),
         )
 
 
@@ -566,11 +609,14 @@ def _confirmed(turn: _Turn, target: Target) -> None:
             "succeeded",
             {"skipped_steps": skipped},
         )
+        aliases = alias_note(turn.plan, promoted=True)
         turn.alert(
             "succeeded",
             "info",
-            f"{turn.plan.endpoint}: {turn.plan.candidate.served_name} promoted to 100 %{unjudged}",
-            {"verdict": state.last_verdict, "report": state.report, "skipped_steps": skipped},
+            f"{turn.plan.endpoint}: {turn.plan.candidate.served_name} promoted to 100 %{unjudged}"
+            + (f"; {aliases}" if aliases else ""),
+            {"verdict": state.last_verdict, "report": state.report, "skipped_steps": skipped}
+            | ({"aliases": aliases} if aliases else {}),
         )
         return
     if target.purpose == "restore":
@@ -584,19 +630,37 @@ def _confirmed(turn: _Turn, target: Target) -> None:
     turn.set(candidate_weight=0)
     turn.move(ending, f"{reason}; candidate removed ({split_desc})", ending.value)
     if ending is Phase.ROLLED_BACK:
+        aliases = alias_note(turn.plan, promoted=False)
         turn.alert(
             "rolled_back",
             "error",
-            f"{turn.plan.endpoint}: {turn.plan.candidate.served_name} rolled back: {reason}",
+            f"{turn.plan.endpoint}: {turn.plan.candidate.served_name} rolled back: {reason}"
+            + (f"; {aliases}" if aliases else ""),
             {
                 "reason": reason,
                 "verdict": state.last_verdict,
                 "build_logs_tail": state.build_logs,
                 "report": state.report,
-            },
+            }
+            | ({"aliases": aliases} if aliases else {}),
         )
     else:
         turn.alert("aborted", "warn", f"{turn.plan.endpoint}: rollout aborted: {reason}")
+
+
+def alias_note(plan: AnyPlan, *, promoted: bool) -> str | None:
+    """What a finished rollout does to its plan's ``on_success.set_alias``: after a promotion
+    the alias moves to the candidate's version (done after the commit, retried until the
+    workspace takes it); otherwise it is left alone, and the alert says where it stays."""
+    target = plan.on_success.set_alias if plan.on_success is not None else None
+    if target is None:
+        return None
+    model = plan.candidate.entity_name
+    if promoted:
+        return f"{model}@{target} moves to version {plan.candidate.entity_version}"
+    previous = plan.on_success.previous_version if plan.on_success is not None else None
+    stays = f"stays at version {previous}" if previous is not None else "stays unset"
+    return f"aliases left unchanged: @{target} {stays}"
 
 
 def _held_by_someone_else(turn: _Turn) -> bool:
@@ -625,7 +689,9 @@ def _drift(turn: _Turn, snapshot: EndpointSnapshot) -> None:
     if state.phase is Phase.ROLLING_BACK:
         _fail(turn, "the endpoint was changed by hand during the rollback")
         return
-    turn.set(target=None, paused_from=state.phase, pause_reason=f"drift: endpoint now {live}")
+    # A gate being waited at is asked afresh once the step has run again after a resume.
+    turn.set(target=None, paused_from=state.phase, pause_reason=f"drift: endpoint now {live}",
+             gate=None)
     turn.move(
         Phase.PAUSED,
         f"the endpoint was changed outside the rollout (now {live}); paused, not fighting it",
@@ -656,7 +722,7 @@ def _start_rollback(
     state = turn.state
     if state.baseline is None:
         # Nothing was changed yet (the baseline was never resolved): end here.
-        turn.set(target=None)
+        turn.set(target=None, gate=None, ending_reason=reason, ending_cause=cause)
         turn.move(ending, reason, kind)
         return
     candidate = turn.plan.candidate.served_name
@@ -666,7 +732,12 @@ def _start_rollback(
     ) or state.candidate_weight > 0
     in_flight = state.target is not None and candidate in state.target.entity_names
     turn.set(
-        ending=ending, ending_reason=reason, ending_cause=cause, paused_from=None, pause_reason=None
+        ending=ending,
+        ending_reason=reason,
+        ending_cause=cause,
+        paused_from=None,
+        pause_reason=None,
+        gate=None,
     )
     data: dict[str, Any] = {"verdict": state.last_verdict}
     details: dict[str, Any] = {"reason": reason}
@@ -694,7 +765,7 @@ def _fail(turn: _Turn, reason: str) -> None:
     failed = reason if where is None else f"{reason}; {where}"
     if during:
         failed += f"; while rolling back: {during}"
-    turn.set(target=None, ending=Phase.FAILED, ending_reason=failed)
+    turn.set(target=None, ending=Phase.FAILED, ending_reason=failed, gate=None)
     details = {
         "reason": failed,
         "failure": reason,
@@ -750,9 +821,167 @@ def _check_deadline(turn: _Turn) -> None:
 
 def _pause(turn: _Turn, reason: str, *, kind: str = "paused") -> None:
     state = turn.state
+    if state.gate is not None and not state.gate.held:
+        # Paused for another reason while waiting at a gate: it is asked afresh later.
+        turn.set(gate=None)
     turn.set(paused_from=state.phase, pause_reason=reason)
     turn.move(Phase.PAUSED, reason, kind)
     turn.alert("paused", "warn", f"{turn.plan.endpoint}: paused: {reason}")
+
+
+# ---- gates --------------------------------------------------------------------------------
+#
+# A gate is one of the plan's hooks the rollout waits for: ``pre_rollout`` before anything on
+# the endpoint changes, ``confirm_promotion`` once the judge would promote. Each call is an
+# effect (``CallGate``) whose answer comes back in the next observation:
+#
+#     call ──► proceed ........ passed: in gates_passed for good, the rollout goes on
+#          ├─► wait ........... asked again after the gate's interval, until its limit
+#          ├─► refused ........ paused, the gate's answer as the reason
+#          └─► timeout, unreachable
+#                               paused, saying so (the runner already retried)
+#     limit reached (waiting) . on_limit: pause, or roll back
+#
+# While paused on a gate's answer, a resume asks it again (its limit counting afresh) and a
+# promote goes past it on the operator's word.
+
+
+def _gate(turn: _Turn, name: GateName, *, baseline: str | None = None,
+          promote_reason: str | None = None) -> bool:
+    """Whether the rollout may go past gate ``name`` now (no such hook, or it said yes).
+    False: the turn is decided (a call is due or in flight, the gate said wait, or no)."""
+    spec = turn.plan.hooks.gate(name)
+    state = turn.state
+    if spec is None or name in state.gates_passed:
+        return True
+    gate = state.gate
+    if gate is None or gate.name != name:
+        gate = GateState(name=name, started_at=turn.now, promote_reason=promote_reason)
+        turn.set(gate=gate)
+        turn.note("gate_waiting", f"waiting for the {name} hook to say yes", {"gate": name})
+    outcome = turn.obs.gate
+    if outcome is not None and outcome.gate == name and outcome.call == gate.calls:
+        return _gate_answered(turn, spec, gate, outcome)
+    if gate.calls and turn.now - gate.started_at >= spec.limit:
+        _gate_limit(turn, spec, gate)
+        return False
+    if gate.next_call_at is not None and turn.now < gate.next_call_at:
+        turn.again_in(gate.next_call_at - turn.now)
+        return False
+    call = gate.calls + 1
+    turn.set(gate=gate.model_copy(update={"calls": call, "next_call_at": None}))
+    turn.effect = _call_gate(turn, name, call, baseline, gate)
+    turn.again_in(turn.timing.update_poll)
+    return False
+
+
+def _call_gate(
+    turn: _Turn, name: GateName, call: int, baseline: str | None, gate: GateState
+) -> CallGate:
+    state, plan = turn.state, turn.plan
+    weights = judged_weights(plan)
+    if name == "pre_rollout":
+        summary = (
+            f"{plan.endpoint}: may the {plan.strategy} of {plan.candidate.served_name} start?"
+        )
+    else:
+        summary = (
+            f"{plan.endpoint}: may {plan.candidate.served_name} go to 100 %? "
+            f"{gate.promote_reason or ''}".rstrip()
+        )
+    details: dict[str, Any] = {
+        "gate": name,
+        "call": call,
+        "waiting_since": gate.started_at,
+        "strategy": plan.strategy,
+        "baseline": state.baseline or baseline,
+        "step": min(state.step, len(weights) - 1) + 1,
+        "steps": len(weights),
+        "candidate_weight": state.candidate_weight,
+    }
+    if name == "confirm_promotion":
+        details["reason"] = gate.promote_reason
+        details["verdict"] = state.last_verdict
+        details["report"] = state.report
+    return CallGate(name, call, summary, details)
+
+
+def _gate_answered(turn: _Turn, spec: GateHook, gate: GateState, outcome: GateOutcome) -> bool:
+    name = gate.name
+    gate = gate.model_copy(update={
+        "last_answer": outcome.answer,
+        "last_reason": outcome.reason,
+        "last_status": outcome.status,
+        "last_at": turn.now,
+    })
+    turn.note(
+        "gate_answered",
+        f"{name} call {outcome.call}: {outcome.answer}: {outcome.reason}",
+        {
+            "gate": name,
+            "call": outcome.call,
+            "answer": outcome.answer,
+            "reason": outcome.reason,
+            "status": outcome.status,
+            "attempts": outcome.attempts,
+        },
+    )
+    if outcome.answer == "proceed":
+        turn.set(gate=None, gates_passed=[*turn.state.gates_passed, name])
+        return True
+    if outcome.answer == "wait":
+        turn.set(gate=gate.model_copy(update={"next_call_at": turn.now + spec.interval}))
+        if turn.now - gate.started_at >= spec.limit:
+            _gate_limit(turn, spec, gate)
+            return False
+        turn.again_in(spec.interval)
+        return False
+    turn.set(gate=gate.model_copy(update={"held": True}))
+    kind = "gate_refused" if outcome.answer == "refused" else "gate_unanswered"
+    _pause(turn, f"{name} hook: {outcome.reason}", kind=kind)
+    return False
+
+
+def _gate_limit(turn: _Turn, spec: GateHook, gate: GateState) -> None:
+    waited = format_duration(turn.now - gate.started_at)
+    last = f"; last answer: {gate.last_reason}" if gate.last_reason else ""
+    reason = (
+        f"{gate.name} hook gave no yes within its limit of {format_duration(spec.limit)} "
+        f"(waited {waited}, {gate.calls} call(s){last})"
+    )
+    if spec.on_limit == "rollback":
+        _start_rollback(turn, reason, "gate")
+        return
+    turn.set(gate=gate.model_copy(update={"held": True}))
+    _pause(turn, reason, kind="gate_limit")
+
+
+def _promote_gated(turn: _Turn, reason: str) -> None:
+    """The judge's promotion, once ``confirm_promotion`` (if the plan has it) says yes."""
+    if _gate(turn, "confirm_promotion", promote_reason=reason):
+        _promote(turn, reason, by="judge")
+
+
+def _resume_at_gate(turn: _Turn, gate: GateState, resume_to: Phase, kind: str) -> None:
+    """A command for a rollout paused on a gate's answer: a resume asks the gate again, a
+    promote goes past it (recorded as the operator's word, never as the gate's yes)."""
+    if kind == "resume":
+        turn.set(gate=GateState(
+            name=gate.name, started_at=turn.now, promote_reason=gate.promote_reason
+        ))
+        turn.move(resume_to, f"resumed by an operator; asking the {gate.name} hook again",
+                  "resumed")
+        turn.again_in(turn.timing.update_poll)
+        return
+    turn.set(gate=None)
+    turn.note("gate_overridden", f"{gate.name} hook passed over by an operator ({kind})",
+              {"gate": gate.name, "command": kind})
+    if gate.name == "pre_rollout":
+        turn.set(gates_passed=[*turn.state.gates_passed, gate.name])
+        turn.move(resume_to, "started on an operator's word", "resumed")
+        return
+    turn.move(Phase.PROGRESSING, "promoted to 100 % by an operator", "resumed")
+    _operator_promotes(turn, full=kind == "promote_full")
 
 
 # ---- phases -------------------------------------------------------------------------------
@@ -790,6 +1019,8 @@ def _pending(turn: _Turn) -> None:
         turn.move(Phase.FAILED, f"cannot start: {problem}", "failed")
         turn.alert("failed", "error", f"{plan.endpoint}: cannot start rollout: {problem}")
         return
+    if not _gate(turn, "pre_rollout", baseline=baseline):
+        return  # nothing on the endpoint changes before pre_rollout says yes
     # Every field the GET showed is carried through; the plan adds those a GET never shows
     # (burst_scaling_enabled), which every PUT would otherwise reset to the default.
     entities = {
@@ -929,6 +1160,12 @@ def _progressing(turn: _Turn) -> None:
         _operator_promotes(turn, full=command.kind == "promote_full")
         return
 
+    gate = turn.state.gate
+    if gate is not None and gate.name == "confirm_promotion":
+        # The judge let the candidate go; the checks above still run at every look.
+        _promote_gated(turn, gate.promote_reason or "confirmed; candidate to 100 %")
+        return
+
     started = state.step_started_at if state.step_started_at is not None else turn.now
     elapsed = turn.now - started
     bake = _bake(plan, state.step)
@@ -973,6 +1210,9 @@ def _paused(turn: _Turn) -> None:
     # An operator who resumes takes over the deadline: it counts again from now, or a rollout
     # paused by its deadline (on_deadline: hold) would pause again at once.
     turn.set(paused_from=None, pause_reason=None, deadline_from=turn.now)
+    if state.gate is not None and state.gate.held:
+        _resume_at_gate(turn, state.gate, resume_to, command.kind)
+        return
     if command.kind == "promote_full":
         turn.move(Phase.PROGRESSING, "promoted to 100 % by an operator", "resumed")
         _operator_promotes(turn, full=True)
@@ -1402,7 +1642,7 @@ def _advance(turn: _Turn) -> None:
         )
     else:
         reason = "all steps passed; candidate to 100 %"
-    _promote(turn, reason, by="judge")
+    _promote_gated(turn, reason)
 
 
 def _operator_promotes(turn: _Turn, *, full: bool) -> None:
@@ -1439,6 +1679,7 @@ def _next_step(turn: _Turn) -> None:
 
 def _promote(turn: _Turn, reason: str, *, by: Literal["judge", "operator"]) -> None:
     """To ``promoting``, saying why and on whose word (``judge`` or ``operator``)."""
+    turn.set(gate=None)
     if turn.state.phase is not Phase.PROMOTING:
         data = {"promoted_by": by, "skipped_steps": list(turn.state.skipped_steps)}
         turn.move(Phase.PROMOTING, reason, "promoting", data)
@@ -1477,7 +1718,7 @@ def _ab_report(turn: _Turn) -> None:
     turn.note("ab_report", str(report["summary"]), {"report": report})
     if report["winner"] == "candidate":
         won = f"A/B: the candidate won ({report['summary']}); candidate to 100 %"
-        _promote(turn, won, by="judge")
+        _promote_gated(turn, won)
     else:
         _start_rollback(
             turn, f"A/B: baseline kept ({report['summary']})", "ab_lost", kind="ab_baseline_kept"

@@ -3,9 +3,10 @@
 Where this sits: the runner builds an ``Observation`` (the endpoint as Databricks reports it,
 new metric windows, the outcome of the last config update, manual commands), calls
 ``rollout.engine.decide.decide(plan, state, observation, now)``, persists the returned
-``Decision`` (new state, events, alerts) in one store transaction, and only then carries out its
-``effect`` (a config PUT, blue/green preflight checks). Everything here is plain data that
-round-trips through JSON, because the state is what a restarted controller resumes from.
+``Decision`` (new state, events, alerts, notification hooks) in one store transaction, and only
+then carries out its ``effect`` (a config PUT, blue/green preflight checks, a gate hook call).
+Everything here is plain data that round-trips through JSON, because the state is what a
+restarted controller resumes from.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from rollout.metrics.model import (
     Histogram,
     UnattributableScrape,
 )
-from rollout.plan import Severity
-from rollout.vocabulary import CommandKind
+from rollout.plan import GateName, NotificationName, Severity
+from rollout.vocabulary import CommandKind, GateAnswer
 
 
 class Phase(StrEnum):
@@ -62,8 +63,9 @@ TargetPurpose = Literal[
 
 # Why a rollout is being rolled back, as a label for metrics and alert routing.
 RollbackCause = Literal[
-    "analysis", "update_failed", "preflight", "deadline", "no_data", "ab_lost", "aborted"
+    "analysis", "update_failed", "preflight", "deadline", "no_data", "ab_lost", "aborted", "gate"
 ]
+
 
 
 class Target(BaseModel):
@@ -197,6 +199,32 @@ class Folded(BaseModel):
     warm_control: Arm = Field(default_factory=Arm)
 
 
+class GateState(BaseModel):
+    """A gate the rollout is waiting at (``pre_rollout`` or ``confirm_promotion``).
+
+    Persisted with every decision, so a restarted controller goes on waiting where this one
+    stopped: a gate that said yes is in ``RolloutState.gates_passed`` and never called again;
+    a call decided but not answered (``next_call_at`` None) is simply made again.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: GateName
+    started_at: float  # the limit counts from here (the first call, or the last resume)
+    calls: int = 0  # calls decided so far, each with its own retries
+    # When the next call is due; None: now (or a call was in flight when the controller stopped).
+    next_call_at: float | None = None
+    last_answer: GateAnswer | None = None
+    last_reason: str | None = None
+    last_status: int | None = None
+    last_at: float | None = None
+    # The rollout is paused on this gate's answer: a resume asks it again, a promote
+    # goes past it on an operator's word.
+    held: bool = False
+    # confirm_promotion: why the judge would promote (the promotion's reason once it says yes).
+    promote_reason: str | None = None
+
+
 class RolloutState(BaseModel):
     """Everything the engine knows about one rollout between two ticks."""
 
@@ -260,6 +288,9 @@ class RolloutState(BaseModel):
     # Why the source of a query check cannot be asked, while it cannot (one alert per
     # outage: raised when this is set, resolved when it is cleared).
     query_outage: str | None = None
+    # The gate being waited at, if any, and the gates that said yes (never called again).
+    gate: GateState | None = None
+    gates_passed: list[GateName] = Field(default_factory=list)
 
 
 # ---- what the runner observed -------------------------------------------------------------
@@ -354,6 +385,19 @@ class Command:
 
 
 @dataclass(frozen=True)
+class GateOutcome:
+    """What the runner's call of a gate came to (``CallGate``): ``call`` is the call's number,
+    ``attempts`` the requests it took, ``status`` the last HTTP status, if any answered."""
+
+    gate: GateName
+    call: int
+    answer: GateAnswer
+    reason: str
+    status: int | None = None
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
 class Observation:
     """Inputs to one decision. ``endpoint`` is None when it could not be read this tick."""
 
@@ -375,6 +419,7 @@ class Observation:
     preflight: PreflightOutcome | None = None
     # The policy's query checks, run once per arm at this look (empty: not run).
     readings: tuple[QueryReading, ...] = ()
+    gate: GateOutcome | None = None
 
 
 # ---- what to do ---------------------------------------------------------------------------
@@ -394,7 +439,18 @@ class RunPreflight:
     schema_check: bool
 
 
-Effect = PutConfig | RunPreflight
+@dataclass(frozen=True)
+class CallGate:
+    """Call the plan's gate ``gate`` (call number ``call``) with ``summary`` and ``details``
+    in its body, and feed the answer back (``Observation.gate``)."""
+
+    gate: GateName
+    call: int
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Effect = PutConfig | RunPreflight | CallGate
 
 
 
@@ -419,6 +475,16 @@ class AlertOut:
 
 
 @dataclass(frozen=True)
+class HookOut:
+    """A notification hook to send (``post_rollout``, ``on_rollback``): written to the alert
+    outbox with the decision, so it is delivered at least once, after the decision is."""
+
+    hook: NotificationName
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Decision:
     state: RolloutState
     events: tuple[EventOut, ...] = ()
@@ -427,3 +493,4 @@ class Decision:
     # Seconds until this rollout should be looked at again; None when it is finished.
     next_check_in: float | None = None
     consumed_commands: tuple[int, ...] = ()
+    hooks: tuple[HookOut, ...] = ()

@@ -5,8 +5,10 @@ One reconcile is: read the rollout from the store; observe (GET the endpoint, sc
 export-metrics into new windows, run the policy's checks on own metrics once per arm through
 ``rollout.metrics.prometheus``, read queued commands); ``decide``; commit the decision (new
 state, events, alert-outbox rows, consumed commands) in one transaction; then carry out the
-decision's effect (PUT the config and wait until it is applied, or run the blue/green
-preflight) and feed its outcome straight back into ``decide``.
+decision's effect (PUT the config and wait until it is applied, run the blue/green
+preflight, or call a gate hook of the plan) and feed its outcome straight back into
+``decide``. The plan's notification hooks are outbox rows (channel ``hook``) of the same
+transaction, delivered by the alert dispatcher (``rollout.alerts.hooks``).
 
 Crash safety comes from that order. The intent (a ``Target``) is committed before the PUT, and
 the confirmation (the ``step_applied`` event) only after the endpoint shows the config, so a
@@ -59,16 +61,22 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
+import httpx
 import structlog
 
+from rollout.alerts.hooks import HookMessage, call_gate
+from rollout.alerts.payload import HOOK_CHANNEL
+from rollout.alerts.targets import TargetPolicy, guarded_client
 from rollout.analysis.queries import ArmReading, QueryReading, promql_duration
 from rollout.analysis.spec import Policy
 from rollout.clock import Clock
 from rollout.engine.decide import DEFAULT_TIMING, Timing, current_fold, decide, update_failure
 from rollout.engine.model import (
+    CallGate,
     Command,
     Decision,
     EndpointSnapshot,
+    GateOutcome,
     Observation,
     Phase,
     PreflightOutcome,
@@ -84,7 +92,13 @@ from rollout.metrics.model import EntityWindow
 from rollout.metrics.parse import MetricsError, parse_export_metrics
 from rollout.metrics.prometheus import OwnMetrics
 from rollout.metrics.windows import WindowTracker
-from rollout.plan import SEVERITY_ORDER, AlertChannel, AnyPlan, resolve_policy, validate_plan
+from rollout.plan import (
+    MAX_HOOK_TIMEOUT,
+    AlertChannel,
+    AnyPlan,
+    resolve_policy,
+    validate_plan,
+)
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import (
     ConfigMismatch,
@@ -102,6 +116,7 @@ from rollout.store.model import (
     COMMAND_KINDS,
     CommandKind,
     NewAlert,
+    NewAliasMove,
     NewEvent,
     RolloutRecord,
     StepSummary,
@@ -174,7 +189,7 @@ def stored_plan(plan: AnyPlan, policy: Policy) -> dict[str, Any]:
 
 
 def load_stored_plan(data: dict[str, Any]) -> tuple[AnyPlan, Policy]:
-    plan = validate_plan(data)
+    plan = validate_plan(data, stored=True)
     return plan, resolve_policy(plan)
 
 
@@ -252,9 +267,16 @@ class _Kept:
 
 
 def new_rollout(
-    plan: AnyPlan, policy: Policy, now: float, rollout_id: str | None = None
+    plan: AnyPlan,
+    policy: Policy,
+    now: float,
+    rollout_id: str | None = None,
+    *,
+    origin: str | None = None,
 ) -> tuple[RolloutRecord, NewEvent]:
-    """The record and first event of a newly submitted rollout, in ``pending``."""
+    """The record and first event of a newly submitted rollout, in ``pending``. ``origin``
+    says who started it when not a person (an alias watch); the event names a candidate
+    given by alias with the version it was resolved to."""
     record = RolloutRecord(
         id=rollout_id or uuid.uuid4().hex[:12],
         endpoint=plan.endpoint,
@@ -270,11 +292,34 @@ def new_rollout(
         kind="submitted",
         from_phase=None,
         to_phase=Phase.PENDING.value,
-        reason=f"{plan.strategy} plan for {plan.endpoint} with policy {policy.name}",
-        data={"candidate": plan.candidate.served_name},
+        reason=f"{plan.strategy} plan for {plan.endpoint} with policy {policy.name}"
+        + (f"; candidate {plan.candidate.describe()}" if plan.candidate.alias else "")
+        + (f" ({origin})" if origin else ""),
+        data={"candidate": plan.candidate.served_name} | _alias_data(plan),
         at=now,
     )
     return record, event
+
+
+def _alias_data(plan: AnyPlan) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if plan.candidate.alias is not None:
+        data["candidate_alias"] = f"{plan.candidate.entity_name}@{plan.candidate.alias}"
+        data["candidate_version"] = plan.candidate.entity_version
+    if plan.on_success is not None and plan.on_success.set_alias is not None:
+        data["on_success_set_alias"] = plan.on_success.set_alias
+    return data
+
+
+def alias_move_of(plan: AnyPlan) -> NewAliasMove | None:
+    """The alias a promotion of ``plan`` moves (``on_success.set_alias``), kept with the
+    rollout from its creation."""
+    if plan.on_success is None or plan.on_success.set_alias is None:
+        return None
+    version = plan.candidate.entity_version
+    if version is None:
+        raise ValueError(f"{plan.candidate.describe()}: the candidate's version is not known")
+    return NewAliasMove(plan.candidate.entity_name, plan.on_success.set_alias, version)
 
 
 @dataclass(frozen=True)
@@ -299,6 +344,8 @@ class Runner:
         ownership: Owner | None = None,
         dedup_horizon: float = DEFAULT_DEDUP_HORIZON,
         own_metrics: OwnMetrics | None = None,
+        hook_http: httpx.AsyncClient | None = None,
+        hook_targets: TargetPolicy | None = None,
     ) -> None:
         if not dedup_horizon > 0:
             raise ValueError(f"dedup_horizon must be positive seconds, got {dedup_horizon!r}")
@@ -311,8 +358,20 @@ class Runner:
         self.timing = timing
         self.default_channels = list(default_channels)
         self.observer = observer
+        # Gate hooks go where alerts may go (``hook_targets``, checked before every call),
+        # through a client that connects only to checked addresses; one is made on the first
+        # gate call when none is given (``aclose`` closes it then).
+        self.hook_targets = hook_targets if hook_targets is not None else TargetPolicy()
+        self._hook_http = hook_http
+        self._own_hook_http = False
         self._locks: dict[str, asyncio.Lock] = {}
         self._kept: dict[str, _Kept] = {}
+
+    async def aclose(self) -> None:
+        """Close what the runner opened itself (the gate hooks' HTTP client)."""
+        if self._own_hook_http and self._hook_http is not None:
+            await self._hook_http.aclose()
+            self._hook_http, self._own_hook_http = None, False
 
     # ---- submission ---------------------------------------------------------------------
 
@@ -323,7 +382,10 @@ class Runner:
         record, event = new_rollout(plan, policy, self.clock.now(), rollout_id)
         summary = summary_of(plan, RolloutState.model_validate(record.state))
         return await asyncio.to_thread(
-            functools.partial(self.store.create, record, event, [], summary=summary)
+            functools.partial(
+                self.store.create, record, event, [], summary=summary,
+                alias_move=alias_move_of(plan),
+            )
         )
 
     # ---- one reconcile ------------------------------------------------------------------
@@ -480,7 +542,7 @@ class Runner:
         rows = []
         for alert in decision.alerts:
             for index, channel in enumerate(self._channels(plan)):
-                if SEVERITY_ORDER[alert.severity] < SEVERITY_ORDER[channel.severity]:
+                if not channel.takes(alert.severity, alert.event):
                     continue
                 rows.append(
                     NewAlert(
@@ -500,6 +562,29 @@ class Runner:
                         },
                     )
                 )
+        for note in decision.hooks:
+            hook = plan.hooks.notification(note.hook)
+            if hook is None:  # pragma: no cover - decide names only the plan's hooks
+                continue
+            rows.append(
+                NewAlert(
+                    # Each notification happens once per rollout: its name is its key.
+                    dedup_key=f"{record.id}:{note.hook}",
+                    channel=HOOK_CHANNEL,
+                    payload={
+                        "rollout": record.id,
+                        "endpoint": record.endpoint,
+                        "candidate": plan.candidate.served_name,
+                        "baseline": state.baseline,
+                        "event": note.hook,
+                        "severity": "info",
+                        "summary": note.summary,
+                        "phase": state.phase.value,
+                        "details": note.details,
+                        "channel": hook.model_dump(mode="json"),
+                    },
+                )
+            )
         return rows
 
     # ---- observing ----------------------------------------------------------------------
@@ -617,7 +702,52 @@ class Runner:
             return await self._apply(plan, effect.target)
         if isinstance(effect, RunPreflight):
             return await self._preflight(plan.endpoint, effect)
+        if isinstance(effect, CallGate):
+            return await self._call_gate(rollout_id, plan, decision.state, effect)
         return Observation()  # pragma: no cover - decide returns only these effects
+
+    async def _call_gate(
+        self, rollout_id: str, plan: AnyPlan, state: RolloutState, effect: CallGate
+    ) -> Observation:
+        """Ask the plan's gate, then read the endpoint: ``decide`` gets the answer with it."""
+        hook = plan.hooks.gate(effect.gate)
+        if hook is None:  # pragma: no cover - decide calls only the plan's gates
+            raise ValueError(f"the plan has no {effect.gate} hook")
+        baseline = state.baseline or effect.details.get("baseline")
+        message = HookMessage(
+            id=f"{rollout_id}:{effect.gate}:{effect.call}",
+            hook=effect.gate,
+            rollout=rollout_id,
+            endpoint=plan.endpoint,
+            candidate=plan.candidate.served_name,
+            baseline=None if baseline is None else str(baseline),
+            phase=state.phase.value,
+            summary=effect.summary,
+            details=effect.details,
+            occurred_at=self.clock.now(),
+        )
+        if self._hook_http is None:
+            self._hook_http = guarded_client(self.hook_targets, timeout=MAX_HOOK_TIMEOUT)
+            self._own_hook_http = True
+        reply = await call_gate(
+            self._hook_http, self.hook_targets, hook, message, clock=self.clock
+        )
+        log.info(
+            "rollout.gate",
+            rollout=rollout_id,
+            endpoint=plan.endpoint,
+            gate=effect.gate,
+            call=effect.call,
+            answer=reply.answer,
+            status=reply.status,
+            attempts=reply.attempts,
+            reason=reply.reason,
+        )
+        outcome = GateOutcome(
+            effect.gate, effect.call, reply.answer, reply.reason, reply.status, reply.attempts
+        )
+        observation = await self._read_endpoint(plan.endpoint)
+        return replace(observation, gate=outcome)
 
     async def _apply(self, plan: AnyPlan, target: Target) -> Observation:
         endpoint = plan.endpoint

@@ -1,12 +1,13 @@
 """The engine as a process: store, serving client, runner and reconcile loop, wired from Settings.
 
-Where this sits: ``rollout engine`` calls ``run_engine``; it builds every I/O handle from the
-settings, runs the reconcile loop, and on SIGTERM/SIGINT stops taking work, lets the
-reconciles in flight finish and releases its leases before closing the client and the store.
-It takes part in rollout ownership like a ``rollout serve`` replica (``rollout.engine
-.ownership``): beside other controllers on PostgreSQL it drives only its share, and on SQLite
-it refuses to start while another process drives the same file. If the loop dies the
-process ends with the loop's error.
+Where this sits: ``rollout engine`` calls ``run_engine`` (and ``rollout watch-alias`` calls
+``run_alias_watch``, the alias watcher alone: ``rollout.engine.aliases``); it builds every
+I/O handle from the settings, runs the reconcile loop, and on SIGTERM/SIGINT stops taking
+work, lets the reconciles in flight finish and releases its leases before closing the
+client and the store. It takes part in rollout ownership like a ``rollout serve`` replica
+(``rollout.engine.ownership``): beside other controllers on PostgreSQL it drives only its
+share, and on SQLite it refuses to start while another process drives the same file. If the
+loop dies the process ends with the loop's error.
 """
 
 from __future__ import annotations
@@ -14,22 +15,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
+from rollout.alerts.dispatcher import target_policy
 from rollout.clock import Clock, SystemClock
+from rollout.engine.aliases import AliasWatch, AliasWatcher, WatchOutcome
 from rollout.engine.decide import Timing
 from rollout.engine.model import TERMINAL_PHASES, Phase
 from rollout.engine.ownership import Owner, new_holder_id
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
 from rollout.errors import ConfigurationProblem, with_sign_in_help
+from rollout.health import WorkspaceWatch
 from rollout.metrics.prometheus import OwnMetrics
 from rollout.plan import AlertChannel
+from rollout.policies import PolicyLibrary
 from rollout.serving.client import ServingClient
 from rollout.serving.errors import ServingError
-from rollout.settings import EngineSettings, Settings, lease_problem
+from rollout.settings import AliasWatchSetting, EngineSettings, Settings, lease_problem
 from rollout.store.base import Store
 from rollout.store.errors import StoreError
 from rollout.store.factory import open_store
@@ -91,17 +96,30 @@ async def run_engine(
     """Reconcile every active rollout until SIGTERM/SIGINT (or, ``until_idle``, none is left).
 
     Alerts go to the outbox with the plan's channels and ``default_channels`` (the caller
-    parses ``ROLLOUT_ALERTS_CHANNELS``), as under ``rollout serve``; this process does not
-    deliver them: a ``rollout serve`` on the same store does.
+    parses ``ROLLOUT_ALERTS_CHANNELS``), as under ``rollout serve``, the workspace-outage
+    alert included (``rollout.health.WorkspaceWatch``); this process does not deliver them:
+    a ``rollout serve`` on the same store does.
     """
     configure_logging(settings.log)
     problem = lease_problem(settings)
     if problem is not None:
         raise ConfigurationProblem(problem)
     clock = SystemClock()
+    try:
+        targets = target_policy(settings.alerts)
+    except ValueError as exc:
+        raise ConfigurationProblem(f"alert settings: {exc}") from exc
+    watch: WorkspaceWatch | None = None
+
+    def on_response(call: str, status: int | None, seconds: float) -> None:
+        if watch is not None:
+            watch.on_response(call, status, seconds)
+
     # Credentials first: nothing is created (no store file) for a process that cannot sign in.
     try:
-        client = ServingClient.from_settings(settings.databricks, settings.serving, clock=clock)
+        client = ServingClient.from_settings(
+            settings.databricks, settings.serving, clock=clock, on_response=on_response
+        )
     except ServingError as exc:
         raise ConfigurationProblem(with_sign_in_help(str(exc))) from exc
     try:
@@ -110,6 +128,15 @@ async def run_engine(
         await client.aclose()
         raise
     own_metrics = OwnMetrics(settings.prometheus)
+    # A workspace that stops answering raises one alert here too: a deployment of engines
+    # beside an API-only ``serve`` must not go silent (the serve process delivers it).
+    watch = WorkspaceWatch(
+        store,
+        clock,
+        workspace=client.host,
+        outage_after=settings.alerts.workspace_outage_after,
+        channels=default_channels,
+    )
     runner = Runner(
         store,
         client,
@@ -118,6 +145,8 @@ async def run_engine(
         default_channels=default_channels,
         ownership=ownership,
         own_metrics=own_metrics,
+        # Gate hooks go where alerts may go (the runner makes its pinned client).
+        hook_targets=targets,
     )
     reconciler = Reconciler(
         runner,
@@ -134,24 +163,95 @@ async def run_engine(
     loop_task = asyncio.create_task(reconciler.run(stop), name="reconcile")
     log.info("engine.started", store=settings.store.url.split("@")[-1], holder=ownership.holder)
     try:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=settings.engine.scan_interval)
-            if loop_task.done() and not stop.is_set():
-                # The loop died: end with its error (or say it stopped by itself).
-                loop_task.result()
-                raise RuntimeError("the reconcile loop stopped by itself")
-            if until_idle:
-                active = await asyncio.to_thread(store.list, None, ACTIVE_PHASES, 1)
-                if not active and not reconciler.in_flight:
-                    break
+        await _supervise(loop_task, stop, store, reconciler,
+                         every=settings.engine.scan_interval, until_idle=until_idle)
     finally:
         log.info("engine.stopping", in_flight=reconciler.in_flight)
         stop.set()
         await reconciler.stop(grace=settings.engine.update_poll * 12)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await loop_task
+        await watch.drain()
+        await runner.aclose()
         await client.aclose()
         await own_metrics.aclose()
         store.close()
         log.info("engine.stopped")
+
+
+async def _supervise(
+    loop_task: asyncio.Task[None],
+    stop: asyncio.Event,
+    store: Store,
+    reconciler: Reconciler,
+    *,
+    every: float,
+    until_idle: bool,
+) -> None:
+    """Wait for a stop signal, the reconcile loop's death (raised), or (``until_idle``) no
+    rollout left to drive."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)
+        if loop_task.done() and not stop.is_set():
+            # The loop died: end with its error (or say it stopped by itself).
+            loop_task.result()
+            raise RuntimeError("the reconcile loop stopped by itself")
+        if until_idle:
+            active = await asyncio.to_thread(store.list, None, ACTIVE_PHASES, 1)
+            if not active and not reconciler.in_flight:
+                return
+
+
+async def run_alias_watch(
+    settings: Settings,
+    watch: AliasWatchSetting,
+    *,
+    once: bool = False,
+    on_pass: Callable[[WatchOutcome], None] | None = None,
+) -> WatchOutcome | None:
+    """Watch one alias until SIGTERM/SIGINT (``once``: look once and return what it came to).
+
+    Rollouts it starts are stored in ``pending``; a controller on the same store
+    (``rollout serve`` or ``rollout engine``) drives them. Any number of watchers may share
+    the store: each alias move starts one rollout.
+    """
+    configure_logging(settings.log)
+    clock = SystemClock()
+    try:
+        library = PolicyLibrary.from_path_list(settings.engine.policy_dirs)
+    except ValueError as exc:
+        raise ConfigurationProblem(str(exc)) from exc
+    watched = AliasWatch.from_setting(watch, library)
+    try:
+        client = ServingClient.from_settings(settings.databricks, settings.serving, clock=clock)
+    except ServingError as exc:
+        raise ConfigurationProblem(with_sign_in_help(str(exc))) from exc
+    try:
+        store = open_store(settings.store.url)
+        store.migrate()
+    except (StoreError, ValueError) as exc:
+        await client.aclose()
+        raise ConfigurationProblem(f"the store is unusable: {exc}") from exc
+    watcher = AliasWatcher(
+        store, client, clock, [watched], library=library,
+        poll_interval=settings.aliases.poll_interval,
+    )
+    log.info("aliases.watching", watch=watched.key, interval=watcher.poll_interval)
+    try:
+        if once:
+            return await watcher.check(watched)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        while not stop.is_set():
+            outcome = await watcher.check(watched)
+            if on_pass is not None:
+                on_pass(outcome)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=watcher.poll_interval)
+        return None
+    finally:
+        await client.aclose()
+        store.close()

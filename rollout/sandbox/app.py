@@ -191,6 +191,7 @@ def create_app(workspace: Workspace) -> FastAPI:
     _register_admin_auth(app, workspace)
     _register_config_log(app, workspace)
     _register_realism(app, workspace)
+    _register_registry(app, workspace)
     return app
 
 
@@ -699,3 +700,55 @@ def _client_credentials(
     ids = form.get("client_id") or []
     secrets_ = form.get("client_secret") or []
     return (ids[0] if ids else None), (secrets_[0] if secrets_ else None)
+
+
+UC_MODELS = "/api/2.1/unity-catalog/models"
+
+
+def _register_registry(app: FastAPI, ws: Workspace) -> None:
+    """Unity Catalog registered models: aliases (``rollout.sandbox.registry``), and the admin
+    calls that register a version and move an alias without a token."""
+
+    @app.get(UC_MODELS + "/{full_name}")
+    async def get_registered_model(request: Request, full_name: str) -> Response:
+        _authorize(ws, request, "CAN_VIEW", "read a registered model")
+        include = request.query_params.get("include_aliases", "false").lower() == "true"
+        return JSONResponse(ws.registry.get_model(full_name, include_aliases=include))
+
+    @app.get(UC_MODELS + "/{full_name}/aliases/{alias}")
+    async def get_by_alias(request: Request, full_name: str, alias: str) -> Response:
+        _authorize(ws, request, "CAN_VIEW", "read a registered model")
+        return JSONResponse(ws.registry.get_by_alias(full_name, alias))
+
+    @app.put(UC_MODELS + "/{full_name}/aliases/{alias}")
+    async def set_alias(request: Request, full_name: str, alias: str) -> Response:
+        _authorize(ws, request, "CAN_MANAGE", "set a registered model's alias")
+        body = await json_body(request)
+        if "version_num" not in body:
+            raise invalid("Missing required field: version_num")
+        return JSONResponse(ws.registry.set_alias(full_name, alias, body["version_num"]))
+
+    @app.delete(UC_MODELS + "/{full_name}/aliases/{alias}")
+    async def delete_alias(request: Request, full_name: str, alias: str) -> Response:
+        _authorize(ws, request, "CAN_MANAGE", "delete a registered model's alias")
+        ws.registry.delete_alias(full_name, alias)
+        return JSONResponse({})
+
+    @app.post(ADMIN_PREFIX + "/models/{full_name}/versions")
+    async def admin_create_version(request: Request, full_name: str) -> Response:
+        body = await json_body(request, required=False)
+        aliases = body.get("aliases", [])
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise invalid("'aliases' must be a list of alias names")
+        return JSONResponse(
+            ws.registry.create_version(full_name, round(ws.now() * 1000), aliases)
+        )
+
+    @app.put(ADMIN_PREFIX + "/models/{full_name}/aliases/{alias}")
+    async def admin_move_alias(request: Request, full_name: str, alias: str) -> Response:
+        body = await json_body(request)
+        return JSONResponse(ws.registry.set_alias(full_name, alias, body.get("version")))
+
+    @app.get(ADMIN_PREFIX + "/models/{full_name}")
+    async def admin_view_model(full_name: str) -> Response:
+        return JSONResponse(ws.registry.view(full_name))

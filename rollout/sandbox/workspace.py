@@ -55,6 +55,7 @@ from rollout.sandbox.realism import (
     window_conditions,
     window_environment,
 )
+from rollout.sandbox.registry import ModelRegistry
 from rollout.sandbox.traffic import (
     EntityGauges,
     ExportBlock,
@@ -280,6 +281,7 @@ class Workspace:
             client_id: OAuthClient(client_id, client_secret, lifetime, "CAN_MANAGE")
         }
         self.faults: list[Fault] = []
+        self.registry = ModelRegistry()
         self.stats = Stats()
         # The last REQUEST_LOG_SIZE API requests (admin calls excluded), oldest first.
         self.request_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)

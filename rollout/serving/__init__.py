@@ -2,7 +2,8 @@
 
 Where this sits in a rollout: the runner applies each engine decision through
 ``ServingClient``: it PUTs the next ``ConfigSpec``, waits for the update to settle and verifies
-the live split (``wait_until_applied``), and scrapes ``export_metrics`` for the judges. Nothing
+the live split (``wait_until_applied``), and scrapes ``export_metrics`` for the judges; the
+API and the alias watcher read and move Unity Catalog model aliases through it. Nothing
 outside this package talks to the serving-endpoints API, and nothing raised from it is anything
 but a ``ServingError``.
 """
@@ -44,8 +45,11 @@ from rollout.serving.models import (
     EndpointState,
     EndpointSummary,
     InvocationResult,
+    ModelAlias,
+    ModelVersionInfo,
     PendingConfig,
     Ready,
+    RegisteredModelInfo,
     Route,
     ServedEntity,
     ServedEntityState,
@@ -74,6 +78,8 @@ __all__ = [
     "InvalidRequest",
     "InvocationResult",
     "MalformedResponse",
+    "ModelAlias",
+    "ModelVersionInfo",
     "NotFound",
     "OAuthM2MAuth",
     "PatAuth",
@@ -81,6 +87,7 @@ __all__ = [
     "PermissionDenied",
     "RateLimited",
     "Ready",
+    "RegisteredModelInfo",
     "ResponseHook",
     "RetryPolicy",
     "Route",

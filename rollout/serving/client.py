@@ -61,7 +61,10 @@ from rollout.serving.models import (
     Endpoint,
     EndpointSummary,
     InvocationResult,
+    ModelAlias,
+    ModelVersionInfo,
     Ready,
+    RegisteredModelInfo,
     Tag,
     positive_split,
     traffic_split,
@@ -78,6 +81,7 @@ M = TypeVar("M", bound=BaseModel)
 ResponseHook = Callable[[str, int | None, float], None]
 
 API = "/api/2.0/serving-endpoints"
+UC_MODELS = "/api/2.1/unity-catalog/models"
 
 TagsArg = Mapping[str, str] | Iterable[Tag] | None
 
@@ -513,6 +517,50 @@ class ServingClient:
                 endpoint=name,
                 call=call,
             ) from exc
+
+    # --- Unity Catalog registered models: aliases ------------------------------------------
+    # Same auth, retry policy and error tree as the serving calls; ``endpoint`` in an error
+    # is None (they name a model, not an endpoint) and the message says which model.
+
+    async def get_model_version_by_alias(self, full_name: str, alias: str) -> ModelVersionInfo:
+        """The version ``full_name@alias`` names (``ModelVersionsAPI.get_by_alias``);
+        ``NotFound`` when the model or the alias does not exist."""
+        call = "get_model_version_by_alias"
+        path = f"{UC_MODELS}/{_q(full_name)}/aliases/{_q(alias)}"
+        response = await self._request(call, "GET", path, endpoint=None)
+        data = self._json(response, call, None)
+        return self._validate(ModelVersionInfo, data, call, None, response.status_code)
+
+    async def get_registered_model(self, full_name: str) -> RegisteredModelInfo:
+        """The registered model with its aliases (``RegisteredModelsAPI.get`` with
+        ``include_aliases``); ``NotFound`` when it does not exist."""
+        call = "get_registered_model"
+        path = f"{UC_MODELS}/{_q(full_name)}?include_aliases=true"
+        response = await self._request(call, "GET", path, endpoint=None)
+        data = self._json(response, call, None)
+        return self._validate(RegisteredModelInfo, data, call, None, response.status_code)
+
+    async def set_alias(self, full_name: str, alias: str, version: str) -> ModelAlias:
+        """Point ``full_name@alias`` at ``version`` (``RegisteredModelsAPI.set_alias``):
+        idempotent, so a retry after a lost answer is harmless."""
+        call = "set_alias"
+        try:
+            number = int(version)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"version {version!r} of {full_name} is not a number", call=call
+            ) from exc
+        path = f"{UC_MODELS}/{_q(full_name)}/aliases/{_q(alias)}"
+        body = {"full_name": full_name, "alias": alias, "version_num": number}
+        response = await self._request(call, "PUT", path, endpoint=None, body=body)
+        data = self._json(response, call, None)
+        return self._validate(ModelAlias, data, call, None, response.status_code)
+
+    async def delete_alias(self, full_name: str, alias: str) -> None:
+        """Remove ``full_name@alias`` (``RegisteredModelsAPI.delete_alias``)."""
+        call = "delete_alias"
+        path = f"{UC_MODELS}/{_q(full_name)}/aliases/{_q(alias)}"
+        await self._request(call, "DELETE", path, endpoint=None)
 
     async def build_logs(self, name: str, served_model: str) -> str:
         call = "build_logs"

@@ -1,5 +1,9 @@
 """Every way a call to the serving-endpoints API can fail, as one exception tree.
 
+The client's Unity Catalog registered-model calls (aliases: ``get_model_version_by_alias``,
+``get_registered_model``, ``set_alias``, ``delete_alias``) fail the same ways, through the same
+tree (an unknown model, alias or version is ``NotFound``; ``endpoint`` is then None).
+
 Where this sits in a rollout: the runner asks the serving client to PUT a config, wait for it,
 and scrape export-metrics. Whatever goes wrong on the way (the network, the workspace, the
 update itself, or a human who changed the endpoint by hand) reaches the runner as one of the

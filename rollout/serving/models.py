@@ -448,3 +448,41 @@ class ConfigSpec(_Model):
 def positive_split(split: Mapping[str, int]) -> dict[str, int]:
     """A split without its zero routes: 0 % and no route at all route the same traffic."""
     return _positive(split)
+
+
+# ---- Unity Catalog registered models (aliases) --------------------------------------------
+
+
+class ModelAlias(_Model):
+    """One alias of a registered model: ``RegisteredModelAlias`` of the SDK's catalog service
+    (``alias_name``, ``version_num``; ``version_number`` is read too)."""
+
+    alias_name: str
+    version_num: str | None = Field(
+        default=None, validation_alias=AliasChoices("version_num", "version_number")
+    )
+
+
+class ModelVersionInfo(_Model):
+    """A model version as ``GET .../aliases/{alias}`` answers it (the SDK's
+    ``ModelVersionInfo``); only what the controller reads."""
+
+    model_name: str | None = None
+    catalog_name: str | None = None
+    schema_name: str | None = None
+    version: str
+    status: str | None = None
+    aliases: list[ModelAlias] = Field(default_factory=list)
+
+
+class RegisteredModelInfo(_Model):
+    """A registered model as ``GET /api/2.1/unity-catalog/models/{full_name}`` answers it,
+    with its aliases when asked (``include_aliases=true``)."""
+
+    full_name: str | None = None
+    name: str | None = None
+    aliases: list[ModelAlias] = Field(default_factory=list)
+
+    def alias_version(self, alias: str) -> str | None:
+        """The version ``alias`` names, or None when the model has no such alias."""
+        return next((a.version_num for a in self.aliases if a.alias_name == alias), None)

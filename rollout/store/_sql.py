@@ -30,6 +30,7 @@ from rollout.store.base import WRITE_PROBE_LEASE, Store
 from rollout.store.errors import (
     ActiveRolloutExists,
     AlertNotFound,
+    AliasMoveTaken,
     DuplicateRollout,
     LeaseLost,
     RolloutNotFound,
@@ -44,6 +45,8 @@ from rollout.store.model import (
     PHASES,
     SUMMARY_REASON_CHARS,
     TERMINAL,
+    AliasMove,
+    AliasTrigger,
     ArmSummary,
     Command,
     EventRecord,
@@ -51,6 +54,7 @@ from rollout.store.model import (
     JsonObject,
     LeaseInfo,
     NewAlert,
+    NewAliasMove,
     NewEvent,
     OutboxAlert,
     Ownership,
@@ -70,6 +74,7 @@ Row = tuple[Any, ...]
 # or constraint name; SQLite reports "table.column", mapped by rollout.store.sqlite).
 ACTIVE_PER_ENDPOINT: Final = "rollouts_one_active_per_endpoint"
 ROLLOUT_PKEY: Final = "rollouts_pkey"
+ALIAS_TRIGGER_PKEY: Final = "alias_triggers_pkey"
 
 
 class UniqueViolationError(StoreError):
@@ -408,6 +413,50 @@ UPDATE outbox SET last_error = :error, next_attempt_at = :next_attempt_at
 WHERE id = :id AND delivered_at IS NULL
 """
 _ALERT_EXISTS: Final = "SELECT 1 FROM outbox WHERE id = :id"
+
+_INSERT_ALIAS_TRIGGER: Final = """
+INSERT INTO alias_triggers (watch, version, rollout_id, seen_at)
+VALUES (:watch, :version, :rollout_id, :seen_at)
+"""
+_RECORD_ALIAS_SEEN: Final = """
+INSERT INTO alias_triggers (watch, version, rollout_id, seen_at)
+VALUES (:watch, :version, :rollout_id, :seen_at)
+ON CONFLICT (watch, version) DO NOTHING
+"""
+_GET_ALIAS_TRIGGER: Final = """
+SELECT watch, version, rollout_id, seen_at FROM alias_triggers
+WHERE watch = :watch AND version = :version
+"""
+_INSERT_ALIAS_MOVE: Final = """
+INSERT INTO alias_moves (rollout_id, model, alias, version, attempts, next_attempt_at)
+VALUES (:rollout_id, :model, :alias, :version, 0, :created_at)
+"""
+# Only moves whose rollout ended promoted are due; the others wait (and a rollout that ends
+# otherwise never makes its move due). The outer conditions are checked again on the locked
+# row (PostgreSQL re-reads a row another claimer updated), so two claimers never both take it.
+_CLAIM_ALIAS_MOVES: Final = """
+UPDATE alias_moves
+SET attempts = attempts + 1, next_attempt_at = :lease_until
+WHERE done_at IS NULL AND next_attempt_at <= :now AND rollout_id IN (
+    SELECT m.rollout_id FROM alias_moves m JOIN rollouts r ON r.id = m.rollout_id
+    WHERE m.done_at IS NULL AND m.next_attempt_at <= :now AND r.phase = 'succeeded'
+    ORDER BY m.next_attempt_at, m.rollout_id
+    LIMIT :limit
+)
+RETURNING rollout_id, model, alias, version, attempts, next_attempt_at, done_at, last_error
+"""
+_GET_ALIAS_MOVE: Final = """
+SELECT rollout_id, model, alias, version, attempts, next_attempt_at, done_at, last_error
+FROM alias_moves WHERE rollout_id = :id
+"""
+_ALIAS_MOVED: Final = """
+UPDATE alias_moves SET done_at = :at, last_error = NULL
+WHERE rollout_id = :id AND done_at IS NULL
+"""
+_ALIAS_MOVE_FAILED: Final = """
+UPDATE alias_moves SET last_error = :error, next_attempt_at = :next_attempt_at
+WHERE rollout_id = :id AND done_at IS NULL
+"""
 _PENDING_ALERTS: Final = "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL"
 
 # INSERT ... SELECT from rollouts: an unknown rollout inserts nothing, in one statement.
@@ -543,6 +592,28 @@ def dump_json(value: object, what: str) -> str:
 def _entity_key(entity: str | None) -> str:
     # Endpoint totals (no entity label) are kept under '': key columns cannot be NULL.
     return "" if entity is None else entity
+
+
+def _trigger_params(trigger: AliasTrigger, rollout_id: str | None) -> dict[str, object]:
+    return {
+        "watch": trigger.watch,
+        "version": trigger.version,
+        "rollout_id": rollout_id,
+        "seen_at": trigger.at,
+    }
+
+
+def _alias_move(row: Row) -> AliasMove:
+    return AliasMove(
+        rollout_id=str(row[0]),
+        model=str(row[1]),
+        alias=str(row[2]),
+        version=str(row[3]),
+        attempts=int(row[4]),
+        next_attempt_at=float(row[5]),
+        done_at=_num(row[6]),
+        last_error=_text(row[7]),
+    )
 
 
 def _summary_params(summary: SummaryFields | None) -> dict[str, object]:
@@ -823,6 +894,8 @@ class SqlStore(Store, ABC):
         alerts: Sequence[NewAlert],
         *,
         summary: SummaryFields | None = None,
+        trigger: AliasTrigger | None = None,
+        alias_move: NewAliasMove | None = None,
     ) -> RolloutRecord:
         _check_phase(record.phase)
         for value, what in (
@@ -850,9 +923,24 @@ class SqlStore(Store, ABC):
                 tx.run(_INSERT_EVENT, {**event_params, "seq": 1})
                 for params in alert_params:
                     tx.run(_INSERT_ALERT, {**params, "event_seq": 1})
+                if trigger is not None:
+                    tx.run(_INSERT_ALIAS_TRIGGER, _trigger_params(trigger, record.id))
+                if alias_move is not None:
+                    tx.run(
+                        _INSERT_ALIAS_MOVE,
+                        {
+                            "rollout_id": record.id,
+                            "model": alias_move.model,
+                            "alias": alias_move.alias,
+                            "version": alias_move.version,
+                            "created_at": record.created_at,
+                        },
+                    )
         except UniqueViolationError as exc:
             if exc.constraint == ROLLOUT_PKEY:
                 raise DuplicateRollout(record.id) from exc
+            if exc.constraint == ALIAS_TRIGGER_PKEY and trigger is not None:
+                raise AliasMoveTaken(trigger.watch, trigger.version) from exc
             if exc.constraint == ACTIVE_PER_ENDPOINT:
                 active_id = self._active_id(record.endpoint)
                 raise ActiveRolloutExists(record.endpoint, active_id) from exc
@@ -1190,6 +1278,50 @@ class SqlStore(Store, ABC):
     def pending_alert_count(self) -> int:
         with self._tx(write=False) as tx:
             return int(tx.rows(_PENDING_ALERTS)[0][0])
+
+    # --- alias watches and moves -------------------------------------------------------------
+
+    def record_alias_seen(self, trigger: AliasTrigger) -> bool:
+        _check_time(trigger.at, "at")
+        with self._tx(write=True) as tx:
+            return tx.run(_RECORD_ALIAS_SEEN, _trigger_params(trigger, trigger.rollout_id)) == 1
+
+    def alias_trigger(self, watch: str, version: str) -> AliasTrigger | None:
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_GET_ALIAS_TRIGGER, {"watch": watch, "version": version})
+        if not rows:
+            return None
+        row = rows[0]
+        return AliasTrigger(str(row[0]), str(row[1]), _text(row[2]), float(row[3]))
+
+    def claim_alias_moves(
+        self, now: float, limit: int, lease_seconds: float
+    ) -> builtins.list[AliasMove]:
+        _check_time(now, "now")
+        _check_limit(limit)
+        _check_positive(lease_seconds, "lease_seconds")
+        with self._tx(write=True) as tx:
+            rows = tx.rows(
+                _CLAIM_ALIAS_MOVES,
+                {"now": now, "limit": limit, "lease_until": now + lease_seconds},
+            )
+        return sorted((_alias_move(row) for row in rows), key=lambda m: m.rollout_id)
+
+    def alias_move(self, rollout_id: str) -> AliasMove | None:
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_GET_ALIAS_MOVE, {"id": rollout_id})
+        return _alias_move(rows[0]) if rows else None
+
+    def mark_alias_moved(self, rollout_id: str, at: float) -> None:
+        _check_time(at, "at")
+        with self._tx(write=True) as tx:
+            tx.run(_ALIAS_MOVED, {"id": rollout_id, "at": at})
+
+    def mark_alias_move_failed(self, rollout_id: str, error: str, next_attempt_at: float) -> None:
+        _check_time(next_attempt_at, "next_attempt_at")
+        params = {"id": rollout_id, "error": error, "next_attempt_at": next_attempt_at}
+        with self._tx(write=True) as tx:
+            tx.run(_ALIAS_MOVE_FAILED, params)
 
     # --- leases ------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from typing import Protocol
 from rollout.store.errors import (
     ActiveRolloutExists,
     AlertNotFound,
+    AliasMoveTaken,
     DuplicateRollout,
     LeaseLost,
     RolloutNotFound,
@@ -41,12 +42,15 @@ from rollout.store.errors import (
     StoreUnavailable,
 )
 from rollout.store.model import (
+    AliasMove,
+    AliasTrigger,
     Command,
     EventRecord,
     Fence,
     JsonObject,
     LeaseInfo,
     NewAlert,
+    NewAliasMove,
     NewEvent,
     OutboxAlert,
     Ownership,
@@ -66,6 +70,7 @@ __all__ = [
     "WRITE_PROBE_LEASE",
     "ActiveRolloutExists",
     "AlertNotFound",
+    "AliasMoveTaken",
     "DuplicateRollout",
     "LeaseLost",
     "RolloutNotFound",
@@ -106,10 +111,16 @@ class Store(Protocol):
         alerts: Sequence[NewAlert],
         *,
         summary: SummaryFields | None = None,
+        trigger: AliasTrigger | None = None,
+        alias_move: NewAliasMove | None = None,
     ) -> RolloutRecord:
         """Insert a new rollout with its first event (seq 1) and that event's alerts.
 
         ``summary`` fills the columns ``list_summaries`` reads (empty values without it).
+        ``trigger``: an alias watch's record of the version this rollout is started for,
+        written in the same transaction (its ``rollout_id`` is taken from ``record``):
+        ``AliasMoveTaken`` when the watch recorded that version already. ``alias_move``: the
+        alias to move once this rollout is ``succeeded`` (``claim_alias_moves``).
         The stored rollout starts at version 1 whatever ``record.version`` says. Raises
         ``DuplicateRollout`` if the id exists and ``ActiveRolloutExists`` if the record is
         non-terminal and another non-terminal rollout holds the endpoint (enforced by the
@@ -271,6 +282,35 @@ class Store(Protocol):
 
     def pending_alert_count(self) -> int:
         """How many alerts are not delivered yet (the outbox backlog)."""
+        ...
+
+    def record_alias_seen(self, trigger: AliasTrigger) -> bool:
+        """Record that an alias watch saw ``trigger.version`` without starting a rollout for
+        it (or with one started elsewhere); False when the watch had recorded it already."""
+        ...
+
+    def alias_trigger(self, watch: str, version: str) -> AliasTrigger | None:
+        """The watch's record of ``version``, or None when it never recorded it."""
+        ...
+
+    def claim_alias_moves(
+        self, now: float, limit: int, lease_seconds: float
+    ) -> builtins.list[AliasMove]:
+        """Take up to ``limit`` due alias moves of ``succeeded`` rollouts for
+        ``lease_seconds``: hidden from every other claimer meanwhile, due again after it
+        unless marked. A move whose rollout ended otherwise is never due."""
+        ...
+
+    def alias_move(self, rollout_id: str) -> AliasMove | None:
+        """The rollout's alias move, pending or done; None when it has none."""
+        ...
+
+    def mark_alias_moved(self, rollout_id: str, at: float) -> None:
+        """The move is done (a no-op when it was already)."""
+        ...
+
+    def mark_alias_move_failed(self, rollout_id: str, error: str, next_attempt_at: float) -> None:
+        """The attempt failed: keep ``error``, try again at ``next_attempt_at``."""
         ...
 
     def try_lease(self, name: str, holder: str, ttl_seconds: float, now: float) -> bool:

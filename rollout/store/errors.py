@@ -11,6 +11,8 @@ to 409; the runner reloads and decides again on ``StaleVersion`` and retries lat
   ``AlertNotFound``         no outbox alert with that id
   ``DuplicateRollout``      a rollout with that id already exists
   ``ActiveRolloutExists``   another non-terminal rollout holds the endpoint
+  ``AliasMoveTaken``        an alias watch already recorded this version (a rollout for it
+                            was started, or it needed none)
   ``StaleVersion``          the rollout changed since it was read (optimistic concurrency)
     ``LeaseLost``           the caller no longer owns the rollout under the token it presented
   ``SchemaError``           the database schema is missing or newer than this code
@@ -70,6 +72,16 @@ class ActiveRolloutExists(StoreError):
         super().__init__(f"endpoint {endpoint!r} is held{held_by}: one active rollout at a time")
         self.endpoint = endpoint
         self.active_id = active_id
+
+
+class AliasMoveTaken(StoreError):
+    """An alias watch already recorded this version: whoever recorded it first started the
+    rollout for it (or found none was needed); nothing was written."""
+
+    def __init__(self, watch: str, version: str) -> None:
+        super().__init__(f"{watch}: version {version} was already taken up")
+        self.watch = watch
+        self.version = version
 
 
 class StaleVersion(StoreError):

@@ -289,4 +289,40 @@ MIGRATIONS: tuple[Migration, ...] = (
             ),
         },
     ),
+    # Rollouts from Unity Catalog aliases. An alias watch records each version the alias
+    # named, once (the key): the record and the rollout it starts are one transaction, so
+    # two watchers (or a restart) start exactly one rollout per alias move. An alias move
+    # after a promotion is kept with its rollout from its creation and done once the rollout
+    # is succeeded (at least once: moving an alias is idempotent).
+    Migration(
+        version=9,
+        name="alias watches and alias moves",
+        statements=(
+            """
+            CREATE TABLE alias_triggers (
+                watch TEXT NOT NULL,
+                version TEXT NOT NULL,
+                rollout_id TEXT REFERENCES rollouts (id),
+                seen_at {time} NOT NULL,
+                PRIMARY KEY (watch, version)
+            )
+            """,
+            """
+            CREATE TABLE alias_moves (
+                rollout_id TEXT PRIMARY KEY REFERENCES rollouts (id),
+                model TEXT NOT NULL,
+                alias TEXT NOT NULL,
+                version TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at {time} NOT NULL,
+                done_at {time},
+                last_error TEXT
+            )
+            """,
+            """
+            CREATE INDEX alias_moves_pending ON alias_moves (next_attempt_at)
+            WHERE done_at IS NULL
+            """,
+        ),
+    ),
 )

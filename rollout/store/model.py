@@ -153,6 +153,44 @@ class NewAlert:
 
 
 @dataclass(frozen=True)
+class AliasTrigger:
+    """An alias watch's record that the alias named ``version``: written once per (watch,
+    version), with the rollout started for it (``rollout_id``) or without one (the endpoint
+    already served it, or a rollout for it was in flight). ``watch`` names the watch, e.g.
+    ``"main.ml.ads_model@challenger -> ads-endpoint"``."""
+
+    watch: str
+    version: str
+    rollout_id: str | None
+    at: float
+
+
+@dataclass(frozen=True)
+class NewAliasMove:
+    """A Unity Catalog alias to move once the rollout it is created with ends ``succeeded``:
+    ``model@alias`` to ``version``. Kept with the rollout from its creation, so a crash after
+    the promotion loses nothing: the move waits in the store until it is done."""
+
+    model: str
+    alias: str
+    version: str
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """A pending or done alias move, as the store keeps it."""
+
+    rollout_id: str
+    model: str
+    alias: str
+    version: str
+    attempts: int
+    next_attempt_at: float
+    done_at: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
 class OutboxAlert:
     """An alert in the outbox, with its delivery bookkeeping.
 

@@ -40,6 +40,7 @@ from typing import Any, Final
 
 from rollout.store._sql import (
     ACTIVE_PER_ENDPOINT,
+    ALIAS_TRIGGER_PKEY,
     ROLLOUT_PKEY,
     Params,
     Row,
@@ -76,6 +77,7 @@ _UNIQUE_FAILED = re.compile(r"UNIQUE constraint failed: (?P<columns>[\w., ]+)")
 _CONSTRAINT_BY_COLUMNS: Final = {
     "rollouts.endpoint": ACTIVE_PER_ENDPOINT,
     "rollouts.id": ROLLOUT_PKEY,
+    "alias_triggers.watch, alias_triggers.version": ALIAS_TRIGGER_PKEY,
 }
 
 _LIST_WHERE: Final = """

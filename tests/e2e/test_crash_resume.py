@@ -9,11 +9,14 @@ end in the right terminal state, with each step applied exactly once.
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -170,3 +173,56 @@ def test_engine_killed_at_random_points_finishes_every_rollout_once(
                 (survivor, 100)
             ]
     store.close()
+
+
+class _DownWorkspace(http.server.BaseHTTPRequestHandler):
+    """A workspace whose every API call fails with 503 (sign-in discovery gets a quick 404)."""
+
+    def do_GET(self) -> None:
+        self.send_response(404 if self.path.startswith("/.well-known/") else 503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 -- the base's name
+        pass
+
+
+def test_engine_alone_raises_the_workspace_outage_alert(tmp_path: Path) -> None:
+    """``rollout engine`` without a ``serve`` beside it still notices a workspace that stopped
+    answering: one alert in the outbox (a ``serve`` on the same store delivers it), logged at
+    warning."""
+    store_url = f"sqlite:///{tmp_path / 'outage.db'}"
+    store = open_store(store_url)
+    store.migrate()
+    submit(store, "ads", "stuck")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DownWorkspace)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = engine_env(f"http://127.0.0.1:{server.server_address[1]}", store_url, "token")
+    env.update({"ROLLOUT_ALERTS_WORKSPACE_OUTAGE_AFTER": "1",
+                "ROLLOUT_ENGINE_FAILURE_BACKOFF": "0.2"})
+    log_path = tmp_path / "engine.log"
+    try:
+        with log_path.open("w") as log:
+            engine = subprocess.Popen([sys.executable, "-m", "rollout.cli", "engine"],
+                                      env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and store.pending_alert_count() == 0:
+                    time.sleep(0.2)
+                time.sleep(2)  # more failed calls: still one alert per channel
+            finally:
+                engine.send_signal(signal.SIGTERM)
+                engine.wait(timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    alerts = store.claim_alerts(now=time.time() + 3600, limit=100, lease_seconds=60)
+    store.close()
+    text = log_path.read_text()
+    assert [(a.channel, a.payload["event"]) for a in alerts] == [
+        ("webhook", "workspace_unreachable")], text[-2000:]
+    assert alerts[0].rollout_id is None
+    assert "HTTP 503" in alerts[0].payload["summary"]
+    assert any(json.loads(line).get("event") == "workspace.unreachable"
+               and json.loads(line).get("level") == "warning"
+               for line in text.splitlines() if line.startswith("{"))

@@ -77,19 +77,21 @@ class Received:
 
 class Receiver:
     """An HTTP server on 127.0.0.1 that records each POST and answers with the next scripted
-    ``Reply`` (200 "ok" once the script is used up)."""
+    ``Reply``; once the script is used up, with ``answer(body)`` (default: 200 "ok"), called
+    under the receiver's lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: Callable[[bytes], Reply] | None = None) -> None:
         self.requests: list[Received] = []
         self._script: list[Reply] = []
         self._lock = threading.Lock()
+        self._answer = answer if answer is not None else (lambda _body: Reply())
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with receiver._lock:
-                    reply = receiver._script.pop(0) if receiver._script else Reply()
+                    reply = receiver._script.pop(0) if receiver._script else receiver._answer(body)
                     receiver.requests.append(
                         Received(
                             self.path,

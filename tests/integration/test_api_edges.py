@@ -315,6 +315,24 @@ async def test_internal_alert_targets_are_refused_by_default(
     assert store.list() == []
 
 
+async def test_internal_hook_targets_are_refused_like_alert_targets(
+    harness: Harness, sandbox_admin: httpx.Client, store: Store
+) -> None:
+    make_endpoint(sandbox_admin)
+    async with asgi(app_with(harness)) as api:
+        plan = plan_dict(hooks={
+            "pre_rollout": {"url": "http://127.0.0.1:9093/gate", "secret": "s3cr3t"},
+            "confirm_promotion": {"url": "https://hooks.example.com/confirm"},
+            "on_rollback": {"url": "http://169.254.169.254/latest/meta-data/"},
+        })
+        error = assert_error(await submit_json(api, plan), 422, "invalid_plan")
+        assert [d["field"] for d in error["details"]] == [
+            "hooks.pre_rollout.url", "hooks.on_rollback.url"]
+        assert "ROLLOUT_ALERTS_ALLOWED_HOSTS" in error["message"]
+        assert "s3cr3t" not in json.dumps(error)
+    assert store.list() == []
+
+
 @pytest.mark.parametrize(
     ("url", "allowed", "private"),
     [

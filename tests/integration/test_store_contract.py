@@ -43,10 +43,13 @@ from rollout.store import (
     TERMINAL,
     ActiveRolloutExists,
     AlertNotFound,
+    AliasMoveTaken,
+    AliasTrigger,
     DuplicateRollout,
     Fence,
     LeaseLost,
     NewAlert,
+    NewAliasMove,
     NewEvent,
     OutboxAlert,
     RolloutNotFound,
@@ -944,7 +947,7 @@ def test_the_outbox_keeps_its_rows_and_ids_across_migration_5(
     monkeypatch.setattr(sql, "MIGRATIONS", MIGRATIONS)
 
     store = backend.open(migrate=False)
-    assert store.migrate() == [5]
+    assert store.migrate() == [m.version for m in MIGRATIONS if m.version >= 5]
     assert store.pending_alert_count() == 1
     store.add_controller_alerts([controller_alert("c:1")], T0 + 6)
     # The second alert's lease (from the claim before the migration) runs out at T0 + 10_060.
@@ -1613,3 +1616,93 @@ def test_errors_form_one_tree() -> None:
         StoreUnavailable,
     ):
         assert issubclass(error, StoreError)
+
+
+# --- alias watches and alias moves ---------------------------------------------------------
+
+
+def _record(rollout_id: str, endpoint: str = "ads-endpoint") -> tuple[RolloutRecord, NewEvent]:
+    record = RolloutRecord(
+        id=rollout_id,
+        endpoint=endpoint,
+        phase="pending",
+        version=1,
+        plan={"endpoint": endpoint},
+        state={"step": 0},
+        created_at=T0,
+        updated_at=T0,
+        due_at=T0,
+    )
+    return record, event("created", to="pending")
+
+
+def test_one_rollout_per_alias_move_between_racing_watchers(backend: Backend) -> None:
+    stores = [backend.open(), backend.open(migrate=False)]
+    watch = "main.ml.ads_model@challenger -> ads-endpoint"
+
+    def start(index: int) -> str:
+        # Each watcher on its own endpoint, so only the alias record can stop the second.
+        record, first = _record(f"w-{index}", endpoint=f"ads-{index}")
+        try:
+            stores[index].create(
+                record, first, [], trigger=AliasTrigger(watch, "7", None, T0)
+            )
+        except AliasMoveTaken as exc:
+            return f"taken {exc.watch} {exc.version}"
+        return "started"
+
+    outcomes = run_in_threads(2, start)
+    assert sorted(outcomes) == ["started", f"taken {watch} 7"]
+    winner = stores[0].alias_trigger(watch, "7")
+    assert winner is not None
+    assert winner.rollout_id == f"w-{outcomes.index('started')}"
+    # The loser wrote nothing at all: no rollout, no event.
+    loser = f"w-{1 - outcomes.index('started')}"
+    with pytest.raises(RolloutNotFound):
+        stores[0].get(loser)
+    # A version seen without a rollout is recorded once; a second record is a no-op.
+    assert stores[0].record_alias_seen(AliasTrigger(watch, "6", None, T0)) is True
+    assert stores[1].record_alias_seen(AliasTrigger(watch, "6", None, T0 + 1)) is False
+    assert stores[1].record_alias_seen(AliasTrigger(watch, "7", None, T0 + 1)) is False
+    seen = stores[1].alias_trigger(watch, "6")
+    assert seen == AliasTrigger(watch, "6", None, T0)
+    assert stores[1].alias_trigger(watch, "8") is None
+
+
+def test_alias_moves_wait_for_a_promotion(store: Store) -> None:
+    move = NewAliasMove("main.ml.ads_model", "champion", "7")
+    promoted, first = _record("promoted", endpoint="a")
+    store.create(promoted, first, [], alias_move=move)
+    rolled_back, first = _record("rolled-back", endpoint="b")
+    store.create(rolled_back, first, [], alias_move=move)
+    # Nothing is due while the rollouts run.
+    assert store.claim_alias_moves(T0 + 10, 10, 30) == []
+    for record, phase in ((promoted, "succeeded"), (rolled_back, "rolled_back")):
+        advance(store, store.get(record.id), phase=phase)
+    (claimed,) = store.claim_alias_moves(T0 + 10, 10, 30)
+    assert (claimed.rollout_id, claimed.model, claimed.alias, claimed.version) == (
+        "promoted", "main.ml.ads_model", "champion", "7"
+    )
+    assert claimed.attempts == 1
+    # Claimed: hidden until the lease runs out, then due again (a claimer that died).
+    assert store.claim_alias_moves(T0 + 20, 10, 30) == []
+    (again,) = store.claim_alias_moves(T0 + 41, 10, 30)
+    assert again.attempts == 2
+    store.mark_alias_move_failed("promoted", "HTTP 503", T0 + 100)
+    assert store.claim_alias_moves(T0 + 99, 10, 30) == []
+    failed = store.alias_move("promoted")
+    assert failed is not None
+    assert failed.last_error == "HTTP 503"
+    assert failed.done_at is None
+    (third,) = store.claim_alias_moves(T0 + 100, 10, 30)
+    store.mark_alias_moved(third.rollout_id, T0 + 101)
+    store.mark_alias_moved(third.rollout_id, T0 + 102)  # idempotent
+    done = store.alias_move("promoted")
+    assert done is not None
+    assert (done.done_at, done.last_error) == (T0 + 101, None)
+    assert store.claim_alias_moves(T0 + 10_000, 10, 30) == []
+    # The rolled-back rollout's move never became due, and no rollout without one has any.
+    waiting = store.alias_move("rolled-back")
+    assert waiting is not None
+    assert (waiting.attempts, waiting.done_at) == (0, None)
+    assert store.alias_move("no-such-rollout") is None

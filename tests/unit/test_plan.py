@@ -279,3 +279,101 @@ def test_later_policy_directories_override(tmp_path: Path) -> None:
     assert library.get("default").judge == "threshold"
     with pytest.raises(PolicyNotFoundError):
         library.get("missing")
+
+
+# ---- candidates from Unity Catalog aliases ------------------------------------------------
+
+
+def _alias_plan(**candidate: Any) -> dict[str, Any]:
+    base = {"entity_name": "main.ml.ads_model", "workload_size": "Small"}
+    return with_(candidate={**base, **candidate})
+
+
+def _issues(data: dict[str, Any], *, stored: bool = False) -> dict[str, str]:
+    with pytest.raises(PlanError) as caught:
+        validate_plan(data, stored=stored)
+    return {i.field: i.message for i in caught.value.issues}
+
+
+def test_alias_instead_of_version() -> None:
+    plan = validate_plan(_alias_plan(alias="challenger"))
+    assert plan.candidate.alias == "challenger"
+    assert plan.candidate.entity_version is None
+    assert not plan.candidate.resolved
+    assert plan.candidate.describe() == "main.ml.ads_model@challenger (resolved at submission)"
+    with pytest.raises(ValueError, match="never resolved"):
+        plan.candidate.as_served_entity()
+    resolved = plan.candidate.with_version("7")
+    assert resolved.describe() == "main.ml.ads_model@challenger = version 7"
+    assert resolved.served_name == "ads_model-7"
+    # The alias is where the version came from, not a field Databricks knows.
+    assert resolved.as_served_entity() == {
+        "name": "ads_model-7",
+        "entity_name": "main.ml.ads_model",
+        "entity_version": "7",
+        "workload_size": "Small",
+        "scale_to_zero_enabled": False,
+    }
+
+
+def test_version_and_alias_together_is_refused_from_a_user() -> None:
+    issues = _issues(_alias_plan(alias="challenger", entity_version="7"))
+    assert issues == {
+        "candidate.alias": "give entity_version or alias, not both: the controller "
+        "resolves the alias to a version at submission"
+    }
+    # ... but is what the controller stores once it resolved the alias.
+    plan = validate_plan(_alias_plan(alias="challenger", entity_version="7"), stored=True)
+    assert plan.candidate.describe() == "main.ml.ads_model@challenger = version 7"
+
+
+def test_neither_version_nor_alias() -> None:
+    assert _issues(_alias_plan()) == {
+        "candidate.entity_version": "give the model version to serve, or alias to resolve one"
+    }
+
+
+@pytest.mark.parametrize(
+    ("candidate", "field", "fragment"),
+    [
+        ({"alias": "7"}, "candidate.alias", "not a valid alias"),
+        ({"alias": "champ-ion"}, "candidate.alias", "not a valid alias"),
+        ({"alias": "challenger", "entity_name": "ads_model"}, "candidate.entity_name",
+         "not a Unity Catalog model"),
+    ],
+)
+def test_bad_aliases(candidate: dict[str, Any], field: str, fragment: str) -> None:
+    issues = _issues(_alias_plan(**candidate))
+    assert fragment in issues[field]
+
+
+def test_on_success_set_alias() -> None:
+    data = {**_alias_plan(alias="challenger"), "on_success": {"set_alias": "champion"}}
+    plan = validate_plan(data)
+    assert plan.on_success is not None
+    assert plan.on_success.set_alias == "champion"
+    same = {**_alias_plan(alias="challenger"), "on_success": {"set_alias": "challenger"}}
+    assert "already names the candidate" in _issues(same)["on_success.set_alias"]
+    filled = {**data, "on_success": {"set_alias": "champion", "previous_version": "6"}}
+    assert _issues(filled) == {
+        "on_success.previous_version": "filled by the controller at submission; leave it out"
+    }
+    assert validate_plan(filled, stored=True).on_success == plan.on_success.model_copy(
+        update={"previous_version": "6"}
+    )
+    legacy = with_(on_success={"set_alias": "champion"})
+    legacy["candidate"]["entity_name"] = "ads_model"
+    assert "not a Unity Catalog model" in _issues(legacy)["on_success.set_alias"]
+
+
+def test_readme_alias_plan_is_valid() -> None:
+    """The plan template of the README's "Rollouts from Unity Catalog aliases" validates
+    as written (the controller fills in the version at submission)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Rollouts from Unity Catalog aliases", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    plan, policy = load_plan(block)
+    assert plan.candidate.describe() == "main.ml.ads_model@challenger (resolved at submission)"
+    assert plan.on_success is not None
+    assert plan.on_success.set_alias == "champion"
+    assert policy.name == "default"
