@@ -23,6 +23,8 @@ from rollout.errors import ConfigurationProblem
 
 if TYPE_CHECKING:
     from rollout import client_cli
+    from rollout.analysis.spec import Policy
+    from rollout.plan import AnyPlan
     from rollout.settings import Settings
 
 app = typer.Typer(
@@ -136,6 +138,12 @@ def validate(
     except PlanError as exc:
         typer.echo(f"{plan_file}: {exc}", err=True)
         raise typer.Exit(1) from exc
+    own = _own_metrics_issues(plan, policy) if policy.query_checks else []
+    if own:
+        typer.echo(
+            f"{plan_file}: invalid plan:\n" + "\n".join(f"  {f}: {m}" for f, m in own), err=True
+        )
+        raise typer.Exit(1)
     steps = describe_steps(plan) if isinstance(plan, CanaryPlan) else plan.strategy
     # An alias is resolved at submission: until then the candidate is its alias.
     candidate = plan.candidate.describe() if plan.candidate.alias else plan.candidate.served_name
@@ -145,6 +153,37 @@ def validate(
     )
     for note in plan_notes(plan, policy, metrics_window=_settings().serving.metrics_window):
         typer.echo(f"note: {note}")
+
+
+def _own_metrics_issues(plan: AnyPlan, policy: Policy) -> list[tuple[str, str]]:
+    """The plan's checks on its own metrics, asked of their sources as a submission would:
+    (field, message) per problem. Without the endpoint's live config the baseline is the
+    plan's ``baseline`` (unnamed: the queries are only checked to run, the series check
+    waits for the submission). Exit 2 when a source cannot be reached."""
+    from rollout.analysis.queries import promql_duration  # noqa: PLC0415
+    from rollout.metrics.prometheus import OwnMetrics, SourceUnreachable  # noqa: PLC0415
+
+    settings = _settings()
+
+    async def ask() -> list[tuple[str, str]]:
+        own = OwnMetrics(settings.prometheus)
+        try:
+            issues = await own.validate(
+                policy,
+                endpoint=plan.endpoint,
+                candidate=plan.candidate.served_name,
+                baseline=plan.baseline,
+                window=promql_duration(settings.engine.look_interval),
+            )
+        finally:
+            await own.aclose()
+        return [(issue.field, issue.message) for issue in issues]
+
+    try:
+        return asyncio.run(ask())
+    except SourceUnreachable as exc:
+        typer.echo(f"error: cannot check the plan's own-metric checks: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command()

@@ -63,6 +63,7 @@ from rollout.engine.scheduler import Reconciler
 from rollout.engine.service import open_owned_store, timing_from
 from rollout.errors import ConfigurationProblem, with_sign_in_help
 from rollout.health import StoreWriteCheck, WorkspaceWatch
+from rollout.metrics.prometheus import OwnMetrics
 from rollout.plan import AlertChannel
 from rollout.policies import PolicyLibrary
 from rollout.serving.client import ServingClient
@@ -104,6 +105,7 @@ class Controller:
     mover: AliasMover
     server: uvicorn.Server
     sock: socket.socket
+    own_metrics: OwnMetrics | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -147,6 +149,8 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         outage_after=settings.alerts.workspace_outage_after,
         channels=default_channels,
     )
+    # The sources of the policies' checks on a team's own metrics (Prometheus, web JSON).
+    own_metrics = OwnMetrics(settings.prometheus)
     alerts_http = guarded_client(targets, timeout=settings.alerts.timeout)
     runner = Runner(
         store,
@@ -156,6 +160,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         default_channels=default_channels,
         observer=metrics.on_decision,
         ownership=ownership,
+        own_metrics=own_metrics,
         # Gate hooks go where alerts may go, through the same pinned client.
         hook_http=alerts_http,
         hook_targets=targets,
@@ -210,6 +215,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         timing=runner.timing,
         metrics_window=settings.serving.metrics_window,
         owned=lambda: ownership.owned,
+        own_metrics=own_metrics,
     )
     try:
         sock = _bind(settings.api.host, settings.api.port)
@@ -233,6 +239,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         mover=mover,
         server=uvicorn.Server(config),
         sock=sock,
+        own_metrics=own_metrics,
     )
 
 
@@ -390,6 +397,8 @@ async def shutdown(controller: Controller, tasks: dict[str, asyncio.Task[Any]]) 
     tasks["stopping"].cancel()
     await controller.client.aclose()
     await controller.alerts_http.aclose()
+    if controller.own_metrics is not None:
+        await controller.own_metrics.aclose()
     controller.store.close()
     log.info("daemon.stopped")
 

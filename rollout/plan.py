@@ -1105,7 +1105,7 @@ def plan_notes(
     submit; never a refusal). ``buckets``: include the general note on latency tolerances
     finer than the exported buckets (a submission says it with the endpoint's numbers)."""
     notes: list[str] = []
-    for check in policy.checks if buckets else ():
+    for check in policy.metric_checks if buckets else ():
         if check.compare != "baseline" or check.info.kind != "quantile":
             continue
         ratio = check.max_ratio or 1.0
@@ -1143,7 +1143,7 @@ def resolution_notes(policy: Policy, baseline_latency: Histogram | None) -> list
         return []
     bounds = tuple(b for b in baseline_latency.bounds if math.isfinite(b))
     notes = []
-    for check in policy.checks:
+    for check in policy.metric_checks:
         if check.compare != "baseline" or check.info.kind != "quantile" or check.info.quantile \
                 is None or check.info.source != "latency":
             continue

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from rollout.analysis.spec import Policy
+from rollout.analysis.spec import METRIC_CHECK_TAG, QUERY_CHECK_TAG, Policy
 
 # A policy name becomes a file name: nothing that could leave the policy directories.
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -92,6 +92,8 @@ def policy_errors(exc: ValidationError) -> list[tuple[str, str]]:
     for error in exc.errors():
         path = "policy"
         for part in error["loc"]:
+            if part in (METRIC_CHECK_TAG, QUERY_CHECK_TAG):
+                continue  # the checks union's tags are not fields
             path += f"[{part}]" if isinstance(part, int) else f".{part}"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":

@@ -287,6 +287,30 @@ class AlertSettings(BaseSettings):
     )
 
 
+class PrometheusSettings(BaseSettings):
+    """The Prometheus-compatible server that policies' ``query`` checks are run against."""
+
+    model_config = SettingsConfigDict(env_prefix="ROLLOUT_PROMETHEUS_", extra="ignore")
+
+    url: str | None = Field(
+        default=None,
+        description="Base URL of a Prometheus-compatible server (Prometheus, Thanos, Mimir, "
+        "VictoriaMetrics), e.g. http://prometheus:9090; its /api/v1/query is asked. Unset: "
+        "plans with a PromQL check are refused.",
+    )
+    token: SecretStr | None = Field(
+        default=None, description="Bearer token sent with every query (or use basic auth)."
+    )
+    username: str | None = Field(default=None, description="Basic-auth user name.")
+    password: SecretStr | None = Field(default=None, description="Basic-auth password.")
+    timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds one query (or one web check's request) may take; beyond it the "
+        "source counts as unreachable for that look.",
+    )
+
+
 class AliasWatchSetting(BaseModel):
     """One alias to watch: whenever ``alias`` moves to a version the endpoint does not serve
     yet, a rollout of that version starts from ``plan_template``."""
@@ -350,6 +374,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
     aliases: AliasSettings = Field(default_factory=AliasSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
@@ -379,6 +404,7 @@ _GROUPS: dict[str, type[BaseSettings]] = {
         StoreSettings,
         ApiSettings,
         AlertSettings,
+        PrometheusSettings,
         AliasSettings,
         LogSettings,
     )

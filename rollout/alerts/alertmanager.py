@@ -48,6 +48,7 @@ ALERTNAMES: Final[dict[str, str]] = {
     "deadline_passed": "RolloutDeadlinePassed",
     "analysis_error": "RolloutAnalysisError",
     "workspace_unreachable": "RolloutWorkspaceUnreachable",
+    "metrics_source_unreachable": "RolloutMetricsSourceUnreachable",
 }
 
 SEVERITY_LABELS: Final[dict[str, str]] = {"info": "info", "warn": "warning", "error": "critical"}

@@ -37,6 +37,7 @@ NON_TERMINAL_EVENTS: Final[tuple[str, ...]] = (
     "rolling_back",
     "deadline_passed",
     "analysis_error",
+    "metrics_source_unreachable",
 )
 """Events that leave the rollout running; a terminal event supersedes them."""
 
@@ -56,6 +57,8 @@ EVENT_TITLES: Final[Mapping[str, str]] = {
     "analysis_error": "Analysis error",
     "workspace_unreachable": "Workspace unreachable",
     "workspace_reachable": "Workspace reachable again",
+    "metrics_source_unreachable": "Metrics source unreachable",
+    "metrics_source_reachable": "Metrics source reachable again",
 }
 
 HOOK_CHANNEL: Final = "hook"

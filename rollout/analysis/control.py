@@ -104,7 +104,7 @@ def _absolute(check: CheckSpec, level: float) -> CheckSpec:
 def against_control(policy: Policy, control: ArmTotals) -> Policy:
     """The policy with every relative check fixed to levels derived from ``control``."""
     checks: list[CheckSpec] = []
-    for check in policy.checks:
+    for check in policy.metric_checks:
         fixed: CheckSpec | None = None
         if check.compare == "baseline":
             if check.info.kind == "rate":
@@ -114,5 +114,8 @@ def against_control(policy: Policy, control: ArmTotals) -> Policy:
         checks.append(check if fixed is None else fixed)
     unique = list({c.describe(): c for c in checks}.values())
     return policy.model_copy(
-        update={"checks": tuple(unique), "name": f"{policy.name} (against the warm-up control)"}
+        update={
+            "checks": (*unique, *policy.query_checks),
+            "name": f"{policy.name} (against the warm-up control)",
+        }
     )

@@ -494,7 +494,7 @@ def judge_sequential(
     _score_warmup(policy, new, warmup, new_split=new_split, scoring=scoring)
 
     if delta.usable:
-        for spec, check in zip(policy.checks, new.checks, strict=True):
+        for spec, check in zip(policy.metric_checks, new.checks, strict=True):
             _score(spec, check, delta, new, candidate=candidate, baseline=baseline,
                    scoring=scoring)
         if not (delta.gap("errors_4xx") or delta.gap("errors_5xx")):
@@ -503,7 +503,7 @@ def judge_sequential(
             new.base_errors_5xx += delta.get("b", "errors_5xx")
     base_latency_now = observe.histogram(baseline, "latency")
     base_inference_now = observe.histogram(baseline, "inference_latency")
-    for spec, check in zip(policy.checks, new.checks, strict=True):
+    for spec, check in zip(policy.metric_checks, new.checks, strict=True):
         if spec.compare == "baseline" and spec.info.kind == "quantile":
             # Each histogram's level comes from the baseline's own history of it.
             history = (
@@ -564,7 +564,7 @@ def _score_warmup(
     if before_c.went_back(now_c) or before_b.went_back(now_b):
         return
     delta = _Delta(now_c, now_b, before_c, before_b, usable=True)
-    for spec, check in zip(policy.checks, state.checks, strict=True):
+    for spec, check in zip(policy.metric_checks, state.checks, strict=True):
         source = spec.info.source
         if spec.compare != "baseline" or spec.info.kind != "rate" or delta.gap(source):
             continue
@@ -656,7 +656,7 @@ def _match_checks(policy: Policy, state: SequentialState, notes: list[str]) -> N
     """Line the persisted evidence up with the policy's checks (by their canonical text)."""
     by_key = {check.key: check for check in state.checks}
     evidence: list[CheckEvidence] = []
-    for spec in policy.checks:
+    for spec in policy.metric_checks:
         key = spec.describe()
         if key in by_key:
             evidence.append(by_key[key])
@@ -1225,13 +1225,13 @@ def _decide(
 ) -> Verdict:
     results = [
         _evaluate(spec, check, policy, candidate, baseline)
-        for spec, check in zip(policy.checks, state.checks, strict=True)
+        for spec, check in zip(policy.metric_checks, state.checks, strict=True)
     ]
-    needs_baseline = any(spec.compare == "baseline" for spec in policy.checks)
+    needs_baseline = any(spec.compare == "baseline" for spec in policy.metric_checks)
     short = _short(policy, candidate, baseline, needs_baseline=needs_baseline)
     failing = [r for r in results if r.outcome is Outcome.FAIL]
     blocking = [
-        r for spec, r in zip(policy.checks, results, strict=True)
+        r for spec, r in zip(policy.metric_checks, results, strict=True)
         if r.outcome is not Outcome.PASS and not (r.missing and spec.on_missing == "skip")
     ]
     missing = tuple(r.check for r in results if r.missing)
@@ -1252,7 +1252,8 @@ def _decide(
         outcome = Outcome.INCONCLUSIVE
         reason = f"inconclusive: below min_requests in this split ({', '.join(short)})"
     elif not blocking:
-        outcome, reason = Outcome.PASS, f"pass: all {len(policy.checks)} checks within tolerance"
+        count = len(policy.metric_checks)
+        outcome, reason = Outcome.PASS, f"pass: all {count} checks within tolerance"
     else:
         outcome = Outcome.INCONCLUSIVE
         reason = "inconclusive: " + "; ".join(r.reason for r in blocking)

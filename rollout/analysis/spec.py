@@ -23,6 +23,12 @@ What a tolerance means to the sequential judge (see ``rollout.analysis.sequentia
   rollback, and lets a check pass when neither arm has any error at all.
 * An absolute ``max``/``min`` is one boundary for both budgets: fail when confident the
   candidate is beyond it, pass when confident it is within it.
+
+A check may instead read a team's own metric (``QueryCheck``): a PromQL ``query`` run
+against the configured Prometheus, or a ``web`` source (an HTTP endpoint answering JSON), one
+number per arm per look. Those are judged by ``rollout.analysis.queries``, not by the
+sequential or threshold judge; ``Policy.metric_checks`` and ``Policy.query_checks`` split a
+policy's ``checks`` by kind.
 """
 
 from __future__ import annotations
@@ -32,9 +38,17 @@ import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from rollout.units import format_duration, parse_duration, parse_fraction
 
@@ -169,6 +183,41 @@ _LEVEL_PARSERS = {
 }
 
 
+class _Tolerances(Protocol):
+    @property
+    def compare(self) -> Literal["baseline"] | None: ...
+    @property
+    def max_ratio(self) -> float | None: ...
+    @property
+    def max_increase(self) -> float | None: ...
+    @property
+    def max_level(self) -> float | None: ...
+    @property
+    def min_level(self) -> float | None: ...
+
+
+def _tolerance_shape(check: _Tolerances, name: str) -> None:
+    """A check is relative (``compare: baseline`` with ``max_ratio`` and/or
+    ``max_increase``) or absolute (one of ``max``, ``min``): ``ValueError`` otherwise."""
+    relative = check.max_ratio is not None or check.max_increase is not None
+    absolute = check.max_level is not None or check.min_level is not None
+    if check.compare == "baseline":
+        if not relative:
+            raise ValueError("compare: baseline needs max_ratio and/or max_increase")
+        if absolute:
+            raise ValueError(
+                "a check is either relative (compare: baseline) or absolute (max/min): "
+                "write two checks"
+            )
+        return
+    if relative:
+        raise ValueError("max_ratio and max_increase need compare: baseline")
+    if not absolute:
+        raise ValueError(f"{name} needs max or min (or compare: baseline)")
+    if check.max_level is not None and check.min_level is not None:
+        raise ValueError("give max or min, not both: write two checks")
+
+
 class CheckSpec(BaseModel):
     """One check of a policy, e.g. ``{metric: error_rate, compare: baseline, max_ratio: 2}``.
 
@@ -209,28 +258,13 @@ class CheckSpec(BaseModel):
     @model_validator(mode="after")
     def _shape(self) -> CheckSpec:
         info = METRICS[self.metric]
-        relative = self.max_ratio is not None or self.max_increase is not None
-        absolute = self.max_level is not None or self.min_level is not None
-        if self.compare == "baseline":
-            if not info.relative:
-                raise ValueError(
-                    f"{self.metric} cannot be compared with the baseline: give it an absolute "
-                    "max or min"
-                )
-            if not relative:
-                raise ValueError("compare: baseline needs max_ratio and/or max_increase")
-            if absolute:
-                raise ValueError(
-                    "a check is either relative (compare: baseline) or absolute (max/min): "
-                    "write two checks"
-                )
-        else:
-            if relative:
-                raise ValueError("max_ratio and max_increase need compare: baseline")
-            if not absolute:
-                raise ValueError(f"the {self.metric} check needs max or min (or compare: baseline)")
-            if self.max_level is not None and self.min_level is not None:
-                raise ValueError("give max or min, not both: write two checks")
+        if self.compare == "baseline" and not info.relative:
+            raise ValueError(
+                f"{self.metric} cannot be compared with the baseline: give it an absolute "
+                "max or min"
+            )
+        _tolerance_shape(self, f"the {self.metric} check")
+        if self.compare != "baseline":
             if self.min_level is not None and info.kind in ("rate", "quantile"):
                 raise ValueError(
                     f"min on {self.metric} is not a regression check: use max, or a "
@@ -331,6 +365,165 @@ def _describe(spec: CheckSpec) -> str:
     return spec._describe_uncached()
 
 
+PLACEHOLDERS = ("endpoint", "candidate", "baseline", "window")
+"""The names a query or a web URL may hold as ``{{ name }}`` (``rollout.analysis.queries``)."""
+
+PLACEHOLDER_PATTERN = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+"""``{{ name }}`` in a query or URL; group 1 is the name."""
+_SELECTOR = re.compile(r"^\$((\.[A-Za-z_][A-Za-z0-9_-]*)|(\[\d+\]))+$")
+
+
+def placeholders_in(text: str) -> list[str]:
+    """The ``{{ name }}`` placeholders ``text`` holds, in order."""
+    return [match.group(1) for match in PLACEHOLDER_PATTERN.finditer(text)]
+
+
+def _known_placeholders(text: str, what: str) -> str:
+    unknown = sorted({name for name in placeholders_in(text) if name not in PLACEHOLDERS})
+    if unknown:
+        raise ValueError(
+            f"unknown placeholder(s) in the {what}: {', '.join(unknown)}; known: "
+            + ", ".join(f"{{{{ {name} }}}}" for name in PLACEHOLDERS)
+        )
+    return text
+
+
+class WebSource(BaseModel):
+    """Where a ``web`` check reads its number: ``GET url`` (placeholders rendered per arm)
+    answering JSON, ``selector`` picking the number (``$.data.value``, ``$.items[0].score``:
+    object keys after dots, list indexes in brackets, nothing else)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(min_length=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    selector: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("a web check's url starts with http:// or https://")
+        return _known_placeholders(value, "url")
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        if not _SELECTOR.match(value):
+            raise ValueError(
+                f"{value!r} is not a selector: write $ followed by .key and [index] parts, "
+                "e.g. $.data.value or $.items[0].score"
+            )
+        return value
+
+
+class QueryCheck(BaseModel):
+    """A check on a team's own metric: one number per arm per look.
+
+    ``query`` (PromQL, run against ``ROLLOUT_PROMETHEUS_URL``) or ``web`` (an HTTP endpoint
+    answering JSON) says where the number comes from; both may hold ``{{ endpoint }}``,
+    ``{{ candidate }}``, ``{{ baseline }}`` and ``{{ window }}``. The query is run once per
+    arm, ``{{ candidate }}`` and ``{{ baseline }}`` both standing for that arm's served
+    entity (write ``{{ candidate }}`` for "this arm"; ``{{ baseline }}`` always names the
+    baseline). ``compare: baseline`` with ``max_ratio`` (> 1) and/or ``max_increase`` (> 0)
+    holds the candidate's value to the baseline's; ``max``/``min`` to an absolute level.
+    ``direction: higher`` says higher values are better (a success rate, a score): the
+    tolerances then apply downwards. ``name`` labels the check in verdicts.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    query: str | None = Field(default=None, min_length=1)
+    web: WebSource | None = None
+    compare: Literal["baseline"] | None = None
+    max_ratio: float | None = Field(default=None, gt=1.0)
+    max_increase: float | None = Field(default=None, gt=0.0)
+    max_level: float | None = Field(default=None, alias="max")
+    min_level: float | None = Field(default=None, alias="min")
+    direction: Literal["lower", "higher"] = "lower"
+    on_missing: Literal["hold", "skip"] = "hold"
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str | None) -> str | None:
+        return None if value is None else _known_placeholders(value, "query")
+
+    @model_validator(mode="after")
+    def _shape(self) -> QueryCheck:
+        if (self.query is None) == (self.web is None):
+            raise ValueError("a check on your own metric takes query (PromQL) or web, not both")
+        _tolerance_shape(self, "the check")
+        return self
+
+    @property
+    def source(self) -> Literal["prometheus", "web"]:
+        return "prometheus" if self.query is not None else "web"
+
+    @property
+    def template(self) -> str:
+        """The query, or the web URL, before its placeholders are filled in."""
+        return self.query if self.query is not None else (self.web.url if self.web else "")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.direction == "higher"
+
+    def tolerated(self, baseline: float) -> float:
+        """The worst candidate value a relative check tolerates against ``baseline``: the
+        more tolerant of ``max_ratio`` and ``max_increase``, upwards (downwards when higher
+        is better)."""
+        if self.higher_is_better:
+            lows = []
+            if self.max_ratio is not None:
+                lows.append(baseline / self.max_ratio)
+            if self.max_increase is not None:
+                lows.append(baseline - self.max_increase)
+            return min(lows, default=baseline)
+        highs = []
+        if self.max_ratio is not None:
+            highs.append(baseline * self.max_ratio)
+        if self.max_increase is not None:
+            highs.append(baseline + self.max_increase)
+        return max(highs, default=baseline)
+
+    def describe(self) -> str:
+        """A canonical one-line form, the check's key in the judge's state and verdicts."""
+        label = self.name or (
+            f"query {self.query}" if self.query is not None else f"web {self.template}"
+        )
+        if self.compare == "baseline":
+            parts = []
+            if self.max_ratio is not None:
+                parts.append(f"max_ratio {self.max_ratio:g}")
+            if self.max_increase is not None:
+                parts.append(f"max_increase {self.max_increase:g}")
+            higher = ", higher is better" if self.higher_is_better else ""
+            return f"{label} vs baseline: {', '.join(parts)}{higher}"
+        if self.max_level is not None:
+            return f"{label} max {self.max_level:g}"
+        return f"{label} min {self.min_level or 0.0:g}"
+
+
+METRIC_CHECK_TAG = "metric check"
+QUERY_CHECK_TAG = "own metric check"
+"""The union's tags; ``rollout.policies.policy_errors`` leaves them out of field paths."""
+
+
+def _check_kind(value: Any) -> str:
+    if isinstance(value, QueryCheck) or (
+        isinstance(value, dict) and ("query" in value or "web" in value)
+    ):
+        return QUERY_CHECK_TAG
+    return METRIC_CHECK_TAG
+
+
+AnyCheck = Annotated[
+    Annotated[CheckSpec, Tag(METRIC_CHECK_TAG)] | Annotated[QueryCheck, Tag(QUERY_CHECK_TAG)],
+    Discriminator(_check_kind),
+]
+
+
 class Policy(BaseModel):
     """An analysis policy: which judge, which checks, and the error budgets.
 
@@ -355,7 +548,7 @@ class Policy(BaseModel):
     missed_regression_rate: float = 0.05
     advance: Literal["lean", "pass"] = "lean"
     failure_threshold: int = Field(default=5, ge=1)
-    checks: tuple[CheckSpec, ...] = Field(min_length=1)
+    checks: tuple[AnyCheck, ...] = Field(min_length=1)
     on_no_data: Literal["hold", "rollback"] = "hold"
     deadline: float | None = None  # seconds
     on_deadline: Literal["rollback", "hold"] = "rollback"
@@ -411,17 +604,27 @@ class Policy(BaseModel):
 
     @model_validator(mode="after")
     def _distinct_checks(self) -> Policy:
-        keys = [check.describe() for check in self.checks]
+        keys = [check.describe() for check in self.checks]  # both kinds
         duplicates = sorted({key for key in keys if keys.count(key) > 1})
         if duplicates:
             raise ValueError(f"duplicate checks: {', '.join(duplicates)}")
         return self
 
     @property
+    def metric_checks(self) -> tuple[CheckSpec, ...]:
+        """The checks on the endpoint's exported metrics (the sequential/threshold judge's)."""
+        return tuple(c for c in self.checks if isinstance(c, CheckSpec))
+
+    @property
+    def query_checks(self) -> tuple[QueryCheck, ...]:
+        """The checks on a team's own metrics (``rollout.analysis.queries``)."""
+        return tuple(c for c in self.checks if isinstance(c, QueryCheck))
+
+    @property
     def statistical_checks(self) -> int:
         """Tests that can fail and so share the false-rollback budget (the ceiling is one)."""
         ceiling = 1 if self.error_ceiling is not None and self.judge == "sequential" else 0
-        return sum(1 for check in self.checks if check.statistical) + ceiling
+        return sum(1 for check in self.metric_checks if check.statistical) + ceiling
 
     @property
     def alpha_per_check(self) -> float:

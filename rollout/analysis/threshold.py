@@ -109,7 +109,7 @@ def judge_threshold(
     now = _Now(candidate, baseline, Seen.of(candidate), Seen.of(baseline))
     went_back = new.seen_c.went_back(now.seen_c) or new.seen_b.went_back(now.seen_b)
     arrived = now.seen_c.windows > new.seen_c.windows or now.seen_b.windows > new.seen_b.windows
-    needs_baseline = any(spec.compare == "baseline" for spec in policy.checks)
+    needs_baseline = any(spec.compare == "baseline" for spec in policy.metric_checks)
     short = candidate.requests < policy.min_requests or (
         needs_baseline and baseline.requests < policy.min_requests
     )
@@ -153,14 +153,14 @@ class _Now:
 
 def _judge_interval(policy: Policy, state: ThresholdState, now: _Now) -> None:
     """Judge the interval since the last look and count it."""
-    results = [_interval_check(spec, policy, state, now) for spec in policy.checks]
+    results = [_interval_check(spec, policy, state, now) for spec in policy.metric_checks]
     state.looks += 1
     if any(r.outcome is Outcome.FAIL for r in results):
         state.last_interval = "failed"
         state.failures += 1
     elif all(
         r.outcome is Outcome.PASS or (r.missing and spec.on_missing == "skip")
-        for spec, r in zip(policy.checks, results, strict=True)
+        for spec, r in zip(policy.metric_checks, results, strict=True)
     ):
         state.last_interval = "passed"
     else:

@@ -44,7 +44,8 @@ from starlette.responses import JSONResponse
 
 from rollout import __version__
 from rollout.alerts.targets import TargetPolicy
-from rollout.analysis.spec import Policy
+from rollout.analysis.queries import promql_duration
+from rollout.analysis.spec import Policy, QueryCheck
 from rollout.api.auth import Role, TokenTable, allows, parse_tokens
 from rollout.api.channels import channel_routes, hook_issues, refused_targets, target_issues
 from rollout.api.documents import (
@@ -96,10 +97,12 @@ from rollout.engine.runner import alias_move_of, new_rollout
 from rollout.engine.traffic import DATABRICKS_WINDOW_SECONDS, low_traffic_warning, recent_traffic
 from rollout.metrics.model import Histogram
 from rollout.metrics.parse import MetricsError, Scrape, parse_export_metrics
+from rollout.metrics.prometheus import NOT_CONFIGURED, Issue, OwnMetrics, SourceUnreachable
 from rollout.plan import (
     AnyPlan,
     Plan,
     PlanError,
+    PlanIssue,
     PlanTooLargeError,
     check_plan,
     plan_notes,
@@ -114,7 +117,7 @@ from rollout.serving.errors import (
     ServingError,
     Unauthenticated,
 )
-from rollout.serving.models import Endpoint
+from rollout.serving.models import Endpoint, traffic_split
 from rollout.settings import ApiSettings
 from rollout.store.base import Store
 from rollout.store.errors import (
@@ -245,6 +248,7 @@ def create_api(
     metrics_window: float = DATABRICKS_WINDOW_SECONDS,
     alert_targets: TargetPolicy | None = None,
     owned: Owned | None = None,
+    own_metrics: OwnMetrics | None = None,
 ) -> FastAPI:
     """The API application. Raises ``ValueError`` (naming the item) for a bad token spec.
 
@@ -257,6 +261,8 @@ def create_api(
     a submission say whether the endpoint's traffic can give the first step a verdict.
     ``alert_targets`` says where a plan's alert channels may point (default: public
     addresses only); a plan with a channel elsewhere is refused with 422.
+    ``own_metrics`` runs a plan's checks on its own metrics at submission (None: no
+    Prometheus, so a PromQL check is refused with 422).
     """
     tokens = parse_tokens(settings.tokens)
     app = RolloutApi(
@@ -284,6 +290,7 @@ def create_api(
         metrics_window=metrics_window,
         alert_targets=alert_targets if alert_targets is not None else TargetPolicy(),
         owned=owned,
+        own_metrics=own_metrics,
     )
     read_deps, write_deps = _auth_dependencies(tokens)
     write_deps = [*write_deps, Depends(_same_site)]
@@ -342,8 +349,10 @@ class _Service:
         metrics_window: float,
         alert_targets: TargetPolicy,
         owned: Owned | None = None,
+        own_metrics: OwnMetrics | None = None,
     ) -> None:
         self.store = store
+        self.own_metrics = own_metrics
         self.alert_targets = alert_targets
         self.owned = owned
         self.client = client
@@ -485,6 +494,42 @@ class _Service:
                 details=[{"field": "strategy", "message": message}],
             )
 
+    async def check_own_metrics(self, plan: AnyPlan, policy: Policy, endpoint: Endpoint) -> None:
+        """The policy's checks on its own metrics can run: every PromQL query parses and
+        returns a series for the baseline, every web check answers a number for it
+        (``OwnMetrics.validate``); 422 naming ``policy.checks[i].query`` (or ``.web``)
+        otherwise, 503 when a source cannot be reached now."""
+        if not policy.query_checks:
+            return
+        split = traffic_split(endpoint)
+        baseline = plan.baseline or (max(split, key=lambda n: split[n]) if split else None)
+        if self.own_metrics is None:
+            issues = [
+                Issue(f"policy.checks[{index}].query", NOT_CONFIGURED)
+                for index, check in enumerate(policy.checks)
+                if isinstance(check, QueryCheck) and check.query is not None
+            ]
+        else:
+            try:
+                async with asyncio.timeout(self.endpoint_check_timeout):
+                    issues = await self.own_metrics.validate(
+                        policy,
+                        endpoint=plan.endpoint,
+                        candidate=plan.candidate.served_name,
+                        baseline=baseline,
+                        window=promql_duration(self.timing.look_interval),
+                    )
+            except (SourceUnreachable, TimeoutError) as exc:
+                raise ApiError(
+                    503,
+                    "metrics_source_unavailable",
+                    "the source of a check on your own metrics cannot be asked now; try "
+                    f"again later: {exc or 'no answer in time'}",
+                ) from exc
+        if issues:
+            raise _invalid_plan(PlanError([PlanIssue(field=i.field, message=i.message)
+                                           for i in issues]))
+
     async def resolve_aliases(self, plan: AnyPlan) -> AnyPlan:
         """The plan with its Unity Catalog aliases resolved (``rollout.engine.aliases``), or
         an answer saying why not: 422 for an unknown model or alias, 503/502 when the
@@ -555,6 +600,7 @@ class _Service:
         endpoint = await self.check_endpoint(plan.endpoint)
         plan = await self.resolve_aliases(plan)
         await self.check_sign_in(plan, endpoint)
+        await self.check_own_metrics(plan, policy, endpoint)
         warnings = [
             *await self.traffic_warnings(plan, policy),
             *plan_notes(plan, policy, metrics_window=self.metrics_window, buckets=False),

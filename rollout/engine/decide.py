@@ -1498,9 +1498,11 @@ def _warmup_text(turn: _Turn) -> str:
 def _look(turn: _Turn, *, final: bool) -> Look | None:
     """Judge each new window's unit (or the current sums at the first look of a split)."""
     state = turn.state
+    _query_outage(turn)
     units = list(turn.units)
     if not units:
-        if state.last_verdict is not None and not turn.obs.metrics_error:
+        if (state.last_verdict is not None and not turn.obs.metrics_error
+                and not turn.obs.readings):
             return None
         units = [_Unit(state.candidate.totals(), state.control.totals(),
                        state.served.totals())]
@@ -1528,7 +1530,14 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
         )
         for unit in units
     ]
-    look = judge_look(policy, inputs, state.judge_state, note="; ".join(notes) or None)
+    look = judge_look(
+        policy,
+        inputs,
+        state.judge_state,
+        note="; ".join(notes) or None,
+        readings=turn.obs.readings,
+        query_state=state.query_state,
+    )
     verdict = dict(look.verdict)
     verdict["may_advance"] = look.may_advance
     verdict["at"] = turn.now
@@ -1542,8 +1551,9 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
     # The sentence a person reads first; the judge's reason (which names the outcome
     # itself) follows in the event.
     verdict["summary"] = verdict_sentence(verdict)
-    turn.set(judge_state=look.state, last_verdict=verdict)
-    if turn.obs.metrics_error or (turn.arrived and _verdict_news(turn, verdict)):
+    turn.set(judge_state=look.state, query_state=look.query_state, last_verdict=verdict)
+    news = (turn.arrived or bool(turn.obs.readings)) and _verdict_news(turn, verdict)
+    if turn.obs.metrics_error or news:
         turn.note(
             "verdict",
             f"{verdict['summary']}; judge: {look.reason}",
@@ -1553,6 +1563,39 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
     if turn.obs.metrics_error:
         turn.alert("analysis_error", "warn", f"{turn.plan.endpoint}: {turn.obs.metrics_error}")
     return look
+
+
+QUERY_SOURCE_UNREACHABLE = "metrics_source_unreachable"
+QUERY_SOURCE_REACHABLE = "metrics_source_reachable"
+
+
+def _query_outage(turn: _Turn) -> None:
+    """One alert when a query check's source (Prometheus, a web endpoint) cannot be asked,
+    one more when it answers again: never a rollback (the looks stay inconclusive)."""
+    readings = turn.obs.readings
+    if not readings:
+        return
+    outage = next((r.outage for r in readings if r.outage is not None), None)
+    known = turn.state.query_outage
+    endpoint = turn.plan.endpoint
+    if outage is not None and known is None:
+        turn.set(query_outage=outage)
+        summary = (
+            f"{endpoint}: {outage}; the checks on your own metrics stay inconclusive "
+            "(never a rollback) until it answers"
+        )
+        turn.note(QUERY_SOURCE_UNREACHABLE, summary, {"outage": outage})
+        turn.alert(QUERY_SOURCE_UNREACHABLE, "warn", summary, {"reason": outage})
+    elif outage is None and known is not None:
+        turn.set(query_outage=None)
+        summary = f"{endpoint}: the source of the checks on your own metrics answers again"
+        turn.note(QUERY_SOURCE_REACHABLE, summary, {"was": known})
+        turn.alert(
+            QUERY_SOURCE_REACHABLE,
+            "info",
+            summary,
+            {"reason": "answers again", "resolves": QUERY_SOURCE_UNREACHABLE, "was": known},
+        )
 
 
 def _verdict_key(verdict: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from rollout.analysis.judge import Look as JudgeInput
 from rollout.analysis.judge import judge, state_from_dict
+from rollout.analysis.queries import QueryReading, combine, judge_queries
 from rollout.analysis.spec import Policy
 
 
@@ -23,6 +24,7 @@ class Look:
     reason: str
     verdict: dict[str, Any]
     state: dict[str, Any]
+    query_state: dict[str, Any]
 
 
 def judge_look(
@@ -31,15 +33,29 @@ def judge_look(
     judge_state: dict[str, Any],
     *,
     note: str | None = None,
+    readings: Sequence[QueryReading] = (),
+    query_state: dict[str, Any] | None = None,
 ) -> Look:
     """Judge each input in turn (one per new window), the state carried from one to the next;
-    the verdict is the last one's (a fail on the way stays: a fail is final)."""
+    the verdict is the last one's (a fail on the way stays: a fail is final).
+
+    The policy's query checks are judged once per call, on ``readings`` (this look's
+    numbers; empty when they were not run, which counts as no look), and folded into the
+    verdict; ``query_state`` is what the last call returned as ``Look.query_state``.
+    """
     state = state_from_dict(judge_state or None)
     verdict = None
     for one in inputs:
         verdict, state = judge(policy, one, state)
     if verdict is None or state is None:
         raise ValueError("judge_look needs at least one input")
+    queries_state = dict(query_state or {})
+    if policy.query_checks:
+        split = inputs[-1].split
+        results, queries_state = judge_queries(
+            policy, readings, queries_state, split=split
+        )
+        verdict = combine(policy, verdict, results)
     data = verdict.to_dict()
     reason = verdict.reason if note is None else f"{verdict.reason} ({note})"
     data["reason"] = reason
@@ -49,4 +65,5 @@ def judge_look(
         reason=reason,
         verdict=data,
         state=state.to_dict(),
+        query_state=queries_state,
     )

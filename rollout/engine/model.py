@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rollout import vocabulary as stored
+from rollout.analysis.queries import QueryReading
 from rollout.metrics.model import (
     GAUGE_FIELDS,
     ArmTotals,
@@ -282,6 +283,11 @@ class RolloutState(BaseModel):
     # Steps (0-based, as ``step``) an operator's promote skipped before the judge finished
     # them: shown as skipped, never as passed. Empty in states persisted before it existed.
     skipped_steps: list[int] = Field(default_factory=list)
+    # The query checks' runs of failing and passing looks (``rollout.analysis.queries``).
+    query_state: dict[str, Any] = Field(default_factory=dict)
+    # Why the source of a query check cannot be asked, while it cannot (one alert per
+    # outage: raised when this is set, resolved when it is cleared).
+    query_outage: str | None = None
     # The gate being waited at, if any, and the gates that said yes (never called again).
     gate: GateState | None = None
     gates_passed: list[GateName] = Field(default_factory=list)
@@ -411,6 +417,8 @@ class Observation:
     unattributable: UnattributableScrape | None = None
     commands: tuple[Command, ...] = ()
     preflight: PreflightOutcome | None = None
+    # The policy's query checks, run once per arm at this look (empty: not run).
+    readings: tuple[QueryReading, ...] = ()
     gate: GateOutcome | None = None
 
 

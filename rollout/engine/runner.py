@@ -2,7 +2,8 @@
 
 Where this sits: the scheduler calls ``Runner.reconcile(rollout_id)`` when a rollout is due.
 One reconcile is: read the rollout from the store; observe (GET the endpoint, scrape
-export-metrics into new windows, read queued commands); ``decide``; commit the decision (new
+export-metrics into new windows, run the policy's checks on own metrics once per arm through
+``rollout.metrics.prometheus``, read queued commands); ``decide``; commit the decision (new
 state, events, alert-outbox rows, consumed commands) in one transaction; then carry out the
 decision's effect (PUT the config and wait until it is applied, run the blue/green
 preflight, or call a gate hook of the plan) and feed its outcome straight back into
@@ -66,6 +67,7 @@ import structlog
 from rollout.alerts.hooks import HookMessage, call_gate
 from rollout.alerts.payload import HOOK_CHANNEL
 from rollout.alerts.targets import TargetPolicy, guarded_client
+from rollout.analysis.queries import ArmReading, QueryReading, promql_duration
 from rollout.analysis.spec import Policy
 from rollout.clock import Clock
 from rollout.engine.decide import DEFAULT_TIMING, Timing, current_fold, decide, update_failure
@@ -88,6 +90,7 @@ from rollout.engine.ownership import Owner
 from rollout.engine.schema import entity_input_schema, input_compatible
 from rollout.metrics.model import EntityWindow
 from rollout.metrics.parse import MetricsError, parse_export_metrics
+from rollout.metrics.prometheus import OwnMetrics
 from rollout.metrics.windows import WindowTracker
 from rollout.plan import (
     MAX_HOOK_TIMEOUT,
@@ -127,6 +130,7 @@ log = structlog.get_logger("rollout.engine")
 # Effects carried out within one reconcile before handing back to the scheduler: a rollback is
 # two updates, a step is one; more than this means something loops.
 _MAX_EFFECTS_PER_RECONCILE = 6
+NOT_WIRED = "no source client: this runner was built without one (own_metrics)"
 DEFAULT_DEDUP_HORIZON = 1800.0
 """Seconds a window stays revisable: export-metrics showing it again within this is the same
 window (a revision), and the current split's windows older than this are folded into the
@@ -339,12 +343,14 @@ class Runner:
         observer: DecisionObserver | None = None,
         ownership: Owner | None = None,
         dedup_horizon: float = DEFAULT_DEDUP_HORIZON,
+        own_metrics: OwnMetrics | None = None,
         hook_http: httpx.AsyncClient | None = None,
         hook_targets: TargetPolicy | None = None,
     ) -> None:
         if not dedup_horizon > 0:
             raise ValueError(f"dedup_horizon must be positive seconds, got {dedup_horizon!r}")
         self.dedup_horizon = dedup_horizon
+        self.own_metrics = own_metrics
         self.store = store
         self.ownership = ownership
         self.client = client
@@ -400,7 +406,7 @@ class Runner:
         if kept is None or kept.version != record.version:
             kept = await self._load(record, state, changed)
         plan, policy, tracker = kept.plan, kept.policy, kept.tracker
-        observation = await self._observe(plan, state, tracker, record.id, changed)
+        observation = await self._observe(plan, policy, state, tracker, record.id, changed=changed)
         decisions = 0
         while True:
             decision = decide(
@@ -586,9 +592,11 @@ class Runner:
     async def _observe(
         self,
         plan: AnyPlan,
+        policy: Policy,
         state: RolloutState,
         tracker: WindowTracker,
         rollout_id: str,
+        *,
         changed: dict[tuple[str | None, int], EntityWindow],
     ) -> Observation:
         commands = tuple(
@@ -608,7 +616,41 @@ class Runner:
             Phase.PROGRESSING,
         ):
             observation = await self._scrape(plan.endpoint, tracker, state, observation, changed)
+        if (
+            state.split_applied_at is not None
+            and state.phase is Phase.PROGRESSING
+            and state.baseline is not None
+            and policy.query_checks
+        ):
+            observation = replace(
+                observation, readings=await self._query(plan, policy, state.baseline)
+            )
         return observation
+
+    async def _query(
+        self, plan: AnyPlan, policy: Policy, baseline: str
+    ) -> tuple[QueryReading, ...]:
+        """The policy's query checks, run once per arm (``rollout.metrics.prometheus``);
+        ``{{ window }}`` is the look interval."""
+        window = promql_duration(self.timing.look_interval)
+        if self.own_metrics is None:
+            # A runner built without a client (tests, tools) asks no source: an outage.
+            return tuple(
+                QueryReading(
+                    check.describe(),
+                    check.source,
+                    ArmReading(check.template, outage=NOT_WIRED),
+                    ArmReading(check.template, outage=NOT_WIRED),
+                )
+                for check in policy.query_checks
+            )
+        return await self.own_metrics.readings(
+            policy,
+            endpoint=plan.endpoint,
+            candidate=plan.candidate.served_name,
+            baseline=baseline,
+            window=window,
+        )
 
     async def _read_endpoint(self, endpoint: str) -> Observation:
         try:

@@ -29,6 +29,7 @@ from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
 from rollout.errors import ConfigurationProblem, with_sign_in_help
 from rollout.health import WorkspaceWatch
+from rollout.metrics.prometheus import OwnMetrics
 from rollout.plan import AlertChannel
 from rollout.policies import PolicyLibrary
 from rollout.serving.client import ServingClient
@@ -126,6 +127,7 @@ async def run_engine(
     except ConfigurationProblem:
         await client.aclose()
         raise
+    own_metrics = OwnMetrics(settings.prometheus)
     # A workspace that stops answering raises one alert here too: a deployment of engines
     # beside an API-only ``serve`` must not go silent (the serve process delivers it).
     watch = WorkspaceWatch(
@@ -142,6 +144,7 @@ async def run_engine(
         timing=timing_from(settings.engine, metrics_window=settings.serving.metrics_window),
         default_channels=default_channels,
         ownership=ownership,
+        own_metrics=own_metrics,
         # Gate hooks go where alerts may go (the runner makes its pinned client).
         hook_targets=targets,
     )
@@ -171,6 +174,7 @@ async def run_engine(
         await watch.drain()
         await runner.aclose()
         await client.aclose()
+        await own_metrics.aclose()
         store.close()
         log.info("engine.stopped")
 

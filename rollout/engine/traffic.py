@@ -134,7 +134,7 @@ def low_traffic_warning(
             f"at {step.weight} % for {format_duration(step.seconds)} ({step.how_long}) the "
             f"candidate would see about {candidate:,.0f} requests"
         )
-    if any(check.compare == "baseline" for check in policy.checks):
+    if any(check.compare == "baseline" for check in policy.metric_checks):
         baseline = rate * step.baseline_weight / 100.0 * step.baseline_seconds
         if baseline < needed:
             if isinstance(plan, BlueGreenPlan):
