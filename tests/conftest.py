@@ -4,7 +4,8 @@
 fake clock so that tests decide when time passes; ``sandbox_admin`` talks to its admin API
 (``rollout/sandbox/README.md`` documents both); ``sandbox_api`` is an authenticated client on
 the workspace itself. ``postgres_url`` is a store URL on the running PostgreSQL, in a schema
-of its own that is dropped afterwards.
+of its own that is dropped afterwards. Every test starts and ends with the same logging
+configuration.
 """
 
 from __future__ import annotations
@@ -16,12 +17,22 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog
 
 from rollout.clock import FakeClock
 from rollout.sandbox.server import SandboxServer
 from rollout.store.base import Store
 from rollout.store.factory import open_store
 from tests.postgres import fresh_schema
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    # A command run in-process (typer's CliRunner) configures logging onto the stream it
+    # captures and closes afterwards; later tests would log into a closed file.
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @functools.cache
