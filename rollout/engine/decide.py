@@ -42,6 +42,7 @@ from rollout.analysis.ab import ab_report
 from rollout.analysis.control import against_control
 from rollout.analysis.judge import Look as JudgeInput
 from rollout.analysis.spec import Policy
+from rollout.analysis.warmth import looks_warm
 from rollout.analysis.wording import verdict_sentence
 from rollout.engine.judging import Look, judge_look
 from rollout.engine.model import (
@@ -189,6 +190,8 @@ class _Turn:
     # instant from which the current split's windows are scored (after its warm-up).
     arrived: bool = False
     scored_from: float | None = None
+    # The warm-up ended before its length: a window's latency showed a warm candidate.
+    warm_early: bool = False
     unpaired: int = 0
     units: list[_Unit] = field(default_factory=list)
 
@@ -1128,7 +1131,6 @@ def _accumulate(turn: _Turn) -> None:
         return
     scored_from = state.split_applied_at + _warmup(turn, windows)
     scored_ms = math.ceil(scored_from * 1000.0)
-    turn.scored_from = scored_from
     # After a blue/green switch the baseline serves nothing: its control is fixed.
     paired = not isinstance(turn.plan, BlueGreenPlan)
     folded = current_fold(state)
@@ -1136,6 +1138,13 @@ def _accumulate(turn: _Turn) -> None:
         windows = [w for w in windows if (w.start_ms or 0) >= folded.before_ms]
     mine = [w for w in windows if w.entity == candidate]
     theirs = {w.start_ms: w for w in windows if w.entity == state.baseline}
+    if paired and _step_warmup(turn.plan, state.step) is None:
+        # The policy's warm-up ends at the first window showing a warm candidate; a plan
+        # step's own warm-up is what its author measured, and runs its length.
+        warm_ms = _warm_from(mine, theirs, scored_ms)
+        if warm_ms is not None:
+            scored_ms, scored_from, turn.warm_early = warm_ms, warm_ms / 1000.0, True
+    turn.scored_from = scored_from
     sums = _Sums.of(folded)
     first = 0 if folded is None else folded.candidate_windows
     fold_ms = turn.obs.fold_before_ms
@@ -1166,6 +1175,24 @@ def _accumulate(turn: _Turn) -> None:
     if new_fold is not None:
         changes["folded"] = new_fold
     turn.set(judged_windows=first + len(mine), **changes)
+
+
+def _warm_from(
+    mine: list[EntityWindow], theirs: dict[int | None, EntityWindow], scored_ms: int
+) -> int | None:
+    """The start of the first warm-up window whose latency shows a warm candidate
+    (``rollout.analysis.warmth``), in time order; a window still waiting for the baseline's
+    stops the search, so a later window never ends the warm-up before an earlier one could."""
+    for window in mine:
+        start = window.start_ms or 0
+        if start >= scored_ms:
+            return None
+        partner = theirs.get(window.start_ms)
+        if partner is None:
+            return None
+        if looks_warm(window.latency, partner.latency):
+            return start
+    return None
 
 
 def current_fold(state: RolloutState) -> Folded | None:
@@ -1252,6 +1279,12 @@ def _warmup_text(turn: _Turn) -> str:
             f"warm-up {span} after the split change: windows served, scored from "
             f"{format_duration(scored - turn.now)} from now (the 5xx ceiling applies)"
         )
+    if turn.warm_early:
+        return (
+            f"warm-up ended after {span}: the candidate's latency matched the baseline's"
+            if scored > applied
+            else "no warm-up: the candidate's latency matched the baseline's from the first window"
+        )
     return f"warm-up {span} after the split change, not scored"
 
 
@@ -1297,6 +1330,7 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
             "seconds": turn.scored_from - state.split_applied_at,
             "scored_from": turn.scored_from,
             "in_warmup": turn.now < turn.scored_from,
+            "ended_early": turn.warm_early,
         }
     verdict["unpaired_windows"] = turn.unpaired
     # The sentence a person reads first; the judge's reason (which names the outcome
