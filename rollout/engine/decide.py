@@ -1129,8 +1129,7 @@ def _accumulate(turn: _Turn) -> None:
         turn.arrived = arm != state.control
         turn.set(control=arm)
         return
-    scored_from = state.split_applied_at + _warmup(turn, windows)
-    scored_ms = math.ceil(scored_from * 1000.0)
+    warmup = _warmup(turn, windows)
     # After a blue/green switch the baseline serves nothing: its control is fixed.
     paired = not isinstance(turn.plan, BlueGreenPlan)
     folded = current_fold(state)
@@ -1138,13 +1137,8 @@ def _accumulate(turn: _Turn) -> None:
         windows = [w for w in windows if (w.start_ms or 0) >= folded.before_ms]
     mine = [w for w in windows if w.entity == candidate]
     theirs = {w.start_ms: w for w in windows if w.entity == state.baseline}
-    if paired and _step_warmup(turn.plan, state.step) is None:
-        # The policy's warm-up ends at the first window showing a warm candidate; a plan
-        # step's own warm-up is what its author measured, and runs its length.
-        warm_ms = _warm_from(mine, theirs, scored_ms)
-        if warm_ms is not None:
-            scored_ms, scored_from, turn.warm_early = warm_ms, warm_ms / 1000.0, True
-    turn.scored_from = scored_from
+    scored_ms = _scored_from(turn, state.split_applied_at + warmup, mine,
+                             theirs if paired else {})
     sums = _Sums.of(folded)
     first = 0 if folded is None else folded.candidate_windows
     fold_ms = turn.obs.fold_before_ms
@@ -1175,6 +1169,22 @@ def _accumulate(turn: _Turn) -> None:
     if new_fold is not None:
         changes["folded"] = new_fold
     turn.set(judged_windows=first + len(mine), **changes)
+
+
+def _scored_from(
+    turn: _Turn, full: float, mine: list[EntityWindow], theirs: dict[int | None, EntityWindow]
+) -> int:
+    """When the split's scoring starts (epoch ms), set on ``turn`` for the verdict: after the
+    whole warm-up (``full``), or at the first window showing a warm candidate when the
+    warm-up is the policy's; a plan step's own warm-up is what its author measured, and runs
+    its length."""
+    scored_ms = math.ceil(full * 1000.0)
+    turn.scored_from = full
+    if theirs and _step_warmup(turn.plan, turn.state.step) is None:
+        warm_ms = _warm_from(mine, theirs, scored_ms)
+        if warm_ms is not None:
+            scored_ms, turn.scored_from, turn.warm_early = warm_ms, warm_ms / 1000.0, True
+    return scored_ms
 
 
 def _warm_from(
