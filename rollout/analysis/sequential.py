@@ -90,7 +90,13 @@ bench.decisions``, one row per traffic model in the README):
   minutes, so an endpoint-wide incident still cancels.
 * Warm-up. The first ``warmup_windows`` windows after every split change (default 3, or a
   plan step's ``warmup``) are served but not scored; cold replicas look like a regression
-  that is gone a few minutes later. The 5xx ``error_ceiling`` (default 20 %) judges every
+  that is gone a few minutes later. The policy's warm-up ends early at the first window
+  whose latency shows a warm candidate (``rollout.analysis.warmth``: its share of requests
+  beyond the baseline's median bucket no larger than the baseline's): a cold start is slow
+  as a whole, a regression that only fails requests is not, and where the two could not be
+  told apart by their errors (a 0.1 % baseline, where a cold start's timeouts add more than
+  a 5x regression) they can by their latency. A candidate whose latency differs for good
+  keeps the whole warm-up. The 5xx ``error_ceiling`` (default 20 %) judges every
   window the candidate served, warm-up included, as one more always-valid check (it takes
   its share of the budget), so a gross failure is not waited out. And a relative rate check
   judges the warm-up's paired windows against a wider null, "within the tolerance or 1 point
@@ -99,11 +105,12 @@ bench.decisions``, one row per traffic model in the README):
   is broken rather than cold is rolled back a window or two sooner. The null's baseline
   rate is a lower band on everything the baseline served so far, the look's own window
   included, so the split's first window counts too; a baseline low by chance only makes the
-  null milder. This is what brings the median rollback of a 5x regression at a 1 % baseline
-  and 1000 req/s to the fourth window (three warm-up windows and one scored; the README's
-  "Decision quality" has the share per traffic model). Where the allowance is more than twice
-  the tolerance (a 0.1 % baseline), the warm-up judges nothing: a gross regression there is
-  no larger than a cold start.
+  null milder. On a candidate that stays cold-looking this is what brings the rollback of a
+  5x regression at a 1 % baseline and 1000 req/s to the fourth window (three warm-up windows
+  and one scored); a warm one is scored from its first window and rolled back at the third
+  (the README's "Decision quality" has the share per traffic model). Where the allowance is
+  more than twice the tolerance (a 0.1 % baseline), the warm-up judges nothing: a gross
+  regression there is no larger than a cold start (its latency tells, above).
 * Windows as units, tempered. Each new window is one look. Its log likelihood ratios are
   divided by the window's dispersion phi = 1 + kappa x m (``rollout.analysis.evidence``):
   m is the window's binomial information, kappa the squared coefficient of variation of the

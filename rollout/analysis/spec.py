@@ -558,7 +558,8 @@ class Policy(BaseModel):
         ge=0,
         le=60,
         description="Metric windows after every split change that are served but not scored "
-        "(cold replicas); a plan step's warmup overrides it.",
+        "(cold replicas); it ends early at the first window whose latency matches the "
+        "baseline's. A plan step's warmup overrides it and runs its length.",
     )
     error_ceiling: float | None = Field(
         default=0.2,

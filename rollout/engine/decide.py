@@ -45,6 +45,7 @@ from rollout.analysis.ab import ab_report
 from rollout.analysis.control import against_control
 from rollout.analysis.judge import Look as JudgeInput
 from rollout.analysis.spec import Policy
+from rollout.analysis.warmth import looks_warm
 from rollout.analysis.wording import verdict_sentence
 from rollout.engine.judging import Look, judge_look
 from rollout.engine.model import (
@@ -199,6 +200,8 @@ class _Turn:
     # instant from which the current split's windows are scored (after its warm-up).
     arrived: bool = False
     scored_from: float | None = None
+    # The warm-up ended before its length: a window's latency showed a warm candidate.
+    warm_early: bool = False
     unpaired: int = 0
     units: list[_Unit] = field(default_factory=list)
 
@@ -1366,9 +1369,7 @@ def _accumulate(turn: _Turn) -> None:
         turn.arrived = arm != state.control
         turn.set(control=arm)
         return
-    scored_from = state.split_applied_at + _warmup(turn, windows)
-    scored_ms = math.ceil(scored_from * 1000.0)
-    turn.scored_from = scored_from
+    warmup = _warmup(turn, windows)
     # After a blue/green switch the baseline serves nothing: its control is fixed.
     paired = not isinstance(turn.plan, BlueGreenPlan)
     folded = current_fold(state)
@@ -1376,6 +1377,8 @@ def _accumulate(turn: _Turn) -> None:
         windows = [w for w in windows if (w.start_ms or 0) >= folded.before_ms]
     mine = [w for w in windows if w.entity == candidate]
     theirs = {w.start_ms: w for w in windows if w.entity == state.baseline}
+    scored_ms = _scored_from(turn, state.split_applied_at + warmup, mine,
+                             theirs if paired else {})
     sums = _Sums.of(folded)
     first = 0 if folded is None else folded.candidate_windows
     fold_ms = turn.obs.fold_before_ms
@@ -1406,6 +1409,40 @@ def _accumulate(turn: _Turn) -> None:
     if new_fold is not None:
         changes["folded"] = new_fold
     turn.set(judged_windows=first + len(mine), **changes)
+
+
+def _scored_from(
+    turn: _Turn, full: float, mine: list[EntityWindow], theirs: dict[int | None, EntityWindow]
+) -> int:
+    """When the split's scoring starts (epoch ms), set on ``turn`` for the verdict: after the
+    whole warm-up (``full``), or at the first window showing a warm candidate when the
+    warm-up is the policy's; a plan step's own warm-up is what its author measured, and runs
+    its length."""
+    scored_ms = math.ceil(full * 1000.0)
+    turn.scored_from = full
+    if theirs and _step_warmup(turn.plan, turn.state.step) is None:
+        warm_ms = _warm_from(mine, theirs, scored_ms)
+        if warm_ms is not None:
+            scored_ms, turn.scored_from, turn.warm_early = warm_ms, warm_ms / 1000.0, True
+    return scored_ms
+
+
+def _warm_from(
+    mine: list[EntityWindow], theirs: dict[int | None, EntityWindow], scored_ms: int
+) -> int | None:
+    """The start of the first warm-up window whose latency shows a warm candidate
+    (``rollout.analysis.warmth``), in time order; a window still waiting for the baseline's
+    stops the search, so a later window never ends the warm-up before an earlier one could."""
+    for window in mine:
+        start = window.start_ms or 0
+        if start >= scored_ms:
+            return None
+        partner = theirs.get(window.start_ms)
+        if partner is None:
+            return None
+        if looks_warm(window.latency, partner.latency):
+            return start
+    return None
 
 
 def current_fold(state: RolloutState) -> Folded | None:
@@ -1492,6 +1529,12 @@ def _warmup_text(turn: _Turn) -> str:
             f"warm-up {span} after the split change: windows served, scored from "
             f"{format_duration(scored - turn.now)} from now (the 5xx ceiling applies)"
         )
+    if turn.warm_early:
+        return (
+            f"warm-up ended after {span}: the candidate's latency matched the baseline's"
+            if scored > applied
+            else "no warm-up: the candidate's latency matched the baseline's from the first window"
+        )
     return f"warm-up {span} after the split change, not scored"
 
 
@@ -1546,6 +1589,7 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
             "seconds": turn.scored_from - state.split_applied_at,
             "scored_from": turn.scored_from,
             "in_warmup": turn.now < turn.scored_from,
+            "ended_early": turn.warm_early,
         }
     verdict["unpaired_windows"] = turn.unpaired
     # The sentence a person reads first; the judge's reason (which names the outcome

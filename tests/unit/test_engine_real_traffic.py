@@ -38,8 +38,16 @@ def window(entity: str, minute: int, requests: float, errors: float = 0.0,
 
 
 def both(minute: int, cand: tuple[float, float] = (100.0, 0.0),
-         base: tuple[float, float] = (900.0, 1.0)) -> tuple[EntityWindow, EntityWindow]:
-    return window(CAND, minute, *cand), window(BASE, minute, *base)
+         base: tuple[float, float] = (900.0, 1.0),
+         cand_latency_ms: float = 40.0) -> tuple[EntityWindow, EntityWindow]:
+    return window(CAND, minute, *cand, latency_ms=cand_latency_ms), window(BASE, minute, *base)
+
+
+def cold(minute: int, cand: tuple[float, float], base: tuple[float, float]
+         ) -> tuple[EntityWindow, EntityWindow]:
+    """A minute whose candidate latency is a cold start's (every request beyond the
+    baseline's median bucket): the warm-up runs its length."""
+    return both(minute, cand, base, cand_latency_ms=200.0)
 
 
 def look(state: RolloutState, windows: tuple[EntityWindow, ...], now: float,
@@ -132,8 +140,8 @@ def test_the_warmup_follows_the_window_length_the_windows_show() -> None:
 
 
 def test_a_gross_failure_during_the_warm_up_rolls_back_through_the_ceiling() -> None:
-    # 60 % 5xx from the first minute: nothing is scored yet, the ceiling still judges.
-    broken = (*both(0, cand=(200.0, 120.0)), *both(1, cand=(200.0, 120.0)))
+    # 60 % 5xx from the first minute, cold: nothing is scored yet, the ceiling still judges.
+    broken = (*cold(0, (200.0, 120.0), (900.0, 1.0)), *cold(1, (200.0, 120.0), (900.0, 1.0)))
     decision = look(progressing(), broken, T0 + 120)
     assert decision.state.phase is Phase.ROLLING_BACK
     assert "error_rate ceiling 20%" in (decision.state.ending_reason or "")
@@ -163,16 +171,17 @@ def test_a_cold_start_inside_the_warm_up_is_not_judged() -> None:
 
 def test_each_window_is_one_unit_of_evidence_however_they_arrive() -> None:
     # The same six windows, one per look or all at once, give the same evidence.
-    windows = tuple(w for minute in range(6) for w in both(minute, cand=(600.0, 60.0),
-                                                          base=(5400.0, 5.0)))
+    windows = tuple(w for minute in range(6) for w in both(minute, cand=(600.0, 12.0),
+                                                          base=(5400.0, 54.0)))
     at_once = look(progressing(), windows, T0 + 360)
     one_by_one = progressing()
     for count in range(1, 7):
         one_by_one = look(one_by_one, windows[: 2 * count], T0 + 60 * count).state
-    assert at_once.state.phase is one_by_one.phase is Phase.ROLLING_BACK
+    assert at_once.state.phase is one_by_one.phase is Phase.PROGRESSING
     fail_at_once = at_once.state.judge_state["checks"][0]["fail"]
     fail_one_by_one = one_by_one.judge_state["checks"][0]["fail"]
     assert fail_at_once == pytest.approx(fail_one_by_one)
+    assert max(fail_at_once) > 1.0, "a 2x candidate: evidence accrued from the first window"
 
 
 def test_no_single_window_rolls_back_however_bad_below_the_ceiling() -> None:
@@ -210,8 +219,8 @@ def test_a_new_split_starts_its_sums_and_warm_up_afresh() -> None:
 def test_the_warm_up_is_judged_for_gross_regressions_only(
     name: str, candidate_errors: float, gains: bool
 ) -> None:
-    windows = tuple(w for minute in range(3) for w in both(
-        minute, cand=(3000.0, candidate_errors), base=(57000.0, 570.0)))
+    windows = tuple(w for minute in range(3) for w in cold(
+        minute, (3000.0, candidate_errors), (57000.0, 570.0)))
     decision = look(progressing(weight=5), windows, T0 + 180)
     assert decision.state.candidate.requests == 0.0, "all three windows are the warm-up"
     fail = decision.state.judge_state["checks"][0]["fail"]
@@ -221,31 +230,80 @@ def test_the_warm_up_is_judged_for_gross_regressions_only(
 
 def test_the_first_warm_up_window_counts_against_a_gross_regression() -> None:
     # The split's first window has no baseline before it: its own baseline sets the null.
-    first = both(0, cand=(3000.0, 150.0), base=(57000.0, 570.0))
+    first = cold(0, (3000.0, 150.0), (57000.0, 570.0))
     decision = look(progressing(weight=5), first, T0 + 60)
     assert max(decision.state.judge_state["checks"][0]["fail"]) > 0.5
 
 
-def test_a_5x_regression_at_1000_per_second_is_rolled_back_within_four_windows() -> None:
+@pytest.mark.parametrize("latency_ms", [40.0, 200.0], ids=["warm", "cold-looking"])
+def test_a_5x_regression_at_1000_per_second_is_rolled_back_within_four_windows(
+    latency_ms: float,
+) -> None:
     # 5 % of 1000 req/s: 3000 requests a minute per window, 5 % 5xx against the baseline's 1 %.
+    # Warm, the warm-up ends at the first window; cold-looking, it runs its three windows and
+    # its gross-regression test carries the evidence.
     state = progressing(weight=5)
     windows: tuple[EntityWindow, ...] = ()
     phases = []
     for minute in range(4):
-        windows += both(minute, cand=(3000.0, 150.0), base=(57000.0, 570.0))
+        windows += both(minute, cand=(3000.0, 150.0), base=(57000.0, 570.0),
+                        cand_latency_ms=latency_ms)
         state = look(state, windows, T0 + 60 * (minute + 1)).state
         phases.append(state.phase)
-    assert phases[:3] == [Phase.PROGRESSING] * 3, "three windows never decide"
-    assert phases[3] is Phase.ROLLING_BACK
+    assert phases[:2] == [Phase.PROGRESSING] * 2, "no window decides alone, nor two"
+    assert Phase.ROLLING_BACK in phases
 
 
 def test_the_warm_up_judges_nothing_where_the_cold_allowance_dwarfs_the_tolerance() -> None:
     # A 0.1 % baseline: +1 point of cold timeouts is 11x, far beyond the 2x tolerance. A
     # candidate at 5x is inside that null; scoring it would only lower the fail side.
-    windows = tuple(w for minute in range(3) for w in both(
-        minute, cand=(3000.0, 15.0), base=(57000.0, 57.0)))
+    windows = tuple(w for minute in range(3) for w in cold(
+        minute, (3000.0, 15.0), (57000.0, 57.0)))
     decision = look(progressing(weight=5), windows, T0 + 180)
     assert decision.state.judge_state["checks"][0]["fail"] == [0.0, 0.0, 0.0, 0.0]
+
+
+@dataclass(frozen=True)
+class WarmCase:
+    name: str
+    latencies: tuple[float, ...]  # the candidate's latency per warm-up minute (ms)
+    scored_from_minute: int  # the first minute scored
+    plan_steps: tuple[dict[str, Any], ...] | None = None
+    delivered: int = 3  # minutes the baseline has delivered
+
+
+WARM_CASES = [
+    WarmCase("warm from the first window: no warm-up", (40.0, 40.0, 40.0), 0),
+    WarmCase("a cold first window, warm from the second", (200.0, 40.0, 40.0), 1),
+    WarmCase("cold throughout: the policy's three windows", (200.0, 200.0, 200.0), 3),
+    WarmCase("a minute waiting for the baseline's stops the search", (200.0, 40.0, 40.0), 3,
+             delivered=1),
+    WarmCase("a plan step's own warm-up runs its length", (40.0, 40.0, 40.0), 2,
+             plan_steps=({"weight": 10, "bake": "10m", "warmup": "2m"},
+                         {"weight": 50, "bake": "10m"})),
+]
+
+
+@pytest.mark.parametrize("case", WARM_CASES, ids=[c.name for c in WARM_CASES])
+def test_the_policy_warm_up_ends_at_the_first_warm_window(case: WarmCase) -> None:
+    windows: list[EntityWindow] = []
+    for minute, latency in enumerate(case.latencies):
+        windows.append(window(CAND, minute, 1000.0, 1.0, latency_ms=latency))
+        if minute < case.delivered:
+            windows.append(window(BASE, minute, 9000.0, 9.0))
+    options: dict[str, Any] = {}
+    if case.plan_steps is not None:
+        options["plan"] = plan_of(steps=list(case.plan_steps))
+    decision = look(progressing(), tuple(windows), T0 + 190, **options)
+    verdict = decision.state.last_verdict
+    assert verdict is not None
+    assert verdict["warmup"]["seconds"] == 60.0 * case.scored_from_minute
+    assert verdict["warmup"]["ended_early"] is (
+        case.scored_from_minute < 3 and case.plan_steps is None)
+    scored = [m for m in range(min(3, case.delivered)) if m >= case.scored_from_minute]
+    assert decision.state.candidate.requests == 1000.0 * len(scored)
+    if verdict["warmup"]["ended_early"]:
+        assert "latency matched the baseline's" in (verdict.get("note") or str(verdict))
 def test_only_a_changed_verdict_is_logged() -> None:
     first = look(progressing(), both(3), T0 + 240)
     assert [e.kind for e in first.events] == ["verdict"], "the split's first verdict"
