@@ -46,6 +46,7 @@ from rollout.store.model import (
     TERMINAL,
     ArmSummary,
     Command,
+    DueRollout,
     EventRecord,
     Fence,
     JsonObject,
@@ -135,6 +136,20 @@ FROM rollouts
 WHERE due_at IS NOT NULL AND due_at <= :now
   AND phase NOT IN ('succeeded', 'rolled_back', 'aborted', 'failed')
 ORDER BY due_at, created_at, id
+LIMIT :limit
+"""
+# Two columns only: the scan runs every second and needs no plan or state. With a holder,
+# rollouts under another holder's live lease are not this replica's to look at.
+_DUE_SOON: Final = """
+SELECT r.id, r.due_at
+FROM rollouts r
+WHERE r.due_at IS NOT NULL AND r.due_at <= :until
+  AND r.phase NOT IN ('succeeded', 'rolled_back', 'aborted', 'failed')
+  AND (CAST(:holder AS TEXT) IS NULL OR NOT EXISTS (
+      SELECT 1 FROM ownership o
+      WHERE o.rollout_id = r.id AND o.holder <> :holder AND o.expires_at > :now
+  ))
+ORDER BY r.due_at, r.created_at, r.id
 LIMIT :limit
 """
 
@@ -484,6 +499,11 @@ RETURNING rollout_id, holder, token, acquired_at, expires_at, act_after
 _RENEW_ROLLOUT: Final = """
 UPDATE ownership SET expires_at = :expires_at, renewed_at = :now
 WHERE rollout_id = :rollout_id AND holder = :holder AND token = :token AND expires_at > :now
+RETURNING rollout_id, holder, token, acquired_at, expires_at, act_after
+"""
+_RENEW_HELD: Final = """
+UPDATE ownership SET expires_at = :expires_at, renewed_at = :now
+WHERE holder = :holder AND expires_at > :now
 RETURNING rollout_id, holder, token, acquired_at, expires_at, act_after
 """
 _FENCE_ROLLOUT: Final = """
@@ -941,6 +961,17 @@ class SqlStore(Store, ABC):
             rows = tx.rows(_DUE, {"now": now, "limit": limit})
         return [self._rollout(row) for row in rows]
 
+    def due_soon(
+        self, until: float, limit: int = 100, *, holder: str | None = None, now: float = 0.0
+    ) -> builtins.list[DueRollout]:
+        _check_time(until, "until")
+        _check_time(now, "now")
+        _check_limit(limit)
+        params = {"until": until, "limit": limit, "holder": holder, "now": now}
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_DUE_SOON, params)
+        return [DueRollout(str(row[0]), float(row[1])) for row in rows]
+
     def commit(
         self,
         rollout_id: str,
@@ -1261,6 +1292,14 @@ class SqlStore(Store, ABC):
         if not rows:
             raise LeaseLost(rollout_id, holder, token)
         return self._ownership(rows[0])
+
+    def renew_held(self, holder: str, ttl_seconds: float, now: float) -> builtins.list[Ownership]:
+        _check_time(now, "now")
+        _check_positive(ttl_seconds, "ttl_seconds")
+        params = {"holder": holder, "now": now, "expires_at": now + ttl_seconds}
+        with self._tx(write=True) as tx:
+            rows = tx.rows(_RENEW_HELD, params)
+        return sorted((self._ownership(row) for row in rows), key=lambda o: o.rollout_id)
 
     def release_rollout(
         self, rollout_id: str, holder: str, token: int, now: float, *, quiet: bool

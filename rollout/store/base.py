@@ -42,6 +42,7 @@ from rollout.store.errors import (
 )
 from rollout.store.model import (
     Command,
+    DueRollout,
     EventRecord,
     Fence,
     JsonObject,
@@ -153,6 +154,18 @@ class Store(Protocol):
 
     def due(self, now: float, limit: int = 100) -> builtins.list[RolloutRecord]:
         """Non-terminal rollouts with ``due_at <= now``, the longest overdue first."""
+        ...
+
+    def due_soon(
+        self, until: float, limit: int = 100, *, holder: str | None = None, now: float = 0.0
+    ) -> builtins.list[DueRollout]:
+        """Ids and due times of non-terminal rollouts with ``due_at <= until``, soonest first.
+
+        Reads two columns, never a plan or a state: the scheduler's scan, which looks ahead
+        (``until`` past now) so that it can start each look at its due time. With ``holder``,
+        rollouts under another holder's lease live at ``now`` are left out (that replica
+        drives them; nothing here could claim them).
+        """
         ...
 
     def commit(
@@ -315,6 +328,13 @@ class Store(Protocol):
         Raises ``LeaseLost`` unless ``holder`` holds the rollout under ``token`` and the lease
         has not expired at ``now``. The token never changes here.
         """
+        ...
+
+    def renew_held(self, holder: str, ttl_seconds: float, now: float) -> builtins.list[Ownership]:
+        """Extend every lease ``holder`` holds live at ``now`` to ``now + ttl_seconds``, in one
+        statement; return them (by rollout id). A lease that expired is not renewed (it may
+        have been taken over): the caller counts what is missing as lost. Tokens never change
+        here (a holder's live lease carries the token it was claimed under)."""
         ...
 
     def release_rollout(

@@ -561,13 +561,18 @@ def test_a_cursor_is_stable_while_new_rollouts_arrive(store: Store) -> None:
     assert [s.id for s in store.list_summaries(limit=3)] == ["new2", "new1", "new0"]
 
 
-def test_due_returns_active_overdue_rollouts_oldest_due_first(store: Store) -> None:
+def _due_rollouts(store: Store) -> None:
+    """Due at T0 + 10 and + 30, later, never, and one finished (due at T0, never looked at)."""
     new_rollout(store, "late", endpoint="e1", due_at=T0 + 30)
     new_rollout(store, "early", endpoint="e2", due_at=T0 + 10)
     new_rollout(store, "future", endpoint="e3", due_at=T0 + 500)
     new_rollout(store, "whenever", endpoint="e4", due_at=None)
     done = new_rollout(store, "done", endpoint="e5", due_at=T0)
     advance(store, done, phase="succeeded", due_at=T0)
+
+
+def test_due_returns_active_overdue_rollouts_oldest_due_first(store: Store) -> None:
+    _due_rollouts(store)
     new_rollout(store, "exact", endpoint="e6", due_at=T0 + 100)
 
     assert [r.id for r in store.due(T0 + 100)] == ["early", "late", "exact"]
@@ -577,6 +582,28 @@ def test_due_returns_active_overdue_rollouts_oldest_due_first(store: Store) -> N
     early = store.get("early")
     advance(store, early, due_at=T0 + 1000)
     assert [r.id for r in store.due(T0 + 100)] == ["late", "exact"]
+
+
+def test_due_soon_reads_ids_and_due_times_and_leaves_out_other_holders_rollouts(
+    store: Store,
+) -> None:
+    _due_rollouts(store)
+
+    due = store.due_soon(T0 + 100)
+    assert [(d.id, d.due_at) for d in due] == [("early", T0 + 10), ("late", T0 + 30)]
+    assert [d.id for d in store.due_soon(T0 + 100, limit=1)] == ["early"]
+    assert store.due_soon(T0) == []
+    # Under b's live lease, "early" is b's: a's scan leaves it out, b's keeps it.
+    assert store.claim_rollout("early", "b", 10, T0, WIRE) is not None
+    assert [d.id for d in store.due_soon(T0 + 100, holder="a", now=T0 + 5)] == ["late"]
+    assert [d.id for d in store.due_soon(T0 + 100, holder="b", now=T0 + 5)] == ["early", "late"]
+    # Once b's lease has run out, it is anyone's again.
+    assert [d.id for d in store.due_soon(T0 + 100, holder="a", now=T0 + 10)] == [
+        "early",
+        "late",
+    ]
+    with pytest.raises(ValueError, match="limit"):
+        store.due_soon(T0, limit=0)
 
 
 # --- commit ----------------------------------------------------------------------------------
@@ -999,6 +1026,22 @@ def test_live_leases_lists_unexpired_leases_by_prefix(store: Store) -> None:
 # --- rollout ownership and fencing ---------------------------------------------------------
 
 WIRE = 4.0  # seconds a config call may live: what a new owner waits past the old lease
+
+
+def test_renew_held_extends_every_live_lease_of_a_holder_at_once(store: Store) -> None:
+    for rollout_id in ("r-1", "r-2", "r-3"):
+        assert store.claim_rollout(rollout_id, "a", 10, T0, WIRE) is not None
+    assert store.claim_rollout("r-4", "b", 10, T0, WIRE) is not None
+    store.release_rollout("r-3", "a", 1, T0 + 1, quiet=True)
+    renewed = store.renew_held("a", 10, T0 + 5)
+    assert [(o.rollout_id, o.token, o.expires_at) for o in renewed] == [
+        ("r-1", 1, T0 + 15),
+        ("r-2", 1, T0 + 15),
+    ]
+    assert [o.expires_at for o in store.owned_by("b", T0 + 5)] == [T0 + 10], "b's untouched"
+    # Expired leases are not renewed: they may have been taken over meanwhile.
+    assert store.renew_held("a", 10, T0 + 15) == []
+    assert store.owned_by("a", T0 + 15) == []
 
 
 def test_claiming_a_rollout_gives_tokens_that_grow_with_every_change_of_holder(
