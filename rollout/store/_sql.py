@@ -110,7 +110,7 @@ SET phase = :phase, state = :state, due_at = :due_at, updated_at = :updated_at,
     candidate_weight = CASE WHEN :set_summary THEN :candidate_weight ELSE candidate_weight END,
     verdict = CASE WHEN :set_summary THEN :verdict ELSE verdict END
 WHERE id = :id AND version = :expected_version
-RETURNING id, endpoint, phase, version, plan, state, created_at, updated_at, due_at
+RETURNING id, endpoint, phase, version, plan, NULL, created_at, updated_at, due_at
 """
 _REPLACE_PLAN: Final = """
 UPDATE rollouts
@@ -703,14 +703,16 @@ class SqlStore(Store, ABC):
             raise StoreError(f"stored JSON is not an object: {type(value).__name__}")
         return value
 
-    def _rollout(self, row: Row) -> RolloutRecord:
+    def _rollout(self, row: Row, state: JsonObject | None = None) -> RolloutRecord:
+        """A record from a row of the rollout columns; ``state``: the one just written (the
+        row then need not carry it back, nor this decode it again)."""
         return RolloutRecord(
             id=str(row[0]),
             endpoint=str(row[1]),
             phase=str(row[2]),
             version=int(row[3]),
             plan=self._object(row[4]),
-            state=self._object(row[5]),
+            state=self._object(row[5]) if state is None else state,
             created_at=float(row[6]),
             updated_at=float(row[7]),
             due_at=None if row[8] is None else float(row[8]),
@@ -886,6 +888,13 @@ class SqlStore(Store, ABC):
             raise RolloutNotFound(rollout_id)
         return self._rollout(rows[0])
 
+    def version_of(self, rollout_id: str) -> int:
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_ROLLOUT_VERSION, {"id": rollout_id})
+        if not rows:
+            raise RolloutNotFound(rollout_id)
+        return int(rows[0][0])
+
     def list(
         self,
         endpoint: str | None = None,
@@ -993,11 +1002,12 @@ class SqlStore(Store, ABC):
         _check_time(due_at, "due_at")
         if alerts and not events:
             raise ValueError("alerts are written with the event that caused them: add an event")
+        state_text = dump_json(state, "state")
         update_params = {
             "id": rollout_id,
             "expected_version": expected_version,
             "phase": phase,
-            "state": self._json(state, "state"),
+            "state": self._json_param(state_text),
             "due_at": due_at,
             "updated_at": updated_at,
             **_summary_params(summary),
@@ -1060,7 +1070,9 @@ class SqlStore(Store, ABC):
                 endpoint = self._endpoint_of(rollout_id)
                 raise ActiveRolloutExists(endpoint, self._active_id(endpoint)) from exc
             raise
-        return self._rollout(rows[0])
+        # The state as written, read back from its own text (what a get would decode), not
+        # carried back by the database.
+        return self._rollout(rows[0], state=json.loads(state_text))
 
     def replace_plan(
         self,

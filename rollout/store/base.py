@@ -152,6 +152,10 @@ class Store(Protocol):
         """The non-terminal rollout holding the endpoint, if any."""
         ...
 
+    def version_of(self, rollout_id: str) -> int:
+        """The rollout's current version (one integer column); ``RolloutNotFound``."""
+        ...
+
     def due(self, now: float, limit: int = 100) -> builtins.list[RolloutRecord]:
         """Non-terminal rollouts with ``due_at <= now``, the longest overdue first."""
         ...

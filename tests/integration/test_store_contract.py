@@ -627,6 +627,9 @@ def test_commit_updates_the_row_bumps_the_version_and_appends_events(store: Stor
     )
     assert committed == store.get("r-1")
     assert committed.version == 2
+    assert store.version_of("r-1") == 2
+    with pytest.raises(RolloutNotFound):
+        store.version_of("nope")
     assert (committed.phase, committed.due_at, committed.updated_at) == (
         "progressing",
         T0 + 600,
