@@ -278,6 +278,7 @@ def test_scrape_text_rendered_directly_says_what_the_collectors_say(store: Store
     assert info == {"r0": "pending", "r1": "paused", 'r"2\\': "pending"}, "a new version anew"
     open_text, open_type = expose(bare, [collector, owned], "application/openmetrics-text")
     assert open_type.startswith("application/openmetrics-text")
-    assert open_text.endswith(b"# EOF\n") and open_text.count(b"# EOF") == 1
+    assert open_text.endswith(b"# EOF\n")
+    assert open_text.count(b"# EOF") == 1
     open_families = list(openmetrics_families(open_text.decode()))
     assert {f.name for f in open_families} >= {"rollout_info", "rollout_owned"}
