@@ -90,6 +90,9 @@ class Histogram:
     ) -> Histogram:
         """Build from Prometheus ``_bucket{le=...}`` values (cumulative counts)."""
         bounds = tuple(sorted(float(b) for b in buckets))
+        if bounds == EXPORTED_BOUNDS:
+            # One shared tuple for the usual layout: a controller keeps thousands of windows.
+            bounds = EXPORTED_BOUNDS
         by_bound = {float(b): float(v) for b, v in buckets.items()}
         counts: list[float] = []
         previous = 0.0
