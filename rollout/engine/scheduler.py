@@ -23,6 +23,10 @@ reconciled only under this replica's lease on it, and not before the lease's ``a
 once; the loop renews the replica's heartbeat and leases every third of the lease TTL, and
 ``stop`` releases them all so other replicas take over without waiting for expiry.
 
+Every ``reclaim_every`` seconds the loop also has the store make the row versions looks
+replaced reusable (``Store.reclaim``: a VACUUM on PostgreSQL, nothing on SQLite), in the
+background; with replicas one of them does it per period, under the ``reclaim`` lease.
+
 Time for deciding what is due comes from the injected clock, so tests drive ``scan`` directly
 on a fake clock; the loop's pauses (until the next due look or scan) are the only real-time
 waits.
@@ -44,6 +48,9 @@ from rollout.engine.runner import Runner
 from rollout.store.base import Store
 from rollout.store.errors import StaleVersion, StoreError
 
+RECLAIM_LEASE = "reclaim"
+"""The lease one replica takes to run ``Store.reclaim`` for all of them."""
+
 STALL_INTERVALS = 3
 """Scans that may be missed before the loop counts as stalled (``/readyz`` fails)."""
 
@@ -64,6 +71,7 @@ class Reconciler:
         batch: int = 100,
         on_lag: Callable[[float], None] | None = None,
         ownership: Owner | None = None,
+        reclaim_every: float = 10.0,
     ) -> None:
         self.runner = runner
         self.store = store
@@ -80,6 +88,8 @@ class Reconciler:
         self._upcoming: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
         self.ownership = ownership
+        self.reclaim_every = reclaim_every
+        self._reclaiming: asyncio.Task[None] | None = None
         self._accepting = True
         self._running = False
         self._started_at: float | None = None
@@ -246,6 +256,25 @@ class Reconciler:
             # Leases not renewed run out by themselves; the runner's checks then refuse.
             log.warning("scheduler.heartbeat_failed", error=str(exc))
 
+    async def reclaim(self) -> None:
+        """Have the store make replaced row versions reusable (``Store.reclaim``); with
+        replicas, one of them per ``reclaim_every`` (a lease decides which). Store errors are
+        logged: the database's own clean-up still comes, later."""
+        try:
+            if self.ownership is not None and not self.ownership.single_driver:
+                taken = await asyncio.to_thread(
+                    self.store.try_lease,
+                    RECLAIM_LEASE,
+                    self.ownership.holder,
+                    self.reclaim_every * 0.9,
+                    self.clock.now(),
+                )
+                if not taken:
+                    return
+            await asyncio.to_thread(self.store.reclaim)
+        except StoreError as exc:
+            log.warning("scheduler.reclaim_failed", error=str(exc))
+
     async def run(self, stopping: asyncio.Event) -> None:
         """Scan every ``scan_interval`` seconds until ``stopping`` is set or ``stop`` is called,
         and between scans start each remembered look at its due time.
@@ -258,11 +287,18 @@ class Reconciler:
         self._accepting = True
         self._started_at = self.clock.now()
         next_heartbeat = self.clock.now()
+        next_reclaim = loop.time() + self.reclaim_every
         try:
             while self._accepting and not stopping.is_set():
                 if self.ownership is not None and self.clock.now() >= next_heartbeat:
                     await self.heartbeat()
                     next_heartbeat = self.clock.now() + self.ownership.renew_every
+                if loop.time() >= next_reclaim and (
+                    self._reclaiming is None or self._reclaiming.done()
+                ):
+                    # In the background: a VACUUM must not hold up the looks.
+                    self._reclaiming = asyncio.create_task(self.reclaim(), name="reclaim")
+                    next_reclaim = loop.time() + self.reclaim_every
                 await self.scan()
                 # The pause between scans is real time; due times are the clock's.
                 next_scan = loop.time() + self.scan_interval
@@ -286,6 +322,10 @@ class Reconciler:
         the restart a poll, so in-flight config updates get their chance to settle first.
         """
         self._accepting = False
+        if self._reclaiming is not None:
+            # Not cancelled: the statement runs in a thread and ends by itself.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reclaiming), timeout=grace)
         cut_short: list[str] = []
         if self._tasks:
             with contextlib.suppress(TimeoutError):

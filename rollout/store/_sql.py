@@ -1340,6 +1340,9 @@ class SqlStore(Store, ABC):
 
     # --- lifecycle ---------------------------------------------------------------------------
 
+    def reclaim(self) -> None:
+        """See ``Store.reclaim``; a backend whose database needs it overrides this."""
+
     def ping(self) -> None:
         with self._tx(write=False) as tx:
             tx.rows(_PING)

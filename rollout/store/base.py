@@ -359,6 +359,18 @@ class Store(Protocol):
         """The rollouts ``holder`` holds with a lease live at ``now``, by rollout id."""
         ...
 
+    def reclaim(self) -> None:
+        """Make the space of row versions that commits replaced or deleted reusable now.
+
+        Every look rewrites its rollout's row and turns its windows over; PostgreSQL keeps
+        the old versions until a VACUUM, and its autovacuum looks at a database about once a
+        minute, in which time 1,000 rollouts leave megabytes of them and the files grow. The
+        reconcile loop calls this every few seconds: PostgreSQL vacuums the tables looks
+        rewrite (a plain VACUUM: no exclusive lock, reads and writes go on); SQLite reuses
+        freed pages by itself and does nothing. ``StoreUnavailable`` as any call.
+        """
+        ...
+
     def ping(self) -> None:
         """Check the database answers; ``StoreUnavailable`` if it does not (or is closed)."""
         ...

@@ -12,6 +12,7 @@ import pytest
 
 from rollout.clock import FakeClock
 from rollout.engine.decide import Timing
+from rollout.engine.ownership import Owner
 from rollout.engine.runner import Runner, new_rollout
 from rollout.engine.scheduler import Reconciler
 from rollout.plan import validate_plan
@@ -196,3 +197,31 @@ async def test_a_look_due_before_the_next_scan_starts_at_its_due_time(
     assert reconciler.next_due() is None
     clock.advance(due_at - clock.now())
     assert reconciler.start_upcoming() == []
+
+
+async def test_one_replica_per_period_has_the_store_reclaim_space(
+    sandbox: SandboxServer, store: Store, runner: Runner
+) -> None:
+    clock = sandbox.clock
+    assert isinstance(clock, FakeClock)
+    calls: list[str] = []
+    store.reclaim = lambda: calls.append("reclaim")  # type: ignore[method-assign]
+    try:
+        replicas = [
+            Reconciler(
+                runner,
+                store,
+                clock,
+                reclaim_every=10,
+                ownership=Owner(store, clock, holder=name, lease_ttl=30, wire_seconds=20),
+            )
+            for name in ("a", "b")
+        ]
+        for reconciler in replicas:
+            await reconciler.reclaim()
+        assert calls == ["reclaim"], "the other replica found the period taken"
+        clock.advance(10)
+        await replicas[1].reclaim()
+        assert calls == ["reclaim", "reclaim"]
+    finally:
+        del store.reclaim
