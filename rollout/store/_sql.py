@@ -1070,9 +1070,8 @@ class SqlStore(Store, ABC):
                 endpoint = self._endpoint_of(rollout_id)
                 raise ActiveRolloutExists(endpoint, self._active_id(endpoint)) from exc
             raise
-        # The state as written, read back from its own text (what a get would decode), not
-        # carried back by the database.
-        return self._rollout(rows[0], state=json.loads(state_text))
+        # The state as given (the database need not carry it back, nor this decode it).
+        return self._rollout(rows[0], state=state)
 
     def replace_plan(
         self,

@@ -188,7 +188,8 @@ class Store(Protocol):
         windows: WindowChanges | None = None,
         summary: SummaryFields | None = None,
     ) -> RolloutRecord:
-        """Persist one decision atomically and return the rollout at its new version.
+        """Persist one decision atomically and return the rollout at its new version (its
+        ``state`` the object given, not decoded again).
 
         In one transaction: update the rollout if it is still at ``expected_version`` (and bump
         it), append ``events`` with the next sequence numbers, insert ``alerts`` tied to the
