@@ -241,7 +241,8 @@ def stored_window(window: EntityWindow) -> StoredWindow:
 @dataclass
 class _Kept:
     """A rollout's parsed plan and tracker, as of the version the runner last committed, and
-    that commit's record and state (``None``: read them from the store)."""
+    that commit's record (its ``state`` left empty) and parsed state (``None``: read them from
+    the store)."""
 
     version: int
     plan: AnyPlan
@@ -384,8 +385,10 @@ class Runner:
             changed.clear()
             if decision.effect is None or decisions > _MAX_EFFECTS_PER_RECONCILE:
                 if not state.phase.terminal:
+                    # The record's own copy of the state is not kept: the parsed state is
+                    # what the next look uses, and one copy per rollout is memory enough.
                     self._kept[rollout_id] = _Kept(
-                        record.version, plan, policy, tracker, record, state
+                        record.version, plan, policy, tracker, replace(record, state={}), state
                     )
                 return ReconcileResult(rollout_id, state.phase, decisions)
             observation = await self._carry_out(record.id, plan, decision)
