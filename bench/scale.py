@@ -34,7 +34,9 @@ them as its own. "Fresh" is the same with 5 simulated minutes of history (the fi
 applied, its warm-up under way). The plan is a canary at 10 % with a 12 h bake and a healthy
 candidate, so every rollout stays active through the measurement. Copying one driven rollout
 is what makes 1,000 aged rollouts affordable; every copy holds exactly what the engine
-writes after 6 hours (window tracker, judge state, verdicts, events).
+writes after 6 hours (window tracker, judge state, verdicts, events, and the metric windows
+it keeps: the last 30 minutes', in their own table), so the store's growth is measured on
+rollouts whose windows already turn over (each look adds about as much as it drops).
 
 Three replicas (PostgreSQL only) are three serve processes on one store; they share the
 rollouts through per-rollout leases (README "Running replicas"), each driving its share.
@@ -323,6 +325,7 @@ class Template:
     updated_at: float
     due_at: float | None
     events: list[Any]
+    windows: list[Any]
     served_entities: list[dict[str, Any]]
     routes: list[dict[str, Any]]
     built_at: float = field(default_factory=time.time)
@@ -395,6 +398,7 @@ async def _build_template(history: float, config: Config) -> Template:
             endpoint = await client.get_endpoint("template")
         final = store.get(record.id)
         events = store.events(record.id)
+        windows = store.windows(record.id)
         store.close()
     if endpoint.config is None:
         raise RuntimeError("the template endpoint has no config")
@@ -409,6 +413,7 @@ async def _build_template(history: float, config: Config) -> Template:
         updated_at=final.updated_at,
         due_at=final.due_at,
         events=events,
+        windows=windows,
         served_entities=[
             {k: v for k, v in entity.items() if k in _ENTITY_FIELDS} for entity in served
         ],
@@ -522,7 +527,7 @@ class StoreProbe:
 def seed(url: str, template: Template, size: int, look_seconds: float) -> None:
     """N copies of the template rollout (see the module docstring), committed as the engine
     commits: created, then one commit with the template's state and its later events."""
-    from rollout.store import NewEvent, RolloutRecord, open_store  # noqa: PLC0415
+    from rollout.store import NewEvent, RolloutRecord, WindowChanges, open_store  # noqa: PLC0415
 
     store = open_store(url)
     store.migrate()
@@ -555,9 +560,37 @@ def seed(url: str, template: Template, size: int, look_seconds: float) -> None:
                 events=events[1:],
                 alerts=[],
                 consumed_commands=[],
+                # The windows go with the first copy; the others get them in one statement.
+                windows=WindowChanges(upsert=template.windows if index == 0 else ()),
             )
     finally:
         store.close()
+    if size > 1 and template.windows:
+        _copy_windows(url)
+
+
+def _copy_windows(url: str) -> None:
+    """Every seeded rollout gets the first one's (``bench0000...``) metric windows, in one
+    statement (1,000 copies of 30 minutes of windows through the store's API took a minute),
+    in the order a running controller writes them."""
+    query = (
+        "INSERT INTO metric_windows (rollout_id, entity, start_ms, data) "
+        "SELECT r.id, w.entity, w.start_ms, w.data FROM rollouts r "
+        "CROSS JOIN metric_windows w "
+        "WHERE w.rollout_id = (SELECT id FROM rollouts WHERE id LIKE 'bench0000%') "
+        "AND r.id NOT LIKE 'bench0000%' "
+        # Time-major, as a running controller writes them (a minute's windows of every
+        # rollout together): pages then empty, and are reused, as their windows age out.
+        "ORDER BY w.start_ms, r.id, w.entity"
+    )
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(url.removeprefix("sqlite:///"), timeout=30) as connection:
+            connection.execute(query)
+        return
+    import psycopg  # noqa: PLC0415
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(query)
 
 
 # ---- processes ----------------------------------------------------------------------------

@@ -140,8 +140,11 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
     except ServingError as exc:
         raise ConfigurationProblem(with_sign_in_help(str(exc))) from exc
     store, ownership = open_owned_store(settings, clock)
-    registry.register(RolloutStateCollector(state_reader(store, clock), clock))
-    registry.register(OwnershipCollector(lambda: ownership.owned, lambda: ownership.replicas))
+    # Per-rollout families render their own text after the registry's (thousands of samples).
+    rendered = (
+        RolloutStateCollector(state_reader(store, clock), clock),
+        OwnershipCollector(lambda: ownership.owned, lambda: ownership.replicas),
+    )
     watch = WorkspaceWatch(
         store,
         clock,
@@ -208,6 +211,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         clock=clock,
         library=library,
         registry=registry,
+        rendered=rendered,
         settings=settings.api,
         alert_targets=targets,
         ready=ready,

@@ -13,6 +13,7 @@ gauges read from the store when Prometheus scrapes ``/metrics``) and ``Ownership
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from rollout.clock import Clock
@@ -183,6 +185,8 @@ class RolloutRow(Protocol):
     @property
     def id(self) -> str: ...
     @property
+    def version(self) -> int: ...
+    @property
     def endpoint(self) -> str: ...
     @property
     def phase(self) -> str: ...
@@ -220,10 +224,98 @@ class StateReading:
 StateReader = Callable[[], StateReading | None]
 
 
+class TextFamilies(Protocol):
+    """Gauge families that render their own exposition text (``expose`` appends it): per
+    rollout there can be thousands of samples, and building prometheus_client objects for
+    each, then formatting them, took most of a scrape."""
+
+    def render_text(self, openmetrics: bool = False) -> str: ...
+
+
+def expose(
+    registry: CollectorRegistry, rendered: Sequence[TextFamilies], accept: str
+) -> tuple[bytes, str]:
+    """What ``/metrics`` answers: the registry's metrics in the format ``accept`` asks for
+    (Prometheus text, or OpenMetrics), then the families that render themselves; the
+    content type."""
+    encoder, content_type = choose_encoder(accept)
+    head = encoder(registry)
+    openmetrics = content_type.startswith("application/openmetrics-text")
+    body = "".join(families.render_text(openmetrics) for families in rendered).encode()
+    if openmetrics:
+        return head.removesuffix(b"# EOF\n") + body + b"# EOF\n", content_type
+    return head + body, content_type
+
+
+@dataclass(frozen=True)
+class _Family:
+    name: str
+    help: str
+    labels: tuple[str, ...]
+
+    def metric(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.help, labels=list(self.labels))
+
+    def header(self, openmetrics: bool) -> str:
+        text = self.help.replace("\\", "\\\\").replace("\n", "\\n")
+        if openmetrics:
+            text = text.replace('"', '\\"')
+        return f"# HELP {self.name} {text}\n# TYPE {self.name} gauge\n"
+
+
+def _label(value: str) -> str:
+    # Label values escape backslash, newline and double quote (both text formats).
+    if "\\" in value or "\n" in value or '"' in value:
+        value = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
+
+
+def _render(
+    families: Sequence[_Family], samples: Sequence[Sequence[str]], openmetrics: bool
+) -> str:
+    """Families with their sample lines (``samples[i]`` belongs to ``families[i]``)."""
+    parts: list[str] = []
+    for family, lines in zip(families, samples, strict=True):
+        parts.append(family.header(openmetrics))
+        parts.extend(lines)
+    return "".join(parts)
+
+
+def _go_float(value: float) -> str:
+    """A sample value as prometheus_client writes it (Go's float formatting)."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    text = repr(float(value))
+    dot = text.find(".")
+    # Go switches to exponents sooner than Python (only positive values need it here).
+    if value > 0 and dot > 6:
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
+
+
+def _sample(name: str, labels: str, value: float) -> str:
+    return f"{name}{{{labels}}} {_go_float(value)}\n"
+
+
+_OWNED = _Family(
+    "rollout_owned", "1 for each rollout this replica drives (holds the lease of).", ("rollout",)
+)
+_OWNED_COUNT = _Family("rollout_owned_rollouts", "How many rollouts this replica drives.", ())
+_REPLICAS = _Family(
+    "rollout_replicas",
+    "Live controller replicas on this store, as this replica last counted them.",
+    (),
+)
+
+
 class OwnershipCollector(Collector):
     """Which rollouts this replica drives, read from its ``Owner`` at scrape time.
 
     Unlike the per-rollout gauges, these differ between replicas: each shows its own share.
+    A ``Collector`` for a registry, and ``TextFamilies`` for ``expose``: the same samples.
     """
 
     def __init__(self, owned: Callable[[], list[str]], replicas: Callable[[], int]) -> None:
@@ -235,22 +327,92 @@ class OwnershipCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         owned = self.owned()
-        per_rollout = GaugeMetricFamily(
-            "rollout_owned",
-            "1 for each rollout this replica drives (holds the lease of).",
-            labels=["rollout"],
-        )
+        per_rollout = _OWNED.metric()
         for rollout_id in owned:
             per_rollout.add_metric([rollout_id], 1.0)
         yield per_rollout
-        yield GaugeMetricFamily(
-            "rollout_owned_rollouts", "How many rollouts this replica drives.", value=len(owned)
+        yield GaugeMetricFamily(_OWNED_COUNT.name, _OWNED_COUNT.help, value=len(owned))
+        yield GaugeMetricFamily(_REPLICAS.name, _REPLICAS.help, value=self.replicas())
+
+    def render_text(self, openmetrics: bool = False) -> str:
+        owned = self.owned()
+        return _render(
+            (_OWNED, _OWNED_COUNT, _REPLICAS),
+            (
+                [f'rollout_owned{{rollout="{_label(r)}"}} 1.0\n' for r in owned],
+                [f"rollout_owned_rollouts {_go_float(len(owned))}\n"],
+                [f"rollout_replicas {_go_float(self.replicas())}\n"],
+            ),
+            openmetrics,
         )
-        yield GaugeMetricFamily(
-            "rollout_replicas",
-            "Live controller replicas on this store, as this replica last counted them.",
-            value=self.replicas(),
-        )
+
+
+_INFO = _Family(
+    "rollout_info",
+    "One per rollout: its endpoint, candidate, baseline, strategy and phase.",
+    ("rollout", "endpoint", "candidate", "baseline", "strategy", "phase"),
+)
+_WEIGHT = _Family(
+    "rollout_candidate_weight_percent",
+    "Traffic percentage the candidate serves.",
+    ("rollout", "endpoint"),
+)
+_STEP = _Family(
+    "rollout_step",
+    "The rollout's current step, counted from 1 (as get, events and the page number it).",
+    ("rollout", "endpoint"),
+)
+_ERROR_RATE = _Family(
+    "rollout_observed_error_rate",
+    "5xx / requests of each arm over the windows of the current split.",
+    ("rollout", "endpoint", "arm"),
+)
+_LATENCY = _Family(
+    "rollout_observed_latency_p99_ms",
+    "p99 latency of each arm over the windows of the current split, from histograms.",
+    ("rollout", "endpoint", "arm"),
+)
+_STARTED = _Family(
+    "rollout_started_timestamp_seconds",
+    "When the rollout was submitted, in seconds since the Unix epoch.",
+    ("rollout", "endpoint"),
+)
+_DEADLINE = _Family(
+    "rollout_deadline_timestamp_seconds",
+    "When the rollout's policy deadline passes (only for policies with a deadline).",
+    ("rollout", "endpoint"),
+)
+_PENDING = _Family("rollout_alerts_pending", "Alerts in the outbox not yet delivered.", ())
+# The per-rollout families in exposition order (the pending count comes last).
+_PER_ROLLOUT = (_INFO, _WEIGHT, _STEP, _ERROR_RATE, _LATENCY, _STARTED, _DEADLINE)
+
+
+def _rollout_samples(summary: RolloutRow) -> tuple[list[tuple[list[str], float]], ...]:
+    """One rollout's samples per family of ``_PER_ROLLOUT``: (label values, value)."""
+    labels = [summary.id, summary.endpoint]
+    info = [*labels, summary.candidate, summary.baseline or "", summary.strategy, summary.phase]
+    error_rate: list[tuple[list[str], float]] = []
+    latency: list[tuple[list[str], float]] = []
+    for arm, totals in (("candidate", summary.candidate_arm), ("baseline", summary.control_arm)):
+        if totals.requests > 0:
+            error_rate.append(([*labels, arm], totals.errors_5xx / totals.requests))
+        p99 = _p99(totals.latency)
+        if p99 is not None:
+            latency.append(([*labels, arm], p99))
+    deadline = (
+        [(labels, summary.started_at + summary.deadline_seconds)]
+        if summary.deadline_seconds is not None
+        else []
+    )
+    return (
+        [(info, 1.0)],
+        [(labels, float(summary.candidate_weight))],
+        [(labels, float(summary.step) + 1.0)],
+        error_rate,
+        latency,
+        [(labels, summary.started_at)],
+        deadline,
+    )
 
 
 class RolloutStateCollector(Collector):
@@ -261,87 +423,73 @@ class RolloutStateCollector(Collector):
     newest ``FINISHED_SHOWN`` finished rollouts that ended within ``FINISHED_VISIBLE_SECONDS``,
     as summaries: a scrape never decodes a rollout's plan or state, so its cost grows with
     the number of rollouts shown, not with their history.
+
+    A ``Collector`` for a registry, and ``TextFamilies`` for ``expose`` (the daemon's
+    ``/metrics``): the same samples, the text rendered directly, and each rollout's lines
+    kept from one scrape to the next while its version (and so its summary) is unchanged.
     """
 
     def __init__(self, read: StateReader, clock: Clock) -> None:
         self.read = read
         self.clock = clock
+        # rollout id -> (version, its sample lines per family); replaced whole at every
+        # scrape, so concurrent scrapes never see it half built. A commit bumps the version.
+        self._lines: dict[str, tuple[int, tuple[list[str], ...]]] = {}
 
     def describe(self) -> Iterable[Metric]:
         # Describing without collecting keeps registration free of store reads.
         return []
 
     def collect(self) -> Iterable[Metric]:
-        info = GaugeMetricFamily(
-            "rollout_info",
-            "One per rollout: its endpoint, candidate, baseline, strategy and phase.",
-            labels=["rollout", "endpoint", "candidate", "baseline", "strategy", "phase"],
-        )
-        weight = GaugeMetricFamily(
-            "rollout_candidate_weight_percent",
-            "Traffic percentage the candidate serves.",
-            labels=["rollout", "endpoint"],
-        )
-        step = GaugeMetricFamily(
-            "rollout_step",
-            "The rollout's current step, counted from 1 (as get, events and the page number it).",
-            labels=["rollout", "endpoint"],
-        )
-        error_rate = GaugeMetricFamily(
-            "rollout_observed_error_rate",
-            "5xx / requests of each arm over the windows of the current split.",
-            labels=["rollout", "endpoint", "arm"],
-        )
-        latency = GaugeMetricFamily(
-            "rollout_observed_latency_p99_ms",
-            "p99 latency of each arm over the windows of the current split, from histograms.",
-            labels=["rollout", "endpoint", "arm"],
-        )
-        started = GaugeMetricFamily(
-            "rollout_started_timestamp_seconds",
-            "When the rollout was submitted, in seconds since the Unix epoch.",
-            labels=["rollout", "endpoint"],
-        )
-        deadline = GaugeMetricFamily(
-            "rollout_deadline_timestamp_seconds",
-            "When the rollout's policy deadline passes (only for policies with a deadline).",
-            labels=["rollout", "endpoint"],
-        )
-        pending = GaugeMetricFamily(
-            "rollout_alerts_pending", "Alerts in the outbox not yet delivered."
-        )
         reading = self.read()
         if reading is None:
             # A scrape must not fail because the store blinked; the gauges are just absent.
             return
-        pending.add_metric([], float(reading.pending_alerts))
+        metrics = [family.metric() for family in _PER_ROLLOUT]
         for summary in reading.rollouts:
-            labels = [summary.id, summary.endpoint]
-            info.add_metric(
-                [
-                    *labels,
-                    summary.candidate,
-                    summary.baseline or "",
-                    summary.strategy,
-                    summary.phase,
-                ],
-                1.0,
-            )
-            weight.add_metric(labels, float(summary.candidate_weight))
-            started.add_metric(labels, summary.started_at)
-            if summary.deadline_seconds is not None:
-                deadline.add_metric(labels, summary.started_at + summary.deadline_seconds)
-            step.add_metric(labels, float(summary.step) + 1.0)
-            for arm, totals in (
-                ("candidate", summary.candidate_arm),
-                ("baseline", summary.control_arm),
-            ):
-                if totals.requests > 0:
-                    error_rate.add_metric([*labels, arm], totals.errors_5xx / totals.requests)
-                p99 = _p99(totals.latency)
-                if p99 is not None:
-                    latency.add_metric([*labels, arm], p99)
-        yield from (info, weight, step, error_rate, latency, started, deadline, pending)
+            for metric, samples in zip(metrics, _rollout_samples(summary), strict=True):
+                for labels, value in samples:
+                    metric.add_metric(labels, value)
+        pending = _PENDING.metric()
+        pending.add_metric([], float(reading.pending_alerts))
+        yield from (*metrics, pending)
+
+    def render_text(self, openmetrics: bool = False) -> str:
+        reading = self.read()
+        if reading is None:
+            return ""
+        previous = self._lines
+        kept: dict[str, tuple[int, tuple[list[str], ...]]] = {}
+        per_family: list[list[str]] = [[] for _ in _PER_ROLLOUT]
+        for summary in reading.rollouts:
+            cached = previous.get(summary.id)
+            if cached is not None and cached[0] == summary.version:
+                lines = cached[1]
+            else:
+                lines = tuple(
+                    [
+                        _sample(family.name, _labels(family, labels), value)
+                        for labels, value in samples
+                    ]
+                    for family, samples in zip(
+                        _PER_ROLLOUT, _rollout_samples(summary), strict=True
+                    )
+                )
+            kept[summary.id] = (summary.version, lines)
+            for into, rows in zip(per_family, lines, strict=True):
+                into.extend(rows)
+        self._lines = kept
+        return _render(
+            (*_PER_ROLLOUT, _PENDING),
+            (*per_family, [f"rollout_alerts_pending {_go_float(reading.pending_alerts)}\n"]),
+            openmetrics,
+        )
+
+
+def _labels(family: _Family, values: Sequence[str]) -> str:
+    return ",".join(
+        f'{name}="{_label(value)}"' for name, value in zip(family.labels, values, strict=True)
+    )
 
 
 def _p99(histogram: dict[str, Any] | None) -> float | None:

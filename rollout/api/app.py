@@ -31,14 +31,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.responses import JSONResponse
 
@@ -128,6 +127,7 @@ from rollout.store.errors import (
     StoreError,
 )
 from rollout.store.model import RolloutRecord
+from rollout.telemetry import TextFamilies, expose
 
 log = structlog.get_logger("rollout.api")
 
@@ -241,6 +241,7 @@ def create_api(
     library: PolicyLibrary,
     registry: CollectorRegistry,
     settings: ApiSettings,
+    rendered: Sequence[TextFamilies] = (),
     ready: ReadyCheck | None = None,
     wake: Wake | None = None,
     endpoint_check_timeout: float = 30.0,
@@ -252,7 +253,9 @@ def create_api(
 ) -> FastAPI:
     """The API application. Raises ``ValueError`` (naming the item) for a bad token spec.
 
-    ``owned()`` lists the rollouts this replica drives; ``/readyz`` shows it.
+    ``owned()`` lists the rollouts this replica drives; ``/readyz`` shows it. ``/metrics`` is
+    ``registry`` followed by the ``rendered`` families (per-rollout gauges that write their own
+    text: see ``rollout.telemetry.expose``).
 
     ``ready()`` returns the daemon's problems by component (empty: ready); ``wake(id)`` is
     called after a rollout is created or a command queued. ``endpoint_check_timeout`` bounds,
@@ -283,6 +286,7 @@ def create_api(
         clock=clock,
         library=library,
         registry=registry,
+        rendered=rendered,
         ready=ready,
         wake=wake,
         endpoint_check_timeout=endpoint_check_timeout,
@@ -342,6 +346,7 @@ class _Service:
         clock: Clock,
         library: PolicyLibrary,
         registry: CollectorRegistry,
+        rendered: Sequence[TextFamilies],
         ready: ReadyCheck | None,
         wake: Wake | None,
         endpoint_check_timeout: float,
@@ -359,6 +364,7 @@ class _Service:
         self.clock = clock
         self.library = library
         self.registry = registry
+        self.rendered = rendered
         self.ready = ready
         self.wake = wake
         self.endpoint_check_timeout = endpoint_check_timeout
@@ -949,10 +955,11 @@ def _monitoring_routes(app: FastAPI, service: _Service) -> None:
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
     async def metrics(request: Request) -> Response:
-        # Prometheus text by default, OpenMetrics when the scraper asks for it.
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        # Collectors may read the store at scrape time: keep that off the event loop.
-        text = await asyncio.to_thread(encoder, service.registry)
+        # Prometheus text by default, OpenMetrics when the scraper asks for it. Collectors
+        # read the store at scrape time: keep that off the event loop.
+        text, content_type = await asyncio.to_thread(
+            expose, service.registry, service.rendered, request.headers.get("accept", "")
+        )
         return Response(text, headers={"Content-Type": content_type})
 
 

@@ -4,7 +4,8 @@ Where this sits: between the reconcile loop and the runner. Any number of contro
 (``rollout serve`` or ``rollout engine``) may share one store; each rollout is driven by one of
 them at a time. Before reconciling a due rollout the loop asks ``Owner.hold``: the replica
 claims the rollout's lease in the store (``Store.claim_rollout``) if the rollout is free and
-the replica is under its fair share, or renews it if it holds it already. The runner then
+the replica is under its fair share, or renews it if it holds it already and it has less than
+half a TTL left (the heartbeat renews all of a replica's leases in one statement). The runner then
 presents the lease's fencing token twice per config change: ``check`` right before every PUT
 (a renewal that fails with ``LeaseLost`` if another replica took the rollout) and with every
 commit (the store refuses a commit under a stale token).
@@ -220,21 +221,24 @@ class Owner:
                 f"{self.holder} lost the SQLite driver lease to another process; stopping"
             )
         await self._count(now)
-        for rollout_id, held in list(self._held.items()):
-            if self.single_driver:
-                break
-            try:
-                self._held[rollout_id] = await asyncio.to_thread(
-                    self.store.renew_rollout,
-                    rollout_id,
-                    self.holder,
-                    held.token,
-                    self.lease_ttl,
-                    now,
+        if not self.single_driver and self._held:
+            # Every lease in one statement, however many this replica holds.
+            before = dict(self._held)
+            renewed = {
+                lease.rollout_id: lease
+                for lease in await asyncio.to_thread(
+                    self.store.renew_held, self.holder, self.lease_ttl, now
                 )
-            except LeaseLost:
-                self._held.pop(rollout_id, None)
-                log.warning("ownership.lost", rollout=rollout_id, token=held.token)
+            }
+            for rollout_id, held in before.items():
+                if self._held.get(rollout_id) is not held:
+                    continue  # claimed again or released meanwhile: that is newer
+                fresh = renewed.get(rollout_id)
+                if fresh is not None and fresh.token == held.token:
+                    self._held[rollout_id] = fresh
+                else:
+                    self._held.pop(rollout_id, None)
+                    log.warning("ownership.lost", rollout=rollout_id, token=held.token)
         excess = 0 if self.single_driver else len(self._held) - self.share
         for rollout_id in sorted(self._held, reverse=True):
             if excess <= 0:
@@ -265,6 +269,10 @@ class Owner:
             self._held.setdefault(rollout_id, granted)
             return self._held[rollout_id]
         held = self._held.get(rollout_id)
+        if held is not None and held.expires_at - now > self.lease_ttl / 2:
+            # Held, and live for over half a TTL (the heartbeat renews it): no write per
+            # look. The commit's fence and the check before a PUT still go to the store.
+            return held
         if held is None and len(self._held) >= self.share and now - self._counted_at >= 1.0:
             # Rollouts submitted since the last heartbeat raise the share: count again (at
             # most once a second) rather than leave them waiting for the next heartbeat.

@@ -46,10 +46,11 @@ bounded);
 the metric windows are rows of their own (``Store.windows``), and a look commits only the
 windows it saw for the first time or revised, drops those no longer needed (older than the
 current split and than the dedup horizon), and, when a split ends, one step summary. Between
-looks the runner keeps each rollout's tracker (its windows) and parsed plan in memory, keyed
-by the version it committed: the next look of the same rollout reads only the small row, and
-any other version (another controller committed, a restart, a failed commit) reloads the
-windows from the store.
+looks the runner keeps each rollout's tracker (its windows), parsed plan and committed state
+in memory, keyed by the version it committed: the next look of the same rollout reads only
+the row's version, and any other version (another controller committed, a command's
+``replace_plan``, a restart, a failed commit) reads the row and reloads the windows from the
+store.
 """
 
 from __future__ import annotations
@@ -258,12 +259,16 @@ def stored_window(window: EntityWindow) -> StoredWindow:
 
 @dataclass
 class _Kept:
-    """A rollout's parsed plan and tracker, as of the version the runner last committed."""
+    """A rollout's parsed plan and tracker, as of the version the runner last committed, and
+    that commit's record (its ``state`` left empty) and parsed state (``None``: read them from
+    the store)."""
 
     version: int
     plan: AnyPlan
     policy: Policy
     tracker: WindowTracker
+    record: RolloutRecord | None = None
+    state: RolloutState | None = None
 
 
 def new_rollout(
@@ -396,10 +401,20 @@ class Runner:
             return await self._reconcile(rollout_id)
 
     async def _reconcile(self, rollout_id: str) -> ReconcileResult:
-        record = await asyncio.to_thread(self.store.get, rollout_id)
         # Popped: a reconcile that fails half way leaves nothing behind that could be stale.
         kept = self._kept.pop(rollout_id, None)
-        state = RolloutState.model_validate(record.state)
+        if (
+            kept is not None
+            and kept.record is not None
+            and kept.state is not None
+            and await asyncio.to_thread(self.store.version_of, rollout_id) == kept.version
+        ):
+            # Nothing committed since this runner's last commit: what it committed is what a
+            # read would give back, without decoding the state again.
+            record, state = kept.record, kept.state
+        else:
+            record = await asyncio.to_thread(self.store.get, rollout_id)
+            state = RolloutState.model_validate(record.state)
         if state.phase.terminal:
             return ReconcileResult(rollout_id, state.phase, 0)
         changed: dict[tuple[str | None, int], EntityWindow] = {}
@@ -438,7 +453,11 @@ class Runner:
             changed.clear()
             if decision.effect is None or decisions > _MAX_EFFECTS_PER_RECONCILE:
                 if not state.phase.terminal:
-                    self._kept[rollout_id] = _Kept(record.version, plan, policy, tracker)
+                    # The record's own copy of the state is not kept: the parsed state is
+                    # what the next look uses, and one copy per rollout is memory enough.
+                    self._kept[rollout_id] = _Kept(
+                        record.version, plan, policy, tracker, replace(record, state={}), state
+                    )
                 return ReconcileResult(rollout_id, state.phase, decisions)
             observation = await self._carry_out(record.id, plan, decision)
 

@@ -33,7 +33,7 @@ import asyncio
 import json
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -98,6 +98,15 @@ def _tags(tags: TagsArg) -> list[dict[str, str]]:
     return [t.model_dump(exclude_none=True) for t in tags]
 
 
+CONNECTION_LIMITS: Final = httpx.Limits(
+    max_connections=32, max_keepalive_connections=8, keepalive_expiry=5.0
+)
+"""Connections to the workspace. Each request walks the pool's connections (and polls every
+idle one's socket), so a pool grown to httpx's default 100 by a burst of looks cost about 2 ms
+of CPU per look at 1,000 rollouts; 32 at once is more than the looks need (two short requests
+each), and 8 are kept open between them."""
+
+
 class ServingClient:
     """Typed, retried, observable calls to one workspace's serving endpoints."""
 
@@ -135,6 +144,7 @@ class ServingClient:
                 headers={"User-Agent": user_agent},
                 # A redirect here is a login page or a misconfigured host, never an answer.
                 follow_redirects=False,
+                limits=CONNECTION_LIMITS,
             )
         except (httpx.InvalidURL, ValueError) as exc:
             raise ConfigurationError(f"invalid workspace host {self.host!r}") from exc

@@ -49,6 +49,7 @@ from rollout.store.model import (
     AliasTrigger,
     ArmSummary,
     Command,
+    DueRollout,
     EventRecord,
     Fence,
     JsonObject,
@@ -114,7 +115,7 @@ SET phase = :phase, state = :state, due_at = :due_at, updated_at = :updated_at,
     candidate_weight = CASE WHEN :set_summary THEN :candidate_weight ELSE candidate_weight END,
     verdict = CASE WHEN :set_summary THEN :verdict ELSE verdict END
 WHERE id = :id AND version = :expected_version
-RETURNING id, endpoint, phase, version, plan, state, created_at, updated_at, due_at
+RETURNING id, endpoint, phase, version, plan, NULL, created_at, updated_at, due_at
 """
 _REPLACE_PLAN: Final = """
 UPDATE rollouts
@@ -140,6 +141,20 @@ FROM rollouts
 WHERE due_at IS NOT NULL AND due_at <= :now
   AND phase NOT IN ('succeeded', 'rolled_back', 'aborted', 'failed')
 ORDER BY due_at, created_at, id
+LIMIT :limit
+"""
+# Two columns only: the scan runs every second and needs no plan or state. With a holder,
+# rollouts under another holder's live lease are not this replica's to look at.
+_DUE_SOON: Final = """
+SELECT r.id, r.due_at
+FROM rollouts r
+WHERE r.due_at IS NOT NULL AND r.due_at <= :until
+  AND r.phase NOT IN ('succeeded', 'rolled_back', 'aborted', 'failed')
+  AND (CAST(:holder AS TEXT) IS NULL OR NOT EXISTS (
+      SELECT 1 FROM ownership o
+      WHERE o.rollout_id = r.id AND o.holder <> :holder AND o.expires_at > :now
+  ))
+ORDER BY r.due_at, r.created_at, r.id
 LIMIT :limit
 """
 
@@ -535,6 +550,11 @@ UPDATE ownership SET expires_at = :expires_at, renewed_at = :now
 WHERE rollout_id = :rollout_id AND holder = :holder AND token = :token AND expires_at > :now
 RETURNING rollout_id, holder, token, acquired_at, expires_at, act_after
 """
+_RENEW_HELD: Final = """
+UPDATE ownership SET expires_at = :expires_at, renewed_at = :now
+WHERE holder = :holder AND expires_at > :now
+RETURNING rollout_id, holder, token, acquired_at, expires_at, act_after
+"""
 _FENCE_ROLLOUT: Final = """
 UPDATE ownership SET renewed_at = renewed_at
 WHERE rollout_id = :rollout_id AND holder = :holder AND token = :token AND expires_at > :now
@@ -754,14 +774,16 @@ class SqlStore(Store, ABC):
             raise StoreError(f"stored JSON is not an object: {type(value).__name__}")
         return value
 
-    def _rollout(self, row: Row) -> RolloutRecord:
+    def _rollout(self, row: Row, state: JsonObject | None = None) -> RolloutRecord:
+        """A record from a row of the rollout columns; ``state``: the one just written (the
+        row then need not carry it back, nor this decode it again)."""
         return RolloutRecord(
             id=str(row[0]),
             endpoint=str(row[1]),
             phase=str(row[2]),
             version=int(row[3]),
             plan=self._object(row[4]),
-            state=self._object(row[5]),
+            state=self._object(row[5]) if state is None else state,
             created_at=float(row[6]),
             updated_at=float(row[7]),
             due_at=None if row[8] is None else float(row[8]),
@@ -954,6 +976,13 @@ class SqlStore(Store, ABC):
             raise RolloutNotFound(rollout_id)
         return self._rollout(rows[0])
 
+    def version_of(self, rollout_id: str) -> int:
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_ROLLOUT_VERSION, {"id": rollout_id})
+        if not rows:
+            raise RolloutNotFound(rollout_id)
+        return int(rows[0][0])
+
     def list(
         self,
         endpoint: str | None = None,
@@ -1029,6 +1058,17 @@ class SqlStore(Store, ABC):
             rows = tx.rows(_DUE, {"now": now, "limit": limit})
         return [self._rollout(row) for row in rows]
 
+    def due_soon(
+        self, until: float, limit: int = 100, *, holder: str | None = None, now: float = 0.0
+    ) -> builtins.list[DueRollout]:
+        _check_time(until, "until")
+        _check_time(now, "now")
+        _check_limit(limit)
+        params = {"until": until, "limit": limit, "holder": holder, "now": now}
+        with self._tx(write=False) as tx:
+            rows = tx.rows(_DUE_SOON, params)
+        return [DueRollout(str(row[0]), float(row[1])) for row in rows]
+
     def commit(
         self,
         rollout_id: str,
@@ -1050,11 +1090,12 @@ class SqlStore(Store, ABC):
         _check_time(due_at, "due_at")
         if alerts and not events:
             raise ValueError("alerts are written with the event that caused them: add an event")
+        state_text = dump_json(state, "state")
         update_params = {
             "id": rollout_id,
             "expected_version": expected_version,
             "phase": phase,
-            "state": self._json(state, "state"),
+            "state": self._json_param(state_text),
             "due_at": due_at,
             "updated_at": updated_at,
             **_summary_params(summary),
@@ -1117,7 +1158,8 @@ class SqlStore(Store, ABC):
                 endpoint = self._endpoint_of(rollout_id)
                 raise ActiveRolloutExists(endpoint, self._active_id(endpoint)) from exc
             raise
-        return self._rollout(rows[0])
+        # The state as given (the database need not carry it back, nor this decode it).
+        return self._rollout(rows[0], state=state)
 
     def replace_plan(
         self,
@@ -1394,6 +1436,14 @@ class SqlStore(Store, ABC):
             raise LeaseLost(rollout_id, holder, token)
         return self._ownership(rows[0])
 
+    def renew_held(self, holder: str, ttl_seconds: float, now: float) -> builtins.list[Ownership]:
+        _check_time(now, "now")
+        _check_positive(ttl_seconds, "ttl_seconds")
+        params = {"holder": holder, "now": now, "expires_at": now + ttl_seconds}
+        with self._tx(write=True) as tx:
+            rows = tx.rows(_RENEW_HELD, params)
+        return sorted((self._ownership(row) for row in rows), key=lambda o: o.rollout_id)
+
     def release_rollout(
         self, rollout_id: str, holder: str, token: int, now: float, *, quiet: bool
     ) -> bool:
@@ -1420,6 +1470,9 @@ class SqlStore(Store, ABC):
         return [self._ownership(row) for row in rows]
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    def reclaim(self) -> None:
+        """See ``Store.reclaim``; a backend whose database needs it overrides this."""
 
     def ping(self) -> None:
         with self._tx(write=False) as tx:

@@ -45,6 +45,7 @@ from rollout.store.model import (
     AliasMove,
     AliasTrigger,
     Command,
+    DueRollout,
     EventRecord,
     Fence,
     JsonObject,
@@ -162,8 +163,24 @@ class Store(Protocol):
         """The non-terminal rollout holding the endpoint, if any."""
         ...
 
+    def version_of(self, rollout_id: str) -> int:
+        """The rollout's current version (one integer column); ``RolloutNotFound``."""
+        ...
+
     def due(self, now: float, limit: int = 100) -> builtins.list[RolloutRecord]:
         """Non-terminal rollouts with ``due_at <= now``, the longest overdue first."""
+        ...
+
+    def due_soon(
+        self, until: float, limit: int = 100, *, holder: str | None = None, now: float = 0.0
+    ) -> builtins.list[DueRollout]:
+        """Ids and due times of non-terminal rollouts with ``due_at <= until``, soonest first.
+
+        Reads two columns, never a plan or a state: the scheduler's scan, which looks ahead
+        (``until`` past now) so that it can start each look at its due time. With ``holder``,
+        rollouts under another holder's lease live at ``now`` are left out (that replica
+        drives them; nothing here could claim them).
+        """
         ...
 
     def commit(
@@ -182,7 +199,8 @@ class Store(Protocol):
         windows: WindowChanges | None = None,
         summary: SummaryFields | None = None,
     ) -> RolloutRecord:
-        """Persist one decision atomically and return the rollout at its new version.
+        """Persist one decision atomically and return the rollout at its new version (its
+        ``state`` the object given, not decoded again).
 
         In one transaction: update the rollout if it is still at ``expected_version`` (and bump
         it), append ``events`` with the next sequence numbers, insert ``alerts`` tied to the
@@ -357,6 +375,13 @@ class Store(Protocol):
         """
         ...
 
+    def renew_held(self, holder: str, ttl_seconds: float, now: float) -> builtins.list[Ownership]:
+        """Extend every lease ``holder`` holds live at ``now`` to ``now + ttl_seconds``, in one
+        statement; return them (by rollout id). A lease that expired is not renewed (it may
+        have been taken over): the caller counts what is missing as lost. Tokens never change
+        here (a holder's live lease carries the token it was claimed under)."""
+        ...
+
     def release_rollout(
         self, rollout_id: str, holder: str, token: int, now: float, *, quiet: bool
     ) -> bool:
@@ -373,6 +398,18 @@ class Store(Protocol):
 
     def owned_by(self, holder: str, now: float) -> builtins.list[Ownership]:
         """The rollouts ``holder`` holds with a lease live at ``now``, by rollout id."""
+        ...
+
+    def reclaim(self) -> None:
+        """Make the space of row versions that commits replaced or deleted reusable now.
+
+        Every look rewrites its rollout's row and turns its windows over; PostgreSQL keeps
+        the old versions until a VACUUM, and its autovacuum looks at a database about once a
+        minute, in which time 1,000 rollouts leave megabytes of them and the files grow. The
+        reconcile loop calls this every few seconds: PostgreSQL vacuums the tables looks
+        rewrite (a plain VACUUM: no exclusive lock, reads and writes go on); SQLite reuses
+        freed pages by itself and does nothing. ``StoreUnavailable`` as any call.
+        """
         ...
 
     def ping(self) -> None:

@@ -295,7 +295,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     # after a promotion is kept with its rollout from its creation and done once the rollout
     # is succeeded (at least once: moving an alias is idempotent).
     Migration(
-        version=9,
+        version=6,
         name="alias watches and alias moves",
         statements=(
             """

@@ -243,6 +243,14 @@ class Ownership:
 
 
 @dataclass(frozen=True)
+class DueRollout:
+    """A non-terminal rollout's next look, as the scheduler's scan reads it (no plan, no state)."""
+
+    id: str
+    due_at: float
+
+
+@dataclass(frozen=True)
 class Fence:
     """What a fenced write presents: the holder and the token it holds the rollout under."""
 

@@ -94,6 +94,11 @@ RETURNING outbox.id, outbox.rollout_id, outbox.event_seq, outbox.channel, outbox
           outbox.delivered_at, outbox.last_error
 """
 
+# The tables every look rewrites or turns over (the rollout's row and its TOASTed state, the
+# windows, the lease rows), in the connection's search_path. Dead versions in the others
+# (events, step summaries, the outbox) are rare and left to autovacuum.
+_RECLAIM_SQL: Final = "VACUUM (SKIP_LOCKED) rollouts, metric_windows, ownership, leases"
+
 # ":name" not preceded by ":" or a word character (so "::jsonb" casts are left alone).
 _NAMED_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -259,6 +264,17 @@ class PostgresStore(SqlStore):
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close(timeout=self._wait)
+
+    def reclaim(self) -> None:
+        # VACUUM cannot run inside a transaction block: the pool's connections are in
+        # autocommit, and this statement is the whole of its use of one.
+        try:
+            with self._connections().connection(timeout=self._wait) as connection:
+                connection.execute(_RECLAIM_SQL)
+        except psycopg_pool.PoolTimeout as exc:
+            raise StoreUnavailable(f"{self._description}: no connection: {exc}") from exc
+        except psycopg.Error as exc:
+            raise translate(exc, self._description) from exc
 
     def _lock_migrations(self, tx: Tx) -> None:
         tx.rows(_MIGRATION_LOCK_SQL)

@@ -157,14 +157,14 @@ async def test_a_new_owner_waits_out_the_old_owners_put_and_recognises_it(
     assert target["purpose"] == "deploy"
     assert puts(sandbox_admin, "ep-late") == []
 
-    # While a's lease is live, b's loop finds the rollout a's and leaves it until the lease
-    # would run out (one read, no claim per scan).
+    # While a's lease is live, b's scan leaves the rollout out (no claim, not even a read
+    # per scan) until the lease would run out.
     reconciler_b = Reconciler(runner_b, store, clock, ownership=b)
     clock.advance(TTL / 2)  # due again (the update's poll), a's lease still live
-    assert await reconciler_b.scan() == [rollout_id]
+    assert store.due_soon(clock.now(), holder="a", now=clock.now())[0].id == rollout_id
+    assert await reconciler_b.scan() == []
     await reconciler_b.drain()
     assert b.owned == []
-    assert await reconciler_b.scan() == []
     # a's lease runs out; b's loop claims the rollout but must not act yet.
     clock.advance(TTL / 2 + 1)
     assert await reconciler_b.scan() == [rollout_id]

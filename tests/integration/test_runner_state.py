@@ -166,3 +166,44 @@ async def test_a_restarted_runner_judges_what_an_uninterrupted_one_judges(
     assert len(restarted) == len(steady)
     for one, two in zip(steady, restarted, strict=True):
         assert one == two, one[0]
+
+
+async def test_a_runner_reads_the_row_again_after_another_controller_committed(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store
+) -> None:
+    # A runner keeps what it committed and, while the version is its own, reads only the
+    # version; a commit by anyone else must make it read the row (not act on its memory).
+    clock = FakeClock()
+    sandbox.workspace.reset(clock=clock)
+    make_endpoint(sandbox_admin, HEALTHY, qps=50)
+    async with ServingClient(
+        sandbox.url, PatAuth(sandbox.token), clock=clock, poll_interval=5,
+        retry=RetryPolicy(initial_backoff=0.1, max_backoff=1, budget_seconds=30),
+    ) as client:  # fmt: skip
+        the_plan = plan(**LONG)
+        first = Runner(store, client, clock=clock, timing=TIMING)
+        second = Runner(store, client, clock=clock, timing=TIMING)
+        rollout_id = (await first.submit(the_plan, resolve_policy(the_plan))).id
+        await _look_until(first, store, clock, rollout_id, clock.now() + 600)
+        reads: list[str] = []
+        get = store.get
+
+        def counted_get(wanted: str) -> Any:
+            reads.append(wanted)
+            return get(wanted)
+
+        store.get = counted_get  # type: ignore[method-assign]
+        try:
+            clock.advance(30)
+            await first.reconcile(rollout_id)
+            assert reads == [], "its own version: the kept state, no row read"
+            clock.advance(30)
+            await second.reconcile(rollout_id)  # another controller's look
+            reads.clear()
+            version = store.version_of(rollout_id)
+            clock.advance(30)
+            await first.reconcile(rollout_id)  # would be StaleVersion on its old memory
+            assert reads == [rollout_id]
+            assert store.version_of(rollout_id) == version + 1
+        finally:
+            del store.get

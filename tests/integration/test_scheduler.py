@@ -12,6 +12,7 @@ import pytest
 
 from rollout.clock import FakeClock
 from rollout.engine.decide import Timing
+from rollout.engine.ownership import Owner
 from rollout.engine.runner import Runner, new_rollout
 from rollout.engine.scheduler import Reconciler
 from rollout.plan import validate_plan
@@ -162,3 +163,65 @@ async def test_the_reconcile_lag_is_reported_at_every_scan_and_falls_to_zero_whe
     # Nothing is due now (the rollout bakes): the next scan says so instead of repeating 7 s.
     assert await reconciler.scan() == []
     assert lags[-1] == 0.0
+
+
+async def test_a_look_due_before_the_next_scan_starts_at_its_due_time(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store, runner: Runner
+) -> None:
+    endpoint(sandbox_admin, "ep-soon")
+    rollout_id = await submit(runner, "ep-soon")
+    clock = sandbox.clock
+    assert isinstance(clock, FakeClock)
+    await runner.reconcile(rollout_id)
+    reconciler = Reconciler(runner, store, clock, scan_interval=3600)
+
+    async def not_due_yet() -> float:
+        due_at = store.get(rollout_id).due_at
+        assert due_at is not None
+        assert due_at > clock.now()
+        # Not due yet, but before the next scan: remembered, not started.
+        assert await reconciler.scan() == []
+        assert reconciler.next_due() == due_at
+        assert reconciler.start_upcoming() == []
+        return due_at
+
+    due_at = await not_due_yet()
+    clock.advance(due_at - clock.now())
+    assert reconciler.start_upcoming() == [rollout_id]
+    assert reconciler.next_due() is None
+    await reconciler.drain()
+    # A rollout poked before its remembered due time is not started again at that time.
+    due_at = await not_due_yet()
+    assert reconciler.poke(rollout_id)
+    await reconciler.drain()
+    assert reconciler.next_due() is None
+    clock.advance(due_at - clock.now())
+    assert reconciler.start_upcoming() == []
+
+
+async def test_one_replica_per_period_has_the_store_reclaim_space(
+    sandbox: SandboxServer, store: Store, runner: Runner
+) -> None:
+    clock = sandbox.clock
+    assert isinstance(clock, FakeClock)
+    calls: list[str] = []
+    store.reclaim = lambda: calls.append("reclaim")  # type: ignore[method-assign]
+    try:
+        replicas = [
+            Reconciler(
+                runner,
+                store,
+                clock,
+                reclaim_every=10,
+                ownership=Owner(store, clock, holder=name, lease_ttl=30, wire_seconds=20),
+            )
+            for name in ("a", "b")
+        ]
+        for reconciler in replicas:
+            await reconciler.reclaim()
+        assert calls == ["reclaim"], "the other replica found the period taken"
+        clock.advance(10)
+        await replicas[1].reclaim()
+        assert calls == ["reclaim", "reclaim"]
+    finally:
+        del store.reclaim

@@ -65,6 +65,7 @@ from rollout.store import (
     WindowChanges,
     open_store,
 )
+from rollout.store._sql import dump_json
 from rollout.store.base import WRITE_PROBE_LEASE
 from rollout.store.migrations import MIGRATIONS
 from rollout.store.postgres import PostgresStore
@@ -564,13 +565,18 @@ def test_a_cursor_is_stable_while_new_rollouts_arrive(store: Store) -> None:
     assert [s.id for s in store.list_summaries(limit=3)] == ["new2", "new1", "new0"]
 
 
-def test_due_returns_active_overdue_rollouts_oldest_due_first(store: Store) -> None:
+def _due_rollouts(store: Store) -> None:
+    """Due at T0 + 10 and + 30, later, never, and one finished (due at T0, never looked at)."""
     new_rollout(store, "late", endpoint="e1", due_at=T0 + 30)
     new_rollout(store, "early", endpoint="e2", due_at=T0 + 10)
     new_rollout(store, "future", endpoint="e3", due_at=T0 + 500)
     new_rollout(store, "whenever", endpoint="e4", due_at=None)
     done = new_rollout(store, "done", endpoint="e5", due_at=T0)
     advance(store, done, phase="succeeded", due_at=T0)
+
+
+def test_due_returns_active_overdue_rollouts_oldest_due_first(store: Store) -> None:
+    _due_rollouts(store)
     new_rollout(store, "exact", endpoint="e6", due_at=T0 + 100)
 
     assert [r.id for r in store.due(T0 + 100)] == ["early", "late", "exact"]
@@ -580,6 +586,28 @@ def test_due_returns_active_overdue_rollouts_oldest_due_first(store: Store) -> N
     early = store.get("early")
     advance(store, early, due_at=T0 + 1000)
     assert [r.id for r in store.due(T0 + 100)] == ["late", "exact"]
+
+
+def test_due_soon_reads_ids_and_due_times_and_leaves_out_other_holders_rollouts(
+    store: Store,
+) -> None:
+    _due_rollouts(store)
+
+    due = store.due_soon(T0 + 100)
+    assert [(d.id, d.due_at) for d in due] == [("early", T0 + 10), ("late", T0 + 30)]
+    assert [d.id for d in store.due_soon(T0 + 100, limit=1)] == ["early"]
+    assert store.due_soon(T0) == []
+    # Under b's live lease, "early" is b's: a's scan leaves it out, b's keeps it.
+    assert store.claim_rollout("early", "b", 10, T0, WIRE) is not None
+    assert [d.id for d in store.due_soon(T0 + 100, holder="a", now=T0 + 5)] == ["late"]
+    assert [d.id for d in store.due_soon(T0 + 100, holder="b", now=T0 + 5)] == ["early", "late"]
+    # Once b's lease has run out, it is anyone's again.
+    assert [d.id for d in store.due_soon(T0 + 100, holder="a", now=T0 + 10)] == [
+        "early",
+        "late",
+    ]
+    with pytest.raises(ValueError, match="limit"):
+        store.due_soon(T0, limit=0)
 
 
 # --- commit ----------------------------------------------------------------------------------
@@ -603,6 +631,9 @@ def test_commit_updates_the_row_bumps_the_version_and_appends_events(store: Stor
     )
     assert committed == store.get("r-1")
     assert committed.version == 2
+    assert store.version_of("r-1") == 2
+    with pytest.raises(RolloutNotFound):
+        store.version_of("nope")
     assert (committed.phase, committed.due_at, committed.updated_at) == (
         "progressing",
         T0 + 600,
@@ -1004,6 +1035,22 @@ def test_live_leases_lists_unexpired_leases_by_prefix(store: Store) -> None:
 WIRE = 4.0  # seconds a config call may live: what a new owner waits past the old lease
 
 
+def test_renew_held_extends_every_live_lease_of_a_holder_at_once(store: Store) -> None:
+    for rollout_id in ("r-1", "r-2", "r-3"):
+        assert store.claim_rollout(rollout_id, "a", 10, T0, WIRE) is not None
+    assert store.claim_rollout("r-4", "b", 10, T0, WIRE) is not None
+    store.release_rollout("r-3", "a", 1, T0 + 1, quiet=True)
+    renewed = store.renew_held("a", 10, T0 + 5)
+    assert [(o.rollout_id, o.token, o.expires_at) for o in renewed] == [
+        ("r-1", 1, T0 + 15),
+        ("r-2", 1, T0 + 15),
+    ]
+    assert [o.expires_at for o in store.owned_by("b", T0 + 5)] == [T0 + 10], "b's untouched"
+    # Expired leases are not renewed: they may have been taken over meanwhile.
+    assert store.renew_held("a", 10, T0 + 15) == []
+    assert store.owned_by("a", T0 + 15) == []
+
+
 def test_claiming_a_rollout_gives_tokens_that_grow_with_every_change_of_holder(
     store: Store,
 ) -> None:
@@ -1248,14 +1295,7 @@ def test_reads_do_not_wait_behind_the_store_lock(store: Store) -> None:
 
 def test_migrations_are_ordered_applied_once_and_keep_data(backend: Backend) -> None:
     versions = [m.version for m in MIGRATIONS]
-    # Strictly ascending from 1; a number may be missing here while the migration that takes
-    # it is on its way from another branch (they are numbered when planned).
-    assert versions[0] == 1
-    assert versions == sorted(set(versions))
-    # Increasing and unique; a number may be missing while the branch that adds it is not
-    # merged (applied in order, each once, whichever lands first).
-    assert versions == sorted(set(versions))
-    assert versions[0] == 1
+    assert versions == list(range(1, len(versions) + 1)), "numbered 1, 2, 3, ... in order"
 
     store = backend.open(migrate=False)
     with pytest.raises(SchemaError, match="migrate"):
@@ -1706,3 +1746,56 @@ def test_alias_moves_wait_for_a_promotion(store: Store) -> None:
     assert waiting is not None
     assert (waiting.attempts, waiting.done_at) == (0, None)
     assert store.alias_move("no-such-rollout") is None
+
+
+def _store_bytes(backend: Backend) -> int:
+    """What the store's tables take: SQLite pages in use, PostgreSQL relations with TOAST and
+    indexes, dead row versions included."""
+    if backend.name == "sqlite":
+        with sqlite3.connect(backend.url.removeprefix("sqlite:///")) as connection:
+            pages = connection.execute("PRAGMA page_count").fetchone()[0]
+            free = connection.execute("PRAGMA freelist_count").fetchone()[0]
+            size = connection.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+    with psycopg.connect(backend.url, autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT SUM(pg_total_relation_size(c.oid)) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_reclaim_keeps_a_row_rewritten_at_every_look_from_growing_the_store(
+    backend: Backend,
+) -> None:
+    store = backend.open()
+    new_rollout(store, "r-1")
+    rng = random.Random(7)
+    version = 1
+
+    def looks(count: int) -> int:
+        """``count`` commits of a fresh 20 KB state, reclaiming every fifth; bytes written."""
+        nonlocal version
+        written = 0
+        for index in range(count):
+            state = {"look": index, "sums": [rng.random() for _ in range(1000)]}
+            written += len(dump_json(state, "state"))
+            store.commit(
+                "r-1", version, phase="progressing", state=state, due_at=T0 + index,
+                updated_at=T0 + index, events=[], alerts=[], consumed_commands=[],
+            )  # fmt: skip
+            version += 1
+            if index % 5 == 4:
+                store.reclaim()
+        return written
+
+    looks(20)
+    before = _store_bytes(backend)
+    written = looks(60)
+    grown = _store_bytes(backend) - before
+    # Without reclaiming, PostgreSQL keeps every replaced version: more than half of what
+    # was written. Reclaimed, the space of the old versions is written over.
+    assert grown < written / 6, (grown, written)
+    assert store.get("r-1").state["look"] == 59

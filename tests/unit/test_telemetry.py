@@ -6,6 +6,9 @@ import io
 import json
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from rollout.clock import FakeClock
@@ -17,7 +20,13 @@ from rollout.plan import resolve_policy, validate_plan
 from rollout.settings import LogSettings
 from rollout.store.base import Store
 from rollout.store.model import NewAlert, NewEvent
-from rollout.telemetry import ControllerMetrics, RolloutStateCollector, configure_logging
+from rollout.telemetry import (
+    ControllerMetrics,
+    OwnershipCollector,
+    RolloutStateCollector,
+    configure_logging,
+    expose,
+)
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -200,3 +209,76 @@ def test_every_active_rollout_has_its_series_beyond_one_page(store: Store) -> No
     assert weights["r619"] == 0
     started = [k for k in got if k[0] == "rollout_started_timestamp_seconds"]
     assert len(started) == count + 1
+
+
+Parsed = tuple[
+    dict[str, tuple[str, str]], dict[tuple[str, tuple[tuple[str, str], ...]], float]
+]
+
+
+def _parsed(text: str) -> Parsed:
+    families: dict[str, tuple[str, str]] = {}
+    values = {}
+    for family in text_string_to_metric_families(text):
+        families[family.name] = (family.type, family.documentation)
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return families, values
+
+
+def test_scrape_text_rendered_directly_says_what_the_collectors_say(store: Store) -> None:
+    clock = FakeClock()
+    # Ids that need escaping in the exposition text.
+    for index, rollout_id in enumerate(["r0", "r1", 'r"2\\']):
+        plan = validate_plan(
+            {
+                "endpoint": f"ep-{index}",
+                "candidate": {"entity_name": "main.ml.m", "entity_version": "4"},
+                "strategy": "canary",
+                "steps": [{"weight": 10, "bake": "1m"}],
+            }
+        )
+        record, event = new_rollout(plan, resolve_policy(plan), clock.now(), rollout_id)
+        store.create(record, event, [])
+    hist = Histogram((50.0, 100.0, float("inf")), (90.0, 9.0, 1.0))
+    state = RolloutState(
+        phase=Phase.PROGRESSING,
+        started_at=1_765_000_000.25,
+        candidate_weight=10,
+        baseline="m-3",
+        candidate=Arm().plus([EntityWindow("m-4", 0, requests=300, errors_5xx=7, latency=hist)]),
+        control=Arm().plus([EntityWindow("m-3", 0, requests=100, errors_5xx=1, latency=hist)]),
+    )
+    store.commit(
+        "r1", 1, phase="progressing", state=json.loads(state.model_dump_json()),
+        due_at=clock.now(), updated_at=clock.now(), events=[], alerts=[], consumed_commands=[],
+    )  # fmt: skip
+    collector = RolloutStateCollector(state_reader(store, clock), clock)
+    owned = OwnershipCollector(lambda: ["r1", 'r"2\\'], lambda: 3)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    registry.register(owned)
+    expected = _parsed(generate_latest(registry).decode())
+    assert len([k for k in expected[1] if k[0] == "rollout_info"]) == 3
+    bare = CollectorRegistry()
+    for _ in range(2):  # the second scrape reuses the lines of unchanged rollouts
+        text, content_type = expose(bare, [collector, owned], "")
+        assert content_type.startswith("text/plain")
+        assert _parsed(text.decode()) == expected
+    store.commit(
+        "r1", 2, phase="paused", state=json.loads(state.model_dump_json()),
+        due_at=None, updated_at=clock.now(), events=[], alerts=[], consumed_commands=[],
+    )  # fmt: skip
+    text, _ = expose(bare, [collector, owned], "")
+    info = {
+        dict(labels)["rollout"]: dict(labels)["phase"]
+        for name, labels in _parsed(text.decode())[1]
+        if name == "rollout_info"
+    }
+    assert info == {"r0": "pending", "r1": "paused", 'r"2\\': "pending"}, "a new version anew"
+    open_text, open_type = expose(bare, [collector, owned], "application/openmetrics-text")
+    assert open_type.startswith("application/openmetrics-text")
+    assert open_text.endswith(b"# EOF\n")
+    assert open_text.count(b"# EOF") == 1
+    open_families = list(openmetrics_families(open_text.decode()))
+    assert {f.name for f in open_families} >= {"rollout_info", "rollout_owned"}
