@@ -32,6 +32,7 @@ import asyncio
 import functools
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
@@ -143,6 +144,8 @@ Wake = Callable[[str], object]  # what it returns is ignored
 # Ids are what ``new_rollout`` makes (hex); anything else cannot name a rollout.
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _READY_TIMEOUT = 5.0
+# Threads for the API's store reads and rendering, apart from the looks' (see _Service).
+API_THREADS = 4
 # Rollouts read, newest first, to resolve an id prefix or an endpoint/name.
 _SCAN = 10_000
 _CANDIDATES_SHOWN = 10
@@ -370,11 +373,21 @@ class _Service:
         self.endpoint_check_timeout = endpoint_check_timeout
         self.timing = timing
         self.metrics_window = metrics_window
+        # The API's own threads: a scrape or a list never queues behind the looks' store
+        # calls in the loop's default pool (with 1,000 rollouts that queue is where a
+        # /metrics request spent most of its time).
+        self.threads = ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="api")
+
+    async def off_loop(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function`` in the API's threads."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.threads, functools.partial(function, *args)
+        )
 
     async def in_thread(self, function: Callable[..., T], *args: Any) -> T:
         """Run a store call off the event loop; map its errors to answers."""
         try:
-            return await asyncio.to_thread(function, *args)
+            return await self.off_loop(function, *args)
         except RolloutNotFound as exc:
             raise ApiError(404, "rollout_not_found", str(exc)) from exc
         except (ActiveRolloutExists, DuplicateRollout, StaleVersion):
@@ -700,7 +713,7 @@ class _Service:
             except Exception as exc:  # noqa: BLE001 -- a failing check means "not ready"
                 problems["readiness"] = f"the readiness check failed: {exc}"
         try:
-            await asyncio.to_thread(self.store.ping)
+            await self.off_loop(self.store.ping)
         except StoreError as exc:
             problems["store"] = str(exc)
         return Readiness(
@@ -838,7 +851,7 @@ def _rollout_routes(
         stored = await service.in_thread(service.store.windows, record.id, None)
         steps = await service.in_thread(service.store.step_summaries, record.id)
         # Windows with their histograms are read back from JSON: off the event loop.
-        return await asyncio.to_thread(
+        return await service.off_loop(
             functools.partial(
                 series_view,
                 record,
@@ -957,7 +970,7 @@ def _monitoring_routes(app: FastAPI, service: _Service) -> None:
     async def metrics(request: Request) -> Response:
         # Prometheus text by default, OpenMetrics when the scraper asks for it. Collectors
         # read the store at scrape time: keep that off the event loop.
-        text, content_type = await asyncio.to_thread(
+        text, content_type = await service.off_loop(
             expose, service.registry, service.rendered, request.headers.get("accept", "")
         )
         return Response(text, headers={"Content-Type": content_type})
