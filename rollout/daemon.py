@@ -42,6 +42,7 @@ import contextlib
 import signal
 import socket
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,9 @@ from rollout.telemetry import (
 )
 
 log = structlog.get_logger("rollout.daemon")
+
+# Threads for the loop's store calls (the API has its own: rollout.api.app.API_THREADS).
+STORE_THREADS = 16
 
 
 @dataclass
@@ -317,6 +321,11 @@ def _bind(host: str, port: int) -> socket.socket:
 async def run(controller: Controller, *, on_listening: Callable[[str], None] | None = None) -> int:
     """Run the root tasks until a signal or a failure; returns the exit code."""
     loop = asyncio.get_running_loop()
+    # Store calls wait on the database (PostgreSQL round trips, SQLite's write lock) with the
+    # GIL released: more threads than cores keep due looks from queueing behind them.
+    loop.set_default_executor(
+        ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, controller.stopping.set)
