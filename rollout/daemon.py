@@ -63,7 +63,7 @@ from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
 from rollout.engine.service import open_owned_store, timing_from
 from rollout.errors import ConfigurationProblem, with_sign_in_help
-from rollout.health import StoreWriteCheck, WorkspaceWatch
+from rollout.health import ResponseRelay, StoreWriteCheck, WorkspaceWatch
 from rollout.metrics.prometheus import OwnMetrics
 from rollout.plan import AlertChannel
 from rollout.policies import PolicyLibrary
@@ -128,13 +128,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         raise ConfigurationProblem(f"ROLLOUT_ALIASES_WATCHES: {exc}") from exc
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)
-    watch: WorkspaceWatch | None = None
-
-    def on_response(call: str, status: int | None, seconds: float) -> None:
-        metrics.on_serving_response(call, status, seconds)
-        if watch is not None:
-            watch.on_response(call, status, seconds)
-
+    on_response = ResponseRelay(metrics.on_serving_response)
     # The workspace's credentials first: a controller that cannot sign in creates nothing
     # (no store file), and says what to set.
     try:
@@ -156,6 +150,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         outage_after=settings.alerts.workspace_outage_after,
         channels=default_channels,
     )
+    on_response.add(watch.on_response)
     # The sources of the policies' checks on a team's own metrics (Prometheus, web JSON).
     own_metrics = OwnMetrics(settings.prometheus)
     alerts_http = guarded_client(targets, timeout=settings.alerts.timeout)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -107,6 +107,29 @@ class Reachability:
             self.alerted = True
             return "raise"
         return None
+
+
+ResponseHook = Callable[[str, int | None, float], None]
+"""``(call, status or None, seconds)``: what a ``ServingClient`` reports of every response."""
+
+
+class ResponseRelay:
+    """A serving client's response hook that passes every response on to hooks added later.
+
+    The client is built first (a controller that cannot sign in creates no store), the
+    ``WorkspaceWatch`` once the store it writes to is open: the relay lets the watch hear
+    every call the client makes from then on.
+    """
+
+    def __init__(self, *hooks: ResponseHook) -> None:
+        self._hooks = list(hooks)
+
+    def add(self, hook: ResponseHook) -> None:
+        self._hooks.append(hook)
+
+    def __call__(self, call: str, status: int | None, seconds: float) -> None:
+        for hook in self._hooks:
+            hook(call, status, seconds)
 
 
 class WorkspaceWatch:

@@ -28,7 +28,7 @@ from rollout.engine.ownership import Owner, new_holder_id
 from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
 from rollout.errors import ConfigurationProblem, with_sign_in_help
-from rollout.health import WorkspaceWatch
+from rollout.health import ResponseRelay, WorkspaceWatch
 from rollout.metrics.prometheus import OwnMetrics
 from rollout.plan import AlertChannel
 from rollout.policies import PolicyLibrary
@@ -109,12 +109,7 @@ async def run_engine(
         targets = target_policy(settings.alerts)
     except ValueError as exc:
         raise ConfigurationProblem(f"alert settings: {exc}") from exc
-    watch: WorkspaceWatch | None = None
-
-    def on_response(call: str, status: int | None, seconds: float) -> None:
-        if watch is not None:
-            watch.on_response(call, status, seconds)
-
+    on_response = ResponseRelay()
     # Credentials first: nothing is created (no store file) for a process that cannot sign in.
     try:
         client = ServingClient.from_settings(
@@ -137,6 +132,7 @@ async def run_engine(
         outage_after=settings.alerts.workspace_outage_after,
         channels=default_channels,
     )
+    on_response.add(watch.on_response)
     runner = Runner(
         store,
         client,
