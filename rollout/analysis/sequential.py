@@ -86,8 +86,10 @@ bench.decisions``, one row per traffic model in the README):
 
 * Paired minutes. The engine sums the two arms over the windows *both* reported (paired by
   their start), from the windows the tracker keeps, revisions in their final version; a
-  minute one arm has not delivered yet waits. Every factor compares the arms over the same
-  minutes, so an endpoint-wide incident still cancels.
+  minute one arm has not delivered yet waits, and is a unit of its own when it arrives (never
+  merged with the minute that arrives beside it, which would give two minutes one minute's
+  cap and dispersion). Every factor compares the arms over the same minutes, so an
+  endpoint-wide incident still cancels.
 * Warm-up. The first ``warmup_windows`` windows after every split change (default 3, or a
   plan step's ``warmup``) are served but not scored; cold replicas look like a regression
   that is gone a few minutes later. The policy's warm-up ends early at the first window
@@ -100,9 +102,11 @@ bench.decisions``, one row per traffic model in the README):
   window the candidate served, warm-up included, as one more always-valid check (it takes
   its share of the budget), so a gross failure is not waited out. And a relative rate check
   judges the warm-up's paired windows against a wider null, "within the tolerance or 1 point
-  above the baseline" (what cold replicas' timeouts add): those factors are valid under "no
-  worse than the baseline" too and count towards a fail, never a pass, so a candidate that
-  is broken rather than cold is rolled back a window or two sooner. The null's baseline
+  above the baseline" (what cold replicas' timeouts add), with alternatives beyond that
+  null by the same powers of the tolerance as a scored window's beyond "equal": those
+  factors are valid under "no worse than the baseline" too and count towards a fail, never a
+  pass, so a candidate that is broken rather than cold is rolled back a window or two
+  sooner. The null's baseline
   rate is a lower band on everything the baseline served so far, the look's own window
   included, so the split's first window counts too; a baseline low by chance only makes the
   null milder. On a candidate that stays cold-looking this is what brings the rollback of a
@@ -117,7 +121,12 @@ bench.decisions``, one row per traffic model in the README):
   candidate's rate from window to window beyond binomial noise, at least ``window_cv``**2
   (default 0.5**2) and more when the Pearson residuals of earlier windows show more. At low
   counts phi is close to 1 and nothing is lost; at high counts a window is worth what one
-  noisy window is worth.
+  noisy window is worth. Each side is tempered with the dispersion of the hypothesis it
+  tests: the fail side's m is the information at ratio 1 (the candidate's share of the
+  events is its share of the requests under "no worse than the baseline"; the warm-up's, at
+  its wider null), the pass side's at the ratio fitted so far. Taking the fitted ratio for
+  the fail side too tempered a 5x regression's windows by a dispersion its null never has
+  (four times the null's at a 5 % canary) and held the rollback of a noisy one for windows.
 * No window decides alone. A window adds at most 40 % of the way to a fail boundary (60 % for
   the ceiling), so a rollback rests on three windows or more (two for a gross failure): one
   replica's bad minute, or two, cannot roll a healthy candidate back. Both sides keep their
@@ -595,7 +604,7 @@ def _score_warmup(
             continue
         look = (delta.get("c", source), delta.get("c", "requests"),
                 delta.get("b", source), delta.get("b", "requests"))
-        _add_gross(check, look, rho0, scoring)
+        _add_gross(check, look, rho0, tolerance, scoring)
 
 
 def _rate_band(events: float, n: float) -> tuple[float, float]:
@@ -609,16 +618,19 @@ def _add_gross(
     check: CheckEvidence,
     look: tuple[float, float, float, float],
     rho0: float,
+    tolerance: float,
     scoring: _Scoring,
 ) -> None:
-    """One warm-up look against the null ratio ``rho0`` (see ``_score_warmup``)."""
+    """One warm-up look against the null ratio ``rho0`` (see ``_score_warmup``); the
+    alternatives lie beyond it as a scored look's lie beyond "equal", by powers of the
+    tolerance, so the split's first warm-up is judged like every later one."""
     s_c, n_c, s_b, n_b = look
     if n_c <= 0.0 or n_b <= 0.0 or s_c + s_b <= 0.0:
         return
     kappa = kappa_estimate(scoring.kappa_floor, check.disp_excess, check.disp_info)
     phi = 1.0 + kappa * conditional_information(s_c, n_c, s_b, n_b, rho0)
     null = log_ratio_factor(s_c, n_c, s_b, n_b, rho0)
-    base = max(check.rho or MIN_FAIL_RATIO, MIN_FAIL_RATIO)
+    base = max(check.rho or tolerance, MIN_FAIL_RATIO)
     for i, exponent in enumerate(FAIL_EXPONENTS):
         check.fail[i] += temper(
             log_ratio_factor(s_c, n_c, s_b, n_b, rho0 * base**exponent) - null,
@@ -848,10 +860,13 @@ def _add(
         check.pass_ratio += temper(
             -log_ratio_factor(s_c, n_c, s_b, n_b, rho), phi, floor=scoring.floor
         )
+    # The fail side tests "no worse than the baseline": its dispersion is the one that null
+    # gives (the candidate's share of events at ratio 1), as the warm-up's is at its null.
+    phi_null = 1.0 + kappa * conditional_information(s_c, n_c, s_b, n_b, 1.0)
     base = max(rho, MIN_FAIL_RATIO)
     for i, exponent in enumerate(FAIL_EXPONENTS):
         check.fail[i] += temper(
-            log_ratio_factor(s_c, n_c, s_b, n_b, base**exponent), phi, scoring.cap
+            log_ratio_factor(s_c, n_c, s_b, n_b, base**exponent), phi_null, scoring.cap
         )
     return phi
 

@@ -1391,7 +1391,12 @@ def _accumulate(turn: _Turn) -> None:
         if fold_ms is not None and new_fold is None and start >= fold_ms:
             new_fold = sums.fold(state.split_applied_at, fold_ms, index)
         sums.add(window, theirs.get(start), scored=start >= scored_ms, paired=paired)
-        if index >= state.judged_windows:
+        # A window judged before that got its late partner (or was revised) is a unit of
+        # its own, so it is not merged into the next window's (one window's cap and
+        # dispersion for two windows' evidence).
+        if index >= state.judged_windows or (
+            index == state.judged_windows - 1 and sums.moved(state, paired=paired)
+        ):
             units.append(sums.unit())
     if fold_ms is not None and new_fold is None:
         new_fold = sums.fold(state.split_applied_at, fold_ms, first + len(mine))
@@ -1497,6 +1502,11 @@ class _Sums:
         elif paired and partner is not None:
             self.warm_c.add(window)
             self.warm_b.add(partner)
+
+    def moved(self, state: RolloutState, *, paired: bool) -> bool:
+        """Whether the sums differ from what the last look judged."""
+        return (Arm.of(self.arm_c) != state.candidate or Arm.of(self.served) != state.served
+                or (paired and Arm.of(self.arm_b) != state.control))
 
     def unit(self) -> _Unit:
         return _Unit(self.arm_c.copy(), self.arm_b.copy(), self.served.copy(),

@@ -15,9 +15,11 @@ import random
 import pytest
 
 from rollout.analysis import Look, Outcome, Policy, judge
-from rollout.analysis.evidence import log_ratio_factor
+from rollout.analysis.evidence import conditional_information, log_ratio_factor
 from rollout.analysis.judge import JudgeState
 from rollout.analysis.sequential import (
+    FAIL_EXPONENTS,
+    LOOK_CAP_SHARE,
     CheckEvidence,
     SequentialState,
     bucket_level,
@@ -185,3 +187,36 @@ def test_a_pass_needs_the_pooled_ratio_confidently_within_the_tolerance() -> Non
     calm = ArmTotals(windows=5, requests=10_000.0, errors_5xx=100.0)
     passed, _ = judge_sequential(policy, calm, base, state, split="0", final=True)
     assert passed.outcome is Outcome.PASS, passed.reason
+
+
+@pytest.mark.parametrize("errors", [60.0, 66.0], ids=["2x", "2.2x"])
+def test_the_fail_side_is_tempered_with_the_dispersion_its_null_gives(errors: float) -> None:
+    # A regression at 1000 req/s on a 5 % canary, below the per-window cap. The fail side
+    # tests "no worse than the baseline": under that null the candidate's share of the
+    # events is its share of the requests, and that share sets the look's dispersion.
+    # Tempering with the share the fitted ratio gives (the candidate's 2x or 2.2x) would
+    # divide the evidence by a dispersion the null never has, and a noisy regression would
+    # wait windows for it.
+    policy = _policy(ERRORS, false_rollback_rate=0.01)
+    look = (errors, 3000.0, 570.0, 57000.0)
+    state: JudgeState | None = None
+    fails = []
+    for minute in (1, 2):  # the second minute is tempered with the ratio the first fitted
+        cand = ArmTotals(windows=minute, requests=minute * look[1], errors_5xx=minute * look[0])
+        base = ArmTotals(windows=minute, requests=minute * look[3], errors_5xx=minute * look[2])
+        _, state = judge(policy, Look(cand, base, "0"), state)
+        assert isinstance(state, SequentialState)
+        fails.append(list(state.checks[0].fail))
+    kappa = policy.window_cv**2
+    assert state.checks[0].kappa == pytest.approx(kappa)
+    cap = LOOK_CAP_SHARE * math.log(1.0 / policy.alpha_per_check)
+    at_null = 1.0 + kappa * conditional_information(*look, 1.0)
+    fitted = ((errors + 0.5) / 3000.0) / (570.5 / 57000.0)
+    at_fit = 1.0 + kappa * conditional_information(*look, fitted)
+    expected = [min(cap, log_ratio_factor(*look, 2.0**g) / at_null) for g in FAIL_EXPONENTS]
+    second = [after - before for before, after in zip(*fails, strict=True)]
+    assert second == pytest.approx(expected)
+    uncapped = [i for i, value in enumerate(expected) if 0.0 < value < cap]
+    assert uncapped, "at least one alternative is judged below the cap"
+    for i in uncapped:
+        assert expected[i] > 1.5 * log_ratio_factor(*look, 2.0 ** FAIL_EXPONENTS[i]) / at_fit

@@ -7,11 +7,14 @@ windows the runner's tracker would hold and checks what the arms sum to or what 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from rollout.analysis.evidence import log_mean_exp
+from rollout.analysis.sequential import FAIL_WEIGHTS
 from rollout.engine.decide import Timing, _Turn, _verdict_news, decide
 from rollout.engine.model import Decision, Observation, Phase, RolloutState
 from rollout.metrics.model import EntityWindow, Histogram
@@ -401,3 +404,42 @@ def test_a_changed_verdict_is_logged_at_most_once_per_interval(
     )
     turn = _Turn(plan_of(), policy(), Observation(), T0, TIMING, state)
     assert _verdict_news(turn, verdict) is news
+
+
+def test_a_late_baseline_window_is_a_unit_of_its_own() -> None:
+    # The baseline's minute 1 arrives a look late, with minute 2: the judge still sees one
+    # unit per minute (the late pair, then minute 2), so the evidence is what it is when
+    # every window is on time. Merged, two minutes would get one minute's cap and dispersion.
+    minutes = [both(minute, cand=(3000.0, 150.0), base=(57000.0, 570.0)) for minute in range(4)]
+    on_time = progressing(weight=5)
+    for count in range(1, 4):
+        on_time = look(on_time, tuple(w for pair in minutes[:count] for w in pair),
+                       T0 + 60 * count).state
+    late = progressing(weight=5)
+    late = look(late, minutes[0], T0 + 60).state
+    late = look(late, (*minutes[0], minutes[1][0]), T0 + 120).state
+    assert late.control.requests == 57000.0, "minute 1 waits for its baseline"
+    late = look(late, tuple(w for pair in minutes[:3] for w in pair), T0 + 180).state
+    assert (late.candidate.requests, late.control.requests) == (9000.0, 171000.0)
+    assert late.judge_state["checks"][0]["fail"] == pytest.approx(
+        on_time.judge_state["checks"][0]["fail"])
+    assert late.phase is on_time.phase
+
+
+def test_a_gross_regression_in_the_first_warm_up_is_judged_like_in_any_other() -> None:
+    # 5x the baseline's 1 % on a cold-looking candidate, in the rollout's first warm-up: the
+    # warm-up's alternatives lie beyond its null by powers of the tolerance, as they do in a
+    # later split's warm-up, so the three warm-up windows bring the fail side to within a
+    # tenth of its boundary and the first scored window rolls it back.
+    state = progressing(weight=5)
+    windows: tuple[EntityWindow, ...] = ()
+    for minute in range(3):
+        windows += cold(minute, (3000.0, 150.0), (57000.0, 570.0))
+        state = look(state, windows, T0 + 60 * (minute + 1)).state
+    assert state.phase is Phase.PROGRESSING
+    assert state.candidate.requests == 0.0, "all three windows are the warm-up"
+    boundary = math.log(1.0 / policy().alpha_per_check)
+    fail = state.judge_state["checks"][0]["fail"]
+    assert log_mean_exp(fail, FAIL_WEIGHTS) >= 0.9 * boundary, fail
+    windows += cold(3, (3000.0, 150.0), (57000.0, 570.0))
+    assert look(state, windows, T0 + 240).state.phase is Phase.ROLLING_BACK
