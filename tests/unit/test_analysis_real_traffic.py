@@ -220,3 +220,29 @@ def test_the_fail_side_is_tempered_with_the_dispersion_its_null_gives(errors: fl
     assert uncapped, "at least one alternative is judged below the cap"
     for i in uncapped:
         assert expected[i] > 1.5 * log_ratio_factor(*look, 2.0 ** FAIL_EXPONENTS[i]) / at_fit
+
+
+def test_the_cap_loosens_where_dispersion_dominates_yet_three_windows_still_decide() -> None:
+    # A 5x regression on a 25 % canary at 1000 req/s: each minute's events are so many that
+    # the dispersion (kappa x m = 56) decides what the minute is worth, and the cap loosens
+    # from 40 % of the way to the boundary towards 50 %. Two minutes never reach it.
+    policy = _policy(ERRORS, false_rollback_rate=0.01)
+    boundary = math.log(1.0 / policy.alpha_per_check)
+    state: JudgeState | None = None
+    outcomes, steps = [], []
+    for minute in (1, 2, 3):
+        cand = ArmTotals(windows=minute, requests=minute * 15000.0, errors_5xx=minute * 750.0)
+        base = ArmTotals(windows=minute, requests=minute * 45000.0, errors_5xx=minute * 450.0)
+        before = max(state.checks[0].fail) if isinstance(state, SequentialState) else 0.0
+        verdict, state = judge(policy, Look(cand, base, "0"), state)
+        assert isinstance(state, SequentialState)
+        outcomes.append(verdict.outcome)
+        steps.append(max(state.checks[0].fail) - before)
+    assert outcomes == [Outcome.INCONCLUSIVE, Outcome.INCONCLUSIVE, Outcome.FAIL]
+    assert LOOK_CAP_SHARE * boundary < steps[0] < 0.5 * boundary
+    # Few events (one replica's bad minute at low traffic): the cap stays where it was.
+    few = ArmTotals(windows=1, requests=300.0, errors_5xx=30.0)
+    _, low = judge(policy, Look(few, ArmTotals(windows=1, requests=5700.0, errors_5xx=57.0),
+                                "0"), None)
+    assert isinstance(low, SequentialState)
+    assert max(low.checks[0].fail) == pytest.approx(LOOK_CAP_SHARE * boundary)
