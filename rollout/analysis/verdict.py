@@ -1,9 +1,11 @@
 """Verdicts: what a judge decided at one look, with every number behind it.
 
 Where this sits: ``rollout.analysis.judge`` returns a ``Verdict`` at every tick; the engine acts
-on ``outcome`` (``fail`` rolls back) and, at the end of a step's bake, on ``may_advance``; the
-verdict's ``to_dict()`` goes into the rollout's event log and alerts, so a person can see why.
-Pure data.
+on ``outcome`` (``fail`` rolls back) and, at the end of a step's bake, on ``may_advance``. The
+rollout keeps the verdict as a ``VerdictRecord`` (its JSON form, typed, with what the engine
+adds about the look: when, the warm-up, the unpaired windows, the sentence a person reads
+first), and its ``model_dump(mode="json")`` goes into the event log and alerts, so a person can
+see why. Pure data.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 
 class Outcome(StrEnum):
@@ -94,6 +98,12 @@ class Verdict:
         result["checks"] = [check.to_dict() for check in self.checks]
         return result
 
+    def record(self, **changes: Any) -> VerdictRecord:
+        """The verdict as the rollout keeps it, with ``changes`` to its fields (say, the reason
+        with a note): one validation of ``to_dict``'s output, which costs less than building
+        the typed records field by field."""
+        return VerdictRecord.model_validate(self.to_dict() | changes)
+
     def check(self, description: str) -> CheckResult:
         """The result of the check whose ``describe()`` text is ``description``."""
         for result in self.checks:
@@ -116,3 +126,91 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
+
+
+# ---- the verdict as the rollout keeps it ----------------------------------------------------
+
+# A verdict's number in JSON: finite, infinite spelled out (``_json_safe``), or null for NaN.
+JsonNumber = float | Literal["+Inf", "-Inf"] | None
+
+
+class CheckRecord(BaseModel):
+    """``CheckResult`` as stored: its ``to_dict``, typed. Keys it does not know (written by
+    another version) are kept; the defaults are for checks written by hand (tests, bench)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    check: str = ""
+    metric: str = ""
+    outcome: Outcome = Outcome.INCONCLUSIVE
+    reason: str = ""
+    candidate_value: JsonNumber = None
+    baseline_value: JsonNumber = None
+    candidate_n: JsonNumber = 0.0
+    baseline_n: JsonNumber = 0.0
+    limit: str = ""
+    statistic: dict[str, JsonNumber] = Field(default_factory=dict)
+    boundary: dict[str, JsonNumber] = Field(default_factory=dict)
+    detail: dict[str, float | str | None] = Field(default_factory=dict)
+    missing: bool = False
+    leans_bad: bool = False
+
+
+class Warmup(BaseModel):
+    """The current split's warm-up as one look saw it (epoch seconds)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    seconds: float = 0.0  # from the split change to ``scored_from``
+    scored_from: float | None = None  # windows that began from here on are scored
+    in_warmup: bool = False  # the look came before ``scored_from``
+    ended_early: bool = False  # a window showed a warm candidate before the full length
+
+
+class VerdictRecord(BaseModel):
+    """A verdict as the rollout keeps it (``RolloutState.last_verdict``), in the stored key
+    order: ``Verdict.to_dict``'s keys, then the ones the engine adds when it keeps it.
+
+    Written back with the keys it was read or built with and no others: ``warmup`` is absent
+    until the split's scoring start is known, and verdicts stored by earlier versions lack
+    the keys added since (a field's default is what a reader sees then, never what is
+    written). Keys it does not know (written by a later version) are kept.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    outcome: Outcome = Outcome.INCONCLUSIVE
+    may_advance: bool = False
+    reason: str = ""
+    judge: str = ""
+    policy: str = ""
+    split: str = ""
+    look: int = 0
+    final: bool = False
+    candidate_requests: JsonNumber = 0.0
+    baseline_requests: JsonNumber = 0.0
+    missing: list[str] = Field(default_factory=list)
+    checks: list[CheckRecord] = Field(default_factory=list)
+    # Added by the engine (``rollout.engine.decide``): the look's time, the split's warm-up
+    # (absent before the split's scoring start is known), the windows still waiting for the
+    # other arm's, and the verdict in one sentence (``rollout.analysis.wording``).
+    at: float | None = None
+    warmup: Warmup | None = None
+    unpaired_windows: int = 0
+    summary: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _as_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # One call per dump (a few microseconds): the checks, dumped many at a time, have no
+        # such hook, since every version wrote all of their keys.
+        data: dict[str, Any] = handler(self)
+        for name in _VERDICT_FIELDS - self.model_fields_set:
+            data.pop(name, None)
+        return data
+
+    def data(self) -> dict[str, Any]:
+        """The JSON form, as events, alerts and hooks carry it."""
+        return self.model_dump(mode="json")
+
+
+_VERDICT_FIELDS = frozenset(VerdictRecord.model_fields)

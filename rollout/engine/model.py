@@ -15,10 +15,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_serializer,
+    field_validator,
+)
 
 from rollout import vocabulary as stored
 from rollout.analysis.queries import QueryReading
+from rollout.analysis.verdict import VerdictRecord
 from rollout.metrics.model import (
     GAUGE_FIELDS,
     ArmTotals,
@@ -26,6 +34,7 @@ from rollout.metrics.model import (
     Histogram,
     UnattributableScrape,
 )
+from rollout.metrics.windows import TrackerState
 from rollout.plan import GateName, NotificationName, Severity
 from rollout.vocabulary import CommandKind, GateAnswer
 
@@ -255,7 +264,7 @@ class RolloutState(BaseModel):
     # Steps (from 0) that moved on at the end of their bake without a pass (advance: lean).
     leaned_steps: list[int] = Field(default_factory=list)
     judge_state: dict[str, Any] = Field(default_factory=dict)
-    last_verdict: dict[str, Any] | None = None
+    last_verdict: VerdictRecord | None = None
     # The current split's last verdict written to the event log ("outcome/may_advance") and
     # when: a verdict is logged when it differs, not at every look.
     verdict_logged: str | None = None
@@ -271,7 +280,11 @@ class RolloutState(BaseModel):
     ending_cause: RollbackCause | None = None
     build_logs: str | None = None
     report: dict[str, Any] | None = None
-    tracker: dict[str, Any] = Field(default_factory=dict)
+    # The runner's window tracker, its windows left out (they are stored apart); None until
+    # the runner first keeps one, stored as ``{}`` then. A tracker this version cannot read
+    # (another ``STATE_VERSION``) stays as its JSON: the rest of the state still loads, and
+    # ``WindowTracker.from_state`` says why it cannot be read.
+    tracker: TrackerState | dict[str, Any] | None = Field(default=None, union_mode="left_to_right")
     put_failures: int = 0
     # The config the endpoint showed when the rollout's last change was confirmed
     # (``decide.config_key``): between changes, anything else is someone else's doing.
@@ -291,6 +304,17 @@ class RolloutState(BaseModel):
     # The gate being waited at, if any, and the gates that said yes (never called again).
     gate: GateState | None = None
     gates_passed: list[GateName] = Field(default_factory=list)
+
+    @field_validator("tracker", mode="before")
+    @classmethod
+    def _no_tracker(cls, value: Any) -> Any:
+        return None if value == {} else value
+
+    @field_serializer("tracker", mode="wrap")
+    def _tracker_json(
+        self, value: TrackerState | dict[str, Any] | None, handler: SerializerFunctionWrapHandler
+    ) -> Any:
+        return {} if value is None else handler(value)
 
 
 # ---- what the runner observed -------------------------------------------------------------
