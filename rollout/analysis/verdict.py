@@ -59,7 +59,7 @@ class CheckResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, as ``Verdict.to_dict``."""
-        return {f.name: _json_safe(getattr(self, f.name)) for f in fields(self)}
+        return {name: _json_safe(getattr(self, name)) for name in _CHECK_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,7 @@ class Verdict:
         Field by field rather than ``dataclasses.asdict``, whose deep copies cost more than
         the judging itself at every look.
         """
-        result = {
-            f.name: _json_safe(getattr(self, f.name)) for f in fields(self) if f.name != "checks"
-        }
+        result = {name: _json_safe(getattr(self, name)) for name in _VERDICT_TOP_FIELDS}
         result["checks"] = [check.to_dict() for check in self.checks]
         return result
 
@@ -112,7 +110,17 @@ class Verdict:
         raise KeyError(description)
 
 
+# Read once: ``dataclasses.fields`` at every call costs more than the copying. A verdict goes
+# to JSON at every look, its numbers one by one, so the common values are recognised first.
+_CHECK_FIELDS = tuple(f.name for f in fields(CheckResult))
+_VERDICT_TOP_FIELDS = tuple(f.name for f in fields(Verdict) if f.name != "checks")
+_AS_IS = frozenset({str, int, bool, type(None)})
+
+
 def _json_safe(value: Any) -> Any:
+    kind = type(value)
+    if kind in _AS_IS or (kind is float and math.isfinite(value)):
+        return value
     if isinstance(value, StrEnum):
         return str(value)
     if isinstance(value, float):
