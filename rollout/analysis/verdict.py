@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Outcome(StrEnum):
@@ -175,14 +175,19 @@ class Warmup(BaseModel):
     ended_early: bool = False  # a window showed a warm candidate before the full length
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class VerdictRecord(BaseModel):
     """A verdict as the rollout keeps it (``RolloutState.last_verdict``), in the stored key
     order: ``Verdict.to_dict``'s keys, then the ones the engine adds when it keeps it.
 
-    Written back with the keys it was read or built with and no others: ``warmup`` is absent
-    until the split's scoring start is known, and verdicts stored by earlier versions lack
-    the keys added since (a field's default is what a reader sees then, never what is
-    written). Keys it does not know (written by a later version) are kept.
+    The engine's keys are written only when set, as they always were: ``warmup`` is absent
+    until the split's scoring start is known, and verdicts stored before a key was added lack
+    it (a reader sees None). Keys it does not know (written by a later version) are kept.
+    The defaults of the other fields are for verdicts written by hand (tests, bench): every
+    version wrote all of them.
     """
 
     model_config = ConfigDict(frozen=True, extra="allow")
@@ -199,26 +204,16 @@ class VerdictRecord(BaseModel):
     baseline_requests: JsonNumber = 0.0
     missing: list[str] = Field(default_factory=list)
     checks: list[CheckRecord] = Field(default_factory=list)
-    # Added by the engine (``rollout.engine.decide``): the look's time, the split's warm-up
-    # (absent before the split's scoring start is known), the windows still waiting for the
-    # other arm's, and the verdict in one sentence (``rollout.analysis.wording``).
-    at: float | None = None
-    warmup: Warmup | None = None
-    unpaired_windows: int = 0
-    summary: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _as_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # One call per dump (a few microseconds): the checks, dumped many at a time, have no
-        # such hook, since every version wrote all of their keys.
-        data: dict[str, Any] = handler(self)
-        for name in _VERDICT_FIELDS - self.model_fields_set:
-            data.pop(name, None)
-        return data
+    # Added by the engine (``rollout.engine.decide``): the look's time, the split's warm-up,
+    # the windows still waiting for the other arm's, and the verdict in one sentence
+    # (``rollout.analysis.wording``). ``exclude_if`` rather than a serializer of the whole
+    # record: this is written at every look, and a Python hook per record doubles its cost.
+    at: float | None = Field(default=None, exclude_if=_absent)
+    warmup: Warmup | None = Field(default=None, exclude_if=_absent)
+    unpaired_windows: int | None = Field(default=None, exclude_if=_absent)
+    summary: str | None = Field(default=None, exclude_if=_absent)
 
     def data(self) -> dict[str, Any]:
         """The JSON form, as events, alerts and hooks carry it."""
         return self.model_dump(mode="json")
 
-
-_VERDICT_FIELDS = frozenset(VerdictRecord.model_fields)

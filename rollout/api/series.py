@@ -117,10 +117,10 @@ def series_view(
     state = RolloutState.model_validate(record.state)
     note = None
     kept: list[EntityWindow] = []
-    if state.tracker is not None or windows:
+    if state.tracker or windows:
         try:
             kept = WindowTracker.from_state(
-                state.tracker if state.tracker is not None else WindowTracker().to_state(),
+                state.tracker or WindowTracker().to_state(),
                 [EntityWindow.from_dict(data) for data in windows],
             ).windows()
         except (MetricsStateError, KeyError, TypeError, ValueError) as exc:

@@ -15,14 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    field_serializer,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field
 
 from rollout import vocabulary as stored
 from rollout.analysis.queries import QueryReading
@@ -280,11 +273,13 @@ class RolloutState(BaseModel):
     ending_cause: RollbackCause | None = None
     build_logs: str | None = None
     report: dict[str, Any] | None = None
-    # The runner's window tracker, its windows left out (they are stored apart); None until
-    # the runner first keeps one, stored as ``{}`` then. A tracker this version cannot read
-    # (another ``STATE_VERSION``) stays as its JSON: the rest of the state still loads, and
-    # ``WindowTracker.from_state`` says why it cannot be read.
-    tracker: TrackerState | dict[str, Any] | None = Field(default=None, union_mode="left_to_right")
+    # The runner's window tracker, its windows left out (they are stored apart); else JSON
+    # this version cannot read as one, kept as stored: ``{}`` until the runner first keeps a
+    # tracker, or a tracker of another ``STATE_VERSION`` (the rest of the state still loads,
+    # and ``WindowTracker.from_state`` says why it cannot be read).
+    tracker: TrackerState | dict[str, Any] = Field(
+        default_factory=dict, union_mode="left_to_right"
+    )
     put_failures: int = 0
     # The config the endpoint showed when the rollout's last change was confirmed
     # (``decide.config_key``): between changes, anything else is someone else's doing.
@@ -304,17 +299,6 @@ class RolloutState(BaseModel):
     # The gate being waited at, if any, and the gates that said yes (never called again).
     gate: GateState | None = None
     gates_passed: list[GateName] = Field(default_factory=list)
-
-    @field_validator("tracker", mode="before")
-    @classmethod
-    def _no_tracker(cls, value: Any) -> Any:
-        return None if value == {} else value
-
-    @field_serializer("tracker", mode="wrap")
-    def _tracker_json(
-        self, value: TrackerState | dict[str, Any] | None, handler: SerializerFunctionWrapHandler
-    ) -> Any:
-        return {} if value is None else handler(value)
 
 
 # ---- what the runner observed -------------------------------------------------------------

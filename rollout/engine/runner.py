@@ -470,7 +470,7 @@ class Runner:
     ) -> _Kept:
         """Parse the plan and rebuild the tracker from the small state and the stored windows."""
         plan, policy = load_stored_plan(record.plan)
-        if state.tracker is None:
+        if not state.tracker:
             return _Kept(record.version, plan, policy, WindowTracker())
         stored = await asyncio.to_thread(self.store.windows, record.id)
         tracker = WindowTracker.from_state(

@@ -348,34 +348,36 @@ class WindowTracker:
         stores them apart and hands them back to ``from_state``. The rest is small and does not
         grow with the number of windows (counter baselines, one untimed snapshot per entity).
         """
-        return TrackerState(
-            version=STATE_VERSION,
-            window_ms=self.window_ms,
-            retention_ms=self.retention_ms,
-            kind=self.kind,
-            has_entity_labels=self.has_entity_labels,
-            revisions=self.revisions,
-            too_old=self.too_old,
-            latest_ms=self._latest_ms,
-            windows=[w.to_dict() for w in self.windows()] if windows else [],
-            untimed=[
-                UntimedSnapshot(entity=entity, first_seen_ms=first, window=window.to_dict())
+        # Built as its JSON and validated once: a model per counter series, constructed one
+        # by one, costs several times more, at every look.
+        return TrackerState.model_validate({
+            "version": STATE_VERSION,
+            "window_ms": self.window_ms,
+            "retention_ms": self.retention_ms,
+            "kind": self.kind,
+            "has_entity_labels": self.has_entity_labels,
+            "revisions": self.revisions,
+            "too_old": self.too_old,
+            "latest_ms": self._latest_ms,
+            "windows": [w.to_dict() for w in self.windows()] if windows else [],
+            "untimed": [
+                {"entity": entity, "first_seen_ms": first, "window": window.to_dict()}
                 for entity, (first, window) in self._untimed.items()
             ],
-            counter_times=[CounterTime(entity=e, t_ms=t) for e, t in self._entity_t.items()],
-            series=[
-                CounterPoint(
-                    entity=entity,
-                    field=fld,
-                    part=part,
-                    series=list(series),
-                    value=point.value,
-                    t_ms=point.t_ms,
-                    created=point.created,
-                )
+            "counter_times": [{"entity": e, "t_ms": t} for e, t in self._entity_t.items()],
+            "series": [
+                {
+                    "entity": entity,
+                    "field": fld,
+                    "part": part,
+                    "series": series,
+                    "value": point.value,
+                    "t_ms": point.t_ms,
+                    "created": point.created,
+                }
                 for (entity, fld, part, series), point in self._series.items()
             ],
-        )
+        })
 
     @classmethod
     def from_state(

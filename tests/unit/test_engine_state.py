@@ -61,7 +61,7 @@ def test_the_verdict_and_the_tracker_read_as_attributes(name: str) -> None:
         else:
             assert verdict.warmup is None
     if data["tracker"] == {}:
-        assert state.tracker is None
+        assert state.tracker == {}
         return
     assert isinstance(state.tracker, TrackerState)
     assert state.tracker.kind == data["tracker"]["kind"]
@@ -81,17 +81,27 @@ def test_the_engine_writes_what_the_dict_based_engine_wrote() -> None:
     assert failed.last_verdict.outcome is Outcome.FAIL
 
 
-def test_a_verdict_stored_before_keys_were_added_is_written_back_without_them() -> None:
-    data = {"outcome": "fail", "reason": "error_rate +2.1%", "look": 4,
-            "checks": [{"check": "error_rate vs baseline", "outcome": "fail"}],
-            "extra_key": {"kept": True}}
-    verdict = VerdictRecord.model_validate(data)
-    assert (verdict.may_advance, verdict.warmup, verdict.summary) == (False, None, None)
+@pytest.mark.parametrize("dropped", [
+    ("summary",), ("unpaired_windows", "summary"), ("warmup", "unpaired_windows", "summary"),
+    ("at", "warmup", "unpaired_windows", "summary"),
+])
+def test_a_verdict_stored_before_the_engine_added_a_key_is_written_back_without_it(
+    dropped: tuple[str, ...],
+) -> None:
+    stored = {k: v for k, v in STORED["baking"]["last_verdict"].items() if k not in dropped}
+    verdict = VerdictRecord.model_validate({**stored, "extra_key": {"kept": True}})
+    assert all(getattr(verdict, name) is None for name in dropped)
+    assert verdict.data() == {**stored, "extra_key": {"kept": True}}
+    assert list(verdict.data()) == [*stored, "extra_key"]
+
+
+def test_a_verdict_written_by_hand_reads_with_defaults() -> None:
+    verdict = VerdictRecord.model_validate(
+        {"outcome": "fail", "reason": "error_rate +2.1%", "look": 4,
+         "checks": [{"check": "error_rate vs baseline", "outcome": "fail"}]})
+    assert (verdict.outcome, verdict.may_advance, verdict.look) == (Outcome.FAIL, False, 4)
     assert verdict.checks[0].outcome is Outcome.FAIL
-    written = verdict.data()
-    assert list(written) == ["outcome", "reason", "look", "checks", "extra_key"]
-    assert written["extra_key"] == {"kept": True}
-    assert written["checks"][0]["check"] == "error_rate vs baseline"
+    assert (verdict.warmup, verdict.summary, verdict.at) == (None, None, None)
     later = verdict.model_copy(update={"warmup": Warmup(seconds=60.0, scored_from=120.0)})
     assert later.data()["warmup"] == {
         "seconds": 60.0, "scored_from": 120.0, "in_warmup": False, "ended_early": False,
@@ -100,10 +110,10 @@ def test_a_verdict_stored_before_keys_were_added_is_written_back_without_them() 
 
 def test_a_state_with_no_tracker_yet_keeps_its_empty_object() -> None:
     state = RolloutState(started_at=1.0)
-    assert state.tracker is None
+    assert state.tracker == {}
     assert state.model_dump(mode="json")["tracker"] == {}
     assert json.loads(state.model_dump_json())["tracker"] == {}
-    assert RolloutState.model_validate({"started_at": 1.0, "tracker": {}}).tracker is None
+    assert RolloutState.model_validate({"started_at": 1.0, "tracker": {}}).tracker == {}
 
 
 @pytest.mark.parametrize("tracker", [
@@ -117,6 +127,5 @@ def test_a_tracker_this_version_cannot_read_is_kept_as_stored(tracker: dict[str,
     state = RolloutState.model_validate(data)
     assert state.tracker == tracker
     assert stored_text(state.model_dump(mode="json")) == stored_text(data)
-    assert state.tracker is not None
     with pytest.raises(MetricsStateError):
         WindowTracker.from_state(state.tracker)
