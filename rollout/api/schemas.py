@@ -422,7 +422,7 @@ def _policy_name(raw: dict[str, Any]) -> str:
 
 
 def _verdict(verdict: VerdictRecord | None) -> Verdict | None:
-    # The stored JSON as it is: the document shows the keys the record was read with.
+    # The verdict's stored JSON, as the document has always shown it.
     return None if verdict is None else Verdict.model_validate(verdict.data())
 
 
