@@ -169,6 +169,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout.analysis.spec import Policy
+from rollout.analysis.verdict import VerdictRecord
 from rollout.engine.decide import DEFAULT_TIMING, Timing, decide
 from rollout.engine.model import (
     EndpointSnapshot,
@@ -705,14 +706,14 @@ class Run:
                              b.errors_5xx))
 
 
-def _note_decision(run: Run, verdict: dict[str, Any]) -> None:
+def _note_decision(run: Run, verdict: VerdictRecord) -> None:
     """Candidate requests so far, at the first conclusive verdict and 5xx check."""
-    if run.first_conclusive is None and verdict.get("outcome") in ("pass", "fail"):
+    if run.first_conclusive is None and verdict.outcome in ("pass", "fail"):
         run.first_conclusive = run.exposure
     if run.first_error_check is None:
-        for check in verdict.get("checks") or ():
-            if check.get("metric") == "error_rate":
-                if check.get("outcome") in ("pass", "fail"):
+        for check in verdict.checks:
+            if check.metric == "error_rate":
+                if check.outcome in ("pass", "fail"):
                     run.first_error_check = run.exposure
                 break
 

@@ -17,6 +17,7 @@ from statistics import NormalDist
 from typing import Any, Literal
 
 from rollout.analysis.spec import Metric
+from rollout.analysis.verdict import Outcome, VerdictRecord
 from rollout.analysis.wording import metric_name, metric_value
 from rollout.metrics.model import ArmTotals, Histogram
 
@@ -114,7 +115,7 @@ def ab_report(
     direction: Literal["lower", "higher"],
     candidate: ArmTotals,
     baseline: ArmTotals,
-    guards: dict[str, Any] | None,
+    guards: VerdictRecord | None,
 ) -> dict[str, Any]:
     """The report and the winner (``candidate`` or ``baseline``), with a one-line summary."""
     names = [objective, *(m for m in (*_RATES, *_QUANTILES) if m != objective)]
@@ -131,12 +132,12 @@ def ab_report(
     if guards is None:
         guard_problems.append("the guards never ran")
     else:
-        if guards.get("outcome") == "fail":
+        if guards.outcome == Outcome.FAIL:
             guard_problems.append("a guard failed")
         guard_problems.extend(
-            f"guard {check.get('check')} leans towards a regression"
-            for check in guards.get("checks", [])
-            if check.get("outcome") == "fail" or check.get("leans_bad")
+            f"guard {check.check} leans towards a regression"
+            for check in guards.checks
+            if check.outcome == Outcome.FAIL or check.leans_bad
         )
     winner = "candidate" if better and not guard_problems else "baseline"
     name = metric_name(objective)

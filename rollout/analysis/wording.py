@@ -12,8 +12,8 @@ is the judge's.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+
+from rollout.analysis.verdict import CheckRecord, Outcome, VerdictRecord
 
 # Metric names as people say them.
 _NAMES = {
@@ -31,7 +31,11 @@ _NAMES = {
     "error_ceiling": "5xx rate",
 }
 
-_ACTION = {"fail": "rolling back", "pass": "may move on", "inconclusive": "hold for more data"}
+_ACTION = {
+    Outcome.FAIL: "rolling back",
+    Outcome.PASS: "may move on",
+    Outcome.INCONCLUSIVE: "hold for more data",
+}
 
 
 def metric_name(metric: str) -> str:
@@ -58,8 +62,8 @@ def metric_value(metric: str, value: object) -> str:
     return f"{value:,.0f}" if metric == "request_count" else _significant(value)
 
 
-def _limit(check: Mapping[str, Any]) -> str:
-    limit = str(check.get("limit") or "")
+def _limit(check: CheckRecord) -> str:
+    limit = check.limit
     if "regression beyond " in limit:
         return limit.split("regression beyond ", 1)[1]
     if "passes confidently below " in limit:  # a blue/green check against the control
@@ -68,38 +72,38 @@ def _limit(check: Mapping[str, Any]) -> str:
     return limit.removeprefix("candidate ")
 
 
-def check_sentence(check: Mapping[str, Any]) -> str:
+def check_sentence(check: CheckRecord) -> str:
     """'candidate 5xx rate 11.5 % vs baseline 0.55 % (limit 2x baseline)'."""
-    metric = str(check.get("metric") or check.get("check") or "?")
-    text = f"candidate {metric_name(metric)} {metric_value(metric, check.get('candidate_value'))}"
-    if check.get("baseline_value") is not None:
-        text += f" vs baseline {metric_value(metric, check.get('baseline_value'))}"
+    metric = check.metric or check.check or "?"
+    text = f"candidate {metric_name(metric)} {metric_value(metric, check.candidate_value)}"
+    if check.baseline_value is not None:
+        text += f" vs baseline {metric_value(metric, check.baseline_value)}"
     limit = _limit(check)
     return f"{text} (limit {limit})" if limit else text
 
 
-def verdict_sentence(verdict: Mapping[str, Any]) -> str:
+def verdict_sentence(verdict: VerdictRecord) -> str:
     """The verdict in one sentence: the checks that decide it, then what it means."""
-    outcome = str(verdict.get("outcome") or "inconclusive")
-    checks = [c for c in verdict.get("checks") or [] if isinstance(c, Mapping)]
-    action = _ACTION.get(outcome, outcome)
-    if outcome == "pass":
+    outcome = verdict.outcome
+    checks = verdict.checks
+    action = _ACTION[outcome]
+    if outcome == Outcome.PASS:
         shown = "; ".join(check_sentence(c) for c in checks[:2])
         return f"all {len(checks)} checks within tolerance" + (f": {shown}" if shown else "") \
             + f" -> {action}"
-    deciding = [c for c in checks if c.get("outcome") == outcome] or [
-        c for c in checks if c.get("outcome") != "pass"
+    deciding = [c for c in checks if c.outcome == outcome] or [
+        c for c in checks if c.outcome != Outcome.PASS
     ]
-    if outcome == "inconclusive" and "below min_requests" in str(verdict.get("reason") or ""):
-        reason = str(verdict.get("reason"))
+    if outcome == Outcome.INCONCLUSIVE and "below min_requests" in verdict.reason:
+        reason = verdict.reason
         short = reason.split("(", 1)[1].split(")", 1)[0] if "(" in reason else "too few requests"
         return f"not enough traffic yet ({short}) -> {action}"
     if not deciding:
         return f"{outcome} -> {action}"
     shown = "; ".join(check_sentence(c) for c in deciding[:2])
     more = f" (and {len(deciding) - 2} more)" if len(deciding) > 2 else ""
-    if outcome == "inconclusive":
-        passed = sum(1 for c in checks if c.get("outcome") == "pass")
+    if outcome == Outcome.INCONCLUSIVE:
+        passed = sum(1 for c in checks if c.outcome == Outcome.PASS)
         return (f"not decided yet, {passed} of {len(checks)} checks passed; waiting on "
                 f"{shown}{more} -> {action}")
     return f"{shown}{more} -> {action}"

@@ -14,6 +14,7 @@ from typing import Any, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rollout.analysis.spec import Policy
+from rollout.analysis.verdict import VerdictRecord
 from rollout.api.auth import Role
 from rollout.engine.decide import DEFAULT_TIMING, Timing
 from rollout.engine.model import GateState, Phase, RolloutState
@@ -420,16 +421,9 @@ def _policy_name(raw: dict[str, Any]) -> str:
     return str(policy or "default")
 
 
-def _verdict(value: dict[str, Any] | None) -> Verdict | None:
-    if value is None:
-        return None
-    try:
-        return Verdict.model_validate(value)
-    except ValidationError:
-        # A verdict of a shape this code does not know is still shown, as far as it goes.
-        return Verdict.model_validate(
-            {k: v for k, v in value.items() if k not in Verdict.model_fields}
-        )
+def _verdict(verdict: VerdictRecord | None) -> Verdict | None:
+    # The verdict's stored JSON, as the document has always shown it.
+    return None if verdict is None else Verdict.model_validate(verdict.data())
 
 
 def _progress(

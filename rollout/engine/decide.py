@@ -45,6 +45,7 @@ from rollout.analysis.ab import ab_report
 from rollout.analysis.control import against_control
 from rollout.analysis.judge import Look as JudgeInput
 from rollout.analysis.spec import Policy
+from rollout.analysis.verdict import Outcome, VerdictRecord, Warmup
 from rollout.analysis.warmth import looks_warm
 from rollout.analysis.wording import verdict_sentence
 from rollout.engine.judging import Look, judge_look
@@ -224,7 +225,7 @@ class _Turn:
             "outcome": to.value,
             "reason": reason,
             "cause": state.ending_cause,
-            "verdict": state.last_verdict,
+            "verdict": _verdict_data(state),
             "skipped_steps": list(state.skipped_steps),
         }
         if hooks.on_rollback is not None and before is Phase.ROLLING_BACK and to in (
@@ -618,7 +619,7 @@ def _confirmed(turn: _Turn, target: Target) -> None:
             "info",
             f"{turn.plan.endpoint}: {turn.plan.candidate.served_name} promoted to 100 %{unjudged}"
             + (f"; {aliases}" if aliases else ""),
-            {"verdict": state.last_verdict, "report": state.report, "skipped_steps": skipped}
+            {"verdict": _verdict_data(state), "report": state.report, "skipped_steps": skipped}
             | ({"aliases": aliases} if aliases else {}),
         )
         return
@@ -641,7 +642,7 @@ def _confirmed(turn: _Turn, target: Target) -> None:
             + (f"; {aliases}" if aliases else ""),
             {
                 "reason": reason,
-                "verdict": state.last_verdict,
+                "verdict": _verdict_data(state),
                 "build_logs_tail": state.build_logs,
                 "report": state.report,
             }
@@ -742,7 +743,7 @@ def _start_rollback(
         pause_reason=None,
         gate=None,
     )
-    data: dict[str, Any] = {"verdict": state.last_verdict}
+    data: dict[str, Any] = {"verdict": _verdict_data(state)}
     details: dict[str, Any] = {"reason": reason}
     if cause == "update_failed":
         # What the build said is the first thing a person wants to see.
@@ -904,7 +905,7 @@ def _call_gate(
     }
     if name == "confirm_promotion":
         details["reason"] = gate.promote_reason
-        details["verdict"] = state.last_verdict
+        details["verdict"] = _verdict_data(state)
         details["report"] = state.report
     return CallGate(name, call, summary, details)
 
@@ -1149,7 +1150,8 @@ def _progressing(turn: _Turn) -> None:
     look = _look(turn, final=last_step)
     if look is not None and look.outcome == "fail":
         # The sentence first; the judge's reason (without its own "fail:") for the record.
-        summary = str((turn.state.last_verdict or {}).get("summary") or "")
+        verdict = turn.state.last_verdict
+        summary = (verdict.summary if verdict is not None else None) or ""
         why = look.reason.removeprefix("fail: ")
         lead = f"{summary.rsplit(' -> ', 1)[0]}; judge: " if summary else ""
         _start_rollback(turn, f"analysis failed: {lead}{why}", "analysis")
@@ -1172,18 +1174,17 @@ def _progressing(turn: _Turn) -> None:
     started = state.step_started_at if state.step_started_at is not None else turn.now
     elapsed = turn.now - started
     bake = _bake(plan, state.step)
-    verdict = turn.state.last_verdict or {}
+    verdict = turn.state.last_verdict
     if elapsed < bake:
         turn.again_in(min(turn.timing.look_interval, bake - elapsed))
         return
     if isinstance(plan, ABPlan):
         _ab_report(turn)
         return
-    may_advance = (
-        bool(verdict.get("may_advance")) if not last_step else verdict.get("outcome") == "pass"
-    )
+    passed = verdict is not None and verdict.outcome == Outcome.PASS
+    may_advance = (verdict is not None and verdict.may_advance) if not last_step else passed
     if may_advance:
-        if verdict.get("outcome") != "pass":
+        if not passed:
             # Moved on at the end of its bake with no check leaning towards a regression
             # (advance: lean): not a pass, and never shown as one.
             turn.set(leaned_steps=sorted({*turn.state.leaned_steps, state.step}))
@@ -1193,7 +1194,7 @@ def _progressing(turn: _Turn) -> None:
     if elapsed >= step_deadline:
         reason = (
             f"{_step_name(plan, state.step)} has no conclusive verdict after "
-            f"{format_duration(elapsed)} ({verdict.get('reason', 'no data')})"
+            f"{format_duration(elapsed)} ({verdict.reason if verdict is not None else 'no data'})"
         )
         if policy.on_no_data == "rollback":
             _start_rollback(turn, reason, "no_data")
@@ -1591,27 +1592,26 @@ def _look(turn: _Turn, *, final: bool) -> Look | None:
         readings=turn.obs.readings,
         query_state=state.query_state,
     )
-    verdict = dict(look.verdict)
-    verdict["may_advance"] = look.may_advance
-    verdict["at"] = turn.now
+    added: dict[str, Any] = {"may_advance": look.may_advance, "at": turn.now}
     if turn.scored_from is not None and state.split_applied_at is not None:
-        verdict["warmup"] = {
-            "seconds": turn.scored_from - state.split_applied_at,
-            "scored_from": turn.scored_from,
-            "in_warmup": turn.now < turn.scored_from,
-            "ended_early": turn.warm_early,
-        }
-    verdict["unpaired_windows"] = turn.unpaired
+        added["warmup"] = Warmup(
+            seconds=turn.scored_from - state.split_applied_at,
+            scored_from=turn.scored_from,
+            in_warmup=turn.now < turn.scored_from,
+            ended_early=turn.warm_early,
+        )
+    added["unpaired_windows"] = turn.unpaired
     # The sentence a person reads first; the judge's reason (which names the outcome
     # itself) follows in the event.
-    verdict["summary"] = verdict_sentence(verdict)
+    summary = added["summary"] = verdict_sentence(look.verdict)
+    verdict = look.verdict.model_copy(update=added)
     turn.set(judge_state=look.state, query_state=look.query_state, last_verdict=verdict)
     news = (turn.arrived or bool(turn.obs.readings)) and _verdict_news(turn, verdict)
     if turn.obs.metrics_error or news:
         turn.note(
             "verdict",
-            f"{verdict['summary']}; judge: {look.reason}",
-            {"verdict": verdict, "step": state.step},
+            f"{summary}; judge: {look.reason}",
+            {"verdict": verdict.data(), "step": state.step},
         )
         turn.set(verdict_logged=_verdict_key(verdict), verdict_logged_at=turn.now)
     if turn.obs.metrics_error:
@@ -1652,11 +1652,16 @@ def _query_outage(turn: _Turn) -> None:
         )
 
 
-def _verdict_key(verdict: dict[str, Any]) -> str:
-    return f"{verdict.get('outcome')}/{verdict.get('may_advance')}"
+def _verdict_key(verdict: VerdictRecord) -> str:
+    return f"{verdict.outcome}/{verdict.may_advance}"
 
 
-def _verdict_news(turn: _Turn, verdict: dict[str, Any]) -> bool:
+def _verdict_data(state: RolloutState) -> dict[str, Any] | None:
+    """The last verdict as events, alerts and hooks carry it (its stored JSON)."""
+    return None if state.last_verdict is None else state.last_verdict.data()
+
+
+def _verdict_news(turn: _Turn, verdict: VerdictRecord) -> bool:
     """Whether a verdict goes into the event log: the first of a split, a fail, one that lets
     the step advance, and any other change of outcome since the last one logged, at most once
     per ``verdict_log_interval``. Otherwise it only updates ``last_verdict`` (and, at the
@@ -1664,11 +1669,11 @@ def _verdict_news(turn: _Turn, verdict: dict[str, Any]) -> bool:
     a minute for as long as the step runs, and a judge hovering between pass and
     inconclusive would do nearly as much."""
     state = turn.state
-    if state.verdict_logged is None or verdict.get("outcome") == "fail":
+    if state.verdict_logged is None or verdict.outcome == Outcome.FAIL:
         return True
     if _verdict_key(verdict) == state.verdict_logged:
         return False
-    if verdict.get("may_advance"):
+    if verdict.may_advance:
         return True  # the verdict that moves the rollout on is always in the log
     logged_at = state.verdict_logged_at
     return logged_at is None or turn.now - logged_at >= turn.timing.verdict_log_interval

@@ -1,8 +1,8 @@
 """The engine's side of judging: hands the per-arm sums to ``rollout.analysis`` and back.
 
 Where this sits: ``decide`` calls ``judge_look`` at every tick with new windows. Keeps the
-persisted judge state as a plain dict and the verdict as its JSON form, so the rollout's state
-stays serialisable. Pure.
+persisted judge state as a plain dict and the verdict as its stored form
+(``rollout.analysis.verdict.VerdictRecord``), so the rollout's state stays serialisable. Pure.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from rollout.analysis.judge import Look as JudgeInput
 from rollout.analysis.judge import judge, state_from_dict
 from rollout.analysis.queries import QueryReading, combine, judge_queries
 from rollout.analysis.spec import Policy
+from rollout.analysis.verdict import VerdictRecord
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Look:
     outcome: str  # pass | fail | inconclusive
     may_advance: bool
     reason: str
-    verdict: dict[str, Any]
+    verdict: VerdictRecord
     state: dict[str, Any]
     query_state: dict[str, Any]
 
@@ -56,14 +57,12 @@ def judge_look(
             policy, readings, queries_state, split=split
         )
         verdict = combine(policy, verdict, results)
-    data = verdict.to_dict()
     reason = verdict.reason if note is None else f"{verdict.reason} ({note})"
-    data["reason"] = reason
     return Look(
         outcome=str(verdict.outcome),
         may_advance=verdict.may_advance,
         reason=reason,
-        verdict=data,
+        verdict=verdict.record(reason=reason),
         state=state.to_dict(),
         query_state=queries_state,
     )

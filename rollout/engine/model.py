@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rollout import vocabulary as stored
 from rollout.analysis.queries import QueryReading
+from rollout.analysis.verdict import VerdictRecord
 from rollout.metrics.model import (
     GAUGE_FIELDS,
     ArmTotals,
@@ -26,6 +27,7 @@ from rollout.metrics.model import (
     Histogram,
     UnattributableScrape,
 )
+from rollout.metrics.windows import TrackerState
 from rollout.plan import GateName, NotificationName, Severity
 from rollout.vocabulary import CommandKind, GateAnswer
 
@@ -255,7 +257,7 @@ class RolloutState(BaseModel):
     # Steps (from 0) that moved on at the end of their bake without a pass (advance: lean).
     leaned_steps: list[int] = Field(default_factory=list)
     judge_state: dict[str, Any] = Field(default_factory=dict)
-    last_verdict: dict[str, Any] | None = None
+    last_verdict: VerdictRecord | None = None
     # The current split's last verdict written to the event log ("outcome/may_advance") and
     # when: a verdict is logged when it differs, not at every look.
     verdict_logged: str | None = None
@@ -271,7 +273,13 @@ class RolloutState(BaseModel):
     ending_cause: RollbackCause | None = None
     build_logs: str | None = None
     report: dict[str, Any] | None = None
-    tracker: dict[str, Any] = Field(default_factory=dict)
+    # The runner's window tracker, its windows left out (they are stored apart); else JSON
+    # this version cannot read as one, kept as stored: ``{}`` until the runner first keeps a
+    # tracker, or a tracker of another ``STATE_VERSION`` (the rest of the state still loads,
+    # and ``WindowTracker.from_state`` says why it cannot be read).
+    tracker: TrackerState | dict[str, Any] = Field(
+        default_factory=dict, union_mode="left_to_right"
+    )
     put_failures: int = 0
     # The config the endpoint showed when the rollout's last change was confirmed
     # (``decide.config_key``): between changes, anything else is someone else's doing.

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from rollout.analysis.spec import Policy
+from rollout.analysis.verdict import Outcome, VerdictRecord
 from rollout.engine.decide import DEFAULT_TIMING, Timing, step_bake, step_warmup
 from rollout.engine.model import Phase, RolloutState
 from rollout.plan import ABPlan, AnyPlan, BlueGreenPlan, CanaryPlan
@@ -133,28 +134,28 @@ def _number(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def _waiting_on(verdict: dict[str, Any]) -> list[Pending]:
+def _waiting_on(verdict: VerdictRecord | None) -> list[Pending]:
     """The checks that have not passed, with a rough count of requests still needed.
 
     The sequential judge's pass evidence (a log e-value) grows roughly in proportion to the
     requests scored; its rate so far, divided into the distance to the boundary, says about
     how many more requests a pass takes if the candidate keeps behaving as it did.
     """
-    pending = []
-    for check in verdict.get("checks") or []:
-        if not isinstance(check, dict) or check.get("outcome") == "pass":
+    pending: list[Pending] = []
+    for check in verdict.checks if verdict is not None else ():
+        if check.outcome == Outcome.PASS:
             continue
         needed = None
-        statistic, boundary = check.get("statistic") or {}, check.get("boundary") or {}
+        statistic, boundary = check.statistic, check.boundary
         grown, goal, n = (_number(statistic.get("pass")), _number(boundary.get("pass")),
-                          _number(check.get("candidate_n")))
+                          _number(check.candidate_n))
         requests = _number(statistic.get("requests"))
         if grown is not None and goal is not None and n is not None and grown > 0 and n > 0:
             needed = max(0.0, float(math.ceil((goal - grown) / (grown / n))))
         elif goal is not None and requests is not None:  # a count check: requests to go
             needed = max(0.0, goal - requests)
-        pending.append(Pending(check=str(check.get("check") or check.get("metric") or "?"),
-                               outcome=str(check.get("outcome") or "inconclusive"),
+        pending.append(Pending(check=check.check or check.metric or "?",
+                               outcome=check.outcome.value,
                                requests_needed=needed))
     return pending
 
@@ -249,12 +250,12 @@ def _progressing(plan: AnyPlan, policy: Policy, state: RolloutState, now: float,
     bake = step_bake(plan, state.step)
     bake_left = max(0.0, bake - elapsed)
     step_deadline_left = max(0.0, bake * timing.step_deadline_factor - elapsed)
-    verdict = state.last_verdict or {}
-    warm = verdict.get("warmup") if isinstance(verdict.get("warmup"), dict) else None
+    verdict = state.last_verdict
+    warm = verdict.warmup if verdict is not None else None
     warmup_left = None
-    if warm is not None and isinstance(warm.get("scored_from"), int | float):
-        warmup_left = max(0.0, float(warm["scored_from"]) - now) or None
-    elif verdict == {} and state.split_applied_at is not None:
+    if warm is not None and warm.scored_from is not None:
+        warmup_left = max(0.0, warm.scored_from - now) or None
+    elif verdict is None and state.split_applied_at is not None:
         own = step_warmup(plan, state.step)
         seconds = own if own is not None else policy.warmup_windows * timing.metrics_window
         warmup_left = max(0.0, state.split_applied_at + seconds - now) or None
@@ -273,7 +274,8 @@ def _progressing(plan: AnyPlan, policy: Policy, state: RolloutState, now: float,
     if isinstance(plan, ABPlan):
         return Progress(summary=f"{where}: duration over; writing the A/B report", stage="waiting",
                         **figures)
-    moving = verdict.get("outcome") == "pass" or (bool(verdict.get("may_advance")) and not last)
+    moving = verdict is not None and (
+        verdict.outcome == Outcome.PASS or (verdict.may_advance and not last))
     if moving:
         return Progress(summary=f"{where}: bake over and the verdict lets it move on; next: "
                         f"{then}", stage="waiting", **figures)
@@ -283,7 +285,7 @@ def _progressing(plan: AnyPlan, policy: Policy, state: RolloutState, now: float,
                    "candidate requests)")
         for p in waiting_on
     )
-    if not verdict:
+    if verdict is None:
         checks = "no verdict yet"
     on_timeout = "rollback" if policy.on_no_data == "rollback" else "pause for a person"
     return Progress(

@@ -70,6 +70,7 @@ from rollout.alerts.payload import HOOK_CHANNEL
 from rollout.alerts.targets import TargetPolicy, guarded_client
 from rollout.analysis.queries import ArmReading, QueryReading, promql_duration
 from rollout.analysis.spec import Policy
+from rollout.analysis.verdict import VerdictRecord
 from rollout.clock import Clock
 from rollout.engine.decide import DEFAULT_TIMING, Timing, current_fold, decide, update_failure
 from rollout.engine.model import (
@@ -92,7 +93,7 @@ from rollout.engine.schema import entity_input_schema, input_compatible
 from rollout.metrics.model import EntityWindow
 from rollout.metrics.parse import MetricsError, parse_export_metrics
 from rollout.metrics.prometheus import OwnMetrics
-from rollout.metrics.windows import WindowTracker
+from rollout.metrics.windows import TrackerState, WindowTracker
 from rollout.plan import (
     MAX_HOOK_TIMEOUT,
     AlertChannel,
@@ -196,7 +197,7 @@ def load_stored_plan(data: dict[str, Any]) -> tuple[AnyPlan, Policy]:
 
 def summary_of(plan: AnyPlan, state: RolloutState) -> SummaryFields:
     """The columns lists read (``Store.list_summaries``), from the plan and the state."""
-    verdict = state.last_verdict.get("outcome") if state.last_verdict else None
+    verdict = state.last_verdict.outcome if state.last_verdict is not None else None
     return SummaryFields(
         candidate=plan.candidate.served_name,
         baseline=state.baseline,
@@ -232,7 +233,7 @@ def step_summary(before: RolloutState, after: RolloutState, now: float) -> StepS
         source = before  # moving on: the step's sums before the next split resets them
     else:
         return None
-    verdict = source.last_verdict or {}
+    verdict = source.last_verdict
     return StepSummary(
         key=f"{source.step}@{source.split_applied_at}",
         at=float(source.split_applied_at or now),
@@ -245,8 +246,8 @@ def step_summary(before: RolloutState, after: RolloutState, now: float) -> StepS
             "candidate": source.candidate.model_dump(mode="json"),
             "control": source.control.model_dump(mode="json"),
             "served": source.served.model_dump(mode="json"),
-            "verdict": verdict.get("outcome"),
-            "reason": verdict.get("reason"),
+            "verdict": None if verdict is None else verdict.outcome.value,
+            "reason": None if verdict is None else verdict.reason,
         },
     )
 
@@ -475,7 +476,7 @@ class Runner:
         tracker = WindowTracker.from_state(
             state.tracker, [EntityWindow.from_dict(w.data) for w in stored]
         )
-        if state.tracker.get("windows"):
+        if isinstance(state.tracker, TrackerState) and state.tracker.windows:
             # Saved by a version that kept the windows inside the state: move them out.
             for window in tracker.windows():
                 if window.start_ms is not None:
@@ -490,7 +491,7 @@ class Runner:
         decision: Decision,
         *,
         windows: WindowChanges,
-        judged: dict[str, Any] | None = None,
+        judged: VerdictRecord | None = None,
     ) -> RolloutRecord:
         now = self.clock.now()
         events = [
@@ -546,7 +547,7 @@ class Runner:
             observed = [(e.kind, e.to_phase, e.data) for e in events]
             if judged and not any(e.kind == "verdict" for e in events):
                 # The log keeps only verdicts that changed; the metrics count every look.
-                observed.append(("verdict", state.phase.value, {"verdict": judged}))
+                observed.append(("verdict", state.phase.value, {"verdict": judged.data()}))
             self.observer(
                 record.endpoint, record.created_at, now, observed, state.ending_cause
             )
@@ -892,18 +893,18 @@ class Runner:
         return replace(observation, preflight=outcome)
 
 
-def _verdict_numbers(verdict: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+def _verdict_numbers(verdict: VerdictRecord | None) -> list[dict[str, Any]] | None:
     if verdict is None:
         return None
     return [
         {
-            "check": c.get("check"),
-            "outcome": c.get("outcome"),
-            "candidate": c.get("candidate_value"),
-            "baseline": c.get("baseline_value"),
-            "n": [c.get("candidate_n"), c.get("baseline_n")],
+            "check": c.check,
+            "outcome": c.outcome.value,
+            "candidate": c.candidate_value,
+            "baseline": c.baseline_value,
+            "n": [c.candidate_n, c.baseline_n],
         }
-        for c in verdict.get("checks", [])
+        for c in verdict.checks
     ]
 
 

@@ -5,8 +5,8 @@ Where this sits in a rollout: at every tick the runner scrapes export-metrics an
 every window exactly once; the engine asks it for ``totals(since_ms)``, one ``ArmTotals`` per
 served entity over the windows that began after the current split took effect, and the judges in
 ``rollout.analysis`` compare the candidate's totals with the baseline's. The tracker is persisted
-with the rollout (``to_state``/``from_state``) so a restarted controller does not count a window
-twice, nor lose a counter's baseline.
+with the rollout (``to_state``/``from_state``, a ``TrackerState``) so a restarted controller does
+not count a window twice, nor lose a counter's baseline.
 
 Decisions:
 
@@ -47,8 +47,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rollout.metrics.model import (
     GAUGE_FIELDS,
@@ -77,6 +79,59 @@ _GroupKey = tuple[str, tuple[tuple[str, str], ...]]
 
 class MetricsStateError(MetricsError):
     """A persisted tracker state cannot be read (wrong version or shape)."""
+
+
+class UntimedSnapshot(BaseModel):
+    """An entity's last window without a start time, and when it was first seen."""
+
+    model_config = ConfigDict(frozen=True)
+
+    entity: str | None
+    first_seen_ms: int
+    window: dict[str, Any]  # ``EntityWindow.to_dict()``
+
+
+class CounterTime(BaseModel):
+    """When an entity's counters were last scraped (epoch ms)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    entity: str | None
+    t_ms: int
+
+
+class CounterPoint(BaseModel):
+    """One cumulative series' last value: the baseline its next delta is taken from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    entity: str | None
+    field: str
+    part: str
+    series: list[tuple[str, str]]  # its labels, as (name, value) pairs
+    value: float
+    t_ms: int
+    created: float | None
+
+
+class TrackerState(BaseModel):
+    """A tracker as persisted (``WindowTracker.to_state``), in the stored key order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: int
+    window_ms: int | None
+    retention_ms: int
+    kind: Kind | None
+    has_entity_labels: bool | None
+    revisions: int
+    too_old: int
+    latest_ms: int | None
+    # The kept windows (``EntityWindow.to_dict()``); empty when they are stored apart.
+    windows: list[dict[str, Any]]
+    untimed: list[UntimedSnapshot]
+    counter_times: list[CounterTime]
+    series: list[CounterPoint]
 
 
 @dataclasses.dataclass
@@ -286,14 +341,16 @@ class WindowTracker:
 
     # -- persistence --------------------------------------------------------------------------
 
-    def to_state(self, *, windows: bool = True) -> dict[str, Any]:
+    def to_state(self, *, windows: bool = True) -> TrackerState:
         """A JSON-safe snapshot; ``from_state`` of it continues exactly where this one is.
 
         ``windows=False`` leaves the kept windows out (their list is empty): for a caller that
         stores them apart and hands them back to ``from_state``. The rest is small and does not
         grow with the number of windows (counter baselines, one untimed snapshot per entity).
         """
-        return {
+        # Built as its JSON and validated once: a model per counter series, constructed one
+        # by one, costs several times more, at every look.
+        return TrackerState.model_validate({
             "version": STATE_VERSION,
             "window_ms": self.window_ms,
             "retention_ms": self.retention_ms,
@@ -313,56 +370,56 @@ class WindowTracker:
                     "entity": entity,
                     "field": fld,
                     "part": part,
-                    "series": [list(pair) for pair in series],
+                    "series": series,
                     "value": point.value,
                     "t_ms": point.t_ms,
                     "created": point.created,
                 }
                 for (entity, fld, part, series), point in self._series.items()
             ],
-        }
+        })
 
     @classmethod
     def from_state(
-        cls, state: dict[str, Any], windows: Iterable[EntityWindow] = ()
+        cls, state: TrackerState | Mapping[str, Any], windows: Iterable[EntityWindow] = ()
     ) -> WindowTracker:
-        """Rebuild a tracker from ``to_state`` output plus ``windows`` kept apart (each with
-        its start time); ``MetricsStateError`` if unreadable."""
-        if state.get("version") != STATE_VERSION:
+        """Rebuild a tracker from ``to_state`` output (or its JSON) plus ``windows`` kept apart
+        (each with its start time); ``MetricsStateError`` if unreadable."""
+        if not isinstance(state, TrackerState):
+            if state.get("version") != STATE_VERSION:
+                raise MetricsStateError(
+                    f"tracker state version {state.get('version')!r} is not {STATE_VERSION}"
+                )
+            try:
+                state = TrackerState.model_validate(state)
+            except ValidationError as exc:
+                raise MetricsStateError(f"tracker state is malformed: {exc}") from exc
+        if state.version != STATE_VERSION:
             raise MetricsStateError(
-                f"tracker state version {state.get('version')!r} is not {STATE_VERSION}"
+                f"tracker state version {state.version!r} is not {STATE_VERSION}"
             )
         try:
-            tracker = cls(window_ms=state["window_ms"], retention_ms=state["retention_ms"])
-            kind = state["kind"]
-            if kind not in (None, "window", "counter"):
-                raise MetricsStateError(f"tracker state has an unknown kind {kind!r}")
-            tracker.kind = kind
-            tracker.has_entity_labels = state["has_entity_labels"]
-            tracker.revisions = int(state["revisions"])
-            tracker.too_old = int(state["too_old"])
-            tracker._latest_ms = state["latest_ms"]
-            kept = [EntityWindow.from_dict(data) for data in state["windows"]]
+            tracker = cls(window_ms=state.window_ms, retention_ms=state.retention_ms)
+            tracker.kind = state.kind
+            tracker.has_entity_labels = state.has_entity_labels
+            tracker.revisions = state.revisions
+            tracker.too_old = state.too_old
+            tracker._latest_ms = state.latest_ms
+            kept = [EntityWindow.from_dict(data) for data in state.windows]
             for window in itertools.chain(kept, windows):
                 if window.start_ms is None:
                     raise MetricsStateError("a kept window has no start time")
                 tracker._windows[(window.entity, window.start_ms)] = window
-            for item in state["untimed"]:
-                tracker._untimed[item["entity"]] = (
-                    int(item["first_seen_ms"]),
-                    EntityWindow.from_dict(item["window"]),
+            for item in state.untimed:
+                tracker._untimed[item.entity] = (
+                    item.first_seen_ms,
+                    EntityWindow.from_dict(item.window),
                 )
-            for item in state["counter_times"]:
-                tracker._entity_t[item["entity"]] = int(item["t_ms"])
-            for item in state["series"]:
-                series = tuple((str(k), str(v)) for k, v in item["series"])
-                created = item["created"]
-                tracker._series[(item["entity"], item["field"], item["part"], series)] = (
-                    _CounterPoint(
-                        float(item["value"]),
-                        int(item["t_ms"]),
-                        None if created is None else float(created),
-                    )
+            for time in state.counter_times:
+                tracker._entity_t[time.entity] = time.t_ms
+            for point in state.series:
+                tracker._series[(point.entity, point.field, point.part, tuple(point.series))] = (
+                    _CounterPoint(point.value, point.t_ms, point.created)
                 )
         except (KeyError, TypeError, ValueError) as exc:
             raise MetricsStateError(f"tracker state is malformed: {exc!r}") from exc

@@ -102,7 +102,7 @@ def window(entity: str | None, minute: int, requests: float, errors: float,
 def tracker_state(windows: list[EntityWindow]) -> dict[str, Any]:
     tracker = WindowTracker()
     tracker.observe(Scrape(windows=windows, has_entity_labels=True), T0 + 10 * MINUTE)
-    return tracker.to_state()
+    return tracker.to_state().model_dump(mode="json")
 
 
 def progress(store: Store, record: RolloutRecord, *, state: dict[str, Any],
@@ -205,7 +205,7 @@ async def test_series_reads_the_windows_the_runner_stored_apart(app: Any, store:
     record = store.commit(
         record.id, record.version, phase="progressing",
         state={**record.state, "phase": "progressing", "baseline": BASELINE,
-               "tracker": tracker.to_state(windows=False)},
+               "tracker": tracker.to_state(windows=False).model_dump(mode="json")},
         due_at=None, updated_at=record.updated_at + 300, events=[], alerts=[],
         consumed_commands=[],
         windows=WindowChanges(upsert=[stored_window(w) for w in windows]),

@@ -81,7 +81,8 @@ async def test_an_aging_rollout_keeps_a_small_state_and_bounded_windows(
     state = RolloutState.model_validate(store.get(record.id).state)
     assert state.step == 0, "still the 3 h step"
     assert state.folded is not None, "the oldest windows of the split were folded"
-    assert state.tracker.get("windows") == [], "no window inside the state row"
+    assert state.tracker is not None
+    assert state.tracker.windows == [], "no window inside the state row"
     assert max(sizes) < 24_000, sizes
     # The first fold (after the dedup horizon) adds the folded sums once; then nothing grows.
     assert sizes[2] < sizes[1] * 1.1, f"the state does not grow with age: {sizes}"
@@ -98,7 +99,8 @@ async def test_an_aging_rollout_keeps_a_small_state_and_bounded_windows(
     (summary,) = store.list_summaries()
     assert (summary.id, summary.phase) == (record.id, "progressing")
     assert (summary.candidate, summary.candidate_weight) == (CANDIDATE, 10)
-    assert summary.verdict_outcome == (state.last_verdict or {}).get("outcome")
+    assert state.last_verdict is not None
+    assert summary.verdict_outcome == state.last_verdict.outcome
 
     phase = await _look_until(runner, store, clock, record.id, start + 5 * 3600)
     assert phase is Phase.SUCCEEDED

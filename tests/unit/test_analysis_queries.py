@@ -183,15 +183,17 @@ def test_decide_alerts_once_per_outage_and_never_rolls_back_for_it() -> None:
     assert st.phase is Phase.PROGRESSING
     assert alerts == ["metrics_source_unreachable"]
     assert events.count("metrics_source_unreachable") == 1
-    assert "prometheus unreachable: ConnectError" in (st.last_verdict or {})["reason"]
+    assert st.last_verdict is not None
+    assert "prometheus unreachable: ConnectError" in st.last_verdict.reason
     st, events, alerts = play([down] * 5 + [reading(SPEC, 1.0, 1.0)] * 2)
     assert st.phase is Phase.PROGRESSING
     assert alerts == ["metrics_source_unreachable", "metrics_source_reachable"]
-    verdict = st.last_verdict or {}
-    assert verdict["outcome"] == "pass"
-    (own,) = [c for c in verdict["checks"] if c["metric"] == "prometheus"]
-    assert own["candidate_value"] == 1.0
-    assert own["detail"]["query"] == 'q{model="c"}'
+    verdict = st.last_verdict
+    assert verdict is not None
+    assert verdict.outcome == "pass"
+    (own,) = [c for c in verdict.checks if c.metric == "prometheus"]
+    assert own.candidate_value == 1.0
+    assert own.detail["query"] == 'q{model="c"}'
 
 
 def test_decide_rolls_back_on_a_failing_query_check() -> None:

@@ -400,18 +400,21 @@ def test_no_traffic_never_advances_even_without_min_requests() -> None:
 
 
 def test_a_verdict_reads_as_one_plain_sentence_first() -> None:
-    verdict = Run(policy(ERRORS, LATENCY)).look(Arm(1_000, 0.05), Arm(9_000), 5).to_dict()
+    verdict = Run(policy(ERRORS, LATENCY)).look(Arm(1_000, 0.05), Arm(9_000), 5).record()
     sentence = verdict_sentence(verdict)
     assert sentence == (
         "candidate 5xx rate 5 % vs baseline 1 % (limit max(2x baseline, baseline + 0.05%)) "
         "-> rolling back"
     ), sentence
     assert "e^" not in sentence
-    assert "e^" not in verdict["reason"]  # the e-values moved to each check's detail
-    errors = verdict["checks"][0]
-    assert errors["detail"]["e_values"].startswith("e-values: fail e^")
-    assert errors["statistic"]["fail"] >= errors["boundary"]["fail"]
-    waiting = Run(policy(ERRORS, LATENCY)).look(Arm(1_000), Arm(9_000), 1).to_dict()
+    assert "e^" not in verdict.reason  # the e-values moved to each check's detail
+    errors = verdict.checks[0]
+    assert str(errors.detail["e_values"]).startswith("e-values: fail e^")
+    fail, fail_at = errors.statistic["fail"], errors.boundary["fail"]
+    assert isinstance(fail, float)
+    assert isinstance(fail_at, float)
+    assert fail >= fail_at
+    waiting = Run(policy(ERRORS, LATENCY)).look(Arm(1_000), Arm(9_000), 1).record()
     said = verdict_sentence(waiting)
     assert said.endswith("-> hold for more data"), said
     assert "inconclusive" not in said

@@ -906,7 +906,7 @@ def test_last_step_promotes_only_on_a_pass_judged_window_by_window() -> None:
     assert isinstance(decision.effect, PutConfig)
     assert decision.effect.target.split == {CAND: 100}
     assert st.last_verdict is not None
-    assert st.last_verdict["outcome"] == "pass"
+    assert st.last_verdict.outcome == "pass"
     assert now >= T0 + 600, "never before the bake is over"
 
 
@@ -971,7 +971,7 @@ def test_a_gauge_check_keeps_judging_after_the_kept_gauge_values_roll_over() -> 
         decision = run(Case("", current, Observation(endpoint=live(10), windows=kept),
                             now=T0 + 60 * minute + 61, plan=long_bake, policy=cpu))
         current = decision.state
-        outcomes.append((current.last_verdict or {}).get("outcome"))
+        outcomes.append(None if current.last_verdict is None else current.last_verdict.outcome)
         if current.phase is not Phase.PROGRESSING:
             break
     assert outcomes[65] == "pass", "still judged after 60 windows"
@@ -1002,9 +1002,9 @@ def test_a_blue_green_bake_promotes_only_on_a_pass() -> None:
             ))
             verdict = decision.state.last_verdict
             assert verdict is not None
-            assert verdict["final"] is True, "the bake is judged as the step that promotes"
+            assert verdict.final is True, "the bake is judged as the step that promotes"
             promoted = decision.state.phase is Phase.PROMOTING
-            assert promoted == (verdict["outcome"] == "pass"), (control_requests, verdict)
+            assert promoted == (verdict.outcome == "pass"), (control_requests, verdict)
             held += not promoted
     assert held, "some bakes end without a pass (a small warm-up cannot prove one)"
 

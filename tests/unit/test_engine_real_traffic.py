@@ -15,6 +15,7 @@ import pytest
 
 from rollout.analysis.evidence import log_mean_exp
 from rollout.analysis.sequential import FAIL_WEIGHTS
+from rollout.analysis.verdict import VerdictRecord
 from rollout.engine.decide import Timing, _Turn, _verdict_news, decide
 from rollout.engine.model import Decision, Observation, Phase, RolloutState
 from rollout.metrics.model import EntityWindow, Histogram
@@ -94,8 +95,9 @@ def test_arms_are_summed_over_paired_minutes_after_the_warm_up(case: SumCase) ->
     assert state.control.requests == case.baseline_requests
     assert state.served.requests == case.served_requests
     assert state.last_verdict is not None
-    assert state.last_verdict["unpaired_windows"] == case.unpaired
-    assert state.last_verdict["warmup"]["seconds"] == 180.0
+    assert state.last_verdict.unpaired_windows == case.unpaired
+    assert state.last_verdict.warmup is not None
+    assert state.last_verdict.warmup.seconds == 180.0
 
 
 def test_a_late_partner_is_counted_when_it_arrives() -> None:
@@ -105,9 +107,9 @@ def test_a_late_partner_is_counted_when_it_arrives() -> None:
     assert (later.state.candidate.requests, later.state.control.requests) == (200.0, 1800.0)
     assert early.state.last_verdict is not None
     assert later.state.last_verdict is not None
-    assert later.state.last_verdict["at"] == T0 + 330, "the completed pair is judged"
+    assert later.state.last_verdict.at == T0 + 330, "the completed pair is judged"
     # The same outcome again is not logged; a change of outcome would be.
-    same = later.state.last_verdict["outcome"] == early.state.last_verdict["outcome"]
+    same = later.state.last_verdict.outcome == early.state.last_verdict.outcome
     assert [e.kind for e in later.events] == ([] if same else ["verdict"])
 
 
@@ -127,7 +129,8 @@ def test_a_step_warmup_overrides_the_policy() -> None:
     decision = look(progressing(), (*both(0), *both(1)), T0 + 120, plan=plan)
     assert decision.state.candidate.requests == 100.0  # minute 1 only
     assert decision.state.last_verdict is not None
-    assert decision.state.last_verdict["warmup"]["seconds"] == 60.0
+    assert decision.state.last_verdict.warmup is not None
+    assert decision.state.last_verdict.warmup.seconds == 60.0
 
 
 def test_the_warmup_follows_the_window_length_the_windows_show() -> None:
@@ -139,7 +142,8 @@ def test_the_warmup_follows_the_window_length_the_windows_show() -> None:
     decision = look(progressing(), short, T0 + 60)
     assert decision.state.candidate.requests == 30.0  # windows at 30, 40, 50 s
     assert decision.state.last_verdict is not None
-    assert decision.state.last_verdict["warmup"]["seconds"] == 30.0
+    assert decision.state.last_verdict.warmup is not None
+    assert decision.state.last_verdict.warmup.seconds == 30.0
 
 
 def test_a_gross_failure_during_the_warm_up_rolls_back_through_the_ceiling() -> None:
@@ -300,25 +304,27 @@ def test_the_policy_warm_up_ends_at_the_first_warm_window(case: WarmCase) -> Non
     decision = look(progressing(), tuple(windows), T0 + 190, **options)
     verdict = decision.state.last_verdict
     assert verdict is not None
-    assert verdict["warmup"]["seconds"] == 60.0 * case.scored_from_minute
-    assert verdict["warmup"]["ended_early"] is (
+    assert verdict.warmup is not None
+    assert verdict.warmup.seconds == 60.0 * case.scored_from_minute
+    assert verdict.warmup.ended_early is (
         case.scored_from_minute < 3 and case.plan_steps is None)
     scored = [m for m in range(min(3, case.delivered)) if m >= case.scored_from_minute]
     assert decision.state.candidate.requests == 1000.0 * len(scored)
-    if verdict["warmup"]["ended_early"]:
-        assert "latency matched the baseline's" in (verdict.get("note") or str(verdict))
+    if verdict.warmup.ended_early:
+        assert "latency matched the baseline's" in verdict.reason
 def test_only_a_changed_verdict_is_logged() -> None:
     first = look(progressing(), both(3), T0 + 240)
     assert [e.kind for e in first.events] == ["verdict"], "the split's first verdict"
     assert first.state.last_verdict is not None
-    outcome = first.state.last_verdict["outcome"]
+    outcome = first.state.last_verdict.outcome
     state, logged = first.state, 0
     for minute in range(4, 8):
         decision = look(state, tuple(w for m in range(3, minute + 1) for w in both(m)),
                         T0 + 60 * minute + 30)
         assert decision.state.last_verdict is not None
-        assert decision.state.last_verdict["at"] == T0 + 60 * minute + 30
-        changed = decision.state.last_verdict["outcome"] != state.last_verdict["outcome"]
+        assert decision.state.last_verdict.at == T0 + 60 * minute + 30
+        assert state.last_verdict is not None
+        changed = decision.state.last_verdict.outcome != state.last_verdict.outcome
         assert [e.kind for e in decision.events if e.kind == "verdict"] == (
             ["verdict"] if changed else []
         )
@@ -361,8 +367,8 @@ def test_folding_old_windows_changes_nothing_the_judge_sees() -> None:
             assert getattr(a.state, name) == getattr(b.state, name), (minute, name)
         assert a.state.last_verdict is not None
         assert b.state.last_verdict is not None
-        assert a.state.last_verdict["outcome"] == b.state.last_verdict["outcome"], minute
-        assert a.state.last_verdict["checks"] == b.state.last_verdict["checks"], minute
+        assert a.state.last_verdict.outcome == b.state.last_verdict.outcome, minute
+        assert a.state.last_verdict.checks == b.state.last_verdict.checks, minute
         assert a.state.judge_state == b.state.judge_state, minute
         folds += b.state.folded != folded.folded
         whole, folded = a.state, b.state
@@ -403,7 +409,7 @@ def test_a_changed_verdict_is_logged_at_most_once_per_interval(
         update={"verdict_logged": logged, "verdict_logged_at": logged_at}
     )
     turn = _Turn(plan_of(), policy(), Observation(), T0, TIMING, state)
-    assert _verdict_news(turn, verdict) is news
+    assert _verdict_news(turn, VerdictRecord.model_validate(verdict)) is news
 
 
 def test_a_late_baseline_window_is_a_unit_of_its_own() -> None:
