@@ -599,7 +599,8 @@ def dump_json(value: object, what: str) -> str:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} is not JSON-serializable: {exc}") from exc
-    if _NUL_ESCAPE.search(text):
+    # The plain substring test first: it is cheap, the escape-aware search is not.
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise ValueError(f"{what} contains a NUL character, which the store cannot keep")
     try:
         text.encode("utf-8")

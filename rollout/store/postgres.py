@@ -112,6 +112,9 @@ def to_pyformat(sql: str) -> str:
 # A JSON string (skipped as a whole) or a number in exponent form (json.dumps writes floats
 # of magnitude >= 1e16 or < 1e-4 that way).
 _JSON_STRING_OR_EXPONENT = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?[eE][-+]?\d+')
+# What every exponent-form number holds: a digit, then e or E, then a sign or a digit. Most
+# texts have none, and finding that out this way skips visiting every string of the text.
+_EXPONENT_MARK = re.compile(r"[eE][-+\d]")
 
 
 def _plain_decimal(match: re.Match[str]) -> str:
@@ -129,6 +132,11 @@ def plain_decimals(text: str) -> str:
     which ``json.loads`` would read as an int (and ``1e300`` as an int that is not equal to the
     float). Written as ``10000000000000000.0`` the value comes back a float, the same one.
     """
+    if not any(
+        (at := mark.start()) > 0 and text[at - 1].isdigit()
+        for mark in _EXPONENT_MARK.finditer(text)
+    ):
+        return text  # no number in exponent form, in a string or out of one
     return _JSON_STRING_OR_EXPONENT.sub(_plain_decimal, text)
 
 
