@@ -126,6 +126,7 @@ from rollout.store.model import (
     SummaryFields,
     WindowChanges,
 )
+from rollout.store.model import Command as StoreCommand
 
 log = structlog.get_logger("rollout.engine")
 
@@ -404,25 +405,31 @@ class Runner:
     async def _reconcile(self, rollout_id: str) -> ReconcileResult:
         # Popped: a reconcile that fails half way leaves nothing behind that could be stale.
         kept = self._kept.pop(rollout_id, None)
-        if (
-            kept is not None
-            and kept.record is not None
-            and kept.state is not None
-            and await asyncio.to_thread(self.store.version_of, rollout_id) == kept.version
-        ):
-            # Nothing committed since this runner's last commit: what it committed is what a
-            # read would give back, without decoding the state again.
-            record, state = kept.record, kept.state
-        else:
+        queued: list[StoreCommand] | None = None
+        record: RolloutRecord | None = None
+        state: RolloutState | None = None
+        if kept is not None and kept.record is not None and kept.state is not None:
+            # One read: the version, and the commands the look needs anyway.
+            version, queued = await asyncio.to_thread(
+                self.store.version_and_commands, rollout_id
+            )
+            if version == kept.version:
+                # Nothing committed since this runner's last commit: what it committed is
+                # what a read would give back, without decoding the state again.
+                record, state = kept.record, kept.state
+        if record is None or state is None:
             record = await asyncio.to_thread(self.store.get, rollout_id)
             state = RolloutState.model_validate(record.state)
+            queued = None  # read again, after the record
         if state.phase.terminal:
             return ReconcileResult(rollout_id, state.phase, 0)
         changed: dict[tuple[str | None, int], EntityWindow] = {}
         if kept is None or kept.version != record.version:
             kept = await self._load(record, state, changed)
         plan, policy, tracker = kept.plan, kept.policy, kept.tracker
-        observation = await self._observe(plan, policy, state, tracker, record.id, changed=changed)
+        observation = await self._observe(
+            plan, policy, state, tracker, record.id, changed=changed, queued=queued
+        )
         decisions = 0
         while True:
             decision = decide(
@@ -618,10 +625,14 @@ class Runner:
         rollout_id: str,
         *,
         changed: dict[tuple[str | None, int], EntityWindow],
+        queued: Sequence[StoreCommand] | None = None,
     ) -> Observation:
+        """What ``decide`` looks at; ``queued``: the pending commands when already read."""
+        if queued is None:
+            queued = await asyncio.to_thread(self.store.pending_commands, rollout_id)
         commands = tuple(
             Command(c.id, cast(CommandKind, c.kind), c.payload)
-            for c in await asyncio.to_thread(self.store.pending_commands, rollout_id)
+            for c in queued
             # The store refuses any other kind; an older row with one is not ours to act on.
             if c.kind in COMMAND_KINDS
         )

@@ -1126,12 +1126,13 @@ class SqlStore(Store, ABC):
                 rows = tx.rows(_UPDATE_ROLLOUT, update_params)
                 if not rows:
                     raise _missed_update(tx, rollout_id, expected_version)
-                seq = int(tx.rows(_LAST_SEQ, {"rollout_id": rollout_id})[0][0])
-                for params in event_params:
-                    seq += 1
-                    tx.run(_INSERT_EVENT, {**params, "seq": seq})
-                for params in alert_params:
-                    tx.run(_INSERT_ALERT, {**params, "event_seq": seq})
+                if event_params:  # most looks log nothing (alerts come with an event)
+                    seq = int(tx.rows(_LAST_SEQ, {"rollout_id": rollout_id})[0][0])
+                    for params in event_params:
+                        seq += 1
+                        tx.run(_INSERT_EVENT, {**params, "seq": seq})
+                    for params in alert_params:
+                        tx.run(_INSERT_ALERT, {**params, "event_seq": seq})
                 for command_id in command_ids:
                     changed = tx.run(
                         _CONSUME_COMMAND,
@@ -1279,6 +1280,16 @@ class SqlStore(Store, ABC):
             if not rows and not tx.rows(_ROLLOUT_VERSION, {"id": rollout_id}):
                 raise RolloutNotFound(rollout_id)
         return [self._command(row) for row in rows]
+
+    def version_and_commands(self, rollout_id: str) -> tuple[int, builtins.list[Command]]:
+        # Two statements where the calls apart take three (pending_commands reads the
+        # version too when there is no command, to tell "none" from "no such rollout").
+        with self._tx(write=False) as tx:
+            version = tx.rows(_ROLLOUT_VERSION, {"id": rollout_id})
+            if not version:
+                raise RolloutNotFound(rollout_id)
+            rows = tx.rows(_PENDING_COMMANDS, {"rollout_id": rollout_id})
+        return int(version[0][0]), [self._command(row) for row in rows]
 
     # --- alert outbox ------------------------------------------------------------------------
 

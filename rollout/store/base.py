@@ -167,6 +167,11 @@ class Store(Protocol):
         """The rollout's current version (one integer column); ``RolloutNotFound``."""
         ...
 
+    def version_and_commands(self, rollout_id: str) -> tuple[int, builtins.list[Command]]:
+        """``version_of`` and ``pending_commands`` in one call (what a look of a rollout whose
+        state the runner kept reads first); ``RolloutNotFound``."""
+        ...
+
     def due(self, now: float, limit: int = 100) -> builtins.list[RolloutRecord]:
         """Non-terminal rollouts with ``due_at <= now``, the longest overdue first."""
         ...

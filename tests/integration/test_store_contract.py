@@ -281,6 +281,8 @@ def test_unknown_rollout_raises_not_found_everywhere(store: Store) -> None:
     with pytest.raises(RolloutNotFound):
         store.pending_commands("nope")
     with pytest.raises(RolloutNotFound):
+        store.version_and_commands("nope")
+    with pytest.raises(RolloutNotFound):
         store.add_command("nope", "pause", {}, T0)
     with pytest.raises(RolloutNotFound):
         store.commit(
@@ -845,9 +847,11 @@ def test_commands_are_queued_in_order_and_consumed_with_the_commit(store: Store)
         None,
     )
     assert store.pending_commands("r-1") == [pause, promote]
+    assert store.version_and_commands("r-1") == (record.version, [pause, promote])
 
     record = advance(store, record, phase="paused", consumed=[pause.id, pause.id])
     assert store.pending_commands("r-1") == [promote]
+    assert store.version_and_commands("r-1") == (record.version, [promote])
     # Consuming it again means deciding on an input that was already acted on: stale.
     with pytest.raises(StaleVersion):
         advance(store, record, consumed=[promote.id, pause.id])
