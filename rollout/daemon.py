@@ -11,6 +11,8 @@ dispatcher and the HTTP API, and runs them:
   alias move (exactly one between replicas: the store keys it);
 - ``alias_moves``: the alias mover, a root task: it moves ``on_success.set_alias`` to the
   candidate's version once a rollout is promoted (retried until done, at least once);
+- ``collect``: a full garbage collection every minute, a root task (the collector starts
+  none by itself meanwhile: ``rollout.collection``);
 - ``reconcile``: the loop that drives the active rollouts this replica owns
   (``rollout.engine.scheduler``), a root task; it catches every reconcile's failure itself, so
   its end means the loop itself broke. ``/readyz`` fails when no scan has completed within
@@ -57,6 +59,7 @@ from rollout.alerts.targets import TargetPolicy
 from rollout.api import check_bind, create_api
 from rollout.api.server import server_config
 from rollout.clock import Clock, SystemClock
+from rollout.collection import collect_every, timed_full_collections
 from rollout.engine.aliases import AliasMover, AliasWatch, AliasWatcher
 from rollout.engine.ownership import Owner
 from rollout.engine.runner import Runner
@@ -315,6 +318,13 @@ def _bind(host: str, port: int) -> socket.socket:
 
 async def run(controller: Controller, *, on_listening: Callable[[str], None] | None = None) -> int:
     """Run the root tasks until a signal or a failure; returns the exit code."""
+    # Full collections on a timer (a root task), not every time looks have made enough
+    # long-lived objects: see rollout.collection.
+    with timed_full_collections():
+        return await _run(controller, on_listening=on_listening)
+
+
+async def _run(controller: Controller, *, on_listening: Callable[[str], None] | None) -> int:
     loop = asyncio.get_running_loop()
     # Store calls wait on the database (PostgreSQL round trips, SQLite's write lock) with the
     # GIL released: more threads than cores keep due looks from queueing behind them.
@@ -338,6 +348,7 @@ async def run(controller: Controller, *, on_listening: Callable[[str], None] | N
         "alias_moves": asyncio.create_task(
             controller.mover.run(controller.stopping), name="alias_moves"
         ),
+        "collect": asyncio.create_task(collect_every(controller.stopping), name="collect"),
         "stopping": asyncio.create_task(controller.stopping.wait(), name="stopping"),
     }
     # uvicorn reports being up only through its ``started`` flag.
@@ -397,7 +408,7 @@ async def shutdown(controller: Controller, tasks: dict[str, asyncio.Task[Any]]) 
         await controller.dispatcher.flush(timeout=settings.alerts.timeout)
     # 3. Stop serving the API.
     controller.server.should_exit = True
-    for name in ("outbox", "api", "aliases", "alias_moves"):
+    for name in ("outbox", "api", "aliases", "alias_moves", "collect"):
         task = tasks.get(name)
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):

@@ -21,6 +21,7 @@ import structlog
 
 from rollout.alerts.dispatcher import target_policy
 from rollout.clock import Clock, SystemClock
+from rollout.collection import collect_every, timed_full_collections
 from rollout.engine.aliases import AliasWatch, AliasWatcher, WatchOutcome
 from rollout.engine.decide import Timing
 from rollout.engine.model import TERMINAL_PHASES, Phase
@@ -157,16 +158,21 @@ async def run_engine(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop_task = asyncio.create_task(reconciler.run(stop), name="reconcile")
+    # Full garbage collections on a timer, as under ``rollout serve`` (rollout.collection).
+    collect_task = asyncio.create_task(collect_every(stop), name="collect")
     log.info("engine.started", store=settings.store.url.split("@")[-1], holder=ownership.holder)
     try:
-        await _supervise(loop_task, stop, store, reconciler,
-                         every=settings.engine.scan_interval, until_idle=until_idle)
+        with timed_full_collections():
+            await _supervise(loop_task, stop, store, reconciler,
+                             every=settings.engine.scan_interval, until_idle=until_idle)
     finally:
         log.info("engine.stopping", in_flight=reconciler.in_flight)
         stop.set()
         await reconciler.stop(grace=settings.engine.update_poll * 12)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await loop_task
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await collect_task
         await watch.drain()
         await runner.aclose()
         await client.aclose()
