@@ -91,7 +91,7 @@ from rollout.engine.model import (
 from rollout.engine.ownership import Owner
 from rollout.engine.schema import entity_input_schema, input_compatible
 from rollout.metrics.model import EntityWindow
-from rollout.metrics.parse import MetricsError, parse_export_metrics
+from rollout.metrics.parse import MetricsError, Scrape, parse_export_metrics
 from rollout.metrics.prometheus import OwnMetrics
 from rollout.metrics.windows import TrackerState, WindowTracker
 from rollout.plan import (
@@ -271,6 +271,11 @@ class _Kept:
     tracker: WindowTracker
     record: RolloutRecord | None = None
     state: RolloutState | None = None
+    scraped: tuple[str, Scrape] | None = None
+    """The last export-metrics text and what it parsed into. Export-metrics shows the last
+    closed window, so a look within the same window (every other one at 30 s looks and 60 s
+    windows) gets the same text again: it is not parsed again (parsing is a function of the
+    text alone; the tracker still observes the scrape, as time matters there)."""
 
 
 def new_rollout(
@@ -428,7 +433,7 @@ class Runner:
             kept = await self._load(record, state, changed)
         plan, policy, tracker = kept.plan, kept.policy, kept.tracker
         observation = await self._observe(
-            plan, policy, state, tracker, record.id, changed=changed, queued=queued
+            plan, policy, state, kept, record.id, changed=changed, queued=queued
         )
         decisions = 0
         while True:
@@ -464,7 +469,8 @@ class Runner:
                     # The record's own copy of the state is not kept: the parsed state is
                     # what the next look uses, and one copy per rollout is memory enough.
                     self._kept[rollout_id] = _Kept(
-                        record.version, plan, policy, tracker, replace(record, state={}), state
+                        record.version, plan, policy, tracker, replace(record, state={}), state,
+                        kept.scraped,
                     )
                 return ReconcileResult(rollout_id, state.phase, decisions)
             observation = await self._carry_out(record.id, plan, decision)
@@ -621,7 +627,7 @@ class Runner:
         plan: AnyPlan,
         policy: Policy,
         state: RolloutState,
-        tracker: WindowTracker,
+        kept: _Kept,
         rollout_id: str,
         *,
         changed: dict[tuple[str | None, int], EntityWindow],
@@ -646,7 +652,7 @@ class Runner:
             Phase.PREPARING,
             Phase.PROGRESSING,
         ):
-            observation = await self._scrape(plan.endpoint, tracker, state, observation, changed)
+            observation = await self._scrape(plan.endpoint, kept, state, observation, changed)
         if (
             state.split_applied_at is not None
             and state.phase is Phase.PROGRESSING
@@ -694,14 +700,19 @@ class Runner:
     async def _scrape(
         self,
         endpoint: str,
-        tracker: WindowTracker,
+        kept: _Kept,
         state: RolloutState,
         observation: Observation,
         changed: dict[tuple[str | None, int], EntityWindow],
     ) -> Observation:
+        tracker = kept.tracker
         try:
             text = await self.client.export_metrics(endpoint)
-            scrape = parse_export_metrics(text)
+            if kept.scraped is not None and kept.scraped[0] == text:
+                scrape = kept.scraped[1]
+            else:
+                scrape = parse_export_metrics(text)
+                kept.scraped = (text, scrape)
         except (ServingError, MetricsError) as exc:
             return replace(observation, metrics_error=f"export-metrics unusable: {exc}")
         # New and revised windows are what this look adds to the store.

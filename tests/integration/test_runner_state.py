@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+import rollout.engine.runner as runner_module
 from rollout.clock import FakeClock
 from rollout.engine.model import Phase, RolloutState
 from rollout.engine.runner import DEFAULT_DEDUP_HORIZON, Runner
@@ -209,3 +210,41 @@ async def test_a_runner_reads_the_row_again_after_another_controller_committed(
             assert store.version_of(rollout_id) == version + 1
         finally:
             del store.get
+
+
+async def test_a_scrape_repeating_the_last_text_is_not_parsed_again(
+    sandbox: SandboxServer, sandbox_admin: httpx.Client, store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Export-metrics shows the last closed window: two looks within one window get one text.
+    clock = FakeClock()
+    sandbox.workspace.reset(clock=clock)
+    make_endpoint(sandbox_admin, HEALTHY, qps=50)
+    parsed: list[str] = []
+    scraped: list[str] = []
+    parse = runner_module.parse_export_metrics
+    export = ServingClient.export_metrics
+
+    def counted_parse(text: str) -> Any:
+        parsed.append(text)
+        return parse(text)
+
+    async def counted_export(self: ServingClient, name: str) -> str:
+        text = await export(self, name)
+        scraped.append(text)
+        return text
+
+    monkeypatch.setattr(runner_module, "parse_export_metrics", counted_parse)
+    monkeypatch.setattr(ServingClient, "export_metrics", counted_export)
+    async with ServingClient(
+        sandbox.url, PatAuth(sandbox.token), clock=clock, poll_interval=5,
+        retry=RetryPolicy(initial_backoff=0.1, max_backoff=1, budget_seconds=30),
+    ) as client:  # fmt: skip
+        the_plan = plan(**LONG)
+        runner = Runner(store, client, clock=clock, timing=TIMING)
+        rollout_id = (await runner.submit(the_plan, resolve_policy(the_plan))).id
+        await _look_until(runner, store, clock, rollout_id, clock.now() + 1200)
+    assert len(scraped) > 20
+    distinct_in_a_row = [t for i, t in enumerate(scraped) if i == 0 or scraped[i - 1] != t]
+    assert len(distinct_in_a_row) < len(scraped), "some looks saw the same text again"
+    assert parsed == distinct_in_a_row
