@@ -62,9 +62,8 @@ from rollout.clock import Clock, SystemClock
 from rollout.collection import collect_every, timed_full_collections
 from rollout.engine.aliases import AliasMover, AliasWatch, AliasWatcher
 from rollout.engine.ownership import Owner
-from rollout.engine.runner import Runner
 from rollout.engine.scheduler import Reconciler
-from rollout.engine.service import open_owned_store, timing_from
+from rollout.engine.service import open_owned_store, wire_driver
 from rollout.errors import ConfigurationProblem, with_sign_in_help
 from rollout.health import ResponseRelay, StoreWriteCheck, WorkspaceWatch
 from rollout.metrics.prometheus import OwnMetrics
@@ -146,38 +145,17 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Controller:
         RolloutStateCollector(state_reader(store, clock), clock),
         OwnershipCollector(lambda: ownership.owned, lambda: ownership.replicas),
     )
-    watch = WorkspaceWatch(
-        store,
-        clock,
-        workspace=client.host,
-        outage_after=settings.alerts.workspace_outage_after,
-        channels=default_channels,
-    )
-    on_response.add(watch.on_response)
-    # The sources of the policies' checks on a team's own metrics (Prometheus, web JSON).
-    own_metrics = OwnMetrics(settings.prometheus)
     alerts_http = guarded_client(targets, timeout=settings.alerts.timeout)
-    runner = Runner(
-        store,
-        client,
-        clock=clock,
-        timing=timing_from(settings.engine, metrics_window=settings.serving.metrics_window),
-        default_channels=default_channels,
+    driver = wire_driver(
+        settings, clock, client=client, store=store, ownership=ownership, relay=on_response,
+        default_channels=default_channels, hook_targets=targets,
         observer=metrics.on_decision,
-        ownership=ownership,
-        own_metrics=own_metrics,
         # Gate hooks go where alerts may go, through the same pinned client.
         hook_http=alerts_http,
-        hook_targets=targets,
-    )
-    reconciler = Reconciler(
-        runner,
-        store,
-        clock,
-        scan_interval=settings.engine.scan_interval,
-        failure_backoff=settings.engine.failure_backoff,
         on_lag=metrics.on_lag,
-        ownership=ownership,
+    )
+    watch, runner, reconciler, own_metrics = (
+        driver.watch, driver.runner, driver.reconciler, driver.own_metrics
     )
     try:
         dispatcher = AlertDispatcher(

@@ -16,17 +16,20 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+import httpx
 import structlog
 
 from rollout.alerts.dispatcher import target_policy
+from rollout.alerts.targets import TargetPolicy
 from rollout.clock import Clock, SystemClock
 from rollout.collection import collect_every, timed_full_collections
 from rollout.engine.aliases import AliasWatch, AliasWatcher, WatchOutcome
 from rollout.engine.decide import Timing
 from rollout.engine.model import TERMINAL_PHASES, Phase
 from rollout.engine.ownership import Owner, new_holder_id
-from rollout.engine.runner import Runner
+from rollout.engine.runner import DecisionObserver, Runner
 from rollout.engine.scheduler import Reconciler
 from rollout.errors import ConfigurationProblem, with_sign_in_help
 from rollout.health import ResponseRelay, WorkspaceWatch
@@ -88,6 +91,69 @@ def open_owned_store(settings: Settings, clock: Clock) -> tuple[Store, Owner]:
     return store, ownership
 
 
+@dataclass(frozen=True)
+class Driver:
+    """What drives rollouts in a process (``rollout serve`` and ``rollout engine`` alike): the
+    watch that raises the workspace-outage alert, the runner and the reconcile loop."""
+
+    watch: WorkspaceWatch
+    runner: Runner
+    reconciler: Reconciler
+    own_metrics: OwnMetrics
+
+
+def wire_driver(
+    settings: Settings,
+    clock: Clock,
+    *,
+    client: ServingClient,
+    store: Store,
+    ownership: Owner,
+    relay: ResponseRelay,
+    default_channels: Sequence[AlertChannel],
+    hook_targets: TargetPolicy,
+    observer: DecisionObserver | None = None,
+    hook_http: httpx.AsyncClient | None = None,
+    on_lag: Callable[[float], None] | None = None,
+) -> Driver:
+    """Wire the driving part of a process; ``relay`` (the serving client's response hook)
+    gains the workspace watch, so every answer of the workspace reaches it."""
+    watch = WorkspaceWatch(
+        store,
+        clock,
+        workspace=client.host,
+        outage_after=settings.alerts.workspace_outage_after,
+        channels=default_channels,
+    )
+    relay.add(watch.on_response)
+    # The sources of the policies' checks on a team's own metrics (Prometheus, web JSON).
+    own_metrics = OwnMetrics(settings.prometheus)
+    runner = Runner(
+        store,
+        client,
+        clock=clock,
+        timing=timing_from(settings.engine, metrics_window=settings.serving.metrics_window),
+        default_channels=default_channels,
+        observer=observer,
+        ownership=ownership,
+        own_metrics=own_metrics,
+        # Gate hooks go where alerts may go: through ``hook_http`` when the caller pins one,
+        # else the runner makes its own pinned client.
+        hook_http=hook_http,
+        hook_targets=hook_targets,
+    )
+    reconciler = Reconciler(
+        runner,
+        store,
+        clock,
+        scan_interval=settings.engine.scan_interval,
+        failure_backoff=settings.engine.failure_backoff,
+        on_lag=on_lag,
+        ownership=ownership,
+    )
+    return Driver(watch, runner, reconciler, own_metrics)
+
+
 async def run_engine(
     settings: Settings,
     *,
@@ -123,36 +189,12 @@ async def run_engine(
     except ConfigurationProblem:
         await client.aclose()
         raise
-    own_metrics = OwnMetrics(settings.prometheus)
     # A workspace that stops answering raises one alert here too: a deployment of engines
     # beside an API-only ``serve`` must not go silent (the serve process delivers it).
-    watch = WorkspaceWatch(
-        store,
-        clock,
-        workspace=client.host,
-        outage_after=settings.alerts.workspace_outage_after,
-        channels=default_channels,
-    )
-    on_response.add(watch.on_response)
-    runner = Runner(
-        store,
-        client,
-        clock=clock,
-        timing=timing_from(settings.engine, metrics_window=settings.serving.metrics_window),
-        default_channels=default_channels,
-        ownership=ownership,
-        own_metrics=own_metrics,
-        # Gate hooks go where alerts may go (the runner makes its pinned client).
-        hook_targets=targets,
-    )
-    reconciler = Reconciler(
-        runner,
-        store,
-        clock,
-        scan_interval=settings.engine.scan_interval,
-        failure_backoff=settings.engine.failure_backoff,
-        ownership=ownership,
-    )
+    driver = wire_driver(settings, clock, client=client, store=store, ownership=ownership,
+                         relay=on_response, default_channels=default_channels,
+                         hook_targets=targets)
+    reconciler = driver.reconciler
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -173,10 +215,10 @@ async def run_engine(
             await loop_task
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await collect_task
-        await watch.drain()
-        await runner.aclose()
+        await driver.watch.drain()
+        await driver.runner.aclose()
         await client.aclose()
-        await own_metrics.aclose()
+        await driver.own_metrics.aclose()
         store.close()
         log.info("engine.stopped")
 
